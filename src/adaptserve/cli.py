@@ -1,0 +1,84 @@
+"""The `adaptserve` command: `serve` runs the gateway (and its vLLM child);
+`prepare-model` converts the default model once."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from adaptserve.config import Settings, load_settings
+from adaptserve.errors import ConfigurationError
+
+log = logging.getLogger("adaptserve")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adaptserve", description="OpenAI-compatible LLM server with LoRA adapters over vLLM"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gateway and (unless --upstream) a vLLM child")
+    serve.add_argument("--config", type=Path, help="YAML settings file (also ADAPTSERVE_CONFIG)")
+    serve.add_argument("--model", help='"default" or a model folder (also ADAPTSERVE_MODEL)')
+    serve.add_argument("--host", help="bind address (also ADAPTSERVE_HOST; default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (also ADAPTSERVE_PORT; default 8000)")
+    serve.add_argument(
+        "--upstream",
+        action="append",
+        dest="upstreams",
+        metavar="URL",
+        help="front this vLLM server instead of starting one (repeatable)",
+    )
+    prepare = commands.add_parser("prepare-model", help="convert the default model once and print its folder")
+    prepare.add_argument("--config", type=Path)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call otherwise
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from adaptserve.server.app import create_app
+    from adaptserve.tenancy.auth import ensure_api_key
+
+    app = create_app(settings)
+    configured = settings.api_key.get_secret_value() if settings.api_key else None
+    key, key_file = ensure_api_key(configured, settings.data_dir)
+    url = f"http://{settings.host}:{settings.port}/v1"
+    print(f"adaptserve: OpenAI-compatible API at {url}", flush=True)
+    if key_file is None:
+        print("adaptserve: API key: the one you configured (ADAPTSERVE_API_KEY or the settings file)", flush=True)
+    else:
+        print(f"adaptserve: API key: {key}  (stored in {key_file})", flush=True)
+    print(
+        f'adaptserve: models: {settings.base_name} (or "default"), adapters: {", ".join(settings.adapters) or "none"}',
+        flush=True,
+    )
+    print(f"adaptserve: {url.removesuffix('/v1')}/ready answers 200 once the model server is up", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        settings = load_settings(**flags)
+        _configure_logging(settings.log_level)
+        if args.command == "prepare-model":
+            from adaptserve.models import resolve_model
+
+            print(resolve_model(settings.model, settings.resolved_models_dir))
+        else:
+            serve(settings)
+    except ConfigurationError as exc:
+        sys.exit(f"adaptserve: {exc}")
+
+
+if __name__ == "__main__":
+    main()

