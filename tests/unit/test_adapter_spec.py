@@ -85,7 +85,7 @@ def test_module_missing_from_the_base_is_refused(base, tmp_path):
         str(path / "adapter_model.safetensors"),
     )
     (path / "adapter_config.json").write_text(json.dumps(config))
-    with pytest.raises(AdapterInvalidError, match="no module model.layers.9"):
+    with pytest.raises(AdapterInvalidError, match=r"no module model\.layers\.9"):
         validate_adapter(path, base, max_rank=16)
 
 

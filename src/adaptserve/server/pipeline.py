@@ -55,7 +55,7 @@ class Pipeline:
     ) -> JSONResponse | StreamingResponse:
         # Two tries: if the upstream lost the adapter (it restarted between health
         # checks), the first try fails before any output and we load it again.
-        for attempt in range(2):
+        for _attempt in range(2):
             upstream = self._pool.pick()
             await self._registry.ensure_loaded(upstream, target.adapter)
             try:
