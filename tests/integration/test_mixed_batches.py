@@ -11,7 +11,6 @@ prefix with its own model's solo answer than with any other model's.
 
 from __future__ import annotations
 
-import os
 import random
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,7 +26,10 @@ PROMPTS = (
 
 
 def _common_prefix(a: str, b: str) -> int:
-    return len(os.path.commonprefix([a, b]))
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def test_concurrent_mixed_requests_match_their_solo_answers(server):
