@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from adaptserve.cli_admin import add_admin_commands, run_admin_command
 from adaptserve.config import Settings, load_settings
 from adaptserve.errors import ConfigurationError
 
@@ -33,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     prepare = commands.add_parser("prepare-model", help="convert the default model once and print its folder")
     prepare.add_argument("--config", type=Path)
+    add_admin_commands(commands)
     return parser
 
 
@@ -66,10 +68,13 @@ def serve(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    flags = {k: v for k, v in vars(args).items() if k != "command"}
+    settable = {"config", "model", "host", "port", "upstreams"}
+    flags = {k: v for k, v in vars(args).items() if k in settable}
     try:
         settings = load_settings(**flags)
         _configure_logging(settings.log_level)
+        if hasattr(args, "admin_request"):
+            sys.exit(run_admin_command(args, settings))
         if args.command == "prepare-model":
             from adaptserve.models import resolve_model
 

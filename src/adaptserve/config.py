@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     config: Path | None = Field(None, description="the YAML settings file")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    api_key: SecretStr | None = Field(None, description="the bearer key; generated if unset")
+    api_key: SecretStr | None = Field(None, description="the default tenant's key; generated if unset")
+    admin_key: SecretStr | None = Field(None, description="the key for /admin routes; generated if unset")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
     data_dir: Path = Field(default_factory=_default_data_dir)
     models_dir: Path | None = Field(None, description="converted models; default data_dir/models")
     model: str = Field("default", description='"default" (SmolLM2-135M-Instruct) or a model folder')
@@ -72,6 +74,8 @@ class Settings(BaseSettings):
     )
     request_timeout_s: float = Field(600.0, gt=0, description="one upstream request, end to end")
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_adapter_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest adapter upload, unpacked")
+    max_resident_adapters: int = Field(8, ge=1, description="adapters kept loaded per upstream (LRU)")
     health_interval_s: float = Field(2.0, gt=0)
     log_level: str = "info"
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)

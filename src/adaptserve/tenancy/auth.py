@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TENANT = "default"
 KEY_FILE = "api_key"
+ADMIN_KEY_FILE = "admin_key"
 
 
 @dataclass(frozen=True)
@@ -28,31 +29,24 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-class KeyAuthenticator:
-    def __init__(self, key_hashes: dict[str, str]) -> None:
-        """`key_hashes`: SHA-256 hex of each key → tenant name."""
-        self._hashes = list(key_hashes.items())
-
-    def authenticate(self, authorization: str | None) -> Principal:
-        scheme, _, key = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise AuthenticationError("Missing API key: send 'Authorization: Bearer <key>'.")
-        presented = hash_key(key.strip())
-        tenant = None
-        for stored, owner in self._hashes:  # no early exit: time does not depend on position
-            if hmac.compare_digest(stored, presented):
-                tenant = owner
-        if tenant is None:
-            raise AuthenticationError("Incorrect API key provided.")
-        return Principal(tenant=tenant)
+def bearer(authorization: str | None) -> str:
+    scheme, _, key = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise AuthenticationError("Missing API key: send 'Authorization: Bearer <key>'.")
+    return key.strip()
 
 
-def ensure_api_key(configured: str | None, data_dir: Path) -> tuple[str, Path | None]:
-    """The default tenant's key: the configured one, else the one stored in the data
-    folder, else a new one written there with mode 0600. Returns (key, file or None)."""
+def check_admin(authorization: str | None, admin_key_hash: str) -> None:
+    if not hmac.compare_digest(hash_key(bearer(authorization)), admin_key_hash):
+        raise AuthenticationError("Incorrect admin key provided.")
+
+
+def ensure_api_key(configured: str | None, data_dir: Path, file_name: str = KEY_FILE) -> tuple[str, Path | None]:
+    """A key: the configured one, else the one stored in the data folder, else a new
+    one written there with mode 0600. Returns (key, file or None)."""
     if configured:
         return configured, None
-    path = data_dir / KEY_FILE
+    path = data_dir / file_name
     if path.is_file():
         return path.read_text().strip(), path
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -22,17 +22,19 @@ async def completions(gateway: GatewayDep, principal: PrincipalDep, body: BodyDe
 
 
 @router.get("/models")
-async def models(gateway: GatewayDep, principal: PrincipalDep) -> dict:
-    base = gateway.registry.base_name
-    entries = [{"id": base, "object": "model", "created": gateway.started, "owned_by": "adaptserve", "parent": None}]
-    for adapter in gateway.registry.served():
-        entries.append(
-            {
-                "id": adapter.name,
-                "object": "model",
-                "created": adapter.created,
-                "owned_by": "adaptserve",
-                "parent": base,
-            }
-        )
+def models(gateway: GatewayDep, principal: PrincipalDep) -> dict:
+    """Only the caller's aliases, and only those that can be served now."""
+    entries = []
+    for alias in gateway.tenants.aliases(principal.tenant):
+        parent = None if alias.base else alias.adapter
+        if alias.base or gateway.registry.target(alias.alias, alias.adapter, alias.version) is not None:
+            entries.append(
+                {
+                    "id": alias.alias,
+                    "object": "model",
+                    "created": gateway.started,
+                    "owned_by": principal.tenant,
+                    "parent": parent,
+                }
+            )
     return {"object": "list", "data": entries}

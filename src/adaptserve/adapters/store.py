@@ -1,0 +1,176 @@
+"""Content-addressed adapter files: `store/<sha256>/` folders, written atomically.
+
+An adapter is staged in a temp folder inside the store (same filesystem), checked,
+fsynced, then renamed to its digest; a failure removes the temp folder, so nothing
+half-written is ever visible. Archives are unpacked with limits on total size, file
+count and paths (no absolute paths, no `..`, no links or devices).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+
+from adaptserve.adapters.spec import AdapterInvalidError, AdapterSpec, tree_digest
+from adaptserve.errors import PayloadTooLargeError
+
+MAX_FILES = 64
+
+
+class AdapterStore:
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        root.mkdir(parents=True, exist_ok=True)
+
+    def staging(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+
+    def add(self, staged: Path, validate: Callable[[Path], AdapterSpec]) -> tuple[AdapterSpec, Path]:
+        """Validate a staged folder and move it to its content address (consumes it)."""
+        try:
+            folder = _single_root(staged)
+            spec = validate(folder)
+            target = self.root / spec.digest
+            if target.exists():  # identical content is already stored
+                return spec, target
+            _fsync_tree(folder)
+            os.replace(folder, target)
+            return spec, target
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+
+    def copy_folder(self, source: Path) -> Path:
+        """Stage a copy of a folder the server can read."""
+        if not source.is_dir():
+            raise AdapterInvalidError(f"{source} is not a folder the server can read", param="path")
+        staged = self.staging()
+        total = 0
+        for file in source.rglob("*"):
+            if file.is_symlink():
+                shutil.rmtree(staged)
+                raise AdapterInvalidError(f"{file.name} is a link; adapters must be plain files")
+            if file.is_file():
+                total += file.stat().st_size
+                if total > self.max_bytes:
+                    shutil.rmtree(staged)
+                    raise PayloadTooLargeError(f"the adapter is larger than {self.max_bytes} bytes")
+                dest = staged / file.relative_to(source)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(file, dest)
+        return staged
+
+    def unpack(self, archive: Path, filename: str) -> Path:
+        """Stage the contents of a .tar.gz/.tgz/.tar or .zip upload."""
+        staged = self.staging()
+        try:
+            if filename.endswith(".zip"):
+                _unzip(archive, staged, self.max_bytes)
+            elif filename.endswith((".tar.gz", ".tgz", ".tar")):
+                _untar(archive, staged, self.max_bytes)
+            else:
+                raise AdapterInvalidError("upload a .tar.gz, .tgz, .tar or .zip of a PEFT adapter folder", param="file")
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        return staged
+
+    def remove_staged(self, staged: Path) -> None:
+        if staged.parent == self.root and staged.name.startswith(".staging-"):
+            shutil.rmtree(staged, ignore_errors=True)
+
+    def remove(self, path: Path) -> None:
+        if path.parent == self.root:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _safe_member(name: str) -> PurePosixPath:
+    path = PurePosixPath(name)
+    if path.is_absolute() or ".." in path.parts or name.startswith(("/", "\\")) or "\\" in name:
+        raise AdapterInvalidError(f"archive path {name!r} points outside the archive")
+    return path
+
+
+def _check_budget(count: int, total: int, limit: int) -> None:
+    if count > MAX_FILES:
+        raise AdapterInvalidError(f"the archive has more than {MAX_FILES} files")
+    if total > limit:
+        raise PayloadTooLargeError(f"the unpacked adapter is larger than {limit} bytes")
+
+
+def _untar(archive: Path, dest: Path, limit: int) -> None:
+    try:
+        with tarfile.open(archive) as tar:
+            total = 0
+            for count, member in enumerate(tar, start=1):
+                path = _safe_member(member.name)
+                if member.isdir():
+                    continue
+                if not member.isfile():
+                    raise AdapterInvalidError(f"archive entry {member.name!r} is a link or device")
+                total += member.size
+                _check_budget(count, total, limit)
+                _write(dest / path, tar.extractfile(member), limit)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise AdapterInvalidError(f"the upload is not a readable tar archive ({exc})", param="file") from exc
+
+
+def _unzip(archive: Path, dest: Path, limit: int) -> None:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            total = 0
+            for count, info in enumerate(zf.infolist(), start=1):
+                path = _safe_member(info.filename)
+                if info.is_dir():
+                    continue
+                if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise AdapterInvalidError(f"archive entry {info.filename!r} is a link")
+                total += info.file_size
+                _check_budget(count, total, limit)
+                with zf.open(info) as src:
+                    _write(dest / path, src, limit)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise AdapterInvalidError(f"the upload is not a readable zip archive ({exc})", param="file") from exc
+
+
+def _write(target: Path, source: io.BufferedIOBase | None, limit: int) -> None:
+    """Copy with a hard cap: declared sizes in an archive can lie."""
+    if source is None:
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with open(target, "wb") as out:
+        for block in iter(lambda: source.read(1 << 20), b""):
+            written += len(block)
+            if written > limit:
+                raise PayloadTooLargeError(f"the unpacked adapter is larger than {limit} bytes")
+            out.write(block)
+
+
+def _single_root(staged: Path) -> Path:
+    """Archives often hold one top folder (`my-adapter/adapter_config.json`): use it."""
+    entries = [p for p in staged.iterdir() if not p.name.startswith(".")]
+    if len(entries) == 1 and entries[0].is_dir() and not (staged / "adapter_config.json").exists():
+        return entries[0]
+    return staged
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    with contextlib.suppress(OSError):
+        fd = os.open(root, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+
+
+__all__ = ["AdapterStore", "tree_digest"]

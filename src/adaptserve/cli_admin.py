@@ -1,0 +1,119 @@
+"""The admin commands of the `adaptserve` CLI. Each one is a call to the running
+server's `/admin` API (so it works against a remote gateway too); output is JSON."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from adaptserve.config import Settings
+from adaptserve.tenancy.auth import ADMIN_KEY_FILE
+
+# command -> (subcommand -> (arguments, handler)); a handler returns (method, path, request kwargs)
+Handler = Any
+
+
+def add_admin_commands(commands: argparse._SubParsersAction) -> None:
+    groups = {
+        "tenants": {
+            "create": (["name"], lambda a: ("POST", "/tenants", {"json": {"name": a.name}})),
+            "list": ([], lambda a: ("GET", "/tenants", {})),
+            "delete": (["name"], lambda a: ("DELETE", f"/tenants/{a.name}", {})),
+        },
+        "keys": {
+            "create": (["tenant"], lambda a: ("POST", f"/tenants/{a.tenant}/keys", {})),
+            "list": (["tenant"], lambda a: ("GET", f"/tenants/{a.tenant}/keys", {})),
+            "delete": (["tenant", "key_id"], lambda a: ("DELETE", f"/tenants/{a.tenant}/keys/{a.key_id}", {})),
+        },
+        "adapters": {
+            "push": (["path"], _push),
+            "list": ([], lambda a: ("GET", "/adapters", {})),
+            "show": (["name"], lambda a: ("GET", f"/adapters/{a.name}", {})),
+            "activate": (
+                ["name", "version"],
+                lambda a: ("POST", f"/adapters/{a.name}/activate", {"json": {"version": a.version}}),
+            ),
+            "delete": (["name"], lambda a: ("DELETE", f"/adapters/{a.name}", {})),
+        },
+        "models": {
+            "set": (["tenant", "alias"], _set_alias),
+            "list": (["tenant"], lambda a: ("GET", f"/tenants/{a.tenant}/models", {})),
+            "delete": (["tenant", "alias"], lambda a: ("DELETE", f"/tenants/{a.tenant}/models/{a.alias}", {})),
+        },
+    }
+    for group, subcommands in groups.items():
+        parser = commands.add_parser(group, help=f"manage {group} on a running server")
+        verbs = parser.add_subparsers(dest="verb", required=True)
+        for verb, (arguments, handler) in subcommands.items():
+            sub = verbs.add_parser(verb)
+            for argument in arguments:
+                sub.add_argument(argument)
+            _add_connection_flags(sub)
+            if (group, verb) == ("adapters", "push"):
+                sub.add_argument("--name", required=True, help="the adapter's name")
+                sub.add_argument(
+                    "--server-path",
+                    action="store_true",
+                    help="send the path for the server to read instead of uploading the folder",
+                )
+            if (group, verb) == ("models", "set"):
+                sub.add_argument("--adapter", help="the adapter this alias serves")
+                sub.add_argument("--version", help="pin a version (default: follow the active one)")
+                sub.add_argument("--base", action="store_true", help="serve the base model under this alias")
+            sub.set_defaults(admin_request=handler)
+
+
+def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="the server (default http://HOST:PORT from the settings)")
+    parser.add_argument("--admin-key", help="default: ADAPTSERVE_ADMIN_KEY or DATA_DIR/admin_key")
+    parser.add_argument("--config", type=Path)
+
+
+def _push(args: argparse.Namespace) -> tuple[str, str, dict]:
+    folder = Path(args.path).expanduser().resolve()
+    if args.server_path:
+        return "POST", "/adapters", {"json": {"name": args.name, "path": str(folder)}}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for file in sorted(folder.iterdir()):
+            if file.is_file():
+                tar.add(file, arcname=file.name)
+    return (
+        "POST",
+        "/adapters",
+        {
+            "data": {"name": args.name},
+            "files": {"file": (f"{args.name}.tar.gz", buffer.getvalue(), "application/gzip")},
+        },
+    )
+
+
+def _set_alias(args: argparse.Namespace) -> tuple[str, str, dict]:
+    body = {"base": True} if args.base else {"adapter": args.adapter, "version": args.version}
+    return "PUT", f"/tenants/{args.tenant}/models/{args.alias}", {"json": body}
+
+
+def run_admin_command(args: argparse.Namespace, settings: Settings) -> int:
+    url = (args.url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    key = args.admin_key or (settings.admin_key.get_secret_value() if settings.admin_key else None)
+    if key is None and (settings.data_dir / ADMIN_KEY_FILE).is_file():
+        key = (settings.data_dir / ADMIN_KEY_FILE).read_text().strip()
+    if key is None:
+        sys.exit("adaptserve: no admin key: pass --admin-key or set ADAPTSERVE_ADMIN_KEY")
+    method, path, kwargs = args.admin_request(args)
+    try:
+        response = httpx.request(
+            method, f"{url}/admin{path}", headers={"Authorization": f"Bearer {key}"}, timeout=600, **kwargs
+        )
+    except httpx.HTTPError as exc:
+        sys.exit(f"adaptserve: cannot reach {url}: {exc}")
+    if response.content:
+        print(json.dumps(response.json(), indent=2))
+    return 0 if response.is_success else 1

@@ -1,0 +1,150 @@
+"""Admin routes (`/admin/...`, admin key): tenants, keys, adapters, model aliases.
+
+Handlers are sync: FastAPI runs them in worker threads, where database calls belong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
+
+from adaptserve.adapters.store import AdapterStore
+from adaptserve.errors import InvalidRequestError, PayloadTooLargeError
+from adaptserve.server.deps import AdminDep, GatewayDep
+from adaptserve.server.protocol import read_json
+
+router = APIRouter(prefix="/admin")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TenantCreate(_Strict):
+    name: StrictStr
+
+
+class AliasSet(_Strict):
+    adapter: StrictStr | None = None
+    version: StrictStr | None = None
+    base: StrictBool = False
+
+
+class Activate(_Strict):
+    version: StrictStr
+
+
+class AdapterByPath(_Strict):
+    name: StrictStr
+    path: StrictStr
+
+
+@router.post("/tenants", status_code=201)
+def create_tenant(body: TenantCreate, gateway: GatewayDep, _: AdminDep) -> dict:
+    return gateway.tenants.create(body.name)
+
+
+@router.get("/tenants")
+def list_tenants(gateway: GatewayDep, _: AdminDep) -> dict:
+    return {"data": gateway.tenants.list()}
+
+
+@router.delete("/tenants/{tenant}", status_code=204)
+def delete_tenant(tenant: str, gateway: GatewayDep, _: AdminDep) -> None:
+    gateway.tenants.delete(tenant)
+
+
+@router.post("/tenants/{tenant}/keys", status_code=201)
+def create_key(tenant: str, gateway: GatewayDep, _: AdminDep) -> dict:
+    return gateway.tenants.create_key(tenant)
+
+
+@router.get("/tenants/{tenant}/keys")
+def list_keys(tenant: str, gateway: GatewayDep, _: AdminDep) -> dict:
+    return {"data": gateway.tenants.list_keys(tenant)}
+
+
+@router.delete("/tenants/{tenant}/keys/{key_id}", status_code=204)
+def delete_key(tenant: str, key_id: str, gateway: GatewayDep, _: AdminDep) -> None:
+    gateway.tenants.delete_key(tenant, key_id)
+
+
+@router.put("/tenants/{tenant}/models/{alias}")
+def set_alias(tenant: str, alias: str, body: AliasSet, gateway: GatewayDep, _: AdminDep) -> dict:
+    return vars(gateway.tenants.set_alias(tenant, alias, base=body.base, adapter=body.adapter, version=body.version))
+
+
+@router.get("/tenants/{tenant}/models")
+def list_aliases(tenant: str, gateway: GatewayDep, _: AdminDep) -> dict:
+    gateway.tenants.list_keys(tenant)  # 404 for an unknown tenant
+    return {"data": [vars(a) for a in gateway.tenants.aliases(tenant)]}
+
+
+@router.delete("/tenants/{tenant}/models/{alias}", status_code=204)
+def delete_alias(tenant: str, alias: str, gateway: GatewayDep, _: AdminDep) -> None:
+    gateway.tenants.delete_alias(tenant, alias)
+
+
+@router.post("/adapters", status_code=201)
+async def push_adapter(request: Request, gateway: GatewayDep, _: AdminDep) -> dict:
+    """Multipart (`name` + `file`: .tar.gz/.zip of a PEFT folder) or JSON {name, path}."""
+    limit = gateway.settings.max_adapter_bytes
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        name, staged = await _receive_archive(request, gateway, limit)
+    else:
+        body = AdapterByPath.model_validate(await read_json(request.stream(), None, gateway.settings.max_request_bytes))
+        name, staged = body.name, await asyncio.to_thread(gateway.store.copy_folder, Path(body.path))
+    return await asyncio.to_thread(gateway.registry.register, name, staged)
+
+
+@router.get("/adapters")
+def list_adapters(gateway: GatewayDep, _: AdminDep) -> dict:
+    return {"data": gateway.registry.list()}
+
+
+@router.get("/adapters/{name}")
+def describe_adapter(name: str, gateway: GatewayDep, _: AdminDep) -> dict:
+    return gateway.registry.describe(name)
+
+
+@router.post("/adapters/{name}/activate")
+def activate_adapter(name: str, body: Activate, gateway: GatewayDep, _: AdminDep) -> dict:
+    return gateway.registry.activate(name, body.version)
+
+
+@router.delete("/adapters/{name}", status_code=204)
+def delete_adapter(name: str, gateway: GatewayDep, _: AdminDep) -> None:
+    gateway.registry.remove(name)
+
+
+async def _receive_archive(request: Request, gateway: Any, limit: int) -> tuple[str, Path]:
+    """Stream the upload to a temp file (bounded), then unpack it into the store's staging area."""
+    length = request.headers.get("content-length")
+    if length is None or not length.isdigit():
+        raise InvalidRequestError("an adapter upload needs a Content-Length header")
+    if int(length) > limit:
+        raise PayloadTooLargeError(f"the upload is larger than {limit} bytes")
+    form = await request.form(max_files=1, max_fields=2)
+    upload, name = form.get("file"), form.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequestError("the form needs a 'name' field", param="name")
+    if upload is None or isinstance(upload, str):
+        raise InvalidRequestError("the form needs a 'file' field with the archive", param="file")
+    try:
+        staged = await asyncio.to_thread(_unpack_upload, gateway.store, upload.file, upload.filename or "")
+    finally:
+        await form.close()
+    return name, staged
+
+
+def _unpack_upload(store: AdapterStore, source: Any, filename: str) -> Path:
+    with tempfile.NamedTemporaryFile(dir=store.root, prefix=".upload-") as tmp:
+        shutil.copyfileobj(source, tmp)
+        tmp.flush()
+        return store.unpack(Path(tmp.name), filename)

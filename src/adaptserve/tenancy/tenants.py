@@ -1,0 +1,159 @@
+"""Tenants, their API keys and their model aliases, stored in the database.
+
+A tenant sees only its own aliases; an alias points at the base model or at an
+adapter (pinned to a version, or following the adapter's active version). Keys are
+stored as SHA-256 hashes; the plain key is returned once, at creation.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from adaptserve.db import AdapterRow, AdapterVersionRow, AliasRow, ApiKeyRow, Database, TenantRow, check_name
+from adaptserve.errors import AuthenticationError, ConflictError, InvalidRequestError, NotFoundError
+from adaptserve.tenancy.auth import Principal, bearer, hash_key
+
+
+@dataclass(frozen=True)
+class Alias:
+    tenant: str
+    alias: str
+    base: bool
+    adapter: str | None
+    version: str | None
+
+
+class TenantNotFoundError(NotFoundError):
+    code = "tenant_not_found"
+
+
+class TenantRegistry:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # tenants -------------------------------------------------------------
+    def create(self, name: str) -> dict:
+        check_name(name, "a tenant name")
+        try:
+            with self._db.session() as s:
+                s.add(TenantRow(name=name))
+        except IntegrityError as exc:
+            raise ConflictError(f"tenant {name} already exists", param="name") from exc
+        return {"name": name}
+
+    def ensure(self, name: str) -> None:
+        with self._db.session() as s:
+            if s.get(TenantRow, name) is None:
+                s.add(TenantRow(name=name))
+
+    def list(self) -> list[dict]:
+        with self._db.session() as s:
+            rows = s.scalars(select(TenantRow).order_by(TenantRow.name)).all()
+            return [_tenant_dict(r) for r in rows]
+
+    def delete(self, name: str) -> None:
+        with self._db.session() as s:
+            row = s.get(TenantRow, name)
+            if row is None:
+                raise TenantNotFoundError(f"tenant {name} does not exist")
+            s.execute(delete(ApiKeyRow).where(ApiKeyRow.tenant == name))
+            s.execute(delete(AliasRow).where(AliasRow.tenant == name))
+            s.delete(row)
+
+    # keys ------------------------------------------------------------------
+    def create_key(self, tenant: str) -> dict:
+        key = "sk-as-" + secrets.token_urlsafe(32)
+        key_id = "key_" + secrets.token_hex(8)
+        with self._db.session() as s:
+            self._get(s, tenant)
+            s.add(ApiKeyRow(id=key_id, tenant=tenant, key_hash=hash_key(key), prefix=key[:10]))
+        return {"id": key_id, "tenant": tenant, "key": key}
+
+    def add_key_hash(self, tenant: str, key_id: str, key_hash: str) -> None:
+        """Register a key known only by its hash (the settings file's key)."""
+        with self._db.session() as s:
+            existing = s.get(ApiKeyRow, key_id)
+            if existing is None:
+                s.add(ApiKeyRow(id=key_id, tenant=tenant, key_hash=key_hash, prefix="(configured)"))
+            else:
+                existing.key_hash, existing.tenant = key_hash, tenant
+
+    def list_keys(self, tenant: str) -> list[dict]:
+        with self._db.session() as s:
+            self._get(s, tenant)
+            rows = s.scalars(select(ApiKeyRow).where(ApiKeyRow.tenant == tenant).order_by(ApiKeyRow.created_at))
+            return [{"id": r.id, "prefix": r.prefix, "created_at": r.created_at.isoformat()} for r in rows]
+
+    def delete_key(self, tenant: str, key_id: str) -> None:
+        with self._db.session() as s:
+            row = s.get(ApiKeyRow, key_id)
+            if row is None or row.tenant != tenant:
+                raise NotFoundError(f"key {key_id} does not exist for tenant {tenant}", code="key_not_found")
+            s.delete(row)
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        key = bearer(authorization)
+        # The lookup is by hash: equal-length hex digests, indexed; no secret is compared
+        # character by character, so timing reveals nothing about a valid key.
+        with self._db.session() as s:
+            row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == hash_key(key)))
+            if row is None:
+                raise AuthenticationError("Incorrect API key provided.")
+            return Principal(tenant=row.tenant)
+
+    # aliases -----------------------------------------------------------------
+    def set_alias(self, tenant: str, alias: str, *, base: bool, adapter: str | None, version: str | None) -> Alias:
+        check_name(alias, "an alias", param="alias")
+        if base == (adapter is not None):
+            raise InvalidRequestError('give either {"base": true} or {"adapter": name}', param="adapter")
+        with self._db.session() as s:
+            self._get(s, tenant)
+            if adapter is not None:
+                if s.get(AdapterRow, adapter) is None:
+                    raise NotFoundError(f"adapter {adapter} does not exist", param="adapter", code="adapter_not_found")
+                if version is not None and s.get(AdapterVersionRow, (adapter, version)) is None:
+                    raise NotFoundError(
+                        f"adapter {adapter} has no version {version}", param="version", code="adapter_not_found"
+                    )
+            s.merge(AliasRow(tenant=tenant, alias=alias, base=base, adapter=adapter, version=version))
+        return Alias(tenant, alias, base, adapter, version)
+
+    def delete_alias(self, tenant: str, alias: str) -> None:
+        with self._db.session() as s:
+            row = s.get(AliasRow, (tenant, alias))
+            if row is None:
+                raise NotFoundError(f"tenant {tenant} has no model {alias}", code="model_not_found")
+            s.delete(row)
+
+    def aliases(self, tenant: str) -> list[Alias]:
+        with self._db.session() as s:
+            rows = s.scalars(select(AliasRow).where(AliasRow.tenant == tenant).order_by(AliasRow.alias))
+            return [Alias(r.tenant, r.alias, r.base, r.adapter, r.version) for r in rows]
+
+    def alias(self, tenant: str, alias: str) -> Alias | None:
+        with self._db.session() as s:
+            r = s.get(AliasRow, (tenant, alias))
+            return None if r is None else Alias(r.tenant, r.alias, r.base, r.adapter, r.version)
+
+    @staticmethod
+    def _get(s: object, tenant: str) -> TenantRow:
+        row = s.get(TenantRow, tenant)  # type: ignore[attr-defined]
+        if row is None:
+            raise TenantNotFoundError(f"tenant {tenant} does not exist")
+        return row
+
+
+def _tenant_dict(row: TenantRow) -> dict:
+    return {
+        "name": row.name,
+        "created_at": row.created_at.isoformat(),
+        "quotas": {
+            "requests_per_minute": row.requests_per_minute,
+            "tokens_per_minute": row.tokens_per_minute,
+            "max_concurrent": row.max_concurrent,
+        },
+    }

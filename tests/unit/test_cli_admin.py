@@ -1,0 +1,40 @@
+"""The admin CLI drives the same API: each command is one HTTP call."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adaptserve.cli import main
+from tests.unit.conftest import ADMIN_KEY
+from tests.unit.factories import make_adapter
+
+
+def run(gw, capsys, *argv: str) -> tuple[int, object]:
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--url", gw.url, "--admin-key", ADMIN_KEY])
+    out = capsys.readouterr().out
+    return done.value.code, (json.loads(out) if out.strip() else None)
+
+
+def test_cli_round_trip(gateway, fake, capsys, tmp_path):
+    assert run(gateway, capsys, "tenants", "create", "acme")[0] == 0
+    code, created = run(gateway, capsys, "keys", "create", "acme")
+    assert code == 0 and created["key"].startswith("sk-as-")
+    code, pushed = run(gateway, capsys, "adapters", "push", str(make_adapter(tmp_path / "s1", seed=3)), "--name", "s")
+    assert code == 0 and pushed["active_version"] == pushed["version"]
+    _, second = run(gateway, capsys, "adapters", "push", str(make_adapter(tmp_path / "s2", seed=4)), "--name", "s",
+                    "--server-path")
+    assert run(gateway, capsys, "models", "set", "acme", "support", "--adapter", "s")[0] == 0
+    client = gateway.client(api_key=created["key"])
+    client.chat.completions.create(model="support", messages=[{"role": "user", "content": "x"}])
+    assert fake.requests[-1]["model"] == f"s--{pushed['version']}"
+    assert run(gateway, capsys, "adapters", "activate", "s", second["version"])[0] == 0
+    client.chat.completions.create(model="support", messages=[{"role": "user", "content": "x"}])
+    assert fake.requests[-1]["model"] == f"s--{second['version']}"
+    code, refused = run(gateway, capsys, "adapters", "delete", "s")
+    assert code == 1 and refused["error"]["type"] == "invalid_request_error"  # 409: acme/support uses it
+    assert run(gateway, capsys, "models", "delete", "acme", "support")[0] == 0
+    assert run(gateway, capsys, "adapters", "delete", "s")[0] == 0
+    assert run(gateway, capsys, "adapters", "show", "s")[0] == 1
