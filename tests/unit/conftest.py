@@ -51,8 +51,9 @@ class RunningGateway:
         return httpx.post(self.url + path, json=body, headers=headers, timeout=10, **kw)
 
     def admin(self, method: str, path: str, key: str = ADMIN_KEY, **kw: Any) -> httpx.Response:
-        return httpx.request(method, self.url + "/admin" + path, headers={"Authorization": f"Bearer {key}"},
-                             timeout=10, **kw)
+        return httpx.request(
+            method, self.url + "/admin" + path, headers={"Authorization": f"Bearer {key}"}, timeout=10, **kw
+        )
 
     def wait_ready(self, timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s

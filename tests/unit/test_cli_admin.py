@@ -24,8 +24,9 @@ def test_cli_round_trip(gateway, fake, capsys, tmp_path):
     assert code == 0 and created["key"].startswith("sk-as-")
     code, pushed = run(gateway, capsys, "adapters", "push", str(make_adapter(tmp_path / "s1", seed=3)), "--name", "s")
     assert code == 0 and pushed["active_version"] == pushed["version"]
-    _, second = run(gateway, capsys, "adapters", "push", str(make_adapter(tmp_path / "s2", seed=4)), "--name", "s",
-                    "--server-path")
+    _, second = run(
+        gateway, capsys, "adapters", "push", str(make_adapter(tmp_path / "s2", seed=4)), "--name", "s", "--server-path"
+    )
     assert run(gateway, capsys, "models", "set", "acme", "support", "--adapter", "s")[0] == 0
     client = gateway.client(api_key=created["key"])
     client.chat.completions.create(model="support", messages=[{"role": "user", "content": "x"}])

@@ -82,18 +82,32 @@ def test_isolation_between_tenants(gateway, fake, tmp_path):
     b.chat.completions.create(model="support", messages=Q)
     assert served_by(fake).startswith("b-support--")
     assert [m.id for m in a.models.list()] == ["support"]
-    for name in ("only-b", "b-support", "a-support", f"a-support--{va}", va, "default", "tiny-base",
-                 "support--x", "alpha"):
+    for name in (
+        "only-b",
+        "b-support",
+        "a-support",
+        f"a-support--{va}",
+        va,
+        "default",
+        "tiny-base",
+        "support--x",
+        "alpha",
+    ):
         with pytest.raises(openai.NotFoundError) as err:
             a.chat.completions.create(model=name, messages=Q)
-        assert err.value.body == {"message": f"The model '{name}' does not exist or you do not have access to it.",
-                                  "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+        assert err.value.body == {
+            "message": f"The model '{name}' does not exist or you do not have access to it.",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
 
 
 def test_uploads_version_by_content(gateway, tmp_path):
     v1 = make_adapter(tmp_path / "v1", seed=1)
-    first = gateway.admin("POST", "/adapters", data={"name": "up"},
-                          files={"file": ("a.tar.gz", tar_gz(v1), "application/gzip")}).json()
+    first = gateway.admin(
+        "POST", "/adapters", data={"name": "up"}, files={"file": ("a.tar.gz", tar_gz(v1), "application/gzip")}
+    ).json()
     again = gateway.admin("POST", "/adapters", json={"name": "up", "path": str(v1)}).json()
     assert first["version"] == again["version"] == first["active_version"]
     buf = io.BytesIO()
@@ -137,8 +151,11 @@ def test_bad_uploads_are_refused_and_leave_nothing(start_gateway, tmp_path, case
     gw = start_gateway(max_adapter_bytes=200_000)
     pickle = make_adapter(tmp_path / "pickle")
     (pickle / "adapter_model.safetensors").rename(pickle / "adapter_model.bin")
-    folders = {"pickle": pickle, "rank": make_adapter(tmp_path / "rank", r=64),
-               "wrong": make_adapter(tmp_path / "wrong", hidden=48)}
+    folders = {
+        "pickle": pickle,
+        "rank": make_adapter(tmp_path / "rank", r=64),
+        "wrong": make_adapter(tmp_path / "wrong", hidden=48),
+    }
     store = gw.settings.data_dir / "adapters"
     before = sorted(p.name for p in store.iterdir())
     response = gw.admin("POST", "/adapters", data={"name": "bad"}, files={"file": (filename, content(folders))})
