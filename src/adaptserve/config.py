@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     max_adapter_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest adapter upload, unpacked")
     max_resident_adapters: int = Field(8, ge=1, description="adapters kept loaded per upstream (LRU)")
     health_interval_s: float = Field(2.0, gt=0)
+    usage_flush_interval_s: float = Field(1.0, gt=0, description="how often metered usage is written")
     log_level: str = "info"
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
 

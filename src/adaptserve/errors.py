@@ -106,3 +106,12 @@ class ConflictError(APIError):
     status = 409
     type = "invalid_request_error"
     code = "conflict"
+
+
+class RateLimitError(APIError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})

@@ -131,6 +131,9 @@ async def _stream(state: FakeState, body: dict[str, Any], words: list[str], kind
             choice = {"index": 0, "delta": {"content": piece}} if kind == "chat" else {"index": 0, "text": piece}
             chunk = {"id": "x", "object": f"{kind}.chunk", "created": 0, "model": body["model"], "choices": [choice]}
             yield f"data: {json.dumps(chunk)}\n\n"
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": len(_prompt_words(body)), "completion_tokens": len(words)}
+            yield f"data: {json.dumps({'id': 'x', 'model': body['model'], 'choices': [], 'usage': usage})}\n\n"
         yield "data: [DONE]\n\n"
     except (asyncio.CancelledError, GeneratorExit):
         state.streams_cancelled += 1

@@ -31,6 +31,7 @@ from adaptserve.adapters.spec import BaseModelSpec, validate_adapter
 from adaptserve.adapters.store import AdapterStore
 from adaptserve.db import AdapterRow, AdapterVersionRow, AliasRow, Database, check_name
 from adaptserve.errors import APIError, ConflictError, NotFoundError
+from adaptserve.metrics import Metrics
 from adaptserve.upstream.client import AdapterLoadError, Upstream
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,12 @@ class AdapterRegistry:
         base: BaseModelSpec | None,
         max_rank: int,
         max_resident: int,
+        metrics: Metrics,
     ) -> None:
         self.base_name = base_name
         self._db, self._store, self._base, self._max_rank = db, store, base, max_rank
         self._max_resident = max_resident
+        self._metrics = metrics
         self._versions: dict[str, AdapterVersion] = {}  # internal name -> version
         self._zero: AdapterVersion | None = None
         self._loaded: dict[tuple[str, str], int] = {}
@@ -264,12 +267,15 @@ class AdapterRegistry:
             try:
                 await upstream.load_adapter(adapter.internal_name, str(adapter.path))
             except AdapterLoadError as exc:
+                self._metrics.adapter_loads.labels("failed").inc()
                 if adapter is not self._zero:
                     adapter.error = exc.message
                     log.error("adapter %s failed to load on %s: %s", adapter.internal_name, upstream.url, exc.message)
                 raise
             self._loaded[key] = generation
             self._holders.setdefault(adapter.internal_name, {})[upstream.url] = upstream
+            self._metrics.adapter_loads.labels("ok").inc()
+            self._metrics.adapter_load_seconds.observe(time.perf_counter() - started)
             log.info("loaded %s on %s in %.2fs", adapter.internal_name, upstream.url, time.perf_counter() - started)
 
     async def _make_room(self, upstream: Upstream, generation: int) -> None:
@@ -327,6 +333,7 @@ class AdapterRegistry:
             await upstream.unload_adapter(internal)
         except Exception as exc:  # an unload that fails only leaves vLLM holding a copy
             log.warning("unloading %s from %s failed: %r", internal, upstream.url, exc)
+        self._metrics.adapter_unloads.inc()
         log.info("unloaded %s from %s", internal, upstream.url)
 
     def _spawn(self, coro: Coroutine[None, None, None]) -> None:

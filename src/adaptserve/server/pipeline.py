@@ -1,5 +1,6 @@
 """The one request path every OpenAI call takes: check → resolve the tenant's alias →
-lease the version → ensure it is loaded → forward → rename the model in the answer.
+admit under the tenant's quotas → lease the version → ensure it is loaded → forward →
+rename the model in the answer → meter usage and record metrics.
 
 Routes call `Pipeline.handle` and return what it returns; nothing else forwards.
 """
@@ -9,18 +10,24 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
+from collections.abc import AsyncIterator
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from adaptserve.adapters.registry import AdapterRegistry, Target
-from adaptserve.errors import ContextLengthExceededError, ModelNotFoundError, UpstreamUnavailableError
+from adaptserve.errors import APIError, ContextLengthExceededError, ModelNotFoundError, UpstreamUnavailableError
+from adaptserve.metrics import Metrics
 from adaptserve.server.protocol import ChatRequest, CompletionRequest, check_request
 from adaptserve.server.streaming import relay
 from adaptserve.tenancy.auth import Principal
+from adaptserve.tenancy.quotas import QuotaGate
 from adaptserve.tenancy.tenants import TenantRegistry
-from adaptserve.upstream.client import UpstreamModelMissingError
+from adaptserve.tenancy.usage import UsageMeter
+from adaptserve.upstream.client import UpstreamModelMissingError, UpstreamStream
 from adaptserve.upstream.pool import UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -36,11 +43,36 @@ class Endpoint(enum.Enum):
         self.schema = schema
 
 
+@dataclass
+class Call:
+    """What one request used, recorded once when it ends (however it ends)."""
+
+    tenant: str
+    model: str
+    endpoint: Endpoint
+    started: float = field(default_factory=time.perf_counter)
+    status: int = 500
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add_usage(self, usage: dict[str, Any] | None) -> None:
+        if usage:
+            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+
+
 class Pipeline:
-    def __init__(self, pool: UpstreamPool, registry: AdapterRegistry, tenants: TenantRegistry) -> None:
-        self._pool = pool
-        self._registry = registry
-        self._tenants = tenants
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        registry: AdapterRegistry,
+        tenants: TenantRegistry,
+        meter: UsageMeter,
+        quotas: QuotaGate,
+        metrics: Metrics,
+    ) -> None:
+        self._pool, self._registry, self._tenants = pool, registry, tenants
+        self._meter, self._quotas, self._metrics = meter, quotas, metrics
 
     def resolve(self, tenant: str, model: str) -> Target:
         """A tenant's alias → its target. Another tenant's alias, a deleted one and an
@@ -60,21 +92,43 @@ class Pipeline:
     ) -> JSONResponse | StreamingResponse:
         request = check_request(endpoint.schema, body)
         target = await asyncio.to_thread(self.resolve, principal.tenant, request.model)
+        self._quotas.admit(principal.tenant, principal.limits)
+        call = Call(principal.tenant, request.model, endpoint)
         forwarded = {**body, "model": target.internal_name}
-        with ExitStack() as lease:
-            lease.enter_context(self._registry.lease(target.adapter))
+        client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if request.stream:  # always ask vLLM for usage, so streams are metered too
+            forwarded["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        with ExitStack() as stack:
+            stack.callback(self._finish, call)
+            stack.enter_context(self._registry.lease(target.adapter))
             try:
-                response = await self._forward(endpoint, forwarded, target, bool(request.stream))
-            except ContextLengthExceededError as exc:
-                exc.param = endpoint.prompt_param
+                outcome = await self._forward(endpoint, forwarded, target, bool(request.stream))
+            except APIError as exc:
+                call.status = exc.status
+                if isinstance(exc, ContextLengthExceededError):
+                    exc.param = endpoint.prompt_param
                 raise
-            if isinstance(response, StreamingResponse):
-                response.body_iterator = relay_with_lease(response.body_iterator, lease.pop_all())
-            return response
+            call.status = 200
+            if isinstance(outcome, UpstreamStream):
+                events = relay(outcome, target.public_name, call.add_usage, client_wants_usage)
+                return StreamingResponse(_hold_until_done(events, stack.pop_all()), media_type="text/event-stream")
+            outcome["model"] = target.public_name
+            call.add_usage(outcome.get("usage"))
+            return JSONResponse(outcome)
+
+    def _finish(self, call: Call) -> None:
+        self._quotas.release(call.tenant, call.prompt_tokens + call.completion_tokens)
+        labels = (call.tenant, call.model, call.endpoint.name.lower())
+        self._metrics.requests.labels(*labels, str(call.status)).inc()
+        self._metrics.latency.labels(*labels).observe(time.perf_counter() - call.started)
+        if call.status == 200:
+            self._meter.record(call.tenant, call.model, call.prompt_tokens, call.completion_tokens)
+            self._metrics.tokens.labels(call.tenant, call.model, "prompt").inc(call.prompt_tokens)
+            self._metrics.tokens.labels(call.tenant, call.model, "completion").inc(call.completion_tokens)
 
     async def _forward(
         self, endpoint: Endpoint, body: dict[str, Any], target: Target, stream: bool
-    ) -> JSONResponse | StreamingResponse:
+    ) -> UpstreamStream | dict[str, Any]:
         # Two tries: if the upstream lost the adapter (it restarted between health
         # checks), the first try fails before any output and we load it again.
         for _attempt in range(2):
@@ -82,20 +136,17 @@ class Pipeline:
             await self._registry.ensure_loaded(upstream, target.adapter)
             try:
                 if stream:
-                    opened = await upstream.open_stream(endpoint.path, body)
-                    return StreamingResponse(relay(opened, target.public_name), media_type="text/event-stream")
-                result = await upstream.post_json(endpoint.path, body)
+                    return await upstream.open_stream(endpoint.path, body)
+                return await upstream.post_json(endpoint.path, body)
             except UpstreamModelMissingError:
                 log.warning("%s lost %s; loading it again", upstream.url, target.internal_name)
                 self._registry.forget(upstream, target.adapter)
-                continue
-            result["model"] = target.public_name
-            return JSONResponse(result)
         raise UpstreamUnavailableError("The model server could not load the model; retry shortly.")
 
 
-async def relay_with_lease(chunks: Any, lease: ExitStack) -> Any:
-    """Hold the version's lease until the stream ends, however it ends."""
-    with lease:
-        async for chunk in chunks:
-            yield chunk
+async def _hold_until_done(events: AsyncIterator[bytes], stack: ExitStack) -> AsyncIterator[bytes]:
+    """Keep the version's lease and the call's record open until the stream ends,
+    however it ends (finished, broken, or the client left)."""
+    with stack:
+        async for event in events:
+            yield event

@@ -13,10 +13,13 @@ from adaptserve.adapters.spec import BaseModelSpec, write_zero_adapter
 from adaptserve.adapters.store import AdapterStore
 from adaptserve.config import Settings
 from adaptserve.db import Database
+from adaptserve.metrics import Metrics
 from adaptserve.models import resolve_model
 from adaptserve.server.pipeline import Pipeline
 from adaptserve.tenancy.auth import ADMIN_KEY_FILE, DEFAULT_TENANT, ensure_api_key, hash_key
+from adaptserve.tenancy.quotas import QuotaGate
 from adaptserve.tenancy.tenants import TenantRegistry
+from adaptserve.tenancy.usage import UsageMeter
 from adaptserve.upstream.client import Upstream
 from adaptserve.upstream.pool import UpstreamPool
 from adaptserve.upstream.supervisor import Supervisor
@@ -35,6 +38,8 @@ class Gateway:
     pipeline: Pipeline
     supervisor: Supervisor | None
     admin_key_hash: str
+    meter: UsageMeter
+    metrics: Metrics
     started: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -45,8 +50,9 @@ class Gateway:
         model_path = _local_model(settings)
         base = BaseModelSpec.read(model_path) if model_path else None
         store = AdapterStore(settings.data_dir / "adapters", settings.max_adapter_bytes)
+        metrics = Metrics()
         registry = AdapterRegistry(
-            db, store, settings.base_name, base, settings.vllm.max_lora_rank, settings.max_resident_adapters
+            db, store, settings.base_name, base, settings.vllm.max_lora_rank, settings.max_resident_adapters, metrics
         )
         if settings.base_via_zero_adapter:
             if base is None:
@@ -62,16 +68,21 @@ class Gateway:
             urls = [supervisor.url]
         upstreams = [Upstream(u, settings.request_timeout_s) for u in urls]
         pool = UpstreamPool(upstreams, settings.health_interval_s, registry.load_all)
-        pipeline = Pipeline(pool, registry, tenants)
-        return cls(settings, db, tenants, store, registry, pool, pipeline, supervisor, hash_key(admin_key))
+        meter = UsageMeter(db, settings.usage_flush_interval_s)
+        pipeline = Pipeline(pool, registry, tenants, meter, QuotaGate(), metrics)
+        return cls(
+            settings, db, tenants, store, registry, pool, pipeline, supervisor, hash_key(admin_key), meter, metrics
+        )
 
     async def start(self) -> None:
         self.registry.bind(asyncio.get_running_loop())
+        self.meter.start()
         if self.supervisor is not None:
             self.supervisor.start()
         self.pool.start()
 
     async def stop(self) -> None:
+        await self.meter.stop()
         await self.pool.stop()
         if self.supervisor is not None:
             await self.supervisor.stop()

@@ -1,4 +1,5 @@
-"""Relays vLLM's server-sent events to the client, renaming the model on the way.
+"""Relays vLLM's server-sent events to the client: renames the model, hands usage to
+the meter, and drops the usage chunk the gateway asked for on the client's behalf.
 
 The upstream response is closed in `finally`: when the client disconnects, Starlette
 cancels this generator, the connection to vLLM closes, and vLLM aborts the request.
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 
@@ -18,22 +20,37 @@ from adaptserve.upstream.client import UpstreamStream
 log = logging.getLogger(__name__)
 
 _DATA = "data: "
+UsageSink = Callable[[dict[str, Any]], None]
 
 
-def rename_event(payload: str, public_name: str) -> str:
+def rewrite_event(payload: str, public_name: str, on_usage: UsageSink, forward_usage: bool) -> str | None:
+    """One `data:` payload, rewritten; None when it must not reach the client."""
     event = json.loads(payload)
-    if isinstance(event, dict) and "model" in event:
+    if not isinstance(event, dict):
+        return payload
+    if "model" in event:
         event["model"] = public_name
+    if event.get("usage"):
+        on_usage(event["usage"])
+    if not forward_usage:
+        event.pop("usage", None)
+        if event.get("choices") == []:
+            return None
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
 
 
-async def relay(stream: UpstreamStream, public_name: str) -> AsyncIterator[bytes]:
+async def relay(
+    stream: UpstreamStream, public_name: str, on_usage: UsageSink, forward_usage: bool
+) -> AsyncIterator[bytes]:
     try:
         async for line in stream.lines():
             if not line:
                 continue
             if line.startswith(_DATA) and line != "data: [DONE]":
-                line = _DATA + rename_event(line[len(_DATA) :], public_name)
+                payload = rewrite_event(line[len(_DATA) :], public_name, on_usage, forward_usage)
+                if payload is None:
+                    continue
+                line = _DATA + payload
             yield (line + "\n\n").encode()
     except httpx.HTTPError as exc:
         # The engine died or the connection broke mid-stream: end with an error event

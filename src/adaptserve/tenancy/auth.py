@@ -8,10 +8,11 @@ import hmac
 import logging
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from adaptserve.errors import AuthenticationError
+from adaptserve.tenancy.quotas import Limits
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ ADMIN_KEY_FILE = "admin_key"
 @dataclass(frozen=True)
 class Principal:
     tenant: str
+    limits: Limits = field(default_factory=Limits)
 
 
 def hash_key(key: str) -> str:

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from adaptserve.db import AdapterRow, AdapterVersionRow, AliasRow, ApiKeyRow, Database, TenantRow, check_name
 from adaptserve.errors import AuthenticationError, ConflictError, InvalidRequestError, NotFoundError
 from adaptserve.tenancy.auth import Principal, bearer, hash_key
+from adaptserve.tenancy.quotas import Limits
 
 
 @dataclass(frozen=True)
@@ -100,10 +101,23 @@ class TenantRegistry:
         # The lookup is by hash: equal-length hex digests, indexed; no secret is compared
         # character by character, so timing reveals nothing about a valid key.
         with self._db.session() as s:
-            row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == hash_key(key)))
-            if row is None:
+            tenant = s.scalar(
+                select(TenantRow)
+                .join(ApiKeyRow, ApiKeyRow.tenant == TenantRow.name)
+                .where(ApiKeyRow.key_hash == hash_key(key))
+            )
+            if tenant is None:
                 raise AuthenticationError("Incorrect API key provided.")
-            return Principal(tenant=row.tenant)
+            limits = Limits(tenant.requests_per_minute, tenant.tokens_per_minute, tenant.max_concurrent)
+            return Principal(tenant=tenant.name, limits=limits)
+
+    def set_quotas(self, name: str, limits: Limits) -> dict:
+        with self._db.session() as s:
+            row = self._get(s, name)
+            row.requests_per_minute = limits.requests_per_minute
+            row.tokens_per_minute = limits.tokens_per_minute
+            row.max_concurrent = limits.max_concurrent
+            return _tenant_dict(row)
 
     # aliases -----------------------------------------------------------------
     def set_alias(self, tenant: str, alias: str, *, base: bool, adapter: str | None, version: str | None) -> Alias:

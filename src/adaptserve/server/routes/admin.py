@@ -8,16 +8,18 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from adaptserve.adapters.store import AdapterStore
 from adaptserve.errors import InvalidRequestError, PayloadTooLargeError
 from adaptserve.server.deps import AdminDep, GatewayDep
 from adaptserve.server.protocol import read_json
+from adaptserve.tenancy.quotas import Limits
 
 router = APIRouter(prefix="/admin")
 
@@ -34,6 +36,12 @@ class AliasSet(_Strict):
     adapter: StrictStr | None = None
     version: StrictStr | None = None
     base: StrictBool = False
+
+
+class Quotas(_Strict):
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)
 
 
 class Activate(_Strict):
@@ -58,6 +66,17 @@ def list_tenants(gateway: GatewayDep, _: AdminDep) -> dict:
 @router.delete("/tenants/{tenant}", status_code=204)
 def delete_tenant(tenant: str, gateway: GatewayDep, _: AdminDep) -> None:
     gateway.tenants.delete(tenant)
+
+
+@router.put("/tenants/{tenant}/quotas")
+def set_quotas(tenant: str, body: Quotas, gateway: GatewayDep, _: AdminDep) -> dict:
+    limits = Limits(body.requests_per_minute, body.tokens_per_minute, body.max_concurrent)
+    return gateway.tenants.set_quotas(tenant, limits)
+
+
+@router.get("/usage")
+async def usage(gateway: GatewayDep, _: AdminDep, tenant: str | None = None, since: datetime | None = None) -> dict:
+    return {"data": await gateway.meter.query(tenant, since)}
 
 
 @router.post("/tenants/{tenant}/keys", status_code=201)

@@ -1,11 +1,13 @@
-"""Probes: /health (the gateway process answers) and /ready (it can serve)."""
+"""Probes: /health (the gateway process answers) and /ready (it can serve); and
+/metrics for Prometheus (admin key: it names tenants and their models)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from adaptserve.server.deps import GatewayDep
+from adaptserve.server.deps import AdminDep, GatewayDep
 
 router = APIRouter()
 
@@ -20,3 +22,8 @@ async def ready(gateway: GatewayDep) -> JSONResponse:
     states = [u.state.value for u in gateway.pool.upstreams]
     ok = gateway.pool.ready()
     return JSONResponse({"ready": ok, "upstreams": states}, status_code=200 if ok else 503)
+
+
+@router.get("/metrics")
+def metrics(gateway: GatewayDep, _: AdminDep) -> Response:
+    return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)

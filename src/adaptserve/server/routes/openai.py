@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -38,3 +40,9 @@ def models(gateway: GatewayDep, principal: PrincipalDep) -> dict:
                 }
             )
     return {"object": "list", "data": entries}
+
+
+@router.get("/usage")
+async def usage(gateway: GatewayDep, principal: PrincipalDep, since: datetime | None = None) -> dict:
+    """The caller's own usage, per model alias and hour."""
+    return {"data": await gateway.meter.query(principal.tenant, since)}
