@@ -23,6 +23,7 @@ from tests.integration.makers import make_corrupt_lora, make_lora, make_wrong_ba
 from tests.servers import free_port
 
 API_KEY = "sk-integration"
+ADMIN_KEY = "sk-integration-admin"
 ADAPTERS = ("a1", "a2", "a3")
 BAD_ADAPTERS = ("corrupt", "rank64", "wrongbase")
 MAX_LORAS = 2  # fewer engine slots than adapters in the mix
@@ -45,6 +46,11 @@ class Server:
     def client(self, api_key: str = API_KEY, **kw) -> openai.OpenAI:
         kw.setdefault("max_retries", 0)
         return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, timeout=300, **kw)
+
+    def admin(self, method: str, path: str, **kw) -> httpx.Response:
+        return httpx.request(
+            method, self.url + "/admin" + path, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60, **kw
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -83,6 +89,7 @@ def base_model() -> Path:
 def adapter_dirs(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("adapters")
     dirs = {name: make_lora(base_model, root / name, seed=i) for i, name in enumerate(ADAPTERS, start=1)}
+    dirs["a4"] = make_lora(base_model, root / "a4", seed=4)  # not in the settings: uploaded by tests
     dirs["corrupt"] = make_corrupt_lora(dirs["a1"], root / "corrupt")
     dirs["rank64"] = make_lora(base_model, root / "rank64", seed=9, r=64)
     dirs["wrongbase"] = make_wrong_base_lora(root / "wrongbase")
@@ -94,7 +101,7 @@ def server(adapter_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     data = tmp_path_factory.mktemp("data")
     config = data / "adaptserve.yaml"
     settings = {
-        "adapters": {k: str(v) for k, v in adapter_dirs.items()},
+        "adapters": {k: str(v) for k, v in adapter_dirs.items() if k != "a4"},
         "vllm": {"max_loras": MAX_LORAS, "max_lora_rank": 16, "max_model_len": 2048, "kv_cache_gib": 1},
     }
     config.write_text(yaml.safe_dump(settings))
@@ -104,6 +111,7 @@ def server(adapter_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
         "ADAPTSERVE_DATA_DIR": str(data),
         "ADAPTSERVE_MODELS_DIR": str(_models_dir()),
         "ADAPTSERVE_API_KEY": API_KEY,
+        "ADAPTSERVE_ADMIN_KEY": ADMIN_KEY,
     }
     log_path = data / "gateway.log"
     with open(log_path, "wb") as log:
@@ -142,3 +150,23 @@ def chat(client: openai.OpenAI, model: str, content: str, max_tokens: int = 24) 
         model=model, messages=[{"role": "user", "content": content}], max_tokens=max_tokens, temperature=0
     )
     return reply.choices[0].message.content
+
+
+def common_prefix(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def follows_another(answer: str, own: str, others: list[str]) -> bool:
+    """A mix-up, not bf16 drift: the answer is another model's solo answer, or follows
+    one for 24+ characters and twice as far as it follows its own."""
+    if answer == own:
+        return False
+    n_own = common_prefix(answer, own)
+    return any(
+        answer == o or (common_prefix(answer, o) >= 24 and common_prefix(answer, o) >= 2 * n_own)
+        for o in others
+        if o != own
+    )

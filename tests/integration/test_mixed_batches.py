@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.integration.conftest import ADAPTERS, MAX_LORAS, chat
+from tests.integration.conftest import ADAPTERS, MAX_LORAS, chat, follows_another
 
 MODELS = ("default", *ADAPTERS)
 PROMPTS = (
@@ -26,13 +26,6 @@ PROMPTS = (
     "Describe a cat in one sentence.",
     "Give me a tip for learning to cook.",
 )
-
-
-def _common_prefix(a: str, b: str) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
 
 
 def test_concurrent_mixed_requests_match_their_solo_answers(server):
@@ -51,9 +44,8 @@ def test_concurrent_mixed_requests_match_their_solo_answers(server):
     for (model, prompt), answer in zip(requests, answers, strict=True):
         if answer == reference[model, prompt]:
             continue
-        own = _common_prefix(answer, reference[model, prompt])
-        others = {m: _common_prefix(answer, reference[m, prompt]) for m in MODELS if m != model}
-        if any(answer == reference[m, prompt] or (n >= 24 and n >= 2 * own) for m, n in others.items()):
-            wrong.append((model, prompt, answer, own, others))
+        others = [reference[m, prompt] for m in MODELS if m != model]
+        if follows_another(answer, reference[model, prompt], others):
+            wrong.append((model, prompt, answer, reference[model, prompt]))
     exact = sum(a == reference[r] for r, a in zip(requests, answers, strict=True))
     assert not wrong, f"{len(wrong)} answers look like another model's ({exact}/{len(answers)} exact): {wrong}"

@@ -3,6 +3,7 @@ loopback, driven with the official openai SDK."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,8 +12,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from sqlalchemy import text
 
 from adaptserve.config import Settings
+from adaptserve.db import Base, Database
 from adaptserve.server.app import create_app
 from tests.fakes.fake_vllm import BASE, FakeState, create_fake_vllm
 from tests.servers import ServerThread
@@ -63,8 +66,31 @@ class RunningGateway:
             time.sleep(0.05)
 
 
+def _database_urls() -> dict[str, str | None]:
+    """SQLite always; PostgreSQL too when a server is given (scripts/test-postgres.sh)."""
+    urls: dict[str, str | None] = {"sqlite": None}
+    if os.environ.get("ADAPTSERVE_TEST_DATABASE_URL"):
+        urls["postgres"] = os.environ["ADAPTSERVE_TEST_DATABASE_URL"]
+    return urls
+
+
+@pytest.fixture(params=list(_database_urls()))
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """Every gateway test runs once per database; each test starts from an empty schema."""
+    url = _database_urls()[request.param]
+    if url is not None:
+        db = Database(url)
+        with db.engine.begin() as connection:
+            Base.metadata.drop_all(connection)
+            connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        db.dispose()
+    return url
+
+
 @pytest.fixture
-def start_gateway(fake: FakeState, base_model: Path, tmp_path: Path) -> Iterator[Callable[..., RunningGateway]]:
+def start_gateway(
+    fake: FakeState, base_model: Path, tmp_path: Path, database_url: str | None
+) -> Iterator[Callable[..., RunningGateway]]:
     started: list[ServerThread] = []
 
     def start(**overrides: Any) -> RunningGateway:
@@ -75,6 +101,7 @@ def start_gateway(fake: FakeState, base_model: Path, tmp_path: Path) -> Iterator
             "model": str(base_model),
             "upstreams": [fake.url],  # type: ignore[attr-defined]
             "health_interval_s": 0.2,
+            "database_url": database_url,
         }
         values.update(overrides)
         settings = Settings(**values)

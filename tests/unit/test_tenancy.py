@@ -82,6 +82,8 @@ def test_isolation_between_tenants(gateway, fake, tmp_path):
     b.chat.completions.create(model="support", messages=Q)
     assert served_by(fake).startswith("b-support--")
     assert [m.id for m in a.models.list()] == ["support"]
+    usage = httpx.get(gateway.url + "/v1/usage", headers={"Authorization": f"Bearer {a.api_key}"}).json()["data"]
+    assert {(r["tenant"], r["model"]) for r in usage} == {("a", "support")}
     for name in (
         "only-b",
         "b-support",
@@ -143,6 +145,10 @@ BAD_UPLOADS = [  # (case, filename, content, status)
     ("rank too high", "x.tar.gz", lambda d: tar_gz(d["rank"]), 400),
     ("wrong base", "x.tar.gz", lambda d: tar_gz(d["wrong"]), 400),
     ("too large", "x.tar.gz", lambda d: b"x" * 300_000, 413),
+    ("not a PEFT folder", "x.tar.gz", lambda d: tar_gz(d["plain"]), 400),
+    ("AdaLoRA", "x.tar.gz", lambda d: tar_gz(d["adalora"]), 400),
+    ("modules_to_save", "x.tar.gz", lambda d: tar_gz(d["save"]), 400),
+    ("lm_head target", "x.tar.gz", lambda d: tar_gz(d["head"]), 400),
 ]
 
 
@@ -151,10 +157,17 @@ def test_bad_uploads_are_refused_and_leave_nothing(start_gateway, tmp_path, case
     gw = start_gateway(max_adapter_bytes=200_000)
     pickle = make_adapter(tmp_path / "pickle")
     (pickle / "adapter_model.safetensors").rename(pickle / "adapter_model.bin")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "README.md").write_text("not an adapter")
     folders = {
         "pickle": pickle,
         "rank": make_adapter(tmp_path / "rank", r=64),
         "wrong": make_adapter(tmp_path / "wrong", hidden=48),
+        "plain": plain,
+        "adalora": make_adapter(tmp_path / "ada", peft_type="ADALORA"),
+        "save": make_adapter(tmp_path / "save", modules_to_save=["score"]),
+        "head": make_adapter(tmp_path / "head", target_modules=["q_proj", "lm_head"]),
     }
     store = gw.settings.data_dir / "adapters"
     before = sorted(p.name for p in store.iterdir())

@@ -15,6 +15,7 @@ from collections import defaultdict
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from adaptserve.db import Database, UsageRow, utcnow
 
@@ -70,40 +71,24 @@ class UsageMeter:
 
     def _write(self, batch: dict[Key, list[int]]) -> None:
         with self._db.session() as s:
-            for (tenant, alias, hour), (requests, prompt, completion) in batch.items():
-                where = (UsageRow.tenant == tenant, UsageRow.alias == alias, UsageRow.hour == hour)
-                changed = s.execute(
-                    update(UsageRow)
-                    .where(*where)
-                    .values(
-                        requests=UsageRow.requests + requests,
-                        prompt_tokens=UsageRow.prompt_tokens + prompt,
-                        completion_tokens=UsageRow.completion_tokens + completion,
-                    )
-                ).rowcount
-                if not changed:
-                    try:
-                        with s.begin_nested():
-                            s.add(
-                                UsageRow(
-                                    tenant=tenant,
-                                    alias=alias,
-                                    hour=hour,
-                                    requests=requests,
-                                    prompt_tokens=prompt,
-                                    completion_tokens=completion,
-                                )
-                            )
-                    except IntegrityError:  # another replica inserted it first
-                        s.execute(
-                            update(UsageRow)
-                            .where(*where)
-                            .values(
-                                requests=UsageRow.requests + requests,
-                                prompt_tokens=UsageRow.prompt_tokens + prompt,
-                                completion_tokens=UsageRow.completion_tokens + completion,
+            for (tenant, alias, hour), counts in batch.items():
+                if _increment(s, tenant, alias, hour, counts):
+                    continue
+                try:
+                    with s.begin_nested():
+                        requests, prompt, completion = counts
+                        s.add(
+                            UsageRow(
+                                tenant=tenant,
+                                alias=alias,
+                                hour=hour,
+                                requests=requests,
+                                prompt_tokens=prompt,
+                                completion_tokens=completion,
                             )
                         )
+                except IntegrityError:  # another replica inserted the row first
+                    _increment(s, tenant, alias, hour, counts)
 
     async def query(self, tenant: str | None, since: dt.datetime | None) -> list[dict]:
         await self.flush()
@@ -127,3 +112,15 @@ class UsageMeter:
                 }
                 for r in s.scalars(query)
             ]
+
+
+def _increment(s: Session, tenant: str, alias: str, hour: dt.datetime, counts: list[int]) -> bool:
+    """Add to an existing row in one UPDATE (safe with concurrent writers); False if none."""
+    requests, prompt, completion = counts
+    where = (UsageRow.tenant == tenant, UsageRow.alias == alias, UsageRow.hour == hour)
+    values = {
+        "requests": UsageRow.requests + requests,
+        "prompt_tokens": UsageRow.prompt_tokens + prompt,
+        "completion_tokens": UsageRow.completion_tokens + completion,
+    }
+    return bool(s.execute(update(UsageRow).where(*where).values(**values)).rowcount)
