@@ -110,3 +110,23 @@ def test_metrics_by_tenant_and_model_need_the_admin_key(gateway):
     assert 'adaptserve_requests_total{endpoint="chat",model="chat",status="200",tenant="observed"} 1.0' in text
     assert 'adaptserve_tokens_total{kind="completion",model="chat",tenant="observed"} 4.0' in text
     assert 'adaptserve_adapter_loads_total{result="ok"}' in text
+
+
+def test_a_stream_the_client_abandons_gives_its_slot_back(gateway, fake):
+    client = tenant(gateway, "leaver", max_concurrent=1)
+    fake.token_delay_s = 0.05
+    body = {"model": "chat", "messages": [{"role": "user", "content": "w " * 40}], "max_tokens": 40, "stream": True}
+    headers = {"Authorization": f"Bearer {client.api_key}"}
+    for _ in range(3):
+        with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, headers=headers) as response:
+            assert response.status_code == 200
+            next(response.iter_lines())
+        # The slot comes back shortly after the client leaves; a leaked one never does.
+        deadline = time.monotonic() + 3
+        status = 429
+        while status == 429 and time.monotonic() < deadline:
+            status = httpx.post(
+                gateway.url + "/v1/chat/completions", headers=headers, json={"model": "chat", "messages": Q}
+            ).status_code
+            time.sleep(0.05)
+        assert status == 200

@@ -12,11 +12,12 @@ import enum
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import ExitStack
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 
 from adaptserve.adapters.registry import AdapterRegistry, Target
 from adaptserve.errors import APIError, ContextLengthExceededError, ModelNotFoundError, UpstreamUnavailableError
@@ -98,7 +99,7 @@ class Pipeline:
         client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         if request.stream:  # always ask vLLM for usage, so streams are metered too
             forwarded["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        with ExitStack() as stack:
+        async with AsyncExitStack() as stack:
             stack.callback(self._finish, call)
             stack.enter_context(self._registry.lease(target.adapter))
             try:
@@ -110,8 +111,16 @@ class Pipeline:
                 raise
             call.status = 200
             if isinstance(outcome, UpstreamStream):
+                stack.push_async_callback(outcome.close)
+                held = stack.pop_all()
                 events = relay(outcome, target.public_name, call.add_usage, client_wants_usage)
-                return StreamingResponse(_hold_until_done(events, stack.pop_all()), media_type="text/event-stream")
+                # Closing twice is harmless: the generator closes `held` when it ends; the
+                # background task closes it if the client left before iteration began.
+                return StreamingResponse(
+                    _hold_until_done(events, held),
+                    media_type="text/event-stream",
+                    background=BackgroundTask(held.aclose),
+                )
             outcome["model"] = target.public_name
             call.add_usage(outcome.get("usage"))
             return JSONResponse(outcome)
@@ -144,9 +153,9 @@ class Pipeline:
         raise UpstreamUnavailableError("The model server could not load the model; retry shortly.")
 
 
-async def _hold_until_done(events: AsyncIterator[bytes], stack: ExitStack) -> AsyncIterator[bytes]:
+async def _hold_until_done(events: AsyncIterator[bytes], stack: AsyncExitStack) -> AsyncIterator[bytes]:
     """Keep the version's lease and the call's record open until the stream ends,
     however it ends (finished, broken, or the client left)."""
-    with stack:
+    async with stack:
         async for event in events:
             yield event
