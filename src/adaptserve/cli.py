@@ -47,7 +47,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from adaptserve.server.app import create_app
-    from adaptserve.tenancy.auth import ensure_api_key
+    from adaptserve.tenancy.auth import ADMIN_KEY_FILE, ensure_api_key
 
     app = create_app(settings)
     configured = settings.api_key.get_secret_value() if settings.api_key else None
@@ -63,6 +63,10 @@ def serve(settings: Settings) -> None:
         flush=True,
     )
     print(f"adaptserve: {url.removesuffix('/v1')}/ready answers 200 once the model server is up", flush=True)
+    if settings.admin_key is None:
+        print(
+            f"adaptserve: admin key: in {settings.data_dir / ADMIN_KEY_FILE} (the admin CLI reads it there)", flush=True
+        )
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
 
 
