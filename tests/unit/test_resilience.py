@@ -82,9 +82,12 @@ def test_client_disconnect_aborts_the_upstream_stream(gateway, fake):
 
 def test_upstream_dying_mid_stream_ends_with_an_error_event(gateway, fake):
     fake.token_delay_s = 0.1
-    stream = gateway.client().chat.completions.create(model="alpha", messages=QUESTION, max_tokens=200, stream=True)
-    with pytest.raises(openai.APIError):
-        for i, _chunk in enumerate(stream):
-            if i == 1:
+    long = [{"role": "user", "content": "word " * 40}]  # the fake echoes it: 4 s of stream left to cut
+    stream = gateway.client().chat.completions.create(model="alpha", messages=long, max_tokens=40, stream=True)
+    chunks = 0
+    with pytest.raises(openai.APIError, match="stopped while streaming"):
+        for chunks, _chunk in enumerate(stream, start=1):
+            if chunks == 2:
                 fake.server.server.force_exit = True
                 fake.server.stop()
+    assert chunks < 40
