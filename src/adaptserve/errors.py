@@ -65,6 +65,16 @@ class NotFoundError(APIError):
     code = "not_found"
 
 
+class RouteError(APIError):
+    """A framework-level HTTP error (unknown route, wrong method) in our error shape."""
+
+    type = "invalid_request_error"
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message, code={404: "not_found", 405: "method_not_allowed"}.get(status))
+        self.status = status
+
+
 class ModelNotFoundError(NotFoundError):
     code = "model_not_found"
 

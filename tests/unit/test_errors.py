@@ -94,3 +94,10 @@ def test_health_needs_no_key_and_ready_reports(gateway):
     assert httpx.get(gateway.url + "/health").json() == {"status": "ok"}
     assert httpx.get(gateway.url + "/ready").json() == {"ready": True, "upstreams": ["ready"]}
     assert API_KEY not in httpx.get(gateway.url + "/ready").text
+
+
+def test_wrong_method_is_openai_shaped_405(gateway):
+    import httpx
+
+    response = httpx.get(gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert_openai_error(response, 405, "method_not_allowed")

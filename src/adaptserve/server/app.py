@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from adaptserve.config import Settings
-from adaptserve.errors import APIError, InvalidRequestError
+from adaptserve.errors import APIError, InvalidRequestError, RouteError
 from adaptserve.server.routes import admin, health, openai
 from adaptserve.server.state import Gateway
 
@@ -57,9 +57,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        error = APIError(str(exc.detail), code="not_found" if exc.status_code == 404 else None)
-        error.status, error.type = exc.status_code, "invalid_request_error"
-        return render(error)
+        return render(RouteError(exc.status_code, str(exc.detail)))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
