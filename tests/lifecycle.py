@@ -47,6 +47,16 @@ AFTER_RESTART = [
 ]
 
 
+def request_body(alias: str) -> dict[str, Any]:
+    """What every `request` step sends; a backend's reference answers must use the same."""
+    return {
+        "model": alias,
+        "messages": [{"role": "user", "content": "Write one sentence about the sea."}],
+        "max_tokens": 24,
+        "temperature": 0,
+    }
+
+
 class Backend(Protocol):
     def which(self, answer: str, versions: dict[str, str]) -> str:
         """The label of the version that produced `answer`."""
@@ -101,15 +111,9 @@ class Lifecycle:
         return self._admin("DELETE", f"/adapters/{name}").status_code
 
     def request(self, tenant: str, alias: str) -> str | int:
-        body = {
-            "model": alias,
-            "messages": [{"role": "user", "content": "Write one sentence about the sea."}],
-            "max_tokens": 24,
-            "temperature": 0,
-        }
         response = httpx.post(
             f"{self.url}/v1/chat/completions",
-            json=body,
+            json=request_body(alias),
             timeout=300,
             headers={"Authorization": f"Bearer {self.keys[tenant]}"},
         )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 
 from tests.integration.conftest import ADMIN_KEY, common_prefix
-from tests.lifecycle import LIFECYCLE, Lifecycle
+from tests.lifecycle import LIFECYCLE, Lifecycle, request_body
 
 
 class EngineBackend:
@@ -21,15 +21,9 @@ class EngineBackend:
             self.server.admin("POST", "/tenants", json={"name": "lc-ref"})
             key = self.server.admin("POST", "/tenants/lc-ref/keys").json()["key"]
             self.server.admin("PUT", f"/tenants/lc-ref/models/{alias}", json={"adapter": "sup", "version": version})
-            body = {
-                "model": alias,
-                "messages": [{"role": "user", "content": "Write one sentence about the sea."}],
-                "max_tokens": 24,
-                "temperature": 0,
-            }
             reply = httpx.post(
                 self.server.url + "/v1/chat/completions",
-                json=body,
+                json=request_body(alias),
                 timeout=300,
                 headers={"Authorization": f"Bearer {key}"},
             ).json()

@@ -41,6 +41,11 @@ class AdapterNotFoundError(NotFoundError):
     code = "adapter_not_found"
 
 
+def internal_name(name: str, version: str) -> str:
+    """The name vLLM knows a version by; `--` is reserved in public names for this."""
+    return f"{name}--{version}"
+
+
 @dataclass
 class AdapterVersion:
     name: str
@@ -52,7 +57,7 @@ class AdapterVersion:
 
     @property
     def internal_name(self) -> str:
-        return f"{self.name}--{self.version}"
+        return internal_name(self.name, self.version)
 
 
 @dataclass(frozen=True)
@@ -142,12 +147,12 @@ class AdapterRegistry:
             if s.get(AdapterVersionRow, (name, version)) is None:
                 raise AdapterNotFoundError(f"adapter {name} has no version {version}", param="version")
             previous, adapter.active_version = adapter.active_version, version
-            self._retired.discard(f"{name}--{version}")
+            self._retired.discard(internal_name(name, version))
             pinned = s.scalar(
                 select(func.count()).select_from(AliasRow).where(AliasRow.adapter == name, AliasRow.version == previous)
             )
         if previous and previous != version and not pinned:
-            self._retire(f"{name}--{previous}")
+            self._retire(internal_name(name, previous))
         log.info("adapter %s: active version %s -> %s", name, previous, version)
         return {"name": name, "active_version": version, "previous_version": previous}
 
@@ -164,7 +169,7 @@ class AdapterRegistry:
             doomed = [(v.version, v.digest, v.path) for v in versions]
             s.delete(adapter)
         for version, digest, path in doomed:
-            self._retire(f"{name}--{version}")
+            self._retire(internal_name(name, version))
             if not self._digest_in_use(digest):
                 self._store.remove(Path(path))
 
@@ -190,7 +195,7 @@ class AdapterRegistry:
         return [self.describe(n) for n in names]
 
     def _version_dict(self, row: AdapterVersionRow) -> dict:
-        internal = f"{row.adapter}--{row.version}"
+        internal = internal_name(row.adapter, row.version)
         live = self._versions.get(internal)
         holders = sorted(self._holders.get(internal, {}))
         state = "failed" if live and live.error else ("ready" if holders else "stored")
@@ -230,7 +235,7 @@ class AdapterRegistry:
             found = s.get(AdapterVersionRow, (adapter, version)) if version else None
             if found is None:
                 return None
-            internal = f"{adapter}--{version}"
+            internal = internal_name(adapter, version)
             live = self._versions.setdefault(internal, AdapterVersion(adapter, version, Path(found.path), found.rank))
         return None if live.error else Target(public_name, internal, live)
 

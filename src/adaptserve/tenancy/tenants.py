@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from adaptserve.db import AdapterRow, AdapterVersionRow, AliasRow, ApiKeyRow, Database, TenantRow, check_name
 from adaptserve.errors import AuthenticationError, ConflictError, InvalidRequestError, NotFoundError
@@ -26,6 +27,10 @@ class Alias:
     base: bool
     adapter: str | None
     version: str | None
+
+
+def _alias(row: AliasRow) -> Alias:
+    return Alias(row.tenant, row.alias, row.base, row.adapter, row.version)
 
 
 class TenantNotFoundError(NotFoundError):
@@ -145,17 +150,18 @@ class TenantRegistry:
 
     def aliases(self, tenant: str) -> list[Alias]:
         with self._db.session() as s:
+            self._get(s, tenant)
             rows = s.scalars(select(AliasRow).where(AliasRow.tenant == tenant).order_by(AliasRow.alias))
-            return [Alias(r.tenant, r.alias, r.base, r.adapter, r.version) for r in rows]
+            return [_alias(r) for r in rows]
 
     def alias(self, tenant: str, alias: str) -> Alias | None:
         with self._db.session() as s:
-            r = s.get(AliasRow, (tenant, alias))
-            return None if r is None else Alias(r.tenant, r.alias, r.base, r.adapter, r.version)
+            row = s.get(AliasRow, (tenant, alias))
+            return None if row is None else _alias(row)
 
     @staticmethod
-    def _get(s: object, tenant: str) -> TenantRow:
-        row = s.get(TenantRow, tenant)  # type: ignore[attr-defined]
+    def _get(s: Session, tenant: str) -> TenantRow:
+        row = s.get(TenantRow, tenant)
         if row is None:
             raise TenantNotFoundError(f"tenant {tenant} does not exist")
         return row

@@ -101,7 +101,6 @@ def set_alias(tenant: str, alias: str, body: AliasSet, gateway: GatewayDep, _: A
 
 @router.get("/tenants/{tenant}/models")
 def list_aliases(tenant: str, gateway: GatewayDep, _: AdminDep) -> dict:
-    gateway.tenants.list_keys(tenant)  # 404 for an unknown tenant
     return {"data": [vars(a) for a in gateway.tenants.aliases(tenant)]}
 
 
