@@ -67,6 +67,10 @@ class Settings(BaseSettings):
         default_factory=list, description="vLLM base URLs to front instead of starting a child"
     )
     adapters: dict[str, Path] = Field(default_factory=dict, description="name -> PEFT LoRA folder")
+    templates_dir: Path | None = Field(
+        None, description="a folder of template YAML files applied (and made active) at start-up"
+    )
+    max_template_batch: int = Field(64, ge=1, le=4096, description="inputs in one template batch call")
     base_via_zero_adapter: bool = Field(
         True,
         description="serve base-model requests through an all-zero LoRA so the engine never "

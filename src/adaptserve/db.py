@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    UniqueConstraint,
     create_engine,
     event,
 )
@@ -95,10 +96,43 @@ class AliasRow(Base):
     version: Mapped[str | None] = mapped_column(String(32))  # None: follow the active version
 
 
+class TemplateRow(Base):
+    """A template name, global (owner "") or a tenant's, and its active version."""
+
+    __tablename__ = "templates"
+    __table_args__ = (UniqueConstraint("owner", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(64))
+    active_version: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class TemplateVersionRow(Base):
+    __tablename__ = "template_versions"
+    template_id: Mapped[int] = mapped_column(ForeignKey("templates.id", ondelete="CASCADE"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    document: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class TemplateCalibrationRow(Base):
+    """Contextual-calibration label bias of one template version on one served model."""
+
+    __tablename__ = "template_calibrations"
+    template_id: Mapped[int] = mapped_column(ForeignKey("templates.id", ondelete="CASCADE"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(160), primary_key=True)
+    probs: Mapped[list] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class UsageRow(Base):
     __tablename__ = "usage"
     tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
     alias: Mapped[str] = mapped_column(String(128), primary_key=True)
+    template: Mapped[str] = mapped_column(String(64), primary_key=True, default="")
     hour: Mapped[dt.datetime] = mapped_column(DateTime, primary_key=True)
     requests: Mapped[int] = mapped_column(Integer, default=0)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)

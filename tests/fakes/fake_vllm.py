@@ -1,8 +1,12 @@
 """A fake vLLM OpenAI server for unit tests: the HTTP surface the gateway uses
-(/health, runtime LoRA load/unload, chat and completions, streaming) with vLLM's
-status codes and error shapes, and a record of what it received.
+(/health, runtime LoRA load/unload, chat and completions, streaming, /tokenize, label
+log-probabilities) with vLLM's status codes and error shapes, and a record of what it
+received.
 
 Its answer is deterministic and says which model served it: "[<model>] echo: <words>".
+Its tokenizer has one token per word; its chat template renders a message as
+`<s> role words </s>` (ids 1 and 2). Its "model" gives a token the log-probability
+-3 + (times the token occurs in the prompt) + `label_bias[word]`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,16 @@ class FakeState:
     token_delay_s: float = 0.0
     streams_open: int = 0
     streams_cancelled: int = 0
+    vocab: dict[str, int] = field(default_factory=dict)
+    label_bias: dict[str, float] = field(default_factory=dict)
+    json_reply: Any = None  # the answer to a request with structured_outputs.json
+    tokenize_calls: int = 0
+
+    def ids(self, text: str) -> list[int]:
+        return [self.vocab.setdefault(word, len(self.vocab) + 10) for word in text.split()]
+
+    def word(self, token: int) -> str:
+        return next(w for w, i in self.vocab.items() if i == token)
 
     def restart(self) -> None:
         """What a vLLM restart does to state: every runtime-loaded adapter is gone."""
@@ -40,10 +54,22 @@ def _error(status: int, message: str, type_: str, param: str | None = None) -> J
     return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": status}}, status)
 
 
+def _too_long() -> JSONResponse:
+    return _error(
+        400,
+        f"This model's maximum context length is {MAX_MODEL_LEN} tokens. However, your "
+        "prompt contains more. (parameter=input_tokens)",
+        "BadRequestError",
+        "input_tokens",
+    )
+
+
 def _prompt_words(body: dict[str, Any]) -> list[str]:
     if "messages" in body:
         return " ".join(str(m.get("content", "")) for m in body["messages"]).split()
     prompt = body.get("prompt", "")
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
+        return [str(t) for p in prompt for t in p]
     return (prompt if isinstance(prompt, str) else " ".join(map(str, prompt))).split()
 
 
@@ -85,15 +111,15 @@ def create_fake_vllm(state: FakeState) -> FastAPI:
         state.requests.append(body)
         if body["model"] != BASE and body["model"] not in state.loaded:
             return _error(404, f"The model `{body['model']}` does not exist.", "NotFoundError", "model")
+        if body.get("logprob_token_ids"):  # token-id prompts, each within the context
+            if any(len(prompt) > MAX_MODEL_LEN for prompt in body["prompt"]):
+                return _too_long()
+            return JSONResponse(_label_reads(state, body))
         if len(_prompt_words(body)) > MAX_MODEL_LEN:
-            return _error(
-                400,
-                f"This model's maximum context length is {MAX_MODEL_LEN} tokens. However, your "
-                "prompt contains more. (parameter=input_tokens)",
-                "BadRequestError",
-                "input_tokens",
-            )
+            return _too_long()
         words = _completion_words(body)
+        if (body.get("structured_outputs") or {}).get("json") is not None:
+            words = [json.dumps(state.json_reply)]
         if body.get("stream"):
             return StreamingResponse(_stream(state, body, words, kind), media_type="text/event-stream")
         text = " ".join(words)
@@ -119,7 +145,33 @@ def create_fake_vllm(state: FakeState) -> FastAPI:
     async def completions(request: Request) -> Response:
         return await generate(request, "text_completion")
 
+    @app.post("/tokenize")
+    async def tokenize(body: dict[str, Any]) -> Response:
+        state.tokenize_calls += 1
+        messages, open_last = body["messages"], body.get("continue_final_message", False)
+        ids: list[int] = []
+        for i, message in enumerate(messages):
+            ids += [1, *state.ids(message["role"]), *state.ids(message["content"])]
+            if not (open_last and i == len(messages) - 1):
+                ids.append(2)
+        if body.get("add_generation_prompt", True) and not open_last:
+            ids += [1, *state.ids("assistant")]
+        return JSONResponse({"count": len(ids), "max_model_len": 2048, "tokens": ids})
+
     return app
+
+
+def _label_reads(state: FakeState, body: dict[str, Any]) -> dict[str, Any]:
+    """Completions over token-id prompts, returning the listed ids' log-probabilities."""
+    choices = []
+    for i, prompt in enumerate(body["prompt"]):
+        top = {
+            f"token_id:{t}": -3.0 + prompt.count(t) + state.label_bias.get(state.word(t), 0.0)
+            for t in body["logprob_token_ids"]
+        }
+        choices.append({"index": i, "text": "x", "logprobs": {"top_logprobs": [top]}, "finish_reason": "length"})
+    usage = {"prompt_tokens": sum(map(len, body["prompt"])), "completion_tokens": len(body["prompt"])}
+    return {"id": "x", "object": "text_completion", "model": body["model"], "choices": choices, "usage": usage}
 
 
 async def _stream(state: FakeState, body: dict[str, Any], words: list[str], kind: str):

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 
 from adaptserve.config import Settings
 from adaptserve.errors import APIError, InvalidRequestError, RouteError
-from adaptserve.server.routes import admin, health, openai
+from adaptserve.server.routes import admin, health, openai, templates
 from adaptserve.server.state import Gateway
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(openai.router)
     app.include_router(health.router)
     app.include_router(admin.router)
+    app.include_router(templates.router)
+    app.include_router(templates.admin_router)
     _install_error_handlers(app)
     return app
 

@@ -2,7 +2,8 @@
 admit under the tenant's quotas → lease the version → ensure it is loaded → forward →
 rename the model in the answer → meter usage and record metrics.
 
-Routes call `Pipeline.handle` and return what it returns; nothing else forwards.
+OpenAI routes call `Pipeline.handle`; template endpoints call `Pipeline.run` with a
+body they built. Nothing else forwards to vLLM.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class Call:
 
     tenant: str
     model: str
-    endpoint: Endpoint
+    label: str  # the metrics' endpoint label
+    template: str = ""
     started: float = field(default_factory=time.perf_counter)
     status: int = 500
     prompt_tokens: int = 0
@@ -60,6 +62,34 @@ class Call:
         if usage:
             self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
+
+
+@dataclass
+class Answer:
+    """A non-streamed upstream answer (its `model` already renamed) and where it ran."""
+
+    body: dict[str, Any]
+    target: Target
+
+
+@dataclass
+class Opened:
+    """An upstream stream that started well. Its lease and its call record stay open
+    until `respond`'s events end, however they end."""
+
+    stream: UpstreamStream
+    target: Target
+    call: Call
+    held: AsyncExitStack
+
+    def respond(self, events: AsyncIterator[bytes]) -> StreamingResponse:
+        # Closing twice is harmless: the generator closes `held` when it ends; the
+        # background task closes it if the client left before iteration began.
+        return StreamingResponse(
+            _hold_until_done(events, self.held),
+            media_type="text/event-stream",
+            background=BackgroundTask(self.held.aclose),
+        )
 
 
 class Pipeline:
@@ -75,15 +105,19 @@ class Pipeline:
         self._pool, self._registry, self._tenants = pool, registry, tenants
         self._meter, self._quotas, self._metrics = meter, quotas, metrics
 
-    def resolve(self, tenant: str, model: str) -> Target:
+    def resolve(self, tenant: str, model: str, base_fallback: bool = False) -> Target:
         """A tenant's alias → its target. Another tenant's alias, a deleted one and an
-        unknown name all get the same 404, so existence never leaks."""
+        unknown name all get the same 404, so existence never leaks. With
+        `base_fallback` (global templates), "default" and the base name mean the base
+        model for a tenant that has no alias of that name."""
         alias = self._tenants.alias(tenant, model)
         target = None
         if alias is not None and alias.base:
             target = self._registry.base_target(model)
         elif alias is not None and alias.adapter is not None:
             target = self._registry.target(model, alias.adapter, alias.version)
+        elif alias is None and base_fallback and model in ("default", self._registry.base_name):
+            target = self._registry.base_target(model)
         if target is None:
             raise ModelNotFoundError(model)
         return target
@@ -91,47 +125,64 @@ class Pipeline:
     async def handle(
         self, endpoint: Endpoint, body: dict[str, Any], principal: Principal
     ) -> JSONResponse | StreamingResponse:
+        """An OpenAI request from a client, answered as vLLM answers it."""
         request = check_request(endpoint.schema, body)
-        target = await asyncio.to_thread(self.resolve, principal.tenant, request.model)
-        self._quotas.admit(principal.tenant, principal.limits)
-        call = Call(principal.tenant, request.model, endpoint)
-        forwarded = {**body, "model": target.internal_name}
         client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        if request.stream:  # always ask vLLM for usage, so streams are metered too
+        outcome = await self.run(principal, request.model, endpoint, body, stream=bool(request.stream))
+        if isinstance(outcome, Opened):
+            events = relay(outcome.stream, outcome.target.public_name, outcome.call.add_usage, client_wants_usage)
+            return outcome.respond(events)
+        return JSONResponse(outcome.body)
+
+    async def run(
+        self,
+        principal: Principal,
+        model: str,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        *,
+        stream: bool = False,
+        template: str = "",
+    ) -> Answer | Opened:
+        """Resolve, admit, lease, load, forward and meter one upstream call. Template
+        calls come here too, with `template` set and a body the gateway built."""
+        target = await asyncio.to_thread(self.resolve, principal.tenant, model, bool(template))
+        self._quotas.admit(principal.tenant, principal.limits)
+        call = Call(principal.tenant, model, "template" if template else endpoint.name.lower(), template)
+        forwarded = {**body, "model": target.internal_name}
+        if stream:  # always ask vLLM for usage, so streams are metered too
             forwarded["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         async with AsyncExitStack() as stack:
             stack.callback(self._finish, call)
             stack.enter_context(self._registry.lease(target.adapter))
             try:
-                outcome = await self._forward(endpoint, forwarded, target, bool(request.stream))
+                outcome = await self._forward(endpoint, forwarded, target, stream)
             except APIError as exc:
                 call.status = exc.status
                 if isinstance(exc, ContextLengthExceededError):
-                    exc.param = endpoint.prompt_param
+                    exc.param = "inputs" if template else endpoint.prompt_param
                 raise
             call.status = 200
             if isinstance(outcome, UpstreamStream):
                 stack.push_async_callback(outcome.close)
-                held = stack.pop_all()
-                events = relay(outcome, target.public_name, call.add_usage, client_wants_usage)
-                # Closing twice is harmless: the generator closes `held` when it ends; the
-                # background task closes it if the client left before iteration began.
-                return StreamingResponse(
-                    _hold_until_done(events, held),
-                    media_type="text/event-stream",
-                    background=BackgroundTask(held.aclose),
-                )
+                return Opened(outcome, target, call, stack.pop_all())
             outcome["model"] = target.public_name
             call.add_usage(outcome.get("usage"))
-            return JSONResponse(outcome)
+            return Answer(outcome, target)
+
+    async def tokenize(self, body: dict[str, Any]) -> list[int]:
+        """vLLM's `/tokenize` (the model's own tokenizer and chat template); it does
+        not touch the engine, so it is neither leased nor metered."""
+        answer = await self._pool.pick().post_json("/tokenize", body)
+        return list(answer["tokens"])
 
     def _finish(self, call: Call) -> None:
         self._quotas.release(call.tenant, call.prompt_tokens + call.completion_tokens)
-        labels = (call.tenant, call.model, call.endpoint.name.lower())
+        labels = (call.tenant, call.model, call.label)
         self._metrics.requests.labels(*labels, str(call.status)).inc()
         self._metrics.latency.labels(*labels).observe(time.perf_counter() - call.started)
         if call.status == 200:
-            self._meter.record(call.tenant, call.model, call.prompt_tokens, call.completion_tokens)
+            self._meter.record(call.tenant, call.model, call.prompt_tokens, call.completion_tokens, call.template)
             self._metrics.tokens.labels(call.tenant, call.model, "prompt").inc(call.prompt_tokens)
             self._metrics.tokens.labels(call.tenant, call.model, "completion").inc(call.completion_tokens)
 

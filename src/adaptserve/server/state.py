@@ -16,6 +16,9 @@ from adaptserve.db import Database
 from adaptserve.metrics import Metrics
 from adaptserve.models import resolve_model
 from adaptserve.server.pipeline import Pipeline
+from adaptserve.templates.registry import TemplateRegistry
+from adaptserve.templates.render import Renderer, special_tokens
+from adaptserve.templates.service import TemplateService
 from adaptserve.tenancy.auth import ADMIN_KEY_FILE, DEFAULT_TENANT, ensure_api_key, hash_key
 from adaptserve.tenancy.quotas import QuotaGate
 from adaptserve.tenancy.tenants import TenantRegistry
@@ -36,6 +39,8 @@ class Gateway:
     registry: AdapterRegistry
     pool: UpstreamPool
     pipeline: Pipeline
+    templates: TemplateRegistry
+    template_service: TemplateService
     supervisor: Supervisor | None
     admin_key_hash: str
     meter: UsageMeter
@@ -70,8 +75,25 @@ class Gateway:
         pool = UpstreamPool(upstreams, settings.health_interval_s, registry.load_all)
         meter = UsageMeter(db, settings.usage_flush_interval_s)
         pipeline = Pipeline(pool, registry, tenants, meter, QuotaGate(), metrics)
+        templates = TemplateRegistry(db)
+        if settings.templates_dir is not None:
+            templates.load_folder(settings.templates_dir)
+        renderer = Renderer(special_tokens(model_path))
+        service = TemplateService(pipeline, templates, renderer, settings.max_template_batch)
         return cls(
-            settings, db, tenants, store, registry, pool, pipeline, supervisor, hash_key(admin_key), meter, metrics
+            settings,
+            db,
+            tenants,
+            store,
+            registry,
+            pool,
+            pipeline,
+            templates,
+            service,
+            supervisor,
+            hash_key(admin_key),
+            meter,
+            metrics,
         )
 
     async def start(self) -> None:

@@ -14,7 +14,16 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from adaptserve.db import AdapterRow, AdapterVersionRow, AliasRow, ApiKeyRow, Database, TenantRow, check_name
+from adaptserve.db import (
+    AdapterRow,
+    AdapterVersionRow,
+    AliasRow,
+    ApiKeyRow,
+    Database,
+    TemplateRow,
+    TenantRow,
+    check_name,
+)
 from adaptserve.errors import AuthenticationError, ConflictError, InvalidRequestError, NotFoundError
 from adaptserve.tenancy.auth import Principal, bearer, hash_key
 from adaptserve.tenancy.quotas import Limits
@@ -68,6 +77,7 @@ class TenantRegistry:
                 raise TenantNotFoundError(f"tenant {name} does not exist")
             s.execute(delete(ApiKeyRow).where(ApiKeyRow.tenant == name))
             s.execute(delete(AliasRow).where(AliasRow.tenant == name))
+            s.execute(delete(TemplateRow).where(TemplateRow.owner == name))
             s.delete(row)
 
     # keys ------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Usage metering: requests and tokens per tenant × alias × hour.
+"""Usage metering: requests and tokens per tenant × alias × template × hour (template
+"" for plain OpenAI calls).
 
 Counts accumulate in memory on the event loop and are flushed to the database every
 `interval` seconds in one transaction (and at shutdown), as increments, so several
@@ -21,7 +22,7 @@ from adaptserve.db import Database, UsageRow, utcnow
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str, dt.datetime]
+Key = tuple[str, str, str, dt.datetime]  # tenant, alias, template, hour
 
 
 class UsageMeter:
@@ -31,9 +32,9 @@ class UsageMeter:
         self._pending: dict[Key, list[int]] = defaultdict(lambda: [0, 0, 0])
         self._task: asyncio.Task[None] | None = None
 
-    def record(self, tenant: str, alias: str, prompt_tokens: int, completion_tokens: int) -> None:
+    def record(self, tenant: str, alias: str, prompt_tokens: int, completion_tokens: int, template: str = "") -> None:
         hour = utcnow().replace(minute=0, second=0, microsecond=0)
-        counts = self._pending[(tenant, alias, hour)]
+        counts = self._pending[(tenant, alias, template, hour)]
         counts[0] += 1
         counts[1] += prompt_tokens
         counts[2] += completion_tokens
@@ -71,31 +72,32 @@ class UsageMeter:
 
     def _write(self, batch: dict[Key, list[int]]) -> None:
         with self._db.session() as s:
-            for (tenant, alias, hour), counts in batch.items():
-                if _increment(s, tenant, alias, hour, counts):
+            for key, counts in batch.items():
+                if _increment(s, key, counts):
                     continue
                 try:
                     with s.begin_nested():
                         requests, prompt, completion = counts
                         s.add(
                             UsageRow(
-                                tenant=tenant,
-                                alias=alias,
-                                hour=hour,
+                                tenant=key[0],
+                                alias=key[1],
+                                template=key[2],
+                                hour=key[3],
                                 requests=requests,
                                 prompt_tokens=prompt,
                                 completion_tokens=completion,
                             )
                         )
                 except IntegrityError:  # another replica inserted the row first
-                    _increment(s, tenant, alias, hour, counts)
+                    _increment(s, key, counts)
 
     async def query(self, tenant: str | None, since: dt.datetime | None) -> list[dict]:
         await self.flush()
         return await asyncio.to_thread(self._read, tenant, since)
 
     def _read(self, tenant: str | None, since: dt.datetime | None) -> list[dict]:
-        query = select(UsageRow).order_by(UsageRow.hour, UsageRow.tenant, UsageRow.alias)
+        query = select(UsageRow).order_by(UsageRow.hour, UsageRow.tenant, UsageRow.alias, UsageRow.template)
         if tenant is not None:
             query = query.where(UsageRow.tenant == tenant)
         if since is not None:
@@ -105,6 +107,7 @@ class UsageMeter:
                 {
                     "tenant": r.tenant,
                     "model": r.alias,
+                    "template": r.template or None,
                     "hour": r.hour.isoformat() + "Z",
                     "requests": r.requests,
                     "prompt_tokens": r.prompt_tokens,
@@ -114,10 +117,11 @@ class UsageMeter:
             ]
 
 
-def _increment(s: Session, tenant: str, alias: str, hour: dt.datetime, counts: list[int]) -> bool:
+def _increment(s: Session, key: Key, counts: list[int]) -> bool:
     """Add to an existing row in one UPDATE (safe with concurrent writers); False if none."""
     requests, prompt, completion = counts
-    where = (UsageRow.tenant == tenant, UsageRow.alias == alias, UsageRow.hour == hour)
+    tenant, alias, template, hour = key
+    where = (UsageRow.tenant == tenant, UsageRow.alias == alias, UsageRow.template == template, UsageRow.hour == hour)
     values = {
         "requests": UsageRow.requests + requests,
         "prompt_tokens": UsageRow.prompt_tokens + prompt,

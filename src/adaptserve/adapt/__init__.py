@@ -1,0 +1,1 @@
+"""Adaptation: datasets and formats (`data.py`); training and distillation come here."""

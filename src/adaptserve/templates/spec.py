@@ -1,0 +1,251 @@
+"""The template document (YAML or JSON) as a pydantic model, and the checks of the
+inputs a caller sends to a template endpoint.
+
+A template is data, never code: its text is sent as chat messages and caller inputs
+are inserted as plain strings (see `render.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from typing import Any, Literal
+
+import jsonschema
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from adaptserve.db import check_name
+from adaptserve.errors import InvalidRequestError
+
+InputType = Literal["string", "integer", "number", "boolean"]
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputField(_Strict):
+    type: InputType = "string"
+    description: str = ""
+    max_length: int = Field(4000, ge=1, le=1_000_000)
+    required: StrictBool = True
+
+
+class Label(_Strict):
+    name: StrictStr = Field(min_length=1, max_length=64)
+    description: str = ""
+    verbalizer: StrictStr | None = Field(None, min_length=1, max_length=200)
+
+    @property
+    def text(self) -> str:
+        """What the model is asked to answer for this label."""
+        return self.verbalizer or self.name
+
+
+class Example(_Strict):
+    inputs: dict[str, Any]
+    label: StrictStr | None = None
+    output: Any = None
+
+
+class Sampling(_Strict):
+    temperature: float = Field(0.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1, le=8192)
+    stop: list[str] | None = None
+
+
+class TemplateSpec(_Strict):
+    name: StrictStr
+    kind: Literal["classify", "generate"]
+    description: str = ""
+    tenant: StrictStr | None = None  # None: global, visible to every tenant
+    model: StrictStr = "default"  # the caller's model alias it runs on
+    system: StrictStr | None = None
+    instruction: StrictStr = Field(min_length=1, max_length=20_000)
+    inputs: dict[str, InputField] = Field(min_length=1)
+    examples: list[Example] = Field(default_factory=list, max_length=64)
+    labels: list[Label] = Field(default_factory=list, max_length=100)
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    sampling: Sampling = Field(default_factory=Sampling)
+    calibration: StrictBool = True
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value, "a template name")
+
+    @field_validator("inputs")
+    @classmethod
+    def _input_names(cls, value: dict[str, InputField]) -> dict[str, InputField]:
+        for name in value:
+            if not name.isidentifier():
+                raise ValueError(f"input name {name!r} must be an identifier (letters, digits, '_')")
+        return value
+
+    @model_validator(mode="after")
+    def _by_kind(self) -> TemplateSpec:
+        if self.kind == "classify":
+            self._check_labels()
+        else:
+            if self.labels:
+                raise ValueError("labels are for kind: classify")
+            if self.schema_ is not None:
+                try:
+                    jsonschema.Draft202012Validator.check_schema(self.schema_)
+                except jsonschema.SchemaError as exc:
+                    raise ValueError(f"schema is not a valid JSON Schema: {exc.message}") from exc
+        for i, example in enumerate(self.examples):
+            self._check_example(i, example)
+        return self
+
+    def _check_labels(self) -> None:
+        if len(self.labels) < 2:
+            raise ValueError("a classify template needs at least two labels")
+        if self.schema_ is not None:
+            raise ValueError("schema is for kind: generate")
+        names = [label.name for label in self.labels]
+        texts = [label.text for label in self.labels]
+        if len(set(names)) != len(names) or len(set(texts)) != len(texts):
+            raise ValueError("label names and verbalizers must be unique")
+        for a in texts:
+            for b in texts:
+                if a != b and b.startswith(a):
+                    # P(a) would count every answer that goes on to be b: a bias, not a score.
+                    raise ValueError(f"verbalizer {a!r} is a prefix of {b!r}; make them differ")
+
+    def _check_example(self, i: int, example: Example) -> None:
+        where = f"examples[{i}]"
+        try:
+            check_inputs(self, example.inputs, param=f"{where}.inputs")
+        except InvalidRequestError as exc:
+            raise ValueError(exc.message) from exc
+        if self.kind == "classify":
+            if example.label not in {label.name for label in self.labels}:
+                raise ValueError(f"{where}.label must be one of the labels")
+        elif example.output is None:
+            raise ValueError(f"{where}.output is required for kind: generate")
+        elif self.schema_ is not None:
+            try:
+                jsonschema.validate(example.output, self.schema_)
+            except jsonschema.ValidationError as exc:
+                raise ValueError(f"{where}.output does not match the schema: {exc.message}") from exc
+
+    @property
+    def digest(self) -> str:
+        """Content hash: re-applying an unchanged template makes no new version."""
+        canonical = json.dumps(self.document(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def document(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def label_index(self, name: str) -> int:
+        return [label.name for label in self.labels].index(name)
+
+    def inputs_schema(self) -> dict[str, Any]:
+        """The inputs as JSON Schema, for `GET /v1/templates/{name}`."""
+        properties: dict[str, Any] = {}
+        for name, spec in self.inputs.items():
+            prop: dict[str, Any] = {"type": spec.type}
+            if spec.description:
+                prop["description"] = spec.description
+            if spec.type == "string":
+                prop["maxLength"] = spec.max_length
+            properties[name] = prop
+        required = [name for name, spec in self.inputs.items() if spec.required]
+        return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
+def check_inputs(spec: TemplateSpec, inputs: object, param: str = "inputs") -> dict[str, Any]:
+    """A caller's inputs, checked against the template: 400 naming the field."""
+    if not isinstance(inputs, dict):
+        raise InvalidRequestError(f"{param} must be an object of the template's inputs", param=param)
+    for name in inputs:
+        if name not in spec.inputs:
+            raise InvalidRequestError(
+                f"{param}.{name} is not an input of template {spec.name}", param=f"{param}.{name}"
+            )
+    for name, field in spec.inputs.items():
+        where = f"{param}.{name}"
+        value = inputs.get(name)
+        if value is None:
+            if field.required:
+                raise InvalidRequestError(f"{where} is required", param=where)
+            continue
+        wrong_bool = isinstance(value, bool) and field.type != "boolean"
+        if wrong_bool or not isinstance(value, _PY_TYPES[field.type]):
+            raise InvalidRequestError(f"{where} must be of type {field.type}", param=where)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidRequestError(f"{where} must be a finite number", param=where)
+        if isinstance(value, str) and len(value) > field.max_length:
+            raise InvalidRequestError(f"{where} is longer than {field.max_length} characters", param=where)
+    return inputs
+
+
+def parse_document(data: object) -> TemplateSpec:
+    """A decoded YAML/JSON document → a spec, or a 400 naming the first bad field."""
+    if not isinstance(data, dict):
+        raise InvalidRequestError("a template must be a YAML or JSON object")
+    try:
+        return TemplateSpec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        message = first["msg"].removeprefix("Value error, ")
+        raise InvalidRequestError(f"invalid template: {param + ': ' if param else ''}{message}", param=param) from exc
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors/aliases: a few aliases can expand to an exponentially large
+    document ("billion laughs"), and templates never need them. Booleans are YAML 1.2's
+    (true/false only), so labels such as `yes`, `no`, `on` and `off` stay strings."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("YAML aliases (*name) are not allowed in templates")
+        return super().compose_node(parent, index)
+
+
+def load_document(text: str | bytes, name: str | None = None) -> TemplateSpec:
+    """YAML or JSON text → a checked spec, or a 400. `name` (from a URL) is the
+    document's name when it has none, and must match the one it has."""
+    try:
+        data = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: no Python objects
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"the template is not a YAML or JSON document: {exc}") from exc
+    if name is not None and isinstance(data, dict):
+        data.setdefault("name", name)
+        if data["name"] != name:
+            raise InvalidRequestError("the document's name differs from the URL's", param="name")
+    return parse_document(data)
+
+
+_NoAliasLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
