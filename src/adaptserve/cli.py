@@ -1,5 +1,6 @@
 """The `adaptserve` command: `serve` runs the gateway (and its vLLM child);
-`prepare-model` converts the default model once."""
+`prepare-model` converts the default model once; `eval` measures a template; the
+admin groups (tenants, keys, adapters, models, templates) call a running server."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 from adaptserve.cli_admin import add_admin_commands, run_admin_command
+from adaptserve.cli_eval import add_eval_command, run_eval
 from adaptserve.config import Settings, load_settings
 from adaptserve.errors import ConfigurationError
 
@@ -34,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     prepare = commands.add_parser("prepare-model", help="convert the default model once and print its folder")
     prepare.add_argument("--config", type=Path)
+    serve.add_argument("--templates", type=Path, dest="templates_dir", help="apply the template files in this folder")
+    add_eval_command(commands)
     add_admin_commands(commands)
     return parser
 
@@ -72,13 +76,15 @@ def serve(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    settable = {"config", "model", "host", "port", "upstreams"}
+    settable = {"config", "model", "host", "port", "upstreams", "templates_dir"}
     flags = {k: v for k, v in vars(args).items() if k in settable}
     try:
         settings = load_settings(**flags)
         _configure_logging(settings.log_level)
         if hasattr(args, "admin_request"):
             sys.exit(run_admin_command(args, settings))
+        if hasattr(args, "run_eval"):
+            sys.exit(run_eval(args, settings))
         if args.command == "prepare-model":
             from adaptserve.models import resolve_model
 

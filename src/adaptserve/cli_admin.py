@@ -42,6 +42,20 @@ def add_admin_commands(commands: argparse._SubParsersAction) -> None:
             ),
             "delete": (["name"], lambda a: ("DELETE", f"/adapters/{a.name}", {})),
         },
+        "templates": {
+            "apply": (["file"], _apply_template),
+            "list": ([], lambda a: ("GET", "/templates", {})),
+            "show": (["name"], lambda a: ("GET", f"/templates/{a.name}", {"params": _owner(a)})),
+            "activate": (
+                ["name", "version"],
+                lambda a: (
+                    "POST",
+                    f"/templates/{a.name}/activate",
+                    {"json": {"version": int(a.version)}, "params": _owner(a)},
+                ),
+            ),
+            "delete": (["name"], lambda a: ("DELETE", f"/templates/{a.name}", {"params": _owner(a)})),
+        },
         "models": {
             "set": (["tenant", "alias"], _set_alias),
             "list": (["tenant"], lambda a: ("GET", f"/tenants/{a.tenant}/models", {})),
@@ -63,6 +77,10 @@ def add_admin_commands(commands: argparse._SubParsersAction) -> None:
                     action="store_true",
                     help="send the path for the server to read instead of uploading the folder",
                 )
+            if group == "templates" and verb != "list":
+                sub.add_argument("--tenant", help="the owning tenant (default: a global template)")
+            if (group, verb) == ("templates", "apply"):
+                sub.add_argument("--no-activate", action="store_true", help="store the version without activating it")
             if (group, verb) == ("models", "set"):
                 sub.add_argument("--adapter", help="the adapter this alias serves")
                 sub.add_argument("--version", help="pin a version (default: follow the active one)")
@@ -93,6 +111,24 @@ def _push(args: argparse.Namespace) -> tuple[str, str, dict]:
             "files": {"file": (f"{args.name}.tar.gz", buffer.getvalue(), "application/gzip")},
         },
     )
+
+
+def _apply_template(args: argparse.Namespace) -> tuple[str, str, dict]:
+    """Checked here first (a clear error without a round trip), then sent as written."""
+    from adaptserve.errors import InvalidRequestError
+    from adaptserve.templates.spec import load_document
+
+    text = Path(args.file).read_text()
+    try:
+        spec = load_document(text)
+    except InvalidRequestError as exc:
+        sys.exit(f"adaptserve: {args.file}: {exc.message}")
+    params = _owner(args) | ({"activate": "false"} if args.no_activate else {})
+    return "PUT", f"/templates/{spec.name}", {"content": text.encode(), "params": params}
+
+
+def _owner(args: argparse.Namespace) -> dict[str, str]:
+    return {"tenant": args.tenant} if getattr(args, "tenant", None) else {}
 
 
 def _set_alias(args: argparse.Namespace) -> tuple[str, str, dict]:

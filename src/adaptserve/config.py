@@ -137,4 +137,6 @@ def load_settings(**flags: Any) -> Settings:
     if settings.config is not None:  # relative adapter paths are relative to the file
         base = settings.config.parent
         settings.adapters = {name: p if p.is_absolute() else (base / p) for name, p in settings.adapters.items()}
+        if settings.templates_dir is not None and not settings.templates_dir.is_absolute():
+            settings.templates_dir = base / settings.templates_dir
     return settings

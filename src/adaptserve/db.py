@@ -154,8 +154,8 @@ class Database:
             url = f"sqlite:///{data_dir / 'adaptserve.db'}"
         return cls(url)
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision."""
+    def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to `revision` (the newest by default)."""
         from alembic import command
         from alembic.config import Config
 
@@ -164,7 +164,7 @@ class Database:
         config.attributes["connection"] = None
         with self.engine.begin() as connection:
             config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            command.upgrade(config, revision)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

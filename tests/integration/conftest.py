@@ -102,6 +102,7 @@ def server(adapter_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     config = data / "adaptserve.yaml"
     settings = {
         "adapters": {k: str(v) for k, v in adapter_dirs.items() if k != "a4"},
+        "templates_dir": str(Path(__file__).parents[2] / "templates"),
         "vllm": {"max_loras": MAX_LORAS, "max_lora_rank": 16, "max_model_len": 2048, "kv_cache_gib": 1},
     }
     config.write_text(yaml.safe_dump(settings))

@@ -154,6 +154,15 @@ def test_shared_first_tokens_score_whole_answers(gateway: RunningGateway, fake: 
     assert [p[-1] == very for p in scoring[0]["prompt"]] == [False, True, False, True]
 
 
+def test_labels_are_scored_after_the_answer_prefix(gateway: RunningGateway, fake: FakeState) -> None:
+    put(gateway, SENTIMENT | {"answer_prefix": "It is"})
+    fake.requests.clear()
+    assert run(gateway, "sent", {"inputs": {"text": "positive"}}).json()["label"] == "positive"
+    prompt = next(r for r in fake.requests if "logprob_token_ids" in r)["prompt"][0]
+    # The prompt ends inside the open assistant turn: <s> assistant It is (no </s>).
+    assert prompt[-4:] == [1, fake.vocab["assistant"], fake.vocab["It"], fake.vocab["is"]]
+
+
 def test_calibration_is_computed_once_stored_and_changes_the_answer(
     gateway: RunningGateway, fake: FakeState, database_url: str | None, tmp_path: Path
 ) -> None:

@@ -167,3 +167,14 @@ def test_calibration_divides_out_the_content_free_bias() -> None:
     assert calibrated == pytest.approx([0.3 / 0.2 / (0.3 / 0.2 + 0.7 / 0.8), 0.7 / 0.8 / (0.3 / 0.2 + 0.7 / 0.8)])
     assert calibrated[0] > calibrated[1] and sum(calibrated) == pytest.approx(1.0)
     assert calibrate([0.3, 0.7], [0.5, 0.5]) == pytest.approx([0.3, 0.7])  # no bias, no change
+
+
+def test_an_answer_prefix_opens_the_assistant_turn_the_labels_complete() -> None:
+    doc = spec(SENTIMENT + "answer_prefix: The review is\n")
+    renderer = Renderer()
+    messages, open_turn = renderer.scoring_messages(doc, {"text": "fine"})
+    assert open_turn and messages[-1] == {"role": "assistant", "content": "The review is"}
+    assert renderer.messages(doc, {"text": "fine"})[1]["content"] == "The review is negative"  # examples agree
+    assert renderer.scoring_messages(spec(), {"text": "fine"})[1] is False
+    with pytest.raises(InvalidRequestError, match="must not end with a space"):
+        spec(SENTIMENT + "answer_prefix: 'The review is '\n")

@@ -9,6 +9,7 @@ import time
 import httpx
 import openai
 import pytest
+from sqlalchemy import text
 
 from tests.unit.conftest import ADMIN_KEY
 
@@ -130,3 +131,23 @@ def test_a_stream_the_client_abandons_gives_its_slot_back(gateway, fake):
             ).status_code
             time.sleep(0.05)
         assert status == 200
+
+
+def test_upgrading_the_schema_keeps_recorded_usage(database_url, tmp_path):
+    """Revision 0002 rebuilds the usage table under a new key: existing rows survive."""
+    from adaptserve.db import Database
+
+    db = Database.for_data_dir(database_url, tmp_path)
+    db.migrate("0001")
+    with db.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO usage (tenant, alias, hour, requests, prompt_tokens, completion_tokens)"
+                " VALUES ('acme', 'support', '2026-01-01 10:00:00', 7, 70, 700)"
+            )
+        )
+    db.migrate()
+    with db.engine.connect() as connection:
+        rows = connection.execute(text("SELECT tenant, alias, template, requests, completion_tokens FROM usage"))
+        assert [tuple(r) for r in rows] == [("acme", "support", "", 7, 700)]
+    db.dispose()

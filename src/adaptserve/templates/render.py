@@ -78,6 +78,14 @@ class Renderer:
         out.append({"role": "user", "content": header + self.format_inputs(spec, inputs)})
         return out
 
+    def scoring_messages(self, spec: TemplateSpec, inputs: dict[str, Any]) -> tuple[list[Message], bool]:
+        """The messages a classify prompt is scored after, and whether the last one is
+        an open assistant turn (the answer prefix) the labels continue."""
+        messages = self.messages(spec, inputs)
+        if spec.answer_prefix is None:
+            return messages, False
+        return [*messages, {"role": "assistant", "content": spec.answer_prefix}], True
+
 
 def instruction(spec: TemplateSpec) -> str:
     if spec.kind == "generate":
@@ -90,6 +98,11 @@ def instruction(spec: TemplateSpec) -> str:
     return f"{spec.instruction}\nAnswer with one of:\n" + "\n".join(choices)
 
 
+def calibration_inputs(spec: TemplateSpec) -> list[dict[str, Any]]:
+    """The template's own calibration inputs, or the content-free ones."""
+    return spec.calibration_inputs or content_free_inputs(spec)
+
+
 def content_free_inputs(spec: TemplateSpec) -> list[dict[str, Any]]:
     """One input per content-free string, in every string field (other fields take
     a neutral value), for contextual calibration."""
@@ -100,9 +113,14 @@ def content_free_inputs(spec: TemplateSpec) -> list[dict[str, Any]]:
     ]
 
 
+def label_answer(spec: TemplateSpec, label_text: str) -> str:
+    """The whole answer that says a label: the answer prefix, a space, the label."""
+    return f"{spec.answer_prefix} {label_text}" if spec.answer_prefix else label_text
+
+
 def _answer(spec: TemplateSpec, label: str | None, output: Any) -> str:
     if spec.kind == "classify":
-        return spec.labels[spec.label_index(label or "")].text
+        return label_answer(spec, spec.labels[spec.label_index(label or "")].text)
     return output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
 
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import jsonschema
 import yaml
@@ -84,9 +84,16 @@ class TemplateSpec(_Strict):
     inputs: dict[str, InputField] = Field(min_length=1)
     examples: list[Example] = Field(default_factory=list, max_length=64)
     labels: list[Label] = Field(default_factory=list, max_length=100)
+    # classify: the start of the answer the labels complete ("The sentiment is"), so
+    # they are scored where the model would say them, not at the start of its turn.
+    answer_prefix: StrictStr | None = Field(None, min_length=1, max_length=500)
     schema_: dict[str, Any] | None = Field(None, alias="schema")
     sampling: Sampling = Field(default_factory=Sampling)
     calibration: StrictBool = True
+    # The inputs whose mean label distribution is divided out; default: "N/A", "" and
+    # "[MASK]" in every field (Zhao et al.). A few real, label-balanced unlabelled inputs
+    # suit tasks where an empty input is not neutral (an empty review reads as negative).
+    calibration_inputs: list[dict[str, Any]] | None = Field(None, min_length=1, max_length=64)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -108,8 +115,8 @@ class TemplateSpec(_Strict):
         if self.kind == "classify":
             self._check_labels()
         else:
-            if self.labels:
-                raise ValueError("labels are for kind: classify")
+            if self.labels or self.answer_prefix or self.calibration_inputs:
+                raise ValueError("labels, answer_prefix and calibration_inputs are for kind: classify")
             if self.schema_ is not None:
                 try:
                     jsonschema.Draft202012Validator.check_schema(self.schema_)
@@ -117,6 +124,11 @@ class TemplateSpec(_Strict):
                     raise ValueError(f"schema is not a valid JSON Schema: {exc.message}") from exc
         for i, example in enumerate(self.examples):
             self._check_example(i, example)
+        for i, inputs in enumerate(self.calibration_inputs or []):
+            try:
+                check_inputs(self, inputs, param=f"calibration_inputs[{i}]")
+            except InvalidRequestError as exc:
+                raise ValueError(exc.message) from exc
         return self
 
     def _check_labels(self) -> None:
@@ -124,6 +136,8 @@ class TemplateSpec(_Strict):
             raise ValueError("a classify template needs at least two labels")
         if self.schema_ is not None:
             raise ValueError("schema is for kind: generate")
+        if self.answer_prefix is not None and self.answer_prefix != self.answer_prefix.rstrip():
+            raise ValueError("answer_prefix must not end with a space: the space goes with the label")
         names = [label.name for label in self.labels]
         texts = [label.text for label in self.labels]
         if len(set(names)) != len(names) or len(set(texts)) != len(texts):
@@ -221,7 +235,7 @@ class _NoAliasLoader(yaml.SafeLoader):
     document ("billion laughs"), and templates never need them. Booleans are YAML 1.2's
     (true/false only), so labels such as `yes`, `no`, `on` and `off` stay strings."""
 
-    yaml_implicit_resolvers = {
+    yaml_implicit_resolvers: ClassVar[dict[str, list]] = {
         first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }

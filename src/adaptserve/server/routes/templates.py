@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from adaptserve.errors import PayloadTooLargeError
+from adaptserve.errors import InvalidRequestError, PayloadTooLargeError
 from adaptserve.server.deps import AdminDep, BodyDep, GatewayDep, PrincipalDep
 from adaptserve.templates.registry import GLOBAL
 from adaptserve.templates.spec import load_document
@@ -42,12 +42,22 @@ async def run_template(
 
 @admin_router.put("/{name}")
 async def put_template(
-    name: str, request: Request, response: Response, gateway: GatewayDep, _: AdminDep, activate: bool = True
+    name: str,
+    request: Request,
+    response: Response,
+    gateway: GatewayDep,
+    _: AdminDep,
+    activate: bool = True,
+    tenant: str | None = None,
 ) -> dict:
     """The YAML or JSON document → a new immutable version (201), or the identical one (200).
-    `?activate=false` stores it without switching callers to it."""
+    `?activate=false` stores it without switching callers to it; `?tenant=` owns it."""
     text = await _read_text(request, gateway.settings.max_request_bytes)
     spec = load_document(text, name)
+    if tenant is not None and spec.tenant not in (None, tenant):
+        raise InvalidRequestError("the document's tenant differs from the URL's", param="tenant")
+    if tenant is not None:
+        spec = spec.model_copy(update={"tenant": tenant})
     version, created = await asyncio.to_thread(gateway.templates.put, spec, activate)
     response.status_code = 201 if created else 200
     return version

@@ -1,0 +1,198 @@
+"""The template accuracy ladder and the classify-vs-chat comparison, in one run against
+a running server (`adaptserve serve --templates templates`).
+
+For each bundled dataset (held-out split, the first N in the loader's fixed order):
+zero-shot, few-shot k=4 and k=8 templates, each scored uncalibrated and calibrated
+from the same answers, and the plain `transformers` zero-shot baseline (generate an
+answer with the same prompt, then match a label in it). Then, on the same inputs,
+requests per second and accuracy of the classify endpoint against a chat completion
+that asks the same question and parses the answer.
+
+    python benchmarks/template_ladder.py --url http://127.0.0.1:8000 --key KEY --admin-key ADMIN [--n 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from adaptserve.adapt.data import Example, load_dataset
+from adaptserve.evaluation import Evaluator, metrics, report
+from adaptserve.models import resolve_model
+from adaptserve.templates.render import Renderer
+from adaptserve.templates.spec import TemplateSpec, load_document
+
+ROOT = Path(__file__).parents[1]
+TASKS = {  # dataset -> (zero-shot template, few-shot template, input field)
+    "rotten-tomatoes": ("sentiment", "sentiment-fewshot", "text"),
+    "trec": ("question-type", "question-type-fewshot", "question"),
+}
+
+
+def apply(url: str, admin_key: str, spec: TemplateSpec) -> None:
+    response = httpx.put(
+        f"{url}/admin/templates/{spec.name}",
+        content=json.dumps(spec.document()),
+        headers={"Authorization": f"Bearer {admin_key}"},
+        timeout=30,
+    )
+    response.raise_for_status()
+
+
+def match_label(spec: TemplateSpec, text: str) -> str | None:
+    """The label named first in a free-text reply, if any: its answer ("a number"),
+    the answer's last word ("number") or its name ("NUM"), as whole words."""
+    hits = []
+    for label in spec.labels:
+        for form in {label.text, label.text.split()[-1], label.name}:
+            found = re.search(rf"\b{re.escape(form)}\b", text, flags=re.IGNORECASE)
+            if found:
+                hits.append((found.start(), label.name))
+    return min(hits)[1] if hits else None
+
+
+def transformers_baseline(spec: TemplateSpec, examples: list[Example], field: str) -> dict[str, Any]:
+    """The tutorial way: the same chat prompt, greedy generate, find a label in the text."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = resolve_model("default", Path.home() / ".local/share/adaptserve/models")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.bfloat16).eval()
+    renderer, predicted = Renderer(), []
+    started = time.perf_counter()
+    for example in examples:
+        messages = renderer.messages(spec, {field: example.text})
+        ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"]
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        reply = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        predicted.append(match_label(spec, reply) or "(none)")
+    elapsed = time.perf_counter() - started
+    return _scored(spec, examples, predicted, elapsed)
+
+
+def _scored(spec: TemplateSpec, examples: list[Example], predicted: list[str], elapsed: float) -> dict[str, Any]:
+    labels = [label.name for label in spec.labels]
+    gold = [e.label for e in examples]
+    valid = [p if p in labels else next(iter(set(labels) - {g})) for p, g in zip(predicted, gold, strict=True)]
+    result = metrics(labels, gold, valid, [1.0] * len(gold))
+    result["unparsed"] = sum(p not in labels for p in predicted)
+    result["inputs_per_s"] = len(examples) / elapsed
+    return {k: v for k, v in result.items() if k not in ("per_class", "confusion", "ece")}
+
+
+async def chat_side(url: str, key: str, spec: TemplateSpec, examples: list[Example], field: str, conc: int) -> dict:
+    """Chat completions with the template's own messages; the answer parsed for a label."""
+    renderer, gate = Renderer(), asyncio.Semaphore(conc)
+    predicted: list[str] = [""] * len(examples)
+    async with httpx.AsyncClient(timeout=600, headers={"Authorization": f"Bearer {key}"}) as client:
+
+        async def one(i: int) -> None:
+            async with gate:
+                body = {
+                    "model": "default",
+                    "messages": renderer.messages(spec, {field: examples[i].text}),
+                    "max_tokens": 10,
+                    "temperature": 0,
+                }
+                answer = (await client.post(f"{url}/v1/chat/completions", json=body)).json()
+                predicted[i] = match_label(spec, answer["choices"][0]["message"]["content"]) or "(none)"
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(len(examples))))
+    return _scored(spec, examples, predicted, time.perf_counter() - started)
+
+
+async def template_side(url: str, key: str, name: str, examples: list[Example], field: str, batch: int, conc: int):
+    evaluator = Evaluator(url, key, name, batch=batch, concurrency=conc)
+    started = time.perf_counter()
+    predictions = await evaluator.run(examples, field)
+    return report(predictions, True, time.perf_counter() - started, {})
+
+
+def ladder(args: argparse.Namespace, dataset: str) -> dict[str, Any]:
+    zero_name, few_name, field = TASKS[dataset]
+    examples = load_dataset(dataset, "test")[: args.n]
+    zero = load_document((ROOT / "templates" / f"{zero_name}.yaml").read_text())
+    few = load_document((ROOT / "templates" / f"{few_name}.yaml").read_text())
+    k4 = few.model_copy(update={"name": f"{few_name}-k4", "examples": few.examples[:4]})
+    variants = [("zero-shot", zero), ("few-shot k=4", k4), ("few-shot k=8", few)]
+    if zero.calibration_inputs:  # the shipped template's own calibration set vs Zhao et al.'s
+        free = zero.model_copy(update={"name": f"{zero_name}-content-free", "calibration_inputs": None})
+        variants.append(("zero-shot, content-free calibration", free))
+    rows: dict[str, Any] = {}
+    for label, spec in variants:
+        apply(args.url, args.admin_key, spec)
+        result = asyncio.run(
+            template_side(args.url, args.key, spec.name, examples, field, args.batch, args.concurrency)
+        )
+        rows[label] = {k: result[k] for k in ("uncalibrated", "calibrated", "throughput")}
+        for part in ("uncalibrated", "calibrated"):
+            rows[label][part] = {k: v for k, v in rows[label][part].items() if k not in ("per_class", "confusion")}
+        print(dataset, label, {p: round(rows[label][p]["accuracy"], 3) for p in ("uncalibrated", "calibrated")})
+    rows["transformers zero-shot (generate + match)"] = transformers_baseline(zero, examples, field)
+    return {"n": len(examples), "rows": rows}
+
+
+def endpoint_vs_chat(args: argparse.Namespace) -> dict[str, Any]:
+    zero_name, _, field = TASKS["rotten-tomatoes"]
+    examples = load_dataset("rotten-tomatoes", "test")[: args.n_speed]
+    spec = load_document((ROOT / "templates" / f"{zero_name}.yaml").read_text())
+    # Warm up both paths first (the first logprobs request compiles; the first classify
+    # call of a template version computes its calibration).
+    asyncio.run(template_side(args.url, args.key, zero_name, examples[:8], field, 1, 8))
+    asyncio.run(chat_side(args.url, args.key, spec, examples[:8], field, 8))
+    out = {}
+    for round_ in range(2):  # alternate sides so drift in machine load hits both
+        one = asyncio.run(template_side(args.url, args.key, zero_name, examples, field, 1, args.concurrency * 8))
+        chat = asyncio.run(chat_side(args.url, args.key, spec, examples, field, args.concurrency * 8))
+        out[f"round {round_}"] = {
+            "classify endpoint (one input per request)": {
+                "inputs_per_s": one["throughput"]["inputs_per_s"],
+                "accuracy": one["calibrated"]["accuracy"],
+            },
+            "chat completion + parse": {"inputs_per_s": chat["inputs_per_s"], "accuracy": chat["accuracy"]},
+        }
+        print(out[f"round {round_}"])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--admin-key", required=True)
+    parser.add_argument("--n", type=int, default=300, help="held-out inputs per dataset")
+    parser.add_argument("--n-speed", type=int, default=128, help="inputs for the endpoint-vs-chat comparison")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "template_ladder.json")
+    args = parser.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    result: dict[str, Any] = {
+        "settings": {k: v for k, v in vars(args).items() if k not in ("key", "admin_key", "out")},
+        "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count()},
+        "commit": commit,
+        "server": httpx.get(f"{args.url}/health", timeout=10).json(),
+    }
+    result["speed"] = endpoint_vs_chat(args)
+    result["ladder"] = {dataset: ladder(args, dataset) for dataset in TASKS}
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(yaml.safe_dump(result["ladder"], sort_keys=False)[:4000])
+
+
+if __name__ == "__main__":
+    main()

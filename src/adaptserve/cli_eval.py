@@ -1,0 +1,78 @@
+"""`adaptserve eval TEMPLATE`: the command-line side of `evaluation.py`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+from adaptserve.config import Settings
+from adaptserve.tenancy.auth import KEY_FILE
+
+
+def add_eval_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("eval", help="measure a classify template on labelled data")
+    parser.add_argument("template")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="a JSONL or CSV file of labelled texts")
+    source.add_argument("--dataset", help="a bundled dataset: rotten-tomatoes or trec")
+    parser.add_argument("--split", default="test", help="of --dataset: test (default) or train")
+    parser.add_argument("--text-field", default="text")
+    parser.add_argument("--label-field", default="label")
+    parser.add_argument("--input", help="the template input the text goes to (default: its only one)")
+    parser.add_argument("--limit", type=int, help="only the first N examples")
+    parser.add_argument("--batch", type=int, default=16, help="inputs per request")
+    parser.add_argument("--concurrency", type=int, default=2, help="requests in flight")
+    parser.add_argument("--out", type=Path, default=Path("eval-results"), help="folder for the JSON and PNG")
+    parser.add_argument("--url", help="the server (default http://HOST:PORT from the settings)")
+    parser.add_argument("--key", help="an API key (default: ADAPTSERVE_API_KEY or DATA_DIR/api_key)")
+    parser.add_argument("--config", type=Path)
+    parser.set_defaults(run_eval=True)
+
+
+def run_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from adaptserve.adapt.data import load_dataset, read_labelled
+    from adaptserve.evaluation import Evaluator, report, table, write
+
+    url = (args.url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    key = args.key or _default_key(settings)
+    if args.data is not None:
+        examples = read_labelled(args.data, args.text_field, args.label_field)
+    else:
+        examples = load_dataset(args.dataset, args.split)
+    examples = examples[: args.limit] if args.limit else examples
+    evaluator = Evaluator(url, key, args.template, args.batch, args.concurrency)
+    described = evaluator.describe()
+    input_field = args.input or _only_input(described)
+    started = time.perf_counter()
+    with tqdm(total=len(examples), desc=args.template, unit="input") as progress:
+        predictions = asyncio.run(evaluator.run(examples, input_field, progress))
+    elapsed = time.perf_counter() - started
+    source = str(args.data) if args.data else f"{args.dataset}:{args.split}"
+    settings_used = {"template": args.template, "version": described["version"], "data": source, "url": url}
+    settings_used |= {"limit": args.limit, "batch": args.batch, "concurrency": args.concurrency}
+    result = report(predictions, bool(described.get("calibration")), elapsed, settings_used)
+    print(table(result))
+    json_path, png_path = write(result, args.out, f"{args.template}-{source.replace('/', '_').replace(':', '-')}")
+    print(f"\nwrote {json_path} and {png_path}")
+    return 0
+
+
+def _only_input(described: dict) -> str:
+    names = list(described["inputs"]["properties"])
+    if len(names) != 1:
+        sys.exit(f"adaptserve: template has inputs {names}: say which one gets the text with --input")
+    return names[0]
+
+
+def _default_key(settings: Settings) -> str:
+    if settings.api_key is not None:
+        return settings.api_key.get_secret_value()
+    path = settings.data_dir / KEY_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    sys.exit("adaptserve: no API key: pass --key or set ADAPTSERVE_API_KEY")
