@@ -57,7 +57,8 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     settings_used |= {"limit": args.limit, "batch": args.batch, "concurrency": args.concurrency}
     result = report(predictions, bool(described.get("calibration")), elapsed, settings_used)
     print(table(result))
-    json_path, png_path = write(result, args.out, f"{args.template}-{source.replace('/', '_').replace(':', '-')}")
+    stem = f"{args.template}-{args.data.stem if args.data else f'{args.dataset}-{args.split}'}"
+    json_path, png_path = write(result, args.out, stem)
     print(f"\nwrote {json_path} and {png_path}")
     return 0
 

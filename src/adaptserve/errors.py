@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 
 class ConfigurationError(Exception):
     """Bad settings or a missing local resource; raised at start-up, not per request."""
@@ -51,6 +53,16 @@ class InvalidRequestError(APIError):
 
 class ContextLengthExceededError(InvalidRequestError):
     code = "context_length_exceeded"
+
+
+def invalid_from(exc: ValidationError, prefix: str = "") -> InvalidRequestError:
+    """A pydantic error → 400 naming the first bad field in `param` (`a.b[0].c`)."""
+    first = exc.errors()[0]
+    param = ""
+    for part in first["loc"]:
+        param += f"[{part}]" if isinstance(part, int) else (f".{part}" if param else str(part))
+    message = first["msg"].removeprefix("Value error, ")
+    return InvalidRequestError(f"{prefix}{param}: {message}" if param else prefix + message, param=param or None)
 
 
 class AuthenticationError(APIError):

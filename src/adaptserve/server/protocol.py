@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
-from adaptserve.errors import InvalidRequestError, PayloadTooLargeError
+from adaptserve.errors import InvalidRequestError, PayloadTooLargeError, invalid_from
 
 
 class _Request(BaseModel):
@@ -36,21 +36,11 @@ class CompletionRequest(_Request):
     prompt: str | list[str] | list[int] | list[list[int]]
 
 
-def _param(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def check_request(schema: type[_Request], body: dict[str, Any]) -> _Request:
     try:
         request = schema.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InvalidRequestError(
-            f"{_param(first['loc']) or 'body'}: {first['msg']}", param=_param(first["loc"]) or None
-        ) from exc
+        raise invalid_from(exc) from exc
     _refuse_engine_crashers(body)
     return request
 

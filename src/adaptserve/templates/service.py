@@ -13,7 +13,7 @@ import jsonschema
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
-from adaptserve.errors import APIError, InvalidRequestError
+from adaptserve.errors import APIError, InvalidRequestError, invalid_from
 from adaptserve.server.pipeline import Answer, Endpoint, Opened, Pipeline
 from adaptserve.server.streaming import relay_text
 from adaptserve.templates.classify import Classifier
@@ -146,9 +146,7 @@ def _parse_call(body: dict[str, Any]) -> TemplateCall:
     try:
         return TemplateCall.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        raise InvalidRequestError(f"{param}: {first['msg']}", param=param) from exc
+        raise invalid_from(exc) from exc
 
 
 def _result_or_error(outcome: dict[str, Any] | BaseException) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from adaptserve.db import check_name
-from adaptserve.errors import InvalidRequestError
+from adaptserve.errors import InvalidRequestError, invalid_from
 
 InputType = Literal["string", "integer", "number", "boolean"]
 _PY_TYPES: dict[str, tuple[type, ...]] = {
@@ -224,10 +224,7 @@ def parse_document(data: object) -> TemplateSpec:
     try:
         return TemplateSpec.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        message = first["msg"].removeprefix("Value error, ")
-        raise InvalidRequestError(f"invalid template: {param + ': ' if param else ''}{message}", param=param) from exc
+        raise invalid_from(exc, prefix="invalid template: ") from exc
 
 
 class _NoAliasLoader(yaml.SafeLoader):
