@@ -11,6 +11,7 @@ from pathlib import Path
 
 from adaptserve.cli_admin import add_admin_commands, run_admin_command
 from adaptserve.cli_eval import add_eval_command, run_eval
+from adaptserve.cli_quantize import add_quantize_command, run_quantize
 from adaptserve.config import Settings, load_settings
 from adaptserve.errors import ConfigurationError
 
@@ -38,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--config", type=Path)
     serve.add_argument("--templates", type=Path, dest="templates_dir", help="apply the template files in this folder")
     add_eval_command(commands)
+    add_quantize_command(commands)
     add_admin_commands(commands)
     return parser
 
@@ -85,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(run_admin_command(args, settings))
         if hasattr(args, "run_eval"):
             sys.exit(run_eval(args, settings))
+        if hasattr(args, "run_quantize"):
+            sys.exit(run_quantize(args, settings))
         if args.command == "prepare-model":
             from adaptserve.models import resolve_model
 

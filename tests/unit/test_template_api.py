@@ -103,6 +103,8 @@ def test_tenants_see_their_own_and_global_templates_only(gateway: RunningGateway
     assert hidden.status_code == 404 and hidden.json()["error"]["code"] == "template_not_found"
     assert run(gateway, "secret", {"inputs": {"text": "x"}}, key=acme_key).status_code == 200
     assert put(gateway, SENTIMENT, tenant="nobody").status_code == 400
+    assert gateway.admin("DELETE", "/templates/sent?tenant=acme").status_code == 204
+    assert names(acme_key)["sent"] == ""  # the global one shows again
     gateway.admin("DELETE", "/tenants/acme")
     assert gateway.admin("GET", "/templates/secret?tenant=acme").status_code == 404
 

