@@ -3,6 +3,7 @@ with three good adapters and three bad ones made at session start."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -106,6 +107,14 @@ def server(adapter_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
         "vllm": {"max_loras": MAX_LORAS, "max_lora_rank": 16, "max_model_len": 2048, "kv_cache_gib": 1},
     }
     config.write_text(yaml.safe_dump(settings))
+    with running_server(data, ["--config", str(config)]) as srv:
+        yield srv
+
+
+@contextlib.contextmanager
+def running_server(data: Path, args: list[str]) -> Iterator[Server]:
+    """`adaptserve serve ARGS` on a free port with `data` as its data folder, ready;
+    stopped (and checked to leave no engine behind) on exit."""
     port = free_port()
     env = {
         **os.environ,
@@ -117,7 +126,7 @@ def server(adapter_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     log_path = data / "gateway.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "adaptserve", "serve", "--config", str(config), "--port", str(port)],
+            [sys.executable, "-m", "adaptserve", "serve", *args, "--port", str(port)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

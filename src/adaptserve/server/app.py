@@ -55,7 +55,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"] if p not in ("body", "query", "path")) or None
-        return render(InvalidRequestError(f"{param}: {first['msg']}", param=param))
+        message = f"{param}: {first['msg']}" if param else f"the request body: {first['msg']}"
+        return render(InvalidRequestError(message, param=param))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
