@@ -114,3 +114,31 @@ def test_header_reader_refuses_absurd_sizes(tmp_path):
     path.write_bytes((10**12).to_bytes(8, "little") + b"{}")
     with pytest.raises(AdapterInvalidError):
         read_safetensors_header(path)
+
+
+def test_adapters_are_checked_against_a_4bit_base_too(tmp_path):
+    """A compressed-tensors base stores 4-bit weights packed 8 to an int32 column."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from tests.unit.factories import MODULE_SHAPES
+
+    base = tmp_path / "base-w4"
+    base.mkdir()
+    tensors = {}
+    for layer in range(LAYERS):
+        for module, (fan_out, fan_in) in MODULE_SHAPES.items():
+            stem = f"model.layers.{layer}.{module}"
+            tensors[f"{stem}.weight_packed"] = np.zeros((fan_out, fan_in // 8), np.int32)
+            tensors[f"{stem}.weight_scale"] = np.zeros((fan_out, fan_in // 8), np.float32)
+    save_file(tensors, str(base / "model.safetensors"))
+    quant = {
+        "quant_method": "compressed-tensors",
+        "config_groups": {"g": {"weights": {"num_bits": 4, "group_size": 8}}},
+    }
+    (base / "config.json").write_text(json.dumps({"hidden_size": HIDDEN, "quantization_config": quant}))
+    spec = BaseModelSpec.read(base)
+    assert spec.shapes["model.layers.0.self_attn.q_proj.weight"] == [HEADS * HEAD_DIM, HIDDEN]
+    assert validate_adapter(make_adapter(tmp_path / "good"), spec, 16).rank == 4
+    with pytest.raises(AdapterInvalidError, match="made for another model"):
+        validate_adapter(make_adapter(tmp_path / "other", hidden=48), spec, 16)

@@ -62,11 +62,26 @@ class BaseModelSpec:
         for file in sorted(path.glob("*.safetensors")):
             shapes.update(read_safetensors_header(file))
         config = json.loads((path / "config.json").read_text())
+        _unpack_shapes(shapes, config)
         return cls(path=path, shapes=shapes, config=config)
 
     def module_exists(self, module: str) -> bool:
         prefix = module + "."
         return any(name.startswith(prefix) for name in self.shapes)
+
+
+def _unpack_shapes(shapes: dict[str, list[int]], config: dict) -> None:
+    """A compressed-tensors base stores 4-bit weights packed into int32 columns
+    (`weight_packed`, out x in*bits/32): record the logical `weight` shape, so adapters
+    are checked against a quantized base as against the bf16 one."""
+    groups = ((config.get("quantization_config") or {}).get("config_groups") or {}).values()
+    bits = {(g.get("weights") or {}).get("num_bits") for g in groups}
+    if len(bits) != 1 or not isinstance(next(iter(bits)), int):
+        return
+    per_int32 = 32 // next(iter(bits))
+    for name, shape in list(shapes.items()):
+        if name.endswith(".weight_packed") and len(shape) == 2:
+            shapes.setdefault(name.removesuffix("_packed"), [shape[0], shape[1] * per_int32])
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ def modifiers(recipe: dict[str, Any]) -> list[Any]:
     if recipe["algorithm"] == "awq":
         from llmcompressor.modifiers.transform.awq import AWQModifier
 
-        return [AWQModifier(ignore=ignore), QuantizationModifier(config_groups=groups, ignore=ignore)]
+        return [AWQModifier(), QuantizationModifier(config_groups=groups, ignore=ignore)]
     steps: list[Any] = []
     if recipe["activation_bits"] == 8:
         from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
