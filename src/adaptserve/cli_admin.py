@@ -20,8 +20,8 @@ from adaptserve.tenancy.auth import ADMIN_KEY_FILE
 Handler = Any
 
 
-def add_admin_commands(commands: argparse._SubParsersAction) -> None:
-    groups = {
+def _command_table() -> dict[str, dict[str, tuple[list[str], Handler]]]:
+    return {
         "tenants": {
             "create": (["name"], lambda a: ("POST", "/tenants", {"json": {"name": a.name}})),
             "list": ([], lambda a: ("GET", "/tenants", {})),
@@ -62,7 +62,10 @@ def add_admin_commands(commands: argparse._SubParsersAction) -> None:
             "delete": (["tenant", "alias"], lambda a: ("DELETE", f"/tenants/{a.tenant}/models/{a.alias}", {})),
         },
     }
-    for group, subcommands in groups.items():
+
+
+def add_admin_commands(commands: argparse._SubParsersAction) -> None:
+    for group, subcommands in _command_table().items():
         parser = commands.add_parser(group, help=f"manage {group} on a running server")
         verbs = parser.add_subparsers(dest="verb", required=True)
         for verb, (arguments, handler) in subcommands.items():

@@ -92,3 +92,22 @@ def test_a_failed_run_leaves_no_output(tmp_path: Path, monkeypatch: pytest.Monke
     out.mkdir()
     with pytest.raises(ConfigurationError, match="exists"):
         env.run(job, tmp_path / "envs")
+
+
+def test_serve_refuses_a_base_the_cpu_engine_cannot_serve(
+    tmp_path: Path, base_model: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Refused before any vLLM child starts, with the reason."""
+    import shutil
+
+    from adaptserve.cli import main
+
+    model = tmp_path / "fp8-model"
+    shutil.copytree(base_model, model)
+    config = json.loads((model / "config.json").read_text())
+    fp8 = {"quant_method": "compressed-tensors", "config_groups": {"g": {"weights": {"num_bits": 8, "type": "float"}}}}
+    (model / "config.json").write_text(json.dumps(config | {"quantization_config": fp8}))
+    monkeypatch.setenv("ADAPTSERVE_DATA_DIR", str(tmp_path / "data"))
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--model", str(model), "--port", "1"])
+    assert "float8 weights are not served by vLLM on CPU" in str(exited.value.code)
