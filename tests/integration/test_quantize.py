@@ -1,5 +1,5 @@
-"""`adaptserve quantize` for real: GPTQ W4A16 on the default model with a small
-calibration set (in llm-compressor's own environment), then the serving environment
+"""`adaptserve quantize` for real: GPTQ W4A16 on the default model with 128 short
+calibration sentences (in llm-compressor's own environment), then the serving environment
 serves what it wrote, base and adapter requests alike."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tests.integration.conftest import _models_dir, chat, running_server
 def quantized(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("quantized") / "smollm-w4a16"
     cmd = [sys.executable, "-m", "adaptserve", "quantize", "--scheme", "w4a16-gptq"]
-    cmd += ["--samples", "16", "--max-length", "128", "--out", str(out)]
+    cmd += ["--samples", "128", "--max-length", "128", "--out", str(out)]
     env = {**os.environ, "ADAPTSERVE_MODELS_DIR": str(_models_dir())}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -30,7 +30,7 @@ def test_quantize_writes_a_compressed_checkpoint_and_its_manifest(quantized: Pat
     manifest = json.loads((quantized / "manifest.json").read_text())
     assert manifest["scheme"] == "w4a16-gptq"
     assert manifest["recipe"]["group_size"] == 64  # 576 is not a multiple of 128
-    assert manifest["calibration"]["samples"] == 16 and len(manifest["calibration"]["sha256"]) == 64
+    assert manifest["calibration"]["samples"] == 128 and len(manifest["calibration"]["sha256"]) == 64
     assert "Paris" in manifest["sanity"]["answer"]
     assert manifest["size_bytes"] < 0.5 * manifest["base_size_bytes"]
     assert manifest["versions"]["llmcompressor"]

@@ -97,6 +97,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     recipe = json.loads(args.recipe)
+    torch.manual_seed(0)
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16)
@@ -109,6 +110,7 @@ def main() -> None:
         dataset=Dataset.from_dict({"text": texts}),
         recipe=modifiers(recipe),
         num_calibration_samples=len(texts),
+        shuffle_calibration_samples=False,  # the set is already a fixed sample: same input, same output
         max_seq_length=args.max_length,
         text_column="text",
     )
