@@ -20,6 +20,7 @@ import httpx
 
 from adaptserve.adapt.data import Example
 from adaptserve.errors import ConfigurationError
+from adaptserve.templates.classify import normalise
 
 
 @dataclass
@@ -157,11 +158,11 @@ def _add(out: Predictions, example: Example, result: dict[str, Any]) -> None:
     out.gold.append(example.label)
     out.predicted.append(result["label"])
     out.confidence.append(result["scores"][result["label"]])
-    raw = result["explain"]["logprobs"]
-    top = max(raw, key=raw.get)
-    norm = sum(math.exp(v - raw[top]) for v in raw.values())
+    raw = result["explain"]["logprobs"]  # before calibration, over the labels
+    probs = dict(zip(raw, normalise(list(raw.values())), strict=True))
+    top = max(probs, key=probs.__getitem__)
     out.raw_predicted.append(top)
-    out.raw_confidence.append(1.0 / norm)
+    out.raw_confidence.append(probs[top])
     out.prompt_tokens.append(result["explain"]["prompt_tokens"])
 
 

@@ -54,8 +54,8 @@ def _refuse_engine_crashers(body: dict[str, Any]) -> None:
         raise InvalidRequestError("echo together with logprobs is not supported by this server.", param="echo")
 
 
-async def read_json(receive_body: Any, content_length: str | None, limit: int) -> dict[str, Any]:
-    """Read a JSON object body of at most `limit` bytes (refused before it is read whole)."""
+async def read_body(receive_body: Any, content_length: str | None, limit: int) -> bytes:
+    """Read a body of at most `limit` bytes (refused before it is read whole)."""
     if content_length is not None and content_length.isdigit() and int(content_length) > limit:
         raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
     chunks, size = [], 0
@@ -64,8 +64,14 @@ async def read_json(receive_body: Any, content_length: str | None, limit: int) -
         if size > limit:
             raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(receive_body: Any, content_length: str | None, limit: int) -> dict[str, Any]:
+    """Read a JSON object body of at most `limit` bytes."""
+    raw = await read_body(receive_body, content_length, limit)
     try:
-        body = json.loads(b"".join(chunks))
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from adaptserve.errors import InvalidRequestError, PayloadTooLargeError
+from adaptserve.errors import InvalidRequestError
 from adaptserve.server.deps import AdminDep, BodyDep, GatewayDep, PrincipalDep
+from adaptserve.server.protocol import read_body
 from adaptserve.templates.registry import GLOBAL
 from adaptserve.templates.spec import load_document
 
@@ -52,7 +53,8 @@ async def put_template(
 ) -> dict:
     """The YAML or JSON document → a new immutable version (201), or the identical one (200).
     `?activate=false` stores it without switching callers to it; `?tenant=` owns it."""
-    text = await _read_text(request, gateway.settings.max_request_bytes)
+    limit = gateway.settings.max_request_bytes
+    text = await read_body(request.stream(), request.headers.get("content-length"), limit)
     spec = load_document(text, name)
     if tenant is not None and spec.tenant not in (None, tenant):
         raise InvalidRequestError("the document's tenant differs from the URL's", param="tenant")
@@ -81,13 +83,3 @@ def activate_template(name: str, body: Activate, gateway: GatewayDep, _: AdminDe
 @admin_router.delete("/{name}", status_code=204)
 def delete_template(name: str, gateway: GatewayDep, _: AdminDep, tenant: str = GLOBAL) -> None:
     gateway.templates.remove(tenant, name)
-
-
-async def _read_text(request: Request, limit: int) -> bytes:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
