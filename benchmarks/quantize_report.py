@@ -15,72 +15,19 @@ import argparse
 import asyncio
 import json
 import math
-import os
-import re
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+from served import KEY, MODELS_DIR, ROOT, Served  # benchmarks/ is the script's folder
 
 from adaptserve.adapt.data import load_dataset
 from adaptserve.evaluation import Evaluator
 from adaptserve.models import resolve_model
 from adaptserve.quantize.env import folder_size
-
-ROOT = Path(__file__).parents[1]
-KEY = "sk-quant-report"
-MODELS_DIR = Path(os.environ.get("ADAPTSERVE_MODELS_DIR", Path.home() / ".local/share/adaptserve/models"))
-
-
-class Served:
-    def __init__(self, model: Path, data: Path, port: int) -> None:
-        env = {
-            **os.environ,
-            "ADAPTSERVE_DATA_DIR": str(data),
-            "ADAPTSERVE_MODELS_DIR": str(MODELS_DIR),
-            "ADAPTSERVE_API_KEY": KEY,
-            "ADAPTSERVE_BASE_VIA_ZERO_ADAPTER": "false",
-        }
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = data / "gateway.log"
-        started = time.perf_counter()
-        cmd = [sys.executable, "-m", "adaptserve", "serve", "--model", str(model), "--port", str(port)]
-        cmd += ["--templates", str(ROOT / "templates")]
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        while not self._ready():
-            if self.process.poll() is not None:
-                raise RuntimeError(self.log.read_text()[-3000:])
-            time.sleep(0.5)
-        self.startup_s = time.perf_counter() - started
-        self.vllm = re.search(r"starting vLLM on (http://127\.0\.0\.1:\d+)", self.log.read_text()).group(1)
-
-    def _ready(self) -> bool:
-        try:
-            return httpx.get(self.url + "/ready", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def engine_rss_mb(self) -> float:
-        """Resident memory of the engine's processes (the front end, the core, the worker)."""
-        port = self.vllm.rsplit(":", 1)[1]
-        pids = subprocess.run(["pgrep", "-f", f"vllm_main serve .*--port {port}"], capture_output=True, text=True)
-        total = 0
-        for pid in pids.stdout.split():
-            tree = subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split()
-            for p in [pid, *tree]:
-                status = Path(f"/proc/{p}/status")
-                if status.is_file():
-                    total += int(re.search(r"VmRSS:\s+(\d+)", status.read_text()).group(1))
-        return total / 1024
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=120)
 
 
 def perplexity(vllm: str, texts: list[str]) -> float:
@@ -122,10 +69,11 @@ async def throughput(url: str, requests: int, concurrency: int, max_tokens: int)
 def measure(name: str, model: Path, args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
     row: dict[str, Any] = {"model": str(model), "size_mb": folder_size(model) / 1e6}
     with tempfile.TemporaryDirectory() as data:
-        first = Served(model, Path(data), args.port)
+        no_zero_adapter = {"ADAPTSERVE_BASE_VIA_ZERO_ADAPTER": "false"}
+        first = Served(model, Path(data), args.port, no_zero_adapter)
         row["startup_first_s"] = first.startup_s
         first.stop()
-        served = Served(model, Path(data), args.port)  # the second start finds the first one's caches
+        served = Served(model, Path(data), args.port, no_zero_adapter)  # the second start finds the first one's caches
         row["startup_second_s"] = served.startup_s
         try:
             row["engine_rss_mb"] = served.engine_rss_mb()

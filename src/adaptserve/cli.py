@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from adaptserve.cli_adapt import add_adapt_commands
 from adaptserve.cli_admin import add_admin_commands, run_admin_command
 from adaptserve.cli_eval import add_eval_command, run_eval
 from adaptserve.cli_quantize import add_quantize_command, run_quantize
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--templates", type=Path, dest="templates_dir", help="apply the template files in this folder")
     add_eval_command(commands)
     add_quantize_command(commands)
+    add_adapt_commands(commands)
     add_admin_commands(commands)
     return parser
 
@@ -87,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(run_admin_command(args, settings))
         if hasattr(args, "run_eval"):
             sys.exit(run_eval(args, settings))
+        if hasattr(args, "adapt_command"):
+            sys.exit(args.adapt_command(args, settings))
         if hasattr(args, "run_quantize"):
             sys.exit(run_quantize(args, settings))
         if args.command == "prepare-model":

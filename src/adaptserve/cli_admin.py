@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from adaptserve.config import Settings
+from adaptserve.errors import ConfigurationError
 from adaptserve.tenancy.auth import ADMIN_KEY_FILE
 
 # command -> (subcommand -> (arguments, handler)); a handler returns (method, path, request kwargs)
@@ -101,19 +102,17 @@ def _push(args: argparse.Namespace) -> tuple[str, str, dict]:
     folder = Path(args.path).expanduser().resolve()
     if args.server_path:
         return "POST", "/adapters", {"json": {"name": args.name, "path": str(folder)}}
+    return "POST", "/adapters", _upload(folder, args.name)
+
+
+def _upload(folder: Path, name: str) -> dict[str, Any]:
+    """The multipart body of an adapter upload: the folder's files as a .tar.gz."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         for file in sorted(folder.iterdir()):
             if file.is_file():
                 tar.add(file, arcname=file.name)
-    return (
-        "POST",
-        "/adapters",
-        {
-            "data": {"name": args.name},
-            "files": {"file": (f"{args.name}.tar.gz", buffer.getvalue(), "application/gzip")},
-        },
-    )
+    return {"data": {"name": name}, "files": {"file": (f"{name}.tar.gz", buffer.getvalue(), "application/gzip")}}
 
 
 def _apply_template(args: argparse.Namespace) -> tuple[str, str, dict]:
@@ -139,13 +138,43 @@ def _set_alias(args: argparse.Namespace) -> tuple[str, str, dict]:
     return "PUT", f"/tenants/{args.tenant}/models/{args.alias}", {"json": body}
 
 
-def run_admin_command(args: argparse.Namespace, settings: Settings) -> int:
-    url = (args.url or f"http://{settings.host}:{settings.port}").rstrip("/")
-    key = args.admin_key or (settings.admin_key.get_secret_value() if settings.admin_key else None)
+def admin_key(settings: Settings, given: str | None = None) -> str:
+    """--admin-key, else the settings' admin key, else the one the server wrote."""
+    key = given or (settings.admin_key.get_secret_value() if settings.admin_key else None)
     if key is None and (settings.data_dir / ADMIN_KEY_FILE).is_file():
         key = (settings.data_dir / ADMIN_KEY_FILE).read_text().strip()
     if key is None:
         sys.exit("adaptserve: no admin key: pass --admin-key or set ADAPTSERVE_ADMIN_KEY")
+    return key
+
+
+def push_adapter(url: str, key: str, folder: Path, name: str, tenant: str | None, alias: str | None) -> dict:
+    """Upload an adapter folder, make the new version active, point `tenant`'s
+    `alias` at the adapter: the running server serves it with no restart."""
+    with httpx.Client(base_url=f"{url}/admin", headers={"Authorization": f"Bearer {key}"}, timeout=600) as client:
+        stored = _checked(client.post("/adapters", **_upload(folder, name)))
+        if stored["active_version"] != stored["version"]:
+            _checked(client.post(f"/adapters/{name}/activate", json={"version": stored["version"]}))
+        out = {"adapter": name, "version": stored["version"], "rank": stored["rank"]}
+        if alias is not None:
+            _checked(client.put(f"/tenants/{tenant}/models/{alias}", json={"adapter": name}))
+            out |= {"tenant": tenant, "alias": alias}
+    return out
+
+
+def _checked(response: httpx.Response) -> dict:
+    if response.is_error:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:200]
+        raise ConfigurationError(f"the server refused {response.request.url.path}: {message}")
+    return response.json()
+
+
+def run_admin_command(args: argparse.Namespace, settings: Settings) -> int:
+    url = (args.url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    key = admin_key(settings, args.admin_key)
     method, path, kwargs = args.admin_request(args)
     try:
         response = httpx.request(

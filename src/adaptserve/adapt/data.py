@@ -73,17 +73,28 @@ def load_dataset(name: str, split: str | None = "test") -> list[Example]:
     return sorted(chosen, key=lambda e: hashlib.sha1(e.text.encode()).hexdigest())
 
 
-def read_labelled(path: Path, text_field: str = "text", label_field: str = "label") -> list[Example]:
-    """A JSONL or CSV file of labelled texts."""
-    rows: list[dict] = []
+def read_rows(path: Path) -> list[dict]:
+    """A JSONL or CSV file's rows; a clear error names a bad line."""
+    if not path.is_file():
+        raise ConfigurationError(f"{path}: no such file")
     if path.suffix == ".csv":
         with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    else:
-        with path.open(encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+            return list(csv.DictReader(f))
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ConfigurationError(f"{path} line {i + 1}: not JSON ({exc.msg})") from None
+    return rows
+
+
+def read_labelled(path: Path, text_field: str = "text", label_field: str = "label") -> list[Example]:
+    """A JSONL or CSV file of labelled texts."""
     out = []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(read_rows(path)):
         if text_field not in row or label_field not in row:
             raise ConfigurationError(f"{path} row {i + 1} lacks {text_field!r} or {label_field!r}")
         out.append(Example(str(row[text_field]), str(row[label_field])))

@@ -1,0 +1,213 @@
+"""Distillation: a teacher labels unlabelled inputs; a student adapter learns them
+behind a short prompt.
+
+The teacher is one of our templates at a server (a few-shot, calibrated classify
+template gives label probabilities, so the student learns soft targets) or any
+OpenAI-compatible chat model (its answer is matched to a label: hard targets; or
+taken as the output of a generate template). Teacher calls are concurrent and
+bounded, retried on 429/503 with back-off (honouring `Retry-After`), and every
+answer is appended to `teacher.jsonl` in the output folder as it arrives, so an
+interrupted run resumes without asking the teacher again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from adaptserve.adapt.task import Item, Task
+from adaptserve.errors import ConfigurationError
+from adaptserve.templates.spec import TemplateSpec
+
+log = logging.getLogger(__name__)
+
+CACHE = "teacher.jsonl"
+RETRY_STATUS = (429, 502, 503, 504)
+
+
+@dataclass(frozen=True)
+class Teacher:
+    url: str
+    key: str
+    template: str | None = None  # one of our templates: POST /v1/templates/{name}
+    model: str | None = None  # else a chat model, asked with the student's prompt
+    concurrency: int = 4
+    batch: int = 16  # inputs per template call
+    attempts: int = 6
+    timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        if (self.template is None) == (self.model is None):
+            raise ConfigurationError("a teacher is a template or a chat model: give exactly one")
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+class TeacherCache:
+    """The teacher's answers, one JSON line per input, appended as they arrive."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.answers: dict[str, dict[str, Any]] = {}
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill: asked again
+                    continue
+                self.answers[record["key"]] = record
+
+    def add(self, records: list[dict[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                self.answers[record["key"]] = record
+
+
+async def _post(client: httpx.AsyncClient, teacher: Teacher, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST with retries on overload and connection errors; other errors are final."""
+    for attempt in range(teacher.attempts):
+        try:
+            response = await client.post(f"{teacher.url}{path}", json=body)
+        except httpx.TransportError as exc:
+            if attempt + 1 == teacher.attempts:
+                raise ConfigurationError(f"the teacher at {teacher.url} is unreachable: {exc}") from exc
+            await asyncio.sleep(_backoff(attempt, None))
+            continue
+        if response.status_code in RETRY_STATUS and attempt + 1 < teacher.attempts:
+            await asyncio.sleep(_backoff(attempt, response.headers.get("retry-after")))
+            continue
+        if response.is_error:
+            raise ConfigurationError(f"the teacher answered {response.status_code}: {_message(response)}")
+        return response.json()
+    raise AssertionError("unreachable")
+
+
+def _backoff(attempt: int, retry_after: str | None) -> float:
+    if retry_after is not None:
+        try:
+            return min(60.0, max(0.0, float(retry_after)))
+        except ValueError:
+            pass
+    return min(30.0, 0.5 * 2**attempt) * (0.5 + random.random() / 2)
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200]
+
+
+async def label(
+    teacher: Teacher,
+    spec: TemplateSpec,
+    inputs: list[dict[str, Any]],
+    cache: TeacherCache,
+    progress: Callable[[int], Any] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> list[dict[str, Any]]:
+    """The teacher's answer for every input (cached ones are not asked again)."""
+    keys = [text_key(json.dumps(i, sort_keys=True)) for i in inputs]
+    todo = [(k, i) for k, i in dict(zip(keys, inputs, strict=True)).items() if k not in cache.answers]
+    if progress:
+        progress(len(inputs) - len(todo))
+    size = teacher.batch if teacher.template else 1
+    chunks = [todo[s : s + size] for s in range(0, len(todo), size)]
+    gate = asyncio.Semaphore(teacher.concurrency)
+    headers = {"Authorization": f"Bearer {teacher.key}"}
+    async with httpx.AsyncClient(timeout=teacher.timeout, headers=headers, transport=transport) as client:
+
+        async def one(chunk: list[tuple[str, dict[str, Any]]]) -> None:
+            async with gate:
+                answers = await _ask(client, teacher, spec, [i for _, i in chunk])
+            cache.add([{"key": k, "inputs": i, **a} for (k, i), a in zip(chunk, answers, strict=True)])
+            if progress:
+                progress(len(chunk))
+
+        await asyncio.gather(*(one(c) for c in chunks))
+    return [cache.answers[k] for k in keys]
+
+
+async def _ask(
+    client: httpx.AsyncClient, teacher: Teacher, spec: TemplateSpec, inputs: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    if teacher.template is not None:
+        body = await _post(client, teacher, f"/v1/templates/{teacher.template}", {"inputs": inputs})
+        results = body.get("results") or []
+        if len(results) != len(inputs) or any("error" in r for r in results):
+            raise ConfigurationError(f"the teacher template failed on a batch: {results[:1]}")
+        return [{"label": r.get("label"), "scores": r.get("scores"), "output": r.get("output")} for r in results]
+    from adaptserve.templates.render import Renderer
+
+    messages = Renderer().messages(spec, inputs[0])
+    body = {"model": teacher.model, "messages": messages, "temperature": 0, "max_tokens": spec.sampling.max_tokens}
+    reply = (await _post(client, teacher, "/v1/chat/completions", body))["choices"][0]["message"]["content"] or ""
+    if spec.kind == "generate":
+        return [{"label": None, "scores": None, "output": reply}]
+    return [{"label": match_label(spec, reply), "scores": None, "output": reply}]
+
+
+def match_label(spec: TemplateSpec, text: str) -> str | None:
+    """The label named first in a free-text reply, if any: its answer ("a number"),
+    the answer's last word ("number") or its name ("NUM"), as whole words."""
+    hits = []
+    for candidate in spec.labels:
+        for form in {candidate.text, candidate.text.split()[-1], candidate.name}:
+            found = re.search(rf"\b{re.escape(form)}\b", text, flags=re.IGNORECASE)
+            if found:
+                hits.append((found.start(), candidate.name))
+    return min(hits)[1] if hits else None
+
+
+def student_items(task: Task, answers: list[dict[str, Any]]) -> tuple[list[Item], int]:
+    """Teacher answers → the student's items (soft targets where the teacher gave
+    probabilities); → (items, answers that named no label and were skipped)."""
+    spec = task.spec
+    assert spec is not None
+    items, skipped = [], 0
+    for answer in answers:
+        if spec.kind == "generate":
+            items.append(task.generate_item(answer["inputs"], answer["output"]))
+            continue
+        if answer.get("label") is None:
+            skipped += 1
+            continue
+        soft = None
+        if answer.get("scores"):
+            try:
+                soft = tuple(float(answer["scores"][x.name]) for x in spec.labels)
+            except KeyError as exc:
+                raise ConfigurationError(f"the teacher's labels differ from the student's: {exc}") from None
+        items.append(task.classify_item(answer["inputs"], task.label_index(answer["label"]), soft))
+    return items, skipped
+
+
+def read_inputs(path: Path, spec: TemplateSpec) -> list[dict[str, Any]]:
+    """Unlabelled inputs: one text per line (for a one-input template) or JSONL objects."""
+    names = list(spec.inputs)
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            row = json.loads(line)
+            out.append({names[0]: row["text"]} if len(names) == 1 and "text" in row else row)
+        elif len(names) == 1:
+            out.append({names[0]: line.strip()})
+        else:
+            raise ConfigurationError(f"{path} line {n + 1}: a template with several inputs needs JSONL")
+    return out
