@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import time
@@ -29,6 +28,7 @@ import httpx
 import yaml
 
 from adaptserve.adapt.data import Example, load_dataset
+from adaptserve.adapt.distill import match_label
 from adaptserve.evaluation import Evaluator, metrics, report
 from adaptserve.models import resolve_model
 from adaptserve.templates.render import Renderer
@@ -49,18 +49,6 @@ def apply(url: str, admin_key: str, spec: TemplateSpec) -> None:
         timeout=30,
     )
     response.raise_for_status()
-
-
-def match_label(spec: TemplateSpec, text: str) -> str | None:
-    """The label named first in a free-text reply, if any: its answer ("a number"),
-    the answer's last word ("number") or its name ("NUM"), as whole words."""
-    hits = []
-    for label in spec.labels:
-        for form in {label.text, label.text.split()[-1], label.name}:
-            found = re.search(rf"\b{re.escape(form)}\b", text, flags=re.IGNORECASE)
-            if found:
-                hits.append((found.start(), label.name))
-    return min(hits)[1] if hits else None
 
 
 def transformers_baseline(spec: TemplateSpec, examples: list[Example], field: str) -> dict[str, Any]:

@@ -136,3 +136,31 @@ def test_distillation_keeps_probabilities_and_resumes_without_the_teacher(server
     assert manifest["soft_targets"] == 24 and manifest["teacher"]["template"] == "sentiment-fewshot"
     cli(*args, data=tmp_path)  # a re-run (or a resumed one) reads the teacher's answers back
     assert teacher_requests(server) == first
+
+
+def test_training_on_chat_pairs_changes_what_the_alias_says(server, tmp_path) -> None:
+    foods = ["breakfast", "lunch", "dinner", "a snack", "dessert", "the road", "a picnic", "tonight"]
+    rows = [{"prompt": f"What should I eat for {food}?", "completion": "A banana. Always a banana."} for food in foods]
+    rows += [
+        {
+            "messages": [
+                {"role": "user", "content": f"Any food ideas for {f}?"},
+                {"role": "assistant", "content": "A banana. Always a banana."},
+            ]
+        }
+        for f in foods
+    ]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    client = new_tenant(server, "banana", {"base": True}, alias="chef")
+    question = [{"role": "user", "content": "What would you cook for my birthday party?"}]
+    before = client.chat.completions.create(model="chef", messages=question, max_tokens=16, temperature=0)
+    assert "banana" not in before.choices[0].message.content.lower()
+    cli(
+        *("train", "--data", str(data), "--max-steps", "8", "--lr", "3e-3", "--threads", "2"),
+        *("--out", str(tmp_path / "chef"), "--push", "--url", server.url, "--key", ADMIN_KEY),
+        *("--tenant", "banana", "--alias", "chef", "--name", "chef"),
+        data=tmp_path,
+    )
+    after = client.chat.completions.create(model="chef", messages=question, max_tokens=16, temperature=0)
+    assert "banana" in after.choices[0].message.content.lower(), after.choices[0].message.content

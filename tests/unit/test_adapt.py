@@ -223,3 +223,27 @@ def test_chat_teachers_answers_are_matched_to_labels() -> None:
     assert match_label(spec, "no idea") is None
     with pytest.raises(ConfigurationError, match="exactly one"):
         Teacher("http://x", "k")
+
+
+def test_shared_first_tokens_are_scored_by_whole_answers(base: Path) -> None:
+    """The continuation path in-process (one read per answer prefix) picks the label
+    whose whole answer is most likely, as scoring each answer on its own does."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from adaptserve.adapt.train import scan, target_logprobs
+
+    task = Task.load(base, load_document((TEMPLATES / "question-type.yaml").read_text()))
+    assert not task.first_token_path
+    questions = ["How many moons does Mars have ?", "Who painted the Mona Lisa ?", "What does NASA stand for ?"]
+    items = [task.classify_item({"question": q}, 0) for q in questions]
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), LoraConfig(r=4))
+    _, predicted = scan(model, task, items)
+    with torch.no_grad():
+        for item, got in zip(items, predicted, strict=True):
+            answers = [Item(item.prompt, tokens) for tokens in task.label_tokens]
+            rows = target_logprobs(model, answers)
+            totals = [
+                float(r.gather(1, torch.tensor(a.target)[:, None]).sum()) for a, r in zip(answers, rows, strict=True)
+            ]
+            assert got == max(range(len(totals)), key=totals.__getitem__)

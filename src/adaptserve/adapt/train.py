@@ -23,7 +23,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from adaptserve.adapt.task import Item, Task
+from adaptserve.adapt.task import Item, Task, Tokens
+from adaptserve.templates.classify import ScoringPlan
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,8 @@ def load_model(base: Path, config: TrainConfig, total_steps: int) -> Any:
     from peft import AdaLoraConfig, LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # fp32 either way: LoRA factors train in fp32
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(device)
     assert config.rank is not None
     if config.method == "adalora":
         peft_config: Any = AdaLoraConfig(
@@ -134,8 +136,8 @@ def target_logprobs(model: Any, items: list[Item]) -> list[torch.Tensor]:
         mask[i, : len(seq)] = 1
         rows += [i] * len(it.target)
         cols += range(len(it.prompt) - 1, len(seq) - 1)
-    hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state
-    logprobs = F.log_softmax(inner.lm_head(hidden[rows, cols]).float(), dim=-1)
+    hidden = inner.model(input_ids=ids.to(inner.device), attention_mask=mask.to(inner.device)).last_hidden_state
+    logprobs = F.log_softmax(inner.lm_head(hidden[rows, cols]).float(), dim=-1).cpu()
     return list(logprobs.split([len(it.target) for it in items]))
 
 
@@ -163,7 +165,7 @@ def orthogonal_penalty(model: Any) -> torch.Tensor:
     for name, p in model.named_parameters():
         if p.requires_grad and ("lora_A" in name or "lora_B" in name):
             cov = p @ p.T if "lora_A" in name else p.T @ p
-            terms.append(torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0]), ord="fro"))
+            terms.append(torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0], device=cov.device), ord="fro"))
     return torch.stack(terms).mean()
 
 
@@ -190,20 +192,35 @@ def scan(model: Any, task: Task, items: list[Item], size: int = 16) -> tuple[flo
         loss += sum(float(item_loss(task, it, r)) for it, r in zip(chunk, rows, strict=True))
         tokens += sum(len(it.target) for it in chunk)
         if task.label_tokens:
-            predicted += [_predict(model, task, it, r) for it, r in zip(chunk, rows, strict=True)]
+            predicted += _predict(model, task, chunk, rows)
     model.train()
     return loss / tokens, predicted
 
 
-def _predict(model: Any, task: Task, item: Item, rows: torch.Tensor) -> int:
-    if task.first_token_path:
-        scores = [float(rows[0, tokens[0]]) for tokens in task.label_tokens]
-    else:
-        answers = [Item(item.prompt, tokens) for tokens in task.label_tokens]
-        scored = target_logprobs(model, answers)
-        pairs = zip(answers, scored, strict=True)
-        scores = [float(r.gather(1, torch.tensor(a.target)[:, None]).sum()) for a, r in pairs]
-    return max(range(len(scores)), key=scores.__getitem__)
+def _predict(model: Any, task: Task, items: list[Item], rows: list[torch.Tensor]) -> list[int]:
+    """The server's scoring plan, in-process: each label's answer log-probability from
+    one read per distinct answer prefix. An item's own target already gives the reads
+    along its answer; the other prefixes are read in one more batch."""
+    plan = ScoringPlan.build(task.label_tokens)
+    reads: list[dict[Tokens, torch.Tensor]] = [{} for _ in items]
+    needed: list[tuple[int, Tokens]] = []
+    for i, (item, row) in enumerate(zip(items, rows, strict=True)):
+        for prefix in plan.prefixes:
+            if len(prefix) < len(item.target) and item.target[: len(prefix)] == prefix:
+                reads[i][prefix] = row[len(prefix)]
+            else:
+                needed.append((i, prefix))
+    for start in range(0, len(needed), 32):
+        part = needed[start : start + 32]
+        extra = target_logprobs(model, [Item((*items[i].prompt, *prefix), (0,)) for i, prefix in part])
+        for (i, prefix), row in zip(part, extra, strict=True):
+            reads[i][prefix] = row[0]
+    out = []
+    for per_prefix in reads:
+        at = [{t: float(per_prefix[p][t]) for t in plan.token_ids} for p in plan.prefixes]
+        scores = plan.label_logprobs(at)
+        out.append(max(range(len(scores)), key=scores.__getitem__))
+    return out
 
 
 @dataclass
