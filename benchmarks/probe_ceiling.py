@@ -4,7 +4,7 @@ trained on N labelled examples, for several N, on the same held-out inputs as
 `adaptation_report.py`. If the probe with thousands of examples is no better than a
 256-example adapter, the ceiling is the base model's representation, not the recipe.
 
-    python benchmarks/probe_ceiling.py [--sizes 64 256 1024 4096] [--n-test 500]
+    python benchmarks/probe_ceiling.py [--sizes 64 256 1024 4096] [--n-test 500] [--datasets rotten-tomatoes trec]
 """
 
 from __future__ import annotations
@@ -66,12 +66,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024, 4096])
     parser.add_argument("--n-test", type=int, default=500)
+    parser.add_argument("--datasets", nargs="+", default=["rotten-tomatoes"], choices=list(TASKS))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "probe_ceiling.json")
     args = parser.parse_args()
     base = resolve_model("default", MODELS_DIR)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
     results = {}
-    for dataset, (name, field) in TASKS.items():
+    for dataset in args.datasets:
+        name, field = TASKS[dataset]
         spec = load_document((ROOT / "templates" / f"{name}.yaml").read_text())
         task, labels = Task.load(base, spec), [label.name for label in spec.labels]
         train = load_dataset(dataset, "train")[: max(args.sizes)]

@@ -154,10 +154,14 @@ def run_distill(args: argparse.Namespace, settings: Settings) -> int:
     items, skipped = student_items(task, answers)
     if skipped:
         print(f"adaptserve: {skipped} teacher answers named no label and were left out", file=sys.stderr)
-    facts = {
-        "teacher": {k: v for k, v in asdict(teacher).items() if k != "key"},
-        "soft_targets": sum(it.soft is not None for it in items),
-    }
+    soft = sum(it.soft is not None for it in items) if task.first_token_path else 0
+    if soft == 0 and any(it.soft is not None for it in items):
+        print(
+            "adaptserve: the student's labels share first tokens, so it learns the teacher's top labels "
+            "(soft targets need labels whose answers start with distinct tokens)",
+            file=sys.stderr,
+        )
+    facts = {"teacher": {k: v for k, v in asdict(teacher).items() if k != "key"}, "soft_targets": soft}
     return _train_and_finish(args, settings, task, items, base, out, str(args.inputs), facts)
 
 

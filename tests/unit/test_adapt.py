@@ -247,3 +247,20 @@ def test_shared_first_tokens_are_scored_by_whole_answers(base: Path) -> None:
                 float(r.gather(1, torch.tensor(a.target)[:, None]).sum()) for a, r in zip(answers, rows, strict=True)
             ]
             assert got == max(range(len(totals)), key=totals.__getitem__)
+
+
+def test_inputs_and_cached_answers_split_on_newlines_only(sentiment: Task, tmp_path) -> None:
+    from adaptserve.adapt.distill import read_inputs
+
+    odd = "a review with a line\u2028separator and a \x85 next-line character"
+    (tmp_path / "inputs.txt").write_text(f"first review\n{odd}\n\n")
+    inputs = read_inputs(tmp_path / "inputs.txt", sentiment.spec)
+    assert inputs == [{"text": "first review"}, {"text": odd}]
+    cache = TeacherCache(tmp_path / CACHE)
+    cache.add([{"key": "k1", "inputs": inputs[1], "label": "positive", "scores": None}])
+    with (tmp_path / CACHE).open("a") as f:
+        f.write('{"key": "k2", "inputs": {"te')  # a line cut short by a kill
+    resumed = TeacherCache(tmp_path / CACHE)
+    assert list(resumed.answers) == ["k1"] and resumed.answers["k1"]["inputs"] == {"text": odd}
+    resumed.add([{"key": "k3", "inputs": inputs[0], "label": "negative", "scores": None}])
+    assert list(TeacherCache(tmp_path / CACHE).answers) == ["k1", "k3"]

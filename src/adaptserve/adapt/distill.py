@@ -62,7 +62,13 @@ class TeacherCache:
         self.path = path
         self.answers: dict[str, dict[str, Any]] = {}
         if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
+            text = path.read_text(encoding="utf-8")
+            if text and not text.endswith("\n"):  # cut short by a kill: new answers start a new line
+                with path.open("a", encoding="utf-8") as f:
+                    f.write("\n")
+            for line in text.split("\n"):  # not splitlines: U+2028 is text
+                if not line.strip():
+                    continue
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:  # a line cut short by a kill: asked again
@@ -200,7 +206,7 @@ def read_inputs(path: Path, spec: TemplateSpec) -> list[dict[str, Any]]:
     """Unlabelled inputs: one text per line (for a one-input template) or JSONL objects."""
     names = list(spec.inputs)
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n")):  # U+2028 and the like are text
         if not line.strip():
             continue
         if path.suffix == ".jsonl":
