@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 from served import ADMIN_KEY, KEY, MODELS_DIR, ROOT, Served
+from template_ladder import TASKS  # dataset -> (zero-shot, few-shot template, input field)
 
 from adaptserve.adapt.data import load_dataset
 from adaptserve.adapt.task import Task
@@ -37,11 +38,6 @@ from adaptserve.cli_admin import push_adapter
 from adaptserve.evaluation import Evaluator, metrics, report
 from adaptserve.models import resolve_model
 from adaptserve.templates.spec import TemplateSpec, load_document
-
-TASKS = {  # dataset -> (zero-shot template, few-shot template, input field)
-    "rotten-tomatoes": ("sentiment", "sentiment-fewshot", "text"),
-    "trec": ("question-type", "question-type-fewshot", "question"),
-}
 
 
 def template(name: str) -> TemplateSpec:

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import torch
 from served import MODELS_DIR, ROOT
+from template_ladder import TASKS  # dataset -> (zero-shot, few-shot template, input field)
 
 from adaptserve.adapt.data import load_dataset
 from adaptserve.adapt.task import Task
 from adaptserve.models import resolve_model
 from adaptserve.templates.spec import load_document
-
-TASKS = {"rotten-tomatoes": ("sentiment", "text"), "trec": ("question-type", "question")}
 
 
 @torch.no_grad()
@@ -73,7 +72,7 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
     results = {}
     for dataset in args.datasets:
-        name, field = TASKS[dataset]
+        name, _, field = TASKS[dataset]
         spec = load_document((ROOT / "templates" / f"{name}.yaml").read_text())
         task, labels = Task.load(base, spec), [label.name for label in spec.labels]
         train = load_dataset(dataset, "train")[: max(args.sizes)]

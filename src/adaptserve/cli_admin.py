@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from adaptserve.config import Settings
-from adaptserve.errors import ConfigurationError
+from adaptserve.errors import ConfigurationError, error_message
 from adaptserve.tenancy.auth import ADMIN_KEY_FILE
 
 # command -> (subcommand -> (arguments, handler)); a handler returns (method, path, request kwargs)
@@ -164,11 +164,7 @@ def push_adapter(url: str, key: str, folder: Path, name: str, tenant: str | None
 
 def _checked(response: httpx.Response) -> dict:
     if response.is_error:
-        try:
-            message = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = response.text[:200]
-        raise ConfigurationError(f"the server refused {response.request.url.path}: {message}")
+        raise ConfigurationError(f"the server refused {response.request.url.path}: {error_message(response)}")
     return response.json()
 
 

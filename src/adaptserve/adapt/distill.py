@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from adaptserve.adapt.task import Item, Task
-from adaptserve.errors import ConfigurationError
+from adaptserve.errors import ConfigurationError, error_message
 from adaptserve.templates.spec import TemplateSpec
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ async def _post(client: httpx.AsyncClient, teacher: Teacher, path: str, body: di
             await asyncio.sleep(_backoff(attempt, response.headers.get("retry-after")))
             continue
         if response.is_error:
-            raise ConfigurationError(f"the teacher answered {response.status_code}: {_message(response)}")
+            raise ConfigurationError(f"the teacher answered {response.status_code}: {error_message(response)}")
         return response.json()
     raise AssertionError("unreachable")
 
@@ -109,13 +109,6 @@ def _backoff(attempt: int, retry_after: str | None) -> float:
         except ValueError:
             pass
     return min(30.0, 0.5 * 2**attempt) * (0.5 + random.random() / 2)
-
-
-def _message(response: httpx.Response) -> str:
-    try:
-        return response.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        return response.text[:200]
 
 
 async def label(

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from adaptserve.errors import ConfigurationError
+from adaptserve.templates.classify import ScoringPlan, Tokens
 from adaptserve.templates.render import Renderer, content_free_inputs, label_answer, special_tokens
 from adaptserve.templates.spec import TemplateSpec
-
-Tokens = tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -37,6 +36,7 @@ class Task:
         self.renderer = Renderer(specials)
         self.eos: int = tokenizer.eos_token_id
         self.label_tokens: list[Tokens] = self._label_tokens() if spec and spec.kind == "classify" else []
+        self.plan = ScoringPlan.build(self.label_tokens) if self.label_tokens else None
 
     @classmethod
     def load(cls, model_dir: Path, spec: TemplateSpec | None) -> Task:
@@ -47,8 +47,7 @@ class Task:
     @property
     def first_token_path(self) -> bool:
         """The labels' answers start with distinct tokens: one position decides them."""
-        firsts = [tokens[0] for tokens in self.label_tokens]
-        return bool(firsts) and len(set(firsts)) == len(firsts)
+        return self.plan is not None and self.plan.path == "first_token"
 
     def _tokenize(self, messages: list[dict[str, str]], continued: bool) -> Tokens:
         ids = self.tokenizer.apply_chat_template(

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 
 from adaptserve.adapt.task import Item, Task, Tokens
-from adaptserve.templates.classify import ScoringPlan
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +200,8 @@ def _predict(model: Any, task: Task, items: list[Item], rows: list[torch.Tensor]
     """The server's scoring plan, in-process: each label's answer log-probability from
     one read per distinct answer prefix. An item's own target already gives the reads
     along its answer; the other prefixes are read in one more batch."""
-    plan = ScoringPlan.build(task.label_tokens)
+    plan = task.plan
+    assert plan is not None
     reads: list[dict[Tokens, torch.Tensor]] = [{} for _ in items]
     needed: list[tuple[int, Tokens]] = []
     for i, (item, row) in enumerate(zip(items, rows, strict=True)):
