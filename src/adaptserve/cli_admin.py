@@ -1,66 +1,57 @@
-"""The admin commands of the `adaptserve` CLI. Each one is a call to the running
-server's `/admin` API (so it works against a remote gateway too); output is JSON."""
+"""The admin commands of the `adaptserve` CLI. Each one is a call to a running server's
+`/admin` API through `adaptserve_client` (so it works against a remote gateway too);
+output is JSON, and an error answer is printed as its OpenAI error body (exit 1)."""
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
-import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
+from adaptserve_client import AdaptserveError, APIConnectionError, APIStatusError, Client
+from adaptserve_client.api import Admin
 
 from adaptserve.config import Settings
-from adaptserve.errors import ConfigurationError, error_message
+from adaptserve.errors import ConfigurationError
 from adaptserve.tenancy.auth import ADMIN_KEY_FILE
 
-# command -> (subcommand -> (arguments, handler)); a handler returns (method, path, request kwargs)
-Handler = Any
+# group -> (verb -> (positional arguments, what it calls on the admin namespace))
+Handler = Callable[[Admin, argparse.Namespace], Any]
 
 
 def _command_table() -> dict[str, dict[str, tuple[list[str], Handler]]]:
     return {
         "tenants": {
-            "create": (["name"], lambda a: ("POST", "/tenants", {"json": {"name": a.name}})),
-            "list": ([], lambda a: ("GET", "/tenants", {})),
-            "delete": (["name"], lambda a: ("DELETE", f"/tenants/{a.name}", {})),
+            "create": (["name"], lambda c, a: c.tenants.create(a.name)),
+            "list": ([], lambda c, a: c.tenants.list()),
+            "delete": (["name"], lambda c, a: c.tenants.delete(a.name)),
         },
         "keys": {
-            "create": (["tenant"], lambda a: ("POST", f"/tenants/{a.tenant}/keys", {})),
-            "list": (["tenant"], lambda a: ("GET", f"/tenants/{a.tenant}/keys", {})),
-            "delete": (["tenant", "key_id"], lambda a: ("DELETE", f"/tenants/{a.tenant}/keys/{a.key_id}", {})),
+            "create": (["tenant"], lambda c, a: c.keys.create(a.tenant)),
+            "list": (["tenant"], lambda c, a: c.keys.list(a.tenant)),
+            "delete": (["tenant", "key_id"], lambda c, a: c.keys.delete(a.tenant, a.key_id)),
         },
         "adapters": {
             "push": (["path"], _push),
-            "list": ([], lambda a: ("GET", "/adapters", {})),
-            "show": (["name"], lambda a: ("GET", f"/adapters/{a.name}", {})),
-            "activate": (
-                ["name", "version"],
-                lambda a: ("POST", f"/adapters/{a.name}/activate", {"json": {"version": a.version}}),
-            ),
-            "delete": (["name"], lambda a: ("DELETE", f"/adapters/{a.name}", {})),
+            "list": ([], lambda c, a: c.adapters.list()),
+            "show": (["name"], lambda c, a: c.adapters.get(a.name)),
+            "activate": (["name", "version"], lambda c, a: c.adapters.activate(a.name, a.version)),
+            "delete": (["name"], lambda c, a: c.adapters.delete(a.name)),
         },
         "templates": {
             "apply": (["file"], _apply_template),
-            "list": ([], lambda a: ("GET", "/templates", {})),
-            "show": (["name"], lambda a: ("GET", f"/templates/{a.name}", {"params": _owner(a)})),
-            "activate": (
-                ["name", "version"],
-                lambda a: (
-                    "POST",
-                    f"/templates/{a.name}/activate",
-                    {"json": {"version": int(a.version)}, "params": _owner(a)},
-                ),
-            ),
-            "delete": (["name"], lambda a: ("DELETE", f"/templates/{a.name}", {"params": _owner(a)})),
+            "list": ([], lambda c, a: c.templates.list()),
+            "show": (["name"], lambda c, a: c.templates.versions(a.name, a.tenant)),
+            "activate": (["name", "version"], lambda c, a: c.templates.activate(a.name, int(a.version), a.tenant)),
+            "delete": (["name"], lambda c, a: c.templates.delete(a.name, a.tenant)),
         },
         "models": {
             "set": (["tenant", "alias"], _set_alias),
-            "list": (["tenant"], lambda a: ("GET", f"/tenants/{a.tenant}/models", {})),
-            "delete": (["tenant", "alias"], lambda a: ("DELETE", f"/tenants/{a.tenant}/models/{a.alias}", {})),
+            "list": (["tenant"], lambda c, a: c.aliases.list(a.tenant)),
+            "delete": (["tenant", "alias"], lambda c, a: c.aliases.delete(a.tenant, a.alias)),
         },
     }
 
@@ -98,24 +89,14 @@ def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path)
 
 
-def _push(args: argparse.Namespace) -> tuple[str, str, dict]:
+def _push(admin: Admin, args: argparse.Namespace) -> Any:
     folder = Path(args.path).expanduser().resolve()
     if args.server_path:
-        return "POST", "/adapters", {"json": {"name": args.name, "path": str(folder)}}
-    return "POST", "/adapters", _upload(folder, args.name)
+        return admin.adapters.register_path(args.name, str(folder))
+    return admin.adapters.push(folder, args.name)
 
 
-def _upload(folder: Path, name: str) -> dict[str, Any]:
-    """The multipart body of an adapter upload: the folder's files as a .tar.gz."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for file in sorted(folder.iterdir()):
-            if file.is_file():
-                tar.add(file, arcname=file.name)
-    return {"data": {"name": name}, "files": {"file": (f"{name}.tar.gz", buffer.getvalue(), "application/gzip")}}
-
-
-def _apply_template(args: argparse.Namespace) -> tuple[str, str, dict]:
+def _apply_template(admin: Admin, args: argparse.Namespace) -> Any:
     """Checked here first (a clear error without a round trip), then sent as written."""
     from adaptserve.errors import InvalidRequestError
     from adaptserve.templates.spec import load_document
@@ -125,17 +106,11 @@ def _apply_template(args: argparse.Namespace) -> tuple[str, str, dict]:
         spec = load_document(text)
     except InvalidRequestError as exc:
         sys.exit(f"adaptserve: {args.file}: {exc.message}")
-    params = _owner(args) | ({"activate": "false"} if args.no_activate else {})
-    return "PUT", f"/templates/{spec.name}", {"content": text.encode(), "params": params}
+    return admin.templates.apply(spec.name, text, tenant=args.tenant, activate=not args.no_activate)
 
 
-def _owner(args: argparse.Namespace) -> dict[str, str]:
-    return {"tenant": args.tenant} if getattr(args, "tenant", None) else {}
-
-
-def _set_alias(args: argparse.Namespace) -> tuple[str, str, dict]:
-    body = {"base": True} if args.base else {"adapter": args.adapter, "version": args.version}
-    return "PUT", f"/tenants/{args.tenant}/models/{args.alias}", {"json": body}
+def _set_alias(admin: Admin, args: argparse.Namespace) -> Any:
+    return admin.aliases.set(args.tenant, args.alias, adapter=args.adapter, version=args.version, base=args.base)
 
 
 def admin_key(settings: Settings, given: str | None = None) -> str:
@@ -150,34 +125,31 @@ def admin_key(settings: Settings, given: str | None = None) -> str:
 
 def push_adapter(url: str, key: str, folder: Path, name: str, tenant: str | None, alias: str | None) -> dict:
     """Upload an adapter folder, make the new version active, point `tenant`'s
-    `alias` at the adapter: the running server serves it with no restart."""
-    with httpx.Client(base_url=f"{url}/admin", headers={"Authorization": f"Bearer {key}"}, timeout=600) as client:
-        stored = _checked(client.post("/adapters", **_upload(folder, name)))
-        if stored["active_version"] != stored["version"]:
-            _checked(client.post(f"/adapters/{name}/activate", json={"version": stored["version"]}))
-        out = {"adapter": name, "version": stored["version"], "rank": stored["rank"]}
-        if alias is not None:
-            _checked(client.put(f"/tenants/{tenant}/models/{alias}", json={"adapter": name}))
-            out |= {"tenant": tenant, "alias": alias}
+    `alias` at it: the running server serves it with no restart."""
+    with Client(url, key, timeout=600) as client:
+        try:
+            stored = client.admin.adapters.push(folder, name)
+            if stored["active_version"] != stored["version"]:
+                client.admin.adapters.activate(name, stored["version"])
+            out = {"adapter": name, "version": stored["version"], "rank": stored["rank"]}
+            if alias is not None:
+                client.admin.aliases.set(tenant, alias, adapter=name)
+                out |= {"tenant": tenant, "alias": alias}
+        except AdaptserveError as exc:
+            raise ConfigurationError(f"the server at {url} refused the adapter: {exc}") from exc
     return out
 
 
-def _checked(response: httpx.Response) -> dict:
-    if response.is_error:
-        raise ConfigurationError(f"the server refused {response.request.url.path}: {error_message(response)}")
-    return response.json()
-
-
 def run_admin_command(args: argparse.Namespace, settings: Settings) -> int:
-    url = (args.url or f"http://{settings.host}:{settings.port}").rstrip("/")
-    key = admin_key(settings, args.admin_key)
-    method, path, kwargs = args.admin_request(args)
-    try:
-        response = httpx.request(
-            method, f"{url}/admin{path}", headers={"Authorization": f"Bearer {key}"}, timeout=600, **kwargs
-        )
-    except httpx.HTTPError as exc:
-        sys.exit(f"adaptserve: cannot reach {url}: {exc}")
-    if response.content:
-        print(json.dumps(response.json(), indent=2))
-    return 0 if response.is_success else 1
+    url = args.url or f"http://{settings.host}:{settings.port}"
+    with Client(url, admin_key(settings, args.admin_key), timeout=600) as client:
+        try:
+            result = args.admin_request(client.admin, args)
+        except APIConnectionError as exc:
+            sys.exit(f"adaptserve: cannot reach {url}: {exc}")
+        except APIStatusError as exc:
+            print(json.dumps(exc.body(), indent=2))
+            return 1
+    if result is not None:
+        print(json.dumps(result, indent=2))
+    return 0

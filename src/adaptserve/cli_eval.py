@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from adaptserve_client import Template
+
 from adaptserve.config import Settings
 from adaptserve.tenancy.auth import KEY_FILE
 
@@ -53,9 +55,9 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
         predictions = asyncio.run(evaluator.run(examples, input_field, progress))
     elapsed = time.perf_counter() - started
     source = str(args.data) if args.data else f"{args.dataset}:{args.split}"
-    settings_used = {"template": args.template, "version": described["version"], "data": source, "url": url}
+    settings_used = {"template": args.template, "version": described.version, "data": source, "url": url}
     settings_used |= {"limit": args.limit, "batch": args.batch, "concurrency": args.concurrency}
-    result = report(predictions, bool(described.get("calibration")), elapsed, settings_used)
+    result = report(predictions, bool(described.raw.get("calibration")), elapsed, settings_used)
     print(table(result))
     stem = f"{args.template}-{args.data.stem if args.data else f'{args.dataset}-{args.split}'}"
     json_path, png_path = write(result, args.out, stem)
@@ -63,8 +65,8 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _only_input(described: dict) -> str:
-    names = list(described["inputs"]["properties"])
+def _only_input(described: Template) -> str:
+    names = list((described.inputs or {})["properties"])
     if len(names) != 1:
         sys.exit(f"adaptserve: template has inputs {names}: say which one gets the text with --input")
     return names[0]

@@ -36,6 +36,13 @@ class VLLMSettings(BaseModel):
     max_lora_rank: int = Field(16, ge=1, description="--max-lora-rank: largest adapter rank served")
     max_loras: int = Field(4, ge=1, description="--max-loras: adapters in one batch (engine slots)")
     max_cpu_loras: int | None = Field(None, ge=1, description="--max-cpu-loras: adapters cached by the worker")
+    lora_target_modules: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="--lora-target-modules: the modules that get LoRA layers (peft names: q_proj, o_proj, "
+        "gate_proj ...; None: all). Every LoRA layer costs every adapter request, so fewer is faster; "
+        "adapters with weights elsewhere are refused",
+    )
     max_model_len: int = Field(2048, ge=16, description="--max-model-len: context length in tokens")
     kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE (whole GiB) on CPU builds")
     dtype: str = "bfloat16"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+from adaptserve_client import AdaptserveError, AsyncClient, Classification, Client, Template
 
 from adaptserve.adapt.data import Example
 from adaptserve.errors import ConfigurationError
@@ -99,71 +99,65 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Evaluator:
-    """Sends the set in batches over `concurrency` connections; retries 429/503."""
+    """Sends the set in batches over `concurrency` connections (the client retries 429/503)."""
 
     def __init__(self, url: str, key: str, template: str, batch: int = 16, concurrency: int = 2) -> None:
-        self.url, self.template = url.rstrip("/"), template
-        self.headers = {"Authorization": f"Bearer {key}"}
+        self.url, self.key, self.template = url.rstrip("/"), key, template
         self.batch, self.concurrency = batch, concurrency
 
-    def describe(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.url}/v1/templates/{self.template}", headers=self.headers, timeout=30)
-        if response.status_code != 200:
-            raise ConfigurationError(f"template {self.template}: {response.text}")
-        return response.json()
+    def describe(self) -> Template:
+        try:
+            with Client(self.url, self.key, timeout=30) as client:
+                return client.templates.get(self.template)
+        except AdaptserveError as exc:
+            raise ConfigurationError(f"template {self.template}: {exc}") from exc
 
     async def run(self, examples: list[Example], input_field: str, progress: Any = None) -> Predictions:
         described = self.describe()
-        labels = [label["name"] for label in described.get("labels") or []]
-        if not labels:
+        if described.kind != "classify":
             raise ConfigurationError(f"template {self.template} is not a classify template")
-        unknown = sorted({e.label for e in examples} - set(labels))
+        unknown = sorted({e.label for e in examples} - set(described.labels))
         if unknown:
-            raise ConfigurationError(f"labels {unknown} are not labels of {self.template} ({labels})")
+            raise ConfigurationError(f"labels {unknown} are not labels of {self.template} ({described.labels})")
         chunks = [examples[i : i + self.batch] for i in range(0, len(examples), self.batch)]
-        answers: list[list[dict[str, Any]] | None] = [None] * len(chunks)
+        answers: list[list[Any] | None] = [None] * len(chunks)
         latencies: list[float] = []
         gate = asyncio.Semaphore(self.concurrency)
-        async with httpx.AsyncClient(timeout=600, headers=self.headers) as client:
+        async with AsyncClient(self.url, self.key, timeout=600, max_retries=5) as client:
 
             async def one(i: int) -> None:
                 async with gate:
-                    body = {"inputs": [{input_field: e.text} for e in chunks[i]], "explain": True}
+                    inputs = [{input_field: e.text} for e in chunks[i]]
                     started = time.perf_counter()
-                    answers[i] = await self._post(client, body)
+                    answers[i] = await client.templates.run_batch(self.template, inputs, explain=True)
                     latencies.append(time.perf_counter() - started)
                     if progress is not None:
                         progress.update(len(chunks[i]))
 
-            await asyncio.gather(*(one(i) for i in range(len(chunks))))
-        out = Predictions(labels, latencies=latencies)
+            try:
+                await asyncio.gather(*(one(i) for i in range(len(chunks))))
+            except AdaptserveError as exc:
+                raise ConfigurationError(f"the server refused a batch: {exc}") from exc
+        out = Predictions(described.labels, latencies=latencies)
         for chunk, results in zip(chunks, answers, strict=True):
             for example, result in zip(chunk, results or [], strict=True):
+                if not isinstance(result, Classification):
+                    raise ConfigurationError(f"the server failed on {example.text!r}: {result}")
                 _add(out, example, result)
         return out
 
-    async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> list[dict[str, Any]]:
-        for attempt in range(6):
-            response = await client.post(f"{self.url}/v1/templates/{self.template}", json=body)
-            if response.status_code in (429, 503) and attempt < 5:
-                await asyncio.sleep(float(response.headers.get("retry-after") or 2**attempt))
-                continue
-            if response.status_code != 200:
-                raise ConfigurationError(f"the server answered {response.status_code}: {response.text[:500]}")
-            return response.json()["results"]
-        raise AssertionError("unreachable")
 
-
-def _add(out: Predictions, example: Example, result: dict[str, Any]) -> None:
+def _add(out: Predictions, example: Example, result: Classification) -> None:
     out.gold.append(example.label)
-    out.predicted.append(result["label"])
-    out.confidence.append(result["scores"][result["label"]])
-    raw = result["explain"]["logprobs"]  # before calibration, over the labels
+    out.predicted.append(result.label)
+    out.confidence.append(result.confidence)
+    explain = result.explain or {}
+    raw = explain["logprobs"]  # before calibration, over the labels
     probs = dict(zip(raw, normalise(list(raw.values())), strict=True))
     top = max(probs, key=probs.__getitem__)
     out.raw_predicted.append(top)
     out.raw_confidence.append(probs[top])
-    out.prompt_tokens.append(result["explain"]["prompt_tokens"])
+    out.prompt_tokens.append(explain["prompt_tokens"])
 
 
 def report(predictions: Predictions, calibrated: bool, elapsed_s: float, settings: dict[str, Any]) -> dict[str, Any]:

@@ -170,7 +170,12 @@ def teacher_transport(calls: list[list[str]], fail_after: int | None = None, bus
         for text in texts:
             p = 0.9 if "good" in text else 0.2
             results.append(
-                {"label": "positive" if p > 0.5 else "negative", "scores": {"negative": 1 - p, "positive": p}}
+                {
+                    "label": "positive" if p > 0.5 else "negative",
+                    "scores": {"negative": 1 - p, "positive": p},
+                    "calibrated": True,
+                    "version": 1,
+                }
             )
         return httpx.Response(200, json={"results": results})
 

@@ -10,6 +10,7 @@ import pytest
 from adaptserve.adapters.spec import (
     AdapterInvalidError,
     BaseModelSpec,
+    engine_covers,
     read_safetensors_header,
     validate_adapter,
     write_zero_adapter,
@@ -142,3 +143,23 @@ def test_adapters_are_checked_against_a_4bit_base_too(tmp_path):
     assert validate_adapter(make_adapter(tmp_path / "good"), spec, 16).rank == 4
     with pytest.raises(AdapterInvalidError, match="made for another model"):
         validate_adapter(make_adapter(tmp_path / "other", hidden=48), spec, 16)
+
+
+def test_an_engine_restricted_to_some_modules_refuses_adapters_on_others(base, tmp_path):
+    """`vllm.lora_target_modules`: vLLM would silently ignore weights on other modules."""
+    path = make_adapter(tmp_path / "a", targets=("q_proj", "v_proj"))
+    assert validate_adapter(path, base, 16, frozenset({"q_proj", "o_proj"})).rank == 4  # q, k, v are one layer
+    with pytest.raises(AdapterInvalidError) as err:
+        validate_adapter(path, base, 16, frozenset({"o_proj"}))
+    assert "['q_proj', 'v_proj']" in err.value.message and err.value.status == 400
+    assert engine_covers("up_proj", frozenset({"gate_proj"})) and not engine_covers("down_proj", frozenset({"up_proj"}))
+
+
+def test_the_engine_is_started_with_the_lora_shape_of_the_settings(tmp_path):
+    from adaptserve.config import VLLMSettings
+    from adaptserve.upstream.supervisor import Supervisor
+
+    settings = VLLMSettings(max_lora_rank=8, lora_target_modules=["q_proj", "v_proj"])
+    command = Supervisor(settings, tmp_path / "model", "base", tmp_path / "vllm.log").command()
+    assert command[command.index("--max-lora-rank") + 1] == "8"
+    assert command[command.index("--lora-target-modules") + 1 :][:2] == ["q_proj", "v_proj"]

@@ -5,7 +5,7 @@ The teacher is one of our templates at a server (a few-shot, calibrated classify
 template gives label probabilities, so the student learns soft targets) or any
 OpenAI-compatible chat model (its answer is matched to a label: hard targets; or
 taken as the output of a generate template). Teacher calls are concurrent and
-bounded, retried on 429/503 with back-off (honouring `Retry-After`), and every
+bounded, retried on 429/503 with back-off (honouring `Retry-After`: adaptserve_client), and every
 answer is appended to `teacher.jsonl` in the output folder as it arrives, so an
 interrupted run resumes without asking the teacher again.
 """
@@ -16,7 +16,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,15 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from adaptserve_client import AdaptserveError, APIStatusError, AsyncClient, Classification
 
 from adaptserve.adapt.task import Item, Task
-from adaptserve.errors import ConfigurationError, error_message
+from adaptserve.errors import ConfigurationError
 from adaptserve.templates.spec import TemplateSpec
 
 log = logging.getLogger(__name__)
 
 CACHE = "teacher.jsonl"
-RETRY_STATUS = (429, 502, 503, 504)
 
 
 @dataclass(frozen=True)
@@ -83,34 +82,6 @@ class TeacherCache:
                 self.answers[record["key"]] = record
 
 
-async def _post(client: httpx.AsyncClient, teacher: Teacher, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    """POST with retries on overload and connection errors; other errors are final."""
-    for attempt in range(teacher.attempts):
-        try:
-            response = await client.post(f"{teacher.url}{path}", json=body)
-        except httpx.TransportError as exc:
-            if attempt + 1 == teacher.attempts:
-                raise ConfigurationError(f"the teacher at {teacher.url} is unreachable: {exc}") from exc
-            await asyncio.sleep(_backoff(attempt, None))
-            continue
-        if response.status_code in RETRY_STATUS and attempt + 1 < teacher.attempts:
-            await asyncio.sleep(_backoff(attempt, response.headers.get("retry-after")))
-            continue
-        if response.is_error:
-            raise ConfigurationError(f"the teacher answered {response.status_code}: {error_message(response)}")
-        return response.json()
-    raise AssertionError("unreachable")
-
-
-def _backoff(attempt: int, retry_after: str | None) -> float:
-    if retry_after is not None:
-        try:
-            return min(60.0, max(0.0, float(retry_after)))
-        except ValueError:
-            pass
-    return min(30.0, 0.5 * 2**attempt) * (0.5 + random.random() / 2)
-
-
 async def label(
     teacher: Teacher,
     spec: TemplateSpec,
@@ -127,8 +98,10 @@ async def label(
     size = teacher.batch if teacher.template else 1
     chunks = [todo[s : s + size] for s in range(0, len(todo), size)]
     gate = asyncio.Semaphore(teacher.concurrency)
-    headers = {"Authorization": f"Bearer {teacher.key}"}
-    async with httpx.AsyncClient(timeout=teacher.timeout, headers=headers, transport=transport) as client:
+    client = AsyncClient(
+        teacher.url, teacher.key, timeout=teacher.timeout, max_retries=teacher.attempts - 1, transport=transport
+    )
+    async with client:
 
         async def one(chunk: list[tuple[str, dict[str, Any]]]) -> None:
             async with gate:
@@ -137,27 +110,43 @@ async def label(
             if progress:
                 progress(len(chunk))
 
-        await asyncio.gather(*(one(c) for c in chunks))
+        try:
+            await asyncio.gather(*(one(c) for c in chunks))
+        except AdaptserveError as exc:
+            raise ConfigurationError(f"the teacher at {teacher.url} failed: {exc}") from exc
     return [cache.answers[k] for k in keys]
 
 
 async def _ask(
-    client: httpx.AsyncClient, teacher: Teacher, spec: TemplateSpec, inputs: list[dict[str, Any]]
+    client: AsyncClient, teacher: Teacher, spec: TemplateSpec, inputs: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     if teacher.template is not None:
-        body = await _post(client, teacher, f"/v1/templates/{teacher.template}", {"inputs": inputs})
-        results = body.get("results") or []
-        if len(results) != len(inputs) or any("error" in r for r in results):
-            raise ConfigurationError(f"the teacher template failed on a batch: {results[:1]}")
-        return [{"label": r.get("label"), "scores": r.get("scores"), "output": r.get("output")} for r in results]
+        results = await client.templates.run_batch(teacher.template, inputs)
+        failed = [r for r in results if isinstance(r, APIStatusError)]
+        if failed:
+            raise ConfigurationError(f"the teacher template failed on a batch: {failed[0]}")
+        return [_answer(r) for r in results]
+    import openai
+
     from adaptserve.templates.render import Renderer
 
     messages = Renderer().messages(spec, inputs[0])
-    body = {"model": teacher.model, "messages": messages, "temperature": 0, "max_tokens": spec.sampling.max_tokens}
-    reply = (await _post(client, teacher, "/v1/chat/completions", body))["choices"][0]["message"]["content"] or ""
+    try:
+        completion = await client.openai.chat.completions.create(
+            model=teacher.model, messages=messages, temperature=0, max_tokens=spec.sampling.max_tokens
+        )
+    except openai.APIError as exc:
+        raise ConfigurationError(f"the teacher at {teacher.url} failed: {exc}") from exc
+    reply = completion.choices[0].message.content or ""
     if spec.kind == "generate":
         return [{"label": None, "scores": None, "output": reply}]
     return [{"label": match_label(spec, reply), "scores": None, "output": reply}]
+
+
+def _answer(result: Any) -> dict[str, Any]:
+    if isinstance(result, Classification):
+        return {"label": result.label, "scores": result.scores, "output": None}
+    return {"label": None, "scores": None, "output": result.output if result.output is not None else result.text}
 
 
 def match_label(spec: TemplateSpec, text: str) -> str | None:

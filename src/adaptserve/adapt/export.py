@@ -1,4 +1,5 @@
-"""AdaLoRA → plain LoRA, so vLLM serves an adapter trained with AdaLoRA.
+"""Adapter exports. AdaLoRA → plain LoRA, so vLLM serves an adapter trained with
+AdaLoRA; and a LoRA merged into the base weights, for an engine without LoRA layers.
 
 An AdaLoRA layer adds `B (A * E) * scaling / (ranknum + 1e-5)` (SVD form: E holds the
 singular values, zero where a rank was pruned). The export folds E and the scale into
@@ -57,3 +58,17 @@ def adalora_to_lora(model: Any, out: Path, adapter: str = "default") -> int:
     config.save_pretrained(out)
     save_file(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
     return rank
+
+
+def merge_into_base(base: Path, adapter: Path, out: Path, dtype: str = "bfloat16") -> Path:
+    """The adapter folded into the base (W + scale·BA, computed in fp32), saved as a plain
+    model folder: an engine started without LoRA serves this one adapter's traffic at
+    the base model's speed."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    merged.to(getattr(torch, dtype)).save_pretrained(out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    return out

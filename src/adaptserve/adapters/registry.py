@@ -80,9 +80,11 @@ class AdapterRegistry:
         max_rank: int,
         max_resident: int,
         metrics: Metrics,
+        targets: frozenset[str] | None = None,
     ) -> None:
         self.base_name = base_name
         self._db, self._store, self._base, self._max_rank = db, store, base, max_rank
+        self._targets = targets  # the modules the engine has LoRA layers on (None: all)
         self._max_resident = max_resident
         self._metrics = metrics
         self._versions: dict[str, AdapterVersion] = {}  # internal name -> version
@@ -107,7 +109,7 @@ class AdapterRegistry:
         except APIError:
             self._store.remove_staged(staged)
             raise
-        spec, path = self._store.add(staged, lambda p: validate_adapter(p, self._base, self._max_rank))
+        spec, path = self._store.add(staged, lambda p: validate_adapter(p, self._base, self._max_rank, self._targets))
         version = spec.digest[:12]
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         with self._db.session() as s:
@@ -219,7 +221,7 @@ class AdapterRegistry:
 
     # resolution ------------------------------------------------------------------
     def set_zero_adapter(self, path: Path) -> None:
-        spec = validate_adapter(path, self._base, self._max_rank)
+        spec = validate_adapter(path, self._base, self._max_rank, self._targets)
         self._zero = AdapterVersion(self.base_name, spec.digest[:12], path, spec.rank)
 
     def base_target(self, public_name: str) -> Target:

@@ -92,8 +92,11 @@ class AdapterSpec:
     digest: str
 
 
-def validate_adapter(path: Path, base: BaseModelSpec | None, max_rank: int) -> AdapterSpec:
-    """Check `path` is a LoRA that vLLM can serve on `base`; raise AdapterInvalidError."""
+def validate_adapter(
+    path: Path, base: BaseModelSpec | None, max_rank: int, targets: frozenset[str] | None = None
+) -> AdapterSpec:
+    """Check `path` is a LoRA that vLLM can serve on `base` (with LoRA layers only on
+    `targets`, when the engine is restricted to those); raise AdapterInvalidError."""
     if not path.is_dir() or not (path / ADAPTER_CONFIG).is_file():
         raise AdapterInvalidError(f"{path} is not a PEFT adapter folder (no {ADAPTER_CONFIG})")
     config = _read_config(path)
@@ -108,7 +111,25 @@ def validate_adapter(path: Path, base: BaseModelSpec | None, max_rank: int) -> A
         )
         raise AdapterInvalidError(f"adapter at {path}: {reason}")
     modules = _check_weights(read_safetensors_header(weights), base, max_rank)
+    uncovered = sorted(m for m in modules if not engine_covers(m, targets))
+    if uncovered:
+        raise AdapterInvalidError(
+            f"the adapter has LoRA weights on {uncovered}, which the server's engine has no LoRA layers for "
+            f"(vllm.lora_target_modules: {sorted(targets or ())}); vLLM would ignore them"
+        )
     return AdapterSpec(path=path, rank=rank, target_modules=tuple(sorted(modules)), digest=tree_digest(path))
+
+
+# vLLM fuses these projections into one layer: a LoRA layer on one member covers all.
+_PACKED = (frozenset({"q_proj", "k_proj", "v_proj"}), frozenset({"gate_proj", "up_proj"}))
+
+
+def engine_covers(module: str, targets: frozenset[str] | None) -> bool:
+    """Whether an engine started with `--lora-target-modules targets` applies an
+    adapter's weights on `module` (None: every module has LoRA layers)."""
+    if targets is None or module in targets:
+        return True
+    return any(module in group and group & targets for group in _PACKED)
 
 
 def _read_config(path: Path) -> dict:

@@ -62,8 +62,16 @@ class Gateway:
         base = BaseModelSpec.read(model_path) if model_path else None
         store = AdapterStore(settings.data_dir / "adapters", settings.max_adapter_bytes)
         metrics = Metrics()
+        targets = settings.vllm.lora_target_modules
         registry = AdapterRegistry(
-            db, store, settings.base_name, base, settings.vllm.max_lora_rank, settings.max_resident_adapters, metrics
+            db,
+            store,
+            settings.base_name,
+            base,
+            settings.vllm.max_lora_rank,
+            settings.max_resident_adapters,
+            metrics,
+            frozenset(targets) if targets is not None else None,
         )
         if settings.base_via_zero_adapter:
             if base is None:

@@ -1,0 +1,109 @@
+"""`Client` and `AsyncClient`: the same methods (`api.Api`) over a blocking or an
+asyncio transport, plus `.openai`, an `openai` SDK client for chat and completions
+configured with the same server, key, timeout and retries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from adaptserve_client.api import Api
+from adaptserve_client.calls import Retries
+from adaptserve_client.transport import AsyncTransport, SyncTransport
+
+DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+
+
+def _settings(base_url: str, api_key: str, timeout: float | httpx.Timeout | None) -> dict[str, Any]:
+    return {
+        "base_url": base_url.rstrip("/").removesuffix("/v1"),
+        "headers": {"Authorization": f"Bearer {api_key}", "User-Agent": "adaptserve-client/0.1"},
+        "timeout": DEFAULT_TIMEOUT if timeout is None else timeout,
+    }
+
+
+class Client(Api):
+    """Blocking client. `base_url` is the server (with or without `/v1`); `api_key` a
+    tenant key, or the admin key for `.admin`. Use as a context manager or `close()`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float | httpx.Timeout | None = None,
+        max_retries: int = 2,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        settings = _settings(base_url, api_key, timeout)
+        self.base_url, self.api_key, self.max_retries = settings["base_url"], api_key, max_retries
+        self.timeout = settings["timeout"]
+        self._http = httpx.Client(transport=transport, **settings)
+        self._openai: Any = None
+        super().__init__(SyncTransport(self._http, Retries(max_retries=max_retries)).send)
+
+    @property
+    def openai(self) -> Any:
+        """An `openai.OpenAI` for `/v1/chat/completions`, `/v1/completions`, `/v1/models`."""
+        if self._openai is None:
+            import openai
+
+            self._openai = openai.OpenAI(
+                base_url=self.base_url + "/v1", api_key=self.api_key, timeout=self.timeout, max_retries=self.max_retries
+            )
+        return self._openai
+
+    def close(self) -> None:
+        self._http.close()
+        if self._openai is not None:
+            self._openai.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class AsyncClient(Api):
+    """The same methods as `Client`, each to be awaited; `.openai` is an `AsyncOpenAI`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float | httpx.Timeout | None = None,
+        max_retries: int = 2,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 100,
+    ) -> None:
+        settings = _settings(base_url, api_key, timeout)
+        self.base_url, self.api_key, self.max_retries = settings["base_url"], api_key, max_retries
+        self.timeout = settings["timeout"]
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._http = httpx.AsyncClient(transport=transport, limits=limits, **settings)
+        self._openai: Any = None
+        super().__init__(AsyncTransport(self._http, Retries(max_retries=max_retries)).send)
+
+    @property
+    def openai(self) -> Any:
+        if self._openai is None:
+            import openai
+
+            self._openai = openai.AsyncOpenAI(
+                base_url=self.base_url + "/v1", api_key=self.api_key, timeout=self.timeout, max_retries=self.max_retries
+            )
+        return self._openai
+
+    async def close(self) -> None:
+        await self._http.aclose()
+        if self._openai is not None:
+            await self._openai.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()

@@ -1,0 +1,116 @@
+"""What the tenant-side calls return: small typed records built from the JSON."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> TokenUsage:
+        data = data or {}
+        return cls(int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0))
+
+
+@dataclass(frozen=True)
+class Classification:
+    """A classify template's answer: the label, every label's probability (summing to 1)."""
+
+    label: str
+    scores: dict[str, float]
+    calibrated: bool
+    version: int
+    usage: TokenUsage
+    explain: dict[str, Any] | None = None
+
+    @property
+    def confidence(self) -> float:
+        return self.scores[self.label]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Classification:
+        return cls(
+            label=data["label"],
+            scores={k: float(v) for k, v in data["scores"].items()},
+            calibrated=bool(data.get("calibrated")),
+            version=int(data["version"]),
+            usage=TokenUsage.from_json(data.get("usage")),
+            explain=data.get("explain"),
+        )
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A generate template's answer: `text`, or `output` checked against its JSON schema."""
+
+    text: str | None
+    output: Any
+    finish_reason: str | None
+    version: int
+    usage: TokenUsage
+    explain: dict[str, Any] | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Generation:
+        return cls(
+            text=data.get("text"),
+            output=data.get("output"),
+            finish_reason=data.get("finish_reason"),
+            version=int(data["version"]),
+            usage=TokenUsage.from_json(data.get("usage")),
+            explain=data.get("explain"),
+        )
+
+
+@dataclass(frozen=True)
+class Template:
+    """A template the caller can run (`templates.list`), with details from `templates.get`."""
+
+    name: str
+    kind: str
+    version: int
+    description: str | None = None
+    labels: list[str] = field(default_factory=list)
+    inputs: dict[str, Any] | None = None
+    output_schema: dict[str, Any] | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Template:
+        return cls(
+            name=data["name"],
+            kind=data["kind"],
+            version=int(data["version"]),
+            description=data.get("description"),
+            labels=[label["name"] for label in data.get("labels") or []],
+            inputs=data.get("inputs"),
+            output_schema=data.get("output_schema"),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """Requests and tokens for one model alias (and template) in one hour."""
+
+    model: str
+    template: str | None
+    hour: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    tenant: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> UsageRow:
+        fields = ("model", "template", "hour", "requests", "prompt_tokens", "completion_tokens", "tenant")
+        return cls(**{k: data.get(k) for k in fields})

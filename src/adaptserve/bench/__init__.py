@@ -1,0 +1,2 @@
+"""The throughput benchmark harness (`adaptserve bench`): a load generator, the
+scenarios it runs side by side, the plain transformers+peft baseline server, reports."""

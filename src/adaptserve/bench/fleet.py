@@ -1,0 +1,81 @@
+"""The benchmark's tenants and adapters: N random rank-r LoRA adapters written from the
+base model's shapes (numpy + safetensors, no torch), uploaded through the admin API and
+spread over T tenants, each tenant owning every T-th adapter under the alias `aJ`
+and the base model under `base`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from adaptserve_client import Client
+from safetensors.numpy import save_file
+
+TARGETS = ("q_proj", "v_proj")
+
+
+def make_adapter(base: Path, out: Path, seed: int, rank: int = 8) -> Path:
+    """A PEFT LoRA folder with random A and B (a real, non-zero update) on q and v."""
+    config = json.loads((base / "config.json").read_text())
+    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
+    head_dim = config.get("head_dim") or hidden // config["num_attention_heads"]
+    out_dims = {"q_proj": config["num_attention_heads"] * head_dim, "v_proj": config["num_key_value_heads"] * head_dim}
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for layer in range(layers):
+        for target in TARGETS:
+            prefix = f"base_model.model.model.layers.{layer}.self_attn.{target}"
+            tensors[f"{prefix}.lora_A.weight"] = (rng.standard_normal((rank, hidden)) / hidden**0.5).astype(np.float16)
+            tensors[f"{prefix}.lora_B.weight"] = (rng.standard_normal((out_dims[target], rank)) * 0.01).astype(
+                np.float16
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    adapter_config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": str(base),
+        "r": rank,
+        "lora_alpha": 2 * rank,
+        "lora_dropout": 0.0,
+        "target_modules": list(TARGETS),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "modules_to_save": None,
+        "use_dora": False,
+        "use_rslora": False,
+    }
+    (out / "adapter_config.json").write_text(json.dumps(adapter_config, indent=1))
+    return out
+
+
+@dataclass
+class Fleet:
+    """Who sends what: `keys[t]` is tenant t's key; adapter j is tenant (j % T)'s alias `aJ`."""
+
+    keys: list[str]
+    adapters: list[Path]
+
+    def adapter_models(self, n: int) -> list[tuple[str, str]]:
+        """(key, alias) of the first n adapters."""
+        return [(self.keys[j % len(self.keys)], f"a{j}") for j in range(n)]
+
+    def base_models(self) -> list[tuple[str, str]]:
+        return [(key, "base") for key in self.keys]
+
+
+def build_fleet(url: str, admin_key: str, base: Path, folder: Path, adapters: int, tenants: int, rank: int) -> Fleet:
+    paths = [make_adapter(base, folder / f"a{j}", seed=j, rank=rank) for j in range(adapters)]
+    keys = []
+    with Client(url, admin_key, timeout=600) as client:
+        for t in range(tenants):
+            name = f"bench-tenant-{t}"
+            client.admin.tenants.create(name)
+            keys.append(client.admin.keys.create(name)["key"])
+            client.admin.aliases.set(name, "base", base=True)
+        for j, path in enumerate(paths):
+            client.admin.adapters.push(path, f"bench-a{j}")
+            client.admin.aliases.set(f"bench-tenant-{j % tenants}", f"a{j}", adapter=f"bench-a{j}")
+    return Fleet(keys, paths)

@@ -1,0 +1,97 @@
+"""The benchmark harness's parts: the workload (seeded, Zipf or uniform), the load
+generator's timing records through the real gateway and the fake vLLM, open-loop
+arrivals on schedule, percentiles, and the transformers+peft baseline's batching
+(a batch answers exactly what each request alone gets)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from adaptserve.bench.fleet import make_adapter as make_bench_adapter
+from adaptserve.bench.loadgen import Record, Request, Run, closed_loop, percentile, poisson, popularity, workload
+from adaptserve.models import resolve_model
+from tests.fakes.fake_vllm import FakeState
+from tests.unit.conftest import API_KEY, RunningGateway
+
+
+def test_workloads_are_seeded_and_zipf_favours_the_first_adapters() -> None:
+    models = [("k", f"a{j}") for j in range(16)]
+    first = workload(models, 400, input_words=8, max_tokens=4, popularity_kind="zipf", seed=3)
+    assert first == workload(models, 400, input_words=8, max_tokens=4, popularity_kind="zipf", seed=3)
+    counts = Counter(r.model for r in first)
+    assert counts["a0"] > counts["a1"] > counts["a7"] and counts["a0"] > 400 / 16 * 3
+    uniform = Counter(popularity(16, "uniform", random.Random(0), 1600))
+    assert len(uniform) == 16 and max(uniform.values()) < 2 * min(uniform.values())
+    assert len(first[0].prompt.split()) == 8 + 3  # "Continue this text:" + 8 words
+    with pytest.raises(ValueError, match="uniform or zipf"):
+        popularity(4, "pareto", random.Random(0), 1)
+
+
+def test_percentiles_and_summaries() -> None:
+    assert percentile([3.0, 1.0, 2.0, 4.0], 50) == 2.0 and percentile([1.0, 2.0, 3.0, 4.0], 99) == 4.0
+    records = [
+        Record("m", 0.0, ttft=0.1, token_times=[0.1, 0.2, 0.4], end=0.4, output_tokens=3),
+        Record("m", 0.0, error="500 boom"),
+    ]
+    summary = Run(records, wall_s=2.0).summary()
+    assert summary["errors"] == 1 and summary["first_error"] == "500 boom"
+    assert summary["output_tokens_per_s"] == 1.5 and summary["requests_per_s"] == 0.5
+    assert summary["itl_p50_ms"] == pytest.approx(100) and summary["itl_p99_ms"] == pytest.approx(200)
+
+
+def test_the_load_generator_times_streams_through_the_gateway(start_gateway, fake: FakeState) -> None:
+    gateway: RunningGateway = start_gateway()
+    fake.token_delay_s = 0.02
+    requests = [Request(API_KEY, "default", f"a long enough prompt number {i}", 5) for i in range(6)]
+    run = asyncio.run(closed_loop(gateway.url, requests, concurrency=2))
+    assert [r.error for r in run.records] == [None] * 6
+    for record in run.records:
+        assert record.output_tokens == 5 and len(record.token_times) == 5 and record.prompt_tokens > 0
+        assert 0 < record.ttft <= record.end - record.start and all(gap >= 0.015 for gap in record.itl)
+    assert run.summary()["output_tokens_per_s"] == pytest.approx(30 / run.wall_s)
+    sent = [r for r in fake.requests if r.get("stream")]
+    assert all(r["ignore_eos"] and r["min_tokens"] == r["max_tokens"] == 5 for r in sent)
+
+
+def test_open_loop_arrivals_keep_their_schedule_whatever_the_server_does(start_gateway, fake: FakeState) -> None:
+    gateway: RunningGateway = start_gateway()
+    fake.token_delay_s = 0.05  # each request takes longer than the gap between arrivals
+    requests = [Request(API_KEY, "default", "x", 4) for _ in range(8)]
+    run = asyncio.run(poisson(gateway.url, requests, rate=40.0, seed=5))
+    rng, due = random.Random(5), []
+    for _ in requests:
+        due.append((due[-1] if due else 0.0) + rng.expovariate(40.0))
+    starts = sorted(r.start for r in run.records)
+    assert all(abs(s - d) < 0.05 for s, d in zip(starts, due, strict=True))  # not waiting for answers
+    assert max(r.end for r in run.records) > due[-1] + 0.15
+
+
+@pytest.fixture(scope="module")
+def smol() -> Path:
+    data = os.environ.get("ADAPTSERVE_DATA_DIR") or str(Path.home() / ".local/share/adaptserve")
+    return resolve_model("default", Path(os.environ.get("ADAPTSERVE_MODELS_DIR") or Path(data) / "models"))
+
+
+def test_the_peft_baseline_batches_without_changing_any_answer(smol: Path, tmp_path: Path) -> None:
+    from adaptserve.bench.peft_server import Batcher, Job
+
+    adapters = {f"a{j}": make_bench_adapter(smol, tmp_path / f"a{j}", seed=j) for j in range(2)}
+    batcher = Batcher(smol, adapters, max_batch=8, dtype=__import__("torch").float32)
+
+    def job(model: str, text: str, tokens: int) -> Job:
+        return Job(model, [{"role": "user", "content": text}], tokens, None, None)  # type: ignore[arg-type]
+
+    texts = ["What is the capital of France?", "Name a colour.", "Write one word about the sea and the sky."]
+    batched = batcher._generate("a0", [job("a0", t, 6) for t in texts])
+    alone = [batcher._generate("a0", [job("a0", t, 6)])[0] for t in texts]
+    assert [b["text"] for b in batched] == [a["text"] for a in alone]  # left padding changes nothing
+    assert all(b["usage"]["completion_tokens"] == 6 for b in batched)
+    base = batcher._generate("base", [job("base", texts[0], 6)])[0]["text"]
+    other = batcher._generate("a1", [job("a1", texts[0], 6)])[0]["text"]
+    assert "Paris" in base and other not in (base, alone[0]["text"])  # set_adapter switches models
