@@ -34,6 +34,12 @@ def add_bench_command(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--upstream", action="append", default=[], help="front these vLLM servers (GPU runs)")
     bench.add_argument("--served-model-name", help="the base model's name at --upstream (default: the folder name)")
+    bench.add_argument(
+        "--vllm-arg",
+        action="append",
+        default=[],
+        help="a flag for every engine the harness starts, e.g. --vllm-arg=--gpu-memory-utilization=0.25",
+    )
     bench.add_argument("--work-dir", type=Path, help="adapters and logs (with --upstream: a folder vLLM can read)")
     bench.add_argument("--templates", type=Path, default=Path("templates"), help="holds sentiment.yaml")
     bench.add_argument("--out", type=Path, default=Path("benchmarks/results/bench"))
@@ -66,6 +72,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         upstreams=tuple(args.upstream),
         served_model_name=args.served_model_name,
         work_dir=args.work_dir,
+        vllm_args=tuple(args.vllm_arg),
     )
     run(plan, "adaptserve bench " + shlex.join(sys.argv[2:]))
     for path in sorted(args.out.iterdir()):

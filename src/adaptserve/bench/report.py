@@ -45,7 +45,7 @@ def _row(name: str, s: dict[str, Any]) -> str:
     return (
         f"| {name} | {s['requests_per_s']:.2f} | {s['output_tokens_per_s']:.1f} | {_ms(s['ttft_p50_ms'])} / "
         f"{_ms(s['ttft_p90_ms'])} / {_ms(s['ttft_p99_ms'])} | {_ms(s['itl_p50_ms'])} / {_ms(s['itl_p99_ms'])} | "
-        f"{_ms(s['e2e_p50_ms'])} / {_ms(s['e2e_p90_ms'])} / {_ms(s['e2e_p99_ms'])} | {s['errors']} |"
+        f"{_ms(s['e2e_p50_ms'])} / {_ms(s['e2e_p90_ms'])} / {_ms(s['e2e_p99_ms'])} | {int(s['errors'])} |"
     )
 
 
@@ -57,7 +57,7 @@ HEADER = (
 
 
 def markdown(result: dict[str, Any]) -> str:
-    parts = [f"# adaptserve bench\n\n`{result['command']}` at {result['commit']}\n"]
+    parts = [f"# adaptserve bench\n\n`{result['command'].strip()}` at {result['commit']}\n"]
     s = result["scenarios"]
     if "gateway" in s:
         g = s["gateway"]
@@ -90,8 +90,11 @@ def markdown(result: dict[str, Any]) -> str:
         parts += ["## 3. adaptserve vs a transformers+peft server (not streamed)\n", HEADER]
         for n, r in s["peft"].items():
             parts += [_row(f"{name}, {n} adapter(s)", summary) for name, summary in r["median"].items()]
-        ratios = ", ".join(f"{n} adapter(s) ×{r['ratio']['throughput']:.2f}" for n, r in s["peft"].items())
-        parts.append(f"\nadaptserve / transformers+peft throughput: {ratios}.\n")
+        ratios = "; ".join(
+            f"{n} adapter(s): " + ", ".join(f"{name} ×{v:.2f}" for name, v in r["ratio"].items())
+            for n, r in s["peft"].items()
+        )
+        parts.append(f"\nThroughput against transformers+peft: {ratios}.\n")
     if "classify" in s:
         parts += ["## 4. Classify endpoint vs chat completion + parse (same inputs)\n"]
         parts += ["| side | inputs/s | accuracy |", "|---|---|---|"]
@@ -132,6 +135,7 @@ def plots(result: dict[str, Any], out: Path) -> list[Path]:
             ax.set(
                 xlabel="offered load (requests/s)", ylabel=f"{metric.upper()} (ms)", title=f"{metric.upper()} vs load"
             )
+            ax.set_ylim(bottom=0)
             ax.legend()
         written.append(_save(fig, out / "latency_vs_load.png"))
     return written

@@ -16,7 +16,7 @@ import yaml
 
 from adaptserve.bench import report
 from adaptserve.bench.classify_race import race
-from adaptserve.bench.fleet import build_fleet
+from adaptserve.bench.fleet import Fleet, build_fleet
 from adaptserve.bench.scenarios import (
     Load,
     adapter_scaling,
@@ -44,11 +44,12 @@ class Plan:
     peft_counts: tuple[int, ...] = (1, 16)
     tenants: int = 4
     rank: int = 8
-    load_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    load_fractions: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5)  # of the closed-loop request rate
     classify_inputs: int = 128
     upstreams: tuple[str, ...] = ()
     served_model_name: str | None = None
     work_dir: Path | None = None
+    vllm_args: tuple[str, ...] = ()  # more flags for every engine the harness starts
     gateway_settings: dict[str, Any] = field(
         default_factory=lambda: {
             "base_via_zero_adapter": False,
@@ -57,6 +58,11 @@ class Plan:
         }
     )
 
+    def __post_init__(self) -> None:
+        if self.vllm_args:
+            vllm = self.gateway_settings["vllm"]
+            vllm["extra_args"] = [*vllm.get("extra_args", []), *self.vllm_args]
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -64,88 +70,117 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class Bench:
+    """What the scenarios run against: the gateway with the default engine and its fleet,
+    and (for "shape" and "peft") a second one whose engine is shaped to the adapters."""
+
+    plan: Plan
+    work: Path
+    served: Served
+    direct: str
+    fleet: Fleet
+    tuned: Served | None = None
+    tuned_fleet: Fleet | None = None
+
+
 def run(plan: Plan, command: str) -> dict[str, Any]:
     work = plan.work_dir or Path(tempfile.mkdtemp(prefix="adaptserve-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "data").mkdir(exist_ok=True)
-    config = work / "adaptserve.yaml"
-    config.write_text(yaml.safe_dump(plan.gateway_settings))
-    args = ["--config", str(config)] + [a for url in plan.upstreams for a in ("--upstream", url)]
     result: dict[str, Any] = {"command": command, **report.environment(), "plan": _describe(plan), "scenarios": {}}
     _say(f"starting the gateway (work folder {work})")
-    served = Served(plan.base, work / "data", free_port(), templates=plan.templates, args=args)
+    served = _gateway_process(plan, work / "default", plan.gateway_settings, list(plan.upstreams))
     result["startup_s"] = served.startup_s
+    bench = None
     try:
-        direct = plan.upstreams[0] if plan.upstreams else served.vllm
         count = max([*plan.adapter_counts, *plan.peft_counts])
         fleet = build_fleet(served.url, ADMIN_KEY, plan.base, work / "adapters", count, plan.tenants, plan.rank)
+        bench = Bench(plan, work, served, plan.upstreams[0] if plan.upstreams else served.vllm, fleet)
         _say(f"{count} adapters over {plan.tenants} tenants ready")
+        if {"shape", "peft"} & set(plan.scenarios):
+            tuned_settings = {**plan.gateway_settings, "vllm": {**plan.gateway_settings["vllm"], **TUNED_ENGINE}}
+            bench.tuned = _gateway_process(plan, work / "tuned", tuned_settings, [])
+            n = max(plan.peft_counts)
+            bench.tuned_fleet = build_fleet(
+                bench.tuned.url, ADMIN_KEY, plan.base, work / "adapters", n, plan.tenants, plan.rank
+            )
+            result["tuned_engine"] = tuned_settings["vllm"]
         for scenario in plan.scenarios:
             started = time.perf_counter()
-            _SCENARIO_RUNNERS[scenario](plan, result["scenarios"], served, direct, fleet)
+            _SCENARIO_RUNNERS[scenario](bench, result["scenarios"])
             _say(f"{scenario} done in {time.perf_counter() - started:.0f} s")
             report.write(result, plan.out)
     finally:
         served.stop()
+        if bench is not None and bench.tuned is not None:
+            bench.tuned.stop()
     return result
 
 
-def _gateway(plan: Plan, out: dict, served: Served, direct: str, fleet: Any) -> None:
+def _gateway_process(plan: Plan, folder: Path, settings: dict[str, Any], upstreams: list[str]) -> Served:
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    (folder / "adaptserve.yaml").write_text(yaml.safe_dump(settings))
+    args = ["--config", str(folder / "adaptserve.yaml")] + [a for url in upstreams for a in ("--upstream", url)]
+    return Served(plan.base, folder / "data", free_port(), templates=plan.templates, args=args)
+
+
+def _gateway(bench: Bench, out: dict) -> None:
+    plan = bench.plan
     name = plan.served_model_name or plan.base.name
-    out["gateway"] = gateway_vs_direct(served.url, direct, name, fleet, plan.load, plan.rounds)
+    out["gateway"] = gateway_vs_direct(bench.served.url, bench.direct, name, bench.fleet, plan.load, plan.rounds)
     saturated = out["gateway"]["median"]["gateway"]["requests_per_s"]
-    out["latency"] = latency_vs_load(served.url, fleet, plan.load, saturated, list(plan.load_fractions))
+    out["latency"] = latency_vs_load(bench.served.url, bench.fleet, plan.load, saturated, list(plan.load_fractions))
 
 
-def _adapters(plan: Plan, out: dict, served: Served, direct: str, fleet: Any) -> None:
+def _adapters(bench: Bench, out: dict) -> None:
+    plan = bench.plan
     resident = plan.gateway_settings.get("max_resident_adapters", 8)
-    out["adapters"] = adapter_scaling(served.url, ADMIN_KEY, fleet, plan.load, list(plan.adapter_counts), resident)
+    counts = list(plan.adapter_counts)
+    out["adapters"] = adapter_scaling(bench.served.url, ADMIN_KEY, bench.fleet, plan.load, counts, resident)
 
 
-def _shape(plan: Plan, out: dict, served: Served, direct: str, fleet: Any) -> None:
-    """A second gateway whose engine has LoRA layers only where the adapters need them
-    (rank 8, q and v), against the default engine (rank 16, every module)."""
-    tuned = {**plan.gateway_settings, "vllm": {**plan.gateway_settings["vllm"], **TUNED_ENGINE}}
-    work = served.log.parent.parent / "tuned"
-    (work / "data").mkdir(parents=True, exist_ok=True)
-    (work / "adaptserve.yaml").write_text(yaml.safe_dump(tuned))
+def _shape(bench: Bench, out: dict) -> None:
+    """One adapter on the default engine, on the tuned one, and merged into the base
+    weights on an engine without LoRA (vLLM direct)."""
     from adaptserve.adapt.export import merge_into_base
 
-    merged = merge_into_base(plan.base, fleet.adapters[0], work / "merged")
-    other = Served(plan.base, work / "data", free_port(), args=["--config", str(work / "adaptserve.yaml")])
+    assert bench.tuned is not None and bench.tuned_fleet is not None
+    merged = merge_into_base(bench.plan.base, bench.fleet.adapters[0], bench.work / "merged")
     port = free_port()
-    plain = plain_engine(merged, port, work / "merged-vllm.log", "merged")
+    plain = plain_engine(merged, port, bench.work / "merged-vllm.log", "merged", bench.plan.vllm_args)
     try:
-        fleet2 = build_fleet(other.url, ADMIN_KEY, plan.base, work / "adapters", 1, plan.tenants, plan.rank)
-        urls = (served.url, other.url, f"http://127.0.0.1:{port}")
-        out["shape"] = engine_shape(*urls, fleet, fleet2, plan.load, plan.rounds) | {"tuned": tuned}
+        urls = (bench.served.url, bench.tuned.url, f"http://127.0.0.1:{port}")
+        out["shape"] = engine_shape(*urls, bench.fleet, bench.tuned_fleet, bench.plan.load, bench.plan.rounds)
     finally:
-        other.stop()
         plain.stop()
 
 
-def _peft(plan: Plan, out: dict, served: Served, direct: str, fleet: Any) -> None:
-    port = free_port()
+def _peft(bench: Bench, out: dict) -> None:
+    plan, port = bench.plan, free_port()
     cmd = [sys.executable, "-m", "adaptserve.bench.peft_server", "--model", str(plan.base), "--port", str(port)]
-    cmd += [f"--adapter=a{j}={fleet.adapters[j]}" for j in range(max(plan.peft_counts))]
-    work = served.log.parent
-    peft = Process(cmd, f"http://127.0.0.1:{port}/health", work / "peft_server.log")
+    cmd += [f"--adapter=a{j}={bench.fleet.adapters[j]}" for j in range(max(plan.peft_counts))]
+    peft = Process(cmd, f"http://127.0.0.1:{port}/health", bench.work / "peft_server.log")
+    assert bench.tuned is not None and bench.tuned_fleet is not None
     try:
+        gateways = {
+            "adaptserve": (bench.served.url, bench.fleet),
+            "adaptserve, tuned engine": (bench.tuned.url, bench.tuned_fleet),
+        }
         url = f"http://127.0.0.1:{port}"
-        out["peft"] = versus_peft(served.url, url, fleet, plan.load, list(plan.peft_counts), plan.rounds)
+        out["peft"] = versus_peft(gateways, url, plan.load, list(plan.peft_counts), plan.rounds)
         out["peft_startup_s"] = peft.startup_s
     finally:
         peft.stop()
 
 
-def _classify(plan: Plan, out: dict, served: Served, direct: str, fleet: Any) -> None:
+def _classify(bench: Bench, out: dict) -> None:
     from adaptserve.adapt.data import load_dataset
     from adaptserve.templates.spec import load_document
 
+    plan = bench.plan
     spec = load_document((plan.templates / "sentiment.yaml").read_text())
     pool = load_dataset("rotten-tomatoes", "test")
     n, concurrency = plan.classify_inputs, plan.load.concurrency
-    out["classify"] = race(served.url, KEY, spec, pool, "text", n, concurrency, plan.rounds)
+    out["classify"] = race(bench.served.url, KEY, spec, pool, "text", n, concurrency, plan.rounds)
 
 
 _SCENARIO_RUNNERS = {

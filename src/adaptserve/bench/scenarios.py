@@ -135,17 +135,15 @@ def engine_shape(
     return result
 
 
-def versus_peft(gateway: str, peft: str, fleet: Fleet, load: Load, counts: list[int], rounds: int) -> dict:
-    """Scenario 3: adaptserve and the transformers+peft server, the same adapters and
-    load, not streamed (the baseline cannot stream a batch)."""
+def versus_peft(gateways: dict[str, tuple[str, Fleet]], peft: str, load: Load, counts: list[int], rounds: int) -> dict:
+    """Scenario 3: adaptserve (each of `gateways`) and the transformers+peft server, the
+    same adapters and load, not streamed (the baseline cannot stream a batch)."""
     out = {}
     for n in counts:
-        sides = {
-            "adaptserve": (gateway, fleet.adapter_models(n)),
-            "transformers+peft": (peft, [("unused", f"a{j}") for j in range(n)]),
-        }
+        sides = {name: (url, fleet.adapter_models(n)) for name, (url, fleet) in gateways.items()}
+        sides["transformers+peft"] = (peft, [("unused", f"a{j}") for j in range(n)])
         result = side_by_side(sides, load, rounds, stream=False)
-        ours, theirs = result["median"]["adaptserve"], result["median"]["transformers+peft"]
-        result["ratio"] = {"throughput": ours["output_tokens_per_s"] / theirs["output_tokens_per_s"]}
+        theirs = result["median"]["transformers+peft"]["output_tokens_per_s"]
+        result["ratio"] = {name: result["median"][name]["output_tokens_per_s"] / theirs for name in gateways}
         out[str(n)] = result
     return out

@@ -84,11 +84,11 @@ class Served(Process):
         return total / 1024
 
 
-def plain_engine(model: Path, port: int, log: Path, name: str, kv_cache_gib: int = 1) -> Process:
+def plain_engine(model: Path, port: int, log: Path, name: str, extra: tuple[str, ...] = (), kv_gib: int = 1) -> Process:
     """`vllm serve MODEL` without LoRA, eager as the LoRA engine is on CPU (no
     torch.compile), with the supervisor's KV cache size: what serves a merged adapter."""
     cmd = [sys.executable, "-m", "adaptserve.upstream.vllm_main", "serve", str(model), "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--served-model-name", name, "--dtype", "bfloat16", "--max-model-len", "2048"]
-    cmd += ["--enforce-eager"]  # as the LoRA engine runs on CPU: no torch.compile
-    env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "TORCHDYNAMO_DISABLE": "1"}
+    cmd += ["--enforce-eager", *extra]  # eager, as the LoRA engine runs on CPU: no torch.compile
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_gib), "TORCHDYNAMO_DISABLE": "1"}
     return Process(cmd, f"http://127.0.0.1:{port}/health", log, env)
