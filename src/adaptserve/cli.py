@@ -18,6 +18,7 @@ from adaptserve.config import Settings, load_settings
 from adaptserve.errors import ConfigurationError
 
 log = logging.getLogger("adaptserve")
+KEEP_ALIVE_S = 65
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,7 +78,15 @@ def serve(settings: Settings) -> None:
         print(
             f"adaptserve: admin key: in {settings.data_dir / ADMIN_KEY_FILE} (the admin CLI reads it there)", flush=True
         )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        # Longer than clients keep an idle connection (httpx and the openai SDK: 5 s,
+        # uvicorn's default too), so a client never sends on one the server is closing.
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,6 +24,9 @@ def add_bench_command(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--requests", type=int, default=32, help="requests per measured side")
     bench.add_argument("--concurrency", type=int, default=8, help="closed-loop users")
     bench.add_argument("--input-words", type=int, default=32, help="synthetic prompt length (about 1 token a word)")
+    bench.add_argument(
+        "--prompts", default="synthetic", choices=("synthetic", "rotten-tomatoes", "trec"), help="prompt source"
+    )
     bench.add_argument("--max-tokens", type=int, default=16, help="every answer's length")
     bench.add_argument("--rounds", type=int, default=2, help="alternating rounds of each side-by-side comparison")
     bench.add_argument("--adapters", type=_ints, default=(1, 4, 16, 64), help="adapter counts of scenario 2")
@@ -56,7 +59,12 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         sys.exit(f"adaptserve: unknown scenarios {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
-    load = Load(args.requests, args.concurrency, args.input_words, args.max_tokens, args.seed)
+    prompts: tuple[str, ...] = ()
+    if args.prompts != "synthetic":
+        from adaptserve.adapt.data import load_dataset
+
+        prompts = tuple(e.text for e in load_dataset(args.prompts, "train"))
+    load = Load(args.requests, args.concurrency, args.input_words, args.max_tokens, args.seed, prompts)
     plan = Plan(
         base=resolve_model(args.model, settings.resolved_models_dir),
         out=args.out,

@@ -30,6 +30,7 @@ class FakeState:
     healthy: bool = True
     loaded: dict[str, str] = field(default_factory=dict)  # name -> path
     load_calls: list[str] = field(default_factory=list)
+    unload_calls: list[str] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     token_delay_s: float = 0.0
     streams_open: int = 0
@@ -102,6 +103,7 @@ def create_fake_vllm(state: FakeState) -> FastAPI:
 
     @app.post("/v1/unload_lora_adapter")
     async def unload(body: dict[str, Any]) -> Response:
+        state.unload_calls.append(body["lora_name"])
         if state.loaded.pop(body["lora_name"], None) is None:
             return _error(404, f"The lora adapter '{body['lora_name']}' cannot be found.", "NotFoundError")
         return Response("Success")

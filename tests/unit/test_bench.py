@@ -29,6 +29,8 @@ def test_workloads_are_seeded_and_zipf_favours_the_first_adapters() -> None:
     uniform = Counter(popularity(16, "uniform", random.Random(0), 1600))
     assert len(uniform) == 16 and max(uniform.values()) < 2 * min(uniform.values())
     assert len(first[0].prompt.split()) == 8 + 3  # "Continue this text:" + 8 words
+    drawn = workload(models, 50, input_words=8, max_tokens=4, prompts=["one text", "another"], seed=1)
+    assert {r.prompt for r in drawn} == {"one text", "another"}  # dataset prompts, not synthetic ones
     with pytest.raises(ValueError, match="uniform or zipf"):
         popularity(4, "pareto", random.Random(0), 1)
 

@@ -48,3 +48,23 @@ def test_least_recently_used_idle_adapter_is_unloaded_to_make_room(start_gateway
         response = gw.post("/v1/chat/completions", {"model": name, "messages": [{"role": "user", "content": "q"}]})
         assert response.status_code == 200
     assert {n.split("--")[0] for n in fake.loaded} == {"tiny-base", "x", "z"}  # the zero adapter is never evicted
+
+
+def test_concurrent_loads_evict_different_adapters(start_gateway, fake, tmp_path):
+    """Two cold adapters at once with no room: each load evicts its own victim."""
+    import concurrent.futures
+
+    gw = start_gateway(max_resident_adapters=2)
+    for i, name in enumerate(("p", "q", "r", "s")):
+        gw.admin("POST", "/adapters", json={"name": name, "path": str(make_adapter(tmp_path / name, seed=40 + i))})
+        gw.admin("PUT", f"/tenants/default/models/{name}", json={"adapter": name})
+    body = {"messages": [{"role": "user", "content": "q"}]}
+    for name in ("p", "q"):
+        assert gw.post("/v1/chat/completions", body | {"model": name}).status_code == 200
+    unloads = fake.unload_calls.copy()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda n: gw.post("/v1/chat/completions", body | {"model": n}), ("r", "s")))
+    assert [a.status_code for a in answers] == [200, 200]
+    evicted = [n.split("--")[0] for n in fake.unload_calls[len(unloads) :]]
+    assert sorted(evicted) == ["p", "q"]  # not p twice
+    assert {n.split("--")[0] for n in fake.loaded} == {"tiny-base", "r", "s"}

@@ -92,6 +92,7 @@ class AdapterRegistry:
         self._loaded: dict[tuple[str, str], int] = {}
         self._holders: dict[str, dict[str, Upstream]] = {}  # internal -> url -> upstream
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._loading: set[tuple[str, str]] = set()  # (url, internal) loads in flight: they take room too
         self._inflight: dict[str, int] = {}
         self._retired: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -271,6 +272,7 @@ class AdapterRegistry:
                 return
             await self._make_room(upstream, generation)
             started = time.perf_counter()
+            self._loading.add(key)
             try:
                 await upstream.load_adapter(adapter.internal_name, str(adapter.path))
             except AdapterLoadError as exc:
@@ -279,6 +281,8 @@ class AdapterRegistry:
                     adapter.error = exc.message
                     log.error("adapter %s failed to load on %s: %s", adapter.internal_name, upstream.url, exc.message)
                 raise
+            finally:
+                self._loading.discard(key)
             self._loaded[key] = generation
             self._holders.setdefault(adapter.internal_name, {})[upstream.url] = upstream
             self._metrics.adapter_loads.labels("ok").inc()
@@ -286,19 +290,17 @@ class AdapterRegistry:
             log.info("loaded %s on %s in %.2fs", adapter.internal_name, upstream.url, time.perf_counter() - started)
 
     async def _make_room(self, upstream: Upstream, generation: int) -> None:
-        zero = self._zero.internal_name if self._zero else None
-        resident = [
-            name
-            for (url, name), gen in self._loaded.items()
-            if url == upstream.url and gen == generation and name != zero
-        ]
-        while len(resident) >= self._max_resident:
-            idle = [n for n in resident if not self._inflight.get(n)]
+        zero, url = (self._zero.internal_name if self._zero else None), upstream.url
+        while True:  # recounted each time: concurrent loads evict and load meanwhile
+            loaded = [n for (u, n), gen in self._loaded.items() if u == url and gen == generation and n != zero]
+            loading = [n for u, n in self._loading if u == url and n != zero]
+            if len(loaded) + len(loading) < self._max_resident:
+                return
+            idle = [n for n in loaded if not self._inflight.get(n)]
             if not idle:
                 return  # every resident adapter is busy: vLLM's own CPU cache copes
             victim = min(idle, key=lambda n: self._versions[n].last_used if n in self._versions else 0.0)
             await self._unload(upstream, victim)
-            resident.remove(victim)
 
     def forget(self, upstream: Upstream, adapter: AdapterVersion | None) -> None:
         """The upstream said it does not hold the adapter: load it again next time."""

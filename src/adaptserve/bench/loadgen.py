@@ -79,13 +79,13 @@ def workload(
     seed: int = 0,
 ) -> list[Request]:
     """`count` requests over `models` ((key, model) pairs, e.g. one tenant's alias each);
-    prompts are synthetic (`input_words` long) unless `prompts` are given."""
+    prompts are synthetic (`input_words` long), or drawn from `prompts` when given."""
     rng = random.Random(seed)
     picks = popularity(len(models), popularity_kind, rng, count)
     out = []
-    for i, pick in enumerate(picks):
+    for pick in picks:
         key, model = models[pick]
-        prompt = prompts[i % len(prompts)] if prompts else synthetic_prompt(rng, input_words)
+        prompt = rng.choice(prompts) if prompts else synthetic_prompt(rng, input_words)
         out.append(Request(key, model, prompt, max_tokens))
     return out
 
@@ -151,11 +151,17 @@ def _on_usage(record: Record, usage: dict[str, Any] | None) -> None:
         record.output_tokens = usage.get("completion_tokens") or 0
 
 
+def _limits(connections: int) -> httpx.Limits:
+    """Idle connections are dropped after 2 s, before any server closes them (uvicorn,
+    vLLM's included: 5 s), so no request is sent on a connection being closed."""
+    return httpx.Limits(max_connections=connections, keepalive_expiry=2.0)
+
+
 async def closed_loop(url: str, requests: list[Request], concurrency: int, stream: bool = True) -> Run:
     """`concurrency` users, each sending its next request when the last one ends."""
     queue = list(reversed(requests))
     records: list[Record] = []
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency + 4)) as client:
+    async with httpx.AsyncClient(timeout=600, limits=_limits(concurrency + 4)) as client:
         t0 = time.perf_counter()
 
         async def user() -> None:
@@ -170,7 +176,7 @@ async def poisson(url: str, requests: list[Request], rate: float, seed: int = 0,
     """Open loop: requests arrive at `rate` per second on average (exponential gaps),
     whether or not earlier ones have finished."""
     rng = random.Random(seed)
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=1000)) as client:
+    async with httpx.AsyncClient(timeout=600, limits=_limits(1000)) as client:
         t0 = time.perf_counter()
         tasks, due = [], 0.0
         for request in requests:

@@ -194,7 +194,8 @@ _SCENARIO_RUNNERS = {
 
 def _describe(plan: Plan) -> dict[str, Any]:
     described = {k: v for k, v in vars(plan).items() if k != "load"}
-    described["load"] = vars(plan.load)
+    described["load"] = {k: v for k, v in vars(plan.load).items() if k != "prompts"}
+    described["load"]["prompts"] = f"{len(plan.load.prompts)} dataset texts" if plan.load.prompts else "synthetic"
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in described.items()}
 
 

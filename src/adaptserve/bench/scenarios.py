@@ -27,6 +27,7 @@ class Load:
     input_words: int = 32  # synthetic prompt length (about one token a word)
     max_tokens: int = 16  # every answer is exactly this long
     seed: int = 0
+    prompts: tuple[str, ...] = ()  # drawn from instead of synthetic ones (a dataset's texts)
 
 
 def closed(url: str, models: Models, load: Load, popularity: str = "uniform", stream: bool = True, seed: int = 0):
@@ -36,6 +37,7 @@ def closed(url: str, models: Models, load: Load, popularity: str = "uniform", st
         input_words=load.input_words,
         max_tokens=load.max_tokens,
         popularity_kind=popularity,
+        prompts=list(load.prompts) or None,
         seed=load.seed + seed,
     )
     return asyncio.run(closed_loop(url, requests, load.concurrency, stream)).summary()
@@ -79,7 +81,12 @@ def latency_vs_load(gateway: str, fleet: Fleet, load: Load, saturated_rps: float
     for i, fraction in enumerate(fractions):
         rate = fraction * saturated_rps
         requests = workload(
-            fleet.base_models(), load.requests, input_words=load.input_words, max_tokens=load.max_tokens, seed=500 + i
+            fleet.base_models(),
+            load.requests,
+            input_words=load.input_words,
+            max_tokens=load.max_tokens,
+            prompts=list(load.prompts) or None,
+            seed=500 + i,
         )
         summary = asyncio.run(poisson(gateway, requests, rate, seed=load.seed + i)).summary()
         rows.append({"offered_fraction": fraction, "offered_rps": rate} | summary)

@@ -15,15 +15,29 @@ from adaptserve_client.transport import AsyncTransport, SyncTransport
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 
 
-def _settings(base_url: str, api_key: str, timeout: float | httpx.Timeout | None) -> dict[str, Any]:
-    return {
-        "base_url": base_url.rstrip("/").removesuffix("/v1"),
-        "headers": {"Authorization": f"Bearer {api_key}", "User-Agent": "adaptserve-client/0.1"},
-        "timeout": DEFAULT_TIMEOUT if timeout is None else timeout,
-    }
+class _Connection:
+    """What both clients keep: the server, the key, the timeout and the retry budget."""
+
+    def __init__(self, base_url: str, api_key: str, timeout: float | httpx.Timeout | None, max_retries: int) -> None:
+        self.base_url = base_url.rstrip("/").removesuffix("/v1")
+        self.api_key, self.max_retries = api_key, max_retries
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+        self._openai: Any = None
+
+    def _http_settings(self) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self.api_key}", "User-Agent": "adaptserve-client/0.1"}
+        return {"base_url": self.base_url, "headers": headers, "timeout": self.timeout}
+
+    def _openai_settings(self) -> dict[str, Any]:
+        return {
+            "base_url": self.base_url + "/v1",
+            "api_key": self.api_key,
+            "timeout": self.timeout,
+            "max_retries": self.max_retries,
+        }
 
 
-class Client(Api):
+class Client(_Connection, Api):
     """Blocking client. `base_url` is the server (with or without `/v1`); `api_key` a
     tenant key, or the admin key for `.admin`. Use as a context manager or `close()`."""
 
@@ -36,12 +50,9 @@ class Client(Api):
         max_retries: int = 2,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        settings = _settings(base_url, api_key, timeout)
-        self.base_url, self.api_key, self.max_retries = settings["base_url"], api_key, max_retries
-        self.timeout = settings["timeout"]
-        self._http = httpx.Client(transport=transport, **settings)
-        self._openai: Any = None
-        super().__init__(SyncTransport(self._http, Retries(max_retries=max_retries)).send)
+        _Connection.__init__(self, base_url, api_key, timeout, max_retries)
+        self._http = httpx.Client(transport=transport, **self._http_settings())
+        Api.__init__(self, SyncTransport(self._http, Retries(max_retries=max_retries)).send)
 
     @property
     def openai(self) -> Any:
@@ -49,9 +60,7 @@ class Client(Api):
         if self._openai is None:
             import openai
 
-            self._openai = openai.OpenAI(
-                base_url=self.base_url + "/v1", api_key=self.api_key, timeout=self.timeout, max_retries=self.max_retries
-            )
+            self._openai = openai.OpenAI(**self._openai_settings())
         return self._openai
 
     def close(self) -> None:
@@ -66,7 +75,7 @@ class Client(Api):
         self.close()
 
 
-class AsyncClient(Api):
+class AsyncClient(_Connection, Api):
     """The same methods as `Client`, each to be awaited; `.openai` is an `AsyncOpenAI`."""
 
     def __init__(
@@ -79,22 +88,17 @@ class AsyncClient(Api):
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 100,
     ) -> None:
-        settings = _settings(base_url, api_key, timeout)
-        self.base_url, self.api_key, self.max_retries = settings["base_url"], api_key, max_retries
-        self.timeout = settings["timeout"]
+        _Connection.__init__(self, base_url, api_key, timeout, max_retries)
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._http = httpx.AsyncClient(transport=transport, limits=limits, **settings)
-        self._openai: Any = None
-        super().__init__(AsyncTransport(self._http, Retries(max_retries=max_retries)).send)
+        self._http = httpx.AsyncClient(transport=transport, limits=limits, **self._http_settings())
+        Api.__init__(self, AsyncTransport(self._http, Retries(max_retries=max_retries)).send)
 
     @property
     def openai(self) -> Any:
         if self._openai is None:
             import openai
 
-            self._openai = openai.AsyncOpenAI(
-                base_url=self.base_url + "/v1", api_key=self.api_key, timeout=self.timeout, max_retries=self.max_retries
-            )
+            self._openai = openai.AsyncOpenAI(**self._openai_settings())
         return self._openai
 
     async def close(self) -> None:
