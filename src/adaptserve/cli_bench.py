@@ -21,7 +21,7 @@ def add_bench_command(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="throughput benchmarks: gateway, adapters, peft baseline, classify")
     bench.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, run in order")
     bench.add_argument("--model", default="default", help='"default" or a model folder (the base)')
-    bench.add_argument("--requests", type=int, default=32, help="requests per measured side")
+    bench.add_argument("--requests", type=int, default=24, help="requests per measured side")
     bench.add_argument("--concurrency", type=int, default=8, help="closed-loop users")
     bench.add_argument("--input-words", type=int, default=32, help="synthetic prompt length (about 1 token a word)")
     bench.add_argument(

@@ -22,7 +22,7 @@ Models = list[tuple[str, str]]  # (key, model) pairs
 
 @dataclass(frozen=True)
 class Load:
-    requests: int = 32  # per measured side
+    requests: int = 24  # per measured side
     concurrency: int = 8  # closed-loop users
     input_words: int = 32  # synthetic prompt length (about one token a word)
     max_tokens: int = 16  # every answer is exactly this long
