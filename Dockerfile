@@ -6,8 +6,10 @@ RUN useradd --create-home --uid 1000 adaptserve
 WORKDIR /opt/adaptserve
 COPY pyproject.toml README.md ./
 COPY src ./src
-# vllm is already in the image; install only the gateway's own dependencies.
-RUN pip install --no-cache-dir . && mkdir -p /data && chown adaptserve /data
+COPY clients/python ./clients/python
+# vllm is already in the image; install the client package (the CLI uses it), then
+# only the gateway's own dependencies.
+RUN pip install --no-cache-dir ./clients/python . && mkdir -p /data && chown adaptserve /data
 
 USER adaptserve
 ENV ADAPTSERVE_DATA_DIR=/data \
