@@ -8,9 +8,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from adaptserve.bench import SCENARIOS
 from adaptserve.config import Settings
-
-SCENARIOS = ("gateway", "adapters", "shape", "peft", "classify")  # adaptserve.bench.run.SCENARIOS, without its imports
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -51,7 +50,7 @@ def add_bench_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from adaptserve.bench.run import SCENARIOS, Plan, run
+    from adaptserve.bench.run import Plan, run
     from adaptserve.bench.scenarios import Load
     from adaptserve.models import resolve_model
 
@@ -67,6 +66,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     load = Load(args.requests, args.concurrency, args.input_words, args.max_tokens, args.seed, prompts)
     plan = Plan(
         base=resolve_model(args.model, settings.resolved_models_dir),
+        models_dir=settings.resolved_models_dir,
         out=args.out,
         templates=args.templates.resolve(),
         scenarios=scenarios,

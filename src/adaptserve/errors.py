@@ -137,12 +137,3 @@ class RateLimitError(APIError):
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after)})
-
-
-def error_message(response: Any) -> str:
-    """The message of an OpenAI-shaped error answer (an httpx response), else the
-    start of its text: for the CLI and the teacher client reading a server's errors."""
-    try:
-        return response.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        return response.text[:200]

@@ -66,8 +66,12 @@ class Fleet:
         return [(key, "base") for key in self.keys]
 
 
-def build_fleet(url: str, admin_key: str, base: Path, folder: Path, adapters: int, tenants: int, rank: int) -> Fleet:
-    paths = [make_adapter(base, folder / f"a{j}", seed=j, rank=rank) for j in range(adapters)]
+def make_adapters(base: Path, folder: Path, count: int, rank: int) -> list[Path]:
+    return [make_adapter(base, folder / f"a{j}", seed=j, rank=rank) for j in range(count)]
+
+
+def build_fleet(url: str, admin_key: str, paths: list[Path], tenants: int) -> Fleet:
+    """Tenants, keys and aliases on the gateway at `url`, and the adapters uploaded."""
     keys = []
     with Client(url, admin_key, timeout=600) as client:
         for t in range(tenants):

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+from adaptserve.evaluation import percentile
 
 # Common one-token English words: a synthetic prompt of N words is about N tokens.
 _SENTENCE = (
@@ -214,9 +215,3 @@ class Run:
         if out["errors"]:
             out["first_error"] = next(r.error for r in self.records if r.error)
         return out
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]

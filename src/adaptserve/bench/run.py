@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from adaptserve.bench import report
+from adaptserve.bench import SCENARIOS, report
 from adaptserve.bench.classify_race import race
-from adaptserve.bench.fleet import Fleet, build_fleet
+from adaptserve.bench.fleet import Fleet, build_fleet, make_adapters
 from adaptserve.bench.scenarios import (
     Load,
     adapter_scaling,
@@ -29,12 +29,12 @@ from adaptserve.bench.served import ADMIN_KEY, KEY, Process, Served, plain_engin
 
 # The engine of scenario "shape": LoRA layers only on the benchmark adapters' modules.
 TUNED_ENGINE = {"max_lora_rank": 8, "lora_target_modules": ["q_proj", "v_proj"]}
-SCENARIOS = ("gateway", "adapters", "shape", "peft", "classify")
 
 
 @dataclass
 class Plan:
     base: Path  # the base model folder
+    models_dir: Path  # the settings' converted-models folder, shared with the servers started
     out: Path
     templates: Path
     scenarios: tuple[str, ...] = SCENARIOS
@@ -93,16 +93,14 @@ def run(plan: Plan, command: str) -> dict[str, Any]:
     bench = None
     try:
         count = max([*plan.adapter_counts, *plan.peft_counts])
-        fleet = build_fleet(served.url, ADMIN_KEY, plan.base, work / "adapters", count, plan.tenants, plan.rank)
+        paths = make_adapters(plan.base, work / "adapters", count, plan.rank)
+        fleet = build_fleet(served.url, ADMIN_KEY, paths, plan.tenants)
         bench = Bench(plan, work, served, plan.upstreams[0] if plan.upstreams else served.vllm, fleet)
         _say(f"{count} adapters over {plan.tenants} tenants ready")
         if {"shape", "peft"} & set(plan.scenarios):
             tuned_settings = {**plan.gateway_settings, "vllm": {**plan.gateway_settings["vllm"], **TUNED_ENGINE}}
             bench.tuned = _gateway_process(plan, work / "tuned", tuned_settings, [])
-            n = max(plan.peft_counts)
-            bench.tuned_fleet = build_fleet(
-                bench.tuned.url, ADMIN_KEY, plan.base, work / "adapters", n, plan.tenants, plan.rank
-            )
+            bench.tuned_fleet = build_fleet(bench.tuned.url, ADMIN_KEY, paths[: max(plan.peft_counts)], plan.tenants)
             result["tuned_engine"] = tuned_settings["vllm"]
         for scenario in plan.scenarios:
             started = time.perf_counter()
@@ -120,7 +118,7 @@ def _gateway_process(plan: Plan, folder: Path, settings: dict[str, Any], upstrea
     (folder / "data").mkdir(parents=True, exist_ok=True)
     (folder / "adaptserve.yaml").write_text(yaml.safe_dump(settings))
     args = ["--config", str(folder / "adaptserve.yaml")] + [a for url in upstreams for a in ("--upstream", url)]
-    return Served(plan.base, folder / "data", free_port(), templates=plan.templates, args=args)
+    return Served(plan.base, folder / "data", free_port(), plan.models_dir, templates=plan.templates, args=args)
 
 
 def _gateway(bench: Bench, out: dict) -> None:

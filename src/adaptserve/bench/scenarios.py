@@ -29,18 +29,20 @@ class Load:
     seed: int = 0
     prompts: tuple[str, ...] = ()  # drawn from instead of synthetic ones (a dataset's texts)
 
+    def workload(self, models: Models, popularity: str = "uniform", seed: int = 0) -> list[Request]:
+        return workload(
+            models,
+            self.requests,
+            input_words=self.input_words,
+            max_tokens=self.max_tokens,
+            popularity_kind=popularity,
+            prompts=list(self.prompts) or None,
+            seed=self.seed + seed,
+        )
+
 
 def closed(url: str, models: Models, load: Load, popularity: str = "uniform", stream: bool = True, seed: int = 0):
-    requests = workload(
-        models,
-        load.requests,
-        input_words=load.input_words,
-        max_tokens=load.max_tokens,
-        popularity_kind=popularity,
-        prompts=list(load.prompts) or None,
-        seed=load.seed + seed,
-    )
-    return asyncio.run(closed_loop(url, requests, load.concurrency, stream)).summary()
+    return asyncio.run(closed_loop(url, load.workload(models, popularity, seed), load.concurrency, stream)).summary()
 
 
 def side_by_side(sides: dict[str, tuple[str, Models]], load: Load, rounds: int, stream: bool = True) -> dict:
@@ -80,14 +82,7 @@ def latency_vs_load(gateway: str, fleet: Fleet, load: Load, saturated_rps: float
     rows = []
     for i, fraction in enumerate(fractions):
         rate = fraction * saturated_rps
-        requests = workload(
-            fleet.base_models(),
-            load.requests,
-            input_words=load.input_words,
-            max_tokens=load.max_tokens,
-            prompts=list(load.prompts) or None,
-            seed=500 + i,
-        )
+        requests = load.workload(fleet.base_models(), seed=500 + i)
         summary = asyncio.run(poisson(gateway, requests, rate, seed=load.seed + i)).summary()
         rows.append({"offered_fraction": fraction, "offered_rps": rate} | summary)
     return rows

@@ -15,7 +15,6 @@ import httpx
 
 KEY = "sk-benchmark"
 ADMIN_KEY = "sk-benchmark-admin"
-MODELS_DIR = Path(os.environ.get("ADAPTSERVE_MODELS_DIR", Path.home() / ".local/share/adaptserve/models"))
 
 
 class Process:
@@ -52,13 +51,14 @@ class Served(Process):
         model: Path | str,
         data: Path,
         port: int,
+        models_dir: Path,
         env: dict[str, str] | None = None,
         templates: Path | None = None,
         args: list[str] | None = None,
     ) -> None:
         env = {
             "ADAPTSERVE_DATA_DIR": str(data),
-            "ADAPTSERVE_MODELS_DIR": str(MODELS_DIR),
+            "ADAPTSERVE_MODELS_DIR": str(models_dir),  # the converted default model is shared
             "ADAPTSERVE_API_KEY": KEY,
             "ADAPTSERVE_ADMIN_KEY": ADMIN_KEY,
             **(env or {}),
