@@ -17,10 +17,12 @@ def free_port() -> int:
 
 
 class ServerThread:
-    def __init__(self, app: object, port: int | None = None) -> None:
-        self.port = port or free_port()
+    def __init__(self, app: object, port: int | None = None, config: uvicorn.Config | None = None) -> None:
+        """Serve `app` on loopback (`port` or a free one), or exactly as `config` says."""
+        if config is None:
+            config = uvicorn.Config(app, host="127.0.0.1", port=port or free_port(), log_level="warning")
+        self.port = config.port
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

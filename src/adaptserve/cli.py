@@ -18,7 +18,6 @@ from adaptserve.config import Settings, load_settings
 from adaptserve.errors import ConfigurationError
 
 log = logging.getLogger("adaptserve")
-KEEP_ALIVE_S = 65
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,8 +54,7 @@ def _configure_logging(level: str) -> None:
 
 
 def serve(settings: Settings) -> None:
-    import uvicorn
-
+    from adaptserve.server import listen
     from adaptserve.server.app import create_app
     from adaptserve.tenancy.auth import ADMIN_KEY_FILE, ensure_api_key
 
@@ -78,15 +76,10 @@ def serve(settings: Settings) -> None:
         print(
             f"adaptserve: admin key: in {settings.data_dir / ADMIN_KEY_FILE} (the admin CLI reads it there)", flush=True
         )
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        # Longer than clients keep an idle connection (httpx and the openai SDK: 5 s,
-        # uvicorn's default too), so a client never sends on one the server is closing.
-        timeout_keep_alive=KEEP_ALIVE_S,
-    )
+    if settings.admin_port is not None:
+        admin_host = settings.admin_host or settings.host
+        print(f"adaptserve: admin API only at http://{admin_host}:{settings.admin_port}/admin", flush=True)
+    listen.serve(app, settings)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -63,6 +63,16 @@ class Settings(BaseSettings):
     config: Path | None = Field(None, description="the YAML settings file")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    admin_port: int | None = Field(
+        None, ge=1, le=65535, description="serve /admin and /metrics only here (and not on `port`)"
+    )
+    admin_host: str | None = Field(None, description="the admin listener's address; default `host`")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="browser origins allowed to call the API (CORS); none by default"
+    )
+    auth_failures_per_minute: int = Field(
+        30, ge=1, description="failed authentications one client address may make per minute before 429"
+    )
     api_key: SecretStr | None = Field(None, description="the default tenant's key; generated if unset")
     admin_key: SecretStr | None = Field(None, description="the key for /admin routes; generated if unset")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
@@ -85,6 +95,10 @@ class Settings(BaseSettings):
     )
     request_timeout_s: float = Field(600.0, gt=0, description="one upstream request, end to end")
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line and headers, together")
+    stream_stall_timeout_s: float = Field(
+        60.0, gt=0, description="a streaming client that reads nothing this long is dropped (and vLLM aborts)"
+    )
     max_adapter_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest adapter upload, unpacked")
     max_resident_adapters: int = Field(8, ge=1, description="adapters kept loaded per upstream (LRU)")
     health_interval_s: float = Field(2.0, gt=0)
@@ -92,9 +106,9 @@ class Settings(BaseSettings):
     log_level: str = "info"
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
 
-    @field_validator("upstreams", mode="before")
+    @field_validator("upstreams", "cors_origins", mode="before")
     @classmethod
-    def _split_upstreams(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):  # ADAPTSERVE_UPSTREAMS=http://a:8000,http://b:8000
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
@@ -103,6 +117,12 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: list[str]) -> list[str]:
         return [u.rstrip("/") for u in value]
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Settings:
+        if self.admin_port is not None and self.admin_port == self.port:
+            raise ValueError("admin_port must differ from port (or be unset to serve both on one port)")
+        return self
 
     @property
     def resolved_models_dir(self) -> Path:

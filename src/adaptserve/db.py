@@ -7,6 +7,7 @@ connections; registries take a `Database` and open short sessions.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,9 +25,12 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from adaptserve.errors import InvalidRequestError
+from adaptserve.errors import DatabaseUnavailableError, InvalidRequestError
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -168,9 +172,15 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """One transaction: committed on success, rolled back on error."""
-        with self._sessions.begin() as session:
-            yield session
+        """One transaction: committed on success, rolled back on error. A database that
+        cannot be reached is a 503 (`DatabaseUnavailableError`); the pool's pre-ping
+        replaces dead connections, so service resumes by itself when it is back."""
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except (OperationalError, InterfaceError) as exc:
+            log.warning("database unavailable: %s", exc.orig if exc.orig is not None else exc)
+            raise DatabaseUnavailableError() from exc
 
     def dispose(self) -> None:
         self.engine.dispose()

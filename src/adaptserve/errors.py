@@ -103,6 +103,12 @@ class PayloadTooLargeError(APIError):
     code = "request_too_large"
 
 
+class HeadersTooLargeError(APIError):
+    status = 431
+    type = "invalid_request_error"
+    code = "headers_too_large"
+
+
 class UpstreamUnavailableError(APIError):
     """No healthy vLLM server right now; clients should retry after a pause."""
 
@@ -137,3 +143,24 @@ class RateLimitError(APIError):
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class DatabaseUnavailableError(APIError):
+    """The database did not answer; the request changed nothing and can be retried."""
+
+    status = 503
+    type = "server_error"
+    code = "database_unavailable"
+
+    def __init__(self, retry_after: int = 5) -> None:
+        super().__init__(
+            "The server's database is unavailable; retry shortly.", headers={"Retry-After": str(retry_after)}
+        )
+
+
+class StorageError(APIError):
+    """The data disk refused a write (full, read-only); nothing half-written was kept."""
+
+    status = 507
+    type = "server_error"
+    code = "insufficient_storage"

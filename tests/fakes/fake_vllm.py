@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ class FakeState:
     label_bias: dict[str, float] = field(default_factory=dict)
     json_reply: Any = None  # the answer to a request with structured_outputs.json
     tokenize_calls: int = 0
+    endless_word: str | None = None  # streams repeat it until the gateway stops reading
+    chunks_sent: int = 0
 
     def ids(self, text: str) -> list[int]:
         return [self.vocab.setdefault(word, len(self.vocab) + 10) for word in text.split()]
@@ -176,8 +179,15 @@ def _label_reads(state: FakeState, body: dict[str, Any]) -> dict[str, Any]:
     return {"id": "x", "object": "text_completion", "model": body["model"], "choices": choices, "usage": usage}
 
 
+def _endless(word: str) -> Iterator[str]:
+    while True:
+        yield word
+
+
 async def _stream(state: FakeState, body: dict[str, Any], words: list[str], kind: str):
     state.streams_open += 1
+    if state.endless_word is not None:
+        words = _endless(state.endless_word)
     try:
         for i, word in enumerate(words):
             await asyncio.sleep(state.token_delay_s)
@@ -185,6 +195,7 @@ async def _stream(state: FakeState, body: dict[str, Any], words: list[str], kind
             choice = {"index": 0, "delta": {"content": piece}} if kind == "chat" else {"index": 0, "text": piece}
             chunk = {"id": "x", "object": f"{kind}.chunk", "created": 0, "model": body["model"], "choices": [choice]}
             yield f"data: {json.dumps(chunk)}\n\n"
+            state.chunks_sent += 1
         if (body.get("stream_options") or {}).get("include_usage"):
             usage = {"prompt_tokens": len(_prompt_words(body)), "completion_tokens": len(words)}
             yield f"data: {json.dumps({'id': 'x', 'model': body['model'], 'choices': [], 'usage': usage})}\n\n"

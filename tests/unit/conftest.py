@@ -16,9 +16,10 @@ from sqlalchemy import text
 
 from adaptserve.config import Settings
 from adaptserve.db import Base, Database
+from adaptserve.server import listen
 from adaptserve.server.app import create_app
 from tests.fakes.fake_vllm import BASE, FakeState, create_fake_vllm
-from tests.servers import ServerThread
+from tests.servers import ServerThread, free_port
 from tests.unit.factories import make_adapter, make_base
 
 API_KEY = "sk-test-key"
@@ -41,10 +42,11 @@ def fake() -> Iterator[FakeState]:
 
 
 class RunningGateway:
-    def __init__(self, server: ServerThread, settings: Settings) -> None:
-        self.server = server
-        self.url = server.url
+    def __init__(self, url: str, settings: Settings | None = None, admin_url: str | None = None) -> None:
+        self.url = url
         self.settings = settings
+        self.admin_url = admin_url or url
+        self.server: ServerThread | None = None  # set when it runs in this process
 
     def client(self, api_key: str = API_KEY) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=10)
@@ -55,12 +57,17 @@ class RunningGateway:
 
     def admin(self, method: str, path: str, key: str = ADMIN_KEY, **kw: Any) -> httpx.Response:
         return httpx.request(
-            method, self.url + "/admin" + path, headers={"Authorization": f"Bearer {key}"}, timeout=10, **kw
+            method, self.admin_url + "/admin" + path, headers={"Authorization": f"Bearer {key}"}, timeout=10, **kw
         )
 
     def wait_ready(self, timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s
-        while httpx.get(self.url + "/ready").status_code != 200:
+        while True:
+            try:
+                if httpx.get(self.url + "/ready").status_code == 200:
+                    return
+            except httpx.ConnectError:  # a gateway process still starting
+                pass
             if time.monotonic() > deadline:
                 raise TimeoutError("gateway not ready")
             time.sleep(0.05)
@@ -102,17 +109,21 @@ def start_gateway(
             "upstreams": [fake.url],  # type: ignore[attr-defined]
             "health_interval_s": 0.2,
             "database_url": database_url,
+            "port": free_port(),
+            "log_level": "warning",
         }
         values.update(overrides)
         settings = Settings(**values)
-        server = ServerThread(create_app(settings)).start()
-        started.append(server)
-        gateway = RunningGateway(server, settings)
+        # The gateway's own listeners (h11, header limit, admin port), in threads.
+        main, *admin = [ServerThread(None, config=c) for c in listen.configs(create_app(settings), settings)]
+        started.extend([main.start(), *(a.start() for a in admin)])
+        gateway = RunningGateway(main.url, settings, admin[0].url if admin else None)
+        gateway.server = main
         gateway.wait_ready()
         return gateway
 
     yield start
-    for server in started:
+    for server in reversed(started):
         server.stop()
 
 

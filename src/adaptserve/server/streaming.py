@@ -4,16 +4,21 @@ the meter, and drops the usage chunk the gateway asked for on the client's behal
 
 The upstream response is closed in `finally`: when the client disconnects, Starlette
 cancels this generator, the connection to vLLM closes, and vLLM aborts the request.
+`EventStreamResponse` does the same for a client that stops reading.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
+from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
+from starlette.types import Message, Receive, Scope, Send
 
 from adaptserve.errors import APIError, UpstreamUnavailableError
 from adaptserve.upstream.client import UpstreamStream
@@ -22,8 +27,50 @@ log = logging.getLogger(__name__)
 
 _DATA = "data: "
 UsageSink = Callable[[dict[str, Any]], None]
+
+
+class CallRecord(Protocol):
+    """What a relay reports to: the usage vLLM sends, and a stream that broke (so it is
+    neither metered nor counted as a success)."""
+
+    def add_usage(self, usage: dict[str, Any] | None) -> None: ...
+
+    def broke(self) -> None: ...
+
+
 Finish = Callable[[str, str | None], dict[str, Any]]
 _BROKEN = "The model server stopped while streaming; retry the request."
+
+
+class ClientStalledError(Exception):
+    """A send to the client did not complete within the stall timeout."""
+
+
+class EventStreamResponse(StreamingResponse):
+    """Server-sent events that give up on a client that stops reading. Once the socket
+    buffers are full a send blocks, so the gateway reads nothing more from vLLM and
+    holds at most those buffers; after `stall_timeout_s` of that the response ends,
+    the events' generator is closed (its `finally` closes the upstream connection,
+    and vLLM aborts the request) and the client's connection is dropped."""
+
+    def __init__(self, events: AsyncIterator[bytes], stall_timeout_s: float, background: BackgroundTask) -> None:
+        super().__init__(events, media_type="text/event-stream", background=background)
+        self.events = events
+        self.stall_timeout_s = stall_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_or_give_up(message: Message) -> None:
+            try:
+                await asyncio.wait_for(send(message), self.stall_timeout_s)
+            except asyncio.TimeoutError as exc:
+                raise ClientStalledError from exc
+
+        try:
+            await super().__call__(scope, receive, send_or_give_up)
+        except ClientStalledError:
+            log.warning("a client read nothing for %.0f s; its stream is aborted", self.stall_timeout_s)
+        finally:
+            await self.events.aclose()  # type: ignore[attr-defined]
 
 
 def rewrite_event(payload: str, public_name: str, on_usage: UsageSink, forward_usage: bool) -> str | None:
@@ -43,14 +90,14 @@ def rewrite_event(payload: str, public_name: str, on_usage: UsageSink, forward_u
 
 
 async def relay(
-    stream: UpstreamStream, public_name: str, on_usage: UsageSink, forward_usage: bool
+    stream: UpstreamStream, public_name: str, call: CallRecord, forward_usage: bool
 ) -> AsyncIterator[bytes]:
     try:
         async for line in stream.lines():
             if not line:
                 continue
             if line.startswith(_DATA) and line != "data: [DONE]":
-                payload = rewrite_event(line[len(_DATA) :], public_name, on_usage, forward_usage)
+                payload = rewrite_event(line[len(_DATA) :], public_name, call.add_usage, forward_usage)
                 if payload is None:
                     continue
                 line = _DATA + payload
@@ -59,12 +106,13 @@ async def relay(
         # The engine died or the connection broke mid-stream: end with an error event
         # the OpenAI SDK raises on, instead of leaving the client hanging.
         log.warning("upstream stream broke: %r", exc)
+        call.broke()
         yield _event(UpstreamUnavailableError(_BROKEN).body())
     finally:
         await stream.close()
 
 
-async def relay_text(stream: UpstreamStream, on_usage: UsageSink, finish: Finish) -> AsyncIterator[bytes]:
+async def relay_text(stream: UpstreamStream, call: CallRecord, finish: Finish) -> AsyncIterator[bytes]:
     """A chat stream → `{"delta": text}` events, then `finish(text, finish_reason)`'s
     event (or an error event) and `[DONE]`."""
     parts: list[str] = []
@@ -78,7 +126,7 @@ async def relay_text(stream: UpstreamStream, on_usage: UsageSink, finish: Finish
                 yield _event(event)
                 return
             if event.get("usage"):
-                on_usage(event["usage"])
+                call.add_usage(event["usage"])
             for choice in event.get("choices") or []:
                 delta = (choice.get("delta") or {}).get("content")
                 if delta:
@@ -92,6 +140,7 @@ async def relay_text(stream: UpstreamStream, on_usage: UsageSink, finish: Finish
         yield b"data: [DONE]\n\n"
     except httpx.HTTPError as exc:
         log.warning("upstream stream broke: %r", exc)
+        call.broke()
         yield _event(UpstreamUnavailableError(_BROKEN).body())
     finally:
         await stream.close()

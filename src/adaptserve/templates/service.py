@@ -110,7 +110,7 @@ class TemplateService:
             usage = {"prompt_tokens": opened.call.prompt_tokens, "completion_tokens": opened.call.completion_tokens}
             return finish_generation(template.spec, text, reason) | {"version": template.version, "usage": usage}
 
-        return opened.respond(relay_text(opened.stream, opened.call.add_usage, finish))
+        return opened.respond(relay_text(opened.stream, opened.call, finish))
 
     def _chat_body(self, spec: TemplateSpec, inputs: dict[str, Any], call: TemplateCall) -> dict[str, Any]:
         sampling = spec.sampling

@@ -1,17 +1,22 @@
 """Bearer-key authentication. Keys are kept only as SHA-256 hashes and compared in
-constant time; the plain key exists in memory just long enough to be hashed."""
+constant time; the plain key exists in memory just long enough to be hashed. Failed
+attempts are throttled per client address (`AuthThrottle`)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import logging
+import math
 import os
 import secrets
+import threading
+import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adaptserve.errors import AuthenticationError
+from adaptserve.errors import AuthenticationError, RateLimitError
 from adaptserve.tenancy.quotas import Limits
 
 log = logging.getLogger(__name__)
@@ -41,6 +46,41 @@ def bearer(authorization: str | None) -> str:
 def check_admin(authorization: str | None, admin_key_hash: str) -> None:
     if not hmac.compare_digest(hash_key(bearer(authorization)), admin_key_hash):
         raise AuthenticationError("Incorrect admin key provided.")
+
+
+class AuthThrottle:
+    """At most `per_minute` failed authentications per client address in any sliding
+    minute. Over it, the address gets 429 whatever it sends (a right key included)
+    until its oldest failure is a minute old, so keys cannot be guessed at speed.
+    Addresses are forgotten oldest-first past `max_addresses`: memory stays bounded."""
+
+    WINDOW_S = 60.0
+
+    def __init__(self, per_minute: int, max_addresses: int = 100_000) -> None:
+        self._limit = per_minute
+        self._max_addresses = max_addresses
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._lock = threading.Lock()  # sync dependencies run in worker threads
+
+    def check(self, address: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            failures = self._failures.get(address)
+            while failures and failures[0] <= now - self.WINDOW_S:
+                failures.popleft()
+            if failures is None or len(failures) < self._limit:
+                return
+            wait = math.ceil(failures[0] + self.WINDOW_S - now)
+        log.warning("too many failed authentications from %s; refusing for %d s", address, wait)
+        raise RateLimitError("Too many failed authentication attempts from this address.", retry_after=max(wait, 1))
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            failures = self._failures.setdefault(address, deque(maxlen=self._limit))
+            failures.append(time.monotonic())
+            self._failures.move_to_end(address)
+            while len(self._failures) > self._max_addresses:
+                self._failures.popitem(last=False)
 
 
 def ensure_api_key(configured: str | None, data_dir: Path, file_name: str = KEY_FILE) -> tuple[str, Path | None]:

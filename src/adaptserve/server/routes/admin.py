@@ -6,8 +6,6 @@ Handlers are sync: FastAPI runs them in worker threads, where database calls bel
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,8 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
-from adaptserve.adapters.store import AdapterStore
-from adaptserve.errors import InvalidRequestError, PayloadTooLargeError
+from adaptserve.errors import InvalidRequestError, PayloadTooLargeError, StorageError
 from adaptserve.server.deps import AdminDep, GatewayDep
 from adaptserve.server.protocol import read_json
 from adaptserve.tenancy.quotas import Limits
@@ -148,21 +145,17 @@ async def _receive_archive(request: Request, gateway: Any, limit: int) -> tuple[
         raise InvalidRequestError("an adapter upload needs a Content-Length header")
     if int(length) > limit:
         raise PayloadTooLargeError(f"the upload is larger than {limit} bytes")
-    form = await request.form(max_files=1, max_fields=2)
+    try:
+        form = await request.form(max_files=1, max_fields=2)
+    except OSError as exc:  # the upload spools to the temp folder's disk
+        raise StorageError(f"The server could not receive the upload: {exc.strerror or exc}.") from exc
     upload, name = form.get("file"), form.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidRequestError("the form needs a 'name' field", param="name")
     if upload is None or isinstance(upload, str):
         raise InvalidRequestError("the form needs a 'file' field with the archive", param="file")
     try:
-        staged = await asyncio.to_thread(_unpack_upload, gateway.store, upload.file, upload.filename or "")
+        staged = await asyncio.to_thread(gateway.store.unpack_upload, upload.file, upload.filename or "")
     finally:
         await form.close()
     return name, staged
-
-
-def _unpack_upload(store: AdapterStore, source: Any, filename: str) -> Path:
-    with tempfile.NamedTemporaryFile(dir=store.root, prefix=".upload-") as tmp:
-        shutil.copyfileobj(source, tmp)
-        tmp.flush()
-        return store.unpack(Path(tmp.name), filename)

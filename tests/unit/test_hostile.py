@@ -1,0 +1,173 @@
+"""Hostile input at the edge: bodies and headers too large (refused before they are
+read whole), JSON nested to crash the parser, non-JSON numbers, bad bytes; failed
+keys throttled per address; CORS off unless configured; the admin API on its own
+listener. Every answer is a clear OpenAI-shaped 4xx and the gateway stays healthy."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+
+import httpx
+import pytest
+
+from tests.servers import free_port
+from tests.unit.conftest import ADMIN_KEY, API_KEY
+from tests.unit.test_errors import assert_openai_error
+
+CHAT = "/v1/chat/completions"
+HEAD = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+MESSAGE = b'"messages":[{"role":"user","content":"hi"}]'
+
+
+def _chat(extra: bytes) -> bytes:
+    return b'{"model":"default",' + MESSAGE + extra + b"}"
+
+
+HOSTILE = [  # (case, raw body, param)
+    ("nested 100000 deep", b"[" * 100_000 + b"]" * 100_000, None),
+    ("nested 65 deep in a field", _chat(b',"x":' + b"[" * 64 + b"]" * 64), None),
+    ("invalid UTF-8", _chat(b',"user":"\xff\xfe"'), None),
+    ("NaN", _chat(b',"temperature":NaN'), None),
+    ("Infinity in an untyped field", _chat(b',"presence_penalty":-Infinity'), None),
+    ("huge n", _chat(b',"n":100000000000000000000'), "n"),
+    ("negative max_tokens", _chat(b',"max_tokens":-5'), "max_tokens"),
+    ("max_tokens a float", _chat(b',"max_tokens":1e999'), "max_tokens"),
+    ("top_p out of range", _chat(b',"top_p":7'), "top_p"),
+    ("a list, not an object", b"[1,2,3]", None),
+    ("empty", b"", None),
+]
+
+
+@pytest.mark.parametrize(("case", "raw", "param"), HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_bodies_are_400_and_never_reach_the_engine(gateway, fake, case, raw, param):
+    response = httpx.post(gateway.url + CHAT, content=raw, headers=HEAD, timeout=10)
+    assert_openai_error(response, 400, None, param)
+    assert fake.requests == []
+    assert httpx.get(gateway.url + "/health").status_code == 200
+
+
+def test_deep_nesting_on_an_admin_route_is_400(gateway):
+    raw = b'{"name":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    response = httpx.post(
+        gateway.url + "/admin/tenants", content=raw, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10
+    )
+    assert response.status_code == 400
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_control_characters_and_unknown_fields_pass_through_intact(gateway, fake):
+    content = "a\x00b\x1b[31m\u202e\ufeffc"
+    body = {"model": "default", "messages": [{"role": "user", "content": content}], "some_new_field": {"x": 1}}
+    assert gateway.post(CHAT, body).status_code == 200
+    assert fake.requests[-1]["messages"][0]["content"] == content
+    assert fake.requests[-1]["some_new_field"] == {"x": 1}
+
+
+def _raw_exchange(port: int, head: bytes, body: bytes = b"", wait_s: float = 5.0) -> bytes:
+    """Send a request head (and maybe part of a body) and read what comes back."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as sock:
+        sock.sendall(head + body)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+                if b"\r\n\r\n" in b"".join(chunks):
+                    break
+        except TimeoutError:
+            pass
+        return b"".join(chunks)
+
+
+@pytest.mark.parametrize("path", [CHAT, "/admin/tenants", "/admin/adapters", "/v1/templates/x"])
+def test_declared_oversized_body_is_413_before_it_is_sent(start_gateway, path):
+    gw = start_gateway(max_request_bytes=4096, max_adapter_bytes=8192)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {10**9}\r\n\r\n"  # no key either: the size is refused first
+    ).encode()
+    started = time.monotonic()
+    answer = _raw_exchange(gw.server.port, head, b"{")
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert time.monotonic() - started < 3  # answered without waiting for the gigabyte
+
+
+def test_chunked_body_over_the_limit_is_413(start_gateway):
+    gw = start_gateway(max_request_bytes=4096)
+
+    def chunks():
+        yield _chat(b',"pad":"')
+        for _ in range(100):
+            yield b"x" * 1000
+
+    response = httpx.post(gw.url + CHAT, content=chunks(), headers=HEAD, timeout=10)
+    assert_openai_error(response, 413, "request_too_large")
+    assert httpx.get(gw.url + "/health").status_code == 200
+
+
+def test_oversized_headers_are_refused_and_the_server_stays_up(start_gateway):
+    gw = start_gateway(max_header_bytes=8192)
+    for headers in ({"X-Big": "a" * 9000}, {f"X-{i}": "a" * 100 for i in range(100)}):
+        assert_openai_error(httpx.get(gw.url + "/health", headers=headers), 431, "headers_too_large")
+    # Far over the limit, the HTTP parser stops buffering and drops the request.
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Endless: " + b"a" * 1_000_000
+    with socket.create_connection(("127.0.0.1", gw.server.port), timeout=10) as sock:
+        with contextlib.suppress(OSError):  # the server may close while we still send
+            sock.sendall(head)
+        assert sock.recv(100).startswith(b"HTTP/1.1 400")
+    assert httpx.get(gw.url + "/health", headers={"X-Ok": "a" * 4000}).status_code == 200
+
+
+def _from(address: str) -> httpx.Client:
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=10)
+
+
+def test_failed_keys_are_throttled_per_client_address(start_gateway):
+    gw = start_gateway(auth_failures_per_minute=5)
+    attacker, neighbour = _from("127.0.0.2"), _from("127.0.0.3")
+    body = {"model": "default", "messages": [{"role": "user", "content": "hi"}]}
+    for i in range(5):
+        key = f"sk-guess-{i}"
+        assert attacker.post(gw.url + CHAT, json=body, headers={"Authorization": f"Bearer {key}"}).status_code == 401
+    for headers in ({"Authorization": "Bearer sk-guess-6"}, {"Authorization": f"Bearer {API_KEY}"}):
+        throttled = attacker.post(gw.url + CHAT, json=body, headers=headers)
+        assert_openai_error(throttled, 429, "rate_limit_exceeded")
+        assert 1 <= int(throttled.headers["Retry-After"]) <= 60
+    admin = attacker.get(gw.url + "/admin/tenants", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert admin.status_code == 429  # the admin key is guarded by the same counter
+    ok = neighbour.post(gw.url + CHAT, json=body, headers={"Authorization": f"Bearer {API_KEY}"})
+    assert ok.status_code == 200
+
+
+def test_cors_is_off_unless_configured(start_gateway):
+    preflight = {
+        "Origin": "https://app.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
+    closed = start_gateway()
+    answer = httpx.options(closed.url + CHAT, headers=preflight)
+    assert "access-control-allow-origin" not in answer.headers
+    simple = httpx.get(closed.url + "/v1/models", headers={**HEAD, "Origin": "https://app.example"})
+    assert "access-control-allow-origin" not in simple.headers
+
+    opened = start_gateway(cors_origins=["https://app.example"])
+    answer = httpx.options(opened.url + CHAT, headers=preflight)
+    assert answer.status_code == 200
+    assert answer.headers["access-control-allow-origin"] == "https://app.example"
+    other = httpx.options(opened.url + CHAT, headers={**preflight, "Origin": "https://evil.example"})
+    assert other.headers.get("access-control-allow-origin") != "https://evil.example"
+
+
+def test_admin_api_only_on_the_admin_listener(start_gateway):
+    gw = start_gateway(admin_port=free_port())
+    admin_headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    assert gw.admin_url != gw.url
+    for path in ("/admin/tenants", "/metrics"):
+        assert_openai_error(httpx.get(gw.url + path, headers=admin_headers), 404, "not_found")
+        assert httpx.get(gw.admin_url + path, headers=admin_headers).status_code == 200
+    assert_openai_error(httpx.get(gw.admin_url + "/v1/models", headers=HEAD), 404, "not_found")
+    assert httpx.get(gw.url + "/v1/models", headers=HEAD).status_code == 200
+    for url in (gw.url, gw.admin_url):
+        assert httpx.get(url + "/health").status_code == 200
