@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.adaptserve-installed
 
-.PHONY: serve test test-unit test-integration lint format bench clean-venv
+.PHONY: serve test test-unit test-integration lint format bench fuzz soak clean-venv
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,19 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/adaptserve prepare-model
 	$(BIN)/adaptserve bench
+
+# A long random schemathesis run over every operation (make test runs a short derandomized one).
+fuzz: $(STAMP)
+	$(BIN)/adaptserve prepare-model
+	mkdir -p benchmarks/results/fuzz
+	ADAPTSERVE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-300} ADAPTSERVE_FUZZ_RANDOM=1 \
+	ADAPTSERVE_FUZZ_REPORT=benchmarks/results/fuzz/fuzz.json \
+	$(BIN)/python -m pytest -q -s tests/unit/test_fuzz.py
+
+# The 10-minute soak test against a server it starts; report in benchmarks/results/soak/.
+soak: $(STAMP)
+	$(BIN)/adaptserve prepare-model
+	$(BIN)/adaptserve soak --minutes $${SOAK_MINUTES:-10}
 
 clean-venv:
 	rm -rf $(VENV)

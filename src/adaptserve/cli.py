@@ -11,7 +11,7 @@ from pathlib import Path
 
 from adaptserve.cli_adapt import add_adapt_commands
 from adaptserve.cli_admin import add_admin_commands, run_admin_command
-from adaptserve.cli_bench import add_bench_command, run_bench
+from adaptserve.cli_bench import add_bench_command, add_soak_command, run_bench, run_soak_command
 from adaptserve.cli_eval import add_eval_command, run_eval
 from adaptserve.cli_quantize import add_quantize_command, run_quantize
 from adaptserve.config import Settings, load_settings
@@ -44,13 +44,15 @@ def _parser() -> argparse.ArgumentParser:
     add_quantize_command(commands)
     add_adapt_commands(commands)
     add_bench_command(commands)
+    add_soak_command(commands)
     add_admin_commands(commands)
     return parser
 
 
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call otherwise
+    for chatty in ("httpx", "httpx2"):  # one line per upstream call otherwise (httpx2: the openai SDK's)
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def serve(settings: Settings) -> None:
@@ -60,13 +62,14 @@ def serve(settings: Settings) -> None:
 
     app = create_app(settings)
     configured = settings.api_key.get_secret_value() if settings.api_key else None
-    key, key_file = ensure_api_key(configured, settings.data_dir)
+    _, key_file = ensure_api_key(configured, settings.data_dir)
     url = f"http://{settings.host}:{settings.port}/v1"
     print(f"adaptserve: OpenAI-compatible API at {url}", flush=True)
     if key_file is None:
         print("adaptserve: API key: the one you configured (ADAPTSERVE_API_KEY or the settings file)", flush=True)
     else:
-        print(f"adaptserve: API key: {key}  (stored in {key_file})", flush=True)
+        # The key itself is never printed or logged: consoles end up in log files.
+        print(f"adaptserve: API key: in {key_file} (mode 0600; `cat` it)", flush=True)
     print(
         f'adaptserve: models: {settings.base_name} (or "default"), adapters: {", ".join(settings.adapters) or "none"}',
         flush=True,
@@ -97,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(args.adapt_command(args, settings))
         if hasattr(args, "run_bench"):
             sys.exit(run_bench(args, settings))
+        if hasattr(args, "run_soak"):
+            sys.exit(run_soak_command(args, settings))
         if hasattr(args, "run_quantize"):
             sys.exit(run_quantize(args, settings))
         if args.command == "prepare-model":

@@ -87,3 +87,54 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         print(f"wrote {path}")
     print((args.out / "bench.md").read_text())
     return 0
+
+
+def add_soak_command(commands: argparse._SubParsersAction) -> None:
+    soak = commands.add_parser("soak", help="a bounded soak test: mixed calls from a few tenants, errors and memory")
+    soak.add_argument("--minutes", type=float, default=10.0, help="how long (it stops by itself)")
+    soak.add_argument("--max-requests", type=int, default=100_000)
+    soak.add_argument("--users", type=int, default=4, help="concurrent callers")
+    soak.add_argument("--tenants", type=int, default=3)
+    soak.add_argument("--adapters", type=int, default=2, help="rank-8 adapters the tenants' aliases point at")
+    soak.add_argument("--window-s", type=float, default=60.0, help="the report's time window")
+    soak.add_argument("--seed", type=int, default=0)
+    soak.add_argument("--templates", type=Path, default=Path("templates"), help="holds sentiment.yaml")
+    soak.add_argument("--out", type=Path, default=Path("benchmarks/results/soak"))
+    soak.add_argument("--config", type=Path)
+    soak.set_defaults(run_soak=True)
+
+
+def run_soak_command(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+    import tempfile
+
+    from adaptserve.bench import soak
+    from adaptserve.bench.fleet import make_adapters
+    from adaptserve.bench.run import free_port
+    from adaptserve.bench.served import ADMIN_KEY, Served
+    from adaptserve.models import resolve_model
+
+    base = resolve_model("default", settings.resolved_models_dir)
+    plan = soak.SoakPlan(args.minutes * 60, args.max_requests, args.users, args.tenants, args.window_s, args.seed)
+    with tempfile.TemporaryDirectory(prefix="adaptserve-soak-") as tmp:
+        work = Path(tmp)
+        (work / "data").mkdir()
+        server = Served(base, work / "data", free_port(), settings.resolved_models_dir, templates=args.templates)
+        try:
+            names = _push_adapters(server.url, ADMIN_KEY, make_adapters(base, work / "adapters", args.adapters, rank=8))
+            keys = asyncio.run(soak.setup_tenants(server.url, ADMIN_KEY, args.tenants, names))
+            result = asyncio.run(soak.run_soak(server.url, ADMIN_KEY, keys, server.process.pid, plan))
+        finally:
+            server.stop()
+    soak.write(result, args.out)
+    print(soak.markdown(result))
+    return 1 if result["errors"] else 0
+
+
+def _push_adapters(url: str, admin_key: str, folders: list[Path]) -> list[str]:
+    from adaptserve_client import Client
+
+    with Client(url, admin_key, timeout=600) as client:
+        for j, folder in enumerate(folders):
+            client.admin.adapters.push(folder, f"soak-a{j}")
+    return [f"soak-a{j}" for j in range(len(folders))]

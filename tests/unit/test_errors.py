@@ -20,6 +20,7 @@ CASES = [
     ("stream not a bool", {**GOOD, "stream": "yes"}, 400, None, "stream"),
     ("message not an object", {**GOOD, "messages": ["hi"]}, 400, None, "messages[0]"),
     ("prompt_logprobs crash the CPU engine", {**GOOD, "prompt_logprobs": 1}, 400, None, "prompt_logprobs"),
+    ("chat echo means prompt logprobs in vLLM", {**GOOD, "echo": True}, 400, None, "echo"),
     ("unknown model", {**GOOD, "model": "nope"}, 404, "model_not_found", "model"),
     (
         "over the context",

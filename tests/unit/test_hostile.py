@@ -6,6 +6,7 @@ listener. Every answer is a clear OpenAI-shaped 4xx and the gateway stays health
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import time
 
@@ -15,6 +16,7 @@ import pytest
 from tests.servers import free_port
 from tests.unit.conftest import ADMIN_KEY, API_KEY
 from tests.unit.test_errors import assert_openai_error
+from tests.unit.test_template_api import SENTIMENT
 
 CHAT = "/v1/chat/completions"
 HEAD = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
@@ -171,3 +173,22 @@ def test_admin_api_only_on_the_admin_listener(start_gateway):
     assert httpx.get(gw.url + "/v1/models", headers=HEAD).status_code == 200
     for url in (gw.url, gw.admin_url):
         assert httpx.get(url + "/health").status_code == 200
+
+
+def test_adapter_registration_body_missing_a_field_is_400(gateway):
+    """Found by the fuzzer: a JSON registration without `name` was a 500."""
+    response = gateway.admin("POST", "/adapters", json={"path": ""})
+    assert_openai_error(response, 400, None, "name")
+
+
+CONTROL = ["a\x00b", "\x1b[31mred\x1b[0m", "line\r\nbreak\u2028", "\u202eevil\ufeff", "\x7f" * 50]
+
+
+@pytest.mark.parametrize("text", CONTROL)
+def test_template_inputs_with_control_characters_are_answered(gateway, fake, text):
+    put = gateway.admin("PUT", "/templates/sent", content=json.dumps(SENTIMENT))
+    assert put.status_code == 201, put.text
+    response = gateway.post("/v1/templates/sent", {"inputs": {"text": text}})
+    assert response.status_code == 200, response.text
+    assert response.json()["label"] in ("negative", "positive")
+    assert httpx.get(gateway.url + "/health").status_code == 200

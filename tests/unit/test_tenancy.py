@@ -126,19 +126,51 @@ def test_uploads_version_by_content(gateway, tmp_path):
 def _evil_tar(kind: str) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        info = tarfile.TarInfo("../escape.txt" if kind == "traversal" else "link")
+        for info, data in _evil_members(kind):
+            tar.addfile(info, data)
+    return buf.getvalue()
+
+
+def _evil_members(kind: str) -> list[tuple[tarfile.TarInfo, io.BytesIO | None]]:
+    def plain(name: str) -> tuple[tarfile.TarInfo, io.BytesIO]:
+        info = tarfile.TarInfo(name)
+        info.size = 2
+        return info, io.BytesIO(b"hi")
+
+    if kind == "many":
+        return [plain(f"f{i}.txt") for i in range(70)]
+    if kind in ("traversal", "absolute"):
+        return [plain("../escape.txt" if kind == "traversal" else "/etc/cron.d/x")]
+    info = tarfile.TarInfo("link")
+    if kind == "device":
+        info.type, info.devmajor, info.devminor = tarfile.CHRTYPE, 1, 3
+    else:
+        info.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.LNKTYPE
+        info.linkname = "/etc/passwd"
+    return [(info, None)]
+
+
+def _evil_zip(kind: str) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         if kind == "symlink":
-            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
-            tar.addfile(info)
-        else:
-            info.size = 2
-            tar.addfile(info, io.BytesIO(b"hi"))
+            info = zipfile.ZipInfo("adapter_model.safetensors")
+            info.external_attr = 0o120777 << 16
+            zf.writestr(info, "/etc/passwd")
+        else:  # a bomb: 50 MB of zeros in a few kilobytes
+            zf.writestr("adapter_model.safetensors", b"\0" * 50_000_000)
     return buf.getvalue()
 
 
 BAD_UPLOADS = [  # (case, filename, content, status)
     ("path traversal", "x.tar.gz", lambda d: _evil_tar("traversal"), 400),
     ("symlink", "x.tar.gz", lambda d: _evil_tar("symlink"), 400),
+    ("absolute path", "x.tar.gz", lambda d: _evil_tar("absolute"), 400),
+    ("hard link", "x.tar.gz", lambda d: _evil_tar("hardlink"), 400),
+    ("device", "x.tar.gz", lambda d: _evil_tar("device"), 400),
+    ("too many files", "x.tar.gz", lambda d: _evil_tar("many"), 400),
+    ("zip symlink", "x.zip", lambda d: _evil_zip("symlink"), 400),
+    ("zip bomb", "x.zip", lambda d: _evil_zip("bomb"), 413),
     ("not an archive", "x.tar.gz", lambda d: b"not a tarball", 400),
     ("unknown type", "x.rar", lambda d: b"whatever", 400),
     ("pickle weights", "x.tar.gz", lambda d: tar_gz(d["pickle"]), 400),

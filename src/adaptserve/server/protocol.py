@@ -28,12 +28,24 @@ class _Request(BaseModel):
 
 
 class ChatRequest(_Request):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"model": "default", "messages": [{"role": "user", "content": "Hi!"}]}]}
+    )
     messages: list[dict[str, Any]] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
 
 
 class CompletionRequest(_Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"model": "default", "prompt": "Paris is"}]})
     prompt: str | list[str] | list[int] | list[list[int]]
+
+
+def documented_body(*models: type[BaseModel], media_types: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`openapi_extra` for a route that reads its body itself: the schema clients (and
+    the fuzzer) see. Several models: any one of them."""
+    schemas = [m.model_json_schema() for m in models]
+    content = {"application/json": {"schema": schemas[0] if len(schemas) == 1 else {"anyOf": schemas}}}
+    return {"requestBody": {"required": True, "content": {**content, **(media_types or {})}}}
 
 
 def check_request(schema: type[_Request], body: dict[str, Any]) -> _Request:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -61,7 +62,11 @@ class EventStreamResponse(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_or_give_up(message: Message) -> None:
             try:
-                await asyncio.wait_for(send(message), self.stall_timeout_s)
+                if sys.version_info >= (3, 11):  # a deadline on this task: no new task per event
+                    async with asyncio.timeout(self.stall_timeout_s):
+                        await send(message)
+                else:
+                    await asyncio.wait_for(send(message), self.stall_timeout_s)
             except asyncio.TimeoutError as exc:
                 raise ClientStalledError from exc
 

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
-from adaptserve.errors import InvalidRequestError, PayloadTooLargeError, StorageError
+from adaptserve.errors import InvalidRequestError, PayloadTooLargeError, StorageError, invalid_from
 from adaptserve.server.deps import AdminDep, GatewayDep
-from adaptserve.server.protocol import read_json
+from adaptserve.server.protocol import documented_body, read_json
 from adaptserve.tenancy.quotas import Limits
 
 router = APIRouter(prefix="/admin")
@@ -48,6 +48,17 @@ class Activate(_Strict):
 class AdapterByPath(_Strict):
     name: StrictStr
     path: StrictStr
+
+
+_ARCHIVE_FORM = {
+    "multipart/form-data": {
+        "schema": {
+            "type": "object",
+            "required": ["name", "file"],
+            "properties": {"name": {"type": "string"}, "file": {"type": "string", "format": "binary"}},
+        }
+    }
+}
 
 
 @router.post("/tenants", status_code=201)
@@ -106,14 +117,18 @@ def delete_alias(tenant: str, alias: str, gateway: GatewayDep, _: AdminDep) -> N
     gateway.tenants.delete_alias(tenant, alias)
 
 
-@router.post("/adapters", status_code=201)
+@router.post("/adapters", status_code=201, openapi_extra=documented_body(AdapterByPath, media_types=_ARCHIVE_FORM))
 async def push_adapter(request: Request, gateway: GatewayDep, _: AdminDep) -> dict:
     """Multipart (`name` + `file`: .tar.gz/.zip of a PEFT folder) or JSON {name, path}."""
     limit = gateway.settings.max_adapter_bytes
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         name, staged = await _receive_archive(request, gateway, limit)
     else:
-        body = AdapterByPath.model_validate(await read_json(request.stream(), None, gateway.settings.max_request_bytes))
+        raw = await read_json(request.stream(), None, gateway.settings.max_request_bytes)
+        try:
+            body = AdapterByPath.model_validate(raw)
+        except ValidationError as exc:
+            raise invalid_from(exc) from exc
         name, staged = body.name, await asyncio.to_thread(gateway.store.copy_folder, Path(body.path))
     return await asyncio.to_thread(gateway.registry.register, name, staged)
 

@@ -9,16 +9,17 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from adaptserve.server.deps import BodyDep, GatewayDep, PrincipalDep
 from adaptserve.server.pipeline import Endpoint
+from adaptserve.server.protocol import ChatRequest, CompletionRequest, documented_body
 
 router = APIRouter(prefix="/v1")
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post("/chat/completions", response_model=None, openapi_extra=documented_body(ChatRequest))
 async def chat(gateway: GatewayDep, principal: PrincipalDep, body: BodyDep) -> JSONResponse | StreamingResponse:
     return await gateway.pipeline.handle(Endpoint.CHAT, body, principal)
 
 
-@router.post("/completions", response_model=None)
+@router.post("/completions", response_model=None, openapi_extra=documented_body(CompletionRequest))
 async def completions(gateway: GatewayDep, principal: PrincipalDep, body: BodyDep) -> JSONResponse | StreamingResponse:
     return await gateway.pipeline.handle(Endpoint.COMPLETIONS, body, principal)
 

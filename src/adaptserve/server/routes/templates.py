@@ -11,12 +11,24 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adaptserve.errors import InvalidRequestError
 from adaptserve.server.deps import AdminDep, BodyDep, GatewayDep, PrincipalDep
-from adaptserve.server.protocol import read_body
+from adaptserve.server.protocol import documented_body, read_body
 from adaptserve.templates.registry import GLOBAL
+from adaptserve.templates.service import TemplateCall
 from adaptserve.templates.spec import load_document
 
 router = APIRouter(prefix="/v1/templates")
 admin_router = APIRouter(prefix="/admin/templates")
+
+
+_TEMPLATE_DOCUMENT = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/yaml": {"schema": {"type": "string"}},
+            "application/json": {"schema": {"type": "object"}},
+        },
+    }
+}
 
 
 class Activate(BaseModel):
@@ -34,14 +46,14 @@ def describe_template(name: str, gateway: GatewayDep, principal: PrincipalDep) -
     return gateway.template_service.describe(principal.tenant, name)
 
 
-@router.post("/{name}", response_model=None)
+@router.post("/{name}", response_model=None, openapi_extra=documented_body(TemplateCall))
 async def run_template(
     name: str, gateway: GatewayDep, principal: PrincipalDep, body: BodyDep
 ) -> JSONResponse | StreamingResponse:
     return await gateway.template_service.run(principal, name, body)
 
 
-@admin_router.put("/{name}")
+@admin_router.put("/{name}", openapi_extra=_TEMPLATE_DOCUMENT)
 async def put_template(
     name: str,
     request: Request,
