@@ -13,6 +13,8 @@ import time
 import httpx
 import pytest
 
+from adaptserve.errors import RateLimitError
+from adaptserve.tenancy.auth import AuthThrottle
 from tests.servers import free_port
 from tests.unit.conftest import ADMIN_KEY, API_KEY
 from tests.unit.test_errors import assert_openai_error
@@ -192,3 +194,13 @@ def test_template_inputs_with_control_characters_are_answered(gateway, fake, tex
     assert response.status_code == 200, response.text
     assert response.json()["label"] in ("negative", "positive")
     assert httpx.get(gateway.url + "/health").status_code == 200
+
+
+def test_the_throttle_forgets_the_oldest_addresses_past_its_bound():
+    throttle = AuthThrottle(per_minute=2, max_addresses=3)
+    for address in ("a", "b", "c", "d"):
+        throttle.failed(address)
+        throttle.failed(address)
+    throttle.check("a")  # forgotten: memory stays bounded, so "a" may try again
+    with pytest.raises(RateLimitError):
+        throttle.check("d")

@@ -78,7 +78,7 @@ class AdapterStore:
                     shutil.rmtree(staged)
                     raise PayloadTooLargeError(f"the adapter is larger than {self.max_bytes} bytes")
                 try:
-                    with open(file, "rb") as src:
+                    with _open_source(file) as src:
                         _write(staged / file.relative_to(source), src, self.max_bytes)
                 except BaseException:
                     shutil.rmtree(staged, ignore_errors=True)
@@ -127,6 +127,13 @@ class AdapterStore:
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
                     entry.unlink(missing_ok=True)
+
+
+def _open_source(file: Path) -> io.BufferedReader:
+    try:
+        return open(file, "rb")
+    except OSError as exc:
+        raise AdapterInvalidError(f"{file.name} cannot be read by the server ({exc.strerror})", param="path") from exc
 
 
 def _storage_error(exc: OSError) -> StorageError:

@@ -22,7 +22,7 @@ def get_gateway(request: Request) -> Gateway:
 def get_principal(request: Request, gateway: Annotated[Gateway, Depends(get_gateway)]) -> Principal:
     # A sync dependency: FastAPI runs it in a worker thread, so the key lookup in the
     # database never blocks the event loop.
-    return _throttled(request, gateway, lambda auth: gateway.tenants.authenticate(auth))
+    return _throttled(request, gateway, gateway.tenants.authenticate)
 
 
 def require_admin(request: Request, gateway: Annotated[Gateway, Depends(get_gateway)]) -> None:

@@ -71,7 +71,6 @@ class AuthThrottle:
             if failures is None or len(failures) < self._limit:
                 return
             wait = math.ceil(failures[0] + self.WINDOW_S - now)
-        log.warning("too many failed authentications from %s; refusing for %d s", address, wait)
         raise RateLimitError("Too many failed authentication attempts from this address.", retry_after=max(wait, 1))
 
     def failed(self, address: str) -> None:
@@ -81,6 +80,9 @@ class AuthThrottle:
             self._failures.move_to_end(address)
             while len(self._failures) > self._max_addresses:
                 self._failures.popitem(last=False)
+            reached = len(failures) == self._limit
+        if reached:  # once per episode, not once per refused request
+            log.warning("%d failed authentications from %s in a minute; refusing it for now", self._limit, address)
 
 
 def ensure_api_key(configured: str | None, data_dir: Path, file_name: str = KEY_FILE) -> tuple[str, Path | None]:
