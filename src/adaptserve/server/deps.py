@@ -40,9 +40,8 @@ def _throttled(request: Request, gateway: Gateway, check: Callable[[str | None],
         raise
 
 
-async def get_body(request: Request, gateway: Annotated[Gateway, Depends(get_gateway)]) -> dict[str, Any]:
-    limit = gateway.settings.max_request_bytes
-    return await read_json(request.stream(), request.headers.get("content-length"), limit)
+async def get_body(request: Request) -> dict[str, Any]:
+    return await read_json(request.stream())
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]

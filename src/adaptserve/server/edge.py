@@ -35,7 +35,7 @@ class Edge:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        limit = self.upload_limit if path == UPLOAD_PATH else self.body_limit
+        limit = self.upload_limit if path == UPLOAD_PATH and _multipart(scope) else self.body_limit
         error = self._misrouted(scope, path) or self._head_too_large(scope) or _declared_too_large(scope, limit)
         if error is not None:
             await render(error)(scope, receive, send)
@@ -61,6 +61,10 @@ class Edge:
         if admin_path != on_admin and not (on_admin and path in PROBES):
             return RouteError(404, "Not Found")
         return None
+
+
+def _multipart(scope: Scope) -> bool:
+    return any(name == b"content-type" and value.startswith(b"multipart/form-data") for name, value in scope["headers"])
 
 
 def _declared_too_large(scope: Scope, limit: int) -> APIError | None:

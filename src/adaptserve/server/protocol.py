@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
-from adaptserve.errors import InvalidRequestError, PayloadTooLargeError, invalid_from
+from adaptserve.errors import InvalidRequestError, invalid_from
 
 
 class _Request(BaseModel):
@@ -73,22 +73,14 @@ def _refuse_engine_crashers(schema: type[_Request], body: dict[str, Any]) -> Non
 MAX_JSON_DEPTH = 64  # far deeper than any OpenAI body; Python's own parser recurses
 
 
-async def read_body(receive_body: Any, content_length: str | None, limit: int) -> bytes:
-    """Read a body of at most `limit` bytes (refused before it is read whole)."""
-    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
-        raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
-    chunks, size = [], 0
-    async for chunk in receive_body:
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def read_body(receive_body: Any) -> bytes:
+    """The whole body; its size is bounded before it reaches a route (`server/edge.py`)."""
+    return b"".join([chunk async for chunk in receive_body])
 
 
-async def read_json(receive_body: Any, content_length: str | None, limit: int) -> dict[str, Any]:
-    """Read a JSON object body of at most `limit` bytes, nested at most MAX_JSON_DEPTH deep."""
-    raw = await read_body(receive_body, content_length, limit)
+async def read_json(receive_body: Any) -> dict[str, Any]:
+    """Read a JSON object body, nested at most MAX_JSON_DEPTH deep."""
+    raw = await read_body(receive_body)
     try:
         body = json.loads(raw, parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError) as exc:

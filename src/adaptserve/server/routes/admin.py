@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
-from adaptserve.errors import InvalidRequestError, PayloadTooLargeError, StorageError, invalid_from
+from adaptserve.errors import InvalidRequestError, StorageError, invalid_from
 from adaptserve.server.deps import AdminDep, GatewayDep
 from adaptserve.server.protocol import documented_body, read_json
 from adaptserve.tenancy.quotas import Limits
@@ -120,11 +120,10 @@ def delete_alias(tenant: str, alias: str, gateway: GatewayDep, _: AdminDep) -> N
 @router.post("/adapters", status_code=201, openapi_extra=documented_body(AdapterByPath, media_types=_ARCHIVE_FORM))
 async def push_adapter(request: Request, gateway: GatewayDep, _: AdminDep) -> dict:
     """Multipart (`name` + `file`: .tar.gz/.zip of a PEFT folder) or JSON {name, path}."""
-    limit = gateway.settings.max_adapter_bytes
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        name, staged = await _receive_archive(request, gateway, limit)
+        name, staged = await _receive_archive(request, gateway)
     else:
-        raw = await read_json(request.stream(), None, gateway.settings.max_request_bytes)
+        raw = await read_json(request.stream())
         try:
             body = AdapterByPath.model_validate(raw)
         except ValidationError as exc:
@@ -153,13 +152,12 @@ def delete_adapter(name: str, gateway: GatewayDep, _: AdminDep) -> None:
     gateway.registry.remove(name)
 
 
-async def _receive_archive(request: Request, gateway: Any, limit: int) -> tuple[str, Path]:
-    """Stream the upload to a temp file (bounded), then unpack it into the store's staging area."""
+async def _receive_archive(request: Request, gateway: Any) -> tuple[str, Path]:
+    """Stream the upload to a temp file, then unpack it into the store's staging area. Its
+    size (`max_adapter_bytes`) is checked at the edge, from the Content-Length it needs."""
     length = request.headers.get("content-length")
     if length is None or not length.isdigit():
         raise InvalidRequestError("an adapter upload needs a Content-Length header")
-    if int(length) > limit:
-        raise PayloadTooLargeError(f"the upload is larger than {limit} bytes")
     try:
         form = await request.form(max_files=1, max_fields=2)
     except OSError as exc:  # the upload spools to the temp folder's disk

@@ -65,8 +65,7 @@ async def put_template(
 ) -> dict:
     """The YAML or JSON document → a new immutable version (201), or the identical one (200).
     `?activate=false` stores it without switching callers to it; `?tenant=` owns it."""
-    limit = gateway.settings.max_request_bytes
-    text = await read_body(request.stream(), request.headers.get("content-length"), limit)
+    text = await read_body(request.stream())
     spec = load_document(text, name)
     if tenant is not None and spec.tenant not in (None, tenant):
         raise InvalidRequestError("the document's tenant differs from the URL's", param="tenant")
