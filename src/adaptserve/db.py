@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,13 +33,13 @@ from adaptserve.errors import DatabaseUnavailableError, InvalidRequestError
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: `$` would allow a final newline
 
 
 def check_name(value: object, what: str, param: str = "name") -> str:
     """Names used as keys (tenants, adapters, aliases). `--` is reserved: internal
     adapter names are `name--version`."""
-    if not isinstance(value, str) or not _NAME.match(value) or "--" in value:
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or "--" in value:
         raise InvalidRequestError(
             f"{what} must be 1-64 letters, digits, '.', '_' or '-' (no '--'), starting with a letter or digit",
             param=param,
@@ -54,9 +55,18 @@ class Base(DeclarativeBase):
     pass
 
 
+def new_uid() -> str:
+    return secrets.token_hex(8)
+
+
 class TenantRow(Base):
+    """A tenant. `uid` is never reused: a tenant created again under a deleted one's
+    name gets a new uid, and what belonged to the old one (usage, quota windows, its
+    prefix-cache salt) is keyed by the uid, so none of it reaches the new one."""
+
     __tablename__ = "tenants"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    uid: Mapped[str] = mapped_column(String(32), index=True, unique=True, default=new_uid)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     requests_per_minute: Mapped[int | None] = mapped_column(Integer)
     tokens_per_minute: Mapped[int | None] = mapped_column(Integer)
@@ -70,6 +80,17 @@ class ApiKeyRow(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class RevokedKeyRow(Base):
+    """The hash of every deleted key (and of every key of a deleted tenant): start-up
+    never registers a revoked key again, so a deletion lasts across restarts."""
+
+    __tablename__ = "revoked_keys"
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32), index=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    revoked_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class AdapterRow(Base):
@@ -118,6 +139,9 @@ class TemplateVersionRow(Base):
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
     digest: Mapped[str] = mapped_column(String(64))
     document: Mapped[dict] = mapped_column(JSON)
+    # Made active at least once. A tenant may pin released versions only: a staged
+    # version (stored with activate=false and never activated) is the admin's draft.
+    released: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -135,6 +159,7 @@ class TemplateCalibrationRow(Base):
 class UsageRow(Base):
     __tablename__ = "usage"
     tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_uid: Mapped[str] = mapped_column(String(32), primary_key=True, default="")
     alias: Mapped[str] = mapped_column(String(128), primary_key=True)
     template: Mapped[str] = mapped_column(String(64), primary_key=True, default="")
     hour: Mapped[dt.datetime] = mapped_column(DateTime, primary_key=True)

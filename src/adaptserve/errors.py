@@ -122,6 +122,13 @@ class UpstreamUnavailableError(APIError):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
+class UpstreamTimeoutError(UpstreamUnavailableError):
+    """The model server took longer than `request_timeout_s`; the request is aborted."""
+
+    def __init__(self) -> None:
+        super().__init__("The model server did not answer in time.")
+
+
 class UpstreamError(APIError):
     """vLLM answered with an error we cannot attribute to the request."""
 

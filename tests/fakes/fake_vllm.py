@@ -42,6 +42,8 @@ class FakeState:
     tokenize_calls: int = 0
     endless_word: str | None = None  # streams repeat it until the gateway stops reading
     chunks_sent: int = 0
+    reply_delay_s: float = 0.0  # before a non-streamed answer
+    reply_padding: int = 0  # bytes of padding in a non-streamed answer
 
     def ids(self, text: str) -> list[int]:
         return [self.vocab.setdefault(word, len(self.vocab) + 10) for word in text.split()]
@@ -127,7 +129,8 @@ def create_fake_vllm(state: FakeState) -> FastAPI:
             words = [json.dumps(state.json_reply)]
         if body.get("stream"):
             return StreamingResponse(_stream(state, body, words, kind), media_type="text/event-stream")
-        text = " ".join(words)
+        await asyncio.sleep(state.reply_delay_s)
+        text = " ".join(words) + " " * state.reply_padding
         choice = {"index": 0, "finish_reason": "stop"}
         choice.update({"message": {"role": "assistant", "content": text}} if kind == "chat" else {"text": text})
         usage = {"prompt_tokens": len(_prompt_words(body)), "completion_tokens": len(words)}
@@ -188,16 +191,21 @@ async def _stream(state: FakeState, body: dict[str, Any], words: list[str], kind
     state.streams_open += 1
     if state.endless_word is not None:
         words = _endless(state.endless_word)
+    options = body.get("stream_options") or {}
+    prompt_tokens, sent = len(_prompt_words(body)), 0
     try:
         for i, word in enumerate(words):
             await asyncio.sleep(state.token_delay_s)
             piece = word if i == 0 else " " + word
             choice = {"index": 0, "delta": {"content": piece}} if kind == "chat" else {"index": 0, "text": piece}
             chunk = {"id": "x", "object": f"{kind}.chunk", "created": 0, "model": body["model"], "choices": [choice]}
+            sent += 1
+            if options.get("include_usage") and options.get("continuous_usage_stats"):  # vLLM's running counts
+                chunk["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": sent}
             yield f"data: {json.dumps(chunk)}\n\n"
             state.chunks_sent += 1
-        if (body.get("stream_options") or {}).get("include_usage"):
-            usage = {"prompt_tokens": len(_prompt_words(body)), "completion_tokens": len(words)}
+        if options.get("include_usage"):
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": sent}
             yield f"data: {json.dumps({'id': 'x', 'model': body['model'], 'choices': [], 'usage': usage})}\n\n"
         yield "data: [DONE]\n\n"
     except (asyncio.CancelledError, GeneratorExit):

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +62,8 @@ class Server:
         return re.search(r"starting vLLM on (http://127\.0\.0\.1:\d+)", self.log()).group(1)
 
     def vllm_pids(self) -> list[int]:
+        if "starting vLLM on" not in self.log():
+            return []  # a gateway in front of another's engine (--upstream) has none of its own
         port = self.vllm_url().rsplit(":", 1)[1]
         out = subprocess.run(["pgrep", "-f", f"vllm_main serve .*--port {port}"], capture_output=True, text=True)
         return [int(p) for p in out.stdout.split()]
@@ -104,7 +108,14 @@ def server(adapter_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     settings = {
         "adapters": {k: str(v) for k, v in adapter_dirs.items() if k != "a4"},
         "templates_dir": str(Path(__file__).parents[2] / "templates"),
-        "vllm": {"max_loras": MAX_LORAS, "max_lora_rank": 16, "max_model_len": 2048, "kv_cache_gib": 1},
+        "vllm": {
+            "max_loras": MAX_LORAS,
+            "max_lora_rank": 16,
+            "max_model_len": 2048,
+            "kv_cache_gib": 1,
+            # usage.prompt_tokens_details.cached_tokens: what the prefix-cache salt hides
+            "extra_args": ["--enable-prompt-tokens-details"],
+        },
     }
     config.write_text(yaml.safe_dump(settings))
     with running_server(data, ["--config", str(config)]) as srv:
@@ -180,3 +191,29 @@ def follows_another(answer: str, own: str, others: list[str]) -> bool:
         for o in others
         if o != own
     )
+
+
+MIX_PROMPTS = (
+    "Name three colours of the rainbow.",
+    "Write one sentence about the sea.",
+    "Describe a cat in one sentence.",
+    "Give me a tip for learning to cook.",
+)
+
+
+def mixed_batch_mixups(client: openai.OpenAI, models: tuple[str, ...]) -> list[tuple[str, str, str, str]]:
+    """Send base and adapter requests concurrently (each twice, shuffled) and return the
+    answers that follow another model's solo answer: (model, prompt, answer, own)."""
+    reference = {(m, p): chat(client, m, p) for m in models for p in MIX_PROMPTS}
+    distinct = [p for p in MIX_PROMPTS if len({reference[m, p] for m in models}) == len(models)]
+    assert len(distinct) >= 3, f"the models must answer differently for the test to mean anything: {reference}"
+    requests = [(m, p) for m in models for p in MIX_PROMPTS] * 2
+    random.Random(0).shuffle(requests)
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        answers = list(pool.map(lambda mp: chat(client, *mp), requests))
+    wrong = []
+    for (model, prompt), answer in zip(requests, answers, strict=True):
+        others = [reference[m, prompt] for m in models if m != model]
+        if follows_another(answer, reference[model, prompt], others):
+            wrong.append((model, prompt, answer, reference[model, prompt]))
+    return wrong

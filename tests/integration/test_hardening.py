@@ -28,6 +28,13 @@ def _completion(**fields: Any) -> tuple[str, dict[str, Any]]:
     return COMPLETIONS, {"model": "a1", "prompt": "Paris is", "max_tokens": 4, **fields}
 
 
+def _nested(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"x": schema}, "required": ["x"]}
+    return schema
+
+
 HOSTILE = {
     "max_tokens past the context": _chat(max_tokens=10**9),
     "max_tokens past int64": _chat(max_tokens=2**64 + 5),
@@ -62,6 +69,19 @@ HOSTILE = {
     "a priority without priority scheduling": _chat(priority=10),
     "n 128 with a long answer": _chat(n=128, max_tokens=10**6),
     "request_id not a string": _chat(request_id={"a": 1}),
+    # Work bounds (server/bounds.py): refused before the engine sees them.
+    "prompts × n past the bound": _completion(prompt=["a"] * 200, n=2),
+    "beam search": _chat(use_beam_search=True, n=4),
+    "logprobs of a long batch held whole": _completion(prompt=["a"] * 64, max_tokens=200, logprobs=20),
+    "a schema of 1000 alternatives": _chat(structured_outputs={"json": {"anyOf": [{"const": i} for i in range(1000)]}}),
+    "a schema nested 40 deep": _chat(
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": _nested(40)}}
+    ),
+    "a grammar of 5000 alternatives": _chat(
+        structured_outputs={"grammar": "root ::= " + " | ".join(f'"w{i}"' for i in range(5000))}
+    ),
+    "a choice of 5000 strings": _chat(structured_outputs={"choice": [f"c{i}" for i in range(5000)]}),
+    "a client's own cache_salt": _chat(cache_salt="another-tenants-salt"),
 }
 
 

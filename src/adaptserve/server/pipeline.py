@@ -1,9 +1,13 @@
-"""The one request path every OpenAI call takes: check → resolve the tenant's alias →
-admit under the tenant's quotas → lease the version → ensure it is loaded → forward →
-rename the model in the answer → meter usage and record metrics.
+"""The one request path every engine call takes: check → resolve the tenant's alias →
+admit under the tenant's quotas (reserving the request's worst-case tokens) → lease the
+version → ensure it is loaded → forward → rename the model in the answer → meter usage
+and record metrics.
 
-OpenAI routes call `Pipeline.handle`; template endpoints call `Pipeline.run` with a
-body they built. Nothing else forwards to vLLM.
+`Pipeline.admitted` is that path as one `async with`: nothing touches the engine
+(tokenize, adapter load, generation) before the tenant is resolved and admitted, and
+whatever happens inside is metered and released when it ends. OpenAI routes call
+`handle`; template calls use `call`/`open_stream` or, for several engine calls in one
+admission, `admitted` itself.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import enum
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,18 +25,27 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
 from adaptserve.adapters.registry import AdapterRegistry, Target
-from adaptserve.errors import APIError, ContextLengthExceededError, ModelNotFoundError, UpstreamUnavailableError
+from adaptserve.errors import (
+    APIError,
+    ContextLengthExceededError,
+    ModelNotFoundError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
 from adaptserve.metrics import Metrics
+from adaptserve.server.bounds import RequestBounds
 from adaptserve.server.protocol import ChatRequest, CompletionRequest, check_request
 from adaptserve.server.streaming import EventStreamResponse, relay
 from adaptserve.tenancy.auth import Principal
 from adaptserve.tenancy.quotas import QuotaGate
 from adaptserve.tenancy.tenants import TenantRegistry
 from adaptserve.tenancy.usage import UsageMeter
-from adaptserve.upstream.client import UpstreamModelMissingError, UpstreamStream
+from adaptserve.upstream.client import AnswerTooLargeError, UpstreamModelMissingError, UpstreamStream
 from adaptserve.upstream.pool import UpstreamPool
 
 log = logging.getLogger(__name__)
+
+CLIENT_CLOSED = 499  # the metrics' status for a stream the client cut: metered, not a failure
 
 
 class Endpoint(enum.Enum):
@@ -47,25 +60,52 @@ class Endpoint(enum.Enum):
 
 @dataclass
 class Call:
-    """What one request used, recorded once when it ends (however it ends)."""
+    """What one admitted request used, recorded once when it ends (however it ends)."""
 
     tenant: str
+    uid: str
     model: str
     label: str  # the metrics' endpoint label
     template: str = ""
+    reserved: int = 0  # tokens reserved at admission
     started: float = field(default_factory=time.perf_counter)
     status: int = 500
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    unmeasured: bool = False  # the engine worked but its usage is unknown: the reservation is charged
 
-    def add_usage(self, usage: dict[str, Any] | None) -> None:
-        if usage:
-            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+    def add_usage(self, usage: dict[str, Any] | None, *, accumulate: bool = False) -> None:
+        """vLLM's usage: the latest (streams report running totals) or, with
+        `accumulate`, one more engine call of the same request."""
+        if not usage:
+            return
+        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        if accumulate:
+            self.prompt_tokens += prompt
+            self.completion_tokens += completion
+        else:
+            self.prompt_tokens, self.completion_tokens = prompt, completion
 
     def broke(self) -> None:
-        """The stream broke after it began: the call failed (503) and is not metered."""
+        """The stream broke after it began (the engine failed): a 503, not metered."""
         self.status = UpstreamUnavailableError.status
+
+    def cut(self) -> None:
+        """The client left mid-stream: what the engine generated until then is metered."""
+        if self.status == 200:
+            self.status = CLIENT_CLOSED
+
+    def charge_reserved(self) -> None:
+        """The gateway gave up waiting: the engine may have done all of the reserved
+        work, and vLLM does not say how much it did, so the reservation is charged."""
+        self.unmeasured = True
+        self.prompt_tokens, self.completion_tokens = 0, self.reserved
+
+    @property
+    def metered(self) -> bool:
+        """Served, cut by the client, or given up on: the engine worked for it. A stream
+        the engine broke is not metered (its quota is still charged what was used)."""
+        return self.status in (200, CLIENT_CLOSED) or self.unmeasured
 
 
 @dataclass
@@ -78,8 +118,8 @@ class Answer:
 
 @dataclass
 class Opened:
-    """An upstream stream that started well. Its lease and its call record stay open
-    until `respond`'s events end, however they end."""
+    """An upstream stream that started well. Its admission (lease, quota, call record)
+    stays open until `respond`'s events end, however they end."""
 
     stream: UpstreamStream
     target: Target
@@ -95,6 +135,53 @@ class Opened:
         )
 
 
+class Admission:
+    """One admitted request's access to the engine, on its resolved target."""
+
+    def __init__(self, pipeline: Pipeline, principal: Principal, target: Target, call: Call) -> None:
+        self._pipeline, self.principal, self.target, self.call = pipeline, principal, target, call
+
+    async def forward(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+        """A non-streamed engine call; its usage adds to the call's."""
+        answer = await self._send(endpoint, self._body(body), stream=False)
+        assert isinstance(answer, dict)
+        answer["model"] = self.target.public_name
+        self.call.add_usage(answer.get("usage"), accumulate=True)
+        return answer
+
+    async def open_stream(self, endpoint: Endpoint, body: dict[str, Any]) -> UpstreamStream:
+        # Always ask vLLM for usage, in every chunk: a stream the client cuts is metered
+        # up to where it was cut.
+        options = {**(body.get("stream_options") or {}), "include_usage": True, "continuous_usage_stats": True}
+        stream = await self._send(endpoint, self._body(body) | {"stream": True, "stream_options": options}, True)
+        assert isinstance(stream, UpstreamStream)
+        return stream
+
+    async def tokenize(self, body: dict[str, Any]) -> list[int]:
+        """vLLM's `/tokenize` (the model's own tokenizer and chat template)."""
+        answer = await self._pipeline.pool.pick().post_json("/tokenize", body)
+        return list(answer["tokens"])
+
+    def _body(self, body: dict[str, Any]) -> dict[str, Any]:
+        # The tenant's prefix-cache salt replaces whatever the client sent: cached blocks
+        # are shared only within a tenant (or a group the operator declared).
+        return {**body, "model": self.target.internal_name, "cache_salt": self.principal.cache_salt}
+
+    async def _send(self, endpoint: Endpoint, body: dict[str, Any], stream: bool) -> UpstreamStream | dict[str, Any]:
+        try:
+            outcome = await self._pipeline.forward(endpoint, body, self.target, stream)
+        except (UpstreamTimeoutError, AnswerTooLargeError):
+            self.call.charge_reserved()  # the engine worked; how much, vLLM did not say
+            raise
+        except APIError as exc:
+            exc.message = exc.message.replace(self.target.internal_name, self.target.public_name)
+            if isinstance(exc, ContextLengthExceededError):
+                exc.param = "inputs" if self.call.template else endpoint.prompt_param
+            raise
+        self.call.status = 200
+        return outcome
+
+
 class Pipeline:
     def __init__(
         self,
@@ -104,100 +191,109 @@ class Pipeline:
         meter: UsageMeter,
         quotas: QuotaGate,
         metrics: Metrics,
+        bounds: RequestBounds,
         stall_timeout_s: float,
     ) -> None:
-        self._pool, self._registry, self._tenants = pool, registry, tenants
+        self.pool, self._registry, self._tenants = pool, registry, tenants
         self._meter, self._quotas, self._metrics = meter, quotas, metrics
+        self.bounds = bounds
         self._stall_timeout_s = stall_timeout_s
 
-    def resolve(self, tenant: str, model: str, base_fallback: bool = False) -> Target:
+    def resolve(self, tenant: str, model: str) -> Target:
         """A tenant's alias → its target. Another tenant's alias, a deleted one and an
-        unknown name all get the same 404, so existence never leaks. With
-        `base_fallback` (global templates), "default" and the base name mean the base
-        model for a tenant that has no alias of that name."""
+        unknown name all get the same 404, so existence never leaks. The base model too
+        is reached only through an alias of the tenant's (templates included)."""
         alias = self._tenants.alias(tenant, model)
         target = None
         if alias is not None and alias.base:
             target = self._registry.base_target(model)
         elif alias is not None and alias.adapter is not None:
             target = self._registry.target(model, alias.adapter, alias.version)
-        elif alias is None and base_fallback and model in ("default", self._registry.base_name):
-            target = self._registry.base_target(model)
         if target is None:
             raise ModelNotFoundError(model)
         return target
+
+    @asynccontextmanager
+    async def admitted(
+        self, principal: Principal, model: str, *, label: str, template: str = "", reserve: int = 0
+    ) -> AsyncIterator[Admission]:
+        """Resolve, admit (reserving `reserve` tokens) and lease; on exit, however it
+        exits, settle the quota and meter what was used."""
+        target = await asyncio.to_thread(self.resolve, principal.tenant, model)
+        self._quotas.admit(principal.uid, principal.limits, reserve)
+        call = Call(principal.tenant, principal.uid, model, label, template, reserve)
+        try:
+            with self._registry.lease(target.adapter):
+                yield Admission(self, principal, target, call)
+        except APIError as exc:
+            call.status = exc.status
+            raise
+        finally:
+            self._finish(call)
 
     async def handle(
         self, endpoint: Endpoint, body: dict[str, Any], principal: Principal
     ) -> JSONResponse | StreamingResponse:
         """An OpenAI request from a client, answered as vLLM answers it."""
         request = check_request(endpoint.schema, body)
-        client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        outcome = await self.run(principal, request.model, endpoint, body, stream=bool(request.stream))
-        if isinstance(outcome, Opened):
-            events = relay(outcome.stream, outcome.target.public_name, outcome.call, client_wants_usage)
-            return outcome.respond(events)
-        return JSONResponse(outcome.body)
+        if not request.stream:
+            return JSONResponse((await self.call(principal, request.model, endpoint, body)).body)
+        options = body.get("stream_options") or {}
+        opened = await self.open_stream(principal, request.model, endpoint, body)
+        events = relay(
+            opened.stream,
+            opened.target.public_name,
+            opened.call,
+            usage=bool(options.get("include_usage")),
+            continuous=bool(options.get("include_usage") and options.get("continuous_usage_stats")),
+            n=request.n or 1,
+        )
+        return opened.respond(events)
 
-    async def run(
-        self,
-        principal: Principal,
-        model: str,
-        endpoint: Endpoint,
-        body: dict[str, Any],
-        *,
-        stream: bool = False,
-        template: str = "",
-    ) -> Answer | Opened:
-        """Resolve, admit, lease, load, forward and meter one upstream call. Template
-        calls come here too, with `template` set and a body the gateway built."""
-        target = await asyncio.to_thread(self.resolve, principal.tenant, model, bool(template))
-        self._quotas.admit(principal.tenant, principal.limits)
-        call = Call(principal.tenant, model, "template" if template else endpoint.name.lower(), template)
-        forwarded = {**body, "model": target.internal_name}
-        if stream:  # always ask vLLM for usage, so streams are metered too
-            forwarded["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        async with AsyncExitStack() as stack:
-            stack.callback(self._finish, call)
-            stack.enter_context(self._registry.lease(target.adapter))
-            try:
-                outcome = await self._forward(endpoint, forwarded, target, stream)
-            except APIError as exc:
-                call.status = exc.status
-                if isinstance(exc, ContextLengthExceededError):
-                    exc.param = "inputs" if template else endpoint.prompt_param
-                raise
-            call.status = 200
-            if isinstance(outcome, UpstreamStream):
-                stack.push_async_callback(outcome.close)
-                return Opened(outcome, target, call, stack.pop_all(), self._stall_timeout_s)
-            outcome["model"] = target.public_name
-            call.add_usage(outcome.get("usage"))
-            return Answer(outcome, target)
+    async def call(
+        self, principal: Principal, model: str, endpoint: Endpoint, body: dict[str, Any], *, template: str = ""
+    ) -> Answer:
+        """One non-streamed engine call in its own admission."""
+        reserve = self.bounds.check(body, endpoint is Endpoint.CHAT)
+        label = "template" if template else endpoint.name.lower()
+        async with self.admitted(principal, model, label=label, template=template, reserve=reserve) as admission:
+            return Answer(await admission.forward(endpoint, body), admission.target)
 
-    async def tokenize(self, body: dict[str, Any]) -> list[int]:
-        """vLLM's `/tokenize` (the model's own tokenizer and chat template); it does
-        not touch the engine, so it is neither leased nor metered."""
-        answer = await self._pool.pick().post_json("/tokenize", body)
-        return list(answer["tokens"])
+    async def open_stream(
+        self, principal: Principal, model: str, endpoint: Endpoint, body: dict[str, Any], *, template: str = ""
+    ) -> Opened:
+        """A streamed engine call whose admission lasts until its events end."""
+        reserve = self.bounds.check(body, endpoint is Endpoint.CHAT)
+        label = "template" if template else endpoint.name.lower()
+        async with AsyncExitStack() as stack:  # closes the admission if the stream fails to open
+            admission = await stack.enter_async_context(
+                self.admitted(principal, model, label=label, template=template, reserve=reserve)
+            )
+            stream = await admission.open_stream(endpoint, body)
+            stack.push_async_callback(stream.close)
+            return Opened(stream, admission.target, admission.call, stack.pop_all(), self._stall_timeout_s)
+        raise AssertionError("unreachable")  # the stack either returned or raised
 
     def _finish(self, call: Call) -> None:
-        self._quotas.release(call.tenant, call.prompt_tokens + call.completion_tokens)
+        used = call.prompt_tokens + call.completion_tokens
+        self._quotas.release(call.uid, call.reserved, used)
         labels = (call.tenant, call.model, call.label)
         self._metrics.requests.labels(*labels, str(call.status)).inc()
         self._metrics.latency.labels(*labels).observe(time.perf_counter() - call.started)
-        if call.status == 200:
-            self._meter.record(call.tenant, call.model, call.prompt_tokens, call.completion_tokens, call.template)
+        if call.metered:
+            self._meter.record(
+                call.tenant, call.uid, call.model, call.prompt_tokens, call.completion_tokens, call.template
+            )
             self._metrics.tokens.labels(call.tenant, call.model, "prompt").inc(call.prompt_tokens)
             self._metrics.tokens.labels(call.tenant, call.model, "completion").inc(call.completion_tokens)
 
-    async def _forward(
+    async def forward(
         self, endpoint: Endpoint, body: dict[str, Any], target: Target, stream: bool
     ) -> UpstreamStream | dict[str, Any]:
         # Two tries: if the upstream lost the adapter (it restarted between health
         # checks), the first try fails before any output and we load it again.
         for _attempt in range(2):
-            upstream = self._pool.pick()
+            upstream = self.pool.pick()
             await self._registry.ensure_loaded(upstream, target.adapter)
             try:
                 if stream:
@@ -210,8 +306,8 @@ class Pipeline:
 
 
 async def _hold_until_done(events: AsyncIterator[bytes], stack: AsyncExitStack) -> AsyncIterator[bytes]:
-    """Keep the version's lease and the call's record open until the stream ends,
-    however it ends (finished, broken, or the client left)."""
+    """Keep the admission open until the stream ends, however it ends (finished,
+    broken, or the client left)."""
     async with stack:
         async for event in events:
             yield event

@@ -33,11 +33,14 @@ class ChatRequest(_Request):
     )
     messages: list[dict[str, Any]] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: StrictBool | None = None
+    top_logprobs: int | None = Field(None, ge=0)
 
 
 class CompletionRequest(_Request):
     model_config = ConfigDict(json_schema_extra={"examples": [{"model": "default", "prompt": "Paris is"}]})
     prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(None, ge=0)
 
 
 def documented_body(*models: type[BaseModel], media_types: dict[str, Any] | None = None) -> dict[str, Any]:

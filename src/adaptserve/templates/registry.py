@@ -3,7 +3,11 @@ pointer, global or per-tenant ownership, and the stored calibration of each vers
 
 A tenant sees its own templates and the global ones; its own shadow a global one of
 the same name. Everything else answers 404 `template_not_found`, so another tenant's
-templates never show they exist.
+templates never show they exist. A tenant may pin a version by number only if it was
+released (active at some time); a staged version stays the admin's draft.
+
+Parsed specs are cached by content digest, never by row id: ids can be reused after a
+delete (SQLite reuses the highest rowid), content cannot be.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ class TemplateVersion:
 class TemplateRegistry:
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._specs: dict[tuple[int, int], TemplateSpec] = {}  # versions are immutable
+        self._specs: dict[str, TemplateSpec] = {}  # by content digest: never stale
 
     # control plane -----------------------------------------------------------------
     def put(self, spec: TemplateSpec, activate: bool = True) -> tuple[dict, bool]:
@@ -92,6 +96,7 @@ class TemplateRegistry:
             s.flush()
         if activate or row.active_version is None:
             row.active_version = same.version
+            same.released = True
         return _version_dict(row, same), created
 
     def activate(self, owner: str, name: str, version: int) -> dict:
@@ -101,6 +106,7 @@ class TemplateRegistry:
             if found is None:
                 raise TemplateNotFoundError(f"template {name} has no version {version}")
             row.active_version = version
+            found.released = True
             return _version_dict(row, found)
 
     def versions(self, owner: str, name: str) -> dict:
@@ -151,7 +157,7 @@ class TemplateRegistry:
             row = min(rows, key=lambda r: r.owner == GLOBAL, default=None)  # its own first
             number = version if version is not None else (row.active_version if row else None)
             found = s.get(TemplateVersionRow, (row.id, number)) if row and number else None
-            if row is None or found is None:
+            if row is None or found is None or not found.released:
                 what = f"template {name}" + (f" version {version}" if version is not None else "")
                 raise TemplateNotFoundError(f"{what} does not exist")
             spec = self._spec(found)
@@ -185,10 +191,9 @@ class TemplateRegistry:
 
     # helpers -------------------------------------------------------------------------
     def _spec(self, row: TemplateVersionRow) -> TemplateSpec:
-        key = (row.template_id, row.version)
-        if key not in self._specs:
-            self._specs[key] = TemplateSpec.model_validate(row.document)
-        return self._specs[key]
+        if row.digest not in self._specs:
+            self._specs[row.digest] = TemplateSpec.model_validate(row.document)
+        return self._specs[row.digest]
 
     @staticmethod
     def _row(s: Session, owner: str, name: str) -> TemplateRow:
@@ -205,5 +210,6 @@ def _version_dict(row: TemplateRow, version: TemplateVersionRow) -> dict:
         "version": version.version,
         "digest": version.digest,
         "active": version.version == row.active_version,
+        "released": version.released,
         "created_at": version.created_at.isoformat() + "Z",
     }

@@ -24,10 +24,19 @@ _ZERO_WIDTH_SPACE = "\u200b"
 Message = dict[str, str]
 
 
+# Without the model's tokenizer files (a remote model behind `upstreams`), the markers
+# chat templates commonly use are defused instead, and so is every `<|`: it opens the
+# `<|...|>` special tokens of most current model families.
+COMMON_MARKERS = frozenset(
+    {"<s>", "</s>", "[INST]", "[/INST]", "<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>", "<|", "|>"}
+)
+
+
 def special_tokens(model_dir: Path | None) -> frozenset[str]:
-    """The special-token strings of a local model's tokenizer (e.g. `<|im_end|>`)."""
+    """The special-token strings of a local model's tokenizer (e.g. `<|im_end|>`), or
+    the common markers when the model's files are not here."""
     if model_dir is None:
-        return frozenset()
+        return COMMON_MARKERS
     found: set[str] = set()
     config = model_dir / "tokenizer_config.json"
     if config.is_file():

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from adaptserve.errors import APIError, InvalidRequestError, invalid_from
-from adaptserve.server.pipeline import Answer, Endpoint, Opened, Pipeline
+from adaptserve.server.pipeline import Endpoint, Pipeline
 from adaptserve.server.streaming import relay_text
 from adaptserve.templates.classify import Classifier
 from adaptserve.templates.registry import TemplateRegistry, TemplateVersion
@@ -88,8 +88,7 @@ class TemplateService:
         self, principal: Principal, template: TemplateVersion, inputs: dict[str, Any], call: TemplateCall
     ) -> dict[str, Any]:
         body = self._chat_body(template.spec, inputs, call)
-        answer = await self._pipeline.run(principal, template.spec.model, Endpoint.CHAT, body, template=template.name)
-        assert isinstance(answer, Answer)
+        answer = await self._pipeline.call(principal, template.spec.model, Endpoint.CHAT, body, template=template.name)
         choice = answer.body["choices"][0]
         result = finish_generation(template.spec, choice["message"].get("content") or "", choice.get("finish_reason"))
         result |= {"version": template.version, "usage": answer.body.get("usage")}
@@ -101,10 +100,9 @@ class TemplateService:
         self, principal: Principal, template: TemplateVersion, inputs: dict[str, Any], call: TemplateCall
     ) -> StreamingResponse:
         body = self._chat_body(template.spec, inputs, call) | {"stream": True}
-        opened = await self._pipeline.run(
-            principal, template.spec.model, Endpoint.CHAT, body, stream=True, template=template.name
+        opened = await self._pipeline.open_stream(
+            principal, template.spec.model, Endpoint.CHAT, body, template=template.name
         )
-        assert isinstance(opened, Opened)
 
         def finish(text: str, reason: str | None) -> dict[str, Any]:
             usage = {"prompt_tokens": opened.call.prompt_tokens, "completion_tokens": opened.call.completion_tokens}

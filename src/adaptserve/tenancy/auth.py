@@ -28,8 +28,13 @@ ADMIN_KEY_FILE = "admin_key"
 
 @dataclass(frozen=True)
 class Principal:
+    """An authenticated tenant: its name, its never-reused uid (what usage, quota
+    windows and the cache salt are keyed by), its quotas and its prefix-cache salt."""
+
     tenant: str
+    uid: str = ""
     limits: Limits = field(default_factory=Limits)
+    cache_salt: str = ""
 
 
 def hash_key(key: str) -> str:

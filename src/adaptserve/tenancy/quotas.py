@@ -2,6 +2,14 @@
 per minute (sliding 60-second windows) and concurrent requests. Over a limit → 429
 `rate_limit_exceeded` with `Retry-After`. With several gateway replicas each one
 enforces the limits on its own share of the traffic.
+
+Tokens are reserved, then settled. A request is admitted only if the tokens charged
+in the last minute, plus every reservation still open, plus this request's worst case
+(`reserve`: prompt + max_tokens × n, see `serving`'s estimate) fit under
+`tokens_per_minute`; when it ends its reservation is replaced by what it really used,
+which the estimate bounds. So the tokens charged in any 60-second window never exceed the
+limit, whatever the size or concurrency of the requests. State is keyed by the
+tenant's uid: a tenant created again under a deleted one's name starts afresh.
 """
 
 from __future__ import annotations
@@ -27,10 +35,12 @@ class QuotaGate:
     def __init__(self) -> None:
         self._requests: dict[str, deque[float]] = defaultdict(deque)
         self._tokens: dict[str, deque[tuple[float, int]]] = defaultdict(deque)
+        self._reserved: dict[str, int] = defaultdict(int)
         self._active: dict[str, int] = defaultdict(int)
 
-    def admit(self, tenant: str, limits: Limits) -> None:
-        """Count a new request in, or raise 429. Call `release` when it ends."""
+    def admit(self, tenant: str, limits: Limits, reserve: int = 0) -> None:
+        """Count a new request in, reserving `reserve` tokens, or raise 429. Call
+        `release(tenant, reserve, used)` when it ends, however it ends."""
         now = time.monotonic()
         requests, tokens = self._requests[tenant], self._tokens[tenant]
         while requests and requests[0] <= now - WINDOW_S:
@@ -38,19 +48,34 @@ class QuotaGate:
         while tokens and tokens[0][0] <= now - WINDOW_S:
             tokens.popleft()
         if limits.max_concurrent is not None and self._active[tenant] >= limits.max_concurrent:
-            raise RateLimitError(f"tenant {tenant} has {limits.max_concurrent} requests in flight, its limit", 1)
+            raise RateLimitError(f"{limits.max_concurrent} requests are in flight, the limit", 1)
         if limits.requests_per_minute is not None and len(requests) >= limits.requests_per_minute:
             raise RateLimitError(f"over {limits.requests_per_minute} requests per minute", _wait(requests[0], now))
-        used = sum(n for _, n in tokens)
-        if limits.tokens_per_minute is not None and used >= limits.tokens_per_minute:
-            raise RateLimitError(f"over {limits.tokens_per_minute} tokens per minute", _wait(tokens[0][0], now))
+        if limits.tokens_per_minute is not None:
+            self._check_tokens(tenant, limits.tokens_per_minute, reserve, now)
         requests.append(now)
         self._active[tenant] += 1
+        self._reserved[tenant] += reserve
 
-    def release(self, tenant: str, tokens: int) -> None:
+    def release(self, tenant: str, reserved: int, used: int) -> None:
+        """The request ended: its reservation becomes the `used` tokens."""
         self._active[tenant] -= 1
-        if tokens:
-            self._tokens[tenant].append((time.monotonic(), tokens))
+        self._reserved[tenant] -= reserved
+        if used:
+            self._tokens[tenant].append((time.monotonic(), used))
+
+    def _check_tokens(self, tenant: str, limit: int, reserve: int, now: float) -> None:
+        if reserve > limit:
+            raise RateLimitError(
+                f"this request may use up to {reserve} tokens (prompt + max_tokens × n), more than the "
+                f"limit of {limit} tokens per minute; lower max_tokens or n",
+                math.ceil(WINDOW_S),
+            )
+        tokens = self._tokens[tenant]
+        charged = sum(n for _, n in tokens)
+        if charged + self._reserved[tenant] + reserve > limit:
+            wait = _wait(tokens[0][0], now) if tokens else 1  # only open reservations: they end soon
+            raise RateLimitError(f"over {limit} tokens per minute (in use or reserved)", wait)
 
 
 def _wait(oldest: float, now: float) -> int:

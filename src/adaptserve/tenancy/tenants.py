@@ -20,6 +20,7 @@ from adaptserve.db import (
     AliasRow,
     ApiKeyRow,
     Database,
+    RevokedKeyRow,
     TemplateRow,
     TenantRow,
     check_name,
@@ -47,8 +48,9 @@ class TenantNotFoundError(NotFoundError):
 
 
 class TenantRegistry:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cache_groups: dict[str, str] | None = None) -> None:
         self._db = db
+        self._cache_groups = cache_groups or {}  # tenant name -> shared prefix-cache group
 
     # tenants -------------------------------------------------------------
     def create(self, name: str) -> dict:
@@ -75,6 +77,8 @@ class TenantRegistry:
             row = s.get(TenantRow, name)
             if row is None:
                 raise TenantNotFoundError(f"tenant {name} does not exist")
+            for key in s.scalars(select(ApiKeyRow).where(ApiKeyRow.tenant == name)):
+                _revoke(s, key)
             s.execute(delete(ApiKeyRow).where(ApiKeyRow.tenant == name))
             s.execute(delete(AliasRow).where(AliasRow.tenant == name))
             s.execute(delete(TemplateRow).where(TemplateRow.owner == name))
@@ -89,14 +93,22 @@ class TenantRegistry:
             s.add(ApiKeyRow(id=key_id, tenant=tenant, key_hash=hash_key(key), prefix=key[:10]))
         return {"id": key_id, "tenant": tenant, "key": key}
 
-    def add_key_hash(self, tenant: str, key_id: str, key_hash: str) -> None:
-        """Register a key known only by its hash (the settings file's key)."""
+    def add_key_hash(self, tenant: str, key_id: str, key_hash: str) -> bool:
+        """Register a key known only by its hash (the settings' or the key file's key),
+        replacing the key of that id. A revoked key is never registered again: → False."""
         with self._db.session() as s:
+            if s.get(RevokedKeyRow, key_hash) is not None:
+                return False
             existing = s.get(ApiKeyRow, key_id)
             if existing is None:
                 s.add(ApiKeyRow(id=key_id, tenant=tenant, key_hash=key_hash, prefix="(configured)"))
             else:
                 existing.key_hash, existing.tenant = key_hash, tenant
+        return True
+
+    def key_was_revoked(self, key_id: str) -> bool:
+        with self._db.session() as s:
+            return s.scalar(select(RevokedKeyRow.key_hash).where(RevokedKeyRow.key_id == key_id)) is not None
 
     def list_keys(self, tenant: str) -> list[dict]:
         with self._db.session() as s:
@@ -109,6 +121,7 @@ class TenantRegistry:
             row = s.get(ApiKeyRow, key_id)
             if row is None or row.tenant != tenant:
                 raise NotFoundError(f"key {key_id} does not exist for tenant {tenant}", code="key_not_found")
+            _revoke(s, row)
             s.delete(row)
 
     def authenticate(self, authorization: str | None) -> Principal:
@@ -124,7 +137,11 @@ class TenantRegistry:
             if tenant is None:
                 raise AuthenticationError("Incorrect API key provided.")
             limits = Limits(tenant.requests_per_minute, tenant.tokens_per_minute, tenant.max_concurrent)
-            return Principal(tenant=tenant.name, limits=limits)
+            group = self._cache_groups.get(tenant.name)
+            # vLLM salts the prefix cache's block hashes with this: tenants share cached
+            # blocks only within a group the operator declared.
+            salt = f"group-{group}" if group else f"tenant-{tenant.uid}"
+            return Principal(tenant=tenant.name, uid=tenant.uid, limits=limits, cache_salt=salt)
 
     def set_quotas(self, name: str, limits: Limits) -> dict:
         with self._db.session() as s:
@@ -175,6 +192,11 @@ class TenantRegistry:
         if row is None:
             raise TenantNotFoundError(f"tenant {tenant} does not exist")
         return row
+
+
+def _revoke(s: Session, key: ApiKeyRow) -> None:
+    if s.get(RevokedKeyRow, key.key_hash) is None:
+        s.add(RevokedKeyRow(key_hash=key.key_hash, key_id=key.id, tenant=key.tenant))
 
 
 def _tenant_dict(row: TenantRow) -> dict:

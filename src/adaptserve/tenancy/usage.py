@@ -1,5 +1,6 @@
 """Usage metering: requests and tokens per tenant × alias × template × hour (template
-"" for plain OpenAI calls).
+"" for plain OpenAI calls). Rows carry the tenant's uid as well as its name: a tenant
+reads only its own incarnation's rows, never those of a deleted tenant of the same name.
 
 Counts accumulate in memory on the event loop and are flushed to the database every
 `interval` seconds in one transaction (and at shutdown), as increments, so several
@@ -22,7 +23,7 @@ from adaptserve.db import Database, UsageRow, utcnow
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str, str, dt.datetime]  # tenant, alias, template, hour
+Key = tuple[str, str, str, str, dt.datetime]  # tenant, tenant uid, alias, template, hour
 
 
 class UsageMeter:
@@ -32,9 +33,11 @@ class UsageMeter:
         self._pending: dict[Key, list[int]] = defaultdict(lambda: [0, 0, 0])
         self._task: asyncio.Task[None] | None = None
 
-    def record(self, tenant: str, alias: str, prompt_tokens: int, completion_tokens: int, template: str = "") -> None:
+    def record(
+        self, tenant: str, uid: str, alias: str, prompt_tokens: int, completion_tokens: int, template: str = ""
+    ) -> None:
         hour = utcnow().replace(minute=0, second=0, microsecond=0)
-        counts = self._pending[(tenant, alias, template, hour)]
+        counts = self._pending[(tenant, uid, alias, template, hour)]
         counts[0] += 1
         counts[1] += prompt_tokens
         counts[2] += completion_tokens
@@ -81,9 +84,10 @@ class UsageMeter:
                         s.add(
                             UsageRow(
                                 tenant=key[0],
-                                alias=key[1],
-                                template=key[2],
-                                hour=key[3],
+                                tenant_uid=key[1],
+                                alias=key[2],
+                                template=key[3],
+                                hour=key[4],
                                 requests=requests,
                                 prompt_tokens=prompt,
                                 completion_tokens=completion,
@@ -92,14 +96,18 @@ class UsageMeter:
                 except IntegrityError:  # another replica inserted the row first
                     _increment(s, key, counts)
 
-    async def query(self, tenant: str | None, since: dt.datetime | None) -> list[dict]:
+    async def query(self, tenant: str | None, since: dt.datetime | None, uid: str | None = None) -> list[dict]:
+        """Rows of `tenant` (every tenant of that name, for the admin), or of the one
+        tenant `uid` (what a tenant reads of its own)."""
         await self.flush()
-        return await asyncio.to_thread(self._read, tenant, since)
+        return await asyncio.to_thread(self._read, tenant, since, uid)
 
-    def _read(self, tenant: str | None, since: dt.datetime | None) -> list[dict]:
+    def _read(self, tenant: str | None, since: dt.datetime | None, uid: str | None) -> list[dict]:
         query = select(UsageRow).order_by(UsageRow.hour, UsageRow.tenant, UsageRow.alias, UsageRow.template)
         if tenant is not None:
             query = query.where(UsageRow.tenant == tenant)
+        if uid is not None:
+            query = query.where(UsageRow.tenant_uid == uid)
         if since is not None:
             query = query.where(UsageRow.hour >= since.replace(minute=0, second=0, microsecond=0))
         with self._db.session() as s:
@@ -120,8 +128,14 @@ class UsageMeter:
 def _increment(s: Session, key: Key, counts: list[int]) -> bool:
     """Add to an existing row in one UPDATE (safe with concurrent writers); False if none."""
     requests, prompt, completion = counts
-    tenant, alias, template, hour = key
-    where = (UsageRow.tenant == tenant, UsageRow.alias == alias, UsageRow.template == template, UsageRow.hour == hour)
+    tenant, uid, alias, template, hour = key
+    where = (
+        UsageRow.tenant == tenant,
+        UsageRow.tenant_uid == uid,
+        UsageRow.alias == alias,
+        UsageRow.template == template,
+        UsageRow.hour == hour,
+    )
     values = {
         "requests": UsageRow.requests + requests,
         "prompt_tokens": UsageRow.prompt_tokens + prompt,

@@ -20,6 +20,7 @@ from adaptserve.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
     UpstreamError,
+    UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
 
@@ -42,6 +43,17 @@ class AdapterLoadError(APIError):
 
     status = 502
     code = "adapter_load_failed"
+
+
+class AnswerTooLargeError(APIError):
+    """A non-streamed answer larger than the gateway holds (`max_response_bytes`)."""
+
+    status = 502
+    type = "server_error"
+    code = "answer_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The answer is larger than {limit} bytes; send the request with stream=true.")
 
 
 class State(enum.Enum):
@@ -68,8 +80,9 @@ class Upstream:
     """One vLLM server. `generation` grows each time it comes (back) up, so callers
     can tell that adapters loaded under an older generation are gone."""
 
-    def __init__(self, url: str, timeout_s: float) -> None:
+    def __init__(self, url: str, timeout_s: float, max_answer_bytes: int = 64 * 1024 * 1024) -> None:
         self.url = url.rstrip("/")
+        self.max_answer_bytes = max_answer_bytes
         self.state = State.STARTING
         self.generation = 0
         self._http = httpx.AsyncClient(
@@ -97,13 +110,19 @@ class Upstream:
         return response.status_code == 200
 
     async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A non-streamed call; an answer over `max_answer_bytes` is not held whole."""
+        request = self._http.build_request("POST", path, json=body)
         try:
-            response = await self._http.post(path, json=body)
+            response = await self._http.send(request, stream=True)
+            try:
+                content = await _read_bounded(response, self.max_answer_bytes)
+            finally:
+                await response.aclose()
         except httpx.HTTPError as exc:
             raise self._unavailable(exc) from exc
         if response.status_code != 200:
-            raise translate_error(response.status_code, response.content)
-        return response.json()
+            raise translate_error(response.status_code, content)
+        return json.loads(content)
 
     async def open_stream(self, path: str, body: dict[str, Any]) -> UpstreamStream:
         """Send a streaming request; errors before the first byte raise here, so the
@@ -141,9 +160,19 @@ class Upstream:
 
     def _unavailable(self, exc: Exception) -> UpstreamUnavailableError:
         if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
-            return UpstreamUnavailableError("The model server did not answer in time.")
+            return UpstreamTimeoutError()
         self.mark_down()
         return UpstreamUnavailableError()
+
+
+async def _read_bounded(response: httpx.Response, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise AnswerTooLargeError(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _error_message(content: bytes) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -19,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from adaptserve.config import VLLMSettings
+from adaptserve.config import ENV_PREFIX, VLLMSettings
+from adaptserve.engine_plugin import ENABLE_ENV, PLUGIN, STATUS_ENV
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ class Supervisor:
         self._model_path = model_path
         self._served_name = served_name
         self.log_path = log_path
+        self._plugin_status = log_path.parent / "engine-plugin"  # each engine process writes <this>.<pid>.json
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: asyncio.subprocess.Process | None = None
@@ -82,13 +85,31 @@ class Supervisor:
         return cmd + list(s.extra_args)
 
     def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
+        """The gateway's environment without its own settings: the admin and API keys
+        and the database URL (with its password) never reach the engine's processes."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # safe: only the gateway reaches it
         env.pop("VLLM_LORA_RESOLVER_CACHE_DIR", None)  # the gateway alone decides what loads
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self._settings.kv_cache_gib))
         if self._settings.disable_dynamo:
             env["TORCHDYNAMO_DISABLE"] = "1"
+        if self._settings.engine_plugin:  # the only adaptserve variables the child gets
+            env[ENABLE_ENV], env[STATUS_ENV] = PLUGIN, str(self._plugin_status)
         return env
+
+    def plugin_active(self) -> bool:
+        """Whether every engine process reported the grouped LoRA ops active (so a request
+        without an adapter gets none). Read once the engine is up: each process decides
+        while it starts, before vLLM reports healthy."""
+        statuses = []
+        for path in self._plugin_status.parent.glob(self._plugin_status.name + ".*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                statuses.append(json.loads(path.read_text()))
+        return bool(statuses) and all(s.get("active") is True for s in statuses)
+
+    def _clear_plugin_status(self) -> None:
+        for path in self._plugin_status.parent.glob(self._plugin_status.name + ".*"):
+            path.unlink(missing_ok=True)
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +131,7 @@ class Supervisor:
             backoff = min(backoff * 2, self._settings.restart_backoff_max_s)
 
     async def _run_once(self) -> int:
+        self._clear_plugin_status()  # a new engine decides anew
         with open(self.log_path, "ab") as log_file:
             self.process = await asyncio.create_subprocess_exec(
                 *self.command(),

@@ -46,4 +46,4 @@ def models(gateway: GatewayDep, principal: PrincipalDep) -> dict:
 @router.get("/usage")
 async def usage(gateway: GatewayDep, principal: PrincipalDep, since: datetime | None = None) -> dict:
     """The caller's own usage, per model alias and hour."""
-    return {"data": await gateway.meter.query(principal.tenant, since)}
+    return {"data": await gateway.meter.query(principal.tenant, since, uid=principal.uid)}
