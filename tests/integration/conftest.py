@@ -135,6 +135,7 @@ def running_server(data: Path, args: list[str]) -> Iterator[Server]:
         "ADAPTSERVE_ADMIN_KEY": ADMIN_KEY,
     }
     log_path = data / "gateway.log"
+    data.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "adaptserve", "serve", *args, "--port", str(port)],

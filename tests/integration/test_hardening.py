@@ -73,7 +73,7 @@ HOSTILE = {
     "prompts × n past the bound": _completion(prompt=["a"] * 200, n=2),
     "beam search": _chat(use_beam_search=True, n=4),
     "logprobs of a long batch held whole": _completion(prompt=["a"] * 64, max_tokens=200, logprobs=20),
-    "a schema of 1000 alternatives": _chat(structured_outputs={"json": {"anyOf": [{"const": i} for i in range(1000)]}}),
+    "a schema of 5000 alternatives": _chat(structured_outputs={"json": {"anyOf": [{"const": i} for i in range(5000)]}}),
     "a schema nested 40 deep": _chat(
         response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": _nested(40)}}
     ),
@@ -82,6 +82,8 @@ HOSTILE = {
     ),
     "a choice of 5000 strings": _chat(structured_outputs={"choice": [f"c{i}" for i in range(5000)]}),
     "a client's own cache_salt": _chat(cache_salt="another-tenants-salt"),
+    "a stream that holds its chunks back": _chat(stream=True, stream_interval=10**9),
+    "a repetition of a million": _chat(structured_outputs={"json": {"type": "array", "minItems": 10**6}}),
 }
 
 

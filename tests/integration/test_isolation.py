@@ -69,7 +69,7 @@ def test_a_stream_the_client_cuts_is_metered_up_to_the_cut(server):
                 break
     [row] = wait_for_usage(server, key)
     assert row["requests"] == 1 and row["prompt_tokens"] > 0
-    assert 5 <= row["completion_tokens"] < 400  # up to the cut: not 0, not the whole answer
+    assert 4 <= row["completion_tokens"] < 400  # up to the cut (the first chunk has only the role)
 
 
 def test_tenants_never_read_each_others_prefix_cache(server):

@@ -108,7 +108,7 @@ def test_a_request_the_gateway_gives_up_on_is_charged_its_reservation(start_gate
     assert response.status_code == 503 and "in time" in response.json()["error"]["message"]
     prompt_bound = len(json.dumps({"messages": Q}).encode())
     wait_for(lambda: bool(usage(gw, key)))
-    assert usage(gw, key) == [("default", None, 1, 0, prompt_bound + 7)]
+    assert usage(gw, key) == [("default", None, 1, prompt_bound, 7)]
 
 
 # 2. The prefix cache is salted per tenant, whatever the client sends.
@@ -157,7 +157,8 @@ def test_tokens_per_minute_reserves_the_worst_case(start_gateway, fake: FakeStat
     limit = 400
     key = tenant(gw, "metered", tokens_per_minute=limit)
     too_big = gw.post("/v1/chat/completions", {"model": "default", "messages": Q}, key=key)  # 2048 new tokens
-    assert too_big.status_code == 429 and "lower max_tokens" in too_big.json()["error"]["message"]
+    assert too_big.status_code == 400 and too_big.json()["error"]["code"] == "tokens_over_limit"
+    assert "lower max_tokens" in too_big.json()["error"]["message"]  # waiting would not help: not a 429
     fake.token_delay_s = 0.05  # each stream lasts 2 s: all eight arrive while the first are open
     statuses: list[int] = []
 
@@ -182,25 +183,53 @@ def test_tokens_per_minute_reserves_the_worst_case(start_gateway, fake: FakeStat
 
 
 # 5. One request's work is bounded before it reaches the engine.
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "description": "x" * 1000}}}
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
         ({"prompt": ["a"] * 200, "n": 2}, "prompt"),
-        ({"prompt": "a", "use_beam_search": True}, "use_beam_search"),
-        ({"prompt": "a", "max_tokens": 2048, "n": 128}, "max_tokens"),
+        ({"prompt": ["a", "b"], "max_tokens": 2048, "n": 128}, "max_tokens"),
         ({"prompt": ["a"] * 100, "max_tokens": 100, "logprobs": 20}, "logprobs"),
-        ({"prompt": "a", "structured_outputs": {"json": {"enum": list(range(300))}}}, "structured_outputs.json"),
-        ({"prompt": "a", "structured_outputs": {"choice": [str(i) for i in range(300)]}}, "structured_outputs.choice"),
-        ({"prompt": "a", "structured_outputs": {"regex": "a" * 40_000}}, "structured_outputs.regex"),
+        ({"prompt": ["a"] * 100, "max_tokens": 100, "logprobs": 0, "logprob_token_ids": list(range(30))}, "logprobs"),
+        ({"prompt": "a", "structured_outputs": {"json": {"enum": list(range(2000))}}}, "structured_outputs"),
+        (
+            {"prompt": "a", "structured_outputs": {"json": json.dumps({"enum": list(range(2000))})}},
+            "structured_outputs",
+        ),
+        ({"prompt": "a", "structured_outputs": {"choice": [str(i) for i in range(2000)]}}, "structured_outputs"),
+        ({"prompt": "a", "structured_outputs": {"regex": "a" * 40_000}}, "structured_outputs"),
+        ({"prompt": "a", "structured_outputs": {"regex": "(ab){99999}"}}, "structured_outputs"),
+        ({"prompt": "a", "structured_outputs": {"json": {"type": "array", "minItems": 10**6}}}, "structured_outputs"),
         ({"prompt": "a", "response_format": {"type": "json_schema", "json_schema": {"schema": _deep(20)}}}, None),
+        ({"prompt": "a", "tools": [TOOL] * 40, "tool_choice": "required"}, "tools"),
+        ({"prompt": "a", "use_beam_search": True}, "use_beam_search"),
+        ({"prompt": "a", "stream": True, "stream_interval": 10**9}, "stream_interval"),
+        ({"prompt": "a", "kv_transfer_params": {"do_remote_prefill": True}}, "kv_transfer_params"),
+        ({"prompt": ["1", 2]}, "prompt"),
     ],
 )
 def test_one_request_is_bounded_before_the_engine(gateway: RunningGateway, fake: FakeState, body, param) -> None:
     fake.requests.clear()
     response = gateway.post("/v1/completions", {"model": "default", **body})
     assert response.status_code == 400, response.text
-    assert response.json()["error"]["param"] == (param or "response_format")
+    assert response.json()["error"]["param"].startswith(param or "response_format")
     assert fake.requests == []
+
+
+def test_a_stream_cut_before_its_first_token_is_charged_its_prompt(start_gateway, fake: FakeState) -> None:
+    gw = start_gateway()
+    key = tenant(gw, "early")
+    fake.token_delay_s = 2.0  # the first token is slow: the client leaves before it
+    body = {"model": "default", "messages": LONG, "max_tokens": 5, "stream": True}
+    with httpx.stream(
+        "POST", gw.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+    ) as response:
+        assert response.status_code == 200
+    wait_for(lambda: bool(usage(gw, key)))
+    [(_, _, requests, prompt, completion)] = usage(gw, key)
+    assert (requests, prompt, completion) == (1, len(json.dumps({"messages": LONG}).encode()), 0)
 
 
 def test_an_answer_too_large_to_hold_is_refused_and_charged(start_gateway, fake: FakeState) -> None:
@@ -400,3 +429,14 @@ def test_the_upgrade_keeps_keys_aliases_and_usage(database_url, tmp_path) -> Non
         rows = c.execute(text("SELECT tenant, tenant_uid, requests FROM usage")).all()
         assert [tuple(r) for r in rows] == [("acme", uid, 7)]
     db.dispose()
+
+
+def test_generated_keys_live_only_in_their_0600_files(start_gateway, tmp_path) -> None:
+    gw = start_gateway(api_key=None, admin_key=None, database_url=None)
+    data = tmp_path / "data"
+    for name in ("api_key", "admin_key"):
+        key = (data / name).read_text().strip()
+        assert (data / name).stat().st_mode & 0o777 == 0o600
+        stored = b"".join(p.read_bytes() for p in data.glob("adaptserve.db*"))
+        assert key.encode() not in stored
+    assert gw.client(api_key=(data / "api_key").read_text().strip()).models.list().data

@@ -12,9 +12,11 @@ Invariants:
   resolved, and a retired version is unloaded only when its last lease ends.
 - Residency: at most `max_resident` adapters per upstream; the least recently used
   idle one is unloaded to make room (the base route's zero adapter is never evicted).
-- A version vLLM refused is not served for `RETRY_FAILED_S`, then tried again: one
-  failed load (a busy engine, a transient error) does not break it for everyone. The
-  reason is the admin's to read (`describe`); a tenant is told only that it failed.
+- A version vLLM refused is not served for a while, then tried again (`RETRY_FAILED_S`,
+  doubling with each failure in a row up to `RETRY_FAILED_MAX_S`): one failed load (a
+  busy engine, a transient error) does not break it for long, and a broken one is not
+  retried on every request. The reason is the admin's to read (`describe`); a tenant is
+  told only that it failed.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from adaptserve.upstream.client import AdapterLoadError, Upstream
 
 log = logging.getLogger(__name__)
 
-RETRY_FAILED_S = 60.0
+RETRY_FAILED_S = 5.0
+RETRY_FAILED_MAX_S = 300.0
 
 
 class AdapterNotFoundError(NotFoundError):
@@ -59,13 +62,18 @@ class AdapterVersion:
     rank: int
     error: str | None = None  # set when vLLM refused it; it is then not served for a while
     failed_at: float = 0.0
+    failures: int = 0  # in a row
     last_used: float = field(default_factory=time.monotonic)
 
     def refused(self) -> bool:
-        """Refused recently: not served until RETRY_FAILED_S has passed."""
-        if self.error is not None and time.monotonic() - self.failed_at >= RETRY_FAILED_S:
+        """Refused recently: not served until its back-off has passed."""
+        wait = min(RETRY_FAILED_S * 2 ** max(self.failures - 1, 0), RETRY_FAILED_MAX_S)
+        if self.error is not None and time.monotonic() - self.failed_at >= wait:
             self.error = None  # try again
         return self.error is not None
+
+    def failed(self, reason: str) -> None:
+        self.error, self.failed_at, self.failures = reason, time.monotonic(), self.failures + 1
 
     @property
     def internal_name(self) -> str:
@@ -295,13 +303,14 @@ class AdapterRegistry:
             except AdapterLoadError as exc:
                 self._metrics.adapter_loads.labels("failed").inc()
                 if adapter is not self._zero:
-                    adapter.error, adapter.failed_at = exc.message, time.monotonic()
+                    adapter.failed(exc.message)
                     log.error("adapter %s failed to load on %s: %s", adapter.internal_name, upstream.url, exc.message)
                 # The reason names server paths and internal names: it is the admin's.
                 raise AdapterLoadError("The model server could not load this model; retry later.") from exc
             finally:
                 self._loading.discard(key)
             self._loaded[key] = generation
+            adapter.failures = 0
             self._holders.setdefault(adapter.internal_name, {})[upstream.url] = upstream
             self._metrics.adapter_loads.labels("ok").inc()
             self._metrics.adapter_load_seconds.observe(time.perf_counter() - started)

@@ -69,13 +69,15 @@ class Soak:
 
 async def setup_tenants(url: str, admin_key: str, tenants: int, adapters: list[str]) -> list[str]:
     """Tenants `soak-T` with one key each; alias `chat` is the base model (tenant 0) or
-    an adapter (the others, in turn). Returns the keys."""
+    an adapter (the others, in turn), and `default` the base model, which the shipped
+    templates name. Returns the keys."""
     keys = []
     async with AsyncClient(url, admin_key, max_retries=0, timeout=120) as admin:
         for t in range(tenants):
             name = f"soak-{t}"
             await admin.admin.tenants.create(name)
             keys.append((await admin.admin.keys.create(name))["key"])
+            await admin.admin.aliases.set(name, "default", base=True)
             if t == 0 or not adapters:
                 await admin.admin.aliases.set(name, "chat", base=True)
             else:

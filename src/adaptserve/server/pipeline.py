@@ -33,7 +33,7 @@ from adaptserve.errors import (
     UpstreamUnavailableError,
 )
 from adaptserve.metrics import Metrics
-from adaptserve.server.bounds import RequestBounds
+from adaptserve.server.bounds import RequestBounds, Reservation
 from adaptserve.server.protocol import ChatRequest, CompletionRequest, check_request
 from adaptserve.server.streaming import EventStreamResponse, relay
 from adaptserve.tenancy.auth import Principal
@@ -68,6 +68,7 @@ class Call:
     label: str  # the metrics' endpoint label
     template: str = ""
     reserved: int = 0  # tokens reserved at admission
+    reserved_prompt: int = 0  # of which the prompt (an upper bound)
     started: float = field(default_factory=time.perf_counter)
     status: int = 500
     prompt_tokens: int = 0
@@ -91,15 +92,18 @@ class Call:
         self.status = UpstreamUnavailableError.status
 
     def cut(self) -> None:
-        """The client left mid-stream: what the engine generated until then is metered."""
+        """The client left mid-stream: what the engine did until then is metered. Cut
+        before vLLM reported anything, the prompt's bound is charged: prefill ran."""
         if self.status == 200:
             self.status = CLIENT_CLOSED
+            if not self.prompt_tokens:
+                self.prompt_tokens = self.reserved_prompt
 
     def charge_reserved(self) -> None:
         """The gateway gave up waiting: the engine may have done all of the reserved
         work, and vLLM does not say how much it did, so the reservation is charged."""
         self.unmeasured = True
-        self.prompt_tokens, self.completion_tokens = 0, self.reserved
+        self.prompt_tokens, self.completion_tokens = self.reserved_prompt, self.reserved - self.reserved_prompt
 
     @property
     def metered(self) -> bool:
@@ -215,13 +219,13 @@ class Pipeline:
 
     @asynccontextmanager
     async def admitted(
-        self, principal: Principal, model: str, *, label: str, template: str = "", reserve: int = 0
+        self, principal: Principal, model: str, reserve: Reservation, *, label: str, template: str = ""
     ) -> AsyncIterator[Admission]:
-        """Resolve, admit (reserving `reserve` tokens) and lease; on exit, however it
-        exits, settle the quota and meter what was used."""
+        """Resolve, admit (reserving the request's worst case) and lease; on exit,
+        however it exits, settle the quota and meter what was used."""
         target = await asyncio.to_thread(self.resolve, principal.tenant, model)
-        self._quotas.admit(principal.uid, principal.limits, reserve)
-        call = Call(principal.tenant, principal.uid, model, label, template, reserve)
+        self._quotas.admit(principal.uid, principal.limits, reserve.total)
+        call = Call(principal.tenant, principal.uid, model, label, template, reserve.total, reserve.prompt)
         try:
             with self._registry.lease(target.adapter):
                 yield Admission(self, principal, target, call)
@@ -256,7 +260,7 @@ class Pipeline:
         """One non-streamed engine call in its own admission."""
         reserve = self.bounds.check(body, endpoint is Endpoint.CHAT)
         label = "template" if template else endpoint.name.lower()
-        async with self.admitted(principal, model, label=label, template=template, reserve=reserve) as admission:
+        async with self.admitted(principal, model, reserve, label=label, template=template) as admission:
             return Answer(await admission.forward(endpoint, body), admission.target)
 
     async def open_stream(
@@ -267,7 +271,7 @@ class Pipeline:
         label = "template" if template else endpoint.name.lower()
         async with AsyncExitStack() as stack:  # closes the admission if the stream fails to open
             admission = await stack.enter_async_context(
-                self.admitted(principal, model, label=label, template=template, reserve=reserve)
+                self.admitted(principal, model, reserve, label=label, template=template)
             )
             stream = await admission.open_stream(endpoint, body)
             stack.push_async_callback(stream.close)
@@ -294,7 +298,10 @@ class Pipeline:
         # checks), the first try fails before any output and we load it again.
         for _attempt in range(2):
             upstream = self.pool.pick()
-            await self._registry.ensure_loaded(upstream, target.adapter)
+            try:
+                await self._registry.ensure_loaded(upstream, target.adapter)
+            except UpstreamTimeoutError as exc:  # no generation ran: not the request's timeout
+                raise UpstreamUnavailableError("The model server did not load the model in time; retry.") from exc
             try:
                 if stream:
                     return await upstream.open_stream(endpoint.path, body)

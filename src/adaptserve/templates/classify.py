@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adaptserve.errors import InvalidRequestError, UpstreamError
+from adaptserve.server.bounds import Reservation
 from adaptserve.server.pipeline import Admission, Endpoint, Pipeline
 from adaptserve.templates.registry import TemplateRegistry, TemplateVersion
 from adaptserve.templates.render import Renderer, calibration_inputs, content_free_inputs, label_answer
@@ -112,7 +113,7 @@ class Classifier:
         spec = template.spec
         reserve = self._reserve(template, inputs)
         async with self._pipeline.admitted(
-            principal, spec.model, label="template", template=template.name, reserve=reserve
+            principal, spec.model, reserve, label="template", template=template.name
         ) as admission:
             scored = await self.score(admission, template, inputs)
             bias = await self._bias(admission, template) if spec.calibration else None
@@ -197,7 +198,7 @@ class Classifier:
             self._plans[spec.digest] = plan
         return self._plans[spec.digest]
 
-    def _reserve(self, template: TemplateVersion, inputs: list[dict[str, Any]]) -> int:
+    def _reserve(self, template: TemplateVersion, inputs: list[dict[str, Any]]) -> Reservation:
         """The call's worst-case tokens: each input's rendered prompt (bytes bound
         tokens) once per read, one generated token per read, and the content-free
         inputs' reads when the calibration may still have to be computed."""
@@ -206,7 +207,7 @@ class Classifier:
         reads = len(plan.prefixes) if plan else sum(len(label.text.encode()) + 1 for label in spec.labels)
         items = list(inputs) + (calibration_inputs(spec) if spec.calibration else [])
         prompt = sum(len(json.dumps(self._renderer.messages(spec, i), ensure_ascii=False).encode()) for i in items)
-        return reads * (prompt + len(items))
+        return Reservation(reads * prompt, reads * (prompt + len(items)))
 
     async def _bias(self, admission: Admission, template: TemplateVersion) -> list[float]:
         """The stored content-free label distribution, computed on first use. Keyed by

@@ -175,12 +175,16 @@ class TemplateRegistry:
 
     def calibration(self, template: TemplateVersion, model: str) -> list[float] | None:
         with self._db.session() as s:
+            if not _same_version(s, template):
+                return None
             row = s.get(TemplateCalibrationRow, (template.template_id, template.version, model))
             return list(row.probs) if row else None
 
     def save_calibration(self, template: TemplateVersion, model: str, probs: list[float]) -> None:
         try:
             with self._db.session() as s:
+                if not _same_version(s, template):
+                    return  # deleted meanwhile (and its id maybe reused): the bias is no one's
                 s.merge(
                     TemplateCalibrationRow(
                         template_id=template.template_id, version=template.version, model=model, probs=probs
@@ -201,6 +205,12 @@ class TemplateRegistry:
         if row is None:
             raise TemplateNotFoundError(f"template {name} does not exist" + (f" for tenant {owner}" if owner else ""))
         return row
+
+
+def _same_version(s: Session, template: TemplateVersion) -> bool:
+    """The stored row of this version still holds this template's content."""
+    row = s.get(TemplateVersionRow, (template.template_id, template.version))
+    return row is not None and row.digest == template.spec.digest
 
 
 def _version_dict(row: TemplateRow, version: TemplateVersionRow) -> dict:

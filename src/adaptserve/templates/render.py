@@ -28,26 +28,29 @@ Message = dict[str, str]
 # chat templates commonly use are defused instead, and so is every `<|`: it opens the
 # `<|...|>` special tokens of most current model families.
 COMMON_MARKERS = frozenset(
-    {"<s>", "</s>", "[INST]", "[/INST]", "<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>", "<|", "|>"}
+    {
+        *("<s>", "</s>", "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"),
+        *("[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>"),
+        *("<think>", "</think>", "<tool_call>", "</tool_call>", "<|", "|>", "<｜", "｜>"),
+    }
 )
 
 
 def special_tokens(model_dir: Path | None) -> frozenset[str]:
-    """The special-token strings of a local model's tokenizer (e.g. `<|im_end|>`), or
-    the common markers when the model's files are not here."""
+    """The added-token strings of a local model's tokenizer (`<|im_end|>`, and the
+    non-special ones chat templates also use, such as `<think>`), or the common markers
+    when the model's files are not here."""
     if model_dir is None:
         return COMMON_MARKERS
     found: set[str] = set()
     config = model_dir / "tokenizer_config.json"
     if config.is_file():
         data = json.loads(config.read_text())
-        for token in (data.get("added_tokens_decoder") or {}).values():
-            if token.get("special"):
-                found.add(token["content"])
+        found.update(token["content"] for token in (data.get("added_tokens_decoder") or {}).values())
     tokenizer = model_dir / "tokenizer.json"
     if tokenizer.is_file():
         data = json.loads(tokenizer.read_text())
-        found.update(t["content"] for t in data.get("added_tokens") or [] if t.get("special"))
+        found.update(t["content"] for t in data.get("added_tokens") or [])
     return frozenset(t for t in found if len(t) > 1)
 
 

@@ -8,7 +8,8 @@ in the last minute, plus every reservation still open, plus this request's worst
 (`reserve`: prompt + max_tokens × n, see `serving`'s estimate) fit under
 `tokens_per_minute`; when it ends its reservation is replaced by what it really used,
 which the estimate bounds. So the tokens charged in any 60-second window never exceed the
-limit, whatever the size or concurrency of the requests. State is keyed by the
+limit, whatever the size or concurrency of the requests. A request whose worst case
+alone is over the limit can never pass: it is a 400 naming `max_tokens`. State is keyed by the
 tenant's uid: a tenant created again under a deleted one's name starts afresh.
 """
 
@@ -19,7 +20,7 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 
-from adaptserve.errors import RateLimitError
+from adaptserve.errors import InvalidRequestError, RateLimitError
 
 WINDOW_S = 60.0
 
@@ -65,11 +66,12 @@ class QuotaGate:
             self._tokens[tenant].append((time.monotonic(), used))
 
     def _check_tokens(self, tenant: str, limit: int, reserve: int, now: float) -> None:
-        if reserve > limit:
-            raise RateLimitError(
+        if reserve > limit:  # waiting would not help: a 400, not a 429
+            raise InvalidRequestError(
                 f"this request may use up to {reserve} tokens (prompt + max_tokens × n), more than the "
                 f"limit of {limit} tokens per minute; lower max_tokens or n",
-                math.ceil(WINDOW_S),
+                param="max_tokens",
+                code="tokens_over_limit",
             )
         tokens = self._tokens[tenant]
         charged = sum(n for _, n in tokens)

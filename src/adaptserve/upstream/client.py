@@ -115,7 +115,7 @@ class Upstream:
         try:
             response = await self._http.send(request, stream=True)
             try:
-                content = await _read_bounded(response, self.max_answer_bytes)
+                content = await _read_bounded(response, self.max_answer_bytes, truncate=response.status_code != 200)
             finally:
                 await response.aclose()
         except httpx.HTTPError as exc:
@@ -165,11 +165,14 @@ class Upstream:
         return UpstreamUnavailableError()
 
 
-async def _read_bounded(response: httpx.Response, limit: int) -> bytes:
+async def _read_bounded(response: httpx.Response, limit: int, truncate: bool) -> bytes:
+    """The body, up to `limit` bytes: an answer over it is refused; an error's is cut."""
     chunks, size = [], 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > limit:
+            if truncate:
+                break
             raise AnswerTooLargeError(limit)
         chunks.append(chunk)
     return b"".join(chunks)

@@ -87,7 +87,8 @@ class Supervisor:
     def environment(self) -> dict[str, str]:
         """The gateway's environment without its own settings: the admin and API keys
         and the database URL (with its password) never reach the engine's processes."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+        # Settings are read case-insensitively: so is the filter.
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # safe: only the gateway reaches it
         env.pop("VLLM_LORA_RESOLVER_CACHE_DIR", None)  # the gateway alone decides what loads
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self._settings.kv_cache_gib))

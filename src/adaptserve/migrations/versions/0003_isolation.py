@@ -28,6 +28,8 @@ def upgrade() -> None:
             sa.text("UPDATE tenants SET uid = :uid WHERE name = :name"), {"uid": secrets.token_hex(8), "name": name}
         )
     op.create_index("ix_tenants_uid", "tenants", ["uid"], unique=True)
+    if connection.dialect.name != "sqlite":  # in place there; SQLite would rebuild the table
+        op.alter_column("tenants", "uid", existing_type=sa.String(length=32), nullable=False)
 
     # Usage rows belong to one tenant incarnation: the uid joins the key. Copy the rows
     # into a table with the new key (SQLite cannot alter a key); rows of tenants that no

@@ -29,7 +29,8 @@ def models(gateway: GatewayDep, principal: PrincipalDep) -> dict:
     """Only the caller's aliases, and only those that can be served now."""
     entries = []
     for alias in gateway.tenants.aliases(principal.tenant):
-        parent = None if alias.base else alias.adapter
+        # An adapter alias's parent is the base model: the adapter's catalog name is the admin's.
+        parent = None if alias.base else gateway.registry.base_name
         if alias.base or gateway.registry.target(alias.alias, alias.adapter, alias.version) is not None:
             entries.append(
                 {
