@@ -74,24 +74,32 @@ def add_student(url: str, base: Path, templates: Path, folder: Path) -> None:
         client.admin.templates.apply("sentiment-student", document | {"name": "sentiment-student", "model": "student"})
 
 
+BATCH = 16  # inputs per call in the batched rows
+
+
 def templates(urls: dict[str, str], texts: list[Any], concurrency: int, rounds: int) -> dict[str, Any]:
-    """Inputs/s of one-input template calls: `sentiment` on each engine, and on the
-    plugin engine the 8-shot teacher against the zero-shot prompt on a student adapter."""
-    sides = {f"sentiment, {name}": (url, "sentiment") for name, url in urls.items()}
-    sides["teacher: sentiment-fewshot on the base, plugin"] = (urls["plugin"], "sentiment-fewshot")
-    sides["student: sentiment on an adapter, plugin"] = (urls["plugin"], "sentiment-student")
-    for url, name in sides.values():  # calibration and the first log-probabilities request
+    """Inputs/s of template calls, one input per call and batches of 16: `sentiment` on
+    each engine, and on the plugin engine the 8-shot teacher against the zero-shot
+    prompt on a student adapter (one input per call)."""
+    sides = {f"sentiment, {name}": (url, "sentiment", 1) for name, url in urls.items()}
+    sides |= {f"sentiment, {name}, batches of {BATCH}": (url, "sentiment", BATCH) for name, url in urls.items()}
+    sides["teacher: sentiment-fewshot on the base, plugin"] = (urls["plugin"], "sentiment-fewshot", 1)
+    sides["student: sentiment on an adapter, plugin"] = (urls["plugin"], "sentiment-student", 1)
+    for url, name, _ in sides.values():  # calibration and the first log-probabilities request
         asyncio.run(template_side(url, KEY, name, texts[-4:], "text", 1, 4))
     runs: dict[str, list[float]] = {side: [] for side in sides}
     n = (len(texts) - 4) // rounds
     for r in range(rounds):
         for side in sides if r % 2 == 0 else reversed(sides):
-            url, name = sides[side]
-            report = asyncio.run(template_side(url, KEY, name, texts[r * n : (r + 1) * n], "text", 1, concurrency))
+            url, name, batch = sides[side]
+            chunk = texts[r * n : (r + 1) * n]
+            report = asyncio.run(template_side(url, KEY, name, chunk, "text", batch, concurrency))
             runs[side].append(report["throughput"]["inputs_per_s"])
     median = {side: statistics.median(v) for side, v in runs.items()}
     ratio = {
         "sentiment, plugin / stock": median["sentiment, plugin"] / median["sentiment, stock"],
+        f"sentiment in batches of {BATCH}, plugin / stock": median[f"sentiment, plugin, batches of {BATCH}"]
+        / median[f"sentiment, stock, batches of {BATCH}"],
         "student / teacher": median["student: sentiment on an adapter, plugin"]
         / median["teacher: sentiment-fewshot on the base, plugin"],
     }
