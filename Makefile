@@ -51,7 +51,7 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks clients
 	$(BIN)/ruff check --fix src tests benchmarks clients
 
-# The CPU-sized harness run (about 12 minutes here); its report goes to benchmarks/results/bench/.
+# The CPU-sized harness run (about 18 minutes here); its report goes to benchmarks/results/bench/.
 bench: $(STAMP)
 	$(BIN)/adaptserve prepare-model
 	$(BIN)/adaptserve bench
