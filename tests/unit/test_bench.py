@@ -55,8 +55,10 @@ def test_the_load_generator_times_streams_through_the_gateway(start_gateway, fak
     assert [r.error for r in run.records] == [None] * 6
     for record in run.records:
         assert record.output_tokens == 5 and len(record.token_times) == 5 and record.prompt_tokens > 0
-        # tokens 20 ms apart, each timed on its own (less a busy machine's jitter)
-        assert 0 < record.ttft <= record.end - record.start and all(gap >= 0.005 for gap in record.itl)
+        # Tokens 20 ms apart, each timed on its own: a stall of the machine may bunch two
+        # of them, but the five span their gaps, and none comes before the one before it.
+        assert 0 < record.ttft <= record.end - record.start and all(gap >= 0 for gap in record.itl)
+        assert record.token_times[-1] - record.token_times[0] >= 0.04
     assert run.summary()["output_tokens_per_s"] == pytest.approx(30 / run.wall_s)
     sent = [r for r in fake.requests if r.get("stream")]
     assert all(r["ignore_eos"] and r["min_tokens"] == r["max_tokens"] == 5 for r in sent)
