@@ -72,11 +72,11 @@ def test_hot_swap_keeps_the_stream_and_unloads_the_old_version(server, adapter_d
     solo = {m: chat(server.client(), m, prompt, max_tokens=48) for m in ("a1", "a2")}
     pieces: list[str] = []
 
-    def stream() -> None:  # long enough to still be generating when the swap happens
+    def stream() -> None:  # long enough to still be generating when the swap happens (the engine plugin is fast)
         for chunk in client.chat.completions.create(
             model="m",
             messages=[{"role": "user", "content": prompt}],
-            max_tokens=300,
+            max_tokens=1200,
             temperature=0,
             stream=True,
             extra_body={"ignore_eos": True},
