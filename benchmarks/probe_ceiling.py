@@ -19,10 +19,10 @@ import torch
 from served import MODELS_DIR, ROOT
 from template_ladder import TASKS  # dataset -> (zero-shot, few-shot template, input field)
 
-from adaptserve.adapt.data import load_dataset
-from adaptserve.adapt.task import Task
-from adaptserve.models import resolve_model
+from adaptserve.datasets import load_dataset
+from adaptserve.default_model import resolve_model
 from adaptserve.templates.spec import load_document
+from adaptserve.training.task import Task
 
 
 @torch.no_grad()

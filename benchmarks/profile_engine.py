@@ -25,13 +25,13 @@ from pathlib import Path
 import httpx
 from adaptserve_client import Client
 
-from adaptserve.adapt.data import load_dataset
 from adaptserve.bench.classify_race import template_side
 from adaptserve.bench.fleet import make_adapter
 from adaptserve.bench.loadgen import closed_loop, workload
 from adaptserve.bench.run import free_port
 from adaptserve.bench.served import ADMIN_KEY, KEY, Served
-from adaptserve.models import resolve_model
+from adaptserve.datasets import load_dataset
+from adaptserve.default_model import resolve_model
 
 ROWS = 40  # operator rows kept from vLLM's table
 

@@ -24,9 +24,9 @@ from typing import Any
 import httpx
 from served import KEY, MODELS_DIR, ROOT, Served  # benchmarks/ is the script's folder
 
-from adaptserve.adapt.data import load_dataset
+from adaptserve.datasets import load_dataset
+from adaptserve.default_model import resolve_model
 from adaptserve.evaluation import Evaluator
-from adaptserve.models import resolve_model
 from adaptserve.quantize.env import folder_size
 
 

@@ -26,12 +26,12 @@ from typing import Any
 import httpx
 import yaml
 
-from adaptserve.adapt.data import Example, load_dataset
-from adaptserve.adapt.distill import match_label
 from adaptserve.bench.classify_race import race, scored, template_side
-from adaptserve.models import resolve_model
+from adaptserve.datasets import Example, load_dataset
+from adaptserve.default_model import resolve_model
 from adaptserve.templates.render import Renderer
 from adaptserve.templates.spec import TemplateSpec, load_document
+from adaptserve.training.distill import match_label
 
 ROOT = Path(__file__).parents[1]
 TASKS = {  # dataset -> (zero-shot template, few-shot template, input field)

@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -32,7 +33,7 @@ def _default_data_dir() -> Path:
 
 
 class VLLMSettings(BaseModel):
-    """How the supervised `vllm serve` child is started (ignored with `upstreams`)."""
+    """How the supervised `vllm serve` child is started (ignored with `upstreams` or `upstream_dns`)."""
 
     max_lora_rank: int = Field(16, ge=1, description="--max-lora-rank: largest adapter rank served")
     max_loras: int = Field(4, ge=1, description="--max-loras: adapters in one batch (engine slots)")
@@ -89,6 +90,12 @@ class Settings(BaseSettings):
     upstreams: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="vLLM base URLs to front instead of starting a child"
     )
+    upstream_dns: str | None = Field(
+        None,
+        description="a vLLM URL whose host is a headless Service (several addresses): one upstream per address, "
+        "re-resolved every dns_interval_s, instead of starting a child",
+    )
+    dns_interval_s: float = Field(10.0, gt=0, description="how often upstream_dns is resolved again")
     adapters: dict[str, Path] = Field(default_factory=dict, description="name -> PEFT LoRA folder")
     templates_dir: Path | None = Field(
         None, description="a folder of template YAML files applied (and made active) at start-up"
@@ -126,8 +133,26 @@ class Settings(BaseSettings):
     )
     max_adapter_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest adapter upload, unpacked")
     max_resident_adapters: int = Field(8, ge=1, description="adapters kept loaded per upstream (LRU)")
+    routing: Literal["picker", "round_robin"] = Field(
+        "picker",
+        description="how a replica is chosen with several upstreams: picker (serving/picker.py: where the adapter "
+        "is, else its home set, by load); round_robin is the baseline the benchmark compares against: every "
+        "replica in turn, whatever it holds",
+    )
     health_interval_s: float = Field(2.0, gt=0)
+    load_scrape_interval_s: float = Field(
+        0.25, gt=0, description="how often each engine's /metrics (its queue) is read, with several upstreams"
+    )
+    health_failures: int = Field(
+        3,
+        ge=1,
+        description="failed /health probes in a row (slow or erroring) before an upstream counts as down; "
+        "a refused connection counts at once",
+    )
     usage_flush_interval_s: float = Field(1.0, gt=0, description="how often metered usage is written")
+    quota_sync_interval_s: float = Field(
+        1.0, gt=0, description="PostgreSQL: how often the gateway replicas exchange their quota counts"
+    )
     log_level: str = "info"
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
 
@@ -143,6 +168,22 @@ class Settings(BaseSettings):
     def _strip_slash(cls, value: list[str]) -> list[str]:
         return [u.rstrip("/") for u in value]
 
+    @field_validator("upstream_dns")
+    @classmethod
+    def _dns_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"upstream_dns needs a URL such as http://vllm-engines:8000, not {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_source_of_upstreams(self) -> Settings:
+        if self.upstreams and self.upstream_dns:
+            raise ValueError("give upstreams or upstream_dns, not both (DNS decides the whole set)")
+        return self
+
     @model_validator(mode="after")
     def _one_group_per_tenant(self) -> Settings:
         seen: dict[str, str] = {}
@@ -153,6 +194,11 @@ class Settings(BaseSettings):
                 if seen.setdefault(tenant, group) != group:
                     raise ValueError(f"tenant {tenant} is in cache groups {seen[tenant]} and {group}; one at most")
         return self
+
+    @property
+    def external_engines(self) -> bool:
+        """vLLM runs elsewhere (`upstreams` or `upstream_dns`): no child is started."""
+        return bool(self.upstreams or self.upstream_dns)
 
     @property
     def tenant_cache_groups(self) -> dict[str, str]:
@@ -173,7 +219,7 @@ class Settings(BaseSettings):
         if self.served_model_name:
             return self.served_model_name
         if self.model == "default":
-            from adaptserve.models import DEFAULT_MODEL_NAME
+            from adaptserve.default_model import DEFAULT_MODEL_NAME
 
             return DEFAULT_MODEL_NAME
         return Path(self.model).name
@@ -193,17 +239,29 @@ class Settings(BaseSettings):
         if path:
             if not Path(path).is_file():
                 raise ConfigurationError(f"settings file {path} does not exist")
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+            sources.append(_SettingsFile(settings_cls, Path(path)))
         return tuple(sources)
+
+
+class _SettingsFile(YamlConfigSettingsSource):
+    """The YAML settings file, its relative paths taken relative to the file's folder
+    (a path on the command line or in the environment is relative to where the
+    command runs)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        self._folder = path.absolute().parent
+        super().__init__(settings_cls, yaml_file=path)
+
+    def __call__(self) -> dict[str, Any]:
+        values = super().__call__()
+        if isinstance(values.get("adapters"), dict):
+            values["adapters"] = {name: self._folder / str(p) for name, p in values["adapters"].items()}
+        if values.get("templates_dir"):
+            values["templates_dir"] = self._folder / str(values["templates_dir"])
+        return values
 
 
 def load_settings(**flags: Any) -> Settings:
     """Build the settings; `flags` are command-line values (None means not given)."""
     given = {k: v for k, v in flags.items() if v not in (None, [], ())}
-    settings = Settings(**given)
-    if settings.config is not None:  # relative adapter paths are relative to the file
-        base = settings.config.parent
-        settings.adapters = {name: p if p.is_absolute() else (base / p) for name, p in settings.adapters.items()}
-        if settings.templates_dir is not None and not settings.templates_dir.is_absolute():
-            settings.templates_dir = base / settings.templates_dir
-    return settings
+    return Settings(**given)

@@ -10,6 +10,7 @@ import datetime as dt
 import logging
 import re
 import secrets
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -79,6 +81,7 @@ class ApiKeyRow(Base):
     tenant: Mapped[str] = mapped_column(ForeignKey("tenants.name", ondelete="CASCADE"), index=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
+    role: Mapped[str] = mapped_column(String(16), default="api")  # "api" (/v1) or "admin" (its tenant's /admin)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -96,6 +99,9 @@ class RevokedKeyRow(Base):
 class AdapterRow(Base):
     __tablename__ = "adapters"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The uid of the tenant that pushed it ("": global, the operator's): a tenant created
+    # again under a deleted one's name does not inherit its adapters.
+    owner: Mapped[str] = mapped_column(String(32), default="")
     active_version: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
@@ -168,6 +174,39 @@ class UsageRow(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class QuotaShareRow(Base):
+    """One gateway replica's live quota counts for one tenant (PostgreSQL deployments):
+    what the other replicas add to their own when they admit a request."""
+
+    __tablename__ = "quota_shares"
+    tenant_uid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    replica: Mapped[str] = mapped_column(String(32), primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer, default=0)  # admitted in the last minute
+    tokens: Mapped[int] = mapped_column(Integer, default=0)  # charged in the last minute plus reserved now
+    active: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[float] = mapped_column(Float)  # epoch seconds: a replica that stops syncing drops out
+
+
+class AuditRow(Base):
+    """One admin mutation (or attempt): who (a key id, never the key), what, on what,
+    its outcome, when and from where. Written by the gateway; the API only reads it."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(160))  # "operator", "TENANT/KEY_ID" or "unauthenticated"
+    action: Mapped[str] = mapped_column(String(160))  # method and route, e.g. "PUT /admin/tenants/{tenant}/quotas"
+    target: Mapped[str] = mapped_column(String(512))  # the path acted on
+    # The tenant it concerns: a tenant admin's own; the operator's target; none for a refused key.
+    tenant: Mapped[str] = mapped_column(String(64), default="", index=True)
+    status: Mapped[int] = mapped_column(Integer)
+    address: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)  # before/after versions where a route says
+
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -211,9 +250,11 @@ class Database:
         self.engine.dispose()
 
 
-def _sqlite_pragmas(connection: object, _record: object) -> None:
-    cursor = connection.cursor()  # type: ignore[attr-defined]
+def _sqlite_pragmas(connection: sqlite3.Connection, _record: object) -> None:
+    cursor = connection.cursor()
+    # First, so that the pragmas below wait too. A writer waits up to 30 s for another's
+    # commit before the request is a 503: on a loaded machine one fsync can take seconds.
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")  # SQLite ignores ON DELETE without it
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
-    cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()

@@ -71,6 +71,14 @@ class AuthenticationError(APIError):
     code = "invalid_api_key"
 
 
+class PermissionDeniedError(APIError):
+    """The caller is known but may not do this (a tenant admin on an operator's route)."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
+
+
 class NotFoundError(APIError):
     status = 404
     type = "invalid_request_error"
@@ -137,6 +145,10 @@ class UpstreamError(APIError):
     code = "upstream_error"
 
 
+class UpstreamServerError(UpstreamError):
+    """vLLM answered 5xx: nothing reached the client yet, so another replica may serve it."""
+
+
 class ConflictError(APIError):
     status = 409
     type = "invalid_request_error"
@@ -150,6 +162,14 @@ class RateLimitError(APIError):
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class QuotaExceededError(RateLimitError):
+    """A tenant quota refused the request; `limit` says which (the metrics' label)."""
+
+    def __init__(self, limit: str, message: str, retry_after: int) -> None:
+        super().__init__(message, retry_after)
+        self.limit = limit  # "concurrent", "requests_per_minute" or "tokens_per_minute"
 
 
 class DatabaseUnavailableError(APIError):

@@ -18,9 +18,9 @@ from typing import Any
 
 from adaptserve_client import AdaptserveError, AsyncClient, Classification, Client, Template
 
-from adaptserve.adapt.data import Example
+from adaptserve.datasets import Example
 from adaptserve.errors import ConfigurationError
-from adaptserve.templates.classify import normalise
+from adaptserve.templates.calibration import normalise
 
 
 @dataclass
@@ -119,17 +119,28 @@ class Evaluator:
         unknown = sorted({e.label for e in examples} - set(described.labels))
         if unknown:
             raise ConfigurationError(f"labels {unknown} are not labels of {self.template} ({described.labels})")
-        chunks = [examples[i : i + self.batch] for i in range(0, len(examples), self.batch)]
-        answers: list[list[Any] | None] = [None] * len(chunks)
+        inputs = [{input_field: e.text} for e in examples]
+        answers, latencies = await self.explained(inputs, progress)
+        out = Predictions(described.labels, latencies=latencies)
+        for example, result in zip(examples, answers, strict=True):
+            _add(out, example, result, described.raw.get("temperature", 1.0))
+        return out
+
+    async def explained(
+        self, inputs: list[dict[str, Any]], progress: Any = None
+    ) -> tuple[list[Classification], list[float]]:
+        """Every input's answer, with `explain` (the label log-probabilities before
+        calibration), in order; and each call's latency."""
+        chunks = [inputs[i : i + self.batch] for i in range(0, len(inputs), self.batch)]
+        answers: list[list[Any]] = [[] for _ in chunks]
         latencies: list[float] = []
         gate = asyncio.Semaphore(self.concurrency)
         async with AsyncClient(self.url, self.key, timeout=600, max_retries=5) as client:
 
             async def one(i: int) -> None:
                 async with gate:
-                    inputs = [{input_field: e.text} for e in chunks[i]]
                     started = time.perf_counter()
-                    answers[i] = await client.templates.run_batch(self.template, inputs, explain=True)
+                    answers[i] = await client.templates.run_batch(self.template, chunks[i], explain=True)
                     latencies.append(time.perf_counter() - started)
                     if progress is not None:
                         progress.update(len(chunks[i]))
@@ -138,22 +149,22 @@ class Evaluator:
                 await asyncio.gather(*(one(i) for i in range(len(chunks))))
             except AdaptserveError as exc:
                 raise ConfigurationError(f"the server refused a batch: {exc}") from exc
-        out = Predictions(described.labels, latencies=latencies)
+        out: list[Classification] = []
         for chunk, results in zip(chunks, answers, strict=True):
-            for example, result in zip(chunk, results or [], strict=True):
+            for item, result in zip(chunk, results, strict=True):
                 if not isinstance(result, Classification):
-                    raise ConfigurationError(f"the server failed on {example.text!r}: {result}")
-                _add(out, example, result)
-        return out
+                    raise ConfigurationError(f"the server failed on {item}: {result}")
+                out.append(result)
+        return out, latencies
 
 
-def _add(out: Predictions, example: Example, result: Classification) -> None:
+def _add(out: Predictions, example: Example, result: Classification, temperature: float) -> None:
     out.gold.append(example.label)
     out.predicted.append(result.label)
     out.confidence.append(result.confidence)
     explain = result.explain or {}
     raw = explain["logprobs"]  # before calibration, over the labels
-    probs = dict(zip(raw, normalise(list(raw.values())), strict=True))
+    probs = dict(zip(raw, normalise(list(raw.values()), temperature), strict=True))
     top = max(probs, key=probs.__getitem__)
     out.raw_predicted.append(top)
     out.raw_confidence.append(probs[top])
@@ -184,6 +195,10 @@ def table(result: dict[str, Any]) -> str:
         if name in result:
             m = result[name]
             rows.append(f"| {name} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {m['ece']:.3f} |")
+    for name, m in (result.get("baselines") or {}).items():
+        rows.append(
+            f"| baseline {name} ({m['trained_on']}) | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {m['ece']:.3f} |"
+        )
     best = result.get("calibrated") or result["uncalibrated"]
     rows += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for label, c in best["per_class"].items():

@@ -7,7 +7,7 @@ import contextlib
 import socket
 import threading
 
-from tests.servers import free_port
+from tests.helpers import free_port
 
 
 class TcpProxy:

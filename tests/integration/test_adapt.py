@@ -16,12 +16,10 @@ import httpx
 import pytest
 import torch
 
-from adaptserve.adapt.data import load_dataset
-from adaptserve.adapt.task import Task
+from adaptserve.datasets import load_dataset
 from adaptserve.templates.spec import load_document
-from tests.integration.conftest import ADMIN_KEY, API_KEY
-from tests.integration.test_templates import run
-from tests.integration.test_tenancy import new_tenant
+from adaptserve.training.task import Task
+from tests.helpers import ADMIN_KEY, API_KEY, new_tenant, run_template
 
 TEMPLATES = Path(__file__).parents[2] / "templates"
 REVIEWS = [
@@ -48,19 +46,22 @@ def write_examples(path: Path, n: int) -> Path:
     return path
 
 
-def peft_logprobs(base: Path, adapter: Path, task: Task, text: str) -> dict[str, float]:
+def peft_logprobs(base: Path, adapter: Path, task: Task, texts: list[str]) -> list[dict[str, float]]:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter)
-    with torch.no_grad():
-        logits = model.eval()(input_ids=torch.tensor([list(task.prompt({"text": text}))])).logits[0, -1]
-    row = torch.log_softmax(logits.float(), dim=-1)
-    return {label.name: float(row[t[0]]) for label, t in zip(task.spec.labels, task.label_tokens, strict=True)}
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter).eval()
+    out = []
+    for text in texts:
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([list(task.prompt({"text": text}))])).logits[0, -1]
+        row = torch.log_softmax(logits.float(), dim=-1)
+        out.append({label.name: float(row[t[0]]) for label, t in zip(task.spec.labels, task.label_tokens, strict=True)})
+    return out
 
 
 def served_logprobs(server, key: str, template: str) -> list[dict[str, float]]:
-    answer = run(server, template, {"inputs": [{"text": r} for r in REVIEWS], "explain": True}, key=key).json()
+    answer = run_template(server, template, {"inputs": [{"text": r} for r in REVIEWS], "explain": True}, key=key).json()
     return [r["explain"]["logprobs"] for r in answer["results"]]
 
 
@@ -88,6 +89,7 @@ def test_train_push_serves_the_adapter_under_the_alias(server, base_model, tmp_p
         data=tmp_path,
     )
     assert "held-out (8 examples) before" in done.stdout
+    assert "held-out as served (template calibration on)" in done.stdout
     manifest = json.loads((out / "adaptserve-manifest.json").read_text())
     assert manifest["training"]["steps"] == 8 and manifest["data"]["examples"] == 32
     aliases = server.admin("GET", f"/tenants/{tenant}/models").json()["data"]
@@ -96,9 +98,8 @@ def test_train_push_serves_the_adapter_under_the_alias(server, base_model, tmp_p
     moved = max(abs(a[k] - b[k]) for a, b in zip(after, before, strict=True) for k in a)
     assert moved > 0.5, (before, after)  # the alias now answers with the new adapter
     task = Task.load(base_model, load_document((TEMPLATES / "sentiment.yaml").read_text()))
-    for text, served in zip(REVIEWS, after, strict=True):
-        expected = peft_logprobs(base_model, out, task, text)  # fp32 peft vs the bf16 engine
-        assert served == pytest.approx(expected, abs=0.3), (served, expected)
+    for served, expected in zip(after, peft_logprobs(base_model, out, task, REVIEWS), strict=True):
+        assert served == pytest.approx(expected, abs=0.3), (served, expected)  # fp32 peft vs the bf16 engine
 
 
 def test_training_prompts_are_the_engines_tokenization(server, base_model) -> None:

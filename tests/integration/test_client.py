@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from adaptserve_client import AsyncClient, BadRequestError, Client, NotFoundError
 
-from tests.integration.conftest import ADMIN_KEY, API_KEY
+from tests.helpers import ADMIN_KEY, API_KEY
 
 MESSAGE = "Hello, this is Dana Whitfield from Northwind Traders. Email me at dana@northwind.example."
 REVIEWS = [

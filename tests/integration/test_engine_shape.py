@@ -12,9 +12,7 @@ import httpx
 import yaml
 
 from adaptserve.bench.loadgen import Request, closed_loop
-from tests.integration.conftest import API_KEY, chat, common_prefix, running_server
-from tests.integration.makers import make_lora
-from tests.integration.test_tenancy import upload
+from tests.helpers import API_KEY, chat, common_prefix, make_lora, running_server, upload
 
 PROMPTS = ("What is the capital of France?", "Write a sentence about the sea.")
 

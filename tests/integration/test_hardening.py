@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.integration.conftest import API_KEY, chat
+from tests.helpers import API_KEY, chat
 
 HI = [{"role": "user", "content": "Say hi."}]
 CHAT = "/v1/chat/completions"
@@ -69,7 +69,7 @@ HOSTILE = {
     "a priority without priority scheduling": _chat(priority=10),
     "n 128 with a long answer": _chat(n=128, max_tokens=10**6),
     "request_id not a string": _chat(request_id={"a": 1}),
-    # Work bounds (server/bounds.py): refused before the engine sees them.
+    # Work bounds (serving/bounds.py): refused before the engine sees them.
     "prompts × n past the bound": _completion(prompt=["a"] * 200, n=2),
     "beam search": _chat(use_beam_search=True, n=4),
     "logprobs of a long batch held whole": _completion(prompt=["a"] * 64, max_tokens=200, logprobs=20),

@@ -6,7 +6,6 @@ restart, and the engine's processes hold none of the gateway's settings."""
 from __future__ import annotations
 
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import API_KEY, chat, running_server
+from tests.helpers import API_KEY, chat, common_prefix, follows_another, running_server, upload, usage, wait_for_usage
 
 # About 700 tokens: several of vLLM's 128-token cache blocks.
 LONG = "Here is a long note about the weather in the mountains, with many details. " * 45
@@ -26,18 +25,6 @@ def tenant(server, name: str, **quotas: int) -> str:
     if quotas:
         assert server.admin("PUT", f"/tenants/{name}/quotas", json=quotas).status_code == 200
     return server.admin("POST", f"/tenants/{name}/keys").json()["key"]
-
-
-def usage(server, key: str) -> list[dict]:
-    return httpx.get(server.url + "/v1/usage", headers={"Authorization": f"Bearer {key}"}).json()["data"]
-
-
-def wait_for_usage(server, key: str, timeout_s: float = 30) -> list[dict]:
-    deadline = time.monotonic() + timeout_s
-    while not (rows := usage(server, key)):
-        assert time.monotonic() < deadline, "no usage was recorded"
-        time.sleep(0.5)
-    return rows
 
 
 def cached_tokens(server, key: str, prompt: str) -> int:
@@ -182,3 +169,30 @@ def test_deletions_last_across_a_gateway_restart(server, base_model, tmp_path):
             gateway.client(api_key=old).models.list()
         new = tenant(gateway, "acme")
         assert usage(gateway, new) == []
+
+
+def test_a_tenant_admin_serves_its_own_adapter_and_sees_nothing_of_another_tenant(server, adapter_dirs):
+    """Tenant admin keys against the real engine: each tenant's admin uploads an adapter
+    and points an alias at it; its API key is served by it; the other tenant's admin
+    sees none of it; the audit trail names each key id."""
+    admins = {}
+    for name, folder in (("ta-one", "a1"), ("ta-two", "a2")):
+        assert server.admin("POST", "/tenants", json={"name": name}).status_code == 201
+        admins[name] = server.admin("POST", f"/tenants/{name}/keys", json={"role": "admin"}).json()
+        assert upload(server, f"{name}-lora", adapter_dirs[folder], key=admins[name]["key"]).status_code == 201
+        alias = server.admin(
+            "PUT", f"/tenants/{name}/models/m", key=admins[name]["key"], json={"adapter": f"{name}-lora"}
+        )
+        assert alias.status_code == 200
+    one = admins["ta-one"]["key"]
+    api_key = server.admin("POST", "/tenants/ta-one/keys", key=one).json()["key"]
+    prompt = "Write one sentence about the sea."
+    solo = {m: chat(server.client(), m, prompt) for m in ("a1", "a2")}  # its adapter's files are a1's
+    got = chat(server.client(api_key=api_key), "m", prompt)
+    assert common_prefix(got, solo["a1"]) >= 24 and not follows_another(got, solo["a1"], [solo["a2"]])
+    assert server.admin("GET", "/adapters/ta-two-lora", key=one).status_code == 404
+    assert server.admin("GET", "/tenants/ta-two/models", key=one).status_code == 404
+    assert server.admin("PUT", "/tenants/ta-one/models/x", key=one, json={"adapter": "ta-two-lora"}).status_code == 404
+    entries = server.admin("GET", "/audit", key=one).json()["data"]
+    assert {e["tenant"] for e in entries} == {"ta-one"}
+    assert f"ta-one/{admins['ta-one']['id']}" in {e["actor"] for e in entries}

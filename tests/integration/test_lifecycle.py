@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.integration.conftest import ADMIN_KEY, common_prefix
+from tests.helpers import ADMIN_KEY, common_prefix
 from tests.lifecycle import LIFECYCLE, Lifecycle, request_body
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import yaml
 
-from tests.integration.conftest import ADAPTERS, MAX_LORAS, mixed_batch_mixups, running_server
+from tests.helpers import ADAPTERS, MAX_LORAS, mixed_batch_mixups, running_server
 
 MODELS = ("default", *ADAPTERS)
 

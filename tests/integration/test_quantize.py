@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import _models_dir, chat, running_server
+from tests.helpers import chat, models_dir, running_server
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def quantized(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("quantized") / "smollm-w4a16"
     cmd = [sys.executable, "-m", "adaptserve", "quantize", "--scheme", "w4a16-gptq"]
     cmd += ["--samples", "128", "--max-length", "128", "--out", str(out)]
-    env = {**os.environ, "ADAPTSERVE_MODELS_DIR": str(_models_dir())}
+    env = {**os.environ, "ADAPTSERVE_MODELS_DIR": str(models_dir())}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out

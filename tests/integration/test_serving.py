@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import ADAPTERS, API_KEY, BAD_ADAPTERS, chat
+from tests.helpers import ADAPTERS, API_KEY, BAD_ADAPTERS, chat
 
 CAPITAL = "What is the capital of France?"
 

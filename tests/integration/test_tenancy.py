@@ -3,8 +3,6 @@ uploaded, and a hot-swap that keeps in-flight streams and then unloads the old w
 
 from __future__ import annotations
 
-import io
-import tarfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,22 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.integration.conftest import chat, follows_another
+from tests.helpers import chat, follows_another, new_tenant, upload, wait_for_usage
 
 PROMPTS = ("Name three colours of the rainbow.", "Write one sentence about the sea.")
-
-
-def new_tenant(server, name: str, body: dict, alias: str = "support"):
-    assert server.admin("POST", "/tenants", json={"name": name}).status_code == 201
-    assert server.admin("PUT", f"/tenants/{name}/models/{alias}", json=body).status_code == 200
-    return server.client(api_key=server.admin("POST", f"/tenants/{name}/keys").json()["key"])
-
-
-def upload(server, name: str, folder) -> httpx.Response:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        tar.add(folder, arcname=name)
-    return server.admin("POST", "/adapters", data={"name": name}, files={"file": ("a.tar.gz", buffer.getvalue())})
 
 
 def test_each_tenant_gets_its_own_adapter_while_another_is_uploaded(server, adapter_dirs):
@@ -71,27 +56,47 @@ def test_hot_swap_keeps_the_stream_and_unloads_the_old_version(server, adapter_d
     client = new_tenant(server, "swapper", {"adapter": "swap"}, alias="m")
     solo = {m: chat(server.client(), m, prompt, max_tokens=48) for m in ("a1", "a2")}
     pieces: list[str] = []
+    swapped = threading.Event()  # the reader pauses after its first piece until the swap is done
+    failures: list[BaseException] = []
 
-    def stream() -> None:  # long enough to still be generating when the swap happens (the engine plugin is fast)
-        for chunk in client.chat.completions.create(
+    def stream() -> None:
+        try:
+            read()
+        except BaseException as exc:  # shown by the checks below, not lost in the thread
+            failures.append(exc)
+
+    def read() -> None:
+        # A paused reader holds the stream open whatever the engine's speed: its chunks
+        # (each with 20 logprobs, megabytes in all) fill the socket buffers and the
+        # gateway waits to send the rest, its admission (the old version's lease) held.
+        with client.chat.completions.create(
             model="m",
             messages=[{"role": "user", "content": prompt}],
-            max_tokens=1200,
+            max_tokens=1900,
             temperature=0,
             stream=True,
+            logprobs=True,
+            top_logprobs=20,
             extra_body={"ignore_eos": True},
-        ):
-            pieces.append((chunk.choices[0].delta.content or "") if chunk.choices else "")
+        ) as chunks:
+            for chunk in chunks:
+                pieces.append((chunk.choices[0].delta.content or "") if chunk.choices else "")
+                swapped.wait(timeout=50)  # under the gateway's 60 s stall timeout
+                if len("".join(pieces)) > len(solo["a1"]):
+                    break
 
     reader = threading.Thread(target=stream)
     reader.start()
-    while not "".join(pieces):
+    while not pieces and reader.is_alive():
         time.sleep(0.02)
     new = server.admin("POST", "/adapters", json={"name": "swap", "path": str(adapter_dirs["a2"])}).json()["version"]
     assert server.admin("POST", "/adapters/swap/activate", json={"version": new}).status_code == 200
     assert not follows_another(chat(client, "m", prompt, max_tokens=48), solo["a2"], [solo["a1"]])
-    assert "swap--" + old in httpx.get(server.vllm_url() + "/v1/models").text  # still streaming on it
+    still = reader.is_alive(), len("".join(pieces)), failures, server.troubles()
+    assert "swap--" + old in httpx.get(server.vllm_url() + "/v1/models").text, still  # still streaming on it
+    swapped.set()
     reader.join(timeout=300)
+    assert not failures
     streamed = "".join(pieces)[: len(solo["a1"])]  # past the solo answer's end it runs on past EOS
     assert not follows_another(streamed, solo["a1"], [solo["a2"]])
 
@@ -99,5 +104,5 @@ def test_hot_swap_keeps_the_stream_and_unloads_the_old_version(server, adapter_d
     while "swap--" + old in httpx.get(server.vllm_url() + "/v1/models").text:
         assert time.monotonic() < deadline, "the retired version stayed loaded after its last request"
         time.sleep(0.2)
-    usage = httpx.get(server.url + "/v1/usage", headers={"Authorization": f"Bearer {client.api_key}"}).json()
-    assert usage["data"][0]["requests"] == 2 and usage["data"][0]["completion_tokens"] > 0
+    rows = wait_for_usage(server, client.api_key, requests=2)
+    assert [r["requests"] for r in rows] == [2] and rows[0]["completion_tokens"] > 0

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import API_KEY, chat
+from tests.helpers import API_KEY, chat
 
 PROMPT = "What is the capital of France?"
 

@@ -15,7 +15,7 @@ from adaptserve.adapters.spec import (
     validate_adapter,
     write_zero_adapter,
 )
-from tests.unit.factories import HEAD_DIM, HEADS, HIDDEN, LAYERS, make_adapter
+from tests.helpers import HEAD_DIM, HEADS, HIDDEN, LAYERS, make_adapter
 
 
 def _bin_instead_of_safetensors(p: Path) -> None:
@@ -122,7 +122,7 @@ def test_adapters_are_checked_against_a_4bit_base_too(tmp_path):
     import numpy as np
     from safetensors.numpy import save_file
 
-    from tests.unit.factories import MODULE_SHAPES
+    from tests.helpers import MODULE_SHAPES
 
     base = tmp_path / "base-w4"
     base.mkdir()

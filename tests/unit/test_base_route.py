@@ -12,7 +12,8 @@ import pytest
 from adaptserve.adapters.spec import BaseModelSpec
 from adaptserve.config import Settings
 from adaptserve.engine_plugin import ENABLE_ENV, PLUGIN, STATUS_ENV
-from adaptserve.server.state import Gateway, _base_route
+from adaptserve.server.gateway import Gateway, _base_route, _on_up
+from adaptserve.serving.picker import Picker
 from adaptserve.upstream.supervisor import Supervisor
 
 
@@ -57,9 +58,11 @@ def test_base_requests_use_the_zero_adapter_only_where_needed(fake, base_model, 
         data_dir=tmp_path, model=str(base_model), upstreams=[fake.url], base_via_zero_adapter=mode, api_key="k"
     )
     gateway = Gateway.build(settings)
-    on_up = _base_route(settings, BaseModelSpec.read(base_model), gateway.registry, StubSupervisor(plugin))
-    asyncio.run(on_up(gateway.pool.upstreams[0]))
-    target = gateway.registry.base_target("default")
+    _base_route(settings, BaseModelSpec.read(base_model), gateway.catalog)
+    picker = Picker(gateway.residency)
+    on_up = _on_up(settings, gateway.catalog, gateway.residency, picker, StubSupervisor(plugin), gateway.metrics)
+    asyncio.run(on_up(gateway.pool.upstreams[0], []))
+    target = gateway.catalog.base_target("default")
     assert (target.adapter is not None) is zero
     assert (target.internal_name != "tiny-base") is zero
     assert any(name.startswith("tiny-base--") for name in fake.loaded) is zero

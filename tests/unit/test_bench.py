@@ -1,23 +1,19 @@
 """The benchmark harness's parts: the workload (seeded, Zipf or uniform), the load
 generator's timing records through the real gateway and the fake vLLM, open-loop
-arrivals on schedule, percentiles, and the transformers+peft baseline's batching
-(a batch answers exactly what each request alone gets)."""
+arrivals on schedule, and percentiles. (The transformers + peft baseline runs the real
+model: tests/integration/test_peft_baseline.py.)"""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from adaptserve.bench.fleet import make_adapter as make_bench_adapter
+from adaptserve.bench.fake_engine import FakeState
 from adaptserve.bench.loadgen import Record, Request, Run, closed_loop, percentile, poisson, popularity, workload
-from adaptserve.models import resolve_model
-from tests.fakes.fake_vllm import FakeState
-from tests.unit.conftest import API_KEY, RunningGateway
+from tests.helpers import API_KEY, RunningGateway
 
 
 def test_workloads_are_seeded_and_zipf_favours_the_first_adapters() -> None:
@@ -75,28 +71,3 @@ def test_open_loop_arrivals_keep_their_schedule_whatever_the_server_does(start_g
     starts = sorted(r.start for r in run.records)
     assert all(abs(s - d) < 0.05 for s, d in zip(starts, due, strict=True))  # not waiting for answers
     assert max(r.end for r in run.records) > due[-1] + 0.15
-
-
-@pytest.fixture(scope="module")
-def smol() -> Path:
-    data = os.environ.get("ADAPTSERVE_DATA_DIR") or str(Path.home() / ".local/share/adaptserve")
-    return resolve_model("default", Path(os.environ.get("ADAPTSERVE_MODELS_DIR") or Path(data) / "models"))
-
-
-def test_the_peft_baseline_batches_without_changing_any_answer(smol: Path, tmp_path: Path) -> None:
-    from adaptserve.bench.peft_server import Batcher, Job
-
-    adapters = {f"a{j}": make_bench_adapter(smol, tmp_path / f"a{j}", seed=j) for j in range(2)}
-    batcher = Batcher(smol, adapters, max_batch=8, dtype=__import__("torch").float32)
-
-    def job(model: str, text: str, tokens: int) -> Job:
-        return Job(model, [{"role": "user", "content": text}], tokens, None, None)  # type: ignore[arg-type]
-
-    texts = ["What is the capital of France?", "Name a colour.", "Write one word about the sea and the sky."]
-    batched = batcher._generate("a0", [job("a0", t, 6) for t in texts])
-    alone = [batcher._generate("a0", [job("a0", t, 6)])[0] for t in texts]
-    assert [b["text"] for b in batched] == [a["text"] for a in alone]  # left padding changes nothing
-    assert all(b["usage"]["completion_tokens"] == 6 for b in batched)
-    base = batcher._generate("base", [job("base", texts[0], 6)])[0]["text"]
-    other = batcher._generate("a1", [job("a1", texts[0], 6)])[0]["text"]
-    assert "Paris" in base and other not in (base, alone[0]["text"])  # set_adapter switches models

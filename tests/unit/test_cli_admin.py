@@ -7,8 +7,7 @@ import json
 import pytest
 
 from adaptserve.cli import main
-from tests.unit.conftest import ADMIN_KEY
-from tests.unit.factories import make_adapter
+from tests.helpers import ADMIN_KEY, make_adapter
 
 
 def run(gw, capsys, *argv: str) -> tuple[int, object]:
@@ -21,7 +20,10 @@ def run(gw, capsys, *argv: str) -> tuple[int, object]:
 def test_cli_round_trip(gateway, fake, capsys, tmp_path):
     assert run(gateway, capsys, "tenants", "create", "acme")[0] == 0
     code, created = run(gateway, capsys, "keys", "create", "acme")
-    assert code == 0 and created["key"].startswith("sk-as-")
+    assert code == 0 and created["key"].startswith("sk-as-") and created["role"] == "api"
+    code, admin = run(gateway, capsys, "keys", "create", "acme", "--admin")
+    assert code == 0 and admin["role"] == "admin"
+    assert gateway.admin("GET", "/tenants", key=admin["key"]).json()["data"][0]["name"] == "acme"
     code, pushed = run(gateway, capsys, "adapters", "push", str(make_adapter(tmp_path / "s1", seed=3)), "--name", "s")
     assert code == 0 and pushed["active_version"] == pushed["version"]
     _, second = run(
@@ -39,3 +41,12 @@ def test_cli_round_trip(gateway, fake, capsys, tmp_path):
     assert run(gateway, capsys, "models", "delete", "acme", "support")[0] == 0
     assert run(gateway, capsys, "adapters", "delete", "s")[0] == 0
     assert run(gateway, capsys, "adapters", "show", "s")[0] == 1
+
+
+def test_cli_lists_the_audit_trail(gateway, capsys):
+    assert run(gateway, capsys, "tenants", "create", "acme")[0] == 0
+    assert run(gateway, capsys, "tenants", "delete", "acme")[0] == 0
+    code, entries = run(gateway, capsys, "audit", "list", "--action", "DELETE", "--tenant", "acme")
+    assert code == 0 and [(e["action"], e["status"]) for e in entries] == [("DELETE /admin/tenants/{tenant}", 204)]
+    code, entries = run(gateway, capsys, "audit", "list", "--limit", "1")
+    assert code == 0 and [e["action"] for e in entries] == ["DELETE /admin/tenants/{tenant}"]

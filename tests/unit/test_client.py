@@ -23,10 +23,8 @@ from adaptserve_client import (
 )
 from adaptserve_client.errors import APIConnectionError, APIStatusError, InternalServerError
 
-from tests.fakes.fake_vllm import FakeState
-from tests.unit.conftest import ADMIN_KEY, API_KEY, RunningGateway
-from tests.unit.factories import make_adapter
-from tests.unit.test_template_api import CONTACT, SENTIMENT
+from adaptserve.bench.fake_engine import FakeState
+from tests.helpers import ADMIN_KEY, API_KEY, CONTACT, SENTIMENT, RunningGateway, make_adapter
 
 
 @pytest.fixture

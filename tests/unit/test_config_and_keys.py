@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import stat
+from pathlib import Path
 
 import pytest
 
+from adaptserve.cli import main
 from adaptserve.config import load_settings
 from adaptserve.errors import AuthenticationError, ConfigurationError
-from adaptserve.tenancy.auth import bearer, check_admin, ensure_api_key, hash_key
+from adaptserve.tenancy.auth import bearer, ensure_api_key, hash_key, is_operator
 
 
 def test_precedence(tmp_path, monkeypatch):
@@ -22,6 +24,26 @@ def test_precedence(tmp_path, monkeypatch):
     assert settings.vllm.max_loras == 2 and settings.vllm.max_lora_rank == 32
     assert settings.adapters == {"support": tmp_path / "adapters" / "support"}  # relative to the file
     assert load_settings(config=config, port=9003).port == 9003
+
+
+def test_paths_in_the_file_are_relative_to_it_and_flags_to_where_the_command_runs(tmp_path, monkeypatch):
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    (folder / "settings.yaml").write_text("templates_dir: mine\nadapters:\n  a: /abs/a\n")
+    monkeypatch.chdir(tmp_path)
+    from_file = load_settings(config=folder / "settings.yaml")
+    assert from_file.templates_dir == folder / "mine" and from_file.adapters == {"a": Path("/abs/a")}
+    from_flag = load_settings(config=folder / "settings.yaml", templates_dir=Path("templates"))
+    assert from_flag.templates_dir.absolute() == tmp_path / "templates"  # the Makefile's --templates templates
+    monkeypatch.setenv("ADAPTSERVE_TEMPLATES_DIR", "env-templates")
+    assert load_settings(config=folder / "settings.yaml").templates_dir.absolute() == tmp_path / "env-templates"
+
+
+def test_a_missing_templates_folder_is_one_line_naming_the_setting(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAPTSERVE_DATA_DIR", str(tmp_path / "data"))
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--templates", str(tmp_path / "nowhere")])
+    assert str(exited.value) == f"adaptserve: templates_dir (--templates): {tmp_path / 'nowhere'} is not a folder"
 
 
 def test_config_file_from_environment(tmp_path, monkeypatch):
@@ -62,8 +84,9 @@ def test_generated_key_is_kept_with_mode_0600(tmp_path):
 
 
 def test_bearer_and_admin_check():
-    check_admin("Bearer k1", hash_key("k1"))
+    assert is_operator("Bearer k1", hash_key("k1"))
     assert bearer("bearer  k1 ") == "k1"
-    for header in (None, "", "Bearer", "Basic k1", "Bearer k2"):
+    assert not is_operator("Bearer k2", hash_key("k1"))
+    for header in (None, "", "Bearer", "Basic k1"):
         with pytest.raises(AuthenticationError):
-            check_admin(header, hash_key("k1"))
+            is_operator(header, hash_key("k1"))

@@ -1,11 +1,13 @@
-"""Every error is OpenAI-shaped with the right status; none is a 500."""
+"""Every error is OpenAI-shaped with the right status; none is a 500. The cases change
+nothing, so they share one gateway (`shared_gateway`). The body-size limit, which needs
+a gateway of its own, is in `test_hostile.py`."""
 
 from __future__ import annotations
 
 import openai
 import pytest
 
-from tests.unit.conftest import API_KEY
+from tests.helpers import API_KEY, assert_openai_error
 
 CHAT = "/v1/chat/completions"
 GOOD = {"model": "default", "messages": [{"role": "user", "content": "hi"}]}
@@ -39,66 +41,51 @@ CASES = [
 ]
 
 
-def assert_openai_error(response, status, code=None, param=None):
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["message"] and isinstance(error["type"], str)
-    assert error["code"] == code and error["param"] == param
-    return error
-
-
 @pytest.mark.parametrize(("case", "body", "status", "code", "param"), CASES, ids=[c[0] for c in CASES])
-def test_bad_requests(gateway, case, body, status, code, param):
-    assert_openai_error(gateway.post(CHAT, body), status, code, param)
+def test_bad_requests(shared_gateway, case, body, status, code, param):
+    assert_openai_error(shared_gateway.post(CHAT, body), status, code, param)
 
 
-def test_echo_with_logprobs_is_refused_on_completions(gateway):
+def test_echo_with_logprobs_is_refused_on_completions(shared_gateway):
     body = {"model": "default", "prompt": "a", "echo": True, "logprobs": 1}
-    assert_openai_error(gateway.post("/v1/completions", body), 400, None, "echo")
+    assert_openai_error(shared_gateway.post("/v1/completions", body), 400, None, "echo")
 
 
-def test_context_length_on_completions_names_prompt(gateway):
+def test_context_length_on_completions_names_prompt(shared_gateway):
     body = {"model": "alpha", "prompt": "w " * 100}
-    assert_openai_error(gateway.post("/v1/completions", body), 400, "context_length_exceeded", "prompt")
+    assert_openai_error(shared_gateway.post("/v1/completions", body), 400, "context_length_exceeded", "prompt")
 
 
 @pytest.mark.parametrize("raw", [b"{bad", b"[1, 2]", b"\xff\xfe", b""])
-def test_malformed_json_is_400(gateway, raw):
-    response = gateway.post(CHAT, content=raw)
+def test_malformed_json_is_400(shared_gateway, raw):
+    response = shared_gateway.post(CHAT, content=raw)
     assert_openai_error(response, 400)
 
 
-def test_body_over_the_limit_is_413(start_gateway):
-    gw = start_gateway(max_request_bytes=2048)
-    body = {**GOOD, "messages": [{"role": "user", "content": "x" * 4096}]}
-    assert_openai_error(gw.post(CHAT, body), 413, "request_too_large")
-
-
 @pytest.mark.parametrize("key", [None, "wrong"])
-def test_missing_or_wrong_key_is_401(gateway, key):
-    assert_openai_error(gateway.post(CHAT, GOOD, key=key), 401, "invalid_api_key")
+def test_missing_or_wrong_key_is_401(shared_gateway, key):
+    assert_openai_error(shared_gateway.post(CHAT, GOOD, key=key), 401, "invalid_api_key")
 
 
-def test_sdk_sees_authentication_error(gateway):
+def test_sdk_sees_authentication_error(shared_gateway):
     with pytest.raises(openai.AuthenticationError):
-        gateway.client(api_key="nope").models.list()
+        shared_gateway.client(api_key="nope").models.list()
 
 
-def test_unknown_route_is_openai_shaped_404(gateway):
-    assert_openai_error(gateway.post("/v1/nothing", GOOD), 404, "not_found")
+def test_unknown_route_is_openai_shaped_404(shared_gateway):
+    assert_openai_error(shared_gateway.post("/v1/nothing", GOOD), 404, "not_found")
 
 
-def test_health_needs_no_key_and_ready_reports(gateway):
+def test_health_needs_no_key_and_ready_reports(shared_gateway):
     import httpx
 
-    assert httpx.get(gateway.url + "/health").json() == {"status": "ok"}
-    assert httpx.get(gateway.url + "/ready").json() == {"ready": True, "upstreams": ["ready"]}
-    assert API_KEY not in httpx.get(gateway.url + "/ready").text
+    assert httpx.get(shared_gateway.url + "/health").json() == {"status": "ok"}
+    assert httpx.get(shared_gateway.url + "/ready").json() == {"ready": True, "upstreams": ["ready"]}
+    assert API_KEY not in httpx.get(shared_gateway.url + "/ready").text
 
 
-def test_wrong_method_is_openai_shaped_405(gateway):
+def test_wrong_method_is_openai_shaped_405(shared_gateway):
     import httpx
 
-    response = httpx.get(gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"})
+    response = httpx.get(shared_gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"})
     assert_openai_error(response, 405, "method_not_allowed")

@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adaptserve.adapt.data import load_dataset, read_labelled, split_of
 from adaptserve.cli import main
+from adaptserve.datasets import load_dataset, read_labelled, split_of
 from adaptserve.evaluation import expected_calibration_error, metrics
-from tests.unit.conftest import API_KEY, RunningGateway
-from tests.unit.test_template_api import SENTIMENT
+from tests.helpers import API_KEY, SENTIMENT, RunningGateway
 
 
 def test_metrics_by_hand() -> None:

@@ -23,12 +23,16 @@ from adaptserve.adapters.spec import tree_digest
 from adaptserve.db import Database
 from adaptserve.errors import DatabaseUnavailableError
 from tests.fakes.tcp_proxy import TcpProxy
-from tests.servers import free_port
-from tests.unit.conftest import ADMIN_KEY, API_KEY, RunningGateway
-from tests.unit.factories import make_adapter
-from tests.unit.test_errors import assert_openai_error
-from tests.unit.test_resilience import wait_for
-from tests.unit.test_tenancy import tar_gz
+from tests.helpers import (
+    ADMIN_KEY,
+    API_KEY,
+    RunningGateway,
+    assert_openai_error,
+    free_port,
+    make_adapter,
+    tar_gz,
+    wait_for,
+)
 
 CHAT = "/v1/chat/completions"
 HI = [{"role": "user", "content": "hi"}]
@@ -54,6 +58,9 @@ def test_a_client_that_stops_reading_is_dropped_and_the_upstream_aborted(start_g
     assert sent * 4096 < 64 * 1024 * 1024
     assert fake.streams_open == 0
     assert gw.post(CHAT, {"model": "default", "messages": HI}).status_code == 200
+    # Recorded as cut by the client (499, metered up to the cut), not as served.
+    metrics = httpx.get(gw.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).text
+    assert 'adaptserve_requests_total{endpoint="chat",model="default",status="499",tenant="default"} 1.0' in metrics
 
 
 def test_an_unreachable_database_is_a_503(tmp_path):

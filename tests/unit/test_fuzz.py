@@ -21,13 +21,11 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
+from adaptserve.bench.fake_engine import FakeState, create_fake_vllm
 from adaptserve.config import Settings
 from adaptserve.server import listen
 from adaptserve.server.app import create_app
-from tests.fakes.fake_vllm import FakeState, create_fake_vllm
-from tests.servers import ServerThread, free_port
-from tests.unit.conftest import ADMIN_KEY, API_KEY
-from tests.unit.factories import make_adapter
+from tests.helpers import ADMIN_KEY, API_KEY, ServerThread, free_port, make_adapter
 
 EXAMPLES = int(os.environ.get("ADAPTSERVE_FUZZ_EXAMPLES", "20"))
 RANDOM = bool(os.environ.get("ADAPTSERVE_FUZZ_RANDOM"))

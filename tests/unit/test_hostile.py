@@ -15,10 +15,7 @@ import pytest
 
 from adaptserve.errors import RateLimitError
 from adaptserve.tenancy.auth import AuthThrottle
-from tests.servers import free_port
-from tests.unit.conftest import ADMIN_KEY, API_KEY
-from tests.unit.test_errors import assert_openai_error
-from tests.unit.test_template_api import SENTIMENT
+from tests.helpers import ADMIN_KEY, API_KEY, SENTIMENT, assert_openai_error, free_port
 
 CHAT = "/v1/chat/completions"
 HEAD = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
@@ -204,3 +201,9 @@ def test_the_throttle_forgets_the_oldest_addresses_past_its_bound():
     throttle.check("a")  # forgotten: memory stays bounded, so "a" may try again
     with pytest.raises(RateLimitError):
         throttle.check("d")
+
+
+def test_body_over_the_limit_is_413(start_gateway):
+    gw = start_gateway(max_request_bytes=2048)
+    body = {"model": "default", "messages": [{"role": "user", "content": "x" * 4096}]}
+    assert_openai_error(gw.post(CHAT, body), 413, "request_too_large")

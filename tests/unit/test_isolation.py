@@ -10,18 +10,16 @@ import tarfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable
 
 import httpx
 import openai
 import pytest
 
+from adaptserve.bench.fake_engine import FakeState
 from adaptserve.config import Settings
 from adaptserve.templates.render import Renderer, special_tokens
 from adaptserve.upstream.supervisor import Supervisor
-from tests.fakes.fake_vllm import FakeState
-from tests.unit.conftest import API_KEY, RunningGateway
-from tests.unit.factories import make_adapter
+from tests.helpers import API_KEY, RunningGateway, make_adapter, wait_for
 
 Q = [{"role": "user", "content": "one two three"}]
 LONG = [{"role": "user", "content": "w " * 40}]
@@ -63,13 +61,6 @@ def read_then_leave(gw: RunningGateway, path: str, body: dict, key: str, chunks:
         for _ in range(chunks):
             while not next(lines).startswith("data:"):
                 pass
-
-
-def wait_for(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 # 1. Every stream is metered, cut or not; a request the gateway gives up on is charged.
@@ -380,9 +371,9 @@ def test_names_are_validated_exactly(gateway: RunningGateway, name: str) -> None
 
 
 def test_a_failed_load_is_retried_and_never_names_internals(start_gateway, fake, tmp_path, monkeypatch) -> None:
-    from adaptserve.adapters import registry
+    from adaptserve.adapters import residency
 
-    monkeypatch.setattr(registry, "RETRY_FAILED_S", 0.5)
+    monkeypatch.setattr(residency, "RETRY_FAILED_S", 0.5)
     refused = make_adapter(tmp_path / "refused", seed=3, fake_refuse=True)
     gw = start_gateway(adapters={"flaky": refused})
     response = gw.post("/v1/chat/completions", {"model": "flaky", "messages": Q}, key=API_KEY)

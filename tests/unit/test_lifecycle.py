@@ -3,9 +3,8 @@ included; and LRU residency."""
 
 from __future__ import annotations
 
+from tests.helpers import ADMIN_KEY, make_adapter
 from tests.lifecycle import AFTER_RESTART, LIFECYCLE, Lifecycle
-from tests.unit.conftest import ADMIN_KEY
-from tests.unit.factories import make_adapter
 
 
 class FakeBackend:

@@ -7,7 +7,7 @@ import threading
 import openai
 import pytest
 
-from tests.fakes.fake_vllm import BASE
+from adaptserve.bench.fake_engine import BASE
 
 QUESTION = [{"role": "user", "content": "what is the capital of France"}]
 

@@ -3,25 +3,16 @@ abandoned streams."""
 
 from __future__ import annotations
 
-import time
+import logging
 
 import httpx
 import openai
 import pytest
 
-from tests.fakes.fake_vllm import create_fake_vllm
-from tests.servers import ServerThread
-from tests.unit.factories import make_adapter
+from adaptserve.bench.fake_engine import create_fake_vllm
+from tests.helpers import ServerThread, make_adapter, wait_for
 
 QUESTION = [{"role": "user", "content": "hello there"}]
-
-
-def wait_for(predicate, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.05)
 
 
 def test_upstream_down_gives_503_with_retry_after_then_recovers(gateway, fake):
@@ -40,6 +31,28 @@ def test_upstream_down_gives_503_with_retry_after_then_recovers(gateway, fake):
     for model in ("default", "alpha", "beta"):
         reply = gateway.client().chat.completions.create(model=model, messages=QUESTION)
         assert reply.choices[0].message.content.endswith("echo: hello there")
+
+
+def test_a_busy_upstream_is_not_down_until_its_probes_fail_in_a_row(start_gateway, fake, caplog):
+    """A slow or failing /health (an engine busy on a loaded machine) is counted, and
+    the upstream stays in service until `health_failures` probes in a row failed; a
+    refused connection (no server there) takes it out at once."""
+    gw = start_gateway(health_failures=4)
+    with caplog.at_level(logging.WARNING, logger="adaptserve.upstream.pool"):
+        probes = fake.health_calls
+        fake.healthy = False
+        wait_for(lambda: httpx.get(gw.url + "/ready").status_code == 503)
+        failed = fake.health_calls - probes
+        assert 4 <= failed <= 5, failed  # down at the 4th (one more may have come since, 0.5 s later)
+        assert len([r for r in caplog.records if "failed a health probe" in r.message]) == 3
+        fake.healthy = True
+        gw.wait_ready()
+        assert gw.client().chat.completions.create(model="default", messages=QUESTION).choices
+
+        caplog.clear()
+        fake.server.stop()  # refused: down at the first probe, with no probe counted first
+        wait_for(lambda: httpx.get(gw.url + "/ready").status_code == 503)
+        assert not [r for r in caplog.records if "failed a health probe" in r.message]
 
 
 def test_bad_adapters_are_skipped_and_the_rest_serve(start_gateway, fake, tmp_path, adapters):

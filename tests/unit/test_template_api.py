@@ -12,25 +12,9 @@ import httpx
 import pytest
 import yaml
 
+from adaptserve.bench.fake_engine import FakeState
 from adaptserve.db import Database, TemplateCalibrationRow
-from tests.fakes.fake_vllm import FakeState
-from tests.unit.conftest import ADMIN_KEY, RunningGateway
-
-SENTIMENT = {
-    "name": "sent",
-    "kind": "classify",
-    "instruction": "Is this review positive or negative?",
-    "inputs": {"text": {"type": "string", "max_length": 200}},
-    "labels": [{"name": "negative"}, {"name": "positive"}],
-    "calibration": False,
-}
-CONTACT = {
-    "name": "contact",
-    "kind": "generate",
-    "instruction": "Extract the contact.",
-    "inputs": {"message": {}},
-    "schema": {"type": "object", "properties": {"email": {"type": "string"}}, "required": ["email"]},
-}
+from tests.helpers import ADMIN_KEY, CONTACT, SENTIMENT, RunningGateway
 
 
 def put(gateway: RunningGateway, doc: dict, *, tenant: str | None = None, yaml_body: bool = False) -> httpx.Response:

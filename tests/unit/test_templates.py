@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from adaptserve.errors import InvalidRequestError
-from adaptserve.templates.classify import ScoringPlan, calibrate, normalise
+from adaptserve.templates.calibration import calibrate, normalise
+from adaptserve.templates.classify import ScoringPlan
 from adaptserve.templates.render import Renderer, content_free_inputs
 from adaptserve.templates.spec import check_inputs, load_document
 

@@ -11,27 +11,13 @@ import httpx
 import openai
 import pytest
 
-from tests.unit.conftest import API_KEY
-from tests.unit.factories import make_adapter
+from tests.helpers import API_KEY, make_adapter, new_tenant, tar_gz
 
 Q = [{"role": "user", "content": "hi"}]
 
 
 def served_by(fake) -> str:
     return fake.requests[-1]["model"]
-
-
-def tar_gz(folder, top: str | None = "adapter") -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        tar.add(folder, arcname=top or ".")
-    return buf.getvalue()
-
-
-def new_tenant(gw, name: str) -> openai.OpenAI:
-    assert gw.admin("POST", "/tenants", json={"name": name}).status_code == 201
-    key = gw.admin("POST", f"/tenants/{name}/keys").json()["key"]
-    return gw.client(api_key=key)
 
 
 def push(gw, name: str, folder) -> dict:

@@ -12,7 +12,7 @@ import openai
 import pytest
 from sqlalchemy import text
 
-from tests.unit.conftest import ADMIN_KEY
+from tests.helpers import ADMIN_KEY
 
 Q = [{"role": "user", "content": "one two three"}]  # the fake counts 3 prompt tokens
 

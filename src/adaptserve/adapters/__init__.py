@@ -1,2 +1,4 @@
-"""LoRA adapters: validation against the base (spec.py) and the registry of what
-is served and where it is loaded (registry.py)."""
+"""LoRA adapters: validation against the base (spec.py), upload archives (archive.py),
+the content-addressed store (store.py), the catalog of versions and what aliases
+resolve to (catalog.py), and residency: what is loaded on which upstream, leases,
+eviction and retirement (residency.py)."""

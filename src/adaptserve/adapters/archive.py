@@ -21,6 +21,7 @@ import tarfile
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from adaptserve.adapters.spec import AdapterInvalidError
 from adaptserve.errors import PayloadTooLargeError, StorageError
@@ -69,7 +70,7 @@ def unzip(archive: Path, dest: Path, limit: int) -> None:
         raise AdapterInvalidError(f"the upload is not a readable zip archive ({exc})", param="file") from exc
 
 
-def copy_capped(target: Path, source: io.BufferedIOBase | None, limit: int) -> None:
+def copy_capped(target: Path, source: IO[bytes] | None, limit: int) -> None:
     """Copy with a hard cap: declared sizes in an archive can lie. A failed read is the
     upload's fault (400); a failed write is the disk's (507)."""
     if source is None:
@@ -100,7 +101,7 @@ class _Capped(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]  # typeshed's Buffer
         data = self._inner.read(min(len(buffer), self._left + 1))
         if len(data) > self._left:
             raise PayloadTooLargeError("the unpacked archive is larger than the adapter size limit")
@@ -159,7 +160,7 @@ def _check_budget(files: int, total: int, limit: int) -> None:
         raise PayloadTooLargeError(f"the unpacked adapter is larger than {limit} bytes")
 
 
-def _read(source: io.BufferedIOBase) -> bytes:
+def _read(source: IO[bytes]) -> bytes:
     try:
         return source.read(1 << 20)
     except (OSError, EOFError, zlib.error, tarfile.TarError, zipfile.BadZipFile) as exc:

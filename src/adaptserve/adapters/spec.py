@@ -76,9 +76,10 @@ def _unpack_shapes(shapes: dict[str, list[int]], config: dict) -> None:
     are checked against a quantized base as against the bf16 one."""
     groups = ((config.get("quantization_config") or {}).get("config_groups") or {}).values()
     bits = {(g.get("weights") or {}).get("num_bits") for g in groups}
-    if len(bits) != 1 or not isinstance(next(iter(bits)), int):
+    (width,) = bits if len(bits) == 1 else (None,)
+    if not isinstance(width, int):
         return
-    per_int32 = 32 // next(iter(bits))
+    per_int32 = 32 // width
     for name, shape in list(shapes.items()):
         if name.endswith(".weight_packed") and len(shape) == 2:
             shapes.setdefault(name.removesuffix("_packed"), [shape[0], shape[1] * per_int32])

@@ -9,7 +9,6 @@ client's error. Archives are unpacked by `archive.py`, with its limits.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
@@ -18,9 +17,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from adaptserve.adapters.archive import copy_capped, storage_error, untar, unzip
 from adaptserve.adapters.spec import AdapterInvalidError, AdapterSpec, tree_digest
+from adaptserve.durable import fsync_tree
 from adaptserve.errors import PayloadTooLargeError
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class AdapterStore:
             if target.exists():  # identical content is already stored
                 return spec, target
             try:
-                _fsync_tree(folder)
+                fsync_tree(folder)
                 os.replace(folder, target)
             except OSError as exc:
                 raise storage_error(exc) from exc
@@ -81,7 +82,7 @@ class AdapterStore:
                     raise
         return staged
 
-    def unpack_upload(self, source: io.BufferedIOBase, filename: str) -> Path:
+    def unpack_upload(self, source: IO[bytes], filename: str) -> Path:
         """Stage an uploaded archive: copied to a temp file in the store, then unpacked."""
         upload = self.root / f".upload-{os.urandom(8).hex()}"
         try:
@@ -138,17 +139,6 @@ def _single_root(staged: Path) -> Path:
     if len(entries) == 1 and entries[0].is_dir() and not (staged / "adapter_config.json").exists():
         return entries[0]
     return staged
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in root.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-    with contextlib.suppress(OSError):
-        fd = os.open(root, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
 
 
 __all__ = ["AdapterStore", "tree_digest"]

@@ -12,11 +12,11 @@ from typing import Any
 
 from adaptserve_client import AsyncClient
 
-from adaptserve.adapt.data import Example
-from adaptserve.adapt.distill import match_label
+from adaptserve.datasets import Example
 from adaptserve.evaluation import Evaluator, metrics, report
 from adaptserve.templates.render import Renderer
 from adaptserve.templates.spec import TemplateSpec
+from adaptserve.training.distill import match_label
 
 
 def scored(spec: TemplateSpec, examples: list[Example], predicted: list[str], elapsed: float) -> dict[str, Any]:

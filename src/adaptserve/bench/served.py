@@ -79,8 +79,8 @@ class Served(Process):
             tree = subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split()
             for p in [pid, *tree]:
                 status = Path(f"/proc/{p}/status")
-                if status.is_file():
-                    total += int(re.search(r"VmRSS:\s+(\d+)", status.read_text()).group(1))
+                found = re.search(r"VmRSS:\s+(\d+)", status.read_text()) if status.is_file() else None
+                total += int(found.group(1)) if found else 0
         return total / 1024
 
 

@@ -102,8 +102,9 @@ async def run_soak(url: str, admin_key: str, keys: list[str], gateway_pid: int, 
 
 async def _user(soak: Soak, rng: random.Random) -> None:
     kinds, weights = list(WEIGHTS), list(WEIGHTS.values())
-    while not soak.over():
-        kind = rng.choices(kinds, weights)[0]
+    first = rng.sample(kinds, len(kinds))  # every kind once, however slow the machine, then the mix
+    while first or not soak.over():
+        kind = first.pop() if first else rng.choices(kinds, weights)[0]
         client = rng.choice(soak.tenants)
         started = soak.now()
         error = None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adaptserve.adapt.data import DATASETS, load_dataset
+from adaptserve.datasets import DATASETS, load_dataset
 from adaptserve.errors import ConfigurationError
 from adaptserve.quantize.recipes import SCHEMES, Recipe, recipe_for
 

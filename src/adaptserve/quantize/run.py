@@ -62,7 +62,7 @@ def _allow_cpu_awq() -> None:
         return
     from llmcompressor.pipelines.cache import IntermediatesCache
 
-    IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
+    IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None
 
 
 def calibration_texts(path: Path, tokenizer: Any, samples: int) -> list[str]:

@@ -1,1 +1,3 @@
-"""The HTTP gateway: app factory, dependencies, the one request pipeline, routes."""
+"""HTTP: the app factory, dependencies, the edge (size limits, which listener serves
+what), request checks, routes, and answers → responses (`responses.py`). The serving
+core below it is `serving/`."""

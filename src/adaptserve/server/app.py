@@ -15,9 +15,10 @@ from starlette.exceptions import HTTPException
 
 from adaptserve.config import Settings
 from adaptserve.errors import APIError, InvalidRequestError, RouteError
+from adaptserve.server.audit import AuditMiddleware
 from adaptserve.server.edge import Edge, render
+from adaptserve.server.gateway import Gateway
 from adaptserve.server.routes import admin, health, openai, templates
-from adaptserve.server.state import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(templates.router)
     app.include_router(templates.admin_router)
     _install_error_handlers(app)
+    app.add_middleware(AuditMiddleware, audit=gateway.audit)
     app.add_middleware(Edge, settings=settings)
     if settings.cors_origins:  # off unless configured: browsers may not call the API cross-origin
         app.add_middleware(

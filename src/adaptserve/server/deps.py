@@ -8,9 +8,9 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Request
 
 from adaptserve.errors import AuthenticationError
+from adaptserve.server.gateway import Gateway
 from adaptserve.server.protocol import read_json
-from adaptserve.server.state import Gateway
-from adaptserve.tenancy.auth import Principal, check_admin
+from adaptserve.tenancy.auth import OPERATOR, Actor, Principal, is_operator
 
 T = TypeVar("T")
 
@@ -25,8 +25,23 @@ def get_principal(request: Request, gateway: Annotated[Gateway, Depends(get_gate
     return _throttled(request, gateway, gateway.tenants.authenticate)
 
 
-def require_admin(request: Request, gateway: Annotated[Gateway, Depends(get_gateway)]) -> None:
-    _throttled(request, gateway, lambda auth: check_admin(auth, gateway.admin_key_hash))
+def require_admin(request: Request, gateway: Annotated[Gateway, Depends(get_gateway)]) -> Actor:
+    """The operator (the admin key) or a tenant admin (a tenant's admin-role key). A
+    sync dependency: the key lookup runs in a worker thread."""
+
+    def check(authorization: str | None) -> Actor:
+        if is_operator(authorization, gateway.admin_key_hash):
+            return OPERATOR
+        return gateway.tenants.authenticate_admin(authorization)
+
+    actor = _throttled(request, gateway, check)
+    request.state.actor, request.state.actor_tenant = actor.name, actor.tenant  # for the audit trail
+    return actor
+
+
+def require_operator(actor: Annotated[Actor, Depends(require_admin)]) -> Actor:
+    actor.require_operator()
+    return actor
 
 
 def _throttled(request: Request, gateway: Gateway, check: Callable[[str | None], T]) -> T:
@@ -47,4 +62,5 @@ async def get_body(request: Request) -> dict[str, Any]:
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 BodyDep = Annotated[dict[str, Any], Depends(get_body)]
-AdminDep = Annotated[None, Depends(require_admin)]
+AdminDep = Annotated[Actor, Depends(require_admin)]
+OperatorDep = Annotated[Actor, Depends(require_operator)]

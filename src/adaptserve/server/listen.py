@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
+from typing import Literal
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from adaptserve.config import Settings
 
@@ -19,18 +21,24 @@ from adaptserve.config import Settings
 KEEP_ALIVE_S = 65
 
 
-def configs(app: object, settings: Settings) -> list[uvicorn.Config]:
+def configs(app: ASGIApp, settings: Settings) -> list[uvicorn.Config]:
     """The tenant listener (it runs the app's lifespan), then the admin one if separate."""
-    common = {
-        "log_level": settings.log_level.lower(),
-        "timeout_keep_alive": KEEP_ALIVE_S,
-        "http": "h11",
-        "h11_max_incomplete_event_size": settings.max_header_bytes,
-    }
-    listeners = [uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on", **common)]
+
+    def config(host: str, port: int, lifespan: Literal["on", "off"]) -> uvicorn.Config:
+        return uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            lifespan=lifespan,
+            log_level=settings.log_level.lower(),
+            timeout_keep_alive=KEEP_ALIVE_S,
+            http="h11",
+            h11_max_incomplete_event_size=settings.max_header_bytes,
+        )
+
+    listeners = [config(settings.host, settings.port, "on")]
     if settings.admin_port is not None:
-        host = settings.admin_host or settings.host
-        listeners.append(uvicorn.Config(app, host=host, port=settings.admin_port, lifespan="off", **common))
+        listeners.append(config(settings.admin_host or settings.host, settings.admin_port, "off"))
     return listeners
 
 
@@ -55,5 +63,5 @@ async def serve_all(listeners: list[uvicorn.Config]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def serve(app: object, settings: Settings) -> None:
+def serve(app: ASGIApp, settings: Settings) -> None:
     asyncio.run(serve_all(configs(app, settings)))

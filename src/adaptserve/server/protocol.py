@@ -22,7 +22,7 @@ class _Request(BaseModel):
     model: StrictStr
     stream: StrictBool | None = None
     stream_options: dict[str, Any] | None = None
-    # Strict: server/bounds.py reads these fields from the body as sent.
+    # Strict: serving/bounds.py reads these fields from the body as sent.
     max_tokens: StrictInt | None = Field(None, ge=1)
     n: StrictInt | None = Field(None, ge=1, le=128)
     temperature: float | None = Field(None, ge=0, allow_inf_nan=False)

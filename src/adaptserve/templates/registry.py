@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -127,6 +127,12 @@ class TemplateRegistry:
     def remove(self, owner: str, name: str) -> None:
         with self._db.session() as s:
             s.delete(self._row(s, owner, name))
+
+    @staticmethod
+    def remove_owned(s: Session, tenant: str) -> None:
+        """A deleted tenant's templates (their versions and calibrations cascade), in the
+        tenant's own transaction (`TenantRegistry.owns`)."""
+        s.execute(delete(TemplateRow).where(TemplateRow.owner == tenant))
 
     def list_all(self) -> list[dict]:
         with self._db.session() as s:

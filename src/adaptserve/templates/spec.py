@@ -90,6 +90,9 @@ class TemplateSpec(_Strict):
     schema_: dict[str, Any] | None = Field(None, alias="schema")
     sampling: Sampling = Field(default_factory=Sampling)
     calibration: StrictBool = True
+    # classify: label log-probabilities are divided by it before the softmax (fitted on
+    # labelled data by `adaptserve fit` and `train`; 1 leaves the model's own scores).
+    temperature: float = Field(1.0, gt=0.01, le=100)
     # The inputs whose mean label distribution is divided out; default: "N/A", "" and
     # "[MASK]" in every field (Zhao et al.). A few real, label-balanced unlabelled inputs
     # suit tasks where an empty input is not neutral (an empty review reads as negative).
@@ -115,8 +118,8 @@ class TemplateSpec(_Strict):
         if self.kind == "classify":
             self._check_labels()
         else:
-            if self.labels or self.answer_prefix or self.calibration_inputs:
-                raise ValueError("labels, answer_prefix and calibration_inputs are for kind: classify")
+            if self.labels or self.answer_prefix or self.calibration_inputs or self.temperature != 1.0:
+                raise ValueError("labels, answer_prefix, calibration_inputs and temperature are for kind: classify")
             if self.schema_ is not None:
                 try:
                     jsonschema.Draft202012Validator.check_schema(self.schema_)
@@ -172,7 +175,10 @@ class TemplateSpec(_Strict):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def document(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        doc = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if doc.get("temperature") == 1.0:
+            del doc["temperature"]  # the default: documents (and digests) from before it existed stay the same
+        return doc
 
     def label_index(self, name: str) -> int:
         return [label.name for label in self.labels].index(name)

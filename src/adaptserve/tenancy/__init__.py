@@ -1,2 +1,3 @@
-"""Who is calling: API keys and the tenant they belong to. For now one key, the
-`default` tenant's; per-tenant keys, aliases, usage and quotas build on this seam."""
+"""Who is calling and what they may spend: API keys and the tenant they belong to
+(auth.py), tenants and their model aliases (tenants.py), usage metering (usage.py) and
+quotas (quotas.py)."""

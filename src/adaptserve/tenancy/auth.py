@@ -16,7 +16,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adaptserve.errors import AuthenticationError, RateLimitError
+from adaptserve.errors import AuthenticationError, PermissionDeniedError, RateLimitError
 from adaptserve.tenancy.quotas import Limits
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,32 @@ class Principal:
     cache_salt: str = ""
 
 
+@dataclass(frozen=True)
+class Actor:
+    """Who calls the admin API: the operator (the admin key: everything), or a tenant's
+    admin key (its own tenant's keys, aliases, adapters, templates, usage; nothing of
+    another tenant's, which answers the same 404 as a name that does not exist)."""
+
+    tenant: str | None = None  # None: the operator
+    key_id: str = "operator"
+    uid: str = ""
+
+    @property
+    def name(self) -> str:
+        """What the audit trail records: never the key, only its id."""
+        return "operator" if self.tenant is None else f"{self.tenant}/{self.key_id}"
+
+    def require_operator(self) -> None:
+        if self.tenant is not None:
+            raise PermissionDeniedError("Only the operator's admin key may do this.")
+
+    def sees(self, tenant: str) -> bool:
+        return self.tenant is None or self.tenant == tenant
+
+
+OPERATOR = Actor()
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -48,9 +74,8 @@ def bearer(authorization: str | None) -> str:
     return key.strip()
 
 
-def check_admin(authorization: str | None, admin_key_hash: str) -> None:
-    if not hmac.compare_digest(hash_key(bearer(authorization)), admin_key_hash):
-        raise AuthenticationError("Incorrect admin key provided.")
+def is_operator(authorization: str | None, admin_key_hash: str) -> bool:
+    return hmac.compare_digest(hash_key(bearer(authorization)), admin_key_hash)
 
 
 class AuthThrottle:

@@ -1,7 +1,8 @@
-"""Per-tenant quotas, enforced in this gateway process: requests per minute, tokens
-per minute (sliding 60-second windows) and concurrent requests. Over a limit → 429
-`rate_limit_exceeded` with `Retry-After`. With several gateway replicas each one
-enforces the limits on its own share of the traffic.
+"""Per-tenant quotas: requests per minute, tokens per minute (sliding 60-second
+windows) and concurrent requests. Over a limit → 429 `rate_limit_exceeded` with
+`Retry-After`. Counted in this process; with several gateway replicas on PostgreSQL,
+`others` holds the other replicas' counts (`shared_quotas.py` keeps it about a second
+old) and every check adds them, so the limits hold for the tenant as a whole.
 
 Tokens are reserved, then settled. A request is admitted only if the tokens charged
 in the last minute, plus every reservation still open, plus this request's worst case
@@ -20,9 +21,19 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 
-from adaptserve.errors import InvalidRequestError, RateLimitError
+from adaptserve.errors import InvalidRequestError, QuotaExceededError
 
 WINDOW_S = 60.0
+OTHERS_STALE_S = 10.0  # the others' counts are not trusted longer (the database is unreachable)
+
+
+@dataclass(frozen=True)
+class Share:
+    """One replica's live counts for a tenant (or several replicas' together)."""
+
+    requests: int = 0  # admitted in the last minute
+    tokens: int = 0  # charged in the last minute plus reserved now
+    active: int = 0
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,8 @@ class QuotaGate:
         self._tokens: dict[str, deque[tuple[float, int]]] = defaultdict(deque)
         self._reserved: dict[str, int] = defaultdict(int)
         self._active: dict[str, int] = defaultdict(int)
+        self._others: dict[str, Share] = {}  # tenant uid -> the other gateway replicas' counts
+        self._others_at = -math.inf  # when they were read: a view older than OTHERS_STALE_S is dropped
 
     def admit(self, tenant: str, limits: Limits, reserve: int = 0) -> None:
         """Count a new request in, reserving `reserve` tokens, or raise 429. Call
@@ -48,12 +61,15 @@ class QuotaGate:
             requests.popleft()
         while tokens and tokens[0][0] <= now - WINDOW_S:
             tokens.popleft()
-        if limits.max_concurrent is not None and self._active[tenant] >= limits.max_concurrent:
-            raise RateLimitError(f"{limits.max_concurrent} requests are in flight, the limit", 1)
-        if limits.requests_per_minute is not None and len(requests) >= limits.requests_per_minute:
-            raise RateLimitError(f"over {limits.requests_per_minute} requests per minute", _wait(requests[0], now))
+        other = self._others.get(tenant, Share()) if now - self._others_at < OTHERS_STALE_S else Share()
+        if limits.max_concurrent is not None and self._active[tenant] + other.active >= limits.max_concurrent:
+            raise QuotaExceededError("concurrent", f"{limits.max_concurrent} requests are in flight, the limit", 1)
+        if limits.requests_per_minute is not None and len(requests) + other.requests >= limits.requests_per_minute:
+            wait = _wait(requests[0], now) if requests else 1  # the others' oldest is not known here
+            message = f"over {limits.requests_per_minute} requests per minute"
+            raise QuotaExceededError("requests_per_minute", message, wait)
         if limits.tokens_per_minute is not None:
-            self._check_tokens(tenant, limits.tokens_per_minute, reserve, now)
+            self._check_tokens(tenant, limits.tokens_per_minute, reserve, other.tokens, now)
         requests.append(now)
         self._active[tenant] += 1
         self._reserved[tenant] += reserve
@@ -65,7 +81,23 @@ class QuotaGate:
         if used:
             self._tokens[tenant].append((time.monotonic(), used))
 
-    def _check_tokens(self, tenant: str, limit: int, reserve: int, now: float) -> None:
+    def set_others(self, others: dict[str, Share]) -> None:
+        """The other replicas' counts, as just read (`shared_quotas.py`)."""
+        self._others, self._others_at = others, time.monotonic()
+
+    def shares(self) -> dict[str, Share]:
+        """This replica's live counts per tenant: what it tells the others."""
+        cutoff = time.monotonic() - WINDOW_S
+        return {
+            tenant: Share(
+                sum(1 for t in self._requests[tenant] if t > cutoff),
+                sum(n for t, n in self._tokens[tenant] if t > cutoff) + self._reserved[tenant],
+                self._active[tenant],
+            )
+            for tenant in set(self._requests) | set(self._active)
+        }
+
+    def _check_tokens(self, tenant: str, limit: int, reserve: int, others: int, now: float) -> None:
         if reserve > limit:  # waiting would not help: a 400, not a 429
             raise InvalidRequestError(
                 f"this request may use up to {reserve} tokens (prompt + max_tokens × n), more than the "
@@ -75,9 +107,9 @@ class QuotaGate:
             )
         tokens = self._tokens[tenant]
         charged = sum(n for _, n in tokens)
-        if charged + self._reserved[tenant] + reserve > limit:
+        if charged + self._reserved[tenant] + others + reserve > limit:
             wait = _wait(tokens[0][0], now) if tokens else 1  # only open reservations: they end soon
-            raise RateLimitError(f"over {limit} tokens per minute (in use or reserved)", wait)
+            raise QuotaExceededError("tokens_per_minute", f"over {limit} tokens per minute (in use or reserved)", wait)
 
 
 def _wait(oldest: float, now: float) -> int:

@@ -1,13 +1,17 @@
 """Tenants, their API keys and their model aliases, stored in the database.
 
 A tenant sees only its own aliases; an alias points at the base model or at an
-adapter (pinned to a version, or following the adapter's active version). Keys are
-stored as SHA-256 hashes; the plain key is returned once, at creation.
+adapter the tenant may use (a global one or its own; pinned to a version, or following
+the active version). Keys are stored as SHA-256 hashes; the plain key is returned
+once, at creation. A key's role is "api" (the tenant's /v1 calls) or "admin" (its
+tenant's part of the admin API); neither works where the other is asked for.
 """
 
 from __future__ import annotations
 
+import builtins
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select
@@ -21,13 +25,15 @@ from adaptserve.db import (
     ApiKeyRow,
     Database,
     RevokedKeyRow,
-    TemplateRow,
     TenantRow,
     check_name,
 )
 from adaptserve.errors import AuthenticationError, ConflictError, InvalidRequestError, NotFoundError
-from adaptserve.tenancy.auth import Principal, bearer, hash_key
+from adaptserve.tenancy.auth import Actor, Principal, bearer, hash_key
 from adaptserve.tenancy.quotas import Limits
+
+API_ROLE, ADMIN_ROLE = "api", "admin"
+ROLES = (API_ROLE, ADMIN_ROLE)
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,12 @@ class TenantRegistry:
     def __init__(self, db: Database, cache_groups: dict[str, str] | None = None) -> None:
         self._db = db
         self._cache_groups = cache_groups or {}  # tenant name -> shared prefix-cache group
+        self._owned: list[Callable[[Session, str], None]] = []
+
+    def owns(self, delete_rows: Callable[[Session, str], None]) -> None:
+        """Rows another registry keeps per tenant (its templates): `delete_rows(session,
+        tenant)` runs in the transaction that deletes the tenant, so nothing outlives it."""
+        self._owned.append(delete_rows)
 
     # tenants -------------------------------------------------------------
     def create(self, name: str) -> dict:
@@ -67,7 +79,7 @@ class TenantRegistry:
             if s.get(TenantRow, name) is None:
                 s.add(TenantRow(name=name))
 
-    def list(self) -> list[dict]:
+    def list(self) -> builtins.list[dict]:
         with self._db.session() as s:
             rows = s.scalars(select(TenantRow).order_by(TenantRow.name)).all()
             return [_tenant_dict(r) for r in rows]
@@ -81,17 +93,20 @@ class TenantRegistry:
                 _revoke(s, key)
             s.execute(delete(ApiKeyRow).where(ApiKeyRow.tenant == name))
             s.execute(delete(AliasRow).where(AliasRow.tenant == name))
-            s.execute(delete(TemplateRow).where(TemplateRow.owner == name))
+            for delete_rows in self._owned:
+                delete_rows(s, name)
             s.delete(row)
 
     # keys ------------------------------------------------------------------
-    def create_key(self, tenant: str) -> dict:
+    def create_key(self, tenant: str, role: str = API_ROLE) -> dict:
+        if role not in ROLES:
+            raise InvalidRequestError(f"a key's role is one of {', '.join(ROLES)}", param="role")
         key = "sk-as-" + secrets.token_urlsafe(32)
         key_id = "key_" + secrets.token_hex(8)
         with self._db.session() as s:
             self._get(s, tenant)
-            s.add(ApiKeyRow(id=key_id, tenant=tenant, key_hash=hash_key(key), prefix=key[:10]))
-        return {"id": key_id, "tenant": tenant, "key": key}
+            s.add(ApiKeyRow(id=key_id, tenant=tenant, key_hash=hash_key(key), prefix=key[:10], role=role))
+        return {"id": key_id, "tenant": tenant, "role": role, "key": key}
 
     def add_key_hash(self, tenant: str, key_id: str, key_hash: str) -> bool:
         """Register a key known only by its hash (the settings' or the key file's key),
@@ -110,11 +125,13 @@ class TenantRegistry:
         with self._db.session() as s:
             return s.scalar(select(RevokedKeyRow.key_hash).where(RevokedKeyRow.key_id == key_id)) is not None
 
-    def list_keys(self, tenant: str) -> list[dict]:
+    def list_keys(self, tenant: str) -> builtins.list[dict]:
         with self._db.session() as s:
             self._get(s, tenant)
             rows = s.scalars(select(ApiKeyRow).where(ApiKeyRow.tenant == tenant).order_by(ApiKeyRow.created_at))
-            return [{"id": r.id, "prefix": r.prefix, "created_at": r.created_at.isoformat()} for r in rows]
+            return [
+                {"id": r.id, "prefix": r.prefix, "role": r.role, "created_at": r.created_at.isoformat()} for r in rows
+            ]
 
     def delete_key(self, tenant: str, key_id: str) -> None:
         with self._db.session() as s:
@@ -132,7 +149,7 @@ class TenantRegistry:
             tenant = s.scalar(
                 select(TenantRow)
                 .join(ApiKeyRow, ApiKeyRow.tenant == TenantRow.name)
-                .where(ApiKeyRow.key_hash == hash_key(key))
+                .where(ApiKeyRow.key_hash == hash_key(key), ApiKeyRow.role == API_ROLE)
             )
             if tenant is None:
                 raise AuthenticationError("Incorrect API key provided.")
@@ -142,6 +159,19 @@ class TenantRegistry:
             # blocks only within a group the operator declared.
             salt = f"group-{group}" if group else f"tenant-{tenant.uid}"
             return Principal(tenant=tenant.name, uid=tenant.uid, limits=limits, cache_salt=salt)
+
+    def authenticate_admin(self, authorization: str | None) -> Actor:
+        """A tenant admin key → its actor (the operator's key is checked before this)."""
+        key = bearer(authorization)
+        with self._db.session() as s:
+            found = s.execute(
+                select(ApiKeyRow.id, TenantRow.name, TenantRow.uid)
+                .join(TenantRow, ApiKeyRow.tenant == TenantRow.name)
+                .where(ApiKeyRow.key_hash == hash_key(key), ApiKeyRow.role == ADMIN_ROLE)
+            ).first()
+        if found is None:
+            raise AuthenticationError("Incorrect admin key provided.")
+        return Actor(tenant=found.name, key_id=found.id, uid=found.uid)
 
     def set_quotas(self, name: str, limits: Limits) -> dict:
         with self._db.session() as s:
@@ -157,9 +187,10 @@ class TenantRegistry:
         if base == (adapter is not None):
             raise InvalidRequestError('give either {"base": true} or {"adapter": name}', param="adapter")
         with self._db.session() as s:
-            self._get(s, tenant)
+            owner = self._get(s, tenant).uid
             if adapter is not None:
-                if s.get(AdapterRow, adapter) is None:
+                row = s.get(AdapterRow, adapter)
+                if row is None or row.owner not in ("", owner):  # another tenant's is not there for this one
                     raise NotFoundError(f"adapter {adapter} does not exist", param="adapter", code="adapter_not_found")
                 if version is not None and s.get(AdapterVersionRow, (adapter, version)) is None:
                     raise NotFoundError(
@@ -175,7 +206,7 @@ class TenantRegistry:
                 raise NotFoundError(f"tenant {tenant} has no model {alias}", code="model_not_found")
             s.delete(row)
 
-    def aliases(self, tenant: str) -> list[Alias]:
+    def aliases(self, tenant: str) -> builtins.list[Alias]:
         with self._db.session() as s:
             self._get(s, tenant)
             rows = s.scalars(select(AliasRow).where(AliasRow.tenant == tenant).order_by(AliasRow.alias))

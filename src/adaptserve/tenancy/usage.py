@@ -141,4 +141,5 @@ def _increment(s: Session, key: Key, counts: list[int]) -> bool:
         "prompt_tokens": UsageRow.prompt_tokens + prompt,
         "completion_tokens": UsageRow.completion_tokens + completion,
     }
-    return bool(s.execute(update(UsageRow).where(*where).values(**values)).rowcount)
+    result = s.execute(update(UsageRow).where(*where).values(**values))
+    return bool(result.rowcount)  # type: ignore[attr-defined]  # a CursorResult: UPDATE has a row count

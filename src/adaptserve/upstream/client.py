@@ -20,12 +20,15 @@ from adaptserve.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
     UpstreamError,
+    UpstreamServerError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from adaptserve.upstream.load import EngineLoad
 
 log = logging.getLogger(__name__)
 
+PROBE_TIMEOUT_S = 5.0
 _CONTEXT_MARKERS = ("maximum context length", "context length is", "maximum model length")
 
 
@@ -62,11 +65,22 @@ class State(enum.Enum):
     DOWN = "down"
 
 
+class Probe(enum.Enum):
+    """One /health probe. A refused connection means no server is there; a slow or
+    failed answer may be a busy engine, so the pool counts those before giving up."""
+
+    OK = "ok"
+    FAILED = "failed"
+    REFUSED = "refused"
+
+
 @dataclass
 class UpstreamStream:
-    """An open SSE response whose status was 200; iterate `events()` then `close()`."""
+    """An open SSE response whose status was 200; iterate `lines()` then `close()`
+    (it counts as in flight on its upstream until then)."""
 
     response: httpx.Response
+    upstream: Upstream | None = None
 
     async def lines(self) -> AsyncIterator[str]:
         async for line in self.response.aiter_lines():
@@ -74,6 +88,9 @@ class UpstreamStream:
 
     async def close(self) -> None:
         await self.response.aclose()
+        if self.upstream is not None:
+            self.upstream.inflight -= 1
+            self.upstream = None
 
 
 class Upstream:
@@ -85,6 +102,8 @@ class Upstream:
         self.max_answer_bytes = max_answer_bytes
         self.state = State.STARTING
         self.generation = 0
+        self.inflight = 0  # this gateway's requests on it now (streams until closed)
+        self.engine = EngineLoad()  # as last scraped (only with several upstreams: `scrape`)
         self._http = httpx.AsyncClient(
             base_url=self.url,
             timeout=httpx.Timeout(timeout_s, connect=5.0),
@@ -102,16 +121,51 @@ class Upstream:
             log.warning("upstream %s is down", self.url)
         self.state = State.DOWN
 
-    async def health(self) -> bool:
+    @property
+    def load(self) -> float:
+        """How busy it is, for picking. The engine's count covers every gateway replica
+        but is a scrape old; this gateway's in-flight count is fresh but its own: the
+        larger of the two, plus the engine's queue again (a queued request waits for a
+        batch slot, the cost that picking a replica can avoid)."""
+        return max(self.inflight, self.engine.running + self.engine.waiting) + self.engine.waiting
+
+    async def scrape(self) -> None:
+        """Refresh `engine` from vLLM's /metrics; a failed scrape keeps the last one
+        (health is the probe's business)."""
         try:
-            response = await self._http.get("/health", timeout=5.0)
+            response = await self._live().get("/metrics", timeout=PROBE_TIMEOUT_S)
+            if response.status_code == 200:
+                self.engine = EngineLoad.parse(response.text)
+        except (httpx.HTTPError, UpstreamUnavailableError, ValueError, IndexError) as exc:
+            log.debug("scraping %s failed: %r", self.url, exc)
+
+    async def listed_models(self) -> set[str]:
+        """The names vLLM serves now: the base model and every adapter loaded in this
+        engine's life (by any gateway). A restarted engine lists none of the earlier ones."""
+        try:
+            response = await self._live().get("/v1/models", timeout=PROBE_TIMEOUT_S)
+        except httpx.HTTPError as exc:
+            raise self._unavailable(exc) from exc
+        if response.status_code != 200:
+            raise translate_error(response.status_code, response.content)
+        try:
+            return {str(model["id"]) for model in response.json()["data"]}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UpstreamError(f"The model server's model list is malformed: {exc!r}") from exc
+
+    async def probe(self) -> Probe:
+        try:
+            response = await self._http.get("/health", timeout=PROBE_TIMEOUT_S)
+        except httpx.ConnectError:
+            return Probe.REFUSED
         except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+            return Probe.FAILED
+        return Probe.OK if response.status_code == 200 else Probe.FAILED
 
     async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """A non-streamed call; an answer over `max_answer_bytes` is not held whole."""
-        request = self._http.build_request("POST", path, json=body)
+        request = self._live().build_request("POST", path, json=body)
+        self.inflight += 1
         try:
             response = await self._http.send(request, stream=True)
             try:
@@ -120,6 +174,8 @@ class Upstream:
                 await response.aclose()
         except httpx.HTTPError as exc:
             raise self._unavailable(exc) from exc
+        finally:
+            self.inflight -= 1
         if response.status_code != 200:
             raise translate_error(response.status_code, content)
         return json.loads(content)
@@ -127,7 +183,7 @@ class Upstream:
     async def open_stream(self, path: str, body: dict[str, Any]) -> UpstreamStream:
         """Send a streaming request; errors before the first byte raise here, so the
         gateway can still answer with a proper HTTP status."""
-        request = self._http.build_request("POST", path, json=body)
+        request = self._live().build_request("POST", path, json=body)
         try:
             response = await self._http.send(request, stream=True)
         except httpx.HTTPError as exc:
@@ -136,11 +192,12 @@ class Upstream:
             content = await response.aread()
             await response.aclose()
             raise translate_error(response.status_code, content)
-        return UpstreamStream(response)
+        self.inflight += 1
+        return UpstreamStream(response, self)
 
     async def load_adapter(self, name: str, path: str) -> None:
         try:
-            response = await self._http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+            response = await self._live().post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
         except httpx.HTTPError as exc:
             raise self._unavailable(exc) from exc
         if response.status_code == 200:
@@ -152,11 +209,17 @@ class Upstream:
 
     async def unload_adapter(self, name: str) -> None:
         try:
-            response = await self._http.post("/v1/unload_lora_adapter", json={"lora_name": name})
+            response = await self._live().post("/v1/unload_lora_adapter", json={"lora_name": name})
         except httpx.HTTPError as exc:
             raise self._unavailable(exc) from exc
         if response.status_code not in (200, 404):
             log.warning("unloading %s from %s: %s", name, self.url, _error_message(response.content))
+
+    def _live(self) -> httpx.AsyncClient:
+        """Its connection pool, unless it was closed (it left the pool: DNS)."""
+        if self._http.is_closed:
+            raise UpstreamUnavailableError()
+        return self._http
 
     def _unavailable(self, exc: Exception) -> UpstreamUnavailableError:
         if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
@@ -213,4 +276,6 @@ def translate_error(status: int, content: bytes) -> APIError:
         return InvalidRequestError(message, param=param)
     if status == 503:
         return UpstreamUnavailableError()
+    if status >= 500:
+        return UpstreamServerError(f"The model server failed: {message}")
     return UpstreamError(f"The model server failed: {message}")

@@ -22,7 +22,7 @@ def _version(name: str) -> str:
     return _real_version(name)
 
 
-importlib.metadata.version = _version
+importlib.metadata.version = _version  # type: ignore[assignment]  # the launcher's one patch (above)
 
 if __name__ == "__main__":
     from vllm.entrypoints.cli.main import main

@@ -115,9 +115,10 @@ class Tenants(Namespace):
 
 
 class Keys(Namespace):
-    def create(self, tenant: str) -> Result[dict]:
-        """The new key is in `["key"]`, shown this once."""
-        return self._send(Call("POST", f"/admin/tenants/{tenant}/keys"))
+    def create(self, tenant: str, role: str = "api") -> Result[dict]:
+        """The new key is in `["key"]`, shown this once. `role="admin"`: a tenant admin
+        key (the tenant's part of the admin API), not an API key."""
+        return self._send(Call("POST", f"/admin/tenants/{tenant}/keys", json={"role": role}))
 
     def list(self, tenant: str) -> Result[list[dict]]:
         return self._send(Call("GET", f"/admin/tenants/{tenant}/keys", _data))
@@ -200,6 +201,18 @@ class Admin(Namespace):
     def usage(self, tenant: str | None = None, since: str | None = None) -> Result[list[UsageRow]]:
         parse = lambda d: [UsageRow.from_json(r) for r in d["data"]]  # noqa: E731
         return self._send(Call("GET", "/admin/usage", parse, params=_params(tenant=tenant, since=since)))
+
+    def audit(
+        self,
+        tenant: str | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        since: str | None = None,
+        limit: int | None = None,
+    ) -> Result[list[dict]]:
+        """The audit trail, newest first (`action`: a prefix such as "DELETE")."""
+        params = _params(tenant=tenant, actor=actor, action=action, since=since, limit=limit)
+        return self._send(Call("GET", "/admin/audit", _data, params=params))
 
 
 def pack_folder(folder: Path) -> bytes:

@@ -62,7 +62,7 @@ def upgrade() -> None:
 
 
 def _usage_table(name: str, key: list[str]) -> None:
-    columns = [
+    columns: list[sa.schema.SchemaItem] = [
         sa.Column("tenant", sa.String(length=64), nullable=False),
         sa.Column("alias", sa.String(length=128), nullable=False),
         sa.Column("template", sa.String(length=64), nullable=False, server_default=""),

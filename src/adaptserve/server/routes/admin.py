@@ -1,4 +1,9 @@
-"""Admin routes (`/admin/...`, admin key): tenants, keys, adapters, model aliases.
+"""Admin routes (`/admin/...`): tenants, keys, adapters, model aliases, and the audit
+trail. The operator's admin key may do everything; a tenant admin key (`Actor` with a
+tenant) only its own tenant's part: another tenant's objects answer the same 404 as
+names that do not exist, and the operator's routes (tenants, quotas) answer 403. A
+route that changes a version notes before and after in `request.state.audit` (what
+`server/audit.py` records).
 
 Handlers are sync: FastAPI runs them in worker threads, where database calls belong.
 """
@@ -8,15 +13,19 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
-from adaptserve.errors import InvalidRequestError, StorageError, invalid_from
-from adaptserve.server.deps import AdminDep, GatewayDep
+from adaptserve.adapters.catalog import AdapterNotFoundError
+from adaptserve.errors import ConflictError, InvalidRequestError, PermissionDeniedError, StorageError, invalid_from
+from adaptserve.server.deps import AdminDep, GatewayDep, OperatorDep
+from adaptserve.server.gateway import Gateway
 from adaptserve.server.protocol import documented_body, read_json
+from adaptserve.tenancy.audit import MAX_ENTRIES
+from adaptserve.tenancy.auth import Actor
 from adaptserve.tenancy.quotas import Limits
+from adaptserve.tenancy.tenants import Alias, TenantNotFoundError
 
 router = APIRouter(prefix="/admin")
 
@@ -41,7 +50,11 @@ class Quotas(_Strict):
     max_concurrent: int | None = Field(None, ge=1)
 
 
-class Activate(_Strict):
+class KeyCreate(_Strict):
+    role: StrictStr = "api"  # "admin": a tenant admin key
+
+
+class AdapterActivate(_Strict):
     version: StrictStr
 
 
@@ -62,97 +75,162 @@ _ARCHIVE_FORM = {
 
 
 @router.post("/tenants", status_code=201)
-def create_tenant(body: TenantCreate, gateway: GatewayDep, _: AdminDep) -> dict:
+def create_tenant(body: TenantCreate, gateway: GatewayDep, _: OperatorDep) -> dict:
     return gateway.tenants.create(body.name)
 
 
 @router.get("/tenants")
-def list_tenants(gateway: GatewayDep, _: AdminDep) -> dict:
-    return {"data": gateway.tenants.list()}
+def list_tenants(gateway: GatewayDep, actor: AdminDep) -> dict:
+    return {"data": [t for t in gateway.tenants.list() if actor.sees(t["name"])]}
 
 
 @router.delete("/tenants/{tenant}", status_code=204)
-def delete_tenant(tenant: str, gateway: GatewayDep, _: AdminDep) -> None:
+def delete_tenant(tenant: str, gateway: GatewayDep, _: OperatorDep) -> None:
     gateway.tenants.delete(tenant)
 
 
 @router.put("/tenants/{tenant}/quotas")
-def set_quotas(tenant: str, body: Quotas, gateway: GatewayDep, _: AdminDep) -> dict:
+def set_quotas(tenant: str, body: Quotas, gateway: GatewayDep, _: OperatorDep) -> dict:
     limits = Limits(body.requests_per_minute, body.tokens_per_minute, body.max_concurrent)
     return gateway.tenants.set_quotas(tenant, limits)
 
 
 @router.get("/usage")
-async def usage(gateway: GatewayDep, _: AdminDep, tenant: str | None = None, since: datetime | None = None) -> dict:
+async def usage(gateway: GatewayDep, actor: AdminDep, tenant: str | None = None, since: datetime | None = None) -> dict:
+    if actor.tenant is not None:  # a tenant admin reads its own tenant's (this incarnation's) usage
+        return {"data": await gateway.meter.query(None, since, uid=actor.uid)}
     return {"data": await gateway.meter.query(tenant, since)}
 
 
 @router.post("/tenants/{tenant}/keys", status_code=201)
-def create_key(tenant: str, gateway: GatewayDep, _: AdminDep) -> dict:
-    return gateway.tenants.create_key(tenant)
+def create_key(tenant: str, gateway: GatewayDep, actor: AdminDep, body: KeyCreate | None = None) -> dict:
+    _own(actor, tenant)
+    return gateway.tenants.create_key(tenant, (body or KeyCreate()).role)
 
 
 @router.get("/tenants/{tenant}/keys")
-def list_keys(tenant: str, gateway: GatewayDep, _: AdminDep) -> dict:
+def list_keys(tenant: str, gateway: GatewayDep, actor: AdminDep) -> dict:
+    _own(actor, tenant)
     return {"data": gateway.tenants.list_keys(tenant)}
 
 
 @router.delete("/tenants/{tenant}/keys/{key_id}", status_code=204)
-def delete_key(tenant: str, key_id: str, gateway: GatewayDep, _: AdminDep) -> None:
+def delete_key(tenant: str, key_id: str, gateway: GatewayDep, actor: AdminDep) -> None:
+    _own(actor, tenant)
     gateway.tenants.delete_key(tenant, key_id)
 
 
 @router.put("/tenants/{tenant}/models/{alias}")
-def set_alias(tenant: str, alias: str, body: AliasSet, gateway: GatewayDep, _: AdminDep) -> dict:
-    return vars(gateway.tenants.set_alias(tenant, alias, base=body.base, adapter=body.adapter, version=body.version))
+def set_alias(tenant: str, alias: str, body: AliasSet, request: Request, gateway: GatewayDep, actor: AdminDep) -> dict:
+    _own(actor, tenant)
+    before = gateway.tenants.alias(tenant, alias)
+    result = gateway.tenants.set_alias(tenant, alias, base=body.base, adapter=body.adapter, version=body.version)
+    request.state.audit = {"before": _target(before), "after": _target(result)}
+    if body.adapter is not None:
+        gateway.catalog.keep(body.adapter, body.version)
+    return vars(result)
 
 
 @router.get("/tenants/{tenant}/models")
-def list_aliases(tenant: str, gateway: GatewayDep, _: AdminDep) -> dict:
+def list_aliases(tenant: str, gateway: GatewayDep, actor: AdminDep) -> dict:
+    _own(actor, tenant)
     return {"data": [vars(a) for a in gateway.tenants.aliases(tenant)]}
 
 
 @router.delete("/tenants/{tenant}/models/{alias}", status_code=204)
-def delete_alias(tenant: str, alias: str, gateway: GatewayDep, _: AdminDep) -> None:
+def delete_alias(tenant: str, alias: str, gateway: GatewayDep, actor: AdminDep) -> None:
+    _own(actor, tenant)
     gateway.tenants.delete_alias(tenant, alias)
 
 
 @router.post("/adapters", status_code=201, openapi_extra=documented_body(AdapterByPath, media_types=_ARCHIVE_FORM))
-async def push_adapter(request: Request, gateway: GatewayDep, _: AdminDep) -> dict:
-    """Multipart (`name` + `file`: .tar.gz/.zip of a PEFT folder) or JSON {name, path}."""
+async def push_adapter(request: Request, gateway: GatewayDep, actor: AdminDep) -> dict:
+    """Multipart (`name` + `file`: .tar.gz/.zip of a PEFT folder) or JSON {name, path}
+    (a path on the server: the operator's only). A tenant admin's adapter is its tenant's."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        name, staged = await _receive_archive(request, gateway)
+        name, staged = await _receive_archive(request, gateway, actor)
     else:
+        actor.require_operator()  # a server path reads the gateway's disk
         raw = await read_json(request.stream())
         try:
             body = AdapterByPath.model_validate(raw)
         except ValidationError as exc:
             raise invalid_from(exc) from exc
         name, staged = body.name, await asyncio.to_thread(gateway.store.copy_folder, Path(body.path))
-    return await asyncio.to_thread(gateway.registry.register, name, staged)
+    owner = actor.uid if actor.tenant is not None else None
+    result = await asyncio.to_thread(gateway.catalog.register, name, staged, owner)
+    request.state.audit = {"after": result.get("version")}
+    return result
 
 
 @router.get("/adapters")
-def list_adapters(gateway: GatewayDep, _: AdminDep) -> dict:
-    return {"data": gateway.registry.list()}
+def list_adapters(gateway: GatewayDep, actor: AdminDep) -> dict:
+    return {"data": gateway.catalog.list(visible_to=actor.uid if actor.tenant is not None else None)}
 
 
 @router.get("/adapters/{name}")
-def describe_adapter(name: str, gateway: GatewayDep, _: AdminDep) -> dict:
-    return gateway.registry.describe(name)
+def describe_adapter(name: str, gateway: GatewayDep, actor: AdminDep) -> dict:
+    _adapter(actor, gateway, name, change=False)
+    return gateway.catalog.describe(name, operator=actor.tenant is None)
 
 
 @router.post("/adapters/{name}/activate")
-def activate_adapter(name: str, body: Activate, gateway: GatewayDep, _: AdminDep) -> dict:
-    return gateway.registry.activate(name, body.version)
+def activate_adapter(name: str, body: AdapterActivate, request: Request, gateway: GatewayDep, actor: AdminDep) -> dict:
+    _adapter(actor, gateway, name, change=True)
+    result = gateway.catalog.activate(name, body.version)
+    request.state.audit = {"before": result["previous_version"], "after": result["active_version"]}
+    return result
 
 
 @router.delete("/adapters/{name}", status_code=204)
-def delete_adapter(name: str, gateway: GatewayDep, _: AdminDep) -> None:
-    gateway.registry.remove(name)
+def delete_adapter(name: str, gateway: GatewayDep, actor: AdminDep) -> None:
+    _adapter(actor, gateway, name, change=True)
+    gateway.catalog.remove(name)
 
 
-async def _receive_archive(request: Request, gateway: Any) -> tuple[str, Path]:
+@router.get("/audit")
+def audit(
+    gateway: GatewayDep,
+    caller: AdminDep,
+    tenant: str | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+    since: datetime | None = None,
+    limit: int = Query(100, ge=1, le=MAX_ENTRIES),
+) -> dict:
+    """The audit trail, newest first (`action`: a prefix, e.g. "DELETE"); a tenant
+    admin reads what concerns its tenant."""
+    tenant = caller.tenant if caller.tenant is not None else tenant
+    return {"data": gateway.audit.query(tenant=tenant, actor=actor, action=action, since=since, limit=limit)}
+
+
+def _own(actor: Actor, tenant: str) -> None:
+    """Another tenant's part of the API is not there for a tenant admin."""
+    if not actor.sees(tenant):
+        raise TenantNotFoundError(f"tenant {tenant} does not exist")
+
+
+def _adapter(actor: Actor, gateway: Gateway, name: str, *, change: bool) -> None:
+    """A tenant admin sees global adapters and its own, and changes only its own."""
+    if actor.tenant is None:
+        return
+    owner = gateway.catalog.owner(name)
+    if owner is None or owner not in ("", actor.uid):
+        raise AdapterNotFoundError(f"adapter {name} does not exist")
+    if change and owner == "":
+        raise PermissionDeniedError(f"adapter {name} is global: only the operator changes it")
+
+
+def _target(alias: Alias | None) -> str | None:
+    """What an alias serves, for the audit trail."""
+    if alias is None:
+        return None
+    if alias.base:
+        return "base"
+    return f"{alias.adapter}@{alias.version}" if alias.version else str(alias.adapter)
+
+
+async def _receive_archive(request: Request, gateway: Gateway, actor: Actor) -> tuple[str, Path]:
     """Stream the upload to a temp file, then unpack it into the store's staging area. Its
     size (`max_adapter_bytes`) is checked at the edge, from the Content-Length it needs."""
     length = request.headers.get("content-length")
@@ -165,6 +243,9 @@ async def _receive_archive(request: Request, gateway: Any) -> tuple[str, Path]:
     upload, name = form.get("file"), form.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidRequestError("the form needs a 'name' field", param="name")
+    owner = await asyncio.to_thread(gateway.catalog.owner, name)
+    if actor.tenant is not None and owner not in (None, actor.uid):  # early; `register` checks again
+        raise ConflictError(f"the adapter name {name} is taken; choose another", param="name")
     if upload is None or isinstance(upload, str):
         raise InvalidRequestError("the form needs a 'file' field with the archive", param="file")
     try:

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from adaptserve.server.deps import AdminDep, GatewayDep
+from adaptserve.server.deps import GatewayDep, OperatorDep
 
 router = APIRouter()
 
@@ -25,5 +25,5 @@ async def ready(gateway: GatewayDep) -> JSONResponse:
 
 
 @router.get("/metrics")
-def metrics(gateway: GatewayDep, _: AdminDep) -> Response:
+def metrics(gateway: GatewayDep, _: OperatorDep) -> Response:
     return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)

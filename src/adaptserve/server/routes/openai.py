@@ -7,40 +7,40 @@ from datetime import datetime
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from adaptserve.server import responses
 from adaptserve.server.deps import BodyDep, GatewayDep, PrincipalDep
-from adaptserve.server.pipeline import Endpoint
 from adaptserve.server.protocol import ChatRequest, CompletionRequest, documented_body
+from adaptserve.serving.pipeline import Endpoint
 
 router = APIRouter(prefix="/v1")
 
 
 @router.post("/chat/completions", response_model=None, openapi_extra=documented_body(ChatRequest))
 async def chat(gateway: GatewayDep, principal: PrincipalDep, body: BodyDep) -> JSONResponse | StreamingResponse:
-    return await gateway.pipeline.handle(Endpoint.CHAT, body, principal)
+    stall = gateway.settings.stream_stall_timeout_s
+    return await responses.openai(gateway.pipeline, Endpoint.CHAT, body, principal, stall)
 
 
 @router.post("/completions", response_model=None, openapi_extra=documented_body(CompletionRequest))
 async def completions(gateway: GatewayDep, principal: PrincipalDep, body: BodyDep) -> JSONResponse | StreamingResponse:
-    return await gateway.pipeline.handle(Endpoint.COMPLETIONS, body, principal)
+    stall = gateway.settings.stream_stall_timeout_s
+    return await responses.openai(gateway.pipeline, Endpoint.COMPLETIONS, body, principal, stall)
 
 
 @router.get("/models")
 def models(gateway: GatewayDep, principal: PrincipalDep) -> dict:
     """Only the caller's aliases, and only those that can be served now."""
-    entries = []
-    for alias in gateway.tenants.aliases(principal.tenant):
-        # An adapter alias's parent is the base model: the adapter's catalog name is the admin's.
-        parent = None if alias.base else gateway.registry.base_name
-        if alias.base or gateway.registry.target(alias.alias, alias.adapter, alias.version) is not None:
-            entries.append(
-                {
-                    "id": alias.alias,
-                    "object": "model",
-                    "created": gateway.started,
-                    "owned_by": principal.tenant,
-                    "parent": parent,
-                }
-            )
+    entries = [
+        {
+            "id": alias.alias,
+            "object": "model",
+            "created": gateway.started,
+            "owned_by": principal.tenant,
+            # An adapter alias's parent is the base model: the adapter's catalog name is the admin's.
+            "parent": None if alias.base else gateway.catalog.base_name,
+        }
+        for alias in gateway.pipeline.servable(principal.tenant)
+    ]
     return {"object": "list", "data": entries}
 
 

@@ -10,11 +10,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from adaptserve.errors import InvalidRequestError
+from adaptserve.server import responses
 from adaptserve.server.deps import AdminDep, BodyDep, GatewayDep, PrincipalDep
 from adaptserve.server.protocol import documented_body, read_body
+from adaptserve.serving.templates import TemplateCall, parse_call
 from adaptserve.templates.registry import GLOBAL
-from adaptserve.templates.service import TemplateCall
 from adaptserve.templates.spec import load_document
+from adaptserve.tenancy.auth import Actor
+from adaptserve.tenancy.tenants import TenantNotFoundError
 
 router = APIRouter(prefix="/v1/templates")
 admin_router = APIRouter(prefix="/admin/templates")
@@ -31,14 +34,14 @@ _TEMPLATE_DOCUMENT = {
 }
 
 
-class Activate(BaseModel):
+class TemplateActivate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: int = Field(ge=1)
 
 
 @router.get("")
 def list_templates(gateway: GatewayDep, principal: PrincipalDep) -> dict:
-    return gateway.template_service.list(principal.tenant)
+    return gateway.template_service.visible(principal.tenant)
 
 
 @router.get("/{name}")
@@ -50,7 +53,11 @@ def describe_template(name: str, gateway: GatewayDep, principal: PrincipalDep) -
 async def run_template(
     name: str, gateway: GatewayDep, principal: PrincipalDep, body: BodyDep
 ) -> JSONResponse | StreamingResponse:
-    return await gateway.template_service.run(principal, name, body)
+    call = parse_call(body)
+    if call.stream:
+        answer = await gateway.template_service.stream(principal, name, call)
+        return responses.EventStreamResponse(answer, gateway.settings.stream_stall_timeout_s)
+    return JSONResponse(await gateway.template_service.run(principal, name, call))
 
 
 @admin_router.put("/{name}", openapi_extra=_TEMPLATE_DOCUMENT)
@@ -59,12 +66,15 @@ async def put_template(
     request: Request,
     response: Response,
     gateway: GatewayDep,
-    _: AdminDep,
+    actor: AdminDep,
     activate: bool = True,
     tenant: str | None = None,
 ) -> dict:
     """The YAML or JSON document → a new immutable version (201), or the identical one (200).
-    `?activate=false` stores it without switching callers to it; `?tenant=` owns it."""
+    `?activate=false` stores it without switching callers to it; `?tenant=` owns it (a
+    tenant admin's templates are always its tenant's)."""
+    tenant = _owner(actor, tenant) or None
+    request.state.audit_tenant = tenant
     text = await read_body(request.stream())
     spec = load_document(text, name)
     if tenant is not None and spec.tenant not in (None, tenant):
@@ -73,24 +83,44 @@ async def put_template(
         spec = spec.model_copy(update={"tenant": tenant})
     version, created = await asyncio.to_thread(gateway.templates.put, spec, activate)
     response.status_code = 201 if created else 200
+    request.state.audit = {"after": version["version"], "activate": activate}
     return version
 
 
 @admin_router.get("")
-def list_all_templates(gateway: GatewayDep, _: AdminDep) -> dict:
-    return {"data": gateway.templates.list_all()}
+def list_all_templates(gateway: GatewayDep, actor: AdminDep) -> dict:
+    found = gateway.templates.list_all()
+    return {"data": [t for t in found if actor.tenant is None or t["owner"] == actor.tenant]}
 
 
 @admin_router.get("/{name}")
-def template_versions(name: str, gateway: GatewayDep, _: AdminDep, tenant: str = GLOBAL) -> dict:
-    return gateway.templates.versions(tenant, name)
+def template_versions(name: str, gateway: GatewayDep, actor: AdminDep, tenant: str = GLOBAL) -> dict:
+    return gateway.templates.versions(_owner(actor, tenant), name)
 
 
 @admin_router.post("/{name}/activate")
-def activate_template(name: str, body: Activate, gateway: GatewayDep, _: AdminDep, tenant: str = GLOBAL) -> dict:
-    return gateway.templates.activate(tenant, name, body.version)
+def activate_template(
+    name: str, body: TemplateActivate, request: Request, gateway: GatewayDep, actor: AdminDep, tenant: str = GLOBAL
+) -> dict:
+    tenant = _owner(actor, tenant)
+    request.state.audit_tenant = tenant
+    result = gateway.templates.activate(tenant, name, body.version)
+    request.state.audit = {"after": body.version}
+    return result
 
 
 @admin_router.delete("/{name}", status_code=204)
-def delete_template(name: str, gateway: GatewayDep, _: AdminDep, tenant: str = GLOBAL) -> None:
+def delete_template(name: str, request: Request, gateway: GatewayDep, actor: AdminDep, tenant: str = GLOBAL) -> None:
+    tenant = _owner(actor, tenant)
+    request.state.audit_tenant = tenant
     gateway.templates.remove(tenant, name)
+
+
+def _owner(actor: Actor, tenant: str | None) -> str:
+    """Whose templates a call is about: a tenant admin's are its tenant's (another
+    tenant named is not there for it, as a name that does not exist is not)."""
+    if actor.tenant is None:
+        return tenant or GLOBAL
+    if tenant not in (None, GLOBAL, actor.tenant):
+        raise TenantNotFoundError(f"tenant {tenant} does not exist")
+    return actor.tenant

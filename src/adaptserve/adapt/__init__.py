@@ -1,1 +1,0 @@
-"""Adaptation: datasets and formats (`data.py`); training and distillation come here."""

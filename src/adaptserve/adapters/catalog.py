@@ -1,0 +1,286 @@
+"""The adapter catalog: immutable versions in the database and what an alias resolves
+to. Synchronous and thread-safe (admin calls run in worker threads); what is loaded
+where is `residency.py`'s, told about retirements through `Residency.retire`.
+
+Invariants:
+- A version is its content: `version = sha256[:12]`, files in the store under the full
+  digest, and vLLM knows it as `name--version`. A name never silently changes weights.
+- Rows are written only after the files are in place; a failed upload leaves nothing.
+- Hot-swap: `activate` flips the pointer and retires the previous version (unless an
+  alias pins it); residency unloads it when its last request ends.
+- A version vLLM refused is not served until its back-off has passed
+  (`AdapterVersion.refused`). The reason is the admin's to read (`describe`); a tenant
+  is told only that it failed.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from adaptserve.adapters.residency import AdapterVersion, Residency, internal_name
+from adaptserve.adapters.spec import AdapterSpec, BaseModelSpec, validate_adapter
+from adaptserve.adapters.store import AdapterStore
+from adaptserve.db import AdapterRow, AdapterVersionRow, AliasRow, Database, TenantRow, check_name
+from adaptserve.errors import APIError, ConflictError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+
+class AdapterNotFoundError(NotFoundError):
+    code = "adapter_not_found"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a request goes: the name the client used, the name vLLM knows, and the
+    adapter to load first (None: the plain base model)."""
+
+    public_name: str
+    internal_name: str
+    adapter: AdapterVersion | None
+
+
+class AdapterCatalog:
+    def __init__(
+        self,
+        db: Database,
+        store: AdapterStore,
+        base_name: str,
+        base: BaseModelSpec | None,
+        max_rank: int,
+        residency: Residency,
+        targets: frozenset[str] | None = None,
+    ) -> None:
+        self.base_name = base_name
+        self._db, self._store, self._base, self._max_rank = db, store, base, max_rank
+        self._targets = targets  # the modules the engine has LoRA layers on (None: all)
+        self._residency = residency
+        self._versions: dict[str, AdapterVersion] = {}  # internal name -> version, as requests see it
+        self._zero: AdapterVersion | None = None
+        self._base_direct = False  # the engine is known to give a request without an adapter none
+        self._startup: list[str] = []  # the settings file's adapters, loaded when an upstream comes up
+
+    # control plane -------------------------------------------------------------
+    def register(self, name: str, staged: Path, owner: str | None = None) -> dict:
+        """Validate a staged folder, store it, record the version (the first becomes
+        active). `owner`: the pushing tenant's uid (None: the operator, whose new
+        adapters are global and who may add versions to any); a tenant may add
+        versions only to its own adapters (else 409: the name is taken)."""
+        try:
+            check_name(name, "an adapter name")
+        except APIError:
+            self._store.remove_staged(staged)
+            raise
+        spec, path = self._store.add(staged, lambda p: validate_adapter(p, self._base, self._max_rank, self._targets))
+        version = spec.digest[:12]
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        try:
+            active = self._record_version(name, owner, version, spec, path, size)
+        except ConflictError:
+            if not self._digest_in_use(spec.digest):
+                self._store.remove(path)
+            raise
+        self._residency.unretire(internal_name(name, version))  # registered again after a removal: served
+        log.info("adapter %s version %s stored (%d bytes)", name, version, size)
+        return {
+            "name": name,
+            "version": version,
+            "active_version": active,
+            "rank": spec.rank,
+            "target_modules": list(spec.target_modules),
+            "size_bytes": size,
+        }
+
+    def _record_version(
+        self, name: str, owner: str | None, version: str, spec: AdapterSpec, path: Path, size: int
+    ) -> str | None:
+        """The version's row (and the adapter's, if new), owner checked in the same
+        transaction; returns the active version."""
+        with self._db.session() as s:
+            adapter = s.get(AdapterRow, name, with_for_update=True)
+            if adapter is None:
+                adapter = AdapterRow(name=name, owner=owner or "", active_version=version)
+                s.add(adapter)
+                s.flush()
+            elif owner is not None and adapter.owner != owner:
+                raise ConflictError(f"the adapter name {name} is taken; choose another", param="name")
+            if s.get(AdapterVersionRow, (name, version)) is None:
+                s.add(
+                    AdapterVersionRow(
+                        adapter=name,
+                        version=version,
+                        digest=spec.digest,
+                        path=str(path),
+                        rank=spec.rank,
+                        target_modules=list(spec.target_modules),
+                        size_bytes=size,
+                    )
+                )
+            return adapter.active_version
+
+    def activate(self, name: str, version: str) -> dict:
+        with self._db.session() as s:
+            adapter = s.get(AdapterRow, name)
+            if adapter is None:
+                raise AdapterNotFoundError(f"adapter {name} does not exist")
+            if s.get(AdapterVersionRow, (name, version)) is None:
+                raise AdapterNotFoundError(f"adapter {name} has no version {version}", param="version")
+            previous, adapter.active_version = adapter.active_version, version
+            pinned = s.scalar(
+                select(func.count()).select_from(AliasRow).where(AliasRow.adapter == name, AliasRow.version == previous)
+            )
+        self._residency.unretire(internal_name(name, version))  # committed: served again
+        if previous and previous != version and not pinned:
+            self._retire(internal_name(name, previous))
+        log.info("adapter %s: active version %s -> %s", name, previous, version)
+        return {"name": name, "active_version": version, "previous_version": previous}
+
+    def remove(self, name: str) -> None:
+        with self._db.session() as s:
+            adapter = s.get(AdapterRow, name)
+            if adapter is None:
+                raise AdapterNotFoundError(f"adapter {name} does not exist")
+            users = s.scalars(select(AliasRow).where(AliasRow.adapter == name)).all()
+            if users:
+                names = ", ".join(f"{a.tenant}/{a.alias}" for a in users)
+                raise ConflictError(f"adapter {name} is used by the models {names}; delete or repoint them first")
+            versions = s.scalars(select(AdapterVersionRow).where(AdapterVersionRow.adapter == name)).all()
+            doomed = [(v.version, v.digest, v.path) for v in versions]
+            s.delete(adapter)
+        for version, digest, path in doomed:
+            self._versions.pop(internal_name(name, version), None)
+            self._retire(internal_name(name, version))
+            if not self._digest_in_use(digest):
+                self._store.remove(Path(path))
+
+    def describe(self, name: str, *, operator: bool = True) -> dict:
+        """An adapter and its versions; where each is loaded and why vLLM refused one
+        (server paths, engine addresses) only for the operator."""
+        with self._db.session() as s:
+            adapter = s.get(AdapterRow, name)
+            if adapter is None:
+                raise AdapterNotFoundError(f"adapter {name} does not exist")
+            rows = s.scalars(
+                select(AdapterVersionRow)
+                .where(AdapterVersionRow.adapter == name)
+                .order_by(AdapterVersionRow.created_at)
+            ).all()
+            owner = s.scalar(select(TenantRow.name).where(TenantRow.uid == adapter.owner)) if adapter.owner else None
+            versions = [self._version_dict(r) for r in rows]
+        if not operator:
+            versions = [{k: v for k, v in d.items() if k not in ("upstreams", "error")} for d in versions]
+        return {
+            "name": name,
+            "owner": owner if owner or not adapter.owner else "(a deleted tenant)",
+            "active_version": adapter.active_version,
+            "versions": versions,
+        }
+
+    def list(self, visible_to: str | None = None) -> builtins.list[dict]:
+        """Every adapter, or those the tenant of uid `visible_to` may use (global and
+        its own)."""
+        query = select(AdapterRow.name).order_by(AdapterRow.name)
+        if visible_to is not None:
+            query = query.where(AdapterRow.owner.in_(("", visible_to)))
+        with self._db.session() as s:
+            names = s.scalars(query).all()
+        return [self.describe(n, operator=visible_to is None) for n in names]
+
+    def owner(self, name: str) -> str | None:
+        """The uid of the tenant an adapter belongs to ("": global); None when there is none."""
+        with self._db.session() as s:
+            return s.scalar(select(AdapterRow.owner).where(AdapterRow.name == name))
+
+    def _version_dict(self, row: AdapterVersionRow) -> dict:
+        internal = internal_name(row.adapter, row.version)
+        live = self._versions.get(internal)
+        holders = self._residency.holders(internal)
+        state = "failed" if live and live.error else ("ready" if holders else "stored")
+        return {
+            "version": row.version,
+            "digest": row.digest,
+            "rank": row.rank,
+            "target_modules": row.target_modules,
+            "size_bytes": row.size_bytes,
+            "created_at": row.created_at.isoformat(),
+            "state": state,
+            "upstreams": holders,
+            "error": live.error if live else None,
+        }
+
+    def _digest_in_use(self, digest: str) -> bool:
+        with self._db.session() as s:
+            return bool(
+                s.scalar(select(func.count()).select_from(AdapterVersionRow).where(AdapterVersionRow.digest == digest))
+            )
+
+    # resolution ------------------------------------------------------------------
+    def set_zero_adapter(self, path: Path) -> None:
+        spec = validate_adapter(path, self._base, self._max_rank, self._targets)
+        self._zero = AdapterVersion(self.base_name, spec.digest[:12], path, spec.rank)
+        self._residency.pinned.add(self._zero.internal_name)
+
+    def route_base_directly(self, direct: bool) -> None:
+        """Send base requests to the engine without the zero adapter (True), or through it."""
+        self._base_direct = direct
+
+    def base_target(self, public_name: str) -> Target:
+        zero = None if self._base_direct else self._zero
+        return Target(public_name, zero.internal_name if zero else self.base_name, zero)
+
+    def target(self, public_name: str, adapter: str, version: str | None) -> Target | None:
+        """The version an alias resolves to, or None if it no longer exists or failed."""
+        with self._db.session() as s:
+            if version is None:
+                row = s.get(AdapterRow, adapter)
+                version = row.active_version if row else None
+            found = s.get(AdapterVersionRow, (adapter, version)) if version else None
+            if found is None or version is None:
+                return None
+            internal = internal_name(adapter, version)
+            live = self._versions.setdefault(internal, AdapterVersion(adapter, version, Path(found.path), found.rank))
+        return None if live.refused() else Target(public_name, internal, live)
+
+    def startup_adapters(self) -> builtins.list[AdapterVersion]:
+        """What an upstream loads when it comes (back) up, before it takes traffic: the
+        base route's zero adapter and the settings file's adapters (so `/ready` means
+        they can be served)."""
+        found = [self._zero] if self._zero is not None and not self._base_direct else []
+        for name in self._startup:
+            target = self.target(name, name, None)
+            if target is not None and target.adapter is not None:
+                found.append(target.adapter)
+        return found
+
+    def keep(self, name: str, version: str | None) -> None:
+        """An alias now pins this version: serve it again if it was being retired."""
+        if version is not None:
+            self._residency.unretire(internal_name(name, version))
+
+    def _retire(self, internal: str) -> None:
+        self._residency.retire(internal)
+
+    def register_from_settings(self, adapters: dict[str, Path]) -> builtins.list[str]:
+        """The settings file's adapters: stored and versioned like uploads; a bad one
+        is logged and skipped. Returns the names that registered."""
+        ok = []
+        for name, path in adapters.items():
+            if name in (self.base_name, "default"):
+                log.error("adapter %s: the name is taken by the base model; skipped", name)
+                continue
+            try:
+                stored = self.register(name, self._store.copy_folder(path))
+            except (APIError, OSError) as exc:
+                reason = exc.message if isinstance(exc, APIError) else str(exc)
+                log.error("adapter %s (%s) is not served: %s", name, path, reason)
+                continue
+            if stored["active_version"] != stored["version"]:  # the file now names other weights
+                self.activate(name, stored["version"])
+            ok.append(name)
+        self._startup = ok
+        return ok

@@ -1,0 +1,236 @@
+"""A fake vLLM OpenAI server that answers at once, for the unit tests and for measuring
+the gateway's own cost (`benchmarks/gateway_cost.py`): the HTTP surface the gateway uses
+(/health, /metrics, /v1/models, runtime LoRA load/unload, chat and completions,
+streaming, /tokenize, label log-probabilities) with vLLM's status codes and error
+shapes, and a record of what it received.
+
+Its answer is deterministic and says which model served it: "[<model>] echo: <words>".
+Its tokenizer has one token per word; its chat template renders a message as
+`<s> role words </s>` (ids 1 and 2). Its "model" gives a token the log-probability
+-3 + (times the token occurs in the prompt) + `label_bias[word]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+BASE = "tiny-base"
+MAX_MODEL_LEN = 64  # in words, which this fake counts as tokens
+
+
+@dataclass
+class FakeState:
+    healthy: bool = True
+    health_calls: int = 0
+    waiting: int = 0  # what /metrics reports queued (streams open count as running)
+    fail_next: int = 0  # the next requests answered 500, as a failing engine would
+    loaded: dict[str, str] = field(default_factory=dict)  # name -> path
+    load_calls: list[str] = field(default_factory=list)
+    unload_calls: list[str] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    token_delay_s: float = 0.0
+    streams_open: int = 0
+    streams_cancelled: int = 0
+    vocab: dict[str, int] = field(default_factory=dict)
+    label_bias: dict[str, float] = field(default_factory=dict)
+    json_reply: Any = None  # the answer to a request with structured_outputs.json
+    tokenize_calls: int = 0
+    endless_word: str | None = None  # streams repeat it until the gateway stops reading
+    chunks_sent: int = 0
+    reply_delay_s: float = 0.0  # before a non-streamed answer
+    reply_padding: int = 0  # bytes of padding in a non-streamed answer
+
+    def ids(self, text: str) -> list[int]:
+        return [self.vocab.setdefault(word, len(self.vocab) + 10) for word in text.split()]
+
+    def word(self, token: int) -> str:
+        return next(w for w, i in self.vocab.items() if i == token)
+
+    def restart(self) -> None:
+        """What a vLLM restart does to state: every runtime-loaded adapter is gone."""
+        self.loaded.clear()
+
+
+def _error(status: int, message: str, type_: str, param: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": status}}, status)
+
+
+def _too_long() -> JSONResponse:
+    return _error(
+        400,
+        f"This model's maximum context length is {MAX_MODEL_LEN} tokens. However, your "
+        "prompt contains more. (parameter=input_tokens)",
+        "BadRequestError",
+        "input_tokens",
+    )
+
+
+def _prompt_words(body: dict[str, Any]) -> list[str]:
+    if "messages" in body:
+        return " ".join(str(m.get("content", "")) for m in body["messages"]).split()
+    prompt = body.get("prompt", "")
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
+        return [str(t) for p in prompt for t in p]
+    return (prompt if isinstance(prompt, str) else " ".join(map(str, prompt))).split()
+
+
+def _completion_words(body: dict[str, Any]) -> list[str]:
+    words = [f"[{body['model']}]", "echo:", *_prompt_words(body)]
+    return words[: body.get("max_tokens") or 16]
+
+
+def create_fake_vllm(state: FakeState) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/health")
+    async def health() -> Response:
+        state.health_calls += 1
+        return Response(status_code=200 if state.healthy else 503)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": name, "object": "model"} for name in [BASE, *state.loaded]]}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        labels = f'{{engine="0",model_name="{BASE}"}}'
+        lines = [
+            f"vllm:num_requests_running{labels} {float(state.streams_open)}",
+            f"vllm:num_requests_waiting{labels} {float(state.waiting)}",
+            f"vllm:kv_cache_usage_perc{labels} 0.0",
+        ]
+        return Response("\n".join(lines) + "\n", media_type="text/plain")
+
+    @app.post("/v1/load_lora_adapter")
+    async def load(body: dict[str, Any]) -> Response:
+        name, path = body["lora_name"], body["lora_path"]
+        state.load_calls.append(name)
+        await asyncio.sleep(0.05)  # a load takes a moment, so concurrent first requests overlap
+        if name in state.loaded:
+            return _error(400, f"The lora adapter '{name}' has already been loaded.", "InvalidUserInput")
+        if not Path(path).is_dir():
+            return _error(404, f"Loading lora {name} failed: No adapter found for <path>", "NotFoundError")
+        config = json.loads((Path(path) / "adapter_config.json").read_text())
+        if config.get("fake_refuse"):  # stands for whatever makes vLLM fail a load
+            return _error(500, "Error in model execution: shape mismatch", "InternalServerError")
+        state.loaded[name] = path
+        return Response(f"Success: LoRA adapter '{name}' added successfully.")
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload(body: dict[str, Any]) -> Response:
+        state.unload_calls.append(body["lora_name"])
+        if state.loaded.pop(body["lora_name"], None) is None:
+            return _error(404, f"The lora adapter '{body['lora_name']}' cannot be found.", "NotFoundError")
+        return Response("Success")
+
+    async def generate(request: Request, kind: str) -> Response:
+        body = await request.json()
+        if state.fail_next > 0:
+            state.fail_next -= 1
+            return _error(500, "EngineCore encountered an issue.", "InternalServerError")
+        state.requests.append(body)
+        if body["model"] != BASE and body["model"] not in state.loaded:
+            return _error(404, f"The model `{body['model']}` does not exist.", "NotFoundError", "model")
+        if body.get("logprob_token_ids"):  # token-id prompts, each within the context
+            if any(len(prompt) > MAX_MODEL_LEN for prompt in body["prompt"]):
+                return _too_long()
+            return JSONResponse(_label_reads(state, body))
+        if len(_prompt_words(body)) > MAX_MODEL_LEN:
+            return _too_long()
+        words = _completion_words(body)
+        if (body.get("structured_outputs") or {}).get("json") is not None:
+            words = [json.dumps(state.json_reply)]
+        if body.get("stream"):
+            return StreamingResponse(_stream(state, body, words, kind), media_type="text/event-stream")
+        await asyncio.sleep(state.reply_delay_s)
+        text = " ".join(words) + " " * state.reply_padding
+        choice = {"index": 0, "finish_reason": "stop"}
+        choice.update({"message": {"role": "assistant", "content": text}} if kind == "chat" else {"text": text})
+        usage = {"prompt_tokens": len(_prompt_words(body)), "completion_tokens": len(words)}
+        return JSONResponse(
+            {
+                "id": "x",
+                "object": kind,
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [choice],
+                "usage": usage,
+            }
+        )
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        return await generate(request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await generate(request, "text_completion")
+
+    @app.post("/tokenize")
+    async def tokenize(body: dict[str, Any]) -> Response:
+        state.tokenize_calls += 1
+        messages, open_last = body["messages"], body.get("continue_final_message", False)
+        ids: list[int] = []
+        for i, message in enumerate(messages):
+            ids += [1, *state.ids(message["role"]), *state.ids(message["content"])]
+            if not (open_last and i == len(messages) - 1):
+                ids.append(2)
+        if body.get("add_generation_prompt", True) and not open_last:
+            ids += [1, *state.ids("assistant")]
+        return JSONResponse({"count": len(ids), "max_model_len": 2048, "tokens": ids})
+
+    return app
+
+
+def _label_reads(state: FakeState, body: dict[str, Any]) -> dict[str, Any]:
+    """Completions over token-id prompts, returning the listed ids' log-probabilities."""
+    choices = []
+    for i, prompt in enumerate(body["prompt"]):
+        top = {
+            f"token_id:{t}": -3.0 + prompt.count(t) + state.label_bias.get(state.word(t), 0.0)
+            for t in body["logprob_token_ids"]
+        }
+        choices.append({"index": i, "text": "x", "logprobs": {"top_logprobs": [top]}, "finish_reason": "length"})
+    usage = {"prompt_tokens": sum(map(len, body["prompt"])), "completion_tokens": len(body["prompt"])}
+    return {"id": "x", "object": "text_completion", "model": body["model"], "choices": choices, "usage": usage}
+
+
+def _endless(word: str) -> Iterator[str]:
+    while True:
+        yield word
+
+
+async def _stream(state: FakeState, body: dict[str, Any], answer: list[str], kind: str):
+    state.streams_open += 1
+    words: Iterable[str] = answer if state.endless_word is None else _endless(state.endless_word)
+    options = body.get("stream_options") or {}
+    prompt_tokens, sent = len(_prompt_words(body)), 0
+    try:
+        for i, word in enumerate(words):
+            await asyncio.sleep(state.token_delay_s)
+            piece = word if i == 0 else " " + word
+            choice = {"index": 0, "delta": {"content": piece}} if kind == "chat" else {"index": 0, "text": piece}
+            chunk = {"id": "x", "object": f"{kind}.chunk", "created": 0, "model": body["model"], "choices": [choice]}
+            sent += 1
+            if options.get("include_usage") and options.get("continuous_usage_stats"):  # vLLM's running counts
+                chunk["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": sent}
+            yield f"data: {json.dumps(chunk)}\n\n"
+            state.chunks_sent += 1
+        if options.get("include_usage"):
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": sent}
+            yield f"data: {json.dumps({'id': 'x', 'model': body['model'], 'choices': [], 'usage': usage})}\n\n"
+        yield "data: [DONE]\n\n"
+    except (asyncio.CancelledError, GeneratorExit):
+        state.streams_cancelled += 1
+        raise
+    finally:
+        state.streams_open -= 1

@@ -1,0 +1,239 @@
+"""`adaptserve train` and `adaptserve distill`: the command-line side of `training/`.
+
+Both write an adapter folder with its manifest; `--push` uploads it to a running
+server, activates it and points a tenant's alias at it (no restart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adaptserve.cli import remote
+from adaptserve.config import Settings
+from adaptserve.errors import ConfigurationError, InvalidRequestError
+
+if TYPE_CHECKING:
+    from adaptserve.training.task import Item, Task
+
+
+def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    train = commands.add_parser(
+        "train",
+        parents=[common, remote.flags(tenant_key=False, admin_key=True)],
+        help="fine-tune a LoRA/AdaLoRA adapter from labelled examples",
+    )
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="JSONL/CSV: inputs + label (or output), or prompt/completion")
+    source.add_argument("--dataset", help="a bundled dataset's train split: rotten-tomatoes or trec")
+    _common(train)
+    train.set_defaults(run=run_train)
+
+    distill = commands.add_parser(
+        "distill",
+        parents=[common, remote.flags(tenant_key=False, admin_key=True)],
+        help="train a student adapter on a teacher's answers",
+    )
+    distill.add_argument("--inputs", type=Path, required=True, help="unlabelled inputs: text lines or JSONL")
+    teacher = distill.add_mutually_exclusive_group(required=True)
+    teacher.add_argument("--teacher-template", help="a template at --teacher-url (its probabilities are kept)")
+    teacher.add_argument("--teacher-model", help="a chat model at --teacher-url (its answers are parsed)")
+    distill.add_argument("--teacher-url", required=True, help="the teacher's server (OpenAI-compatible)")
+    distill.add_argument("--teacher-key", required=True, help="an API key for the teacher's server")
+    distill.add_argument("--concurrency", type=int, default=4, help="teacher requests in flight")
+    _common(distill)
+    distill.set_defaults(run=run_distill)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--template", help="the student's template: a file, or a name in --templates-dir")
+    parser.add_argument("--templates-dir", type=Path, default=Path("templates"))
+    parser.add_argument("--limit", type=int, help="only the first N examples")
+    parser.add_argument("--model", default="default", help='the base model: "default" or a folder')
+    parser.add_argument("--method", choices=("lora", "adalora"), default="lora")
+    parser.add_argument("--rank", type=int, help="default: from the data size")
+    parser.add_argument("--epochs", type=int, help="default: about 120 steps")
+    parser.add_argument("--lr", type=float, help="learning rate (default 3e-4, warm-up then linear decay)")
+    parser.add_argument("--targets", help="comma-separated module names (default q,k,v,o projections)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    parser.add_argument("--out", type=Path, help="the adapter folder (default adapters/NAME)")
+    push = parser.add_argument_group("push to a running server")
+    push.add_argument("--push", action="store_true")
+    push.add_argument("--key", dest="admin_key", help="the same as --admin-key (an older spelling)")
+    push.add_argument("--name", help="the adapter's name (default: the output folder's name)")
+    push.add_argument("--tenant", help="the tenant whose --alias serves the adapter")
+    push.add_argument("--alias", help="the model alias pointed at the new adapter")
+
+
+def load_template(args: argparse.Namespace) -> Any:
+    from adaptserve.templates.spec import load_document
+
+    if args.template is None:
+        return None
+    path = Path(args.template)
+    if not path.is_file():
+        found = [p for ext in ("yaml", "yml", "json") if (p := args.templates_dir / f"{args.template}.{ext}").is_file()]
+        if not found:
+            raise ConfigurationError(f"template {args.template!r}: no such file, nor in {args.templates_dir}")
+        path = found[0]
+    try:
+        return load_document(path.read_text())
+    except InvalidRequestError as exc:
+        raise ConfigurationError(f"{path}: {exc.message}") from None
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from adaptserve.training.train import TARGETS, TrainConfig
+
+    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else TARGETS
+    return TrainConfig(
+        method=args.method,
+        targets=targets,
+        rank=args.rank,
+        epochs=args.epochs,
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        threads=args.threads,
+    )
+
+
+def _rows(args: argparse.Namespace, spec: Any) -> tuple[list[dict[str, Any]], str]:
+    from adaptserve.datasets import load_dataset, read_rows
+
+    if args.data is not None:
+        rows, source = read_rows(args.data), str(args.data)
+    else:
+        rows, source = [{"text": e.text, "label": e.label} for e in load_dataset(args.dataset, "train")], args.dataset
+    if args.limit:
+        rows, source = rows[: args.limit], f"{source} (first {args.limit})"
+    if spec is None and args.dataset:
+        raise ConfigurationError("--dataset needs a --template to render its examples")
+    return rows, source
+
+
+def run_train(args: argparse.Namespace, settings: Settings) -> int:
+    from adaptserve.training.task import Task
+
+    spec = load_template(args)
+    base = _base(args, settings)
+    rows, source = _rows(args, spec)
+    task = Task.load(base, spec)
+    items = task.items(rows, str(args.data or args.dataset))
+    if not items:
+        raise ConfigurationError("no training examples")
+    out = args.out or Path("adapters") / f"{spec.name if spec else 'adapter'}-{args.method}"
+    return _train_and_finish(args, settings, task, items, base, out, source, {})
+
+
+def run_distill(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from adaptserve.training.distill import CACHE, Teacher, TeacherCache, label, read_inputs, student_items
+    from adaptserve.training.task import Task
+
+    spec = load_template(args)
+    if spec is None:
+        raise ConfigurationError("distill needs the student's --template")
+    base = _base(args, settings)
+    inputs = read_inputs(args.inputs, spec)[: args.limit or None]
+    out = args.out or Path("adapters") / f"{spec.name}-student"
+    teacher = Teacher(
+        args.teacher_url.rstrip("/"),
+        args.teacher_key,
+        template=args.teacher_template,
+        model=args.teacher_model,
+        concurrency=args.concurrency,
+    )
+    cache = TeacherCache(out / CACHE)
+    with tqdm(total=len(inputs), desc="teacher", unit="input") as bar:
+        answers = asyncio.run(label(teacher, spec, inputs, cache, bar.update))
+    task = Task.load(base, spec)
+    items, skipped = student_items(task, answers)
+    if skipped:
+        print(f"adaptserve: {skipped} teacher answers named no label and were left out", file=sys.stderr)
+    soft = sum(it.soft is not None for it in items) if task.first_token_path else 0
+    if soft == 0 and any(it.soft is not None for it in items):
+        print(
+            "adaptserve: the student's labels share first tokens, so it learns the teacher's top labels "
+            "(soft targets need labels whose answers start with distinct tokens)",
+            file=sys.stderr,
+        )
+    facts = {"teacher": {k: v for k, v in asdict(teacher).items() if k != "key"}, "soft_targets": soft}
+    return _train_and_finish(args, settings, task, items, base, out, str(args.inputs), facts)
+
+
+def _base(args: argparse.Namespace, settings: Settings) -> Path:
+    from adaptserve.default_model import resolve_model
+
+    return resolve_model(args.model, settings.resolved_models_dir)
+
+
+def _train_and_finish(
+    args: argparse.Namespace,
+    settings: Settings,
+    task: Task,
+    items: list[Item],
+    base: Path,
+    out: Path,
+    source: str,
+    facts: dict[str, Any],
+) -> int:
+    from adaptserve.training.manifest import write_manifest
+    from adaptserve.training.served import warning as served_warning
+    from adaptserve.training.train import train
+
+    _, outcome = train(task, items, base, out, _config(args))
+    template = {"name": task.spec.name, "digest": task.spec.digest} if task.spec else None
+    manifest = write_manifest(
+        out, base=base, items=items, source=source, template=template, training=outcome.summary(), **facts
+    )
+    print(_summary(outcome, out))
+    warning = served_warning(outcome.served, outcome.after.get("accuracy"))
+    if warning:
+        print(f"adaptserve: warning: {warning}", file=sys.stderr)
+    if args.push:
+        pushed = push(args, settings, out)
+        manifest["pushed"] = pushed
+        print(json.dumps(pushed, indent=2))
+    return 130 if outcome.interrupted else 0
+
+
+def _summary(outcome: Any, out: Path) -> str:
+    def fmt(scores: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:.3f}" for k, v in scores.items()) or "n/a (no held-out slice)"
+
+    lines = [
+        f"adapter: {out}" + ("  (interrupted: the best so far)" if outcome.interrupted else ""),
+        f"held-out ({outcome.examples['held_out']} examples) before: {fmt(outcome.before)}",
+        f"held-out after:  {fmt(outcome.after)}",
+    ]
+    served = outcome.served
+    if served:
+        lines.append(
+            f"held-out as served (template calibration {'on' if served['calibration'] else 'off'}): "
+            f"accuracy {served['accuracy_as_served']:.3f}; uncalibrated {served['accuracy_uncalibrated']:.3f}; "
+            f"recommended: {served['recommended']}"
+        )
+    lines += [
+        f"{outcome.steps} steps in {outcome.seconds:.0f} s ({outcome.seconds_per_step:.2f} s/step), "
+        f"peak memory {outcome.peak_rss_mb:.0f} MB",
+    ]
+    return "\n".join(lines)
+
+
+def push(args: argparse.Namespace, settings: Settings, folder: Path) -> dict[str, Any]:
+    if args.alias and not args.tenant:
+        raise ConfigurationError("--alias needs --tenant")
+    name = args.name or folder.resolve().name
+    key = remote.admin_key(settings, args.admin_key)
+    return remote.push_adapter(remote.server_url(args, settings), key, folder, name, args.tenant, args.alias)

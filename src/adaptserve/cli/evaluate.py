@@ -1,0 +1,99 @@
+"""`adaptserve eval TEMPLATE`: the command-line side of `evaluation.py`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+from adaptserve_client import Template
+
+from adaptserve.cli import remote
+from adaptserve.config import Settings
+
+
+def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = commands.add_parser(
+        "eval",
+        parents=[common, remote.flags(tenant_key=True, admin_key=False)],
+        help="measure a classify template on labelled data",
+    )
+    parser.add_argument("template")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="a JSONL or CSV file of labelled texts")
+    source.add_argument("--dataset", help="a bundled dataset: rotten-tomatoes or trec")
+    parser.add_argument("--split", default="test", help="of --dataset: test (default) or train")
+    parser.add_argument("--text-field", default="text")
+    parser.add_argument("--label-field", default="label")
+    parser.add_argument("--input", help="the template input the text goes to (default: its only one)")
+    parser.add_argument("--limit", type=int, help="only the first N examples")
+    parser.add_argument("--batch", type=int, default=16, help="inputs per request")
+    parser.add_argument("--concurrency", type=int, default=2, help="requests in flight")
+    parser.add_argument("--out", type=Path, default=Path("eval-results"), help="folder for the JSON and PNG")
+    parser.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also score TF-IDF and sentence-embedding classifiers (logistic regression) on the same examples",
+    )
+    parser.add_argument(
+        "--baseline-data",
+        type=Path,
+        help="their training file (default: --dataset's train split, or cross-validation on --data)",
+    )
+    parser.add_argument("--baseline-limit", type=int, default=128, help="training examples for them (default 128)")
+    parser.set_defaults(run=run_eval)
+
+
+def run_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from adaptserve.datasets import load_dataset, read_labelled
+    from adaptserve.evaluation import Evaluator, report, table, write
+
+    url = remote.server_url(args, settings)
+    key = remote.tenant_key(settings, args.key)
+    if args.data is not None:
+        examples = read_labelled(args.data, args.text_field, args.label_field)
+    else:
+        examples = load_dataset(args.dataset, args.split)
+    examples = examples[: args.limit] if args.limit else examples
+    evaluator = Evaluator(url, key, args.template, args.batch, args.concurrency)
+    described = evaluator.describe()
+    input_field = args.input or _only_input(described)
+    started = time.perf_counter()
+    with tqdm(total=len(examples), desc=args.template, unit="input") as progress:
+        predictions = asyncio.run(evaluator.run(examples, input_field, progress))
+    elapsed = time.perf_counter() - started
+    source = str(args.data) if args.data else f"{args.dataset}:{args.split}"
+    settings_used = {"template": args.template, "version": described.version, "data": source, "url": url}
+    settings_used |= {"limit": args.limit, "batch": args.batch, "concurrency": args.concurrency}
+    result = report(predictions, bool(described.raw.get("calibration")), elapsed, settings_used)
+    if args.baselines:
+        result["baselines"] = _baselines(args, examples, described.labels)
+    print(table(result))
+    stem = f"{args.template}-{args.data.stem if args.data else f'{args.dataset}-{args.split}'}"
+    json_path, png_path = write(result, args.out, stem)
+    print(f"\nwrote {json_path} and {png_path}")
+    return 0
+
+
+def _baselines(args: argparse.Namespace, examples: list, labels: list[str]) -> dict:
+    from adaptserve.datasets import load_dataset, read_labelled
+    from adaptserve.fit.baselines import on_examples
+
+    if args.baseline_data is not None:
+        train = read_labelled(args.baseline_data, args.text_field, args.label_field)[: args.baseline_limit]
+    elif args.dataset is not None:
+        train = load_dataset(args.dataset, "train")[: args.baseline_limit]
+    else:
+        train = None  # cross-validated on the evaluated examples themselves
+    return on_examples(examples, train, labels)
+
+
+def _only_input(described: Template) -> str:
+    names = list((described.inputs or {})["properties"])
+    if len(names) != 1:
+        sys.exit(f"adaptserve: template has inputs {names}: say which one gets the text with --input")
+    return names[0]

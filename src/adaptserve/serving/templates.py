@@ -1,0 +1,173 @@
+"""What `POST /v1/templates/{name}` does: check the call and its inputs, then classify
+(label scores, calibrated, every engine call in one admission) or generate (text, or
+JSON that matches the schema, via vLLM's `structured_outputs`), for one input or a
+batch (`run` → the answer's body) or as a stream (`stream` → a `StreamingAnswer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from typing import Any
+
+import jsonschema
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+
+from adaptserve.errors import APIError, InvalidRequestError, invalid_from
+from adaptserve.serving.bounds import Reservation
+from adaptserve.serving.pipeline import CallRecord, Endpoint, Pipeline, StreamingAnswer
+from adaptserve.serving.relay import relay_text
+from adaptserve.templates.classify import Classifier
+from adaptserve.templates.registry import TemplateRegistry, TemplateVersion
+from adaptserve.templates.render import Renderer
+from adaptserve.templates.spec import TemplateSpec, check_inputs
+from adaptserve.tenancy.auth import Principal
+
+
+class TemplateOutputError(APIError):
+    """The model's answer does not parse or does not match the template's schema."""
+
+    status = 502
+    type = "upstream_error"
+    code = "invalid_output"
+
+
+class TemplateCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: dict[str, Any] | list[Any]
+    version: int | None = Field(None, ge=1)
+    explain: StrictBool = False
+    stream: StrictBool = False
+    max_tokens: int | None = Field(None, ge=1, le=8192)  # generate only
+    temperature: float | None = Field(None, ge=0, le=2)
+
+
+class TemplateService:
+    def __init__(self, pipeline: Pipeline, templates: TemplateRegistry, renderer: Renderer, max_batch: int) -> None:
+        self._pipeline, self._templates, self._renderer = pipeline, templates, renderer
+        self._classifier = Classifier(templates, renderer)
+        self._max_batch = max_batch
+
+    def visible(self, tenant: str) -> dict[str, Any]:
+        return {"object": "list", "data": [t.summary() for t in self._templates.visible(tenant)]}
+
+    def describe(self, tenant: str, name: str) -> dict[str, Any]:
+        template = self._templates.get(tenant, name)
+        spec = template.spec
+        out = template.summary() | {"inputs": spec.inputs_schema(), "calibration": spec.calibration}
+        if spec.kind == "classify":
+            out["labels"] = [{"name": label.name, "description": label.description} for label in spec.labels]
+            out["temperature"] = spec.temperature
+        else:
+            out["output_schema"] = spec.schema_
+        return out
+
+    async def run(self, principal: Principal, name: str, call: TemplateCall) -> dict[str, Any]:
+        """A call that is not streamed: one input's result, or a batch's results."""
+        template, checked = await self._checked(principal, name, call)
+        batch = isinstance(call.inputs, list)
+        if template.spec.kind == "classify":
+            results, usage = await self._classify(principal, template, checked, call.explain)
+            return {"results": results, "usage": usage} if batch else results[0]
+        if not batch:
+            return await self._generate(principal, template, checked[0], call)
+        outcomes = await asyncio.gather(
+            *(self._generate(principal, template, item, call) for item in checked), return_exceptions=True
+        )
+        return {"results": [_result_or_error(o) for o in outcomes]}
+
+    async def stream(self, principal: Principal, name: str, call: TemplateCall) -> StreamingAnswer:
+        """One input of a generate template, streamed: `{"delta"}` events, then the result."""
+        template, checked = await self._checked(principal, name, call)
+        body = self._chat_body(template.spec, checked[0], call) | {"stream": True}
+
+        def finish(text: str, reason: str | None, record: CallRecord) -> dict[str, Any]:
+            usage = {"prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens}
+            return finish_generation(template.spec, text, reason) | {"version": template.version, "usage": usage}
+
+        relay = functools.partial(relay_text, finish=finish)
+        model, name = template.spec.model, template.name
+        return await self._pipeline.stream(principal, model, Endpoint.CHAT, body, template=name, relay=relay)
+
+    async def _checked(
+        self, principal: Principal, name: str, call: TemplateCall
+    ) -> tuple[TemplateVersion, list[dict[str, Any]]]:
+        template = await asyncio.to_thread(self._templates.get, principal.tenant, name, call.version)
+        spec = template.spec
+        batch = isinstance(call.inputs, list)
+        items = call.inputs if isinstance(call.inputs, list) else [call.inputs]
+        if batch and not 1 <= len(items) <= self._max_batch:
+            raise InvalidRequestError(f"a batch holds 1 to {self._max_batch} inputs", param="inputs")
+        checked = [check_inputs(spec, item, f"inputs[{i}]" if batch else "inputs") for i, item in enumerate(items)]
+        if call.stream and (batch or spec.kind != "generate"):
+            raise InvalidRequestError("stream is for one input of a generate template", param="stream")
+        return template, checked
+
+    async def _classify(
+        self, principal: Principal, template: TemplateVersion, inputs: list[dict[str, Any]], explain: bool
+    ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """Every engine call (tokenizing, calibrating, scoring) inside one admission."""
+        reserve = Reservation(*self._classifier.worst_case(template, inputs))
+        model = template.spec.model
+        async with self._pipeline.admitted(
+            principal, model, reserve, label="template", template=template.name
+        ) as engine:
+            return await self._classifier.classify(engine, template, inputs, explain)
+
+    async def _generate(
+        self, principal: Principal, template: TemplateVersion, inputs: dict[str, Any], call: TemplateCall
+    ) -> dict[str, Any]:
+        body = self._chat_body(template.spec, inputs, call)
+        answer = await self._pipeline.call(principal, template.spec.model, Endpoint.CHAT, body, template=template.name)
+        choice = answer.body["choices"][0]
+        result = finish_generation(template.spec, choice["message"].get("content") or "", choice.get("finish_reason"))
+        result |= {"version": template.version, "usage": answer.body.get("usage")}
+        if call.explain:
+            result["explain"] = {"prompt_tokens": (answer.body.get("usage") or {}).get("prompt_tokens")}
+        return result
+
+    def _chat_body(self, spec: TemplateSpec, inputs: dict[str, Any], call: TemplateCall) -> dict[str, Any]:
+        sampling = spec.sampling
+        body: dict[str, Any] = {
+            "messages": self._renderer.messages(spec, inputs),
+            "temperature": call.temperature if call.temperature is not None else sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": call.max_tokens or sampling.max_tokens,
+        }
+        if sampling.stop:
+            body["stop"] = sampling.stop
+        if spec.schema_ is not None:
+            body["structured_outputs"] = {"json": spec.schema_}
+        return body
+
+
+def finish_generation(spec: TemplateSpec, text: str, finish_reason: str | None) -> dict[str, Any]:
+    """The model's text → `{"text"}`, or `{"output"}` parsed and checked against the schema."""
+    if spec.schema_ is None:
+        return {"text": text, "finish_reason": finish_reason}
+    hint = " (the answer was cut at max_tokens; raise it)" if finish_reason == "length" else ""
+    try:
+        output = json.loads(text)
+        jsonschema.validate(output, spec.schema_)
+    except ValueError as exc:
+        raise TemplateOutputError(f"the model's answer is not JSON{hint}: {exc}") from exc
+    except jsonschema.ValidationError as exc:
+        raise TemplateOutputError(f"the model's answer does not match the schema{hint}: {exc.message}") from exc
+    return {"output": output, "finish_reason": finish_reason}
+
+
+def parse_call(body: dict[str, Any]) -> TemplateCall:
+    try:
+        return TemplateCall.model_validate(body)
+    except ValidationError as exc:
+        raise invalid_from(exc) from exc
+
+
+def _result_or_error(outcome: dict[str, Any] | BaseException) -> dict[str, Any]:
+    if isinstance(outcome, APIError):
+        return outcome.body()
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome

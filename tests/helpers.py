@@ -1,0 +1,532 @@
+"""Everything the test suites share, in one place: the keys the run uses, servers on
+loopback (an ASGI app in a thread, `adaptserve serve` in a subprocess), small model and
+adapter folders, tenants, and the checks several modules make. Fixtures stay in the
+conftest files; test modules import helpers from here and never from each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import uvicorn
+import yaml
+from safetensors.numpy import save_file
+
+API_KEY = "sk-test-key"  # every gateway the run starts uses these two
+ADMIN_KEY = "sk-test-admin"
+START_TIMEOUT_S = 900  # `adaptserve serve` with vLLM and LoRA: about a minute here
+ADAPTERS = ("a1", "a2", "a3")  # the integration server's good adapters (settings file)
+BAD_ADAPTERS = ("corrupt", "rank64", "wrongbase")  # and the ones it must refuse
+MAX_LORAS = 2  # fewer engine slots than adapters in the mix
+
+
+# -- servers ---------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerThread:
+    """An ASGI app served by uvicorn on loopback in a background thread."""
+
+    def __init__(self, app: object, port: int | None = None, config: uvicorn.Config | None = None) -> None:
+        """Serve `app` on loopback (`port` or a free one), or exactly as `config` says."""
+        if config is None:
+            config = uvicorn.Config(app, host="127.0.0.1", port=port or free_port(), log_level="warning")
+        self.port = config.port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self, ready_path: str = "/health", timeout_s: float = 10.0) -> ServerThread:
+        self.thread.start()
+        wait_for(lambda: _answers(self.url + ready_path), timeout_s, f"{self.url}{ready_path} did not come up")
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code < 500
+    except httpx.HTTPError:
+        return False
+
+
+class RunningGateway:
+    """A gateway in this process (unit tests) in front of the fake engine."""
+
+    def __init__(self, url: str, settings: Any = None, admin_url: str | None = None) -> None:
+        self.url = url
+        self.settings = settings
+        self.admin_url = admin_url or url
+        self.server: ServerThread | None = None  # set when it runs in this process
+
+    def client(self, api_key: str = API_KEY) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=10)
+
+    def post(self, path: str, body: Any = None, key: str | None = API_KEY, **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.post(self.url + path, json=body, headers=headers, timeout=10, **kw)
+
+    def admin(self, method: str, path: str, key: str = ADMIN_KEY, **kw: Any) -> httpx.Response:
+        return httpx.request(
+            method, self.admin_url + "/admin" + path, headers={"Authorization": f"Bearer {key}"}, timeout=10, **kw
+        )
+
+    def wait_ready(self, timeout_s: float = 10.0) -> None:
+        wait_for(lambda: _answers_200(self.url + "/ready"), timeout_s, "gateway not ready")
+
+
+def _answers_200(url: str) -> bool:
+    try:
+        return httpx.get(url).status_code == 200
+    except httpx.ConnectError:  # a gateway process still starting
+        return False
+
+
+@dataclass
+class Server:
+    """`adaptserve serve` in a subprocess (integration tests), gateway and vLLM child."""
+
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+    vllm_log: Path
+
+    def client(self, api_key: str = API_KEY, **kw: Any) -> openai.OpenAI:
+        kw.setdefault("max_retries", 0)
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, timeout=300, **kw)
+
+    def admin(self, method: str, path: str, key: str = ADMIN_KEY, **kw: Any) -> httpx.Response:
+        return httpx.request(
+            method, self.url + "/admin" + path, headers={"Authorization": f"Bearer {key}"}, timeout=60, **kw
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def troubles(self) -> str:
+        """The gateway log's warnings and errors, newest last: what a failed check shows."""
+        lines = [line for line in self.log().splitlines() if " WARNING " in line or " ERROR " in line]
+        return "\n".join(lines[-20:])
+
+    def vllm_url(self) -> str:
+        found = re.search(r"starting vLLM on (http://127\.0\.0\.1:\d+)", self.log())
+        assert found is not None, "this gateway started no engine"
+        return found.group(1)
+
+    def vllm_pids(self) -> list[int]:
+        if "starting vLLM on" not in self.log():
+            return []  # a gateway in front of another's engine (--upstream) has none of its own
+        port = self.vllm_url().rsplit(":", 1)[1]
+        out = subprocess.run(["pgrep", "-f", f"vllm_main serve .*--port {port}"], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        crashes = self.log().count("vLLM exited")
+        while time.monotonic() < deadline:
+            if self.log().count("vLLM exited") >= crashes + 2:
+                raise RuntimeError(f"vLLM keeps exiting:\n{self.vllm_log.read_text()[-5000:]}")
+            if self.process.poll() is not None:
+                raise RuntimeError(f"adaptserve exited with {self.process.returncode}:\n{self.log()[-5000:]}")
+            if _answers_200(self.url + "/ready"):
+                return
+            time.sleep(1)
+        raise TimeoutError(f"not ready after {timeout_s}s:\n{self.log()[-5000:]}\n{self.vllm_log.read_text()[-5000:]}")
+
+
+def models_dir() -> Path:
+    """Share the converted default model with `make serve` (the same cache folder)."""
+    data = os.environ.get("ADAPTSERVE_DATA_DIR") or Path.home() / ".local" / "share" / "adaptserve"
+    return Path(os.environ.get("ADAPTSERVE_MODELS_DIR") or Path(data) / "models")
+
+
+@contextlib.contextmanager
+def running_server(data: Path, args: list[str]) -> Iterator[Server]:
+    """`adaptserve serve ARGS` on a free port with `data` as its data folder, ready;
+    stopped (and checked to leave no engine behind) on exit."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "ADAPTSERVE_DATA_DIR": str(data),
+        "ADAPTSERVE_MODELS_DIR": str(models_dir()),
+        "ADAPTSERVE_API_KEY": API_KEY,
+        "ADAPTSERVE_ADMIN_KEY": ADMIN_KEY,
+    }
+    log_path = data / "gateway.log"
+    data.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "adaptserve", "serve", *args, "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    srv = Server(f"http://127.0.0.1:{port}", process, log_path, data / "logs" / "vllm.log")
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        children = srv.vllm_pids() if process.poll() is None else []
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    # Stopping the gateway must stop the engine too: no orphan keeps the port or memory.
+    wait_for(lambda: not any(_alive(p) for p in children), 30, "vLLM outlived the gateway")
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for a parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition not met") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.05)
+
+
+# -- tenants and calls -----------------------------------------------------------------
+def new_tenant(gateway: Any, name: str, alias_body: dict | None = None, alias: str = "support") -> openai.OpenAI:
+    """A tenant with one key (and an alias, when `alias_body` says what it points at);
+    returns a client with that key. `gateway`: a RunningGateway or a Server."""
+    assert gateway.admin("POST", "/tenants", json={"name": name}).status_code == 201
+    if alias_body is not None:
+        assert gateway.admin("PUT", f"/tenants/{name}/models/{alias}", json=alias_body).status_code == 200
+    return gateway.client(api_key=gateway.admin("POST", f"/tenants/{name}/keys").json()["key"])
+
+
+def tar_gz(folder: Path, top: str | None = "adapter") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(folder, arcname=top or ".")
+    return buf.getvalue()
+
+
+def usage(server: Any, key: str) -> list[dict]:
+    """The tenant's own usage rows (`GET /v1/usage`)."""
+    return httpx.get(server.url + "/v1/usage", headers={"Authorization": f"Bearer {key}"}).json()["data"]
+
+
+def wait_for_usage(server: Any, key: str, requests: int = 1, timeout_s: float = 30) -> list[dict]:
+    """Usage is written about once a second: wait until `requests` are recorded."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = usage(server, key)
+        if sum(row["requests"] for row in rows) >= requests:
+            return rows
+        assert time.monotonic() < deadline, f"fewer than {requests} requests recorded: {rows}"
+        time.sleep(0.5)
+
+
+def upload(gateway: Any, name: str, folder: Path, key: str | None = None) -> httpx.Response:
+    """Upload an adapter folder as a tarball (the admin API's multipart form), with the
+    operator's key or `key` (a tenant admin's)."""
+    files = {"file": ("a.tar.gz", tar_gz(folder, top=name))}
+    return gateway.admin("POST", "/adapters", data={"name": name}, files=files, **({"key": key} if key else {}))
+
+
+def run_template(gateway: Any, name: str, body: dict, key: str = API_KEY) -> httpx.Response:
+    return httpx.post(
+        f"{gateway.url}/v1/templates/{name}", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=300
+    )
+
+
+def assert_openai_error(response: httpx.Response, status: int, code: str | None = None, param: str | None = None):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"] and isinstance(error["type"], str)
+    assert error["code"] == code and error["param"] == param
+    return error
+
+
+SENTIMENT = {
+    "name": "sent",
+    "kind": "classify",
+    "instruction": "Is this review positive or negative?",
+    "inputs": {"text": {"type": "string", "max_length": 200}},
+    "labels": [{"name": "negative"}, {"name": "positive"}],
+    "calibration": False,
+}
+CONTACT = {
+    "name": "contact",
+    "kind": "generate",
+    "instruction": "Extract the contact.",
+    "inputs": {"message": {}},
+    "schema": {"type": "object", "properties": {"email": {"type": "string"}}, "required": ["email"]},
+}
+
+
+# -- the gateway's metrics ----------------------------------------------------------------
+def gateway_metric(gateway: Any, name: str, **labels: str) -> float:
+    """The sum of the gateway's `name` samples whose labels include `labels` (0: none)."""
+    text = httpx.get(gateway.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).text
+    found = [line for line in text.splitlines() if line.startswith((name + "{", name + " "))]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in found if all(f'{k}="{v}"' in line for k, v in labels.items()))
+
+
+# -- tenant admins ----------------------------------------------------------------------
+def tenant_admin_key(gw: Any, tenant: str) -> str:
+    """A new admin-role key of `tenant`, made with the operator's key."""
+    response = gw.admin("POST", f"/tenants/{tenant}/keys", json={"role": "admin"})
+    assert response.status_code == 201 and response.json()["role"] == "admin"
+    return response.json()["key"]
+
+
+def call_as(gw: Any, key: str, method: str, path: str, **kw: Any) -> httpx.Response:
+    """Any route of the gateway with `key`."""
+    return httpx.request(method, gw.url + path, headers={"Authorization": f"Bearer {key}"}, timeout=10, **kw)
+
+
+def make_two_tenants(gateway: Any, adapters: dict[str, Path]) -> dict[str, str]:
+    """acme and globex, each with a tenant admin key, an API key, an alias, an adapter
+    of its own and a template; beside the global adapters alpha and beta (the settings
+    file's)."""
+    keys = {}
+    for name, folder in (("acme", "alpha"), ("globex", "beta")):
+        gateway.admin("POST", "/tenants", json={"name": name})
+        keys[name] = tenant_admin_key(gateway, name)
+        assert upload(gateway, f"{name}-ad", adapters[folder], key=keys[name]).status_code == 201
+        alias = call_as(gateway, keys[name], "PUT", f"/admin/tenants/{name}/models/m", json={"adapter": f"{name}-ad"})
+        assert alias.status_code == 200
+        doc = json.dumps(SENTIMENT | {"model": "m"})
+        assert call_as(gateway, keys[name], "PUT", "/admin/templates/sent", content=doc).status_code == 201
+        keys[name + "-api"] = call_as(gateway, keys[name], "POST", f"/admin/tenants/{name}/keys").json()["key"]
+    return keys
+
+
+# -- answers from the real engine ------------------------------------------------------
+def chat(client: openai.OpenAI, model: str, content: str, max_tokens: int = 24) -> str:
+    reply = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": content}], max_tokens=max_tokens, temperature=0
+    )
+    return reply.choices[0].message.content or ""
+
+
+def common_prefix(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def follows_another(answer: str, own: str, others: list[str]) -> bool:
+    """A mix-up, not bf16 drift: the answer is another model's solo answer, or follows
+    one for 24+ characters and twice as far as it follows its own."""
+    if answer == own:
+        return False
+    n_own = common_prefix(answer, own)
+    return any(
+        answer == o or (common_prefix(answer, o) >= 24 and common_prefix(answer, o) >= 2 * n_own)
+        for o in others
+        if o != own
+    )
+
+
+MIX_PROMPTS = (
+    "Name three colours of the rainbow.",
+    "Write one sentence about the sea.",
+    "Describe a cat in one sentence.",
+    "Give me a tip for learning to cook.",
+)
+
+
+def mixed_batch_mixups(client: openai.OpenAI, models: tuple[str, ...]) -> list[tuple[str, str, str, str]]:
+    """Send base and adapter requests concurrently (each twice, shuffled) and return the
+    answers that follow another model's solo answer: (model, prompt, answer, own)."""
+    reference = {(m, p): chat(client, m, p) for m in models for p in MIX_PROMPTS}
+    distinct = [p for p in MIX_PROMPTS if len({reference[m, p] for m in models}) == len(models)]
+    assert len(distinct) >= 3, f"the models must answer differently for the test to mean anything: {reference}"
+    requests = [(m, p) for m in models for p in MIX_PROMPTS] * 2
+    random.Random(0).shuffle(requests)
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        answers = list(pool.map(lambda mp: chat(client, *mp), requests))
+    wrong = []
+    for (model, prompt), answer in zip(requests, answers, strict=True):
+        others = [reference[m, prompt] for m in models if m != model]
+        if follows_another(answer, reference[model, prompt], others):
+            wrong.append((model, prompt, answer, reference[model, prompt]))
+    return wrong
+
+
+# -- secrets ---------------------------------------------------------------------------
+GENERATED_KEY = re.compile(rb"sk-as-[A-Za-z0-9_-]{40,}")
+
+
+def leaked_keys(logs: list[Path], keys: list[str]) -> list[str]:
+    """Where a key (one of `keys`, or any key the server generated) appears in `logs`."""
+    found = []
+    for path in logs:
+        content = path.read_bytes()
+        found += [f"{key[:8]}... in {path}" for key in keys if key.encode() in content]
+        generated = GENERATED_KEY.search(content)
+        if generated is not None:
+            found.append(f"a generated key {generated.group()[:12].decode()}... in {path}")
+    return found
+
+
+# -- model and adapter folders ---------------------------------------------------------
+HIDDEN, HEADS, KV_HEADS, HEAD_DIM, LAYERS = 32, 4, 2, 8, 2
+MODULE_SHAPES = {  # module -> (out, in), as in a Llama
+    "self_attn.q_proj": (HEADS * HEAD_DIM, HIDDEN),
+    "self_attn.k_proj": (KV_HEADS * HEAD_DIM, HIDDEN),
+    "self_attn.v_proj": (KV_HEADS * HEAD_DIM, HIDDEN),
+    "self_attn.o_proj": (HIDDEN, HEADS * HEAD_DIM),
+}
+
+
+def make_base(path: Path) -> Path:
+    """A tiny Llama's config and zero weights (numpy + safetensors, no torch)."""
+    path.mkdir(parents=True)
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": HIDDEN,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS,
+        "head_dim": HEAD_DIM,
+        "num_hidden_layers": LAYERS,
+        "vocab_size": 100,
+    }
+    (path / "config.json").write_text(json.dumps(config))
+    tensors = {"model.embed_tokens.weight": np.zeros((100, HIDDEN), np.float32)}
+    for layer in range(LAYERS):
+        for module, shape in MODULE_SHAPES.items():
+            tensors[f"model.layers.{layer}.{module}.weight"] = np.zeros(shape, np.float32)
+    save_file(tensors, str(path / "model.safetensors"))
+    return path
+
+
+def make_adapter(
+    path: Path,
+    r: int = 4,
+    targets: tuple[str, ...] = ("q_proj", "v_proj"),
+    hidden: int = HIDDEN,
+    seed: int = 0,
+    **config_overrides: object,
+) -> Path:
+    """A LoRA folder for `make_base`'s model as peft writes it, with random weights."""
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for layer in range(LAYERS):
+        for module, (fan_out, fan_in) in MODULE_SHAPES.items():
+            if module.rsplit(".", 1)[-1] not in targets:
+                continue
+            fan_in = hidden if fan_in == HIDDEN else fan_in
+            stem = f"base_model.model.model.layers.{layer}.{module}"
+            tensors[f"{stem}.lora_A.weight"] = rng.standard_normal((r, fan_in)).astype(np.float32)
+            tensors[f"{stem}.lora_B.weight"] = rng.standard_normal((fan_out, r)).astype(np.float32)
+    save_file(tensors, str(path / "adapter_model.safetensors"))
+    config = {"peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "target_modules": list(targets), "bias": "none"}
+    config.update(config_overrides)
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    return path
+
+
+# Real LoRA adapters for the real model, made with peft (imported here only: the unit
+# suite never pays for torch). Weights are random (init_lora_weights=False) and scaled
+# up (lora_alpha = 2r) so each adapter's greedy output differs from the base and the
+# others on open-ended prompts while staying coherent text; at 4r the text degenerates
+# and tiny bf16 differences between batch shapes flip greedy choices, which would hide
+# real mix-ups in noise.
+def make_lora(
+    base_path: Path, out: Path, seed: int, r: int = 8, targets: tuple[str, ...] = ("q_proj", "v_proj")
+) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.bfloat16)
+    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+def make_wrong_base_lora(out: Path) -> Path:
+    """An adapter for another (tiny) Llama: vLLM would load it and serve altered text."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    shape = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+    other = LlamaForCausalLM(LlamaConfig(**shape, num_key_value_heads=2, vocab_size=49152))
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(other, config).save_pretrained(out)
+    return out
+
+
+def make_corrupt_lora(good: Path, out: Path) -> Path:
+    shutil.copytree(good, out)
+    (out / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    return out
+
+
+# -- the deployment (deploy/) ------------------------------------------------------------
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+RULES_FILE = DEPLOY / "prometheus" / "rules.yaml"
+DASHBOARD_FILE = DEPLOY / "grafana" / "adaptserve.json"
+
+
+def deploy_rules() -> list[dict[str, Any]]:
+    """Every recording and alert rule of the Prometheus rules file."""
+    return [rule for group in yaml.safe_load(RULES_FILE.read_text())["groups"] for rule in group["rules"]]
+
+
+def dashboard_exprs() -> Iterator[str]:
+    """Every PromQL expression of the Grafana dashboard's panels (nested rows too)."""
+
+    def walk(panels: list[dict[str, Any]]) -> Iterator[str]:
+        for panel in panels:
+            yield from (t["expr"] for t in panel.get("targets", []))
+            yield from walk(panel.get("panels", []))
+
+    yield from walk(json.loads(DASHBOARD_FILE.read_text())["panels"])
+
+
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool"}
+PROMQL_WORDS |= {"offset", "inf", "nan"}
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads: what is left after strings, label
+    matchers, ranges, grouping lists, functions and keywords are taken out."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expr)
+    text = re.sub(r"\{[^}]*\}|\[[^\]]*\]", " ", text)
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    words = re.findall(r"(?<![\w:.$])([A-Za-z_:][\w:]*)(?![\w:])(?!\s*\()", text)
+    return {w for w in words if w.lower() not in PROMQL_WORDS}

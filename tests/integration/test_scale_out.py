@@ -1,0 +1,148 @@
+"""Scale-out against real engines: an engine's /metrics give the picker its queue, its
+/v1/models tell placement what it holds, a gateway finds it through DNS, two gateway
+processes on one PostgreSQL enforce one tenant quota together, and a gateway in front
+of two engines loses no non-streamed request when one is killed under load, which gets
+its adapters back before their traffic when it returns."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+import yaml
+
+from adaptserve.upstream.client import Upstream
+from tests.helpers import MAX_LORAS, chat, gateway_metric, new_tenant, running_server, upload, wait_for
+
+
+def scrape(url: str) -> Upstream:
+    async def run() -> Upstream:
+        upstream = Upstream(url, 30.0)
+        await upstream.scrape()
+        await upstream.aclose()
+        return upstream
+
+    return asyncio.run(run())
+
+
+def listed(url: str) -> set[str]:
+    async def run() -> set[str]:
+        upstream = Upstream(url, 30.0)
+        try:
+            return await upstream.listed_models()
+        finally:
+            await upstream.aclose()
+
+    return asyncio.run(run())
+
+
+def test_the_engines_metrics_show_its_requests_and_its_models_list_its_adapters(server):
+    assert {"a1", "a2", "a3"} <= {name.split("--")[0] for name in listed(server.vllm_url())}  # start-up adapters
+    done = threading.Event()
+
+    def long_stream() -> None:
+        stream = server.client().chat.completions.create(
+            model="a1",
+            messages=[{"role": "user", "content": "Count slowly."}],
+            max_tokens=400,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        for _ in stream:
+            if done.is_set():
+                break
+        stream.close()
+
+    reader = threading.Thread(target=long_stream)
+    reader.start()
+    try:
+        wait_for(lambda: scrape(server.vllm_url()).engine.running >= 1, 60, "the engine never reported it running")
+        engine = scrape(server.vllm_url()).engine
+        assert 0.0 <= engine.kv_cache <= 1.0
+        assert engine.max_loras == MAX_LORAS  # vllm:lora_requests_info: the batch's adapters
+        assert [name.split("--")[0] for name in engine.running_adapters] == ["a1"]
+    finally:
+        done.set()
+        reader.join(timeout=120)
+    wait_for(lambda: scrape(server.vllm_url()).engine.running == 0, 60, "the aborted stream stayed running")
+
+
+def test_a_gateway_finds_the_engine_through_dns_and_serves_through_it(server, base_model, adapter_dirs, tmp_path):
+    port = server.vllm_url().rsplit(":", 1)[1]
+    args = ["--upstream-dns", f"http://localhost:{port}", "--model", str(base_model)]
+    with running_server(tmp_path / "dns", args) as gateway:
+        assert "Paris" in chat(gateway.client(), "default", "What is the capital of France?")
+        assert upload(gateway, "dnsad", adapter_dirs["a2"]).status_code == 201
+        client = new_tenant(gateway, "dnstenant", {"adapter": "dnsad"}, alias="m")
+        assert chat(client, "m", "Say hi.")
+        assert gateway_metric(gateway, "adaptserve_upstream_up", upstream=f"http://127.0.0.1:{port}") == 1
+    assert "discovered upstream http://127.0.0.1:" in gateway.log()
+
+
+def test_two_gateways_on_postgresql_share_a_tenants_quota(server, base_model, tmp_path):
+    url = os.environ.get("ADAPTSERVE_TEST_DATABASE_URL")
+    if not url:
+        pytest.skip("no PostgreSQL server given (scripts/test-postgres.sh starts one; CI does)")
+    config = tmp_path / "shared.yaml"
+    config.write_text(yaml.safe_dump({"database_url": url, "quota_sync_interval_s": 0.2}))
+    args = ["--upstream", server.vllm_url(), "--model", str(base_model), "--config", str(config)]
+    with running_server(tmp_path / "one", args) as one, running_server(tmp_path / "two", args) as two:
+        one.admin("POST", "/tenants", json={"name": "pgshared"})
+        one.admin("PUT", "/tenants/pgshared/models/chat", json={"base": True})
+        assert one.admin("PUT", "/tenants/pgshared/quotas", json={"requests_per_minute": 6}).status_code == 200
+        key = one.admin("POST", "/tenants/pgshared/keys").json()["key"]
+        admitted = 0
+        for i in range(12):
+            try:
+                chat((one, two)[i % 2].client(api_key=key), "chat", "Say hi.", max_tokens=4)
+                admitted += 1
+            except openai.RateLimitError:
+                pass
+            time.sleep(0.3)
+        # Each alone would admit 6 (12 in all); together the bound is one sync of the other's traffic.
+        assert 6 <= admitted <= 7, admitted
+
+
+def test_a_killed_engine_loses_no_request_and_gets_its_adapters_back(server, base_model, adapter_dirs, tmp_path):
+    """Two engines (the session's and one more), one gateway in front of both."""
+    engine = tmp_path / "engine.yaml"
+    engine.write_text(yaml.safe_dump({"vllm": {"max_loras": 2, "max_lora_rank": 16, "kv_cache_gib": 1}}))
+    with running_server(tmp_path / "second", ["--model", str(base_model), "--config", str(engine)]) as second:
+        urls = [server.vllm_url(), second.vllm_url()]
+        args = ["--model", str(base_model), "--upstream", urls[0], "--upstream", urls[1]]
+        with running_server(tmp_path / "front", args) as front:
+            _kill_under_load(front, second, adapter_dirs)
+
+
+def _kill_under_load(front, second, adapter_dirs) -> None:
+    wait_for(lambda: gateway_metric(front, "adaptserve_upstream_up") == 2, 60, "both engines in service")
+    for name in ("ka", "kb"):
+        assert upload(front, name, adapter_dirs["a1" if name == "ka" else "a2"]).status_code == 201
+    client = new_tenant(front, "fleet", {"adapter": "ka"}, alias="ka")
+    assert front.admin("PUT", "/tenants/fleet/models/kb", json={"adapter": "kb"}).status_code == 200
+    assert front.admin("PUT", "/tenants/fleet/models/chat", json={"base": True}).status_code == 200
+    calls = [m for m in ("ka", "kb", "chat") for _ in range(8)]
+    for model in ("ka", "kb"):  # in use, so placed on a replica that comes up
+        chat(client, model, "Say hi.", max_tokens=4)
+    (pid,) = [p for p in second.vllm_pids() if os.getpgid(p) == p]  # its API server, the group's leader
+
+    def call(i_model: tuple[int, str]) -> str:
+        if i_model[0] == 6:
+            os.kill(pid, signal.SIGKILL)  # under load: requests are in flight on both engines
+        return chat(client, i_model[1], "Write one sentence about the sea.", max_tokens=16)
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(call, enumerate(calls)))  # any failed request raises here
+    assert len(answers) == len(calls) and all(answers)
+
+    killed = second.vllm_url()
+    wait_for(lambda: gateway_metric(front, "adaptserve_upstream_up", upstream=killed) == 1, 600, "the engine came back")
+    held = {name.split("--")[0] for name in listed(killed)}
+    assert {"ka", "kb"} <= held  # placed before it took their traffic (both replicas are their home)
+    assert gateway_metric(front, "adaptserve_upstream_restarts_total", upstream=killed) == 1

@@ -1,0 +1,436 @@
+"""The Kubernetes deployment under deploy/: every overlay renders with `kubectl kustomize`,
+its objects validate (built-in kinds against Kubernetes' OpenAPI schemas, the KEDA and
+Prometheus Operator kinds by hand), and they refer to each other correctly (selectors,
+ports, Secrets, the gateway's settings, the scrape jobs the rules read). The rules and
+the dashboard themselves are test_monitoring.py's. No cluster is needed: kubectl only
+renders; tests skip where kubectl is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from adaptserve.config import Settings
+from tests.helpers import DASHBOARD_FILE, DEPLOY, RULES_FILE, dashboard_exprs, deploy_rules, promql_metric_names
+
+ROOT = DEPLOY.parent
+OVERLAYS = sorted(p.parent.name for p in (DEPLOY / "overlays").glob("*/kustomization.yaml"))
+
+K8S_VERSION = "1.30.0"  # the oldest Kubernetes the manifests are validated for
+CRD_KINDS = {"ScaledObject", "ServiceMonitor", "PrometheusRule"}
+GATEWAY, ENGINE, ENGINE_SERVICE, DATA_CLAIM = "adaptserve", "vllm", "vllm-engines", "adaptserve-data"
+PLACEHOLDER = "REPLACE-ME"
+
+Obj = dict[str, Any]
+
+
+# --- rendering and looking things up ---------------------------------------------------
+
+
+@cache
+def _render(overlay: str) -> tuple[Obj, ...]:
+    done = subprocess.run(
+        ["kubectl", "kustomize", str(DEPLOY / "overlays" / overlay)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
+
+
+def _render_of(overlay: str) -> tuple[Obj, ...]:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl (with its built-in Kustomize) is not installed")
+    return _render(overlay)
+
+
+@pytest.fixture(params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def objects(overlay: str) -> tuple[Obj, ...]:
+    return _render_of(overlay)
+
+
+def _all(objects: tuple[Obj, ...], kind: str) -> list[Obj]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def _one(objects: tuple[Obj, ...], kind: str, name: str) -> Obj:
+    found = [o for o in _all(objects, kind) if o["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} in the render"
+    return found[0]
+
+
+def _pod_labels(deployment: Obj) -> dict[str, str]:
+    return deployment["spec"]["template"]["metadata"]["labels"]
+
+
+def _container(deployment: Obj) -> Obj:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1, f"{deployment['metadata']['name']}: one container expected"
+    return containers[0]
+
+
+def _env(deployment: Obj) -> dict[str, Obj]:
+    return {e["name"]: e for e in _container(deployment).get("env", [])}
+
+
+def _matches(selector: Obj, labels: dict[str, str]) -> bool:
+    """Kubernetes' label selector semantics (matchLabels and matchExpressions)."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        held = {"In": labels.get(key) in values, "NotIn": labels.get(key) not in values}
+        held |= {"Exists": key in labels, "DoesNotExist": key not in labels}
+        if not held[op]:
+            return False
+    return True
+
+
+def _selected_deployments(objects: tuple[Obj, ...], selector: Obj) -> set[str]:
+    return {d["metadata"]["name"] for d in _all(objects, "Deployment") if _matches(selector, _pod_labels(d))}
+
+
+def _port_number(deployment: Obj, port: int | str) -> int:
+    """A probe's or Service's target port (a number or a container port's name) as a number."""
+    if isinstance(port, int):
+        return port
+    named = {p["name"]: p["containerPort"] for p in _container(deployment).get("ports", [])}
+    assert port in named, f"{deployment['metadata']['name']} has no container port named {port}"
+    return named[port]
+
+
+def _flag(args: list[str], flag: str) -> str:
+    assert flag in args, f"{flag} missing from {args}"
+    return args[args.index(flag) + 1]
+
+
+def _secret_value(objects: tuple[Obj, ...], name: str, key: str) -> str:
+    secret = _one(objects, "Secret", name)
+    if key in secret.get("stringData", {}):
+        return str(secret["stringData"][key])
+    assert key in secret.get("data", {}), f"Secret {name} has no key {key}"
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+# --- every object is valid --------------------------------------------------------------
+
+
+def test_every_built_in_object_validates_against_the_kubernetes_schema(objects: tuple[Obj, ...]) -> None:
+    for obj in objects:
+        if obj["kind"] in CRD_KINDS:
+            continue
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_the_schema_check_refuses_a_misspelt_field() -> None:
+    """The validation above can fail: a field Kubernetes does not know is refused."""
+    deployment = yaml.safe_load((DEPLOY / "base" / "gateway.yaml").read_text().split("\n---\n")[0])
+    kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+
+
+def test_every_object_is_a_known_kind_in_the_overlay_namespace(objects: tuple[Obj, ...]) -> None:
+    namespaces = _all(objects, "Namespace")
+    assert len(namespaces) == 1
+    namespace = namespaces[0]["metadata"]["name"]
+    for obj in objects:
+        if obj["kind"] in CRD_KINDS:
+            assert obj["apiVersion"] in ("keda.sh/v1alpha1", "monitoring.coreos.com/v1"), obj["apiVersion"]
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"].get("namespace") == namespace, f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def test_every_image_is_pinned_to_a_tag(overlay: str, objects: tuple[Obj, ...]) -> None:
+    for deployment in _all(objects, "Deployment"):
+        image = _container(deployment)["image"]
+        tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
+        assert tag, f"{image} has no tag"
+        assert overlay != "production" or tag != "latest", f"production runs {image}"
+
+
+# --- the custom resources (no schema to validate them against here) ---------------------
+
+
+def test_the_scaled_object_scales_the_engines_on_their_queue(objects: tuple[Obj, ...]) -> None:
+    scaled = _one(objects, "ScaledObject", ENGINE)
+    spec = scaled["spec"]
+    target = spec["scaleTargetRef"]
+    assert (target.get("apiVersion", "apps/v1"), target.get("kind", "Deployment")) == ("apps/v1", "Deployment")
+    engine = _one(objects, "Deployment", target["name"])
+    assert _container(engine)["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "prometheus"
+    meta = trigger["metadata"]
+    assert urlsplit(meta["serverAddress"]).scheme in ("http", "https")
+    assert float(meta["threshold"]) > 0
+    assert "vllm:num_requests_waiting" in promql_metric_names(meta["query"])
+    matchers = dict(re.findall(r'(\w+)="([^"]*)"', meta["query"]))
+    assert matchers["namespace"] == scaled["metadata"]["namespace"], "the query must read this overlay's engines"
+    service = _one(objects, "Service", matchers["job"])  # a ServiceMonitor's job is its Service's name
+    assert _selected_deployments(objects, {"matchLabels": service["spec"]["selector"]}) == {target["name"]}
+
+
+def test_each_service_monitor_selects_one_service_and_its_port(objects: tuple[Obj, ...]) -> None:
+    monitors = _all(objects, "ServiceMonitor")
+    scraped = set()
+    for monitor in monitors:
+        services = [
+            s for s in _all(objects, "Service") if _matches(monitor["spec"]["selector"], s["metadata"]["labels"])
+        ]
+        assert len(services) == 1, f"ServiceMonitor {monitor['metadata']['name']} selects {len(services)} Services"
+        ports = {p["name"] for p in services[0]["spec"]["ports"]}
+        for endpoint in monitor["spec"]["endpoints"]:
+            assert endpoint["port"] in ports
+            assert endpoint["path"] == "/metrics"
+        scraped.add(services[0]["metadata"]["name"])
+    assert scraped == {GATEWAY, ENGINE_SERVICE}
+
+
+def test_the_gateway_is_scraped_on_its_admin_port_with_the_admin_key(objects: tuple[Obj, ...]) -> None:
+    monitor = _one(objects, "ServiceMonitor", GATEWAY)
+    (endpoint,) = monitor["spec"]["endpoints"]
+    auth = endpoint["authorization"]
+    assert auth.get("type", "Bearer") == "Bearer"
+    env = _env(_one(objects, "Deployment", GATEWAY))
+    assert auth["credentials"] == env["ADAPTSERVE_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]
+    service = _one(objects, "Service", GATEWAY)
+    port = next(p for p in service["spec"]["ports"] if p["name"] == endpoint["port"])
+    assert port["port"] == int(env["ADAPTSERVE_ADMIN_PORT"]["value"]), "/metrics is served on the admin port only"
+    engine_monitor = _one(objects, "ServiceMonitor", ENGINE_SERVICE)
+    assert all("authorization" not in e for e in engine_monitor["spec"]["endpoints"])
+
+
+def test_the_prometheus_rule_carries_the_plain_rules_file(objects: tuple[Obj, ...]) -> None:
+    (rule,) = _all(objects, "PrometheusRule")
+    plain = yaml.safe_load(RULES_FILE.read_text())
+    assert rule["spec"]["groups"] == plain["groups"], "run deploy/prometheus/sync-prometheusrule.sh"
+
+
+def test_the_dashboard_config_map_is_the_dashboard_file(objects: tuple[Obj, ...]) -> None:
+    maps = [c for c in _all(objects, "ConfigMap") if c["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+    assert len(maps) == 1
+    assert json.loads(maps[0]["data"]["adaptserve.json"]) == json.loads(DASHBOARD_FILE.read_text())
+
+
+# --- how the pieces refer to each other ---------------------------------------------------
+
+
+def test_network_policies_admit_only_the_gateway_from_the_namespace(objects: tuple[Obj, ...]) -> None:
+    """Every policy guards ingress; in-namespace peers select the gateway's pods and no
+    other; the one cross-namespace peer is Prometheus in `monitoring`; only the guarded
+    pods' own ports are open."""
+    namespace = _all(objects, "Namespace")[0]["metadata"]["name"]
+    guarded = set()
+    for policy in _all(objects, "NetworkPolicy"):
+        spec = policy["spec"]
+        assert spec["policyTypes"] == ["Ingress"]
+        (target,) = _selected_deployments(objects, spec["podSelector"])
+        guarded.add(target)
+        open_ports = {p["containerPort"] for p in _container(_one(objects, "Deployment", target))["ports"]}
+        admits_gateway = False
+        for rule in spec["ingress"]:
+            assert {p["port"] for p in rule["ports"]} <= open_ports and all(
+                p["protocol"] == "TCP" for p in rule["ports"]
+            )
+            for peer in rule["from"]:
+                assert "ipBlock" not in peer
+                if "namespaceSelector" in peer:
+                    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+                    assert namespace != "monitoring"
+                    assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+                    continue
+                assert _selected_deployments(objects, peer["podSelector"]) == {GATEWAY}
+                admits_gateway = True
+        assert admits_gateway, f"{policy['metadata']['name']} does not admit the gateway"
+    assert ENGINE in guarded
+
+
+def test_the_headless_service_fronts_the_engines_the_gateway_resolves(objects: tuple[Obj, ...]) -> None:
+    service = _one(objects, "Service", ENGINE_SERVICE)
+    engine = _one(objects, "Deployment", ENGINE)
+    assert service["spec"]["clusterIP"] == "None"
+    assert _selected_deployments(objects, {"matchLabels": service["spec"]["selector"]}) == {ENGINE}
+    (port,) = service["spec"]["ports"]
+    engine_port = int(_flag(_container(engine)["args"], "--port"))
+    assert _port_number(engine, port["targetPort"]) == engine_port
+    url = urlsplit(_env(_one(objects, "Deployment", GATEWAY))["ADAPTSERVE_UPSTREAM_DNS"]["value"])
+    assert (url.scheme, url.hostname, url.port) == ("http", ENGINE_SERVICE, port["port"])
+
+
+def test_the_gateway_service_reaches_the_gateway(objects: tuple[Obj, ...]) -> None:
+    service = _one(objects, "Service", GATEWAY)
+    gateway = _one(objects, "Deployment", GATEWAY)
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+    assert _selected_deployments(objects, {"matchLabels": service["spec"]["selector"]}) == {GATEWAY}
+    command = _container(gateway)["command"]
+    assert command[:2] == ["adaptserve", "serve"]
+    targets = {p["name"]: _port_number(gateway, p["targetPort"]) for p in service["spec"]["ports"]}
+    assert targets["http"] == int(_flag(command, "--port"))
+    assert targets["admin"] == int(_env(gateway)["ADAPTSERVE_ADMIN_PORT"]["value"])
+
+
+def test_probes_ask_health_and_ready_on_the_served_port(objects: tuple[Obj, ...]) -> None:
+    gateway = _one(objects, "Deployment", GATEWAY)
+    container = _container(gateway)
+    port = int(_flag(container["command"], "--port"))
+    for probe, path in (("livenessProbe", "/health"), ("readinessProbe", "/ready")):
+        assert container[probe]["httpGet"]["path"] == path
+        assert _port_number(gateway, container[probe]["httpGet"]["port"]) == port
+    engine = _one(objects, "Deployment", ENGINE)
+    engine_port = int(_flag(_container(engine)["args"], "--port"))
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = _container(engine)[probe]["httpGet"]
+        assert (get["path"], _port_number(engine, get["port"])) == ("/health", engine_port)
+
+
+def test_every_adaptserve_variable_is_a_setting(objects: tuple[Obj, ...]) -> None:
+    env = _env(_one(objects, "Deployment", GATEWAY))
+    names = [n for n in env if n.startswith("ADAPTSERVE_")]
+    assert "ADAPTSERVE_UPSTREAM_DNS" in names
+    for name in names:
+        field, *nested = name.removeprefix("ADAPTSERVE_").lower().split("__")
+        assert field in Settings.model_fields, f"{name}: Settings has no field {field}"
+        if nested:
+            model = Settings.model_fields[field].annotation
+            assert nested[0] in getattr(model, "model_fields", {}), f"{name}: no nested field {nested[0]}"
+
+
+@pytest.fixture
+def gateway_settings(objects: tuple[Obj, ...], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The Settings the gateway container builds from its environment (Secrets resolved)."""
+    for name in [n for n in os.environ if n.startswith("ADAPTSERVE_")]:
+        monkeypatch.delenv(name)
+    for name, entry in _env(_one(objects, "Deployment", GATEWAY)).items():
+        ref = entry.get("valueFrom", {}).get("secretKeyRef")
+        monkeypatch.setenv(name, _secret_value(objects, ref["name"], ref["key"]) if ref else entry["value"])
+    return Settings()
+
+
+def test_the_gateway_settings_agree_with_the_engines(objects: tuple[Obj, ...], gateway_settings: Settings) -> None:
+    args = _container(_one(objects, "Deployment", ENGINE))["args"]
+    assert gateway_settings.model == args[0], "gateway and engine read the same base model folder"
+    assert gateway_settings.base_name == _flag(args, "--served-model-name"), "the name the gateway asks vLLM for"
+    assert gateway_settings.vllm.max_lora_rank == int(_flag(args, "--max-lora-rank")), "adapters checked to the rank"
+    assert gateway_settings.base_via_zero_adapter is False
+    assert gateway_settings.upstream_dns is not None and not gateway_settings.upstreams
+    assert gateway_settings.database_url is not None and gateway_settings.database_url.startswith(
+        "postgresql+psycopg://"
+    )
+
+
+def test_the_shared_volume_is_mounted_at_one_path_everywhere(
+    objects: tuple[Obj, ...], gateway_settings: Settings
+) -> None:
+    claim = _one(objects, "PersistentVolumeClaim", DATA_CLAIM)
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    mounts = {}
+    for name in (GATEWAY, ENGINE):
+        spec = _one(objects, "Deployment", name)["spec"]["template"]["spec"]
+        (volume,) = [v for v in spec["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == DATA_CLAIM]
+        (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+        mounts[name] = mount
+    assert mounts[GATEWAY]["mountPath"] == mounts[ENGINE]["mountPath"], "adapter paths must read the same in vLLM"
+    assert mounts[ENGINE].get("readOnly") is True and not mounts[GATEWAY].get("readOnly")
+    assert str(gateway_settings.data_dir) == mounts[GATEWAY]["mountPath"]
+    assert Path(gateway_settings.model).is_relative_to(gateway_settings.data_dir)
+
+
+def test_the_engine_runs_on_a_gpu_with_runtime_lora(objects: tuple[Obj, ...]) -> None:
+    engine = _one(objects, "Deployment", ENGINE)
+    pod = engine["spec"]["template"]["spec"]
+    container = _container(engine)
+    assert container["image"].startswith("vllm/vllm-openai:")
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    assert any(k.startswith("nvidia.com/gpu") for k in pod["nodeSelector"])
+    args = container["args"]
+    assert "--enable-lora" in args
+    assert (_flag(args, "--max-lora-rank"), _flag(args, "--max-loras")) == ("16", "4")
+    assert _env(engine)["VLLM_ALLOW_RUNTIME_LORA_UPDATING"]["value"] == "True"
+
+
+def test_every_secret_reference_resolves(objects: tuple[Obj, ...]) -> None:
+    refs = []
+    for deployment in _all(objects, "Deployment"):
+        for entry in _env(deployment).values():
+            if "secretKeyRef" in entry.get("valueFrom", {}):
+                refs.append(entry["valueFrom"]["secretKeyRef"])
+    for monitor in _all(objects, "ServiceMonitor"):
+        refs += [e["authorization"]["credentials"] for e in monitor["spec"]["endpoints"] if "authorization" in e]
+    assert len(refs) >= 4
+    for ref in refs:
+        assert _secret_value(objects, ref["name"], ref["key"]), ref
+
+
+def test_the_dev_database_url_names_the_dev_postgres() -> None:
+    objects = _render_of("dev")
+    url = urlsplit(_secret_value(objects, "adaptserve-database", "url"))
+    service = _one(objects, "Service", url.hostname or "")
+    postgres = _one(objects, "Deployment", "postgres")
+    assert _selected_deployments(objects, {"matchLabels": service["spec"]["selector"]}) == {"postgres"}
+    assert url.port == service["spec"]["ports"][0]["port"]
+    env = _env(postgres)
+    assert url.username == env["POSTGRES_USER"]["value"] and url.path == "/" + env["POSTGRES_DB"]["value"]
+    ref = env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert url.password == _secret_value(objects, ref["name"], ref["key"])
+
+
+def test_production_holds_placeholders_and_no_database() -> None:
+    objects = _render_of("production")
+    for secret in _all(objects, "Secret"):
+        for key in secret.get("stringData", {}) | secret.get("data", {}):
+            assert PLACEHOLDER in _secret_value(objects, secret["metadata"]["name"], key), "no real secret in git"
+    assert {d["metadata"]["name"] for d in _all(objects, "Deployment")} == {GATEWAY, ENGINE}
+
+
+def test_pods_run_unprivileged_with_resources(objects: tuple[Obj, ...]) -> None:
+    for deployment in _all(objects, "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod.get("automountServiceAccountToken") is False
+        container = _container(deployment)
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        resources = container["resources"]
+        assert {"cpu", "memory"} <= set(resources["requests"]) and "memory" in resources["limits"]
+    assert _container(_one(objects, "Deployment", GATEWAY))["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_the_disruption_budget_keeps_a_gateway(objects: tuple[Obj, ...]) -> None:
+    (budget,) = _all(objects, "PodDisruptionBudget")
+    assert _selected_deployments(objects, budget["spec"]["selector"]) == {GATEWAY}
+    assert budget["spec"]["minAvailable"] == 1
+    assert _one(objects, "Deployment", GATEWAY)["spec"]["replicas"] > 1
+
+
+def test_job_matchers_name_scraped_services(objects: tuple[Obj, ...]) -> None:
+    """A ServiceMonitor's job label is its Service's name: every job="..." the rules,
+    the dashboard and KEDA match must be one of those."""
+    scraped = set()
+    for monitor in _all(objects, "ServiceMonitor"):
+        for service in _all(objects, "Service"):
+            if _matches(monitor["spec"]["selector"], service["metadata"]["labels"]):
+                scraped.add(service["metadata"]["name"])
+    texts = [rule["expr"] for rule in deploy_rules()] + list(dashboard_exprs())
+    texts += [t["metadata"]["query"] for s in _all(objects, "ScaledObject") for t in s["spec"]["triggers"]]
+    jobs = {job for text in texts for job in re.findall(r'\bjob="([^"]*)"', text)}
+    assert jobs and jobs <= scraped

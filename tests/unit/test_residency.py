@@ -1,0 +1,99 @@
+"""Residency on its own, against a recording upstream: one load per adapter however
+many requests want it, least-recently-used idle eviction (never a leased or pinned
+adapter), retirement from a worker thread that waits for the last lease, a restarted
+upstream's adapters counting as unloaded, and a refused load marked failed."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from adaptserve.adapters.residency import AdapterVersion, Residency
+from adaptserve.metrics import Metrics
+from adaptserve.upstream.client import AdapterLoadError
+
+
+@dataclass
+class RecordingUpstream:
+    url: str = "http://engine-0"
+    generation: int = 1
+    refuse: set[str] = field(default_factory=set)
+    loads: list[str] = field(default_factory=list)
+    unloads: list[str] = field(default_factory=list)
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        await asyncio.sleep(0.01)  # a load takes a while: concurrent requests must share it
+        if name in self.refuse:
+            raise AdapterLoadError("shape mismatch in q_proj")
+        self.loads.append(name)
+
+    async def unload_adapter(self, name: str) -> None:
+        self.unloads.append(name)
+
+
+def version(name: str) -> AdapterVersion:
+    return AdapterVersion(name, "v1", Path("/adapters") / name, 8)
+
+
+def residency(max_resident: int = 2) -> Residency:
+    return Residency(max_resident, Metrics())
+
+
+async def test_concurrent_first_requests_share_one_load() -> None:
+    res, up, a = residency(), RecordingUpstream(), version("a")
+    await asyncio.gather(*(res.ensure_loaded(up, a) for _ in range(5)))
+    assert up.loads == ["a--v1"] and res.holders("a--v1") == [up.url]
+
+
+async def test_the_least_recently_used_idle_adapter_makes_room_never_a_leased_or_pinned_one() -> None:
+    res, up = residency(max_resident=2), RecordingUpstream()
+    zero, a, b, c = version("zero"), version("a"), version("b"), version("c")
+    res.pinned.add(zero.internal_name)
+    for adapter in (zero, a, b):
+        await res.ensure_loaded(up, adapter)
+    with res.lease(a):  # a is in use, and used last
+        await res.ensure_loaded(up, c)
+        assert up.unloads == ["b--v1"]  # b: idle and older; the pinned zero adapter does not count
+        with res.lease(c):
+            await res.ensure_loaded(up, b)  # every unpinned resident adapter is busy: no eviction
+    assert up.unloads == ["b--v1"] and sorted(up.loads) == ["a--v1", "b--v1", "b--v1", "c--v1", "zero--v1"]
+
+
+async def test_a_version_retired_from_a_thread_is_unloaded_when_its_last_lease_ends() -> None:
+    res, up, a = residency(), RecordingUpstream(), version("a")
+    res.bind(asyncio.get_running_loop())
+    await res.ensure_loaded(up, a)
+    with res.lease(a):
+        thread = threading.Thread(target=res.retire, args=(a.internal_name,))  # an admin call's worker thread
+        thread.start()
+        thread.join()
+        await asyncio.sleep(0.05)
+        assert up.unloads == []  # still streaming on it
+    await asyncio.sleep(0.05)
+    assert up.unloads == ["a--v1"] and res.holders("a--v1") == []
+
+
+async def test_unretired_before_the_unload_stays_loaded() -> None:
+    res, up, a = residency(), RecordingUpstream(), version("a")
+    res.bind(asyncio.get_running_loop())
+    await res.ensure_loaded(up, a)
+    with res.lease(a):
+        res.retire(a.internal_name)
+        res.unretire(a.internal_name)  # activated again meanwhile
+    await asyncio.sleep(0.05)
+    assert up.unloads == [] and res.holders("a--v1") == [up.url]
+
+
+async def test_a_restarted_upstream_loads_again_and_load_all_skips_a_refused_adapter() -> None:
+    res, up, a, bad = residency(), RecordingUpstream(refuse={"bad--v1"}), version("a"), version("bad")
+    await res.ensure_loaded(up, a)
+    up.generation += 1  # the engine restarted: what it held is gone
+    await res.load_all(up, [bad, a])
+    assert up.loads == ["a--v1", "a--v1"] and bad.error == "shape mismatch in q_proj" and bad.refused()
+    with pytest.raises(AdapterLoadError) as refused:
+        await res.ensure_loaded(up, bad)
+    assert "shape mismatch" not in refused.value.message  # vLLM's reason is the admin's, not the tenant's

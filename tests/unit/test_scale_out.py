@@ -1,0 +1,178 @@
+"""Several replicas behind one gateway: a replica that fails before answering is passed
+over (retried once elsewhere), a restarted one gets its adapters back before it takes
+traffic, replicas follow DNS, and the pool's state shows in the metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import httpx
+import pydantic
+import pytest
+
+from adaptserve.bench.fake_engine import BASE, create_fake_vllm
+from adaptserve.config import Settings
+from adaptserve.errors import UpstreamUnavailableError
+from adaptserve.serving.picker import rendezvous
+from adaptserve.upstream.client import State, Upstream
+from adaptserve.upstream.discovery import Discovery
+from adaptserve.upstream.pool import PoolTiming, UpstreamPool
+from tests.helpers import API_KEY, ServerThread, gateway_metric, upload, wait_for
+
+Q = [{"role": "user", "content": "hello there"}]
+
+
+def two_replicas(start_gateway, fake, second_fake, **settings):
+    gw = start_gateway(upstreams=[fake.url, second_fake.url], base_via_zero_adapter=False, **settings)
+    wait_for(lambda: gateway_metric(gw, "adaptserve_upstream_up") == 2)
+    return gw
+
+
+def test_a_replica_that_fails_before_answering_is_passed_over(start_gateway, fake, second_fake) -> None:
+    gw = two_replicas(start_gateway, fake, second_fake, health_interval_s=60)  # no probe notices in this test
+    body = {"model": "default", "messages": Q, "max_tokens": 4}
+    ranked = rendezvous("", [Upstream(fake.url, 1.0), Upstream(second_fake.url, 1.0)])
+    first = fake if ranked[0].url == fake.url else second_fake  # where idle base traffic goes first
+    first.fail_next = 4  # answers 500, as a failing engine would
+    for stream in (False, True, False, True):
+        assert gw.post("/v1/chat/completions", body | {"stream": stream}).status_code == 200
+    assert gateway_metric(gw, "adaptserve_upstream_retries_total") == 4 and first.fail_next == 0
+
+    first.server.stop()  # refused: the health probe has not seen it yet
+    answers = [gw.post("/v1/chat/completions", body).status_code for _ in range(6)]
+    assert answers == [200] * 6
+    assert gateway_metric(gw, "adaptserve_upstream_up") == 1  # a refused connection took it out at once
+
+
+def test_with_one_replica_a_failure_is_the_clients_answer(start_gateway, fake) -> None:
+    gw = start_gateway(base_via_zero_adapter=False)
+    fake.fail_next = 1
+    response = gw.post("/v1/chat/completions", {"model": "default", "messages": Q})
+    assert response.status_code == 502 and response.json()["error"]["code"] == "upstream_error"
+    assert gateway_metric(gw, "adaptserve_upstream_retries_total") == 0
+
+
+def test_a_restarted_replica_gets_its_adapters_back_before_their_traffic(
+    start_gateway, fake, second_fake, adapters
+) -> None:
+    gw = two_replicas(start_gateway, fake, second_fake)
+    assert upload(gw, "alpha", adapters["alpha"]).status_code == 201  # loaded on demand, not at start-up
+    assert gw.admin("PUT", "/tenants/default/models/alpha", json={"adapter": "alpha"}).status_code == 200
+    assert gw.post("/v1/chat/completions", {"model": "alpha", "messages": Q}).status_code == 200
+    holder = next(f for f in (fake, second_fake) if any(n.startswith("alpha--") for n in f.loaded))
+
+    holder.server.stop()
+    wait_for(lambda: gateway_metric(gw, "adaptserve_upstream_up") == 1)
+    holder.restart()  # a new engine process: it knows no adapters
+    holder.requests.clear()
+    holder.server = ServerThread(create_fake_vllm(holder), port=holder.server.port).start()
+    wait_for(lambda: gateway_metric(gw, "adaptserve_upstream_up") == 2)
+    assert any(n.startswith("alpha--") for n in holder.loaded)  # placed before it took traffic
+    assert not holder.requests  # and before any request reached it
+    assert gateway_metric(gw, "adaptserve_upstream_restarts_total", upstream=holder.url) == 1
+
+
+def test_a_replica_that_comes_back_unchanged_keeps_its_adapters(start_gateway, fake, adapters) -> None:
+    """A probe flap (a busy engine) is not a restart: its engine still lists them."""
+    gw = start_gateway(adapters=adapters, health_failures=1)
+    loads = len(fake.load_calls)
+    fake.healthy = False
+    wait_for(lambda: httpx.get(gw.url + "/ready").status_code == 503)
+    fake.healthy = True
+    gw.wait_ready()
+    assert len(fake.load_calls) == loads  # nothing loaded again
+    assert gateway_metric(gw, "adaptserve_upstream_restarts_total") == 0
+    assert gw.client().chat.completions.create(model="alpha", messages=Q).model == "alpha"
+
+
+def test_quota_rejections_and_time_to_first_token_are_counted(start_gateway, fake) -> None:
+    gw = start_gateway(base_via_zero_adapter=False)
+    assert gw.admin("PUT", "/tenants/default/quotas", json={"requests_per_minute": 1}).status_code == 200
+    body = {"model": "default", "messages": Q, "stream": True}
+    assert gw.post("/v1/chat/completions", body, key=API_KEY).status_code == 200
+    assert gw.post("/v1/chat/completions", body, key=API_KEY).status_code == 429
+    assert gateway_metric(gw, "adaptserve_quota_rejections_total", tenant="default", limit="requests_per_minute") == 1
+    assert gateway_metric(gw, "adaptserve_time_to_first_token_seconds_count", tenant="default") == 1
+
+
+class Listed(Discovery):
+    """DNS answers the test sets."""
+
+    answers: list[list[str] | None]
+
+    async def resolve(self) -> list[str] | None:
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+def test_the_pool_follows_dns_as_replicas_come_and_go(fake, second_fake) -> None:
+    came_up: list[str] = []
+
+    async def on_up(upstream: Upstream, ready: list[Upstream]) -> None:
+        came_up.append(upstream.url)
+
+    async def scenario() -> None:
+        discovery = Listed("http://engines:8000", 0.05, lambda url: Upstream(url, 5.0))
+        discovery.answers = [[fake.url]]
+        pool = UpstreamPool([], on_up, PoolTiming(interval_s=0.05), discovery)
+        pool.start()
+        try:
+            await _until(lambda: [u.url for u in pool.ready_upstreams()] == [fake.url])
+            discovery.answers = [None, [fake.url, second_fake.url]]  # a failed lookup changes nothing
+            await _until(lambda: len(pool.ready_upstreams()) == 2)
+            gone = pool.upstreams[0]
+            discovery.answers = [[second_fake.url]]
+            await _until(lambda: [u.url for u in pool.upstreams] == [second_fake.url])
+            assert gone.state is State.DOWN and pool.ready()
+            assert came_up == [fake.url, second_fake.url]
+        finally:
+            await pool.stop()
+
+    asyncio.run(scenario())
+
+
+async def _until(check, timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met"
+        await asyncio.sleep(0.02)
+
+
+def test_dns_names_resolve_to_one_url_per_address() -> None:
+    async def resolve(url: str) -> list[str] | None:
+        return await Discovery(url, 1.0, lambda u: Upstream(u, 5.0)).resolve()
+
+    found = asyncio.run(resolve("http://localhost:8123"))
+    assert found is not None and "http://127.0.0.1:8123" in found
+    assert all(re.fullmatch(r"http://(\d+\.\d+\.\d+\.\d+|\[[0-9a-f:]+\]):8123", u) for u in found)
+    assert asyncio.run(resolve("http://no-such-host.invalid:8000")) is None
+
+
+def test_upstream_settings_are_checked_at_start() -> None:
+    with pytest.raises(pydantic.ValidationError, match="upstream_dns needs a URL"):
+        Settings(upstream_dns="vllm-engines:8000")
+    with pytest.raises(pydantic.ValidationError, match="not both"):
+        Settings(upstream_dns="http://vllm-engines:8000", upstreams=["http://a:8000"])
+    assert Settings(upstream_dns="http://vllm-engines:8000/").upstream_dns == "http://vllm-engines:8000"
+
+
+def test_a_4xx_from_a_replica_is_the_clients_answer_not_retried(start_gateway, fake, second_fake) -> None:
+    gw = two_replicas(start_gateway, fake, second_fake)
+    long = [{"role": "user", "content": "word " * 70}]  # over the fake engine's 64-word context
+    response = gw.post("/v1/chat/completions", {"model": "default", "messages": long})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "context_length_exceeded"
+    assert gateway_metric(gw, "adaptserve_upstream_retries_total") == 0
+
+
+def test_an_upstream_that_left_answers_unavailable_not_a_crash(fake) -> None:
+    """A request that picked a replica just before DNS took it away is retried elsewhere."""
+
+    async def scenario() -> None:
+        upstream = Upstream(fake.url, 5.0)
+        await upstream.aclose()
+        with pytest.raises(UpstreamUnavailableError):
+            await upstream.post_json("/v1/chat/completions", {"model": BASE, "messages": Q})
+        with pytest.raises(UpstreamUnavailableError):
+            await upstream.load_adapter("x--v1", "/nowhere")
+
+    asyncio.run(scenario())

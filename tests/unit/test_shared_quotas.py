@@ -1,0 +1,70 @@
+"""Quotas shared by gateway replicas: the other replicas' counts add to this one's at
+admission, and two gateways on one PostgreSQL enforce a tenant's limits together."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from adaptserve.errors import InvalidRequestError, QuotaExceededError
+from adaptserve.tenancy.quotas import Limits, QuotaGate, Share
+
+
+def test_the_other_replicas_counts_are_added_at_admission() -> None:
+    gate = QuotaGate()
+    gate.set_others({"t": Share(requests=4, tokens=0, active=0)})
+    gate.admit("t", Limits(requests_per_minute=5))
+    with pytest.raises(QuotaExceededError) as refused:
+        gate.admit("t", Limits(requests_per_minute=5))
+    assert refused.value.limit == "requests_per_minute"
+    gate.set_others({"u": Share(requests=9)})  # nothing here yet: the wait is a second, not an error
+    with pytest.raises(QuotaExceededError) as refused:
+        gate.admit("u", Limits(requests_per_minute=9))
+    assert refused.value.headers == {"Retry-After": "1"}
+
+    gate.set_others({"c": Share(active=2)})
+    with pytest.raises(QuotaExceededError):
+        gate.admit("c", Limits(max_concurrent=2))
+    gate.set_others({"k": Share(tokens=90)})
+    gate.admit("k", Limits(tokens_per_minute=100), reserve=10)
+    with pytest.raises(QuotaExceededError):
+        gate.admit("k", Limits(tokens_per_minute=100), reserve=1)
+    with pytest.raises(InvalidRequestError):  # alone over the limit: a 400 whatever the others do
+        gate.admit("k", Limits(tokens_per_minute=100), reserve=101)
+
+
+def test_a_stale_view_of_the_others_is_not_trusted(monkeypatch) -> None:
+    """The database unreachable for long: a replica goes by its own counts."""
+    gate = QuotaGate()
+    gate.set_others({"t": Share(requests=5)})
+    with pytest.raises(QuotaExceededError):
+        gate.admit("t", Limits(requests_per_minute=5))
+    later = time.monotonic() + 11
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    gate.admit("t", Limits(requests_per_minute=5))
+
+
+def test_a_replica_reports_its_live_counts() -> None:
+    gate = QuotaGate()
+    gate.admit("t", Limits(), reserve=30)
+    gate.admit("t", Limits(), reserve=20)
+    gate.release("t", 20, 7)
+    assert gate.shares() == {"t": Share(requests=2, tokens=30 + 7, active=1)}
+
+
+def test_two_gateways_on_postgresql_enforce_one_quota(start_gateway, database_url) -> None:
+    if database_url is None:
+        pytest.skip("SQLite: one gateway per database, no sharing")
+    one = start_gateway(quota_sync_interval_s=0.1)
+    two = start_gateway(quota_sync_interval_s=0.1, data_dir=one.settings.data_dir.parent / "second")
+    one.admin("POST", "/tenants", json={"name": "shared"})
+    one.admin("PUT", "/tenants/shared/models/chat", json={"base": True})
+    assert one.admin("PUT", "/tenants/shared/quotas", json={"requests_per_minute": 6}).status_code == 200
+    key = one.admin("POST", "/tenants/shared/keys").json()["key"]
+    body = {"model": "chat", "messages": [{"role": "user", "content": "q"}]}
+    answers = []
+    for i in range(12):
+        answers.append((one, two)[i % 2].post("/v1/chat/completions", body, key=key).status_code)
+        time.sleep(0.3)  # past a sync of each replica
+    assert answers.count(200) == 6 and set(answers[6:]) == {429}, answers  # each alone would admit 6
