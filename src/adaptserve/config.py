@@ -101,6 +101,12 @@ class Settings(BaseSettings):
         None, description="a folder of template YAML files applied (and made active) at start-up"
     )
     max_template_batch: int = Field(64, ge=1, le=4096, description="inputs in one template batch call")
+    explain_max_units: int = Field(
+        48, ge=1, le=1024, description="attribution units of one input; adjacent ones are joined beyond it"
+    )
+    explain_max_prompts: int = Field(
+        1024, ge=2, le=65536, description="prompts one call's attributions may score (occlusion: units + 1 per input)"
+    )
     base_via_zero_adapter: Literal["auto"] | bool = Field(
         "auto",
         description="serve base-model requests through an all-zero LoRA so the engine never runs them in an "

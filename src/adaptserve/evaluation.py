@@ -127,10 +127,10 @@ class Evaluator:
         return out
 
     async def explained(
-        self, inputs: list[dict[str, Any]], progress: Any = None
+        self, inputs: list[dict[str, Any]], progress: Any = None, explain: bool | str = True
     ) -> tuple[list[Classification], list[float]]:
         """Every input's answer, with `explain` (the label log-probabilities before
-        calibration), in order; and each call's latency."""
+        calibration; `"attributions"` adds those), in order; and each call's latency."""
         chunks = [inputs[i : i + self.batch] for i in range(0, len(inputs), self.batch)]
         answers: list[list[Any]] = [[] for _ in chunks]
         latencies: list[float] = []
@@ -140,7 +140,7 @@ class Evaluator:
             async def one(i: int) -> None:
                 async with gate:
                     started = time.perf_counter()
-                    answers[i] = await client.templates.run_batch(self.template, chunks[i], explain=True)
+                    answers[i] = await client.templates.run_batch(self.template, chunks[i], explain=explain)
                     latencies.append(time.perf_counter() - started)
                     if progress is not None:
                         progress.update(len(chunks[i]))

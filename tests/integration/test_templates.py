@@ -136,3 +136,26 @@ def test_batched_scoring_on_adapters_keeps_the_engine_up(server) -> None:
     assert answer.status_code == 200 and len(answer.json()["results"]) == 16
     assert httpx.get(f"{server.vllm_url()}/health", timeout=10).status_code == 200
     assert httpx.get(f"{server.url}/ready", timeout=10).status_code == 200
+
+
+def test_attributions_are_what_removing_each_word_does_on_the_engine(server) -> None:
+    text = "a dull , tedious mess ."
+    body = {"inputs": {"text": text}, "explain": "attributions"}
+    answer = run_template(server, "sentiment", body).json()
+    shown = answer["explain"]["attributions"]
+    assert shown["label"] == answer["label"] and shown["prompts"] == 7 and not shown["merged"]
+    assert [text[s["start"] : s["end"]] for s in shown["spans"]] == text.split()
+    words = text.split()
+    alone = [" ".join(words[:i] + words[i + 1 :]) for i in range(len(words))]
+    scores = run_template(server, "sentiment", {"inputs": [{"text": t} for t in alone]}).json()["results"]
+    for span, result in zip(shown["spans"], scores, strict=True):  # one batch vs another: float noise only
+        expected = answer["scores"][answer["label"]] - result["scores"][answer["label"]]
+        assert span["contribution"] == pytest.approx(expected, abs=0.02)
+    assert max(abs(s["contribution"]) for s in shown["spans"]) > 0.01  # the words do move the answer
+
+    body["attribution"] = {"method": "shapley", "permutations": 3, "units": "words"}
+    shapley = run_template(server, "sentiment", body).json()["explain"]["attributions"]
+    total = sum(s["contribution"] for s in shapley["spans"])
+    assert total == pytest.approx(shapley["probability"] - shapley["baseline"], abs=1e-9)
+    empty = run_template(server, "sentiment", {"inputs": {"text": ""}}).json()["scores"][answer["label"]]
+    assert shapley["baseline"] == pytest.approx(empty, abs=0.02)

@@ -4,6 +4,7 @@ command end to end against the gateway in front of the fake vLLM."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def test_eval_command_reports_on_a_labelled_file(
     data.write_text("\n".join(rows) + "\n")
     out = tmp_path / "report"
     argv = ["eval", "sent", "--data", str(data), "--text-field", "review", "--label-field", "gold"]
-    argv += ["--url", gateway.url, "--key", API_KEY, "--out", str(out), "--batch", "2"]
+    argv += ["--url", gateway.url, "--key", API_KEY, "--out", str(out), "--batch", "2", "--explain", "1"]
     with pytest.raises(SystemExit) as exited:
         main(argv)
     assert exited.value.code == 0
@@ -73,3 +74,12 @@ def test_eval_command_reports_on_a_labelled_file(
     assert next(out.glob("*.png")).stat().st_size > 1000
     assert "| uncalibrated | 0.667 |" in capsys.readouterr().out
     assert read_labelled(data, "review", "gold")[0].label == "positive"
+    # --explain 1: the most confident answer ("positive positive", p 0.95 on the fake),
+    # then the least ("negative negative", 0.73), each word shaded by its contribution
+    rows = re.findall(
+        r"<tr class=\"(\w+)\"><td>(\w+)</td><td>(\w+)</td>.*?</tr>", (out / "sent-labelled-explained.html").read_text()
+    )
+    assert rows == [("right", "positive", "positive"), ("right", "negative", "negative")]
+    page = (out / "sent-labelled-explained.html").read_text()
+    assert len(re.findall(r'title="\+0\.\d+">positive</span>', page)) == 2
+    assert len(re.findall(r'title="\+0\.\d+">negative</span>', page)) == 2

@@ -1,4 +1,5 @@
-"""`adaptserve eval TEMPLATE`: the command-line side of `evaluation.py`."""
+"""`adaptserve eval TEMPLATE`: the command-line side of `evaluation.py` (and, with
+`--explain N`, of `explain_page.py`)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ import asyncio
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adaptserve_client import Template
 
 from adaptserve.cli import remote
 from adaptserve.config import Settings
+
+if TYPE_CHECKING:
+    from adaptserve.evaluation import Evaluator, Predictions
 
 
 def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -43,6 +48,13 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="their training file (default: --dataset's train split, or cross-validation on --data)",
     )
     parser.add_argument("--baseline-limit", type=int, default=128, help="training examples for them (default 128)")
+    parser.add_argument(
+        "--explain",
+        type=int,
+        metavar="N",
+        default=0,
+        help="also write an HTML page of the N most and N least confident inputs with their attributions",
+    )
     parser.set_defaults(run=run_eval)
 
 
@@ -76,7 +88,23 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     stem = f"{args.template}-{args.data.stem if args.data else f'{args.dataset}-{args.split}'}"
     json_path, png_path = write(result, args.out, stem)
     print(f"\nwrote {json_path} and {png_path}")
+    if args.explain > 0:
+        print(f"wrote {_explain_page(evaluator, examples, predictions, input_field, args, stem)}")
     return 0
+
+
+def _explain_page(
+    evaluator: Evaluator, examples: list, predictions: Predictions, field: str, args: argparse.Namespace, stem: str
+) -> Path:
+    """The N most and least confident inputs again, with attributions, as one HTML page."""
+    from adaptserve.explain_page import extremes, write_page
+
+    chosen = extremes(predictions.confidence, args.explain)
+    inputs = [{field: examples[i].text} for i in chosen]
+    answers, _ = asyncio.run(evaluator.explained(inputs, explain="attributions"))
+    rows = [(examples[i].text, examples[i].label, a) for i, a in zip(chosen, answers, strict=True)]
+    title = f"{args.template}: the {args.explain} most and least confident answers"
+    return write_page(args.out / f"{stem}-explained.html", title, field, rows)
 
 
 def _baselines(args: argparse.Namespace, examples: list, labels: list[str]) -> dict:

@@ -23,7 +23,7 @@ from adaptserve.quantize.recipes import check_servable
 from adaptserve.serving.bounds import RequestBounds
 from adaptserve.serving.picker import Picker
 from adaptserve.serving.pipeline import Pipeline
-from adaptserve.serving.templates import TemplateService
+from adaptserve.serving.templates import TemplateLimits, TemplateService
 from adaptserve.templates.registry import TemplateRegistry
 from adaptserve.templates.render import Renderer, special_tokens
 from adaptserve.tenancy.audit import AuditLog
@@ -113,7 +113,8 @@ class Gateway:
         if settings.templates_dir is not None:
             templates.load_folder(settings.templates_dir)
         renderer = Renderer(special_tokens(model_path))
-        service = TemplateService(pipeline, templates, renderer, settings.max_template_batch)
+        limits = TemplateLimits(settings.max_template_batch, settings.explain_max_units, settings.explain_max_prompts)
+        service = TemplateService(pipeline, templates, renderer, limits)
         return cls(
             settings,
             db,

@@ -1,5 +1,6 @@
 """What `POST /v1/templates/{name}` does: check the call and its inputs, then classify
-(label scores, calibrated, every engine call in one admission) or generate (text, or
+(label scores, calibrated, every engine call in one admission; with
+`"explain": "attributions"`, each input's attribution variants scored in the same call) or generate (text, or
 JSON that matches the schema, via vLLM's `structured_outputs`), for one input or a
 batch (`run` → the answer's body) or as a stream (`stream` → a `StreamingAnswer`).
 """
@@ -9,15 +10,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 import jsonschema
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError
 
 from adaptserve.errors import APIError, InvalidRequestError, invalid_from
 from adaptserve.serving.bounds import Reservation
 from adaptserve.serving.pipeline import CallRecord, Endpoint, Pipeline, StreamingAnswer
 from adaptserve.serving.relay import relay_text
+from adaptserve.templates.attribution import AttributionOptions, AttributionPlan, plan
 from adaptserve.templates.classify import Classifier
 from adaptserve.templates.registry import TemplateRegistry, TemplateVersion
 from adaptserve.templates.render import Renderer
@@ -33,22 +36,38 @@ class TemplateOutputError(APIError):
     code = "invalid_output"
 
 
+def _no_number(value: object) -> object:
+    if not isinstance(value, (bool, str)):
+        raise ValueError('explain is true, false or "attributions"')
+    return value
+
+
 class TemplateCall(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     inputs: dict[str, Any] | list[Any]
     version: int | None = Field(None, ge=1)
-    explain: StrictBool = False
+    explain: Annotated[Literal[False, True, "attributions"], BeforeValidator(_no_number)] = False
+    attribution: AttributionOptions | None = None  # with explain: "attributions"
     stream: StrictBool = False
     max_tokens: int | None = Field(None, ge=1, le=8192)  # generate only
     temperature: float | None = Field(None, ge=0, le=2)
 
 
+@dataclass(frozen=True)
+class TemplateLimits:
+    max_batch: int  # inputs in one call
+    max_units: int  # attribution units of one input (adjacent ones are joined beyond)
+    max_prompts: int  # prompts scored for one call's attributions
+
+
 class TemplateService:
-    def __init__(self, pipeline: Pipeline, templates: TemplateRegistry, renderer: Renderer, max_batch: int) -> None:
+    def __init__(
+        self, pipeline: Pipeline, templates: TemplateRegistry, renderer: Renderer, limits: TemplateLimits
+    ) -> None:
         self._pipeline, self._templates, self._renderer = pipeline, templates, renderer
         self._classifier = Classifier(templates, renderer)
-        self._max_batch = max_batch
+        self._limits = limits
 
     def visible(self, tenant: str) -> dict[str, Any]:
         return {"object": "list", "data": [t.summary() for t in self._templates.visible(tenant)]}
@@ -69,7 +88,7 @@ class TemplateService:
         template, checked = await self._checked(principal, name, call)
         batch = isinstance(call.inputs, list)
         if template.spec.kind == "classify":
-            results, usage = await self._classify(principal, template, checked, call.explain)
+            results, usage = await self._classify(principal, template, checked, call)
             return {"results": results, "usage": usage} if batch else results[0]
         if not batch:
             return await self._generate(principal, template, checked[0], call)
@@ -98,23 +117,43 @@ class TemplateService:
         spec = template.spec
         batch = isinstance(call.inputs, list)
         items = call.inputs if isinstance(call.inputs, list) else [call.inputs]
-        if batch and not 1 <= len(items) <= self._max_batch:
-            raise InvalidRequestError(f"a batch holds 1 to {self._max_batch} inputs", param="inputs")
+        if batch and not 1 <= len(items) <= self._limits.max_batch:
+            raise InvalidRequestError(f"a batch holds 1 to {self._limits.max_batch} inputs", param="inputs")
         checked = [check_inputs(spec, item, f"inputs[{i}]" if batch else "inputs") for i, item in enumerate(items)]
         if call.stream and (batch or spec.kind != "generate"):
             raise InvalidRequestError("stream is for one input of a generate template", param="stream")
+        if call.explain == "attributions" and spec.kind != "classify":
+            raise InvalidRequestError("attributions are for classify templates", param="explain")
+        if call.attribution is not None and call.explain != "attributions":
+            raise InvalidRequestError('attribution goes with "explain": "attributions"', param="attribution")
         return template, checked
 
     async def _classify(
-        self, principal: Principal, template: TemplateVersion, inputs: list[dict[str, Any]], explain: bool
+        self, principal: Principal, template: TemplateVersion, inputs: list[dict[str, Any]], call: TemplateCall
     ) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """Every engine call (tokenizing, calibrating, scoring) inside one admission."""
-        reserve = Reservation(*self._classifier.worst_case(template, inputs))
+        plans = self._attribution_plans(inputs, call)
+        scored = [v for p, i in zip(plans, inputs, strict=True) for v in p.variants(i)] if plans else inputs
+        reserve = Reservation(*self._classifier.worst_case(template, scored))
         model = template.spec.model
         async with self._pipeline.admitted(
             principal, model, reserve, label="template", template=template.name
         ) as engine:
-            return await self._classifier.classify(engine, template, inputs, explain)
+            return await self._classifier.classify(engine, template, inputs, bool(call.explain), plans)
+
+    def _attribution_plans(self, inputs: list[dict[str, Any]], call: TemplateCall) -> list[AttributionPlan] | None:
+        if call.explain != "attributions":
+            return None
+        options = call.attribution or AttributionOptions()
+        plans = [plan(i, options, self._limits.max_units) for i in inputs]
+        prompts = sum(len(p.coalitions) for p in plans)
+        if prompts > self._limits.max_prompts:
+            raise InvalidRequestError(
+                f"attributions would score {prompts} prompts, over the {self._limits.max_prompts} allowed "
+                "(explain_max_prompts): send fewer inputs or permutations, or use sentences or fields as units",
+                param="attribution",
+            )
+        return plans
 
     async def _generate(
         self, principal: Principal, template: TemplateVersion, inputs: dict[str, Any], call: TemplateCall

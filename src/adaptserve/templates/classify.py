@@ -18,6 +18,10 @@ Contextual calibration (Zhao et al., 2021) and the temperature are in
 `calibration.py`: the bias (the label distribution of the template's calibration
 inputs) is computed once per template version and served model, and stored.
 
+With attributions (`attribution.py`), each input's variants (the input without one
+unit, or a permutation's coalitions) are scored in the same call: the prefix cache
+reuses what precedes the first removed unit.
+
 The classifier reaches the engine through `Engine`, one admitted request (the serving
 pipeline's `Admission`): it never admits, meters or resolves anything itself.
 """
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from adaptserve.errors import InvalidRequestError, UpstreamError
+from adaptserve.templates.attribution import AttributionPlan
 from adaptserve.templates.calibration import bias_of, probabilities
 from adaptserve.templates.registry import TemplateRegistry, TemplateVersion
 from adaptserve.templates.render import Renderer, calibration_inputs, content_free_inputs, label_answer
@@ -102,30 +107,42 @@ class Classifier:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def classify(
-        self, engine: Engine, template: TemplateVersion, inputs: list[dict[str, Any]], explain: bool
+        self,
+        engine: Engine,
+        template: TemplateVersion,
+        inputs: list[dict[str, Any]],
+        explain: bool,
+        plans: Sequence[AttributionPlan] | None = None,
     ) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """→ one result per input, in order, and the usage of the whole call; every
-        engine call (tokenizing, calibrating, scoring) goes through `engine`."""
+        engine call (tokenizing, calibrating, scoring) goes through `engine`. With
+        `plans` (one per input), every input's attribution variants are scored in the
+        same engine call and each result's `explain` carries its `attributions`."""
         spec = template.spec
-        scored = await self.score(engine, template, inputs)
+        variants = [plan.variants(i) for plan, i in zip(plans, inputs, strict=True)] if plans else [[i] for i in inputs]
+        scored = await self.score(engine, template, [v for group in variants for v in group])
         bias = await self._bias(engine, template) if spec.calibration else None
-        results = []
-        for item in scored:
-            probs = probabilities(item.logprobs, spec.temperature, bias)
-            best = max(range(len(probs)), key=probs.__getitem__)
+        labels = [label.name for label in spec.labels]
+        results, at = [], 0
+        for n, group in enumerate(variants):
+            mine, at = scored[at : at + len(group)], at + len(group)
+            probs = [probabilities(s.logprobs, spec.temperature, bias) for s in mine]
+            best = max(range(len(probs[0])), key=probs[0].__getitem__)
             result: dict[str, Any] = {
-                "label": spec.labels[best].name,
-                "scores": {label.name: p for label, p in zip(spec.labels, probs, strict=True)},
+                "label": labels[best],
+                "scores": dict(zip(labels, probs[0], strict=True)),
                 "calibrated": bias is not None,
                 "version": template.version,
-                "usage": _usage(item.prompt_tokens, item.completion_tokens),
+                "usage": _usage(sum(s.prompt_tokens for s in mine), sum(s.completion_tokens for s in mine)),
             }
             if explain:
                 result["explain"] = {
-                    "logprobs": {label.name: lp for label, lp in zip(spec.labels, item.logprobs, strict=True)},
-                    "prompt_tokens": item.prompt_length,
+                    "logprobs": dict(zip(labels, mine[0].logprobs, strict=True)),
+                    "prompt_tokens": mine[0].prompt_length,
                     "scoring": self._plans[spec.digest].path,
                 }
+                if plans:
+                    result["explain"]["attributions"] = plans[n].explain(probs, labels)
             results.append(result)
         total = _usage(sum(s.prompt_tokens for s in scored), sum(s.completion_tokens for s in scored))
         return results, total

@@ -16,13 +16,22 @@ from adaptserve_client.errors import (
     PayloadTooLargeError,
     RateLimitError,
 )
-from adaptserve_client.types import Classification, Generation, Template, TokenUsage, UsageRow
+from adaptserve_client.types import (
+    Attributions,
+    Classification,
+    Generation,
+    Span,
+    Template,
+    TokenUsage,
+    UsageRow,
+)
 
 __all__ = [
     "APIConnectionError",
     "APIStatusError",
     "AdaptserveError",
     "AsyncClient",
+    "Attributions",
     "AuthenticationError",
     "BadRequestError",
     "Classification",
@@ -34,6 +43,7 @@ __all__ = [
     "PayloadTooLargeError",
     "RateLimitError",
     "Retries",
+    "Span",
     "Template",
     "TokenUsage",
     "UsageRow",

@@ -22,6 +22,60 @@ class TokenUsage:
 
 
 @dataclass(frozen=True)
+class Span:
+    """One unit of the input (`inputs[field][start:end]`) and how much removing it
+    lowers the predicted label's calibrated probability (`contribution`) and its margin
+    over the runner-up (`margin`); negative: the unit argued against the label."""
+
+    field: str
+    start: int
+    end: int
+    contribution: float
+    margin: float
+
+    def text(self, inputs: dict[str, Any]) -> str:
+        return str(inputs[self.field])[self.start : self.end]
+
+
+@dataclass(frozen=True)
+class Attributions:
+    """`"explain": "attributions"`: the spans of the input, in input order."""
+
+    method: str  # occlusion or shapley
+    units: str  # words, sentences or fields
+    label: str
+    runner_up: str
+    probability: float
+    merged: bool  # adjacent units were joined to fit the server's cap
+    prompts: int  # prompts scored for it
+    spans: list[Span]
+    baseline: float | None = None  # shapley: the probability with every unit removed
+
+    def top(self, k: int) -> list[Span]:
+        """The `k` spans that raised the label's probability most."""
+        return sorted(self.spans, key=lambda s: s.contribution, reverse=True)[:k]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Attributions:
+        spans = [
+            Span(s["field"], int(s["start"]), int(s["end"]), float(s["contribution"]), float(s["margin"]))
+            for s in data["spans"]
+        ]
+        baseline = data.get("baseline")
+        return cls(
+            method=data["method"],
+            units=data["units"],
+            label=data["label"],
+            runner_up=data["runner_up"],
+            probability=float(data["probability"]),
+            merged=bool(data["merged"]),
+            prompts=int(data["prompts"]),
+            spans=spans,
+            baseline=None if baseline is None else float(baseline),
+        )
+
+
+@dataclass(frozen=True)
 class Classification:
     """A classify template's answer: the label, every label's probability (summing to 1)."""
 
@@ -31,6 +85,7 @@ class Classification:
     version: int
     usage: TokenUsage
     explain: dict[str, Any] | None = None
+    attributions: Attributions | None = None  # with explain="attributions"
 
     @property
     def confidence(self) -> float:
@@ -45,6 +100,9 @@ class Classification:
             version=int(data["version"]),
             usage=TokenUsage.from_json(data.get("usage")),
             explain=data.get("explain"),
+            attributions=Attributions.from_json(shown)
+            if (shown := (data.get("explain") or {}).get("attributions"))
+            else None,
         )
 
 
