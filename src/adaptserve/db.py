@@ -73,6 +73,7 @@ class TenantRow(Base):
     requests_per_minute: Mapped[int | None] = mapped_column(Integer)
     tokens_per_minute: Mapped[int | None] = mapped_column(Integer)
     max_concurrent: Mapped[int | None] = mapped_column(Integer)
+    pii: Mapped[dict | None] = mapped_column(JSON)  # the PII policy (pii/policy.py); None: the default
 
 
 class ApiKeyRow(Base):

@@ -19,6 +19,7 @@ class APIError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = None
+    carries_content: bool = False  # the message may quote a request or an answer (scrubbed for PII)
 
     def __init__(
         self,

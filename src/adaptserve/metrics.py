@@ -58,6 +58,12 @@ class Metrics:
             ["tenant", "limit"],
             registry=self.registry,
         )
+        self.pii_found = Counter(
+            "adaptserve_pii_found",
+            "personal data found in requests, by entity type and the tenant's mode (mask or block)",
+            ["tenant", "entity", "mode"],
+            registry=self.registry,
+        )
         self.upstream_restarts = Counter(
             "adaptserve_upstream_restarts",
             "an upstream came back as a new engine (its adapters gone)",

@@ -1,8 +1,8 @@
 """The package's shape, read from its source: imports run one way (server → serving →
-templates/adapters/tenancy/upstream → config/db/errors), only `server/` speaks HTTP,
+templates/adapters/tenancy/pii/upstream → config/db/errors), only `server/` speaks HTTP,
 and heavy libraries stay behind their boundary (vLLM only in the child's launcher and
 the engine plugin; peft/transformers only in the tools; llm-compressor only in
-`quantize/`)."""
+`quantize/`; Presidio only in `pii/`)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ LAYERS = {  # the gateway's layers; a module may import its own layer or lower o
     "templates": 2,
     "adapters": 2,
     "tenancy": 2,
+    "pii": 2,
     "upstream": 2,
     "quantize.recipes": 2,  # which quantizations the engine serves: a table, no llm-compressor
     "engine_plugin": 2,  # names the variables the supervisor sets; vLLM only inside its functions
@@ -34,6 +35,8 @@ ONLY_IN = {  # a top-level import -> the modules (path prefixes under the packag
     "peft": ("training/", "fit/", "quantize/", "bench/peft_server.py"),
     "transformers": ("training/", "fit/", "quantize/", "bench/peft_server.py", "default_model.py"),  # converting it
     "llmcompressor": ("quantize/",),
+    "presidio_analyzer": ("pii/",),
+    "tldextract": ("pii/",),
     "fastapi": ("server/", "bench/peft_server.py", "bench/fake_engine.py", "bench/sim_engine.py"),
     "starlette": ("server/", "bench/peft_server.py", "bench/fake_engine.py", "bench/sim_engine.py"),
 }

@@ -33,6 +33,7 @@ class FakeState:
     health_calls: int = 0
     waiting: int = 0  # what /metrics reports queued (streams open count as running)
     fail_next: int = 0  # the next requests answered 500, as a failing engine would
+    refuse_next: str | None = None  # the next request answered 400 with this message (vLLM's may quote it)
     loaded: dict[str, str] = field(default_factory=dict)  # name -> path
     load_calls: list[str] = field(default_factory=list)
     unload_calls: list[str] = field(default_factory=list)
@@ -138,6 +139,9 @@ def create_fake_vllm(state: FakeState) -> FastAPI:
             state.fail_next -= 1
             return _error(500, "EngineCore encountered an issue.", "InternalServerError")
         state.requests.append(body)
+        if state.refuse_next is not None:
+            message, state.refuse_next = state.refuse_next, None
+            return _error(400, message, "BadRequestError")
         if body["model"] != BASE and body["model"] not in state.loaded:
             return _error(404, f"The model `{body['model']}` does not exist.", "NotFoundError", "model")
         if body.get("logprob_token_ids"):  # token-id prompts, each within the context

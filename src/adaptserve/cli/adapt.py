@@ -138,7 +138,15 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
 def run_distill(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from adaptserve.training.distill import CACHE, Teacher, TeacherCache, label, read_inputs, student_items
+    from adaptserve.training.distill import (
+        CACHE,
+        Teacher,
+        TeacherCache,
+        label,
+        read_inputs,
+        student_items,
+        teacher_scrub,
+    )
     from adaptserve.training.task import Task
 
     spec = load_template(args)
@@ -154,7 +162,7 @@ def run_distill(args: argparse.Namespace, settings: Settings) -> int:
         model=args.teacher_model,
         concurrency=args.concurrency,
     )
-    cache = TeacherCache(out / CACHE)
+    cache = TeacherCache(out / CACHE, teacher_scrub(teacher))
     with tqdm(total=len(inputs), desc="teacher", unit="input") as bar:
         answers = asyncio.run(label(teacher, spec, inputs, cache, bar.update))
     task = Task.load(base, spec)

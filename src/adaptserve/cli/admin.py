@@ -27,6 +27,7 @@ def _command_table() -> dict[str, dict[str, tuple[list[str], Handler]]]:
             "create": (["name"], lambda c, a: c.tenants.create(a.name)),
             "list": ([], lambda c, a: c.tenants.list()),
             "delete": (["name"], lambda c, a: c.tenants.delete(a.name)),
+            "pii": (["name"], _pii),
         },
         "keys": {
             "create": (["tenant"], lambda c, a: c.keys.create(a.tenant, "admin" if a.admin else "api")),
@@ -82,6 +83,12 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                 sub.add_argument("--tenant", help="the owning tenant (default: a global template)")
             if (group, verb) == ("templates", "apply"):
                 sub.add_argument("--no-activate", action="store_true", help="store the version without activating it")
+            if (group, verb) == ("tenants", "pii"):
+                sub.add_argument(
+                    "--mode", choices=["off", "log", "mask", "block"], help="set the policy (else: show it)"
+                )
+                sub.add_argument("--deny", action="append", default=[], help="a word always masked (repeatable)")
+                sub.add_argument("--pattern", action="append", default=[], help="ENTITY=REGEX (repeatable)")
             if (group, verb) == ("keys", "create"):
                 sub.add_argument("--admin", action="store_true", help="a tenant admin key (its tenant's admin API)")
             if group == "audit":
@@ -115,6 +122,20 @@ def _apply_template(admin: Admin, args: argparse.Namespace) -> Any:
     except InvalidRequestError as exc:
         sys.exit(f"adaptserve: {args.file}: {exc.message}")
     return admin.templates.apply(spec.name, text, tenant=args.tenant, activate=not args.no_activate)
+
+
+def _pii(admin: Admin, args: argparse.Namespace) -> Any:
+    if args.mode is None:
+        if args.deny or args.pattern:
+            sys.exit("adaptserve: --deny and --pattern go with --mode (the whole policy is set at once)")
+        return admin.tenants.pii(args.name)
+    patterns = []
+    for pattern in args.pattern:
+        entity, _, regex = pattern.partition("=")
+        if not regex:
+            sys.exit(f"adaptserve: --pattern {pattern!r}: write ENTITY=REGEX")
+        patterns.append({"entity": entity, "regex": regex})
+    return admin.tenants.set_pii(args.name, args.mode, args.deny, patterns)
 
 
 def _set_alias(admin: Admin, args: argparse.Namespace) -> Any:

@@ -19,10 +19,12 @@ from adaptserve.config import Settings
 from adaptserve.db import Database
 from adaptserve.default_model import resolve_model
 from adaptserve.metrics import Metrics
+from adaptserve.pii.detector import Detector
 from adaptserve.quantize.recipes import check_servable
 from adaptserve.serving.bounds import RequestBounds
 from adaptserve.serving.picker import Picker
 from adaptserve.serving.pipeline import Pipeline
+from adaptserve.serving.privacy import PrivacyGuard
 from adaptserve.serving.templates import TemplateLimits, TemplateService
 from adaptserve.templates.registry import TemplateRegistry
 from adaptserve.templates.render import Renderer, special_tokens
@@ -107,7 +109,8 @@ class Gateway:
         )
         quotas = QuotaGate()
         sync = QuotaSync(db, quotas, settings.quota_sync_interval_s) if db.engine.dialect.name == "postgresql" else None
-        pipeline = Pipeline(pool, catalog, residency, picker, tenants, meter, quotas, metrics, bounds)
+        privacy = PrivacyGuard(Detector(), metrics)
+        pipeline = Pipeline(pool, catalog, residency, picker, tenants, meter, quotas, metrics, bounds, privacy)
         templates = TemplateRegistry(db)
         tenants.owns(TemplateRegistry.remove_owned)
         if settings.templates_dir is not None:

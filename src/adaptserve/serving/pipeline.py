@@ -37,6 +37,7 @@ from adaptserve.errors import (
 from adaptserve.metrics import Metrics
 from adaptserve.serving.bounds import RequestBounds, Reservation
 from adaptserve.serving.picker import Picker
+from adaptserve.serving.privacy import PrivacyGuard, restore_answer, restoring
 from adaptserve.serving.relay import openai_relay
 from adaptserve.tenancy.auth import Principal
 from adaptserve.tenancy.quotas import QuotaGate
@@ -226,11 +227,12 @@ class Pipeline:
         quotas: QuotaGate,
         metrics: Metrics,
         bounds: RequestBounds,
+        privacy: PrivacyGuard,
     ) -> None:
         self.pool, self._catalog, self._residency, self._tenants = pool, catalog, residency, tenants
         self._picker = picker
         self._meter, self._quotas, self._metrics = meter, quotas, metrics
-        self.bounds = bounds
+        self.bounds, self.privacy = bounds, privacy
 
     def resolve(self, tenant: str, model: str) -> Target:
         """A tenant's alias → its target. Another tenant's alias, a deleted one and an
@@ -273,6 +275,7 @@ class Pipeline:
                 yield Admission(self, principal, target, call)
         except APIError as exc:
             call.status = exc.status
+            await self.privacy.scrub(principal.pii, exc)
             raise
         finally:
             self._finish(call)
@@ -280,11 +283,16 @@ class Pipeline:
     async def call(
         self, principal: Principal, model: str, endpoint: Endpoint, body: dict[str, Any], *, template: str = ""
     ) -> Answer:
-        """One non-streamed engine call in its own admission."""
+        """One non-streamed engine call in its own admission. A client's own call is
+        screened under the tenant's PII policy (a template screens its inputs itself)."""
+        placeholders = None
+        if not template:
+            body, placeholders = await self.privacy.screen_body(principal, body, endpoint.prompt_param)
         reserve = self.bounds.check(body, endpoint is Endpoint.CHAT)
         label = "template" if template else endpoint.name.lower()
         async with self.admitted(principal, model, reserve, label=label, template=template) as admission:
-            return Answer(await admission.forward(endpoint, body), admission.target)
+            answer = await admission.forward(endpoint, body)
+            return Answer(restore_answer(placeholders, answer), admission.target)
 
     async def stream(
         self,
@@ -297,7 +305,12 @@ class Pipeline:
         relay: Relay | None = None,
     ) -> StreamingAnswer:
         """A streamed engine call whose admission lasts until the answer is closed. Its
-        events are `relay`'s (default: the OpenAI stream, as the body's options ask)."""
+        events are `relay`'s (default: the OpenAI stream, as the body's options ask),
+        restored where the tenant's PII policy masked the request."""
+        relay = relay or openai_relay(body, model)
+        if not template:
+            body, placeholders = await self.privacy.screen_body(principal, body, endpoint.prompt_param)
+            relay = restoring(relay, placeholders)
         reserve = self.bounds.check(body, endpoint is Endpoint.CHAT)
         label = "template" if template else endpoint.name.lower()
         async with AsyncExitStack() as stack:  # closes the admission if the stream fails to open
@@ -306,7 +319,6 @@ class Pipeline:
             )
             stream = await admission.open_stream(endpoint, body)
             stack.push_async_callback(stream.close)
-            relay = relay or openai_relay(body, model)
             return StreamingAnswer(stream, admission.target, admission.call, stack.pop_all(), relay)
         raise AssertionError("unreachable")  # the stack either returned or raised
 

@@ -17,8 +17,11 @@ import jsonschema
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError
 
 from adaptserve.errors import APIError, InvalidRequestError, invalid_from
+from adaptserve.pii.masking import Placeholders
+from adaptserve.pii.policy import PiiMode
 from adaptserve.serving.bounds import Reservation
 from adaptserve.serving.pipeline import CallRecord, Endpoint, Pipeline, StreamingAnswer
+from adaptserve.serving.privacy import restoring
 from adaptserve.serving.relay import relay_text
 from adaptserve.templates.attribution import AttributionOptions, AttributionPlan, plan
 from adaptserve.templates.classify import Classifier
@@ -86,27 +89,30 @@ class TemplateService:
     async def run(self, principal: Principal, name: str, call: TemplateCall) -> dict[str, Any]:
         """A call that is not streamed: one input's result, or a batch's results."""
         template, checked = await self._checked(principal, name, call)
+        checked, placeholders = await self._screened(principal, checked, call)
         batch = isinstance(call.inputs, list)
         if template.spec.kind == "classify":
             results, usage = await self._classify(principal, template, checked, call)
             return {"results": results, "usage": usage} if batch else results[0]
         if not batch:
-            return await self._generate(principal, template, checked[0], call)
+            return await self._generate(principal, template, checked[0], call, placeholders)
         outcomes = await asyncio.gather(
-            *(self._generate(principal, template, item, call) for item in checked), return_exceptions=True
+            *(self._generate(principal, template, item, call, placeholders) for item in checked),
+            return_exceptions=True,
         )
         return {"results": [_result_or_error(o) for o in outcomes]}
 
     async def stream(self, principal: Principal, name: str, call: TemplateCall) -> StreamingAnswer:
         """One input of a generate template, streamed: `{"delta"}` events, then the result."""
         template, checked = await self._checked(principal, name, call)
+        checked, placeholders = await self._screened(principal, checked, call)
         body = self._chat_body(template.spec, checked[0], call) | {"stream": True}
 
         def finish(text: str, reason: str | None, record: CallRecord) -> dict[str, Any]:
             usage = {"prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens}
             return finish_generation(template.spec, text, reason) | {"version": template.version, "usage": usage}
 
-        relay = functools.partial(relay_text, finish=finish)
+        relay = restoring(functools.partial(relay_text, finish=finish), placeholders)
         model, name = template.spec.model, template.name
         return await self._pipeline.stream(principal, model, Endpoint.CHAT, body, template=name, relay=relay)
 
@@ -127,6 +133,24 @@ class TemplateService:
         if call.attribution is not None and call.explain != "attributions":
             raise InvalidRequestError('attribution goes with "explain": "attributions"', param="attribution")
         return template, checked
+
+    async def _screened(
+        self, principal: Principal, inputs: list[dict[str, Any]], call: TemplateCall
+    ) -> tuple[list[dict[str, Any]], Placeholders | None]:
+        """The inputs' text under the tenant's PII policy: masked (restored in a generate
+        template's answer) or refused."""
+        if principal.pii.mode is PiiMode.MASK and call.explain == "attributions":
+            raise InvalidRequestError(
+                "attributions are not given while this tenant's personal data is masked", param="explain"
+            )
+        fields = [(i, k) for i, item in enumerate(inputs) for k, v in item.items() if isinstance(v, str)]
+        masked, placeholders = await self._pipeline.privacy.screen(
+            principal, [inputs[i][k] for i, k in fields], "inputs"
+        )
+        out = [dict(item) for item in inputs]
+        for (i, k), text in zip(fields, masked, strict=True):
+            out[i][k] = text
+        return out, placeholders
 
     async def _classify(
         self, principal: Principal, template: TemplateVersion, inputs: list[dict[str, Any]], call: TemplateCall
@@ -156,12 +180,19 @@ class TemplateService:
         return plans
 
     async def _generate(
-        self, principal: Principal, template: TemplateVersion, inputs: dict[str, Any], call: TemplateCall
+        self,
+        principal: Principal,
+        template: TemplateVersion,
+        inputs: dict[str, Any],
+        call: TemplateCall,
+        placeholders: Placeholders | None,
     ) -> dict[str, Any]:
         body = self._chat_body(template.spec, inputs, call)
         answer = await self._pipeline.call(principal, template.spec.model, Endpoint.CHAT, body, template=template.name)
         choice = answer.body["choices"][0]
         result = finish_generation(template.spec, choice["message"].get("content") or "", choice.get("finish_reason"))
+        if placeholders is not None:  # parsed first: a restored value never breaks the JSON
+            result = placeholders.restore_all(result)
         result |= {"version": template.version, "usage": answer.body.get("usage")}
         if call.explain:
             result["explain"] = {"prompt_tokens": (answer.body.get("usage") or {}).get("prompt_tokens")}
@@ -192,8 +223,11 @@ def finish_generation(spec: TemplateSpec, text: str, finish_reason: str | None) 
         jsonschema.validate(output, spec.schema_)
     except ValueError as exc:
         raise TemplateOutputError(f"the model's answer is not JSON{hint}: {exc}") from exc
-    except jsonschema.ValidationError as exc:
-        raise TemplateOutputError(f"the model's answer does not match the schema{hint}: {exc.message}") from exc
+    except jsonschema.ValidationError as exc:  # where and which rule, never the value (it may be personal data)
+        where = "/".join(map(str, exc.absolute_path)) or "the top level"
+        raise TemplateOutputError(
+            f"the model's answer does not match the schema{hint}: at {where}, {exc.validator} {exc.validator_value!r}"
+        ) from exc
     return {"output": output, "finish_reason": finish_reason}
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adaptserve.errors import AuthenticationError, PermissionDeniedError, RateLimitError
+from adaptserve.pii.policy import DEFAULT_POLICY, PiiPolicy
 from adaptserve.tenancy.quotas import Limits
 
 log = logging.getLogger(__name__)
@@ -29,12 +30,14 @@ ADMIN_KEY_FILE = "admin_key"
 @dataclass(frozen=True)
 class Principal:
     """An authenticated tenant: its name, its never-reused uid (what usage, quota
-    windows and the cache salt are keyed by), its quotas and its prefix-cache salt."""
+    windows and the cache salt are keyed by), its quotas, its prefix-cache salt and its
+    PII policy."""
 
     tenant: str
     uid: str = ""
     limits: Limits = field(default_factory=Limits)
     cache_salt: str = ""
+    pii: PiiPolicy = DEFAULT_POLICY
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from adaptserve.db import (
     check_name,
 )
 from adaptserve.errors import AuthenticationError, ConflictError, InvalidRequestError, NotFoundError
+from adaptserve.pii.policy import DEFAULT_POLICY, PiiPolicy
 from adaptserve.tenancy.auth import Actor, Principal, bearer, hash_key
 from adaptserve.tenancy.quotas import Limits
 
@@ -158,7 +159,8 @@ class TenantRegistry:
             # vLLM salts the prefix cache's block hashes with this: tenants share cached
             # blocks only within a group the operator declared.
             salt = f"group-{group}" if group else f"tenant-{tenant.uid}"
-            return Principal(tenant=tenant.name, uid=tenant.uid, limits=limits, cache_salt=salt)
+            pii = PiiPolicy.model_validate(tenant.pii) if tenant.pii else DEFAULT_POLICY
+            return Principal(tenant=tenant.name, uid=tenant.uid, limits=limits, cache_salt=salt, pii=pii)
 
     def authenticate_admin(self, authorization: str | None) -> Actor:
         """A tenant admin key → its actor (the operator's key is checked before this)."""
@@ -180,6 +182,16 @@ class TenantRegistry:
             row.tokens_per_minute = limits.tokens_per_minute
             row.max_concurrent = limits.max_concurrent
             return _tenant_dict(row)
+
+    def pii(self, name: str) -> PiiPolicy:
+        with self._db.session() as s:
+            row = self._get(s, name)
+            return PiiPolicy.model_validate(row.pii) if row.pii else DEFAULT_POLICY
+
+    def set_pii(self, name: str, policy: PiiPolicy) -> PiiPolicy:
+        with self._db.session() as s:
+            self._get(s, name).pii = policy.model_dump(mode="json")
+        return policy
 
     # aliases -----------------------------------------------------------------
     def set_alias(self, tenant: str, alias: str, *, base: bool, adapter: str | None, version: str | None) -> Alias:

@@ -7,7 +7,10 @@ OpenAI-compatible chat model (its answer is matched to a label: hard targets; or
 taken as the output of a generate template). Teacher calls are concurrent and
 bounded, retried on 429/503 with back-off (honouring `Retry-After`: adaptserve_client), and every
 answer is appended to `teacher.jsonl` in the output folder as it arrives, so an
-interrupted run resumes without asking the teacher again.
+interrupted run resumes without asking the teacher again. Unless the tenant's PII
+policy is `off`, what that file keeps is scrubbed (`<EMAIL_ADDRESS>` for an address):
+training uses the caller's inputs, and a resumed run learns a generate teacher's
+answers with those placeholders.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from adaptserve_client import AdaptserveError, APIStatusError, AsyncClient, Classification
+from adaptserve_client import AdaptserveError, APIStatusError, AsyncClient, Classification, Client, NotFoundError
 
 from adaptserve.errors import ConfigurationError
 from adaptserve.templates.spec import TemplateSpec
@@ -54,11 +57,15 @@ def text_key(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-class TeacherCache:
-    """The teacher's answers, one JSON line per input, appended as they arrive."""
+Scrub = Callable[[str], str]
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+
+class TeacherCache:
+    """The teacher's answers, one JSON line per input, appended as they arrive (their
+    text scrubbed by `scrub`; this run keeps them as they came)."""
+
+    def __init__(self, path: Path, scrub: Scrub | None = None) -> None:
+        self.path, self._scrub = path, scrub
         self.answers: dict[str, dict[str, Any]] = {}
         if path.is_file():
             text = path.read_text(encoding="utf-8")
@@ -78,8 +85,37 @@ class TeacherCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
             for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                f.write(json.dumps(self._scrubbed(record), ensure_ascii=False) + "\n")
                 self.answers[record["key"]] = record
+
+    def _scrubbed(self, value: Any) -> Any:
+        if self._scrub is None:
+            return value
+        if isinstance(value, str):
+            return self._scrub(value)
+        if isinstance(value, dict):
+            return {k: v if k in ("key", "label", "scores") else self._scrubbed(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._scrubbed(v) for v in value]
+        return value
+
+
+def teacher_scrub(teacher: Teacher) -> Scrub | None:
+    """How the cache scrubs text: as the teacher tenant's PII policy says (`GET /v1/pii`;
+    a teacher that is not an adaptserve server: the default, `log`)."""
+    from adaptserve.pii.detector import Detector
+    from adaptserve.pii.masking import scrubbed
+    from adaptserve.pii.policy import DEFAULT_POLICY, PiiPolicy
+
+    try:
+        with Client(teacher.url, teacher.key, timeout=30) as client:
+            policy = PiiPolicy.model_validate(client.pii())
+    except NotFoundError:
+        policy = DEFAULT_POLICY
+    if not policy.detects:
+        return None
+    detector = Detector()
+    return lambda text: scrubbed(text, detector.find(text, policy))
 
 
 async def label(
@@ -114,7 +150,7 @@ async def label(
             await asyncio.gather(*(one(c) for c in chunks))
         except AdaptserveError as exc:
             raise ConfigurationError(f"the teacher at {teacher.url} failed: {exc}") from exc
-    return [cache.answers[k] for k in keys]
+    return [{**cache.answers[k], "inputs": i} for k, i in zip(keys, inputs, strict=True)]
 
 
 async def _ask(

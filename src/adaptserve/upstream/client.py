@@ -264,7 +264,14 @@ def _error_param(content: bytes) -> str | None:
 
 
 def translate_error(status: int, content: bytes) -> APIError:
-    """vLLM's HTTP error → our typed error (vLLM puts the HTTP integer in `code`)."""
+    """vLLM's HTTP error → our typed error (vLLM puts the HTTP integer in `code`). Its
+    message is vLLM's, which may quote the request: marked `carries_content`."""
+    error = _translated(status, content)
+    error.carries_content = True
+    return error
+
+
+def _translated(status: int, content: bytes) -> APIError:
     message = _error_message(content)
     param = _error_param(content)
     lowered = message.lower()

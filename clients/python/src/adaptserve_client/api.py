@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
@@ -98,6 +98,10 @@ class Api(Namespace):
         parse = lambda d: [UsageRow.from_json(r) for r in d["data"]]  # noqa: E731
         return self._send(Call("GET", "/v1/usage", parse, params=_params(since=since)))
 
+    def pii(self) -> Result[dict]:
+        """The caller's PII policy: `mode` (off, log, mask, block), `deny_list`, `patterns`."""
+        return self._send(Call("GET", "/v1/pii"))
+
 
 class Tenants(Namespace):
     def create(self, name: str) -> Result[dict]:
@@ -112,6 +116,17 @@ class Tenants(Namespace):
     def set_quotas(self, name: str, **limits: int | None) -> Result[dict]:
         """`requests_per_minute`, `tokens_per_minute`, `max_concurrent` (None: no limit)."""
         return self._send(Call("PUT", f"/admin/tenants/{name}/quotas", json=limits))
+
+    def set_pii(
+        self, name: str, mode: str, deny_list: Sequence[str] = (), patterns: Sequence[dict] = ()
+    ) -> Result[dict]:
+        """The tenant's PII policy: `mode` off, log, mask or block; `deny_list` words;
+        `patterns` of `{"entity": "ORDER_ID", "regex": "...", "score": 0.9}`."""
+        body = {"mode": mode, "deny_list": list(deny_list), "patterns": list(patterns)}
+        return self._send(Call("PUT", f"/admin/tenants/{name}/pii", json=body))
+
+    def pii(self, name: str) -> Result[dict]:
+        return self._send(Call("GET", f"/admin/tenants/{name}/pii"))
 
 
 class Keys(Namespace):

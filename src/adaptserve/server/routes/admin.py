@@ -1,5 +1,5 @@
 """Admin routes (`/admin/...`): tenants, keys, adapters, model aliases, and the audit
-trail. The operator's admin key may do everything; a tenant admin key (`Actor` with a
+trail, PII policies. The operator's admin key may do everything; a tenant admin key (`Actor` with a
 tenant) only its own tenant's part: another tenant's objects answer the same 404 as
 names that do not exist, and the operator's routes (tenants, quotas) answer 403. A
 route that changes a version notes before and after in `request.state.audit` (what
@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, Valida
 
 from adaptserve.adapters.catalog import AdapterNotFoundError
 from adaptserve.errors import ConflictError, InvalidRequestError, PermissionDeniedError, StorageError, invalid_from
+from adaptserve.pii.policy import PiiPolicy
 from adaptserve.server.deps import AdminDep, GatewayDep, OperatorDep
 from adaptserve.server.gateway import Gateway
 from adaptserve.server.protocol import documented_body, read_json
@@ -93,6 +94,19 @@ def delete_tenant(tenant: str, gateway: GatewayDep, _: OperatorDep) -> None:
 def set_quotas(tenant: str, body: Quotas, gateway: GatewayDep, _: OperatorDep) -> dict:
     limits = Limits(body.requests_per_minute, body.tokens_per_minute, body.max_concurrent)
     return gateway.tenants.set_quotas(tenant, limits)
+
+
+@router.put("/tenants/{tenant}/pii")
+def set_pii(tenant: str, body: PiiPolicy, gateway: GatewayDep, _: OperatorDep) -> dict:
+    """The tenant's PII policy (the operator's: a tenant's admin key may read it only)."""
+    return gateway.tenants.set_pii(tenant, body).model_dump(mode="json")
+
+
+@router.get("/tenants/{tenant}/pii")
+def get_pii(tenant: str, gateway: GatewayDep, actor: AdminDep) -> dict:
+    if not actor.sees(tenant):
+        raise TenantNotFoundError(f"tenant {tenant} does not exist")
+    return gateway.tenants.pii(tenant).model_dump(mode="json")
 
 
 @router.get("/usage")

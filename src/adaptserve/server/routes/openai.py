@@ -44,6 +44,12 @@ def models(gateway: GatewayDep, principal: PrincipalDep) -> dict:
     return {"object": "list", "data": entries}
 
 
+@router.get("/pii")
+async def pii(principal: PrincipalDep) -> dict:
+    """The caller's PII policy (what tools that store the tenant's text follow)."""
+    return principal.pii.model_dump(mode="json")
+
+
 @router.get("/usage")
 async def usage(gateway: GatewayDep, principal: PrincipalDep, since: datetime | None = None) -> dict:
     """The caller's own usage, per model alias and hour."""
