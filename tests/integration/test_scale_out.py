@@ -2,7 +2,10 @@
 /v1/models tell placement what it holds, a gateway finds it through DNS, two gateway
 processes on one PostgreSQL enforce one tenant quota together, and a gateway in front
 of two engines loses no non-streamed request when one is killed under load, which gets
-its adapters back before their traffic when it returns."""
+its adapters back before their traffic when it returns. The killed engine's own gateway
+ends its stream in flight with an error event (not metered), answers 503 with
+Retry-After and fails /ready while it is down, and serves the same answers once its
+supervisor has restarted it."""
 
 from __future__ import annotations
 
@@ -11,14 +14,18 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
+import httpx
 import openai
 import pytest
 import yaml
 
 from adaptserve.upstream.client import Upstream
-from tests.helpers import MAX_LORAS, chat, gateway_metric, new_tenant, running_server, upload, wait_for
+from tests.helpers import API_KEY, MAX_LORAS, chat, gateway_metric, new_tenant, running_server, upload, wait_for
+
+PROMPT = "What is the capital of France?"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def scrape(url: str) -> Upstream:
@@ -110,7 +117,9 @@ def test_two_gateways_on_postgresql_share_a_tenants_quota(server, base_model, tm
 
 
 def test_a_killed_engine_loses_no_request_and_gets_its_adapters_back(server, base_model, adapter_dirs, tmp_path):
-    """Two engines (the session's and one more), one gateway in front of both."""
+    """Two engines (the session's and one more, with its own gateway), one gateway in
+    front of both. The second engine is killed under load, with a stream of its own
+    gateway's in flight."""
     engine = tmp_path / "engine.yaml"
     engine.write_text(yaml.safe_dump({"vllm": {"max_loras": 2, "max_lora_rank": 16, "kv_cache_gib": 1}}))
     with running_server(tmp_path / "second", ["--model", str(base_model), "--config", str(engine)]) as second:
@@ -130,11 +139,17 @@ def _kill_under_load(front, second, adapter_dirs) -> None:
     calls = [m for m in ("ka", "kb", "chat") for _ in range(8)]
     for model in ("ka", "kb"):  # in use, so placed on a replica that comes up
         chat(client, model, "Say hi.", max_tokens=4)
+    before = chat(second.client(), "default", PROMPT)
+    time.sleep(2)  # the usage meter flushes every second
+    metered = _base_requests_metered(second)
     (pid,) = [p for p in second.vllm_pids() if os.getpgid(p) == p]  # its API server, the group's leader
+    streaming, ended = _stream_in_flight(second)
 
     def call(i_model: tuple[int, str]) -> str:
         if i_model[0] == 6:
+            assert streaming.wait(120), "the second gateway's stream never started"
             os.kill(pid, signal.SIGKILL)  # under load: requests are in flight on both engines
+            _its_own_gateway_says_so(second, ended)
         return chat(client, i_model[1], "Write one sentence about the sea.", max_tokens=16)
 
     with ThreadPoolExecutor(6) as pool:
@@ -146,3 +161,52 @@ def _kill_under_load(front, second, adapter_dirs) -> None:
     held = {name.split("--")[0] for name in listed(killed)}
     assert {"ka", "kb"} <= held  # placed before it took their traffic (both replicas are their home)
     assert gateway_metric(front, "adaptserve_upstream_restarts_total", upstream=killed) == 1
+    second.wait_ready(timeout_s=600)
+    assert chat(second.client(), "default", PROMPT) == before and "restarting in" in second.log()
+    time.sleep(2)
+    assert _base_requests_metered(second) == metered + 1  # this answer; the broken stream was not metered
+
+
+def _stream_in_flight(second) -> tuple[threading.Event, Future[str]]:
+    """A long stream through the second engine's own gateway, read in a thread: the
+    event is set once it is under way, the future says how it ended."""
+    streaming = threading.Event()
+
+    def read() -> str:
+        stream = second.client().chat.completions.create(
+            model="default",
+            messages=[{"role": "user", "content": "Write a long story."}],
+            max_tokens=1500,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        chunks = 0
+        try:
+            for chunks, _chunk in enumerate(stream, start=1):
+                if chunks == 3:
+                    streaming.set()
+        except openai.APIError as exc:
+            return str(exc)
+        return f"the stream ended normally after {chunks} chunks"
+
+    reader = ThreadPoolExecutor(1)
+    ended = reader.submit(read)
+    reader.shutdown(wait=False)  # its thread ends with the stream
+    return streaming, ended
+
+
+def _its_own_gateway_says_so(second, ended: Future[str]) -> None:
+    """With its engine just killed: the stream in flight ended with an error event (no
+    hang), /ready fails, and a request gets 503 with Retry-After."""
+    assert "stopped while streaming" in ended.result(timeout=60)
+    wait_for(lambda: httpx.get(second.url + "/ready").status_code == 503, 30, "/ready kept saying ready")
+    response = second.post(
+        "/v1/chat/completions", {"model": "default", "messages": [{"role": "user", "content": PROMPT}]}
+    )
+    assert response.status_code == 503 and int(response.headers["Retry-After"]) > 0
+    assert response.json()["error"]["code"] == "upstream_unavailable"
+
+
+def _base_requests_metered(gateway) -> int:
+    rows = gateway.admin("GET", "/usage", params={"tenant": "default"}).json()["data"]
+    return sum(r["requests"] for r in rows if r["model"] == "default" and not r["template"])
