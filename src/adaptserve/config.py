@@ -105,7 +105,7 @@ class Settings(BaseSettings):
         48, ge=1, le=1024, description="attribution units of one input; adjacent ones are joined beyond it"
     )
     explain_max_prompts: int = Field(
-        1024, ge=2, le=65536, description="prompts one call's attributions may score (occlusion: units + 1 per input)"
+        256, ge=2, le=65536, description="prompts one call's attributions may score (occlusion: units + 1 per input)"
     )
     base_via_zero_adapter: Literal["auto"] | bool = Field(
         "auto",

@@ -217,3 +217,52 @@ def test_the_distill_cache_keeps_no_personal_data_unless_the_policy_is_off(
     assert TeacherCache(tmp_path / "teacher.jsonl").answers["k1"] == stored  # a resumed run: the scrubbed text
     assert policy(gateway, "default", mode="off").status_code == 200
     assert teacher_scrub(teacher) is None
+
+
+def test_tools_tool_calls_and_number_inputs_are_screened_too(gateway: RunningGateway, fake: FakeState) -> None:
+    assert policy(gateway, "default", mode="mask").status_code == 200
+    call = {"id": "c1", "type": "function", "function": {"name": "send", "arguments": json.dumps({"to": EMAIL})}}
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "mail Kim"}]},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": f"sent to {EMAIL}"},
+    ]
+    tools = [{"type": "function", "function": {"name": "send", "description": f"default: {PHONE}"}}]
+    answer = gateway.post("/v1/chat/completions", {"model": "default", "messages": messages, "tools": tools})
+    assert answer.status_code == 200, answer.text
+    sent = json.dumps(fake.requests[-1])
+    assert EMAIL not in sent and PHONE not in sent and "<EMAIL_ADDRESS_1>" in sent
+    doc = SENTIMENT | {"name": "counted", "inputs": {"text": {"type": "string"}, "n": {"type": "integer"}}}
+    assert gateway.admin("PUT", "/templates/counted", content=json.dumps(doc)).status_code == 201
+    number = gateway.post("/v1/templates/counted", {"inputs": {"text": "ok", "n": 4111111111111111}})
+    assert number.status_code == 400 and number.json()["error"]["param"] == "inputs"  # a card as a number
+    assert gateway.post("/v1/templates/counted", {"inputs": {"text": "ok", "n": 3}}).status_code == 200
+
+
+def test_text_held_back_at_a_streams_end_is_not_lost() -> None:
+    import asyncio
+
+    from adaptserve.serving.privacy import restoring
+
+    placeholders = Placeholders()
+    finding = type("F", (), {"entity": "EMAIL_ADDRESS", "start": 0, "end": len(EMAIL)})()
+    placeholders.mask(EMAIL, [finding])  # type: ignore[list-item]
+
+    def chunk(delta: dict, finish: str | None = None) -> bytes:
+        event = {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return f"data: {json.dumps(event)}\n\n".encode()
+
+    async def relay(stream: object, call: object):  # vLLM's chunks: a placeholder cut, then an empty last delta
+        for event in (chunk({"content": "to <EMAIL_"}), chunk({"content": "ADDRESS_1> <EM"}), chunk({}, "stop")):
+            yield event
+        yield b"data: [DONE]\n\n"
+
+    async def read() -> str:
+        texts = []
+        async for event in restoring(relay, placeholders)(None, None):  # type: ignore[arg-type]
+            line = event.decode().strip()
+            if line != "data: [DONE]":
+                texts.append(json.loads(line[6:])["choices"][0]["delta"].get("content", ""))
+        return "".join(texts)
+
+    assert asyncio.run(read()) == f"to {EMAIL} <EM"

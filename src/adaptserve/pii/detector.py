@@ -10,12 +10,13 @@ words), and its URL and date recognizers (rarely a person's, often what the prom
 about). Presidio's score thresholds are kept (`threshold`, 0.4: its phone numbers
 score exactly that without context words).
 
-Look-alikes: a number right after a word like "order", "invoice", "version" or
-"build" is the business's identifier, not a person's, and is dropped; so is a "phone
+Look-alikes: a phone-number or IP-address shape right after a word like "order",
+"invoice", "version" or "build" is the business's identifier, not a person's, and is
+dropped (a card or an SSN is kept wherever it is); so is a "phone
 number" of more than 15 digits (no phone number has more: a card failing Luhn).
 
-Presidio is imported when first needed (about a second, in a worker thread), so a
-gateway whose tenants never need detection never loads it. The email recognizer's
+Presidio is imported when first needed (a few seconds, once per process, in a worker
+thread): a request of a `mask` or `block` tenant, or an engine error to scrub. The email recognizer's
 domain check (tldextract) uses the suffix list bundled with tldextract and never the
 network."""
 
@@ -39,7 +40,7 @@ LOOK_ALIKE = re.compile(
     r"\s*(?:no\.?|number|nr\.?|#|:)?\s*[#:]?\s*|\bv)$",
     re.IGNORECASE,
 )
-LOOK_ALIKE_ENTITIES = frozenset({"PHONE_NUMBER", "IP_ADDRESS", "CREDIT_CARD", "US_SSN"})
+LOOK_ALIKE_ENTITIES = frozenset({"PHONE_NUMBER", "IP_ADDRESS"})  # a card or SSN after "id:" is still one
 
 
 @dataclass(frozen=True)

@@ -65,21 +65,21 @@ class StreamRestorer:
     """Restores one stream of text pieces; call `flush` at its end."""
 
     def __init__(self, placeholders: Placeholders) -> None:
-        self._placeholders = placeholders
+        self.placeholders = placeholders
         self._held = ""
 
     def feed(self, piece: str) -> str:
         text = self._held + piece
         opened = _MAY_OPEN.search(text)
-        if opened and len(text) - opened.start() < self._placeholders.longest:
+        if opened and len(text) - opened.start() < self.placeholders.longest:
             self._held, text = text[opened.start() :], text[: opened.start()]
         else:
             self._held = ""
-        return self._placeholders.restore(text)
+        return self.placeholders.restore(text)
 
     def flush(self) -> str:
         text, self._held = self._held, ""
-        return self._placeholders.restore(text)
+        return self.placeholders.restore(text)
 
 
 def scrubbed(text: str, found: Sequence[Finding]) -> str:

@@ -25,7 +25,7 @@ class CustomPattern(BaseModel):
 
     entity: Annotated[str, StringConstraints(pattern=ENTITY)]
     regex: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    score: float = Field(0.9, gt=0, le=1)
+    score: float = Field(0.9, ge=0.4, le=1)  # below the detector's threshold (0.4) it would never count
 
     @field_validator("regex")
     @classmethod

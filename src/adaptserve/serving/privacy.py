@@ -8,6 +8,7 @@ closed, never open."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, Callable
@@ -104,9 +105,8 @@ def restore_answer(placeholders: Placeholders | None, body: dict[str, Any]) -> d
     if placeholders is None:
         return body
     for choice in body.get("choices") or []:
-        message = choice.get("message") or {}
-        if isinstance(message.get("content"), str):
-            message["content"] = placeholders.restore(message["content"])
+        if isinstance(choice.get("message"), dict):
+            choice["message"] = placeholders.restore_all(choice["message"])  # tool-call arguments too
         if isinstance(choice.get("text"), str):
             choice["text"] = placeholders.restore(choice["text"])
     return body
@@ -120,9 +120,10 @@ def restoring(relay: Relay, placeholders: Placeholders | None) -> Relay:
 
     async def restored(stream: UpstreamStream, call: CallRecord) -> AsyncGenerator[bytes, None]:
         streams: dict[int, StreamRestorer] = {}
-        async for event in relay(stream, call):
-            for restored_event in _restore_event(event, placeholders, streams):
-                yield restored_event
+        async with contextlib.aclosing(relay(stream, call)) as events:  # closed before the call is settled
+            async for event in events:
+                for restored_event in _restore_event(event, placeholders, streams):
+                    yield restored_event
 
     return restored
 
@@ -132,57 +133,69 @@ def _restore_event(event: bytes, placeholders: Placeholders, streams: dict[int, 
     if not line.startswith(_DATA) or line == "data: [DONE]":
         return [event]
     data = json.loads(line[len(_DATA) :])
-    if not isinstance(data, dict) or "error" in data:
+    if not isinstance(data, dict):
         return [event]
     before: list[dict[str, Any]] = []
     if "delta" in data and isinstance(data["delta"], str):  # a template's stream
         data["delta"] = streams.setdefault(0, StreamRestorer(placeholders)).feed(data["delta"])
     elif "choices" in data:
         for choice in data["choices"] or []:
-            restorer = streams.setdefault(int(choice.get("index") or 0), StreamRestorer(placeholders))
-            delta = choice.get("delta") or {}
-            key, holder = ("content", delta) if isinstance(delta.get("content"), str) else ("text", choice)
-            if isinstance(holder.get(key), str):
-                holder[key] = restorer.feed(holder[key])
-            if choice.get("finish_reason") is not None and isinstance(holder.get(key), str):
-                holder[key] += restorer.flush()
-    else:  # a template's result: what its deltas held back, then the result, restored whole
+            _restore_choice(choice, streams.setdefault(int(choice.get("index") or 0), StreamRestorer(placeholders)))
+    else:  # a template's result or an error: first what the deltas held back, then it, restored whole
         held = "".join(r.flush() for r in streams.values())
         before = [{"delta": held}] if held else []
         data = placeholders.restore_all(data)
-    return [
-        (_DATA + json.dumps(d, separators=(",", ":"), ensure_ascii=False) + "\n\n").encode() for d in [*before, data]
-    ]
+    return [_event(d) for d in [*before, data]]
+
+
+def _restore_choice(choice: dict[str, Any], restorer: StreamRestorer) -> None:
+    """One chunk's choice: its text through the stream's restorer (flushed with the
+    choice's last chunk, whatever that chunk holds), anything else restored whole."""
+    delta = choice.get("delta")
+    holder, key = (delta, "content") if isinstance(delta, dict) else (choice, "text")
+    raw = holder.get(key)
+    text = restorer.feed(raw if isinstance(raw, str) else "")
+    if choice.get("finish_reason") is not None:
+        text += restorer.flush()
+    if text or isinstance(raw, str):
+        holder[key] = text
+    if isinstance(delta, dict) and delta.get("tool_calls"):
+        delta["tool_calls"] = restorer.placeholders.restore_all(delta["tool_calls"])
+
+
+def _event(data: dict[str, Any]) -> bytes:
+    return (_DATA + json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n\n").encode()
+
+
+PROMPT_FIELDS = {"messages": ("messages", "tools", "documents", "chat_template_kwargs"), "prompt": ("prompt",)}
+_NOT_TEXT = {"role", "type", "tool_call_id", "id"}  # keys whose values are structure, never personal data
 
 
 def _map_texts(body: dict[str, Any], param: str, fn: Callable[[str], Any]) -> dict[str, Any]:
-    """`body` with every text the engine reads (message contents and text parts, or the
-    prompt strings) replaced by `fn(text)`, in order. Token-id prompts cannot be
-    screened: 400."""
+    """`body` with every string the engine reads (in messages, tools and documents, every
+    value but a role, type or id; or the prompt strings) replaced by `fn(text)`, in
+    order. Token-id prompts cannot be screened: 400."""
     out = dict(body)
-    if param == "messages":
-        messages = []
-        for message in body.get("messages") or []:
-            message = dict(message)
-            content = message.get("content")
-            if isinstance(content, str):
-                message["content"] = fn(content)
-            elif isinstance(content, list):
-                message["content"] = [
-                    {**part, "text": fn(part["text"])} if isinstance(part.get("text"), str) else part
-                    for part in content
-                ]
-            messages.append(message)
-        out["messages"] = messages
-        return out
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        out["prompt"] = fn(prompt)
-    elif isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
-        out["prompt"] = [fn(p) for p in prompt]
-    else:
+    if param == "prompt" and not _all_text(body.get("prompt")):
         raise InvalidRequestError(
             "token-id prompts cannot be checked for personal data, which this tenant's policy requires: send text",
             param="prompt",
         )
+    for field in PROMPT_FIELDS[param]:
+        if body.get(field) is not None:
+            out[field] = _map_strings(body[field], fn)
     return out
+
+
+def _all_text(prompt: Any) -> bool:
+    return isinstance(prompt, str) or (isinstance(prompt, list) and all(isinstance(p, str) for p in prompt))
+
+
+def _map_strings(value: Any, fn: Callable[[str], Any]) -> Any:
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, list):
+        return [_map_strings(v, fn) for v in value]
+    if isinstance(value, dict):
+        return {k: v if k in _NOT_TEXT else _map_strings(v, fn) for k, v in value.items()}
+    return value

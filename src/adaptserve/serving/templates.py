@@ -143,12 +143,15 @@ class TemplateService:
             raise InvalidRequestError(
                 "attributions are not given while this tenant's personal data is masked", param="explain"
             )
-        fields = [(i, k) for i, item in enumerate(inputs) for k, v in item.items() if isinstance(v, str)]
-        masked, placeholders = await self._pipeline.privacy.screen(
-            principal, [inputs[i][k] for i, k in fields], "inputs"
-        )
+        fields = [(i, k) for i, item in enumerate(inputs) for k, v in item.items() if _scalar(v)]
+        texts = [str(inputs[i][k]) for i, k in fields]
+        masked, placeholders = await self._pipeline.privacy.screen(principal, texts, "inputs")
         out = [dict(item) for item in inputs]
-        for (i, k), text in zip(fields, masked, strict=True):
+        for (i, k), text, original in zip(fields, masked, texts, strict=True):
+            if text == original:
+                continue
+            if not isinstance(inputs[i][k], str):  # a number cannot hold a placeholder
+                raise InvalidRequestError("a number input holds personal data, which cannot be masked", param="inputs")
             out[i][k] = text
         return out, placeholders
 
@@ -159,6 +162,12 @@ class TemplateService:
         plans = self._attribution_plans(inputs, call)
         scored = [v for p, i in zip(plans, inputs, strict=True) for v in p.variants(i)] if plans else inputs
         reserve = Reservation(*self._classifier.worst_case(template, scored))
+        if plans and reserve.total > self._pipeline.bounds.max_tokens:
+            raise InvalidRequestError(
+                f"these attributions may read up to {reserve.total} tokens, more than "
+                f"{self._pipeline.bounds.max_tokens} per request: send fewer or shorter inputs",
+                param="attribution",
+            )
         model = template.spec.model
         async with self._pipeline.admitted(
             principal, model, reserve, label="template", template=template.name
@@ -169,7 +178,11 @@ class TemplateService:
         if call.explain != "attributions":
             return None
         options = call.attribution or AttributionOptions()
-        plans = [plan(i, options, self._limits.max_units) for i in inputs]
+        batch = isinstance(call.inputs, list)
+        plans = [
+            plan(item, options, self._limits.max_units, f"inputs[{i}]" if batch else "inputs", self._limits.max_prompts)
+            for i, item in enumerate(inputs)
+        ]
         prompts = sum(len(p.coalitions) for p in plans)
         if prompts > self._limits.max_prompts:
             raise InvalidRequestError(
@@ -229,6 +242,10 @@ def finish_generation(spec: TemplateSpec, text: str, finish_reason: str | None) 
             f"the model's answer does not match the schema{hint}: at {where}, {exc.validator} {exc.validator_value!r}"
         ) from exc
     return {"output": output, "finish_reason": finish_reason}
+
+
+def _scalar(value: object) -> bool:
+    return isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def parse_call(body: dict[str, Any]) -> TemplateCall:

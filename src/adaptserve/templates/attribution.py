@@ -20,6 +20,7 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -107,12 +108,22 @@ class AttributionPlan:
         return [t / len(self.orders) for t in totals]
 
 
-def plan(inputs: dict[str, Any], options: AttributionOptions, max_units: int) -> AttributionPlan:
-    """Split `inputs` into at most `max_units` units and choose the coalitions to score.
-    400 when the input has nothing to attribute."""
+def plan(
+    inputs: dict[str, Any], options: AttributionOptions, max_units: int, param: str = "inputs", max_prompts: int = 0
+) -> AttributionPlan:
+    """Split `inputs` into at most `max_units` units and choose the coalitions to score
+    (refused early when even their upper bound is over `max_prompts`). 400 when the
+    input has nothing to attribute."""
     units, merged = fit(split(inputs, options.units), max_units)
     if not units:
-        raise InvalidRequestError("the input has no text to attribute", param="inputs")
+        raise InvalidRequestError("the input has no text to attribute", param=param)
+    bound = len(units) + 1 if options.method == "occlusion" else options.permutations * (len(units) - 1) + 2
+    if max_prompts and bound > max_prompts:
+        raise InvalidRequestError(
+            f"attributions of {param} may score {bound} prompts, over the {max_prompts} allowed: "
+            "use fewer permutations, or sentences or fields as units",
+            param="attribution",
+        )
     every = frozenset(range(len(units)))
     if options.method == "occlusion":
         coalitions = [every, *(every - {u} for u in range(len(units)))]
@@ -137,26 +148,29 @@ def split(inputs: dict[str, Any], kind: str) -> list[Unit]:
         if kind == "fields":
             units.append(Unit(name, 0, len(value)))
         else:
-            units += [Unit(name, m.start(), m.end()) for m in UNIT_PATTERNS[kind].finditer(value)]
+            units += [
+                Unit(name, m.start(), m.start() + len(m.group().rstrip())) for m in UNIT_PATTERNS[kind].finditer(value)
+            ]
     return units
 
 
 def fit(units: list[Unit], cap: int) -> tuple[list[Unit], bool]:
-    """At most `cap` units where the fields allow: runs of adjacent units of a field
-    joined into one, as evenly as a field's length allows."""
+    """At most `cap` units where the fields allow (never fewer than one per field):
+    each field's units joined into runs of neighbours, as evenly as its length allows,
+    each field keeping a share of the cap in proportion to its units."""
     if len(units) <= cap:
         return units, False
-    joined, counts = units, [1] * len(units)
-    for size in range(-(-len(units) // cap), len(units) + 1):
-        joined, counts = [], []
-        for unit in units:
-            if joined and joined[-1].field == unit.field and counts[-1] < size:
-                joined[-1], counts[-1] = Unit(unit.field, joined[-1].start, unit.end), counts[-1] + 1
-            else:
-                joined.append(unit)
-                counts.append(1)
-        if len(joined) <= cap:
-            break
+    fields: dict[str, list[Unit]] = {}
+    for unit in units:
+        fields.setdefault(unit.field, []).append(unit)
+    shares = {f: max(1, cap * len(us) // len(units)) for f, us in fields.items()}
+    while sum(shares.values()) < cap and any(shares[f] < len(us) for f, us in fields.items()):
+        f = max((f for f in fields if shares[f] < len(fields[f])), key=lambda f: len(fields[f]) / shares[f])
+        shares[f] += 1
+    joined = []
+    for f, us in fields.items():
+        bounds = [round(k * len(us) / shares[f]) for k in range(shares[f] + 1)]
+        joined += [Unit(f, us[a].start, us[b - 1].end) for a, b in pairwise(bounds) if b > a]
     return joined, True
 
 

@@ -46,8 +46,9 @@ def models(gateway: GatewayDep, principal: PrincipalDep) -> dict:
 
 @router.get("/pii")
 async def pii(principal: PrincipalDep) -> dict:
-    """The caller's PII policy (what tools that store the tenant's text follow)."""
-    return principal.pii.model_dump(mode="json")
+    """The caller's PII mode (what tools that store the tenant's text follow). The deny
+    list and patterns are the admin's to read: the names in them are personal data."""
+    return {"mode": principal.pii.mode.value}
 
 
 @router.get("/usage")
