@@ -186,8 +186,9 @@ def test_fit_measures_serves_and_resumes(
     assert json.loads((out / "fit-manifest.json").read_text())["resumed_units"] == 8
     assert len(fake.requests) == engine_calls + 1  # only the failed few-shot candidate is tried again
     other = _write_task(tmp_path / "other.jsonl", 40)
+    argv = ["fit", "--data", str(other), "--candidates", "tfidf-word", "--out", str(out), "--no-serve"]
     with pytest.raises(SystemExit, match="other data"):
-        main(["fit", "--data", str(other), "--candidates", "tfidf-word", "--out", str(out), "--no-serve"])
+        main([*argv, "--url", gateway.url, "--key", API_KEY, "--admin-key", ADMIN_KEY])
 
 
 def test_a_templates_temperature_softens_its_answers(start_gateway: Callable[..., RunningGateway]) -> None:
