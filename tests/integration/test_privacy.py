@@ -10,7 +10,8 @@ import pytest
 
 from tests.helpers import new_tenant, wait_for_usage
 
-EMAIL = "kim.lee@example.com"
+EMAIL = "kimberly.lee.anderson@mail.example.com"  # 15 tokens; its placeholder is 8
+PHONE = "+1 415-555-0132"  # 15 tokens; its placeholder is 8
 
 
 def prompt_tokens(client: openai.OpenAI, model: str, content: str) -> int:
@@ -26,8 +27,8 @@ def test_masked_requests_reach_the_engine_as_placeholders(server) -> None:
     plain = new_tenant(server, "pii-plain", {"base": True}, alias="chat")
     assert server.admin("PUT", "/tenants/pii-mask/pii", json={"mode": "mask"}).status_code == 200
     assert server.admin("PUT", "/tenants/pii-plain/pii", json={"mode": "off"}).status_code == 200
-    said = f"Repeat exactly: write to {EMAIL} today."
-    as_placeholder = said.replace(EMAIL, "<EMAIL_ADDRESS_1>")
+    said = f"Repeat exactly: write to {EMAIL} or call {PHONE} today."
+    as_placeholder = said.replace(EMAIL, "<EMAIL_ADDRESS_1>").replace(PHONE, "<PHONE_NUMBER_2>")
     # The engine counted the placeholder's tokens, not the address's (which differ).
     assert prompt_tokens(masked, "chat", said) == prompt_tokens(plain, "chat", as_placeholder)
     assert prompt_tokens(plain, "chat", said) != prompt_tokens(plain, "chat", as_placeholder)
@@ -36,6 +37,10 @@ def test_masked_requests_reach_the_engine_as_placeholders(server) -> None:
     )
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert text and "<EMAIL_ADDRESS_1>" not in text  # whatever the model wrote, its placeholders were restored
+    answer = masked.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": said}], max_tokens=40, temperature=0
+    )
+    assert answer.choices[0].message.content == text  # the same answer, restored the same way
 
 
 def test_blocked_requests_never_reach_the_engine(server) -> None:

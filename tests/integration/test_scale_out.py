@@ -200,9 +200,8 @@ def _its_own_gateway_says_so(second, ended: Future[str]) -> None:
     hang), /ready fails, and a request gets 503 with Retry-After."""
     assert "stopped while streaming" in ended.result(timeout=60)
     wait_for(lambda: httpx.get(second.url + "/ready").status_code == 503, 30, "/ready kept saying ready")
-    response = second.post(
-        "/v1/chat/completions", {"model": "default", "messages": [{"role": "user", "content": PROMPT}]}
-    )
+    body = {"model": "default", "messages": [{"role": "user", "content": PROMPT}]}
+    response = httpx.post(second.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=30)
     assert response.status_code == 503 and int(response.headers["Retry-After"]) > 0
     assert response.json()["error"]["code"] == "upstream_unavailable"
 
