@@ -31,6 +31,7 @@ from served import MODELS_DIR
 from adaptserve.bench.fake_engine import BASE, FakeState, create_fake_vllm
 from adaptserve.config import Settings
 from adaptserve.default_model import DEFAULT_MODEL_NAME
+from adaptserve.evaluation import percentile
 from adaptserve.pii.detector import Detector
 from adaptserve.pii.policy import DEFAULT_POLICY
 from adaptserve.server import listen
@@ -186,11 +187,6 @@ def latency(url: str, key: str, n: int) -> dict[str, list[float]]:
     return out
 
 
-def p(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
 def gateway_latency(n: int) -> dict:
     root = Path(tempfile.mkdtemp(prefix="adaptserve-pii-"))
     fake_state = FakeState(json_reply={"email": "<EMAIL_ADDRESS_1>"})
@@ -228,7 +224,10 @@ def gateway_latency(n: int) -> dict:
         gateway.stop()
         fake.stop()
     return {
-        kind: {mode: {"p50": p(runs[mode][kind], 0.5), "p99": p(runs[mode][kind], 0.99)} for mode in runs}
+        kind: {
+            mode: {"p50": 1000 * percentile(runs[mode][kind], 50), "p99": 1000 * percentile(runs[mode][kind], 99)}
+            for mode in runs
+        }
         for kind in ("chat", "template")
     }
 

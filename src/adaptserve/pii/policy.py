@@ -51,5 +51,10 @@ class PiiPolicy(BaseModel):
     def detects(self) -> bool:
         return self.mode is not PiiMode.OFF
 
+    @property
+    def screens(self) -> bool:
+        """Requests are checked before the engine sees them (mask or block)."""
+        return self.mode in (PiiMode.MASK, PiiMode.BLOCK)
+
 
 DEFAULT_POLICY = PiiPolicy()

@@ -28,7 +28,7 @@ from adaptserve.errors import InvalidRequestError
 _ALTERNATIVES = ("anyOf", "oneOf", "allOf", "enum", "choice", "structures", "triggers")
 _REPEATS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties", "minContains")
 _QUANTIFIER = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
-_CHAT_PROMPT_FIELDS = ("messages", "tools", "documents", "chat_template_kwargs")
+CHAT_PROMPT_FIELDS = ("messages", "tools", "documents", "chat_template_kwargs")
 _SCHEMA_FIELDS = ("structured_outputs", "response_format", "tools")
 
 
@@ -130,7 +130,7 @@ def _logprobs_per_token(body: dict[str, Any], chat: bool) -> int | None:
 def _prompt_sizes(body: dict[str, Any], chat: bool) -> list[int]:
     """Per prompt, an upper bound on its tokens (exact for token ids)."""
     if chat:
-        fields = {k: body[k] for k in _CHAT_PROMPT_FIELDS if body.get(k) is not None}
+        fields = {k: body[k] for k in CHAT_PROMPT_FIELDS if body.get(k) is not None}
         return [len(json.dumps(fields, ensure_ascii=False).encode())]
     prompt = body.get("prompt")
     if isinstance(prompt, str):

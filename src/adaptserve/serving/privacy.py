@@ -18,6 +18,8 @@ from adaptserve.errors import APIError, InvalidRequestError
 from adaptserve.pii.detector import Detector, Finding
 from adaptserve.pii.masking import Placeholders, StreamRestorer, scrubbed
 from adaptserve.pii.policy import PiiMode, PiiPolicy
+from adaptserve.serving.bounds import CHAT_PROMPT_FIELDS
+from adaptserve.serving.relay import DATA, sse_event
 from adaptserve.tenancy.auth import Principal
 
 if TYPE_CHECKING:
@@ -26,8 +28,6 @@ if TYPE_CHECKING:
     from adaptserve.upstream.client import UpstreamStream
 
 log = logging.getLogger(__name__)
-
-_DATA = "data: "
 
 
 class PiiBlockedError(APIError):
@@ -52,7 +52,7 @@ class PrivacyGuard:
         """`texts` as the engine may see them, and the placeholders to restore the
         answer with (None: nothing to restore)."""
         tenant, policy = principal.tenant, principal.pii
-        if policy.mode not in (PiiMode.MASK, PiiMode.BLOCK):
+        if not policy.screens:
             return texts, None
         found = await self._find(policy, texts)
         entities = sorted({f.entity for fs in found for f in fs})
@@ -68,7 +68,7 @@ class PrivacyGuard:
         self, principal: Principal, body: dict[str, Any], param: str
     ) -> tuple[dict[str, Any], Placeholders | None]:
         """A chat (`messages`) or completions (`prompt`) body, screened."""
-        if principal.pii.mode not in (PiiMode.MASK, PiiMode.BLOCK):
+        if not principal.pii.screens:
             return body, None
         texts: list[str] = []
 
@@ -130,9 +130,9 @@ def restoring(relay: Relay, placeholders: Placeholders | None) -> Relay:
 
 def _restore_event(event: bytes, placeholders: Placeholders, streams: dict[int, StreamRestorer]) -> list[bytes]:
     line = event.decode().rstrip("\n")
-    if not line.startswith(_DATA) or line == "data: [DONE]":
+    if not line.startswith(DATA) or line == "data: [DONE]":
         return [event]
-    data = json.loads(line[len(_DATA) :])
+    data = json.loads(line[len(DATA) :])
     if not isinstance(data, dict):
         return [event]
     before: list[dict[str, Any]] = []
@@ -145,7 +145,7 @@ def _restore_event(event: bytes, placeholders: Placeholders, streams: dict[int, 
         held = "".join(r.flush() for r in streams.values())
         before = [{"delta": held}] if held else []
         data = placeholders.restore_all(data)
-    return [_event(d) for d in [*before, data]]
+    return [sse_event(d) for d in [*before, data]]
 
 
 def _restore_choice(choice: dict[str, Any], restorer: StreamRestorer) -> None:
@@ -163,11 +163,7 @@ def _restore_choice(choice: dict[str, Any], restorer: StreamRestorer) -> None:
         delta["tool_calls"] = restorer.placeholders.restore_all(delta["tool_calls"])
 
 
-def _event(data: dict[str, Any]) -> bytes:
-    return (_DATA + json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n\n").encode()
-
-
-PROMPT_FIELDS = {"messages": ("messages", "tools", "documents", "chat_template_kwargs"), "prompt": ("prompt",)}
+PROMPT_FIELDS = {"messages": CHAT_PROMPT_FIELDS, "prompt": ("prompt",)}
 _NOT_TEXT = {"role", "type", "tool_call_id", "id"}  # keys whose values are structure, never personal data
 
 

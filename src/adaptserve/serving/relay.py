@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_DATA = "data: "
+DATA = "data: "  # a server-sent event's data line
 UsageSink = Callable[[dict[str, Any]], None]
 
 
@@ -95,18 +95,18 @@ async def relay(
         async for line in stream.lines():
             if not line:
                 continue
-            if line.startswith(_DATA) and line != "data: [DONE]":
-                payload = rewrite_event(line[len(_DATA) :], public_name, call.add_usage, running, usage, continuous)
+            if line.startswith(DATA) and line != "data: [DONE]":
+                payload = rewrite_event(line[len(DATA) :], public_name, call.add_usage, running, usage, continuous)
                 if payload is None:
                     continue
-                line = _DATA + payload
+                line = DATA + payload
             yield (line + "\n\n").encode()
     except httpx.HTTPError as exc:
         # The engine died or the connection broke mid-stream: end with an error event
         # the OpenAI SDK raises on, instead of leaving the client hanging.
         log.warning("upstream stream broke: %r", exc)
         call.broke()
-        yield _event(UpstreamUnavailableError(_BROKEN).body())
+        yield sse_event(UpstreamUnavailableError(_BROKEN).body())
     except (GeneratorExit, asyncio.CancelledError):
         call.cut()  # the client left (or stalled): metered up to here
         raise
@@ -120,11 +120,11 @@ async def relay_text(stream: UpstreamStream, call: CallRecord, *, finish: Finish
     running = RunningUsage()
     try:
         async for line in stream.lines():
-            if not line.startswith(_DATA) or line == "data: [DONE]":
+            if not line.startswith(DATA) or line == "data: [DONE]":
                 continue
-            event = json.loads(line[len(_DATA) :])
+            event = json.loads(line[len(DATA) :])
             if "error" in event:
-                yield _event(event)
+                yield sse_event(event)
                 return
             if event.get("usage"):
                 call.add_usage(running.add(event))
@@ -132,21 +132,21 @@ async def relay_text(stream: UpstreamStream, call: CallRecord, *, finish: Finish
                 delta = (choice.get("delta") or {}).get("content")
                 if delta:
                     parts.append(delta)
-                    yield _event({"delta": delta})
+                    yield sse_event({"delta": delta})
                 reason = choice.get("finish_reason") or reason
         try:
-            yield _event(finish("".join(parts), reason, call))
+            yield sse_event(finish("".join(parts), reason, call))
         except APIError as exc:
-            yield _event(exc.body())
+            yield sse_event(exc.body())
         yield b"data: [DONE]\n\n"
     except httpx.HTTPError as exc:
         log.warning("upstream stream broke: %r", exc)
         call.broke()
-        yield _event(UpstreamUnavailableError(_BROKEN).body())
+        yield sse_event(UpstreamUnavailableError(_BROKEN).body())
     except (GeneratorExit, asyncio.CancelledError):
         call.cut()
         raise
 
 
-def _event(payload: dict[str, Any]) -> bytes:
-    return (_DATA + json.dumps(payload, separators=(",", ":"), ensure_ascii=False) + "\n\n").encode()
+def sse_event(payload: dict[str, Any]) -> bytes:
+    return (DATA + json.dumps(payload, separators=(",", ":"), ensure_ascii=False) + "\n\n").encode()

@@ -143,6 +143,8 @@ class TemplateService:
             raise InvalidRequestError(
                 "attributions are not given while this tenant's personal data is masked", param="explain"
             )
+        if not principal.pii.screens:
+            return inputs, None
         fields = [(i, k) for i, item in enumerate(inputs) for k, v in item.items() if _scalar(v)]
         texts = [str(inputs[i][k]) for i, k in fields]
         masked, placeholders = await self._pipeline.privacy.screen(principal, texts, "inputs")
