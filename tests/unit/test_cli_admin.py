@@ -50,3 +50,19 @@ def test_cli_lists_the_audit_trail(gateway, capsys):
     assert code == 0 and [(e["action"], e["status"]) for e in entries] == [("DELETE /admin/tenants/{tenant}", 204)]
     code, entries = run(gateway, capsys, "audit", "list", "--limit", "1")
     assert code == 0 and [e["action"] for e in entries] == ["DELETE /admin/tenants/{tenant}"]
+
+
+def test_cli_compresses_and_merges_adapters(gateway, capsys):
+    code, small = run(gateway, capsys, "adapters", "compress", "alpha", "--rank", "2", "--as", "alpha-r2")
+    assert code == 0 and small["rank"] == 2 and small["fidelity"]["rank_max"] == 2
+    alpha = gateway.admin("GET", "/adapters/alpha").json()["active_version"]
+    code, mixed = run(
+        gateway, capsys, "adapters", "merge", "mix", f"alpha@{alpha}=0.25", "beta", "--method", "ties", "--rank", "3"
+    )
+    assert code == 0 and mixed["rank"] == 3 and mixed["name"] == "mix"
+    assert gateway.admin("GET", "/adapters/mix").json()["versions"][0]["rank"] == 3
+    code, refused = run(gateway, capsys, "adapters", "compress", "alpha", "--energy", "2")
+    assert code == 1 and refused["error"]["param"] == "energy"
+    with pytest.raises(SystemExit) as bad:
+        main(["adapters", "merge", "mix", "alpha=heavy", "--url", gateway.url, "--admin-key", ADMIN_KEY])
+    assert "WEIGHT" in str(bad.value.code)

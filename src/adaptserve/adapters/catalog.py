@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,29 @@ class AdapterCatalog:
             "target_modules": list(spec.target_modules),
             "size_bytes": size,
         }
+
+    def derive(self, name: str, owner: str | None, build: Callable[[Path], dict]) -> dict:
+        """A new version of `name` that `build` writes into a staging folder, registered
+        like an upload; the answer is `register`'s plus what `build` returned."""
+        staged = self._store.staging()
+        try:
+            facts = build(staged)
+        except BaseException:
+            self._store.remove_staged(staged)
+            raise
+        return {**self.register(name, staged, owner), **facts}
+
+    def stored(self, name: str, version: str | None = None) -> tuple[str, Path]:
+        """A version (default: the active one) and where its files are stored."""
+        with self._db.session() as s:
+            adapter = s.get(AdapterRow, name)
+            if adapter is None:
+                raise AdapterNotFoundError(f"adapter {name} does not exist")
+            version = version or adapter.active_version
+            row = s.get(AdapterVersionRow, (name, version)) if version else None
+            if row is None:
+                raise AdapterNotFoundError(f"adapter {name} has no version {version}", param="version")
+            return row.version, Path(row.path)
 
     def _record_version(
         self, name: str, owner: str | None, version: str, spec: AdapterSpec, path: Path, size: int

@@ -40,6 +40,8 @@ def _command_table() -> dict[str, dict[str, tuple[list[str], Handler]]]:
             "show": (["name"], lambda c, a: c.adapters.get(a.name)),
             "activate": (["name", "version"], lambda c, a: c.adapters.activate(a.name, a.version)),
             "delete": (["name"], lambda c, a: c.adapters.delete(a.name)),
+            "compress": (["name"], _compress),
+            "merge": (["name"], _merge),
         },
         "templates": {
             "apply": (["file"], _apply_template),
@@ -79,6 +81,18 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                     action="store_true",
                     help="send the path for the server to read instead of uploading the folder",
                 )
+            if (group, verb) == ("adapters", "compress"):
+                target = sub.add_mutually_exclusive_group(required=True)
+                target.add_argument("--rank", type=int, help="reduce every module's update to this rank")
+                target.add_argument("--energy", type=float, help="keep this share (0-1] of each module's energy")
+                sub.add_argument("--version", help="the version to reduce (default: the active one)")
+                sub.add_argument("--as", dest="into", help="store the result as this adapter (default: a new version)")
+            if (group, verb) == ("adapters", "merge"):
+                sub.add_argument("sources", nargs="+", metavar="SOURCE", help="ADAPTER[@VERSION][=WEIGHT]")
+                sub.add_argument("--method", choices=["cat", "linear", "ties", "dare"], default="linear")
+                sub.add_argument("--rank", type=int, help="the result's rank (linear/ties/dare; default: the largest)")
+                sub.add_argument("--density", type=float, help="ties/dare: the share of entries kept (default 0.5)")
+                sub.add_argument("--seed", type=int, help="dare: the random drops' seed")
             if group == "templates" and verb != "list":
                 sub.add_argument("--tenant", help="the owning tenant (default: a global template)")
             if (group, verb) == ("templates", "apply"):
@@ -109,6 +123,23 @@ def _push(admin: Admin, args: argparse.Namespace) -> Any:
     if args.server_path:
         return admin.adapters.register_path(args.name, str(folder))
     return admin.adapters.push(folder, args.name)
+
+
+def _compress(admin: Admin, args: argparse.Namespace) -> Any:
+    return admin.adapters.compress(args.name, rank=args.rank, energy=args.energy, version=args.version, into=args.into)
+
+
+def _merge(admin: Admin, args: argparse.Namespace) -> Any:
+    sources = []
+    for source in args.sources:
+        name, _, weight = source.partition("=")
+        try:
+            sources.append((name, float(weight) if weight else 1.0))
+        except ValueError:
+            sys.exit(f"adaptserve: {source!r}: write ADAPTER[@VERSION][=WEIGHT], the weight a number")
+    return admin.adapters.merge(
+        args.name, sources, method=args.method, rank=args.rank, density=args.density, seed=args.seed
+    )
 
 
 def _apply_template(admin: Admin, args: argparse.Namespace) -> Any:

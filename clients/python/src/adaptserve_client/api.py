@@ -164,6 +164,51 @@ class Adapters(Namespace):
     def delete(self, name: str) -> Result[None]:
         return self._send(Call("DELETE", f"/admin/adapters/{name}"))
 
+    def compress(
+        self,
+        name: str,
+        *,
+        rank: int | None = None,
+        energy: float | None = None,
+        version: str | None = None,
+        into: str | None = None,
+    ) -> Result[dict]:
+        """A new version (of `name`, or of adapter `into`) reduced by SVD to `rank`, or to
+        the rank keeping `energy` (0-1] of each module's update; not activated if the
+        adapter has one. The answer has the version and its `fidelity`."""
+        body = {"rank": rank, "energy": energy, "version": version, "name": into}
+        return self._send(Call("POST", f"/admin/adapters/{name}/compress", json=_present(body)))
+
+    def merge(
+        self,
+        name: str,
+        sources: Sequence[str | tuple[str, float] | dict[str, Any]],
+        *,
+        method: str = "linear",
+        rank: int | None = None,
+        density: float | None = None,
+        seed: int | None = None,
+    ) -> Result[dict]:
+        """Merge adapters into a new version of `name`. A source is "adapter",
+        "adapter@version", (either, weight) or the API's {adapter, version, weight};
+        method: cat (exact, rank = the sum), linear (best rank-`rank` approximation of
+        the weighted sum), ties or dare (`density`: the share of entries each keeps)."""
+        body = {"name": name, "sources": [_merge_source(s) for s in sources], "method": method}
+        body |= _present({"rank": rank, "density": density, "seed": seed})
+        return self._send(Call("POST", "/admin/adapters/merge", json=body))
+
+
+def _present(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _merge_source(source: str | tuple[str, float] | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(source, dict):
+        return source
+    name, weight = (source, 1.0) if isinstance(source, str) else source
+    adapter, _, version = name.partition("@")
+    return _present({"adapter": adapter, "version": version or None, "weight": weight})
+
 
 class Aliases(Namespace):
     """A tenant's model names: each points at the base or at an adapter (pinned or following)."""

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from functools import partial
 from pathlib import Path
+from typing import Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
 
+from adaptserve.adapters import algebra
 from adaptserve.adapters.catalog import AdapterNotFoundError
 from adaptserve.errors import ConflictError, InvalidRequestError, PermissionDeniedError, StorageError, invalid_from
 from adaptserve.pii.policy import PiiPolicy
@@ -62,6 +65,36 @@ class AdapterActivate(_Strict):
 class AdapterByPath(_Strict):
     name: StrictStr
     path: StrictStr
+
+
+class AdapterCompress(_Strict):
+    """SVD to `rank`, or to the rank keeping `energy` of each module's update."""
+
+    version: StrictStr | None = None  # default: the active version
+    rank: int | None = Field(None, ge=1)
+    energy: float | None = Field(None, gt=0, le=1)
+    name: StrictStr | None = None  # the result's adapter (default: a new version of this one)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> AdapterCompress:
+        if (self.rank is None) == (self.energy is None):
+            raise ValueError("give exactly one of rank and energy")
+        return self
+
+
+class MergeSource(_Strict):
+    adapter: StrictStr
+    version: StrictStr | None = None
+    weight: float = Field(1.0, allow_inf_nan=False)
+
+
+class AdapterMerge(_Strict):
+    name: StrictStr
+    sources: list[MergeSource] = Field(min_length=1, max_length=8)
+    method: Literal["cat", "linear", "ties", "dare"] = "linear"
+    rank: int | None = Field(None, ge=1)  # linear, ties, dare (default: the largest source rank)
+    density: float = Field(0.5, gt=0, le=1)  # ties, dare: the share of each update's entries kept
+    seed: int = 0  # dare's random drops
 
 
 _ARCHIVE_FORM = {
@@ -171,9 +204,30 @@ async def push_adapter(request: Request, gateway: GatewayDep, actor: AdminDep) -
         except ValidationError as exc:
             raise invalid_from(exc) from exc
         name, staged = body.name, await asyncio.to_thread(gateway.store.copy_folder, Path(body.path))
-    owner = actor.uid if actor.tenant is not None else None
-    result = await asyncio.to_thread(gateway.catalog.register, name, staged, owner)
+    result = await asyncio.to_thread(gateway.catalog.register, name, staged, _owner(actor))
     request.state.audit = {"after": result.get("version")}
+    return result
+
+
+@router.post("/adapters/merge", status_code=201)
+def merge_adapters(body: AdapterMerge, request: Request, gateway: GatewayDep, actor: AdminDep) -> dict:
+    """A weighted merge of adapters the caller sees, as a new version of `name`."""
+    sources = [_source(actor, gateway, s.adapter, s.version, s.weight) for s in body.sources]
+    build = partial(
+        algebra.merge_into, sources=sources, method=body.method, rank=body.rank, density=body.density, seed=body.seed
+    )
+    result = gateway.catalog.derive(body.name, _owner(actor), build)
+    request.state.audit = {"after": result["version"]}
+    return result
+
+
+@router.post("/adapters/{name}/compress", status_code=201)
+def compress_adapter(name: str, body: AdapterCompress, request: Request, gateway: GatewayDep, actor: AdminDep) -> dict:
+    """The adapter reduced by SVD, as a new version (not activated) of it or of `name`."""
+    source = _source(actor, gateway, name, body.version)
+    build = partial(algebra.compress_into, source=source, rank=body.rank, energy=body.energy)
+    result = gateway.catalog.derive(body.name or name, _owner(actor), build)
+    request.state.audit = {"after": result["version"]}
     return result
 
 
@@ -233,6 +287,18 @@ def _adapter(actor: Actor, gateway: Gateway, name: str, *, change: bool) -> None
         raise AdapterNotFoundError(f"adapter {name} does not exist")
     if change and owner == "":
         raise PermissionDeniedError(f"adapter {name} is global: only the operator changes it")
+
+
+def _owner(actor: Actor) -> str | None:
+    """Who owns what the actor adds: its tenant (None: the operator's adapters are global)."""
+    return actor.uid if actor.tenant is not None else None
+
+
+def _source(actor: Actor, gateway: Gateway, name: str, version: str | None, weight: float = 1.0) -> algebra.Source:
+    """A stored version the actor may read."""
+    _adapter(actor, gateway, name, change=False)
+    found, path = gateway.catalog.stored(name, version)
+    return algebra.Source(name, found, path, weight)
 
 
 def _target(alias: Alias | None) -> str | None:
