@@ -530,3 +530,60 @@ def promql_metric_names(expr: str) -> set[str]:
     text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
     words = re.findall(r"(?<![\w:.$])([A-Za-z_:][\w:]*)(?![\w:])(?!\s*\()", text)
     return {w for w in words if w.lower() not in PROMQL_WORDS}
+
+
+# -- a tiny real Llama (the pruning tests) ------------------------------------------------
+TINY_WORDS = (  # noqa: SIM905 (a line of words reads better than a column of them)
+    "the a movie film story actor actress plot good bad great dull funny sad long short scene music "
+    "ending hero villain city night love war house friend family dark bright slow fast old new"
+).split()
+
+
+def tiny_texts(count: int, seed: int = 0) -> list[str]:
+    """Sentences of `TINY_WORDS`, 4 to 24 words each, the same for a seed."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(TINY_WORDS) for _ in range(rng.randint(4, 24))) for _ in range(count)]
+
+
+def make_tiny_llama(path: Path, layers: int = 6, seed: int = 0, noop_layer: int | None = None) -> Path:
+    """A random float32 `LlamaForCausalLM` (hidden 32, tied embeddings) with a byte-level BPE
+    tokenizer trained here on `tiny_texts` (no download), saved as a model folder.
+    `noop_layer`'s o_proj and down_proj are zero: that layer returns its input."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
+    )
+    bpe.train_from_iterator(tiny_texts(200, seed=99), trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|im_end|>", unk_token="<|endoftext|>"
+    )
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=layers,
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=True,
+        initializer_range=0.05,  # not near-uniform logits: each layer matters, distillation has work to do
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    if noop_layer is not None:
+        with torch.no_grad():
+            model.model.layers[noop_layer].self_attn.o_proj.weight.zero_()
+            model.model.layers[noop_layer].mlp.down_proj.weight.zero_()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id).save_pretrained(path)
+    return path

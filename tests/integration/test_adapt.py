@@ -74,7 +74,9 @@ def bind_template(server, tenant: str, name: str, alias: str) -> None:
 
 # AdaLoRA moves only its r singular values at first (each by about one learning rate per
 # Adam step), LoRA a whole factor: in eight steps it needs a larger rate to move as far.
-@pytest.mark.parametrize(("method", "lr"), [("lora", "3e-3"), ("adalora", "3e-2")])
+# LoHa is trained with peft and served as its LoRA conversion (rank 16 of an update of rank
+# up to 64): what the engine serves is the converted adapter, checked against it in-process.
+@pytest.mark.parametrize(("method", "lr"), [("lora", "3e-3"), ("adalora", "3e-2"), ("loha", "1e-2")])
 def test_train_push_serves_the_adapter_under_the_alias(server, base_model, tmp_path, method, lr) -> None:
     tenant, alias = f"tuner-{method}", "reviews"
     key = new_tenant(server, tenant, {"base": True}, alias=alias).api_key
@@ -92,6 +94,14 @@ def test_train_push_serves_the_adapter_under_the_alias(server, base_model, tmp_p
     assert "held-out as served (template calibration on)" in done.stdout
     manifest = json.loads((out / "adaptserve-manifest.json").read_text())
     assert manifest["training"]["steps"] == 8 and manifest["data"]["examples"] == 32
+    conversion = manifest["training"]["conversion"]
+    if method == "loha":  # the conversion's report, and the unconverted adapter kept beside it
+        assert "converted loha to LoRA rank 8" in done.stdout
+        assert conversion["fidelity"]["rank_max"] == 8 and conversion["accuracy_after"] is not None
+        assert 0 < conversion["logprob_diff_mean"] < conversion["logprob_diff_max"]
+        assert json.loads((out.with_name("adapter.loha") / "adapter_config.json").read_text())["peft_type"] == "LOHA"
+    else:
+        assert conversion is None
     aliases = server.admin("GET", f"/tenants/{tenant}/models").json()["data"]
     assert any(a["alias"] == alias and a["adapter"] == f"reviews-{method}" for a in aliases)
     after = served_logprobs(server, key, "reviews")

@@ -32,7 +32,7 @@ def rel_error(got: np.ndarray, want: np.ndarray) -> float:
 def test_reading_folds_peft_scaling_in(tmp_path) -> None:
     folder = make_adapter(tmp_path / "a", r=4, lora_alpha=8, alpha_pattern={"v_proj": 2})
     lora = algebra.read_lora(folder)
-    a, b = lora.modules["model.layers.0.self_attn.q_proj"]
+    _, b = lora.modules["model.layers.0.self_attn.q_proj"]
     raw = algebra._read_safetensors(folder / "adapter_model.safetensors")
     stem = "base_model.model.model.layers.0.self_attn"
     np.testing.assert_allclose(b, raw[f"{stem}.q_proj.lora_B.weight"] * 2.0)  # 8 / 4

@@ -248,11 +248,22 @@ def merge(
         else:
             deltas = [w * (b.astype(np.float64) @ a) for (a, b), w in parts]
             merged = ties(deltas, density) if method == "ties" else dare(deltas, density, rng)
-            u, s, vt = np.linalg.svd(merged, full_matrices=False)
+            modules[module] = factor(merged, module, fidelity, rank)
+            continue
         k = rank_for(s, rank, None)
         fidelity.add(module, k, s)
         modules[module] = _factors(u, s, vt, k)
     return Lora(modules, loras[0].config), fidelity
+
+
+def factor(
+    delta: np.ndarray, module: str, fidelity: Fidelity, rank: int | None, energy: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A dense update's LoRA factors (A, B) by truncated SVD, its fidelity noted."""
+    u, s, vt = np.linalg.svd(delta.astype(np.float64), full_matrices=False)
+    k = rank_for(s, rank, energy)
+    fidelity.add(module, k, s)
+    return _factors(u, s, vt, k)
 
 
 def _check_shapes(module: str, factors: list[tuple[np.ndarray, np.ndarray]]) -> None:

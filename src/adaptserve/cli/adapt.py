@@ -55,8 +55,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--templates-dir", type=Path, default=Path("templates"))
     parser.add_argument("--limit", type=int, help="only the first N examples")
     parser.add_argument("--model", default="default", help='the base model: "default" or a folder')
-    parser.add_argument("--method", choices=("lora", "adalora"), default="lora")
+    parser.add_argument(
+        "--method",
+        choices=("lora", "adalora", "loha", "lokr", "ia3", "dora"),
+        default="lora",
+        help="loha, lokr, ia3 and dora are converted to the LoRA vLLM serves (the unconverted adapter is kept "
+        "beside it as OUT.METHOD)",
+    )
     parser.add_argument("--rank", type=int, help="default: from the data size")
+    parser.add_argument("--convert-rank", type=int, help="the converted LoRA's rank (default: --rank)")
     parser.add_argument("--epochs", type=int, help="default: about 120 steps")
     parser.add_argument("--lr", type=float, help="learning rate (default 3e-4, warm-up then linear decay)")
     parser.add_argument("--targets", help="comma-separated module names (default q,k,v,o projections)")
@@ -98,6 +105,7 @@ def _config(args: argparse.Namespace) -> Any:
         method=args.method,
         targets=targets,
         rank=args.rank,
+        convert_rank=args.convert_rank,
         epochs=args.epochs,
         learning_rate=args.lr,
         batch_size=args.batch_size,
@@ -232,6 +240,15 @@ def _summary(outcome: Any, out: Path) -> str:
             f"accuracy {served['accuracy_as_served']:.3f}; uncalibrated {served['accuracy_uncalibrated']:.3f}; "
             f"recommended: {served['recommended']}"
         )
+    conversion = outcome.conversion
+    if conversion and conversion["accuracy_before"] is not None:
+        lines.append(
+            f"converted {conversion['method']} to LoRA rank {conversion['rank']}: held-out accuracy "
+            f"{conversion['accuracy_before']:.3f} -> {conversion['accuracy_after']:.3f}; log-probability "
+            f"difference max {conversion['logprob_diff_max']:.3f}, mean {conversion['logprob_diff_mean']:.4f}"
+        )
+    elif conversion:
+        lines.append(f"converted {conversion['method']} to LoRA rank {conversion['rank']} (no held-out slice)")
     lines += [
         f"{outcome.steps} steps in {outcome.seconds:.0f} s ({outcome.seconds_per_step:.2f} s/step), "
         f"peak memory {outcome.peak_rss_mb:.0f} MB",

@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from adaptserve.cli import adapt, admin, bench, evaluate, fit, quantize, serve
+from adaptserve.cli import adapt, admin, bench, compress, evaluate, fit, quantize, serve
 from adaptserve.config import load_settings
 from adaptserve.errors import ConfigurationError
 
@@ -24,7 +24,7 @@ def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="YAML settings file (also ADAPTSERVE_CONFIG)")
     commands = top.add_subparsers(dest="command", required=True)
-    for group in (serve, evaluate, fit, quantize, adapt, bench, admin):
+    for group in (serve, evaluate, fit, quantize, compress, adapt, bench, admin):
         group.add(commands, common)
     return top
 

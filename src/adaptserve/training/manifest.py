@@ -35,7 +35,7 @@ def items_digest(items: list[Item]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in _LIBRARIES:
         try:
@@ -54,7 +54,7 @@ def write_manifest(out: Path, *, base: Path, items: list[Item], source: str, **f
         "data": {"source": source, "examples": len(items), "sha256": items_digest(items)},
         **facts,
         "adapter": {"sha256": folder_digest(out)},
-        "versions": _versions(),
+        "versions": library_versions(),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

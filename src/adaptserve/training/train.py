@@ -1,4 +1,5 @@
-"""Fine-tune a LoRA or AdaLoRA adapter on a handful of examples, on CPU or GPU.
+"""Fine-tune an adapter on a handful of examples, on CPU or GPU: LoRA or AdaLoRA, or
+LoHa, LoKr, IA3 or DoRA, which are converted to the LoRA vLLM serves (`convert.py`).
 
 Reads top to bottom: the config (defaults chosen from the data size), the held-out
 slice, the model, the loop (warm-up then linear decay, length-grouped batches,
@@ -24,6 +25,8 @@ from typing import Any, Literal
 
 import torch
 
+from adaptserve.training.convert import CONVERTED, convert
+from adaptserve.training.convert import peft_config as convert_config
 from adaptserve.training.scoring import evaluate, item_loss, target_logprobs
 from adaptserve.training.served import served_path
 from adaptserve.training.task import Item, Task
@@ -35,8 +38,9 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    method: Literal["lora", "adalora"] = "lora"
-    rank: int | None = None  # LoRA rank; AdaLoRA's average rank after pruning
+    method: Literal["lora", "adalora", "loha", "lokr", "ia3", "dora"] = "lora"
+    rank: int | None = None  # LoRA rank; AdaLoRA's average rank after pruning; LoHa's, LoKr's
+    convert_rank: int | None = None  # the served LoRA's rank, for converted methods (default: rank)
     alpha: int | None = None  # default: 2 x rank
     targets: tuple[str, ...] = TARGETS
     learning_rate: float | None = None
@@ -57,8 +61,20 @@ class TrainConfig:
         epochs = self.epochs or min(12, max(2, math.ceil(120 / steps_per_epoch)))
         # AdaLoRA's update starts in its r singular values alone (LoRA's in a whole factor):
         # Adam moves each by about one rate per step, so it needs a larger rate.
-        lr = self.learning_rate or (3e-4 if self.method == "lora" else 2e-3)
-        return replace(self, rank=rank, alpha=self.alpha or 2 * rank, epochs=epochs, learning_rate=lr)
+        # LoHa's and LoKr's updates are products of four small factors, IA3's a scale near 1:
+        # both move slower per step than LoRA's at its rate.
+        lr = self.learning_rate or _RATES.get(self.method, 3e-4)
+        return replace(
+            self,
+            rank=rank,
+            alpha=self.alpha or 2 * rank,
+            epochs=epochs,
+            learning_rate=lr,
+            convert_rank=self.convert_rank or rank,
+        )
+
+
+_RATES = {"adalora": 2e-3, "loha": 1e-3, "lokr": 1e-3, "ia3": 3e-3}
 
 
 def split_holdout(items: list[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
@@ -103,6 +119,8 @@ def load_model(base: Path, config: TrainConfig, total_steps: int) -> Any:
             total_step=total_steps,
             task_type="CAUSAL_LM",
         )
+    elif config.method in CONVERTED:
+        peft_config = convert_config(config.method, config.rank, config.alpha, config.targets)
     else:
         peft_config = LoraConfig(
             r=config.rank, lora_alpha=config.alpha, target_modules=list(config.targets), task_type="CAUSAL_LM"
@@ -155,6 +173,7 @@ class Outcome:
     interrupted: bool
     best_epoch: int | None
     served: dict[str, Any]  # the held-out slice as the server will answer it (training/served.py)
+    conversion: dict[str, Any] | None  # a converted method's fidelity and accuracy (training/convert.py)
 
     def summary(self) -> dict[str, Any]:
         return asdict(self) | {"config": asdict(self.config)}
@@ -171,7 +190,7 @@ class Loop:
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
         )
-        self.bar = _progress_bar(total, progress)
+        self.bar = progress_bar(total, progress)
         self.step, self.step_seconds = 0, 0.0
         self.history: list[dict[str, float]] = []
         self.best: tuple[float, int, dict] | None = None
@@ -218,7 +237,7 @@ class Loop:
         scores = evaluate(self.model, self.task, held) | {"epoch": epoch, "step": self.step}
         self.history.append(scores)
         log.info("epoch %d: %s", epoch, scores)
-        if not held or self.config.method != "lora":  # AdaLoRA's budget is set by its whole schedule
+        if not held or self.config.method == "adalora":  # AdaLoRA's budget is set by its whole schedule
             return False
         if self.best is None or scores["loss"] < self.best[0]:
             self.best = (scores["loss"], epoch, _adapter_state(self.model))
@@ -249,8 +268,14 @@ def train(
     loop = Loop(model, task, config, total, progress)
     interrupted = loop.run(train_items, held)
     after = evaluate(model, task, held)
+    conversion = None
+    if config.method in CONVERTED:  # the unconverted adapter beside the served one
+        assert config.convert_rank is not None
+        model.save_pretrained(out.with_name(f"{out.name}.{config.method}"))
+        model, conversion = convert(model, task, held, base, out, config.convert_rank, config.method)
+    else:
+        save_adapter(model, config, out)
     served = served_path(model, task, held)
-    save_adapter(model, config, out)
     outcome = Outcome(
         config=config,
         examples={"train": len(train_items), "held_out": len(held)},
@@ -264,12 +289,13 @@ def train(
         interrupted=interrupted,
         best_epoch=loop.best[1] if loop.best else None,
         served=served,
+        conversion=conversion,
     )
     return model, outcome
 
 
 def _adapter_state(model: Any) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
 
 
 def save_adapter(model: Any, config: TrainConfig, out: Path) -> None:
@@ -283,10 +309,10 @@ def save_adapter(model: Any, config: TrainConfig, out: Path) -> None:
         model.save_pretrained(out)
 
 
-def _progress_bar(total: int, progress: Callable[[int], Any] | None) -> Callable[[float], None]:
+def progress_bar(total: int, progress: Callable[[int], Any] | None, desc: str = "train") -> Callable[[float], None]:
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="step", desc="train", disable=progress is not None)
+    bar = tqdm(total=total, unit="step", desc=desc, disable=progress is not None)
     done = 0
 
     def advance(loss: float) -> None:
