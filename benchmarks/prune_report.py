@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--port", type=int, default=8731)
+    parser.add_argument("--cold-start", action="store_true", help="start each model twice (first-start time too)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compress" / "prune.json")
     args = parser.parse_args()
     texts = [e.text for e in load_dataset("rotten-tomatoes", "test")[-args.texts :]]

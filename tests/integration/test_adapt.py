@@ -74,7 +74,7 @@ def bind_template(server, tenant: str, name: str, alias: str) -> None:
 
 # AdaLoRA moves only its r singular values at first (each by about one learning rate per
 # Adam step), LoRA a whole factor: in eight steps it needs a larger rate to move as far.
-# LoHa is trained with peft and served as its LoRA conversion (rank 16 of an update of rank
+# LoHa is trained with peft and served as its LoRA conversion (rank 8 of an update of rank
 # up to 64): what the engine serves is the converted adapter, checked against it in-process.
 @pytest.mark.parametrize(("method", "lr"), [("lora", "3e-3"), ("adalora", "3e-2"), ("loha", "1e-2")])
 def test_train_push_serves_the_adapter_under_the_alias(server, base_model, tmp_path, method, lr) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from adaptserve.adapters import algebra
-from tests.helpers import ADMIN_KEY, assert_openai_error, make_adapter, tenant_admin_key
+from tests.helpers import ADMIN_KEY, assert_openai_error, make_adapter, tenant_admin_key, upload
 
 
 def deltas(lora: algebra.Lora) -> dict[str, np.ndarray]:
@@ -109,8 +109,9 @@ def test_ties_trims_elects_a_sign_and_sums_the_agreeing_entries() -> None:
     two = np.array([[1.0, 4.0], [-0.2, -1.5]])
     # density 0.5: one keeps 3 and 2, two keeps 4 and -1.5; signs: +, +, none, + (2 - 1.5)
     np.testing.assert_allclose(algebra.ties([one, two], 0.5), [[3.0, 4.0], [0.0, 2.0]])
-    # density 1: every entry; -1 (4 wins), 0.1 (-0.2 wins) and -1.5 (2 wins) are dropped
-    np.testing.assert_allclose(algebra.ties([one, two], 1.0), [[4.0, 4.0], [-0.2, 2.0]])
+    # density 1: every entry; -1 (4 wins), 0.1 (-0.2 wins) and -1.5 (2 wins) are dropped,
+    # and where both agree (3 and 1) they are averaged
+    np.testing.assert_allclose(algebra.ties([one, two], 1.0), [[2.0, 4.0], [-0.2, 2.0]])
 
 
 def test_dare_drops_and_rescales() -> None:
@@ -156,6 +157,11 @@ def test_merge_registers_the_weighted_sum(gateway) -> None:
         assert rel_error(got, 0.5 * one[module] + two[module]) < 1e-5
     ties = gateway.admin("POST", "/adapters/merge", json={**body, "name": "tied", "method": "ties", "rank": 2})
     assert ties.status_code == 201 and ties.json()["rank"] == 2, ties.text
+    tied = deltas(algebra.read_lora(stored(gateway, "tied", ties.json()["version"])))
+    for module, got in tied.items():  # the best rank-2 approximation of TIES of the weighted updates
+        dense = algebra.ties([0.5 * one[module], two[module]], 0.5)
+        s = np.linalg.svd(dense, compute_uv=False)
+        assert rel_error(got, dense) == pytest.approx(np.sqrt(np.sum(s[2:] ** 2) / np.sum(s**2)), rel=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -171,6 +177,21 @@ def test_merge_registers_the_weighted_sum(gateway) -> None:
         ("/adapters/merge", {"name": "m", "sources": [{"adapter": "alpha"}], "method": "mean"}, 400, None, "method"),
         ("/adapters/merge", {"name": "m", "sources": [{"adapter": "nope"}]}, 404, "adapter_not_found", None),
         ("/adapters/merge", {"name": "bad--name", "sources": [{"adapter": "alpha"}]}, 400, None, "name"),
+        ("/adapters/merge", {"name": "m", "sources": [{"adapter": "alpha"}], "seed": -1}, 400, None, "seed"),
+        (
+            "/adapters/merge",
+            {"name": "m", "sources": [{"adapter": "alpha", "weight": 1e39}]},
+            400,
+            None,
+            "sources.0.weight",
+        ),
+        (
+            "/adapters/merge",
+            {"name": "m", "sources": [{"adapter": "alpha", "weight": 0}]},
+            400,
+            "invalid_adapter",
+            None,
+        ),
     ],
 )
 def test_bad_requests_get_clear_errors_and_change_nothing(shared_gateway, path, body, status, code, param) -> None:
@@ -206,3 +227,20 @@ def test_a_tenant_admin_reduces_and_merges_what_it_sees_into_its_own(gateway) ->
         gateway.admin("POST", "/adapters/alpha/compress", key=key, json={"rank": 2}), 409, "conflict", "name"
     )  # global
     assert gateway.admin("GET", "/adapters/alpha", key=ADMIN_KEY).json()["versions"][-1]["rank"] == 4
+
+
+def test_unreadable_sources_and_regex_patterns_are_refused_not_500s(gateway, tmp_path) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    nan = make_adapter(tmp_path / "nan", seed=5)
+    tensors = load_file(str(nan / "adapter_model.safetensors"))
+    next(iter(tensors.values()))[0, 0] = np.nan
+    save_file(tensors, str(nan / "adapter_model.safetensors"))
+    assert upload(gateway, "nan", nan).status_code == 201  # validation reads headers, not values
+    response = gateway.admin("POST", "/adapters/nan/compress", json={"rank": 2})
+    assert_openai_error(response, 400, "invalid_adapter")
+    assert "not finite" in response.json()["error"]["message"]
+    hostile = make_adapter(tmp_path / "regex", alpha_pattern={"(.*.*.*)*Z": 4})
+    refused = upload(gateway, "regex", hostile)
+    assert_openai_error(refused, 400, "invalid_adapter")
+    assert "not a module name" in refused.json()["error"]["message"]

@@ -34,6 +34,7 @@ OTHERS = [
     ("POST", "/admin/adapters/globex-ad/compress", {"json": {"rank": 2, "name": "mine"}}, 404),
     ("POST", "/admin/adapters/merge", {"json": {"name": "mine", "sources": [{"adapter": "globex-ad"}]}}, 404),
     ("POST", "/admin/adapters/alpha/compress", {"json": {"rank": 2}}, 409),  # into a global adapter
+    ("POST", "/admin/adapters/acme-ad/compress", {"json": {"rank": 2, "name": "beta"}}, 409),  # into a global one
     ("POST", "/admin/adapters/alpha/activate", {"json": {"version": "x"}}, 403),  # global: the operator's
     ("DELETE", "/admin/adapters/alpha", {}, 403),
     ("POST", "/admin/adapters", {"json": {"name": "p", "path": "/etc"}}, 403),  # a server path

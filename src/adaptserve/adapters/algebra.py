@@ -14,7 +14,6 @@ Outputs have lora_alpha = r (s = 1) and the singular values split evenly between
 from __future__ import annotations
 
 import json
-import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from adaptserve.adapters.archive import storage_error
 from adaptserve.adapters.spec import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterInvalidError
 
 PROVENANCE = "provenance.json"
@@ -106,31 +106,39 @@ def merge_into(
 
 # -- reading and writing ---------------------------------------------------------------
 def read_lora(folder: Path) -> Lora:
-    """A stored (validated) LoRA folder's factors, scaling folded into B, as float32."""
-    config = json.loads((folder / ADAPTER_CONFIG).read_text())
-    tensors = _read_safetensors(folder / ADAPTER_WEIGHTS)
-    modules: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for key in tensors:
-        if not key.endswith(".lora_A.weight"):
-            continue
-        stem = key.removesuffix(".lora_A.weight")
-        a, b = tensors[key], tensors[f"{stem}.lora_B.weight"]
-        module = stem.removeprefix(_PREFIX)
-        modules[module] = (a, b * _scaling(config, module, a.shape[0]))
+    """A stored (validated) LoRA folder's factors, scaling folded into B, as float32. A
+    folder it cannot read is the adapter's fault (400), or the disk's (507)."""
+    try:
+        config = json.loads((folder / ADAPTER_CONFIG).read_text())
+        tensors = _read_safetensors(folder / ADAPTER_WEIGHTS)
+        modules: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for key in tensors:
+            if key.endswith(".lora_A.weight"):
+                stem = key.removesuffix(".lora_A.weight")
+                a, b = tensors[key], tensors[f"{stem}.lora_B.weight"]
+                module = stem.removeprefix(_PREFIX)
+                modules[module] = (a, b * _scaling(config, module, a.shape[0]))
+    except OSError as exc:
+        raise storage_error(exc) from exc
+    except (ValueError, KeyError, TypeError, IndexError, struct.error) as exc:
+        raise AdapterInvalidError(f"a source adapter could not be read ({type(exc).__name__}: {exc})") from exc
+    if not modules or not all(np.isfinite(a).all() and np.isfinite(b).all() for a, b in modules.values()):
+        raise AdapterInvalidError("a source adapter has no LoRA weights, or weights that are not finite numbers")
     return Lora(modules, config)
 
 
 def _scaling(config: dict[str, Any], module: str, rank: int) -> float:
     """peft's: lora_alpha (or the alpha_pattern's) over r (or √r with rsLoRA)."""
     alpha = _pattern(config.get("alpha_pattern") or {}, module)
-    alpha = float(config.get("lora_alpha", config["r"]) if alpha is None else alpha)
+    alpha = float(config.get("lora_alpha", 8) if alpha is None else alpha)  # 8: peft's default
     return alpha / (float(np.sqrt(rank)) if config.get("use_rslora") else rank)
 
 
 def _pattern(patterns: dict[str, Any], module: str) -> Any:
-    """The value of the first key that names `module` (its full name or a suffix), as peft matches them."""
+    """The value of the first key that names `module`: the whole name or a suffix of it
+    at a dot (peft's regular expression, matched literally: keys are module names)."""
     for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", module):
+        if module == key or module.endswith("." + key):
             return value
     return None
 
@@ -160,6 +168,10 @@ def write_lora(lora: Lora, folder: Path, provenance: dict[str, Any]) -> None:
     """A PEFT LoRA folder: one rank for every module (smaller ones zero-padded), float32."""
     from safetensors.numpy import save_file
 
+    if not all(np.isfinite(a).all() and np.isfinite(b).all() for a, b in lora.modules.values()):
+        raise AdapterInvalidError("the result's weights overflow float32: use smaller weights")
+    if not any(np.any(b) for _, b in lora.modules.values()):
+        raise AdapterInvalidError("the result is all zeros (every weight 0, or nothing kept): it would change nothing")
     rank = max(a.shape[0] for a, _ in lora.modules.values())
     tensors = {}
     for module, (a, b) in sorted(lora.modules.items()):
@@ -175,10 +187,13 @@ def write_lora(lora: Lora, folder: Path, provenance: dict[str, Any]) -> None:
         "task_type": lora.config.get("task_type", "CAUSAL_LM"),
         "base_model_name_or_path": lora.config.get("base_model_name_or_path"),
     }
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(folder / ADAPTER_WEIGHTS))
-    (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=1))
-    (folder / PROVENANCE).write_text(json.dumps(provenance, indent=1))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(folder / ADAPTER_WEIGHTS))
+        (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=1))
+        (folder / PROVENANCE).write_text(json.dumps(provenance, indent=1))
+    except OSError as exc:
+        raise storage_error(exc) from exc
 
 
 # -- the linear algebra ----------------------------------------------------------------
@@ -273,9 +288,9 @@ def _check_shapes(module: str, factors: list[tuple[np.ndarray, np.ndarray]]) -> 
 
 
 def ties(deltas: list[np.ndarray], density: float) -> np.ndarray:
-    """TIES-merging (Yadav et al. 2023): keep each update's largest-magnitude `density`
-    share, elect each entry's sign by total mass, and sum the kept entries that agree
-    with it (disjoint sum: the sources' weights already scale them)."""
+    """TIES-merging (Yadav et al. 2023; peft's `ties`): keep each (weighted) update's
+    largest-magnitude `density` share, elect each entry's sign by total mass, and average
+    the kept entries that agree with it (the disjoint mean)."""
     trimmed = []
     for delta in deltas:
         keep = max(round(density * delta.size), 1)
@@ -285,7 +300,8 @@ def ties(deltas: list[np.ndarray], density: float) -> np.ndarray:
         trimmed.append(kept.reshape(delta.shape))
     stack = np.stack(trimmed)
     sign = np.sign(stack.sum(axis=0))
-    return np.where(np.sign(stack) == sign, stack, 0.0).sum(axis=0)
+    agreeing = np.where(np.sign(stack) == sign, stack, 0.0)
+    return agreeing.sum(axis=0) / np.maximum((agreeing != 0).sum(axis=0), 1)
 
 
 def dare(deltas: list[np.ndarray], density: float, rng: np.random.Generator) -> np.ndarray:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from adaptserve.adapters.residency import AdapterVersion, Residency, internal_na
 from adaptserve.adapters.spec import AdapterSpec, BaseModelSpec, validate_adapter
 from adaptserve.adapters.store import AdapterStore
 from adaptserve.db import AdapterRow, AdapterVersionRow, AliasRow, Database, TenantRow, check_name
-from adaptserve.errors import APIError, ConflictError, NotFoundError
+from adaptserve.errors import APIError, ConflictError, NotFoundError, RateLimitError
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class AdapterCatalog:
         self._zero: AdapterVersion | None = None
         self._base_direct = False  # the engine is known to give a request without an adapter none
         self._startup: list[str] = []  # the settings file's adapters, loaded when an upstream comes up
+        self._deriving = threading.Lock()  # `derive`'s builds, one at a time
 
     # control plane -------------------------------------------------------------
     def register(self, name: str, staged: Path, owner: str | None = None) -> dict:
@@ -99,13 +101,25 @@ class AdapterCatalog:
 
     def derive(self, name: str, owner: str | None, build: Callable[[Path], dict]) -> dict:
         """A new version of `name` that `build` writes into a staging folder, registered
-        like an upload; the answer is `register`'s plus what `build` returned."""
-        staged = self._store.staging()
+        like an upload; the answer is `register`'s plus what `build` returned. The name
+        and its owner are checked first, and one build runs at a time (dense SVDs take
+        whole cores): another meanwhile gets 429."""
+        check_name(name, "an adapter name")
+        taken = self.owner(name)
+        if owner is not None and taken is not None and taken != owner:
+            raise ConflictError(f"the adapter name {name} is taken; choose another", param="name")
+        if not self._deriving.acquire(blocking=False):
+            raise RateLimitError("another adapter is being reduced or merged; retry shortly", retry_after=5)
         try:
-            facts = build(staged)
-        except BaseException:
-            self._store.remove_staged(staged)
-            raise
+            staged = self._store.staging()
+            try:
+                facts = build(staged)
+                self._store.check_size(staged)
+            except BaseException:
+                self._store.remove_staged(staged)
+                raise
+        finally:
+            self._deriving.release()
         return {**self.register(name, staged, owner), **facts}
 
     def stored(self, name: str, version: str | None = None) -> tuple[str, Path]:
@@ -114,8 +128,10 @@ class AdapterCatalog:
             adapter = s.get(AdapterRow, name)
             if adapter is None:
                 raise AdapterNotFoundError(f"adapter {name} does not exist")
-            version = version or adapter.active_version
-            row = s.get(AdapterVersionRow, (name, version)) if version else None
+            found = version or adapter.active_version
+            row = s.get(AdapterVersionRow, (name, found)) if found else None
+            if row is None and version is None:
+                raise AdapterNotFoundError(f"adapter {name} has no active version")
             if row is None:
                 raise AdapterNotFoundError(f"adapter {name} has no version {version}", param="version")
             return row.version, Path(row.path)

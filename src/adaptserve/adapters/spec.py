@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -156,6 +157,7 @@ def _check_config(config: dict, max_rank: int) -> int:
             raise AdapterInvalidError(reason)
     if config.get("bias", "none") != "none":
         raise AdapterInvalidError("adapter bias is not supported by vLLM")
+    _check_patterns(config)
     ranks = [config.get("r"), *(config.get("rank_pattern") or {}).values()]
     if not all(isinstance(r, int) and r > 0 for r in ranks):
         raise AdapterInvalidError("LoRA rank r must be a positive integer")
@@ -169,12 +171,32 @@ def _check_config(config: dict, max_rank: int) -> int:
     return max(ranks)
 
 
+_PATTERN_KEY = re.compile(r"[\w.]{1,200}")
+
+
+def _check_patterns(config: dict) -> None:
+    """`rank_pattern` / `alpha_pattern` keys are module names: peft and vLLM match them as
+    regular expressions, so anything else could make a matcher run for hours."""
+    for field in ("rank_pattern", "alpha_pattern"):
+        patterns = config.get(field) or {}
+        if not isinstance(patterns, dict):
+            raise AdapterInvalidError(f"{field} must be an object of module names")
+        for key, value in patterns.items():
+            if not _PATTERN_KEY.fullmatch(key):
+                raise AdapterInvalidError(f"{field} key {key[:80]!r} is not a module name (letters, digits, _ and .)")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise AdapterInvalidError(f"{field}[{key!r}] must be a positive number")
+    alpha = config.get("lora_alpha", 8)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+        raise AdapterInvalidError("lora_alpha must be a positive number")
+
+
 def _check_weights(tensors: dict[str, list[int]], base: BaseModelSpec | None, max_rank: int) -> set[str]:
     """Every tensor must be a lora_A/lora_B pair on a base module with matching shapes."""
     modules: dict[str, dict[str, list[int]]] = {}
     for key, shape in tensors.items():
         stem, _, factor = key.removesuffix(".weight").rpartition(".")
-        if factor not in ("lora_A", "lora_B"):
+        if factor not in ("lora_A", "lora_B") or not key.endswith(".weight"):
             raise AdapterInvalidError(f"unexpected tensor {key}: only lora_A/lora_B weights are served")
         if any(stem.endswith("." + r) or stem == r for r in _REFUSED_TARGETS):
             raise AdapterInvalidError(f"LoRA on embeddings or lm_head is refused: {key}")

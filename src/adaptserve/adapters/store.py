@@ -59,6 +59,12 @@ class AdapterStore:
         finally:
             shutil.rmtree(staged, ignore_errors=True)
 
+    def check_size(self, staged: Path) -> None:
+        """A folder written on the server obeys the upload limit too."""
+        total = sum(f.stat().st_size for f in staged.rglob("*") if f.is_file())
+        if total > self.max_bytes:
+            raise PayloadTooLargeError(f"the adapter would be {total} bytes, more than {self.max_bytes}")
+
     def copy_folder(self, source: Path) -> Path:
         """Stage a copy of a folder the server can read."""
         if not source.is_dir():

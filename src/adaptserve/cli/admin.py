@@ -81,18 +81,8 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                     action="store_true",
                     help="send the path for the server to read instead of uploading the folder",
                 )
-            if (group, verb) == ("adapters", "compress"):
-                target = sub.add_mutually_exclusive_group(required=True)
-                target.add_argument("--rank", type=int, help="reduce every module's update to this rank")
-                target.add_argument("--energy", type=float, help="keep this share (0-1] of each module's energy")
-                sub.add_argument("--version", help="the version to reduce (default: the active one)")
-                sub.add_argument("--as", dest="into", help="store the result as this adapter (default: a new version)")
-            if (group, verb) == ("adapters", "merge"):
-                sub.add_argument("sources", nargs="+", metavar="SOURCE", help="ADAPTER[@VERSION][=WEIGHT]")
-                sub.add_argument("--method", choices=["cat", "linear", "ties", "dare"], default="linear")
-                sub.add_argument("--rank", type=int, help="the result's rank (linear/ties/dare; default: the largest)")
-                sub.add_argument("--density", type=float, help="ties/dare: the share of entries kept (default 0.5)")
-                sub.add_argument("--seed", type=int, help="dare: the random drops' seed")
+            if group == "adapters":
+                _algebra_flags(sub, verb)
             if group == "templates" and verb != "list":
                 sub.add_argument("--tenant", help="the owning tenant (default: a global template)")
             if (group, verb) == ("templates", "apply"):
@@ -116,6 +106,22 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                 sub.add_argument("--version", help="pin a version (default: follow the active one)")
                 sub.add_argument("--base", action="store_true", help="serve the base model under this alias")
             sub.set_defaults(run=run, admin_request=handler)
+
+
+def _algebra_flags(sub: argparse.ArgumentParser, verb: str) -> None:
+    """`adapters compress` and `adapters merge`'s own flags."""
+    if verb == "compress":
+        target = sub.add_mutually_exclusive_group(required=True)
+        target.add_argument("--rank", type=int, help="reduce every module's update to this rank")
+        target.add_argument("--energy", type=float, help="keep this share (0-1] of each module's energy")
+        sub.add_argument("--version", help="the version to reduce (default: the active one)")
+        sub.add_argument("--as", dest="into", help="store the result as this adapter (default: a new version)")
+    if verb == "merge":
+        sub.add_argument("sources", nargs="+", metavar="SOURCE", help="ADAPTER[@VERSION][=WEIGHT]")
+        sub.add_argument("--method", choices=["cat", "linear", "ties", "dare"], default="linear")
+        sub.add_argument("--rank", type=int, help="the result's rank (linear/ties/dare; default: the largest)")
+        sub.add_argument("--density", type=float, help="ties/dare: the share of entries kept (default 0.5)")
+        sub.add_argument("--seed", type=int, help="dare: the random drops' seed")
 
 
 def _push(admin: Admin, args: argparse.Namespace) -> Any:

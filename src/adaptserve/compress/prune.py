@@ -172,6 +172,8 @@ def _prepare(job: Job, recipe: dict[str, Any]) -> dict[str, Any] | None:
         _same_recipe(plan, recipe, job.staging)
         if not job.heal.steps:
             raise ConfigurationError(f"{job.staging} holds a healing run: give --heal-steps to resume it, or remove it")
+        if not (job.staging / surgery.CONFIG).is_file():  # stopped while the pruned folder was written
+            surgery.write_pruned(job.model_dir, job.staging, plan["dropped"])
         return plan
     if job.staging.exists():  # cut short before it had anything worth resuming
         shutil.rmtree(job.staging)
@@ -181,8 +183,8 @@ def _prepare(job: Job, recipe: dict[str, Any]) -> dict[str, Any] | None:
             raise ConfigurationError(f"{job.out} exists; remove it or choose another --out")
         _same_recipe(plan, recipe, job.out)  # a finished run, given more steps
         job.staging.mkdir(parents=True)
+        surgery.write_pruned(job.model_dir, job.staging, plan["dropped"])  # before the plan moves: see above
         os.replace(job.out / HEAL_DIR, job.staging / HEAL_DIR)
-        surgery.write_pruned(job.model_dir, job.staging, plan["dropped"])
         return plan
     job.staging.mkdir(parents=True)
     return None

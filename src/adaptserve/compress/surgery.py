@@ -41,8 +41,18 @@ def layer_count(model_dir: Path) -> int:
     layers = config.get("num_hidden_layers")
     if not isinstance(layers, int) or layers < 2:
         raise ConfigurationError(f"{model_dir}: config.json has no num_hidden_layers of 2 or more")
-    if not list(model_dir.glob("*.safetensors")):
+    shards = list(model_dir.glob("*.safetensors"))
+    if not shards:
         raise ConfigurationError(f"{model_dir} has no safetensors weights")
+    seen = set()
+    for shard in shards:
+        with safe_open(str(shard), framework="pt") as f:
+            seen |= {int(found.group(1)) for key in f.keys() if (found := LAYER_KEY.match(key))}  # noqa: SIM118
+    if seen != set(range(layers)):
+        raise ConfigurationError(
+            f"{model_dir}: its decoder layers are not model.layers.0..{layers - 1} (a Llama-style layout), "
+            "which is the only one pruned"
+        )
     return layers
 
 

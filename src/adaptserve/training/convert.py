@@ -53,12 +53,14 @@ def updates(model: Any) -> dict[str, np.ndarray]:
         layer: Any = module  # peft's layers are untyped
         weight = layer.get_base_layer().weight
         before = weight.detach().clone()
-        layer.merge()
-        out[name.removeprefix(_PREFIX)] = (weight.detach().double() - before.double()).cpu().numpy()
-        with warnings.catch_warnings():  # IA3's unmerge divides ("can be inaccurate"): the copy below is exact
-            warnings.simplefilter("ignore", UserWarning)
-            layer.unmerge()
-        weight.copy_(before)
+        try:
+            layer.merge()
+            out[name.removeprefix(_PREFIX)] = (weight.detach().double() - before.double()).cpu().numpy()
+            with warnings.catch_warnings():  # IA3's unmerge divides ("can be inaccurate"): the copy below is exact
+                warnings.simplefilter("ignore", UserWarning)
+                layer.unmerge()
+        finally:
+            weight.copy_(before)
     return out
 
 

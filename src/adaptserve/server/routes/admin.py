@@ -85,7 +85,7 @@ class AdapterCompress(_Strict):
 class MergeSource(_Strict):
     adapter: StrictStr
     version: StrictStr | None = None
-    weight: float = Field(1.0, allow_inf_nan=False)
+    weight: float = Field(1.0, ge=-100, le=100, allow_inf_nan=False)
 
 
 class AdapterMerge(_Strict):
@@ -94,7 +94,7 @@ class AdapterMerge(_Strict):
     method: Literal["cat", "linear", "ties", "dare"] = "linear"
     rank: int | None = Field(None, ge=1)  # linear, ties, dare (default: the largest source rank)
     density: float = Field(0.5, gt=0, le=1)  # ties, dare: the share of each update's entries kept
-    seed: int = 0  # dare's random drops
+    seed: int = Field(0, ge=0)  # dare's random drops
 
 
 _ARCHIVE_FORM = {
@@ -210,23 +210,39 @@ async def push_adapter(request: Request, gateway: GatewayDep, actor: AdminDep) -
 
 
 @router.post("/adapters/merge", status_code=201)
-def merge_adapters(body: AdapterMerge, request: Request, gateway: GatewayDep, actor: AdminDep) -> dict:
-    """A weighted merge of adapters the caller sees, as a new version of `name`."""
-    sources = [_source(actor, gateway, s.adapter, s.version, s.weight) for s in body.sources]
-    build = partial(
-        algebra.merge_into, sources=sources, method=body.method, rank=body.rank, density=body.density, seed=body.seed
-    )
-    result = gateway.catalog.derive(body.name, _owner(actor), build)
+async def merge_adapters(body: AdapterMerge, request: Request, gateway: GatewayDep, actor: AdminDep) -> dict:
+    """A weighted merge of adapters the caller sees, as a new version of `name` (the work
+    runs off the event loop, outside the pool that serves `/v1`)."""
+
+    def derive() -> dict:
+        sources = [_source(actor, gateway, s.adapter, s.version, s.weight) for s in body.sources]
+        build = partial(
+            algebra.merge_into,
+            sources=sources,
+            method=body.method,
+            rank=body.rank,
+            density=body.density,
+            seed=body.seed,
+        )
+        return gateway.catalog.derive(body.name, _owner(actor), build)
+
+    result = await asyncio.to_thread(derive)
     request.state.audit = {"after": result["version"]}
     return result
 
 
 @router.post("/adapters/{name}/compress", status_code=201)
-def compress_adapter(name: str, body: AdapterCompress, request: Request, gateway: GatewayDep, actor: AdminDep) -> dict:
+async def compress_adapter(
+    name: str, body: AdapterCompress, request: Request, gateway: GatewayDep, actor: AdminDep
+) -> dict:
     """The adapter reduced by SVD, as a new version (not activated) of it or of `name`."""
-    source = _source(actor, gateway, name, body.version)
-    build = partial(algebra.compress_into, source=source, rank=body.rank, energy=body.energy)
-    result = gateway.catalog.derive(body.name or name, _owner(actor), build)
+
+    def derive() -> dict:
+        source = _source(actor, gateway, name, body.version)
+        build = partial(algebra.compress_into, source=source, rank=body.rank, energy=body.energy)
+        return gateway.catalog.derive(body.name or name, _owner(actor), build)
+
+    result = await asyncio.to_thread(derive)
     request.state.audit = {"after": result["version"]}
     return result
 
