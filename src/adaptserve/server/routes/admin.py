@@ -6,6 +6,8 @@ route that changes a version notes before and after in `request.state.audit` (wh
 `server/audit.py` records).
 
 Handlers are sync: FastAPI runs them in worker threads, where database calls belong.
+Uploads and the adapter algebra (compress, merge: seconds of CPU) are async and run
+their work with `asyncio.to_thread`, outside the pool that serves `/v1`.
 """
 
 from __future__ import annotations
