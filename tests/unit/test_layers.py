@@ -32,8 +32,11 @@ LAYERS = {  # the gateway's layers; a module may import its own layer or lower o
 }
 ONLY_IN = {  # a top-level import -> the modules (path prefixes under the package) allowed to make it
     "vllm": ("upstream/vllm_main.py", "engine_plugin/"),
-    "peft": ("training/", "fit/", "quantize/", "bench/peft_server.py"),
-    "transformers": ("training/", "fit/", "quantize/", "bench/peft_server.py", "default_model.py"),  # converting it
+    "peft": ("training/", "fit/", "quantize/", "compress/", "bench/peft_server.py"),
+    "transformers": (
+        *("training/", "fit/", "quantize/", "compress/", "bench/peft_server.py"),
+        "default_model.py",  # converting it
+    ),
     "llmcompressor": ("quantize/",),
     "presidio_analyzer": ("pii/",),
     "tldextract": ("pii/",),
