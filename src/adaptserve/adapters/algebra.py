@@ -221,14 +221,24 @@ def _factors(u: np.ndarray, s: np.ndarray, vt: np.ndarray, k: int) -> tuple[np.n
     return (root[:, None] * vt[:k]).astype(np.float32), (u[:, :k] * root).astype(np.float32)
 
 
+def _truncate(
+    module: str,
+    svd: tuple[np.ndarray, np.ndarray, np.ndarray],
+    fidelity: Fidelity,
+    rank: int | None,
+    energy: float | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The factors (A, B) of an SVD truncated to `rank` (or `energy`), its fidelity noted."""
+    u, s, vt = svd
+    k = rank_for(s, rank, energy)
+    fidelity.add(module, k, s)
+    return _factors(u, s, vt, k)
+
+
 def compress(lora: Lora, rank: int | None = None, energy: float | None = None) -> tuple[Lora, Fidelity]:
     """Each module's update truncated to `rank`, or to the rank keeping `energy` of it."""
-    fidelity, modules = Fidelity(), {}
-    for module, (a, b) in lora.modules.items():
-        u, s, vt = low_rank_svd(a, b)
-        k = rank_for(s, rank, energy)
-        fidelity.add(module, k, s)
-        modules[module] = _factors(u, s, vt, k)
+    fidelity = Fidelity()
+    modules = {m: _truncate(m, low_rank_svd(a, b), fidelity, rank, energy) for m, (a, b) in lora.modules.items()}
     return Lora(modules, lora.config), fidelity
 
 
@@ -251,23 +261,18 @@ def merge(
     for module in sorted({m for lora in loras for m in lora.modules}):
         parts = [(lora.modules[module], w) for lora, w in zip(loras, weights, strict=True) if module in lora.modules]
         _check_shapes(module, [p for p, _ in parts])
-        if method == "cat":
-            a = np.concatenate([a for (a, _), _ in parts])
-            b = np.concatenate([b * w for (_, b), w in parts], axis=1)
-            fidelity.add(module, a.shape[0], low_rank_svd(a, b)[1])
-            modules[module] = (a.astype(np.float32), b.astype(np.float32))
-            continue
-        if method == "linear":
-            a = np.concatenate([a for (a, _), _ in parts])
-            u, s, vt = low_rank_svd(a, np.concatenate([b * w for (_, b), w in parts], axis=1))
-        else:
+        if method in ("ties", "dare"):
             deltas = [w * (b.astype(np.float64) @ a) for (a, b), w in parts]
             merged = ties(deltas, density) if method == "ties" else dare(deltas, density, rng)
             modules[module] = factor(merged, module, fidelity, rank)
             continue
-        k = rank_for(s, rank, None)
-        fidelity.add(module, k, s)
-        modules[module] = _factors(u, s, vt, k)
+        a = np.concatenate([a for (a, _), _ in parts])  # the stacked factors: Σ wᵢ·ΔWᵢ exactly
+        b = np.concatenate([b * w for (_, b), w in parts], axis=1)
+        if method == "linear":
+            modules[module] = _truncate(module, low_rank_svd(a, b), fidelity, rank, None)
+        else:  # cat
+            fidelity.add(module, a.shape[0], low_rank_svd(a, b)[1])
+            modules[module] = (a.astype(np.float32), b.astype(np.float32))
     return Lora(modules, loras[0].config), fidelity
 
 
@@ -275,10 +280,7 @@ def factor(
     delta: np.ndarray, module: str, fidelity: Fidelity, rank: int | None, energy: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """A dense update's LoRA factors (A, B) by truncated SVD, its fidelity noted."""
-    u, s, vt = np.linalg.svd(delta.astype(np.float64), full_matrices=False)
-    k = rank_for(s, rank, energy)
-    fidelity.add(module, k, s)
-    return _factors(u, s, vt, k)
+    return _truncate(module, np.linalg.svd(delta.astype(np.float64), full_matrices=False), fidelity, rank, energy)
 
 
 def _check_shapes(module: str, factors: list[tuple[np.ndarray, np.ndarray]]) -> None:
