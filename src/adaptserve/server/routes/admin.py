@@ -16,12 +16,11 @@ import asyncio
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
 
-from adaptserve.adapters import algebra
 from adaptserve.adapters.catalog import AdapterNotFoundError
 from adaptserve.errors import ConflictError, InvalidRequestError, PermissionDeniedError, StorageError, invalid_from
 from adaptserve.pii.policy import PiiPolicy
@@ -32,6 +31,9 @@ from adaptserve.tenancy.audit import MAX_ENTRIES
 from adaptserve.tenancy.auth import Actor
 from adaptserve.tenancy.quotas import Limits
 from adaptserve.tenancy.tenants import Alias, TenantNotFoundError
+
+if TYPE_CHECKING:
+    from adaptserve.adapters.algebra import Source
 
 router = APIRouter(prefix="/admin")
 
@@ -218,6 +220,8 @@ async def merge_adapters(body: AdapterMerge, request: Request, gateway: GatewayD
 
     def derive() -> dict:
         sources = [_source(actor, gateway, s.adapter, s.version, s.weight) for s in body.sources]
+        from adaptserve.adapters import algebra  # numpy: loaded on first use, not at start-up
+
         build = partial(
             algebra.merge_into,
             sources=sources,
@@ -241,6 +245,8 @@ async def compress_adapter(
 
     def derive() -> dict:
         source = _source(actor, gateway, name, body.version)
+        from adaptserve.adapters import algebra  # numpy: loaded on first use, not at start-up
+
         build = partial(algebra.compress_into, source=source, rank=body.rank, energy=body.energy)
         return gateway.catalog.derive(body.name or name, _owner(actor), build)
 
@@ -312,11 +318,13 @@ def _owner(actor: Actor) -> str | None:
     return actor.uid if actor.tenant is not None else None
 
 
-def _source(actor: Actor, gateway: Gateway, name: str, version: str | None, weight: float = 1.0) -> algebra.Source:
+def _source(actor: Actor, gateway: Gateway, name: str, version: str | None, weight: float = 1.0) -> Source:
     """A stored version the actor may read."""
+    from adaptserve.adapters.algebra import Source
+
     _adapter(actor, gateway, name, change=False)
     found, path = gateway.catalog.stored(name, version)
-    return algebra.Source(name, found, path, weight)
+    return Source(name, found, path, weight)
 
 
 def _target(alias: Alias | None) -> str | None:
