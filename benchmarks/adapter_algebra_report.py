@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 from adaptation_report import Results, adaptserve, template
 from adaptserve_client import Client
+from quantize_report import throughput
 from served import ADMIN_KEY, KEY, ROOT, Served
 from template_ladder import TASKS  # dataset -> (zero-shot, few-shot template, input field)
 
@@ -96,30 +97,13 @@ def accuracy(url: str, key: str, dataset: str, adapter: str | None, test: list) 
     return {k: round(result[k], 4) for k in ("accuracy", "macro_f1")}
 
 
-async def _tokens_per_s(url: str, key: str, model: str, requests: int, tokens: int) -> float:
-    body = {"model": model, "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
-    async with httpx.AsyncClient(timeout=600, headers={"Authorization": f"Bearer {key}"}) as client:
-
-        async def one(i: int) -> int:
-            content = f"Write a long story about ship number {i}."
-            answer = await client.post(
-                f"{url}/v1/chat/completions", json=body | {"messages": [{"role": "user", "content": content}]}
-            )
-            answer.raise_for_status()
-            return answer.json()["usage"]["completion_tokens"]
-
-        await one(-1)  # loads the adapter
-        started = time.perf_counter()
-        done = await asyncio.gather(*(one(i) for i in range(requests)))
-    return sum(done) / (time.perf_counter() - started)
-
-
 def speed(url: str, key: str, models: list[str], args: argparse.Namespace) -> dict[str, float]:
     """Output tokens/s of each model under the same load, interleaved twice (drift cancels)."""
     seen: dict[str, list[float]] = {m: [] for m in models}
     for _ in range(2):
         for model in models:
-            seen[model].append(asyncio.run(_tokens_per_s(url, key, model, args.requests, args.tokens)))
+            asyncio.run(throughput(url, 1, 1, 1, model, key))  # loads the adapter
+            seen[model].append(asyncio.run(throughput(url, args.requests, args.requests, args.tokens, model, key)))
     return {m: round(sum(v) / len(v), 1) for m, v in seen.items()}
 
 

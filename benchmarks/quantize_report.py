@@ -43,16 +43,19 @@ def perplexity(vllm: str, texts: list[str]) -> float:
     return math.exp(nll / count)
 
 
-async def throughput(url: str, requests: int, concurrency: int, max_tokens: int) -> float:
+async def throughput(
+    url: str, requests: int, concurrency: int, max_tokens: int, model: str = "default", key: str = KEY
+) -> float:
+    """Output tokens/s of `requests` greedy chats (`max_tokens` each, to the end), `concurrency` at a time."""
     gate = asyncio.Semaphore(concurrency)
     tokens = 0
-    async with httpx.AsyncClient(timeout=600, headers={"Authorization": f"Bearer {KEY}"}) as client:
+    async with httpx.AsyncClient(timeout=600, headers={"Authorization": f"Bearer {key}"}) as client:
 
         async def one(i: int) -> None:
             nonlocal tokens
             async with gate:
                 body = {
-                    "model": "default",
+                    "model": model,
                     "messages": [{"role": "user", "content": f"Write a short story about lighthouse number {i}."}],
                     "max_tokens": max_tokens,
                     "temperature": 0,
