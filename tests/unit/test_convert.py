@@ -10,20 +10,14 @@ import torch
 
 from adaptserve.adapters import algebra
 from adaptserve.training.convert import CONVERTED, peft_config, updates
+from tests.helpers import make_tiny_llama
 
 TARGETS = ("q_proj", "v_proj", "down_proj")
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    shape = {"hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4, "num_key_value_heads": 2}
-    model = LlamaForCausalLM(LlamaConfig(**shape, num_hidden_layers=2, vocab_size=64))
-    path = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(path)
-    return path
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny", layers=2)
 
 
 def adapted(base, method: str):
