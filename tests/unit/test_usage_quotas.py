@@ -83,6 +83,7 @@ def test_a_flooding_tenant_does_not_starve_another(gateway, fake):
     fake.token_delay_s = 0.05
     flood, calm = tenant(gateway, "flood", max_concurrent=2), tenant(gateway, "calm")
     statuses: list[int] = []
+    served_until: list[float] = []  # when each admitted flood stream ended
 
     def flood_one() -> None:
         long = [{"role": "user", "content": "word " * 40}]  # the fake echoes it: 40 tokens, about 2 s
@@ -94,18 +95,22 @@ def test_a_flooding_tenant_does_not_starve_another(gateway, fake):
             headers={"Authorization": f"Bearer {flood.api_key}"},
         )
         statuses.append(r.status_code)
+        if r.status_code == 200:
+            served_until.append(time.perf_counter())
 
     threads = [threading.Thread(target=flood_one) for _ in range(12)]
     for t in threads:
         t.start()
     time.sleep(0.2)  # the flood is in flight
-    started = time.perf_counter()
     calm.chat.completions.create(model="chat", messages=Q, max_tokens=5)
-    calm_latency = time.perf_counter() - started
+    calm_done = time.perf_counter()
     for t in threads:
         t.join()
     assert statuses.count(200) == 2 and statuses.count(429) == 10
-    assert calm_latency < 1.5  # 5 tokens at 50 ms: served alongside, not behind, the flood
+    # 5 tokens against the flood's 40: served alongside the flood, not queued behind it.
+    # Compared with the flood's own end, not a wall-clock bound, so a loaded machine
+    # slows both sides alike.
+    assert calm_done < min(served_until)
 
 
 def test_metrics_by_tenant_and_model_need_the_admin_key(gateway):
