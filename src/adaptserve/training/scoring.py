@@ -16,22 +16,37 @@ from adaptserve.training.task import Item, Task, Tokens
 
 def target_logprobs(model: Any, items: list[Item]) -> list[torch.Tensor]:
     """Per item, log-softmax rows over the vocabulary at the positions that predict
-    its target tokens: the projection to the vocabulary runs only there."""
+    its target tokens: the projection to the vocabulary runs only there. A soft
+    prompt's virtual tokens go first (`soft_prompt`)."""
     inner = model.get_base_model()
+    soft = soft_prompt(model)
+    n = 0 if soft is None else soft.shape[0]
     width = max(len(it.prompt) + len(it.target) for it in items)
     ids = torch.zeros(len(items), width, dtype=torch.long)
-    mask = torch.zeros(len(items), width, dtype=torch.long)
+    mask = torch.zeros(len(items), n + width, dtype=torch.long)
     rows: list[int] = []
     cols: list[int] = []
     for i, it in enumerate(items):
         seq = [*it.prompt, *it.target]
         ids[i, : len(seq)] = torch.tensor(seq)
-        mask[i, : len(seq)] = 1
+        mask[i, : n + len(seq)] = 1
         rows += [i] * len(it.target)
-        cols += range(len(it.prompt) - 1, len(seq) - 1)
-    hidden = inner.model(input_ids=ids.to(inner.device), attention_mask=mask.to(inner.device)).last_hidden_state
+        cols += range(n + len(it.prompt) - 1, n + len(seq) - 1)
+    embeds = inner.get_input_embeddings()(ids.to(inner.device))
+    if soft is not None:
+        embeds = torch.cat([soft.to(embeds.dtype).expand(len(items), -1, -1), embeds], dim=1)
+    hidden = inner.model(inputs_embeds=embeds, attention_mask=mask.to(inner.device)).last_hidden_state
     logprobs = F.log_softmax(inner.lm_head(hidden[rows, cols]).float(), dim=-1).cpu()
     return list(logprobs.split([len(it.target) for it in items]))
+
+
+def soft_prompt(model: Any) -> torch.Tensor | None:
+    """A prompt-tuning model's virtual tokens (n × hidden), which go before every
+    prompt, as peft places them; None for an adapter of weights."""
+    config = getattr(model, "active_peft_config", None)
+    if config is None or not config.is_prompt_learning:
+        return None
+    return model.prompt_encoder[model.active_adapter].embedding.weight
 
 
 def item_loss(task: Task, item: Item, rows: torch.Tensor) -> torch.Tensor:

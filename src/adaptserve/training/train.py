@@ -1,5 +1,6 @@
 """Fine-tune an adapter on a handful of examples, on CPU or GPU: LoRA or AdaLoRA, or
-LoHa, LoKr, IA3 or DoRA, which are converted to the LoRA vLLM serves (`convert.py`).
+LoHa, LoKr, IA3 or DoRA, which are converted to the LoRA vLLM serves (`convert.py`),
+or a soft prompt (prompt tuning: trained and evaluated here, not served).
 
 Reads top to bottom: the config (defaults chosen from the data size), the held-out
 slice, the model, the loop (warm-up then linear decay, length-grouped batches,
@@ -38,9 +39,10 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    method: Literal["lora", "adalora", "loha", "lokr", "ia3", "dora"] = "lora"
+    method: Literal["lora", "adalora", "loha", "lokr", "ia3", "dora", "prompt-tuning"] = "lora"
     rank: int | None = None  # LoRA rank; AdaLoRA's average rank after pruning; LoHa's, LoKr's
     convert_rank: int | None = None  # the served LoRA's rank, for converted methods (default: rank)
+    virtual_tokens: int = 16  # prompt tuning: the soft prompt's length
     alpha: int | None = None  # default: 2 x rank
     targets: tuple[str, ...] = TARGETS
     learning_rate: float | None = None
@@ -62,7 +64,8 @@ class TrainConfig:
         # AdaLoRA's update starts in its r singular values alone (LoRA's in a whole factor):
         # Adam moves each by about one rate per step, so it needs a larger rate.
         # LoHa's and LoKr's updates are products of four small factors, IA3's a scale near 1:
-        # both move slower per step than LoRA's at its rate.
+        # both move slower per step than LoRA's at its rate. A soft prompt is a few
+        # embedding rows that must move by about their own scale.
         lr = self.learning_rate or _RATES.get(self.method, 3e-4)
         return replace(
             self,
@@ -74,7 +77,7 @@ class TrainConfig:
         )
 
 
-_RATES = {"adalora": 2e-3, "loha": 1e-3, "lokr": 1e-3, "ia3": 3e-3}
+_RATES = {"adalora": 2e-3, "loha": 1e-3, "lokr": 1e-3, "ia3": 3e-3, "prompt-tuning": 3e-2}
 
 
 def split_holdout(items: list[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
@@ -100,16 +103,34 @@ def batches(items: list[Item], size: int, rng: random.Random) -> list[list[Item]
     return out
 
 
-def load_model(base: Path, config: TrainConfig, total_steps: int) -> Any:
-    from peft import AdaLoraConfig, LoraConfig, get_peft_model
+def load_model(base: Path, config: TrainConfig, total_steps: int, init_text: str | None = None) -> Any:
+    """The base in fp32 (LoRA factors train in fp32) with the method's adapter;
+    a soft prompt starts as `init_text`'s tokens (or sampled vocabulary rows)."""
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # fp32 either way: LoRA factors train in fp32
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     model: Any = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    model = model.to(device)
-    assert config.rank is not None and config.alpha is not None  # set by `TrainConfig.resolved`
+    model = get_peft_model(model.to(device), _peft_config(base, config, total_steps, init_text))
     if config.method == "adalora":
-        peft_config: Any = AdaLoraConfig(
+        _orthonormal_factors(model)
+    return model
+
+
+def _peft_config(base: Path, config: TrainConfig, total_steps: int, init_text: str | None) -> Any:
+    from peft import AdaLoraConfig, LoraConfig, PromptTuningConfig
+
+    assert config.rank is not None and config.alpha is not None  # set by `TrainConfig.resolved`
+    if config.method == "prompt-tuning":
+        return PromptTuningConfig(
+            num_virtual_tokens=config.virtual_tokens,
+            prompt_tuning_init="TEXT" if init_text else "SAMPLE_VOCAB",
+            prompt_tuning_init_text=init_text,
+            tokenizer_name_or_path=str(base) if init_text else None,
+            task_type="CAUSAL_LM",
+        )
+    if config.method == "adalora":
+        return AdaLoraConfig(
             init_r=config.rank + config.rank // 2,
             target_r=config.rank,
             lora_alpha=config.alpha,
@@ -119,16 +140,10 @@ def load_model(base: Path, config: TrainConfig, total_steps: int) -> Any:
             total_step=total_steps,
             task_type="CAUSAL_LM",
         )
-    elif config.method in CONVERTED:
-        peft_config = convert_config(config.method, config.rank, config.alpha, config.targets)
-    else:
-        peft_config = LoraConfig(
-            r=config.rank, lora_alpha=config.alpha, target_modules=list(config.targets), task_type="CAUSAL_LM"
-        )
-    model = get_peft_model(model, peft_config)
-    if config.method == "adalora":
-        _orthonormal_factors(model)
-    return model
+    if config.method in CONVERTED:
+        return convert_config(config.method, config.rank, config.alpha, config.targets)
+    targets = list(config.targets)
+    return LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=targets, task_type="CAUSAL_LM")
 
 
 def _orthonormal_factors(model: Any) -> None:
@@ -263,7 +278,7 @@ def train(
     assert config.epochs is not None
     steps_per_epoch = math.ceil(len(train_items) / config.batch_size)
     total = min(config.max_steps or 10**9, steps_per_epoch * config.epochs)
-    model = load_model(base, config, total)
+    model = load_model(base, config, total, task.spec.instruction if task.spec else None)
     before = evaluate(model, task, held)
     loop = Loop(model, task, config, total, progress)
     interrupted = loop.run(train_items, held)
@@ -275,7 +290,7 @@ def train(
         model, conversion = convert(model, task, held, base, out, config.convert_rank, config.method)
     else:
         save_adapter(model, config, out)
-    served = served_path(model, task, held)
+    served = {} if config.method == "prompt-tuning" else served_path(model, task, held)  # not served
     outcome = Outcome(
         config=config,
         examples={"train": len(train_items), "held_out": len(held)},
@@ -299,7 +314,7 @@ def _adapter_state(model: Any) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(model: Any, config: TrainConfig, out: Path) -> None:
-    """LoRA as peft writes it; AdaLoRA exported to a plain LoRA vLLM serves."""
+    """LoRA (and a soft prompt) as peft writes it; AdaLoRA exported to a plain LoRA vLLM serves."""
     out.mkdir(parents=True, exist_ok=True)
     if config.method == "adalora":
         from adaptserve.training.export import adalora_to_lora
