@@ -11,6 +11,11 @@ training examples with the task's zero-shot template. Every model is scored in-p
 the first `--n-test` inputs of the task's test split: the unconverted peft adapter
 (`OUT.METHOD`), the converted LoRA (`OUT`), the soft prompt, and the base alone (the
 zero-shot template). Parameters are counted from each saved adapter's tensors.
+
+`--sweep-ranks` converts each trained unconverted adapter again at those ranks (the same
+ΔW = W′ − W, `training/convert.py`) and scores each result: the rank a method needs
+before its served LoRA answers like the adapter that was trained. Rows are written as
+they finish; a re-run skips the rows the JSON has (delete it to measure again).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from template_ladder import TASKS  # dataset -> (zero-shot, few-shot template, i
 from adaptserve.datasets import load_dataset
 from adaptserve.default_model import resolve_model
 from adaptserve.fit.baselines import on_examples
+from adaptserve.training.convert import CONVERTED
 
 OUT = ROOT / "benchmarks" / "results" / "compress" / "peft_methods.json"
 # method -> (rank, extra flags): ranks chosen so the weight methods train about the same
@@ -89,13 +95,44 @@ def run(dataset: str, name: str, args: argparse.Namespace, base: Path, test: lis
     return row
 
 
-def zero_shot(base: Path, dataset: str, test: list, work: Path) -> dict[str, Any]:
-    """The base alone, scored the same way: an untrained LoRA (B = 0) changes nothing."""
+def sweep(dataset: str, name: str, args: argparse.Namespace, base: Path, test: list) -> dict[str, Any]:
+    """The trained adapter converted at each of `--sweep-ranks`, scored: rank -> row."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from adaptserve.adapters import algebra
+    from adaptserve.training.convert import updates
+
+    zero, _, field = TASKS[dataset]
+    unconverted = args.work / f"{dataset}-{name}.{name}"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), unconverted)
+    deltas = updates(model)
+    del model
+    rows = {}
+    for rank in args.sweep_ranks:
+        fidelity = algebra.Fidelity()
+        modules = {m: algebra.factor(d, m, fidelity, rank) for m, d in deltas.items()}
+        out = args.work / f"{dataset}-{name}-r{rank}"
+        config = {"task_type": "CAUSAL_LM", "base_model_name_or_path": str(base)}
+        algebra.write_lora(algebra.Lora(modules, config), out, {"operation": "convert", "rank": rank})
+        summary = fidelity.summary()
+        rows[str(rank)] = score_adapter(base, out, template(zero), field, test) | {
+            "params": parameters(out),
+            "relative_error_mean": summary["relative_error_mean"],
+            "energy_kept_min": summary["energy_kept_min"],
+        }
+        print(dataset, name, rank, json.dumps(rows[str(rank)]), flush=True)
+    return rows
+
+
+def zero_shot(base: Path, dataset: str, test: list, folder: Path) -> dict[str, Any]:
+    """The base alone, scored the same way: an untrained LoRA (B = 0, written to `folder`)
+    changes nothing."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    folder = work / "identity"
     if not folder.is_dir():
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         get_peft_model(model, LoraConfig(r=1, target_modules=["q_proj"])).save_pretrained(folder)
@@ -111,6 +148,8 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=200, help="held-out inputs per task")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--sweep-ranks", type=int, nargs="*", default=[16, 64, 256], help="conversion ranks swept")
+    parser.add_argument("--sweep", nargs="*", default=["dora", "lokr", "ia3"], choices=CONVERTED)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "peft-methods")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -124,9 +163,14 @@ def main() -> None:
         results.put(
             {k: {m: round(v[m], 4) for m in ("accuracy", "macro_f1")} for k, v in found.items()}, "baselines", dataset
         )
-        results.put(zero_shot(base, dataset, test, args.work), "runs", dataset, "zero-shot")
+        if results.get("runs", dataset, "zero-shot") is None:  # a re-run skips the rows it has
+            results.put(zero_shot(base, dataset, test, args.work / "identity"), "runs", dataset, "zero-shot")
         for name in args.runs:
-            results.put(run(dataset, name, args, base, test), "runs", dataset, name)
+            if results.get("runs", dataset, name) is None:
+                results.put(run(dataset, name, args, base, test), "runs", dataset, name)
+        for name in args.sweep:
+            if results.get("conversion_ranks", dataset, name) is None:
+                results.put(sweep(dataset, name, args, base, test), "conversion_ranks", dataset, name)
     print(f"wrote {OUT}")
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adaptserve.adapters import algebra
-from adaptserve.training.convert import CONVERTED, peft_config, updates
+from adaptserve.training.convert import CONVERTED, peft_config, updates, warning
 from tests.helpers import make_tiny_llama
 
 TARGETS = ("q_proj", "v_proj", "down_proj")
@@ -84,3 +84,17 @@ def test_ia3s_update_has_the_base_weights_rank_and_lohas_the_product_of_its_rank
     module = "model.layers.0.self_attn.v_proj"
     assert rank(ia3[module]) == min(ia3[module].shape)  # diag(l − 1)·W: W's rank, so a low rank keeps little
     assert rank(loha[module]) == 16  # (rank 4) ⊙ (rank 4): up to 16
+
+
+def conversion(before: float | None, after: float | None) -> dict:
+    fidelity = {"energy_kept_min": 0.31, "relative_error_mean": 0.83}
+    return {"method": "ia3", "rank": 16, "accuracy_before": before, "accuracy_after": after, "fidelity": fidelity}
+
+
+def test_a_conversion_that_costs_accuracy_says_so_and_what_to_raise() -> None:
+    line = warning(conversion(0.74, 0.285))
+    assert line is not None
+    assert "0.740 -> 0.285" in line and "rank 16" in line and "31%" in line and "--convert-rank" in line
+    assert warning(conversion(0.74, 0.70)) is None  # within 5 points
+    assert warning(conversion(0.60, 0.65)) is None
+    assert warning(conversion(None, None)) is None and warning(None) is None  # no held-out slice, or not converted

@@ -219,6 +219,7 @@ def _train_and_finish(
     source: str,
     facts: dict[str, Any],
 ) -> int:
+    from adaptserve.training.convert import warning as conversion_warning
     from adaptserve.training.manifest import write_manifest
     from adaptserve.training.served import warning as served_warning
     from adaptserve.training.train import train
@@ -229,8 +230,10 @@ def _train_and_finish(
         out, base=base, items=items, source=source, template=template, training=outcome.summary(), **facts
     )
     print(_summary(outcome, out))
-    warning = served_warning(outcome.served, outcome.after.get("accuracy"))
-    if warning:
+    # the served path is the converted LoRA's: its gap is measured from the converted accuracy
+    trained = outcome.conversion["accuracy_after"] if outcome.conversion else outcome.after.get("accuracy")
+    warnings = (conversion_warning(outcome.conversion), served_warning(outcome.served, trained))
+    for warning in filter(None, warnings):
         print(f"adaptserve: warning: {warning}", file=sys.stderr)
     if args.push:
         pushed = push(args, settings, out)

@@ -1,5 +1,6 @@
 """Records every admin mutation (POST, PUT, PATCH, DELETE under /admin) that reaches the
-routes in the audit trail once its answer is sent, refused ones included (not those the
+routes in the audit trail as its answer starts (so a client that reads the trail after
+an answer finds it there), refused ones included (not those the
 failed-key throttle turns away): who (the admin dependency names
 the actor: the operator or a tenant admin's key id; a request it refused is
 "unauthenticated"), the route and the path, the
@@ -30,18 +31,20 @@ class AuditMiddleware:
         if scope["type"] != "http" or scope["method"] not in MUTATIONS or not scope["path"].startswith("/admin"):
             await self.app(scope, receive, send)
             return
-        status = 500
+        recorded = False
 
-        async def noting_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
+        async def recording_first(message: Message) -> None:
+            nonlocal recorded
+            if message["type"] == "http.response.start" and not recorded:
+                recorded = True  # on record before the client sees the answer: it can read it back
+                await self._record(scope, message["status"])
             await send(message)
 
         try:
-            await self.app(scope, receive, noting_status)
+            await self.app(scope, receive, recording_first)
         finally:
-            await self._record(scope, status)
+            if not recorded:  # the route failed before it answered
+                await self._record(scope, 500)
 
     async def _record(self, scope: Scope, status: int) -> None:
         state: dict[str, Any] = scope.get("state") or {}

@@ -26,6 +26,7 @@ from adaptserve.training.task import Item, Task
 CONVERTED = ("loha", "lokr", "ia3", "dora")
 IA3_TARGETS = ("k_proj", "v_proj", "down_proj")  # peft's for Llama: two attention outputs, the FF input
 _PREFIX = "base_model.model."
+WARN_GAP = 0.05  # held-out accuracy the conversion may cost before the user is warned
 
 
 def peft_config(method: str, rank: int, alpha: int, targets: tuple[str, ...]) -> Any:
@@ -102,3 +103,18 @@ def _logprob_gap(model: Any, converted: Any, held: list[Item], size: int = 16) -
             gap = (a - b).abs()
             worst, total, count = max(worst, float(gap.max())), total + float(gap.sum()), count + gap.numel()
     return {"logprob_diff_max": worst, "logprob_diff_mean": total / max(count, 1)}
+
+
+def warning(conversion: dict[str, Any] | None) -> str | None:
+    """A line for the user when the served LoRA answers worse than the adapter trained."""
+    if not conversion or conversion["accuracy_before"] is None or conversion["accuracy_after"] is None:
+        return None
+    before, after = conversion["accuracy_before"], conversion["accuracy_after"]
+    if before - after <= WARN_GAP:
+        return None
+    return (
+        f"the {conversion['method']} adapter converted to LoRA rank {conversion['rank']} answers worse than it "
+        f"trained (held-out accuracy {before:.3f} -> {after:.3f}; the rank keeps as little as "
+        f"{conversion['fidelity']['energy_kept_min']:.0%} of a module's update): train again with a larger "
+        "--convert-rank (up to the engine's --max-lora-rank)"
+    )
