@@ -101,8 +101,7 @@ def sweep(dataset: str, name: str, args: argparse.Namespace, base: Path, test: l
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from adaptserve.adapters import algebra
-    from adaptserve.training.convert import updates
+    from adaptserve.training.convert import updates, write_lora
 
     zero, _, field = TASKS[dataset]
     unconverted = args.work / f"{dataset}-{name}.{name}"
@@ -111,12 +110,8 @@ def sweep(dataset: str, name: str, args: argparse.Namespace, base: Path, test: l
     del model
     rows = {}
     for rank in args.sweep_ranks:
-        fidelity = algebra.Fidelity()
-        modules = {m: algebra.factor(d, m, fidelity, rank) for m, d in deltas.items()}
         out = args.work / f"{dataset}-{name}-r{rank}"
-        config = {"task_type": "CAUSAL_LM", "base_model_name_or_path": str(base)}
-        algebra.write_lora(algebra.Lora(modules, config), out, {"operation": "convert", "rank": rank})
-        summary = fidelity.summary()
+        summary = write_lora(deltas, base, out, rank, name)[1].summary()
         rows[str(rank)] = score_adapter(base, out, template(zero), field, test) | {
             "params": parameters(out),
             "relative_error_mean": summary["relative_error_mean"],

@@ -21,12 +21,12 @@ import torch
 
 from adaptserve.adapters import algebra
 from adaptserve.training.scoring import evaluate, target_logprobs
+from adaptserve.training.served import WARN_GAP
 from adaptserve.training.task import Item, Task
 
 CONVERTED = ("loha", "lokr", "ia3", "dora")
 IA3_TARGETS = ("k_proj", "v_proj", "down_proj")  # peft's for Llama: two attention outputs, the FF input
 _PREFIX = "base_model.model."
-WARN_GAP = 0.05  # held-out accuracy the conversion may cost before the user is warned
 
 
 def peft_config(method: str, rank: int, alpha: int, targets: tuple[str, ...]) -> Any:
@@ -65,6 +65,18 @@ def updates(model: Any) -> dict[str, np.ndarray]:
     return out
 
 
+def write_lora(
+    deltas: dict[str, np.ndarray], base: Path, out: Path, rank: int, method: str
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], algebra.Fidelity]:
+    """Each update's best rank-`rank` factors, written to `out` as a LoRA of `base`."""
+    fidelity = algebra.Fidelity()
+    modules = {m: algebra.factor(d, m, fidelity, rank) for m, d in deltas.items()}
+    config = {"task_type": "CAUSAL_LM", "base_model_name_or_path": str(base)}
+    provenance = {"operation": "convert", "method": method, "rank": rank, "fidelity": fidelity.summary()}
+    algebra.write_lora(algebra.Lora(modules, config), out, provenance)
+    return modules, fidelity
+
+
 def convert(
     model: Any, task: Task, held: list[Item], base: Path, out: Path, rank: int, method: str
 ) -> tuple[Any, dict]:
@@ -73,11 +85,7 @@ def convert(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    fidelity = algebra.Fidelity()
-    modules = {m: algebra.factor(d, m, fidelity, rank) for m, d in updates(model).items()}
-    config = {"task_type": "CAUSAL_LM", "base_model_name_or_path": str(base)}
-    provenance = {"operation": "convert", "method": method, "rank": rank, "fidelity": fidelity.summary()}
-    algebra.write_lora(algebra.Lora(modules, config), out, provenance)
+    modules, fidelity = write_lora(updates(model), base, out, rank, method)
     fresh = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(model.device)
     converted = PeftModel.from_pretrained(fresh, out).eval()
     report = {
@@ -110,7 +118,7 @@ def warning(conversion: dict[str, Any] | None) -> str | None:
     if not conversion or conversion["accuracy_before"] is None or conversion["accuracy_after"] is None:
         return None
     before, after = conversion["accuracy_before"], conversion["accuracy_after"]
-    if before - after <= WARN_GAP:
+    if before - after <= WARN_GAP:  # the served path's tolerance (training/served.py)
         return None
     return (
         f"the {conversion['method']} adapter converted to LoRA rank {conversion['rank']} answers worse than it "
