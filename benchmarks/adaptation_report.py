@@ -35,6 +35,7 @@ from adaptserve.cli.remote import push_adapter
 from adaptserve.datasets import load_dataset
 from adaptserve.default_model import resolve_model
 from adaptserve.evaluation import Evaluator, metrics, report
+from adaptserve.fit.baselines import on_examples
 from adaptserve.templates.calibration import argmax
 from adaptserve.templates.spec import TemplateSpec, load_document
 from adaptserve.training.scoring import scan
@@ -69,6 +70,14 @@ def score_adapter(base: Path, adapter: Path, spec: TemplateSpec, field: str, exa
     result = metrics(labels, [e.label for e in examples], [labels[p] for p in predicted], [1.0] * len(examples))
     result = {k: result[k] for k in ("accuracy", "macro_f1")}
     return result | {"inputs_per_s_in_process": len(examples) / (time.perf_counter() - started)}
+
+
+def baselines(dataset: str, test: list, examples: int) -> dict[str, dict[str, float]]:
+    """The practitioner's first tries (TF-IDF and MiniLM embeddings with logistic regression,
+    `fit/baselines.py`) fitted on the first `examples` training examples, scored on `test`."""
+    labels = [label.name for label in template(TASKS[dataset][0]).labels]
+    found = on_examples(test, load_dataset(dataset, "train")[:examples], labels)
+    return {k: {m: round(v[m], 4) for m in ("accuracy", "macro_f1")} for k, v in found.items()}
 
 
 def training_run(dataset: str, method: str, size: int, work: Path, base: Path, test: list) -> dict[str, Any]:

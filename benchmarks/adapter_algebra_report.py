@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from adaptation_report import Results, adaptserve, template
+from adaptation_report import Results, adaptserve, baselines, template
 from adaptserve_client import Client
 from quantize_report import throughput
 from served import ADMIN_KEY, KEY, ROOT, Served
@@ -32,7 +32,6 @@ from template_ladder import TASKS  # dataset -> (zero-shot, few-shot template, i
 
 from adaptserve.datasets import load_dataset
 from adaptserve.evaluation import Evaluator, metrics
-from adaptserve.fit.baselines import on_examples
 
 OUT = ROOT / "benchmarks" / "results" / "compress" / "adapters.json"
 SHORT = {"rotten-tomatoes": "rt", "trec": "trec"}
@@ -122,12 +121,7 @@ def main() -> None:
     tests = {d: load_dataset(d, "test")[: args.n_test] for d in TASKS}
     folders = {SHORT[d]: train(d, args, args.work) for d in TASKS}
     for dataset, test in tests.items():
-        train_set = load_dataset(dataset, "train")[: args.examples]
-        labels = [label.name for label in template(TASKS[dataset][0]).labels]
-        found = on_examples(test, train_set, labels)
-        results.put(
-            {k: {m: round(v[m], 4) for m in ("accuracy", "macro_f1")} for k, v in found.items()}, "baselines", dataset
-        )
+        results.put(baselines(dataset, test, args.examples), "baselines", dataset)
     env = {"ADAPTSERVE_VLLM__MAX_LORA_RANK": "32", "ADAPTSERVE_VLLM__MAX_LORAS": "4"}
     args.work.mkdir(parents=True, exist_ok=True)
     served = Served("default", Path(tempfile.mkdtemp(dir=args.work)), 8731, env)

@@ -27,13 +27,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from adaptation_report import Results, adaptserve, manifest, score_adapter, template
+from adaptation_report import Results, adaptserve, baselines, manifest, score_adapter, template
 from served import MODELS_DIR, ROOT
 from template_ladder import TASKS  # dataset -> (zero-shot, few-shot template, input field)
 
 from adaptserve.datasets import load_dataset
 from adaptserve.default_model import resolve_model
-from adaptserve.fit.baselines import on_examples
 from adaptserve.training.convert import CONVERTED
 
 OUT = ROOT / "benchmarks" / "results" / "compress" / "peft_methods.json"
@@ -152,12 +151,7 @@ def main() -> None:
     results = Results(OUT, {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()})
     for dataset in TASKS:
         test = load_dataset(dataset, "test")[: args.n_test]
-        train_set = load_dataset(dataset, "train")[: args.examples]
-        labels = [label.name for label in template(TASKS[dataset][0]).labels]
-        found = on_examples(test, train_set, labels)
-        results.put(
-            {k: {m: round(v[m], 4) for m in ("accuracy", "macro_f1")} for k, v in found.items()}, "baselines", dataset
-        )
+        results.put(baselines(dataset, test, args.examples), "baselines", dataset)
         if results.get("runs", dataset, "zero-shot") is None:  # a re-run skips the rows it has
             results.put(zero_shot(base, dataset, test, args.work / "identity"), "runs", dataset, "zero-shot")
         for name in args.runs:

@@ -24,14 +24,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from adaptation_report import Results, adaptserve, manifest, score_adapter, template
+from adaptation_report import Results, adaptserve, baselines, manifest, score_adapter, template
 from peft_methods_report import parameters, zero_shot
 from served import MODELS_DIR, ROOT
 from template_ladder import TASKS  # dataset -> (zero-shot, few-shot template, input field)
 
 from adaptserve.datasets import load_dataset
 from adaptserve.default_model import resolve_model
-from adaptserve.fit.baselines import on_examples
 
 OUT = ROOT / "benchmarks" / "results" / "compress" / "pruned_adapters.json"
 
@@ -93,10 +92,7 @@ def main() -> None:
     for dataset in TASKS:
         test = load_dataset(dataset, "test")[: args.n_test]
         if results.get("baselines", dataset) is None:
-            labels = [label.name for label in template(TASKS[dataset][0]).labels]
-            found = on_examples(test, load_dataset(dataset, "train")[: args.examples], labels)
-            scores = {k: {m: round(v[m], 4) for m in ("accuracy", "macro_f1")} for k, v in found.items()}
-            results.put(scores, "baselines", dataset)
+            results.put(baselines(dataset, test, args.examples), "baselines", dataset)
         for name, model in models.items():
             base = resolve_model(model, MODELS_DIR)
             if results.get(name, dataset, "template") is None:  # a re-run skips the rows it has
