@@ -95,13 +95,13 @@ def main() -> None:
             results.put(baselines(dataset, test, args.examples), "baselines", dataset)
         for name, model in models.items():
             base = resolve_model(model, MODELS_DIR)
-            if results.get(name, dataset, "template") is None:  # a re-run skips the rows it has
+            if results.get("bases", name, dataset, "template") is None:  # a re-run skips the rows it has
                 identity = args.work / f"{name}-identity"
-                results.put(zero_shot(base, dataset, test, identity), name, dataset, "template")
-            if results.get(name, dataset, "adapter") is None:
-                results.put(trained(name, base, dataset, test, args), name, dataset, "adapter")
-            print(name, dataset, json.dumps(results.get(name, dataset)), flush=True)
-    print(table({k: v for k, v in results.data["results"].items() if k != "baselines"}))
+                results.put(zero_shot(base, dataset, test, identity), "bases", name, dataset, "template")
+            if results.get("bases", name, dataset, "adapter") is None:
+                results.put(trained(name, base, dataset, test, args), "bases", name, dataset, "adapter")
+            print(name, dataset, json.dumps(results.get("bases", name, dataset)), flush=True)
+    print(table(results.get("bases")))
     print("baselines:", json.dumps(results.get("baselines")))
     print(f"wrote {OUT}")
 
