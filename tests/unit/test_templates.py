@@ -189,7 +189,9 @@ def test_yaml_nested_past_the_depth_bound_is_refused() -> None:
 
 def test_a_schema_pattern_is_checked_before_examples_are_matched_against_it() -> None:
     base = "name: g\nkind: generate\ninstruction: x\ninputs: {t: {}}\n"
-    hostile = base + "schema: {type: string, pattern: '^(a+)+$'}\nexamples: [{inputs: {t: x}, output: " + "a" * 25 + "!}]"
+    hostile = (
+        base + "schema: {type: string, pattern: '^(a+)+$'}\nexamples: [{inputs: {t: x}, output: " + "a" * 25 + "!}]"
+    )
     with pytest.raises(InvalidRequestError, match="pattern"):
         load_document(hostile)
     fine = base + "schema: {type: string, pattern: '^[a-z]+$'}\nexamples: [{inputs: {t: x}, output: abc}]"
