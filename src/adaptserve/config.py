@@ -101,6 +101,12 @@ class Settings(BaseSettings):
         None, description="a folder of template YAML files applied (and made active) at start-up"
     )
     max_template_batch: int = Field(64, ge=1, le=4096, description="inputs in one template batch call")
+    max_template_bytes: int = Field(
+        1024 * 1024, ge=1024, description="the largest template document accepted (413 beyond)"
+    )
+    template_cache_size: int = Field(
+        256, ge=1, le=1_000_000, description="template versions whose parsed spec and scoring plan are kept in memory"
+    )
     explain_max_units: int = Field(
         48, ge=1, le=1024, description="attribution units of one input; adjacent ones are joined beyond it"
     )

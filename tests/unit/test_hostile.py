@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import threading
 import time
 
 import httpx
@@ -207,3 +208,101 @@ def test_body_over_the_limit_is_413(start_gateway):
     gw = start_gateway(max_request_bytes=2048)
     body = {"model": "default", "messages": [{"role": "user", "content": "x" * 4096}]}
     assert_openai_error(gw.post(CHAT, body), 413, "request_too_large")
+
+
+# -- template documents: nothing slow on the event loop, nothing unbounded -------------
+def _generate_template(schema: dict, outputs: list) -> dict:
+    return {
+        "name": "gen",
+        "kind": "generate",
+        "instruction": "Answer.",
+        "inputs": {"t": {}},
+        "schema": schema,
+        "examples": [{"inputs": {"t": "x"}, "output": out} for out in outputs],
+    }
+
+
+BACKTRACKING = [  # (case, schema, an output that makes Python's `re` backtrack ~2^25 times)
+    ("nested plus", {"type": "string", "pattern": "^(a+)+$"}, "a" * 25 + "!"),
+    ("overlapping alternation", {"type": "string", "pattern": "^(a|aa)*$"}, "a" * 36 + "!"),
+    ("pattern property", {"type": "object", "patternProperties": {"^(a*)*$": {}}}, {"a" * 25 + "!": 1}),
+    ("backreference", {"type": "string", "pattern": "^(a+)\\1$"}, "a" * 10),
+    ("lookahead", {"type": "string", "pattern": "^(?=a)a$"}, "a"),
+]
+
+
+@pytest.mark.parametrize(("case", "schema", "output"), BACKTRACKING, ids=[b[0] for b in BACKTRACKING])
+def test_a_backtracking_pattern_in_a_template_is_refused_at_once(gateway, case, schema, output):
+    document = _generate_template(schema, [output])
+    started = time.monotonic()
+    response = gateway.admin("PUT", "/templates/gen", content=json.dumps(document))
+    elapsed = time.monotonic() - started
+    error = assert_openai_error(response, 400)
+    assert "pattern" in error["message"] and elapsed < 0.5
+
+
+def test_health_answers_while_a_big_legal_template_is_checked(gateway):
+    """A large document (many examples, strings checked against a legal pattern) is
+    parsed and checked off the event loop: /health is not kept waiting for it."""
+    schema = {
+        "type": "object",
+        "properties": {"xs": {"type": "array", "items": {"type": "string", "pattern": "^[a-z]+$"}}},
+    }
+    document = _generate_template(schema, [{"xs": ["abc"] * 400}] * 64)
+    outcome: dict = {}
+
+    def upload() -> None:
+        started = time.monotonic()
+        outcome["status"] = gateway.admin("PUT", "/templates/gen", content=json.dumps(document)).status_code
+        outcome["took"] = time.monotonic() - started
+
+    thread = threading.Thread(target=upload)
+    thread.start()
+    waits = []
+    while thread.is_alive():
+        started = time.monotonic()
+        assert httpx.get(gateway.url + "/health", timeout=10).status_code == 200
+        waits.append(time.monotonic() - started)
+    thread.join()
+    assert outcome["status"] == 201 and outcome["took"] > 0.5  # long enough to show the loop is free
+    assert len(waits) >= 3 and max(waits) < outcome["took"] / 2, (waits, outcome)
+
+
+DEEP_DOCUMENTS = [  # (case, raw body)
+    ("JSON 100000 deep", b'{"name":"gen","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+    ("YAML flow 5000 deep", b"name: gen\nx: " + b"[" * 5000 + b"]" * 5000 + b"\n"),
+    ("YAML blocks 700 deep", b"name: gen\n" + b"".join(b"  " * i + b"a:\n" for i in range(700)) + b"  " * 700 + b"b\n"),
+    (
+        "schema 200 deep",
+        json.dumps(_generate_template(json.loads('{"items":' * 200 + "{}" + "}" * 200), [])).encode(),
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "raw"), DEEP_DOCUMENTS, ids=[d[0] for d in DEEP_DOCUMENTS])
+def test_a_deeply_nested_template_is_400(gateway, case, raw):
+    response = gateway.admin("PUT", "/templates/gen", content=raw)
+    error = assert_openai_error(response, 400)
+    assert "deep" in error["message"]
+    assert httpx.get(gateway.url + "/health").status_code == 200
+
+
+def test_a_schema_that_refers_to_itself_without_end_is_400(gateway):
+    schema = {"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}
+    response = gateway.admin("PUT", "/templates/gen", content=json.dumps(_generate_template(schema, ["x"])))
+    assert_openai_error(response, 400)
+
+
+def test_a_template_over_the_size_bound_is_413(start_gateway):
+    gw = start_gateway(max_template_bytes=4096)
+    document = _generate_template({"type": "string"}, ["x" * 5000])
+    assert_openai_error(gw.admin("PUT", "/templates/gen", content=json.dumps(document)), 413, "request_too_large")
+
+
+@pytest.mark.parametrize("version", [2**63, 2**31, -1, 0])
+def test_a_template_version_out_of_range_is_4xx(gateway, version):
+    assert gateway.admin("PUT", "/templates/sent", content=json.dumps(SENTIMENT)).status_code == 201
+    called = gateway.post("/v1/templates/sent", {"inputs": {"text": "good"}, "version": version})
+    assert_openai_error(called, 400, None, "version")
+    activated = gateway.admin("POST", "/templates/sent/activate", json={"version": version})
+    assert_openai_error(activated, 400, None, "version")

@@ -243,3 +243,17 @@ def test_templates_folder_is_applied_at_start(start_gateway: Callable[..., Runni
     assert run(gateway, "sent", {"inputs": {"text": "positive"}}).json()["label"] == "positive"
     listing = gateway.admin("GET", "/templates", key=ADMIN_KEY).json()["data"]
     assert listing == [{"name": "sent", "owner": None, "active_version": 1}]
+
+
+def test_per_template_caches_are_bounded(start_gateway: Callable[..., RunningGateway]) -> None:
+    """Parsed specs, scoring plans and calibration locks are kept for the most recently
+    used `template_cache_size` templates only, however many a tenant makes."""
+    gateway = start_gateway(template_cache_size=2)
+    for i in range(5):
+        doc = SENTIMENT | {"name": f"sent{i}", "calibration": True}
+        assert put(gateway, doc).status_code == 201
+        assert run(gateway, f"sent{i}", {"inputs": {"text": "good"}}).status_code == 200
+    served = gateway.server.server.config.app.state.gateway  # type: ignore[union-attr]
+    caches = served.template_service.cache_sizes()
+    assert caches and all(0 < size <= 2 for size in caches.values()), caches
+    assert run(gateway, "sent0", {"inputs": {"text": "good"}}).status_code == 200  # evicted: built again

@@ -179,3 +179,20 @@ def test_an_answer_prefix_opens_the_assistant_turn_the_labels_complete() -> None
     assert renderer.scoring_messages(spec(), {"text": "fine"})[1] is False
     with pytest.raises(InvalidRequestError, match="must not end with a space"):
         spec(SENTIMENT + "answer_prefix: 'The review is '\n")
+
+
+def test_yaml_nested_past_the_depth_bound_is_refused() -> None:
+    deep = "name: sent\nx: " + "[" * 3000 + "]" * 3000 + "\n"
+    with pytest.raises(InvalidRequestError, match="deep"):
+        load_document(deep)
+
+
+def test_a_schema_pattern_is_checked_before_examples_are_matched_against_it() -> None:
+    base = "name: g\nkind: generate\ninstruction: x\ninputs: {t: {}}\n"
+    hostile = (
+        base + "schema: {type: string, pattern: '^(a+)+$'}\nexamples: [{inputs: {t: x}, output: " + "a" * 25 + "!}]"
+    )
+    with pytest.raises(InvalidRequestError, match="pattern"):
+        load_document(hostile)
+    fine = base + "schema: {type: string, pattern: '^[a-z]+$'}\nexamples: [{inputs: {t: x}, output: abc}]"
+    assert load_document(fine).schema_ == {"type": "string", "pattern": "^[a-z]+$"}

@@ -10,6 +10,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from adaptserve.safe_regex import check_pattern
+
 ENTITY = r"^[A-Z][A-Z0-9_]{0,39}$"
 
 
@@ -34,6 +36,7 @@ class CustomPattern(BaseModel):
             re.compile(value)
         except re.error as exc:
             raise ValueError(f"not a regular expression: {exc}") from exc
+        check_pattern(value)  # the detector's engine backtracks: nothing that may do so without bound
         return value
 
 

@@ -111,12 +111,17 @@ class Gateway:
         sync = QuotaSync(db, quotas, settings.quota_sync_interval_s) if db.engine.dialect.name == "postgresql" else None
         privacy = PrivacyGuard(Detector(), metrics)
         pipeline = Pipeline(pool, catalog, residency, picker, tenants, meter, quotas, metrics, bounds, privacy)
-        templates = TemplateRegistry(db)
+        templates = TemplateRegistry(db, settings.template_cache_size)
         tenants.owns(TemplateRegistry.remove_owned)
         if settings.templates_dir is not None:
             templates.load_folder(settings.templates_dir)
         renderer = Renderer(special_tokens(model_path))
-        limits = TemplateLimits(settings.max_template_batch, settings.explain_max_units, settings.explain_max_prompts)
+        limits = TemplateLimits(
+            settings.max_template_batch,
+            settings.explain_max_units,
+            settings.explain_max_prompts,
+            settings.template_cache_size,
+        )
         service = TemplateService(pipeline, templates, renderer, limits)
         return cls(
             settings,

@@ -23,9 +23,10 @@ from adaptserve.serving.bounds import Reservation
 from adaptserve.serving.pipeline import CallRecord, Endpoint, Pipeline, StreamingAnswer
 from adaptserve.serving.privacy import restoring
 from adaptserve.serving.relay import relay_text
+from adaptserve.templates import schema as json_schema
 from adaptserve.templates.attribution import AttributionOptions, AttributionPlan, plan
 from adaptserve.templates.classify import Classifier
-from adaptserve.templates.registry import TemplateRegistry, TemplateVersion
+from adaptserve.templates.registry import MAX_VERSION, TemplateRegistry, TemplateVersion
 from adaptserve.templates.render import Renderer
 from adaptserve.templates.spec import TemplateSpec, check_inputs
 from adaptserve.tenancy.auth import Principal
@@ -49,7 +50,7 @@ class TemplateCall(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     inputs: dict[str, Any] | list[Any]
-    version: int | None = Field(None, ge=1)
+    version: int | None = Field(None, ge=1, le=MAX_VERSION)
     explain: Annotated[Literal[False, True, "attributions"], BeforeValidator(_no_number)] = False
     attribution: AttributionOptions | None = None  # with explain: "attributions"
     stream: StrictBool = False
@@ -62,6 +63,7 @@ class TemplateLimits:
     max_batch: int  # inputs in one call
     max_units: int  # attribution units of one input (adjacent ones are joined beyond)
     max_prompts: int  # prompts scored for one call's attributions
+    cache_size: int = 256  # template versions whose scoring plan is kept
 
 
 class TemplateService:
@@ -69,8 +71,13 @@ class TemplateService:
         self, pipeline: Pipeline, templates: TemplateRegistry, renderer: Renderer, limits: TemplateLimits
     ) -> None:
         self._pipeline, self._templates, self._renderer = pipeline, templates, renderer
-        self._classifier = Classifier(templates, renderer)
+        self._classifier = Classifier(templates, renderer, limits.cache_size)
         self._limits = limits
+
+    def cache_sizes(self) -> dict[str, int]:
+        """How many entries each per-template cache holds now (each at most
+        `template_cache_size`)."""
+        return self._templates.cache_sizes() | self._classifier.cache_sizes()
 
     def visible(self, tenant: str) -> dict[str, Any]:
         return {"object": "list", "data": [t.summary() for t in self._templates.visible(tenant)]}
@@ -205,7 +212,8 @@ class TemplateService:
         body = self._chat_body(template.spec, inputs, call)
         answer = await self._pipeline.call(principal, template.spec.model, Endpoint.CHAT, body, template=template.name)
         choice = answer.body["choices"][0]
-        result = finish_generation(template.spec, choice["message"].get("content") or "", choice.get("finish_reason"))
+        text, reason = choice["message"].get("content") or "", choice.get("finish_reason")
+        result = await asyncio.to_thread(finish_generation, template.spec, text, reason)  # parsing, off the loop
         if placeholders is not None:  # parsed first: a restored value never breaks the JSON
             result = placeholders.restore_all(result)
         result |= {"version": template.version, "usage": answer.body.get("usage")}
@@ -235,7 +243,9 @@ def finish_generation(spec: TemplateSpec, text: str, finish_reason: str | None) 
     hint = " (the answer was cut at max_tokens; raise it)" if finish_reason == "length" else ""
     try:
         output = json.loads(text)
-        jsonschema.validate(output, spec.schema_)
+        json_schema.validate(output, spec.schema_)
+    except RecursionError as exc:
+        raise TemplateOutputError(f"the model's answer nests too deeply{hint}") from exc
     except ValueError as exc:
         raise TemplateOutputError(f"the model's answer is not JSON{hint}: {exc}") from exc
     except jsonschema.ValidationError as exc:  # where and which rule, never the value (it may be personal data)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from adaptserve.errors import InvalidRequestError, UpstreamError
+from adaptserve.lru import Lru
 from adaptserve.templates.attribution import AttributionPlan
 from adaptserve.templates.calibration import bias_of, probabilities
 from adaptserve.templates.registry import TemplateRegistry, TemplateVersion
@@ -101,10 +102,16 @@ class Scored:
 
 
 class Classifier:
-    def __init__(self, templates: TemplateRegistry, renderer: Renderer) -> None:
+    def __init__(self, templates: TemplateRegistry, renderer: Renderer, cache_size: int = 256) -> None:
         self._templates, self._renderer = templates, renderer
-        self._plans: dict[str, ScoringPlan] = {}  # by template digest: tokenization is fixed
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        # By template digest (tokenization is fixed), the most recently used only.
+        self._plans: Lru[str, ScoringPlan] = Lru(cache_size)
+        # One calibration at a time per (digest, model); a lock evicted while held costs
+        # at most one calibration computed twice (both store the same numbers).
+        self._locks: Lru[tuple[str, str], asyncio.Lock] = Lru(cache_size)
+
+    def cache_sizes(self) -> dict[str, int]:
+        return {"scoring_plans": len(self._plans), "calibration_locks": len(self._locks)}
 
     async def classify(
         self,
@@ -120,7 +127,8 @@ class Classifier:
         same engine call and each result's `explain` carries its `attributions`."""
         spec = template.spec
         variants = [plan.variants(i) for plan, i in zip(plans, inputs, strict=True)] if plans else [[i] for i in inputs]
-        scored = await self.score(engine, template, [v for group in variants for v in group])
+        plan = await self.plan(engine, template)  # held here: the cache may drop it meanwhile
+        scored = await self._score(engine, template, [v for group in variants for v in group], plan)
         bias = await self._bias(engine, template) if spec.calibration else None
         labels = [label.name for label in spec.labels]
         results, at = [], 0
@@ -139,7 +147,7 @@ class Classifier:
                 result["explain"] = {
                     "logprobs": dict(zip(labels, mine[0].logprobs, strict=True)),
                     "prompt_tokens": mine[0].prompt_length,
-                    "scoring": self._plans[spec.digest].path,
+                    "scoring": plan.path,
                 }
                 if plans:
                     result["explain"]["attributions"] = plans[n].explain(probs, labels)
@@ -149,8 +157,12 @@ class Classifier:
 
     async def score(self, engine: Engine, template: TemplateVersion, inputs: list[dict[str, Any]]) -> list[Scored]:
         """Label log-probabilities for each input, in one engine call."""
+        return await self._score(engine, template, inputs, await self.plan(engine, template))
+
+    async def _score(
+        self, engine: Engine, template: TemplateVersion, inputs: list[dict[str, Any]], plan: ScoringPlan
+    ) -> list[Scored]:
         spec = template.spec
-        plan = await self.plan(engine, template)
         prompt_ids = await asyncio.gather(
             *(self._tokenize(engine, *self._renderer.scoring_messages(spec, i)) for i in inputs)
         )
@@ -181,7 +193,8 @@ class Classifier:
         label's first token is the one the model would write there (" positive", not
         "positive", after a prefix)."""
         spec = template.spec
-        if spec.digest not in self._plans:
+        found = self._plans.get(spec.digest)
+        if found is None:
             inputs = content_free_inputs(spec)[0]
             prompt = await self._tokenize(engine, *self._renderer.scoring_messages(spec, inputs))
             messages = self._renderer.messages(spec, inputs)
@@ -200,8 +213,8 @@ class Classifier:
                 plan.path,
                 len(plan.prefixes),
             )
-            self._plans[spec.digest] = plan
-        return self._plans[spec.digest]
+            found = self._plans.put(spec.digest, plan)
+        return found
 
     def worst_case(self, template: TemplateVersion, inputs: list[dict[str, Any]]) -> tuple[int, int]:
         """The call's worst-case tokens (prompt, in all): each input's rendered prompt
@@ -221,7 +234,7 @@ class Classifier:
         bias = await asyncio.to_thread(self._templates.calibration, template, model)
         if bias is not None:
             return bias
-        async with self._locks.setdefault((template.spec.digest, model), asyncio.Lock()):
+        async with self._locks.setdefault((template.spec.digest, model), asyncio.Lock):
             bias = await asyncio.to_thread(self._templates.calibration, template, model)
             if bias is None:
                 scored = await self.score(engine, template, calibration_inputs(template.spec))

@@ -7,7 +7,9 @@ templates never show they exist. A tenant may pin a version by number only if it
 released (active at some time); a staged version stays the admin's draft.
 
 Parsed specs are cached by content digest, never by row id: ids can be reused after a
-delete (SQLite reuses the highest rowid), content cannot be.
+delete (SQLite reuses the highest rowid), content cannot be; the cache keeps the most
+recently used `cache_size` only. Version numbers are 1 to `MAX_VERSION` (the column's
+range on every database): any other number is refused before a query is made.
 """
 
 from __future__ import annotations
@@ -16,21 +18,31 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from adaptserve.db import Database, TemplateCalibrationRow, TemplateRow, TemplateVersionRow, TenantRow
 from adaptserve.errors import ConfigurationError, ConflictError, InvalidRequestError, NotFoundError
+from adaptserve.lru import Lru
 from adaptserve.templates.spec import TemplateSpec, load_document
 
 log = logging.getLogger(__name__)
 
 GLOBAL = ""  # the owner of global templates
+MAX_VERSION = 2**31 - 1  # template_versions.version is an INTEGER (32 bits on PostgreSQL)
 
 
 class TemplateNotFoundError(NotFoundError):
     code = "template_not_found"
+
+
+class TemplateUnusableError(ConflictError):
+    """A stored version that no longer passes the template checks (saved before a check
+    was added): it is not served; saving a corrected version fixes it."""
+
+    code = "template_invalid"
 
 
 @dataclass(frozen=True)
@@ -54,9 +66,12 @@ class TemplateVersion:
 
 
 class TemplateRegistry:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cache_size: int = 256) -> None:
         self._db = db
-        self._specs: dict[str, TemplateSpec] = {}  # by content digest: never stale
+        self._specs: Lru[str, TemplateSpec] = Lru(cache_size)  # by content digest: never stale
+
+    def cache_sizes(self) -> dict[str, int]:
+        return {"template_specs": len(self._specs)}
 
     # control plane -----------------------------------------------------------------
     def put(self, spec: TemplateSpec, activate: bool = True) -> tuple[dict, bool]:
@@ -102,7 +117,7 @@ class TemplateRegistry:
     def activate(self, owner: str, name: str, version: int) -> dict:
         with self._db.session() as s:
             row = self._row(s, owner, name)
-            found = s.get(TemplateVersionRow, (row.id, version))
+            found = s.get(TemplateVersionRow, (row.id, version)) if 1 <= version <= MAX_VERSION else None
             if found is None:
                 raise TemplateNotFoundError(f"template {name} has no version {version}")
             row.active_version = version
@@ -162,6 +177,8 @@ class TemplateRegistry:
             ).all()
             row = min(rows, key=lambda r: r.owner == GLOBAL, default=None)  # its own first
             number = version if version is not None else (row.active_version if row else None)
+            if number is not None and not 1 <= number <= MAX_VERSION:
+                number = None  # no such version, and no query with a number the column cannot hold
             found = s.get(TemplateVersionRow, (row.id, number)) if row and number else None
             if row is None or found is None or not found.released:
                 what = f"template {name}" + (f" version {version}" if version is not None else "")
@@ -201,9 +218,15 @@ class TemplateRegistry:
 
     # helpers -------------------------------------------------------------------------
     def _spec(self, row: TemplateVersionRow) -> TemplateSpec:
-        if row.digest not in self._specs:
-            self._specs[row.digest] = TemplateSpec.model_validate(row.document)
-        return self._specs[row.digest]
+        found = self._specs.get(row.digest)
+        if found is None:
+            try:
+                found = self._specs.put(row.digest, TemplateSpec.model_validate(row.document))
+            except ValidationError as exc:
+                raise TemplateUnusableError(
+                    f"template version {row.version} no longer passes the template checks; save a corrected one"
+                ) from exc
+        return found
 
     @staticmethod
     def _row(s: Session, owner: str, name: str) -> TemplateRow:

@@ -28,6 +28,7 @@ from pydantic import (
 
 from adaptserve.db import check_name
 from adaptserve.errors import InvalidRequestError, invalid_from
+from adaptserve.templates import schema as json_schema
 
 InputType = Literal["string", "integer", "number", "boolean"]
 _PY_TYPES: dict[str, tuple[type, ...]] = {
@@ -121,10 +122,7 @@ class TemplateSpec(_Strict):
             if self.labels or self.answer_prefix or self.calibration_inputs or self.temperature != 1.0:
                 raise ValueError("labels, answer_prefix, calibration_inputs and temperature are for kind: classify")
             if self.schema_ is not None:
-                try:
-                    jsonschema.Draft202012Validator.check_schema(self.schema_)
-                except jsonschema.SchemaError as exc:
-                    raise ValueError(f"schema is not a valid JSON Schema: {exc.message}") from exc
+                json_schema.check_schema(self.schema_)  # its patterns before any example is matched
         for i, example in enumerate(self.examples):
             self._check_example(i, example)
         for i, inputs in enumerate(self.calibration_inputs or []):
@@ -164,7 +162,7 @@ class TemplateSpec(_Strict):
             raise ValueError(f"{where}.output is required for kind: generate")
         elif self.schema_ is not None:
             try:
-                jsonschema.validate(example.output, self.schema_)
+                json_schema.validate(example.output, self.schema_)
             except jsonschema.ValidationError as exc:
                 raise ValueError(f"{where}.output does not match the schema: {exc.message}") from exc
 
@@ -223,20 +221,36 @@ def check_inputs(spec: TemplateSpec, inputs: object, param: str = "inputs") -> d
     return inputs
 
 
+MAX_DOCUMENT_DEPTH = 64  # lists and objects; a template needs a handful, the schema up to MAX_SCHEMA_DEPTH
+
+
 def parse_document(data: object) -> TemplateSpec:
     """A decoded YAML/JSON document → a spec, or a 400 naming the first bad field."""
     if not isinstance(data, dict):
         raise InvalidRequestError("a template must be a YAML or JSON object")
+    if json_schema.depth(data, MAX_DOCUMENT_DEPTH) > MAX_DOCUMENT_DEPTH:
+        raise _too_deep()
     try:
         return TemplateSpec.model_validate(data)
     except ValidationError as exc:
         raise invalid_from(exc, prefix="invalid template: ") from exc
 
 
+def _too_deep() -> InvalidRequestError:
+    return InvalidRequestError(f"the template nests lists and objects more than {MAX_DOCUMENT_DEPTH} deep")
+
+
+class _TooDeepError(yaml.YAMLError):
+    pass
+
+
 class _NoAliasLoader(yaml.SafeLoader):
     """YAML without anchors/aliases: a few aliases can expand to an exponentially large
-    document ("billion laughs"), and templates never need them. Booleans are YAML 1.2's
+    document ("billion laughs"), and templates never need them. Nesting is bounded
+    while the document is composed (the composer recurses). Booleans are YAML 1.2's
     (true/false only), so labels such as `yes`, `no`, `on` and `off` stay strings."""
+
+    _depth = 0
 
     yaml_implicit_resolvers: ClassVar[dict[str, list]] = {
         first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
@@ -246,7 +260,13 @@ class _NoAliasLoader(yaml.SafeLoader):
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             raise yaml.YAMLError("YAML aliases (*name) are not allowed in templates")
-        return super().compose_node(parent, index)
+        self._depth += 1  # scalars count too: a document MAX_DOCUMENT_DEPTH deep holds them one deeper
+        try:
+            if self._depth > MAX_DOCUMENT_DEPTH + 1:
+                raise _TooDeepError("too deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def load_document(text: str | bytes, name: str | None = None) -> TemplateSpec:
@@ -254,6 +274,8 @@ def load_document(text: str | bytes, name: str | None = None) -> TemplateSpec:
     document's name when it has none, and must match the one it has."""
     try:
         data = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: no Python objects
+    except _TooDeepError as exc:
+        raise _too_deep() from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"the template is not a YAML or JSON document: {exc}") from exc
     if name is not None and isinstance(data, dict):

@@ -9,12 +9,12 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from adaptserve.errors import InvalidRequestError
+from adaptserve.errors import InvalidRequestError, PayloadTooLargeError
 from adaptserve.server import responses
 from adaptserve.server.deps import AdminDep, BodyDep, GatewayDep, PrincipalDep
 from adaptserve.server.protocol import documented_body, read_body
 from adaptserve.serving.templates import TemplateCall, parse_call
-from adaptserve.templates.registry import GLOBAL
+from adaptserve.templates.registry import GLOBAL, MAX_VERSION
 from adaptserve.templates.spec import load_document
 from adaptserve.tenancy.auth import Actor
 from adaptserve.tenancy.tenants import TenantNotFoundError
@@ -36,7 +36,7 @@ _TEMPLATE_DOCUMENT = {
 
 class TemplateActivate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
 
 
 @router.get("")
@@ -76,7 +76,9 @@ async def put_template(
     tenant = _owner(actor, tenant) or None
     request.state.audit_tenant = tenant
     text = await read_body(request.stream())
-    spec = load_document(text, name)
+    if len(text) > gateway.settings.max_template_bytes:
+        raise PayloadTooLargeError(f"a template document is at most {gateway.settings.max_template_bytes} bytes")
+    spec = await asyncio.to_thread(load_document, text, name)  # parsing and checking are CPU work: off the loop
     if tenant is not None and spec.tenant not in (None, tenant):
         raise InvalidRequestError("the document's tenant differs from the URL's", param="tenant")
     if tenant is not None:
