@@ -143,6 +143,11 @@ class Settings(BaseSettings):
         description="group -> tenants that trust each other and share vLLM's prefix cache; every other "
         "tenant's cache is its own",
     )
+    tenant_base_aliases: bool = Field(
+        False,
+        description="tenant admin keys may point their tenant's aliases at the base model; off: only the "
+        "operator gives a tenant the base model",
+    )
     max_adapter_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest adapter upload, unpacked")
     max_resident_adapters: int = Field(8, ge=1, description="adapters kept loaded per upstream (LRU)")
     routing: Literal["picker", "round_robin"] = Field(

@@ -156,6 +156,28 @@ class ConflictError(APIError):
     code = "conflict"
 
 
+class NameTakenError(ConflictError):
+    """The name belongs to another owner (the operator or a tenant): nothing is added to it."""
+
+    code = "name_taken"
+
+
+class ModelUnavailableError(APIError):
+    """The model exists but is held back for now (its adapter failed to load and is in
+    its back-off): temporary, unlike a 404, so clients retry after `Retry-After`."""
+
+    status = 503
+    type = "server_error"
+    code = "model_unavailable"
+
+    def __init__(self, model: str, retry_after: int) -> None:
+        super().__init__(
+            f"The model '{model}' could not be loaded; it is tried again in {retry_after} s.",
+            param="model",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
 class RateLimitError(APIError):
     status = 429
     type = "rate_limit_error"

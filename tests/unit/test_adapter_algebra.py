@@ -224,7 +224,7 @@ def test_a_tenant_admin_reduces_and_merges_what_it_sees_into_its_own(gateway) ->
     listed = {a["name"] for a in gateway.admin("GET", "/adapters", key=key).json()["data"]}
     assert {"acme-small", "acme-mix"} <= listed
     assert_openai_error(
-        gateway.admin("POST", "/adapters/alpha/compress", key=key, json={"rank": 2}), 409, "conflict", "name"
+        gateway.admin("POST", "/adapters/alpha/compress", key=key, json={"rank": 2}), 409, "name_taken", "name"
     )  # global
     assert gateway.admin("GET", "/adapters/alpha", key=ADMIN_KEY).json()["versions"][-1]["rank"] == 4
 

@@ -377,7 +377,10 @@ def test_a_failed_load_is_retried_and_never_names_internals(start_gateway, fake,
     refused = make_adapter(tmp_path / "refused", seed=3, fake_refuse=True)
     gw = start_gateway(adapters={"flaky": refused})
     response = gw.post("/v1/chat/completions", {"model": "flaky", "messages": Q}, key=API_KEY)
-    assert response.status_code == 404  # refused at start-up: not served for a while
+    # Refused at start-up: held back for a while, which is not missing (a 404 is final to clients).
+    assert response.status_code == 503 and response.json()["error"]["code"] == "model_unavailable"
+    assert response.json()["error"]["param"] == "model" and response.headers["Retry-After"] == "1"
+    assert "flaky" in [m.id for m in gw.client().models.list().data]  # still listed
     listing = gw.admin("GET", "/adapters/flaky").json()
     internal = "flaky--" + listing["versions"][0]["version"]
     assert listing["versions"][0]["state"] == "failed" and listing["versions"][0]["error"]
@@ -387,6 +390,9 @@ def test_a_failed_load_is_retried_and_never_names_internals(start_gateway, fake,
     assert len(fake.load_calls) == loads + 1  # tried again, not broken for good
     assert again.status_code == 502 and again.json()["error"]["code"] == "adapter_load_failed"
     assert internal not in again.text and "shape mismatch" not in again.text
+    held = gw.post("/v1/chat/completions", {"model": "flaky", "messages": Q}, key=API_KEY)
+    assert held.status_code == 503 and held.headers["Retry-After"] == "1"  # the back-off doubled: 1 s
+    assert internal not in held.text and len(fake.load_calls) == loads + 1  # nothing sent meanwhile
 
 
 def test_the_upgrade_keeps_keys_aliases_and_usage(database_url, tmp_path) -> None:

@@ -97,3 +97,22 @@ async def test_a_restarted_upstream_loads_again_and_load_all_skips_a_refused_ada
     with pytest.raises(AdapterLoadError) as refused:
         await res.ensure_loaded(up, bad)
     assert "shape mismatch" not in refused.value.message  # vLLM's reason is the admin's, not the tenant's
+
+
+def test_a_refused_version_is_held_back_for_a_doubling_while_then_tried_again(monkeypatch) -> None:
+    from adaptserve.adapters import residency as module
+
+    now = [1000.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: now[0])
+    bad = version("bad")
+    assert bad.backoff_left() == 0.0 and not bad.refused()
+    bad.failed("shape mismatch")
+    assert bad.backoff_left() == module.RETRY_FAILED_S and bad.refused()  # Retry-After's source
+    now[0] += 3
+    assert bad.backoff_left() == module.RETRY_FAILED_S - 3
+    now[0] += module.RETRY_FAILED_S
+    assert bad.backoff_left() == 0.0 and bad.error is None  # over: the next request tries again
+    bad.failed("shape mismatch")  # failed again, in a row: twice as long
+    assert bad.backoff_left() == 2 * module.RETRY_FAILED_S
+    bad.failures = 30
+    assert bad.backoff_left() == module.RETRY_FAILED_MAX_S

@@ -74,9 +74,11 @@ def test_bad_adapters_are_skipped_and_the_rest_serve(start_gateway, fake, tmp_pa
 def test_adapter_refused_by_the_engine_fails_alone(start_gateway, fake, adapters, tmp_path):
     adapters["beta"] = make_adapter(tmp_path / "refused", fake_refuse=True)
     gw = start_gateway(adapters=adapters)
-    assert {m.id for m in gw.client().models.list()} == {"tiny-base", "default", "alpha"}
-    with pytest.raises(openai.NotFoundError):
+    # Held back for a while, not gone: listed, and 503 + Retry-After (a 404 is final to clients).
+    assert {m.id for m in gw.client().models.list()} == {"tiny-base", "default", "alpha", "beta"}
+    with pytest.raises(openai.InternalServerError) as held:
         gw.client().chat.completions.create(model="beta", messages=QUESTION)
+    assert held.value.status_code == 503 and int(held.value.response.headers["Retry-After"]) >= 1
     assert gw.client().chat.completions.create(model="alpha", messages=QUESTION).model == "alpha"
 
 

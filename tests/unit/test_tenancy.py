@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import API_KEY, make_adapter, new_tenant, tar_gz
+from tests.helpers import API_KEY, make_adapter, new_tenant, tar_gz, tenant_admin_key, upload
 
 Q = [{"role": "user", "content": "hi"}]
 
@@ -206,3 +206,22 @@ def test_restart_keeps_tenants_keys_adapters_and_aliases(start_gateway, fake, tm
     again = start_gateway()
     reply = again.client(api_key=key).chat.completions.create(model="mine", messages=Q)
     assert reply.model == "mine" and served_by(fake).startswith("kept--")
+
+
+def test_a_settings_adapter_never_joins_a_tenants_name(start_gateway, fake, tmp_path):
+    """A tenant admin took the name before the operator listed it in the settings file:
+    at the restart the settings' weights are not added (and activated) under the
+    tenant's name, and the default tenant gets no alias to the tenant's adapter (before:
+    the start-up failed on that alias)."""
+    gw = start_gateway()
+    assert gw.admin("POST", "/tenants", json={"name": "acme"}).status_code == 201
+    squat = upload(gw, "gamma", make_adapter(tmp_path / "theirs", seed=7), key=tenant_admin_key(gw, "acme"))
+    assert squat.status_code == 201
+    before = gw.admin("GET", "/adapters/gamma").json()
+    gw.server.stop()
+    fake.restart()
+    again = start_gateway(adapters={"gamma": make_adapter(tmp_path / "operators", seed=8)})
+    assert again.admin("GET", "/adapters/gamma").json() == before  # still acme's, its one version active
+    assert "gamma" not in [m.id for m in again.client().models.list().data]
+    with pytest.raises(openai.NotFoundError):
+        again.client().chat.completions.create(model="gamma", messages=Q)

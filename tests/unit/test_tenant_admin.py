@@ -76,3 +76,75 @@ def test_a_tenant_created_again_does_not_inherit_the_old_ones_adapters(gateway, 
         call_as(gateway, again, "PUT", "/admin/tenants/acme/models/m", json={"adapter": "acme-ad"}).status_code == 404
     )
     assert gateway.admin("GET", "/adapters/acme-ad").json()["owner"] == "(a deleted tenant)"
+
+
+def _versions(gateway, name: str) -> tuple[str | None, str | None, list[str]]:
+    """An adapter's owner, active version and versions, as the operator sees them."""
+    found = gateway.admin("GET", f"/adapters/{name}").json()
+    return found["owner"], found["active_version"], [v["version"] for v in found["versions"]]
+
+
+# (who uploads, under whose name): tenant first then operator, operator first then a
+# tenant, one tenant then another. The name's owner keeps it whatever the weights.
+SQUATS = [("operator", "acme-ad", "beta"), ("acme", "alpha", "beta"), ("globex", "acme-ad", "beta")]
+
+
+@pytest.mark.parametrize(("uploader", "name", "weights"), SQUATS, ids=[f"{u} on {n}" for u, n, _ in SQUATS])
+def test_an_upload_never_adds_a_version_to_someone_elses_name(gateway, two_tenants, adapters, uploader, name, weights):
+    before = _versions(gateway, name)
+    key = None if uploader == "operator" else two_tenants[uploader]
+    refused = upload(gateway, name, adapters[weights], key=key)
+    assert refused.status_code == 409, refused.text
+    error = refused.json()["error"]
+    assert (error["code"], error["param"]) == ("name_taken", "name")
+    if uploader == "operator":
+        assert "tenant acme" in error["message"]  # the operator is told who holds it
+    else:
+        assert "tenant" not in error["message"]  # a tenant learns only that the name is taken
+    assert _versions(gateway, name) == before  # nothing added, the owner's versions intact
+    reply = gateway.client(api_key=two_tenants["acme-api"]).chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert reply.model == "m"  # the owner's adapter still serves
+
+
+def test_the_operator_derives_nothing_into_a_tenants_name(gateway, two_tenants) -> None:
+    before = _versions(gateway, "acme-ad")
+    refused = gateway.admin("POST", "/adapters/alpha/compress", json={"rank": 2, "name": "acme-ad"})
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "name_taken"
+    assert _versions(gateway, "acme-ad") == before
+
+
+def test_a_tenant_admin_pins_only_released_versions_of_a_global_adapter(gateway, two_tenants, adapters) -> None:
+    acme = two_tenants["acme"]
+    staged = upload(gateway, "alpha", adapters["beta"]).json()  # the operator's new version, not activated
+    assert staged["active_version"] != staged["version"]
+    pin = {"adapter": "alpha", "version": staged["version"]}
+    refused = call_as(gateway, acme, "PUT", "/admin/tenants/acme/models/next", json=pin)
+    assert refused.status_code == 403 and refused.json()["error"]["param"] == "version", refused.text
+    compress = {"rank": 2, "name": "mine", "version": staged["version"]}
+    derived = call_as(gateway, acme, "POST", "/admin/adapters/alpha/compress", json=compress)
+    assert derived.status_code == 403  # nor read through a derivation
+    assert call_as(gateway, acme, "GET", "/admin/adapters/mine").status_code == 404
+    assert "next" not in [a["alias"] for a in gateway.admin("GET", "/tenants/acme/models").json()["data"]]
+    released = {"adapter": "alpha", "version": staged["active_version"]}
+    assert call_as(gateway, acme, "PUT", "/admin/tenants/acme/models/now", json=released).status_code == 200
+    assert gateway.admin("PUT", "/tenants/acme/models/next", json=pin).status_code == 200  # the operator may
+    assert gateway.admin("POST", "/adapters/alpha/activate", json={"version": staged["version"]}).status_code == 200
+    assert call_as(gateway, acme, "PUT", "/admin/tenants/acme/models/later", json=pin).status_code == 200
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+def test_a_tenant_admin_makes_base_aliases_only_if_the_operator_allows(start_gateway, adapters, allowed) -> None:
+    gateway = start_gateway(adapters=adapters, tenant_base_aliases=allowed)
+    keys = make_two_tenants(gateway, adapters)
+    response = call_as(gateway, keys["acme"], "PUT", "/admin/tenants/acme/models/raw", json={"base": True})
+    aliases = [a["alias"] for a in gateway.admin("GET", "/tenants/acme/models").json()["data"]]
+    if allowed:
+        assert response.status_code == 200 and "raw" in aliases
+    else:
+        assert response.status_code == 403 and response.json()["error"]["code"] == "permission_denied"
+        assert aliases == ["m"]
+        body = {"model": "raw", "messages": [{"role": "user", "content": "x"}]}
+        gone = gateway.post("/v1/chat/completions", body, key=keys["acme-api"])
+        assert gone.status_code == 404

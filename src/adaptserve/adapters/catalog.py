@@ -3,14 +3,21 @@ to. Synchronous and thread-safe (admin calls run in worker threads); what is loa
 where is `residency.py`'s, told about retirements through `Residency.retire`.
 
 Invariants:
+- A name has one owner, for good: the operator ("", a global adapter) or one tenant
+  (its uid). Only the owner adds versions to it; anyone else's upload or derivation
+  under it is refused (409 `name_taken`) and changes nothing, so neither side can
+  squat the other's name and then serve or activate weights under it.
 - A version is its content: `version = sha256[:12]`, files in the store under the full
   digest, and vLLM knows it as `name--version`. A name never silently changes weights.
 - Rows are written only after the files are in place; a failed upload leaves nothing.
 - Hot-swap: `activate` flips the pointer and retires the previous version (unless an
   alias pins it); residency unloads it when its last request ends.
-- A version vLLM refused is not served until its back-off has passed
-  (`AdapterVersion.refused`). The reason is the admin's to read (`describe`); a tenant
-  is told only that it failed.
+- A version vLLM refused is held back until its back-off has passed
+  (`AdapterVersion.backoff_left`): still there (listed, resolved), answered 503 with
+  `Retry-After` by the pipeline, never as missing. The reason is the admin's to read
+  (`describe`); a tenant is told only that it failed.
+- A tenant admin reads (pins, derives from) only released versions of a global
+  adapter (`check_released`), never the operator's staged one.
 """
 
 from __future__ import annotations
@@ -23,12 +30,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from adaptserve.adapters.residency import AdapterVersion, Residency, internal_name
 from adaptserve.adapters.spec import AdapterSpec, BaseModelSpec, validate_adapter
 from adaptserve.adapters.store import AdapterStore
 from adaptserve.db import AdapterRow, AdapterVersionRow, AliasRow, Database, TenantRow, check_name
-from adaptserve.errors import APIError, ConflictError, NotFoundError, RateLimitError
+from adaptserve.errors import (
+    APIError,
+    ConflictError,
+    NameTakenError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +84,10 @@ class AdapterCatalog:
         self._deriving = threading.Lock()  # `derive`'s builds, one at a time
 
     # control plane -------------------------------------------------------------
-    def register(self, name: str, staged: Path, owner: str | None = None) -> dict:
+    def register(self, name: str, staged: Path, owner: str = "") -> dict:
         """Validate a staged folder, store it, record the version (the first becomes
-        active). `owner`: the pushing tenant's uid (None: the operator, whose new
-        adapters are global and who may add versions to any); a tenant may add
-        versions only to its own adapters (else 409: the name is taken)."""
+        active). `owner`: the pushing tenant's uid ("": the operator, whose adapters are
+        global); versions are added only to the owner's own name (else 409 `name_taken`)."""
         try:
             check_name(name, "an adapter name")
         except APIError:
@@ -84,7 +98,7 @@ class AdapterCatalog:
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         try:
             active = self._record_version(name, owner, version, spec, path, size)
-        except ConflictError:
+        except NameTakenError:
             if not self._digest_in_use(spec.digest):
                 self._store.remove(path)
             raise
@@ -99,15 +113,12 @@ class AdapterCatalog:
             "size_bytes": size,
         }
 
-    def derive(self, name: str, owner: str | None, build: Callable[[Path], dict]) -> dict:
+    def derive(self, name: str, owner: str, build: Callable[[Path], dict]) -> dict:
         """A new version of `name` that `build` writes into a staging folder, registered
         like an upload; the answer is `register`'s plus what `build` returned. The name
         and its owner are checked first, and one build runs at a time (dense SVDs take
         whole cores): another meanwhile gets 429."""
-        check_name(name, "an adapter name")
-        taken = self.owner(name)
-        if owner is not None and taken is not None and taken != owner:
-            raise ConflictError(f"the adapter name {name} is taken; choose another", param="name")
+        self.claim(name, owner)
         if not self._deriving.acquire(blocking=False):
             raise RateLimitError("another adapter is being reduced or merged; retry shortly", retry_after=5)
         try:
@@ -121,6 +132,30 @@ class AdapterCatalog:
         finally:
             self._deriving.release()
         return {**self.register(name, staged, owner), **facts}
+
+    def claim(self, name: str, owner: str) -> None:
+        """Refuse early (before an upload is unpacked or a derivation built) a name that
+        is not valid or is someone else's; `register` checks again as it writes."""
+        check_name(name, "an adapter name")
+        with self._db.session() as s:
+            held = s.scalar(select(AdapterRow.owner).where(AdapterRow.name == name))
+            if held is not None:
+                _refuse_taken(s, name, held, owner)
+
+    def check_released(self, name: str, version: str | None) -> None:
+        """What a tenant admin may read of a global adapter: its active version (None:
+        follow it), never a staged one the operator has not activated (403). Adapters
+        keep no activation history (no migration for it yet), so "released" is the
+        version active now: one rolled back from is the operator's again."""
+        with self._db.session() as s:
+            adapter = s.get(AdapterRow, name)
+            if adapter is None or adapter.owner or version is None or version == adapter.active_version:
+                return
+        raise PermissionDeniedError(
+            f"version {version} of the global adapter {name} is not released (active); pin the active "
+            "version, or follow it by giving no version",
+            param="version",
+        )
 
     def stored(self, name: str, version: str | None = None) -> tuple[str, Path]:
         """A version (default: the active one) and where its files are stored."""
@@ -137,18 +172,18 @@ class AdapterCatalog:
             return row.version, Path(row.path)
 
     def _record_version(
-        self, name: str, owner: str | None, version: str, spec: AdapterSpec, path: Path, size: int
+        self, name: str, owner: str, version: str, spec: AdapterSpec, path: Path, size: int
     ) -> str | None:
         """The version's row (and the adapter's, if new), owner checked in the same
         transaction; returns the active version."""
         with self._db.session() as s:
             adapter = s.get(AdapterRow, name, with_for_update=True)
             if adapter is None:
-                adapter = AdapterRow(name=name, owner=owner or "", active_version=version)
+                adapter = AdapterRow(name=name, owner=owner, active_version=version)
                 s.add(adapter)
                 s.flush()
-            elif owner is not None and adapter.owner != owner:
-                raise ConflictError(f"the adapter name {name} is taken; choose another", param="name")
+            else:
+                _refuse_taken(s, name, adapter.owner, owner)
             if s.get(AdapterVersionRow, (name, version)) is None:
                 s.add(
                     AdapterVersionRow(
@@ -274,7 +309,8 @@ class AdapterCatalog:
         return Target(public_name, zero.internal_name if zero else self.base_name, zero)
 
     def target(self, public_name: str, adapter: str, version: str | None) -> Target | None:
-        """The version an alias resolves to, or None if it no longer exists or failed."""
+        """The version an alias resolves to, or None if it no longer exists. A version in
+        its load back-off is still a target (the caller reads `backoff_left`)."""
         with self._db.session() as s:
             if version is None:
                 row = s.get(AdapterRow, adapter)
@@ -284,7 +320,7 @@ class AdapterCatalog:
                 return None
             internal = internal_name(adapter, version)
             live = self._versions.setdefault(internal, AdapterVersion(adapter, version, Path(found.path), found.rank))
-        return None if live.refused() else Target(public_name, internal, live)
+        return Target(public_name, internal, live)
 
     def startup_adapters(self) -> builtins.list[AdapterVersion]:
         """What an upstream loads when it comes (back) up, before it takes traffic: the
@@ -293,7 +329,7 @@ class AdapterCatalog:
         found = [self._zero] if self._zero is not None and not self._base_direct else []
         for name in self._startup:
             target = self.target(name, name, None)
-            if target is not None and target.adapter is not None:
+            if target is not None and target.adapter is not None and not target.adapter.refused():
                 found.append(target.adapter)
         return found
 
@@ -324,3 +360,15 @@ class AdapterCatalog:
             ok.append(name)
         self._startup = ok
         return ok
+
+
+def _refuse_taken(s: Session, name: str, held: str, owner: str) -> None:
+    """`name` is `held`'s ("" the operator's, else a tenant's uid): nobody else adds to it.
+    A tenant is told only that the name is taken (not whose); the operator, whose."""
+    if held == owner:
+        return
+    if owner:
+        raise NameTakenError(f"the adapter name {name} is taken; choose another", param="name")
+    holder = s.scalar(select(TenantRow.name).where(TenantRow.uid == held))
+    whose = f"tenant {holder}" if holder else "a deleted tenant (delete the adapter to free the name)"
+    raise NameTakenError(f"the adapter name {name} belongs to {whose}; choose another", param="name")

@@ -12,7 +12,8 @@ Invariants:
   only when its last lease ends, so a hot-swap never unloads weights in use.
 - At most `max_resident` adapters per upstream; the least recently used idle one is
   unloaded to make room (a pinned one, the base route's zero adapter, never is).
-- A version vLLM refused is marked failed (its back-off is the catalog's to read).
+- A version vLLM refused is marked failed; its back-off (`AdapterVersion.backoff_left`)
+  is what the pipeline answers 503 + `Retry-After` from.
 """
 
 from __future__ import annotations
@@ -53,12 +54,21 @@ class AdapterVersion:
     failed_at: float = 0.0
     failures: int = 0  # in a row
 
+    def backoff_left(self) -> float:
+        """Seconds until a refused version is tried again (0.0: servable now; a back-off
+        that has passed is cleared, so the next request loads it again)."""
+        if self.error is None:
+            return 0.0
+        wait = min(RETRY_FAILED_S * 2 ** max(self.failures - 1, 0), RETRY_FAILED_MAX_S)
+        left = self.failed_at + wait - time.monotonic()
+        if left <= 0:
+            self.error = None  # try again
+            return 0.0
+        return left
+
     def refused(self) -> bool:
         """Refused recently: not served until its back-off has passed."""
-        wait = min(RETRY_FAILED_S * 2 ** max(self.failures - 1, 0), RETRY_FAILED_MAX_S)
-        if self.error is not None and time.monotonic() - self.failed_at >= wait:
-            self.error = None  # try again
-        return self.error is not None
+        return self.backoff_left() > 0
 
     def failed(self, reason: str) -> None:
         self.error, self.failed_at, self.failures = reason, time.monotonic(), self.failures + 1

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -29,6 +30,7 @@ from adaptserve.errors import (
     APIError,
     ContextLengthExceededError,
     ModelNotFoundError,
+    ModelUnavailableError,
     QuotaExceededError,
     UpstreamServerError,
     UpstreamTimeoutError,
@@ -237,20 +239,26 @@ class Pipeline:
     def resolve(self, tenant: str, model: str) -> Target:
         """A tenant's alias → its target. Another tenant's alias, a deleted one and an
         unknown name all get the same 404, so existence never leaks. The base model too
-        is reached only through an alias of the tenant's (templates included)."""
+        is reached only through an alias of the tenant's (templates included). A version
+        held back after a failed load is temporary, not missing: 503 + `Retry-After`."""
         alias = self._tenants.alias(tenant, model)
         target = self._target(alias) if alias is not None else None
         if target is None:
             raise ModelNotFoundError(model)
+        wait = target.adapter.backoff_left() if target.adapter is not None else 0.0
+        if wait > 0:
+            raise ModelUnavailableError(model, retry_after=max(1, math.ceil(wait)))
         return target
 
     def servable(self, tenant: str) -> list[Alias]:
-        """The tenant's aliases that can be served now: the only names `resolve` answers
-        and what `/v1/models` lists."""
+        """The tenant's aliases whose model exists: the only names `resolve` answers (a
+        version in its load back-off included: temporary, not gone) and what
+        `/v1/models` lists."""
         return [alias for alias in self._tenants.aliases(tenant) if self._target(alias) is not None]
 
     def _target(self, alias: Alias) -> Target | None:
-        """Where an alias goes now; None when its adapter is gone or refused for now."""
+        """Where an alias goes now; None when its adapter is gone (one in its load
+        back-off is still there: listed, and answered 503 by `resolve`)."""
         if alias.base:
             return self._catalog.base_target(alias.alias)
         if alias.adapter is None:

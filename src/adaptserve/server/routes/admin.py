@@ -22,7 +22,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
 
 from adaptserve.adapters.catalog import AdapterNotFoundError
-from adaptserve.errors import ConflictError, InvalidRequestError, PermissionDeniedError, StorageError, invalid_from
+from adaptserve.errors import InvalidRequestError, PermissionDeniedError, StorageError, invalid_from
 from adaptserve.pii.policy import PiiPolicy
 from adaptserve.server.deps import AdminDep, GatewayDep, OperatorDep
 from adaptserve.server.gateway import Gateway
@@ -173,8 +173,13 @@ def delete_key(tenant: str, key_id: str, gateway: GatewayDep, actor: AdminDep) -
 
 @router.put("/tenants/{tenant}/models/{alias}")
 def set_alias(tenant: str, alias: str, body: AliasSet, request: Request, gateway: GatewayDep, actor: AdminDep) -> dict:
+    """An alias to an adapter (pinned or following its active version) or to the base
+    model. A tenant admin pins only released versions of a global adapter, and points
+    at the base model only where the operator allows it (`tenant_base_aliases`)."""
     _own(actor, tenant)
     before = gateway.tenants.alias(tenant, alias)
+    if actor.tenant is not None:
+        _tenant_admin_may_point(gateway, body, before)
     result = gateway.tenants.set_alias(tenant, alias, base=body.base, adapter=body.adapter, version=body.version)
     request.state.audit = {"before": _target(before), "after": _target(result)}
     if body.adapter is not None:
@@ -313,16 +318,29 @@ def _adapter(actor: Actor, gateway: Gateway, name: str, *, change: bool) -> None
         raise PermissionDeniedError(f"adapter {name} is global: only the operator changes it")
 
 
-def _owner(actor: Actor) -> str | None:
-    """Who owns what the actor adds: its tenant (None: the operator's adapters are global)."""
-    return actor.uid if actor.tenant is not None else None
+def _tenant_admin_may_point(gateway: Gateway, body: AliasSet, before: Alias | None) -> None:
+    """A tenant admin's alias: to the base model only if the operator allows it; to a
+    global adapter's version only if it is released (the alias as it is stays allowed)."""
+    if body.base and not gateway.settings.tenant_base_aliases:
+        raise PermissionDeniedError("Only the operator gives a tenant the base model.", param="base")
+    unchanged = before is not None and (before.adapter, before.version) == (body.adapter, body.version)
+    if body.adapter is not None and not unchanged:
+        gateway.catalog.check_released(body.adapter, body.version)
+
+
+def _owner(actor: Actor) -> str:
+    """Who owns what the actor adds: its tenant's uid ("": the operator's, global)."""
+    return actor.uid
 
 
 def _source(actor: Actor, gateway: Gateway, name: str, version: str | None, weight: float = 1.0) -> Source:
-    """A stored version the actor may read."""
+    """A stored version the actor may read (a tenant admin: of a global adapter, a
+    released one only)."""
     from adaptserve.adapters.algebra import Source
 
     _adapter(actor, gateway, name, change=False)
+    if actor.tenant is not None:
+        gateway.catalog.check_released(name, version)
     found, path = gateway.catalog.stored(name, version)
     return Source(name, found, path, weight)
 
@@ -349,9 +367,7 @@ async def _receive_archive(request: Request, gateway: Gateway, actor: Actor) -> 
     upload, name = form.get("file"), form.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidRequestError("the form needs a 'name' field", param="name")
-    owner = await asyncio.to_thread(gateway.catalog.owner, name)
-    if actor.tenant is not None and owner not in (None, actor.uid):  # early; `register` checks again
-        raise ConflictError(f"the adapter name {name} is taken; choose another", param="name")
+    await asyncio.to_thread(gateway.catalog.claim, name, _owner(actor))  # early; `register` checks again
     if upload is None or isinstance(upload, str):
         raise InvalidRequestError("the form needs a 'file' field with the archive", param="file")
     try:
