@@ -106,7 +106,7 @@ def test_slug_follows_github() -> None:
 
 
 def _broken_links(path: Path) -> Iterator[str]:
-    for number, line in enumerate(_prose(path.read_text()), 1):
+    for line in _prose(path.read_text()):
         line = re.sub(r"`[^`]*`", "", line)  # inline code is not a link
         for target in LINK.findall(line) + IMAGE.findall(line):
             if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
