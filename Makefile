@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.adaptserve-installed
 
-.PHONY: serve test test-unit test-integration test-compat lock upgrade lint format bench fuzz soak clean-venv
+.PHONY: serve test test-unit test-integration test-compat lock upgrade lint format docs bench fuzz soak clean-venv
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml requirements/lock.txt requirements/data.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks clients
 	$(BIN)/ruff check --fix src tests benchmarks clients
+
+# docs/cli.md and docs/configuration.md from the code (tests/unit/test_docs.py fails when they drift).
+docs: $(STAMP)
+	$(BIN)/python scripts/gen_docs.py
 
 # The CPU-sized harness run (about 18 minutes here); its report goes to benchmarks/results/bench/.
 bench: $(STAMP)

@@ -47,11 +47,11 @@ class VLLMSettings(BaseModel):
     )
     max_model_len: int = Field(2048, ge=16, description="--max-model-len: context length in tokens")
     kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE (whole GiB) on CPU builds")
-    dtype: str = "bfloat16"
+    dtype: str = Field("bfloat16", description="--dtype: the weights' type in the engine")
     extra_args: list[str] = Field(default_factory=list, description="more `vllm serve` flags, verbatim")
     startup_timeout_s: float = Field(600.0, gt=0, description="how long one start may take")
     restart_backoff_s: float = Field(1.0, gt=0, description="first pause before a restart; doubles")
-    restart_backoff_max_s: float = Field(30.0, gt=0)
+    restart_backoff_max_s: float = Field(30.0, gt=0, description="the longest pause between restarts")
     engine_plugin: bool = Field(
         True,
         description="load adaptserve's vLLM plugin in the child: grouped CPU LoRA ops (faster, and a request "
@@ -68,8 +68,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
 
     config: Path | None = Field(None, description="the YAML settings file")
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="the address the gateway listens on")
+    port: int = Field(8000, ge=0, le=65535, description="the gateway's port")
     admin_port: int | None = Field(
         None, ge=1, le=65535, description="serve /admin and /metrics only here (and not on `port`)"
     )
@@ -83,7 +83,9 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="the default tenant's key; generated if unset")
     admin_key: SecretStr | None = Field(None, description="the key for /admin routes; generated if unset")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
-    data_dir: Path = Field(default_factory=_default_data_dir)
+    data_dir: Path = Field(
+        default_factory=_default_data_dir, description="keys (api_key, admin_key), SQLite, logs, converted models"
+    )
     models_dir: Path | None = Field(None, description="converted models; default data_dir/models")
     model: str = Field("default", description='"default" (SmolLM2-135M-Instruct) or a model folder')
     served_model_name: str | None = Field(None, description="the base model's public name")
@@ -120,7 +122,7 @@ class Settings(BaseSettings):
         "safe (the supervised child with the engine plugin active is)",
     )
     request_timeout_s: float = Field(600.0, gt=0, description="one upstream request, end to end")
-    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="a larger body gets 413 before it is read")
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line and headers, together")
     stream_stall_timeout_s: float = Field(
         60.0, gt=0, description="a streaming client that reads nothing this long is dropped (and vLLM aborts)"
@@ -156,7 +158,9 @@ class Settings(BaseSettings):
         "is, else its home set, by load); round_robin is the baseline the benchmark compares against: every "
         "replica in turn, whatever it holds",
     )
-    health_interval_s: float = Field(2.0, gt=0)
+    health_interval_s: float = Field(
+        2.0, gt=0, description="how often each upstream's /health is probed (every 0.5 s while it is out)"
+    )
     load_scrape_interval_s: float = Field(
         0.25, gt=0, description="how often each engine's /metrics (its queue) is read, with several upstreams"
     )
@@ -170,7 +174,7 @@ class Settings(BaseSettings):
     quota_sync_interval_s: float = Field(
         1.0, gt=0, description="PostgreSQL: how often the gateway replicas exchange their quota counts"
     )
-    log_level: str = "info"
+    log_level: str = Field("info", description="debug, info, warning or error; debug logs each routing decision")
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
 
     @field_validator("upstreams", "cors_origins", mode="before")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from adaptserve.cli import remote
 from adaptserve.config import Settings
+from adaptserve.datasets import DATASETS
 from adaptserve.errors import ConfigurationError, InvalidRequestError
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="JSONL/CSV: inputs + label (or output), or prompt/completion")
-    source.add_argument("--dataset", help="a bundled dataset's train split: rotten-tomatoes or trec")
+    source.add_argument("--dataset", choices=list(DATASETS), help="a bundled dataset's train split")
     _common(train)
     train.set_defaults(run=run_train)
 

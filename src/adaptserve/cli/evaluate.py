@@ -14,6 +14,7 @@ from adaptserve_client import Template
 
 from adaptserve.cli import remote
 from adaptserve.config import Settings
+from adaptserve.datasets import DATASETS
 
 if TYPE_CHECKING:
     from adaptserve.evaluation import Evaluator, Predictions
@@ -28,7 +29,7 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     parser.add_argument("template")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="a JSONL or CSV file of labelled texts")
-    source.add_argument("--dataset", help="a bundled dataset: rotten-tomatoes or trec")
+    source.add_argument("--dataset", choices=list(DATASETS), help="a bundled dataset")
     parser.add_argument("--split", default="test", help="of --dataset: test (default) or train")
     parser.add_argument("--text-field", default="text")
     parser.add_argument("--label-field", default="label")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from adaptserve.config import Settings
+from adaptserve.datasets import DATASETS
 
 
 def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -21,7 +22,7 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     parser.add_argument(
         "--calibration",
         default="rotten-tomatoes",
-        help="a text/JSONL file, or a bundled dataset (rotten-tomatoes, trec)",
+        help=f"a text/JSONL file, or a bundled dataset ({', '.join(DATASETS)})",
     )
     parser.add_argument("--samples", type=int, default=128, help="calibration samples")
     parser.add_argument("--max-length", type=int, default=512, help="tokens per calibration sample")

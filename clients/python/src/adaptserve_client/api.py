@@ -99,7 +99,8 @@ class Api(Namespace):
         return self._send(Call("GET", "/v1/usage", parse, params=_params(since=since)))
 
     def pii(self) -> Result[dict]:
-        """The caller's PII policy: `mode` (off, log, mask, block), `deny_list`, `patterns`."""
+        """The caller's PII mode: `{"mode": "off" | "log" | "mask" | "block"}`. The deny list and
+        patterns are the admin's to read (`admin.tenants.pii(name)`): the names in them are personal data."""
         return self._send(Call("GET", "/v1/pii"))
 
 
