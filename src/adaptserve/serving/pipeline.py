@@ -192,8 +192,7 @@ class Admission:
 
     async def tokenize(self, body: dict[str, Any]) -> list[int]:
         """vLLM's `/tokenize` (the model's own tokenizer and chat template)."""
-        answer = await self._pipeline.pool.pick().post_json("/tokenize", body)
-        return list(answer["tokens"])
+        return await self._pipeline.tokenize(body)
 
     def _body(self, body: dict[str, Any]) -> dict[str, Any]:
         # The tenant's prefix-cache salt replaces whatever the client sent: cached blocks
@@ -233,6 +232,12 @@ class Pipeline:
         self._picker = picker
         self._meter, self._quotas, self._metrics = meter, quotas, metrics
         self.bounds, self.privacy = bounds, privacy
+
+    async def tokenize(self, body: dict[str, Any]) -> list[int]:
+        """vLLM's `/tokenize` on a ready replica: no generation. Inside an admission, or
+        for an admin saving a template (its labels' scoring plan)."""
+        answer = await self.pool.pick().post_json("/tokenize", body)
+        return list(answer["tokens"])
 
     def resolve(self, tenant: str, model: str) -> Target:
         """A tenant's alias → its target. Another tenant's alias, a deleted one and an
