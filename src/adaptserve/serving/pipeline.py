@@ -28,8 +28,10 @@ from adaptserve.adapters.residency import Residency
 from adaptserve.errors import (
     APIError,
     ContextLengthExceededError,
+    InvalidRequestError,
     ModelNotFoundError,
     QuotaExceededError,
+    UpstreamDroppedError,
     UpstreamServerError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
@@ -50,6 +52,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CLIENT_CLOSED = 499  # the metrics' status for a stream the client cut: metered, not a failure
+# Failures after the engine read the request, where vLLM does not say what it did: charged the reservation.
+_WORKED = (UpstreamTimeoutError, UpstreamDroppedError, UpstreamServerError, AnswerTooLargeError)
 
 
 class Endpoint(enum.Enum):
@@ -78,6 +82,9 @@ class CallRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     unmeasured: bool = False  # the engine worked but its usage is unknown: the reservation is charged
+    retry_reserved: int = 0  # tokens reserved again to send it to another replica
+    failed_prompt: int = 0  # charged for attempts that reached an engine, failed and were sent again
+    failed_completion: int = 0
 
     def add_usage(self, usage: dict[str, Any] | None, *, accumulate: bool = False) -> None:
         """vLLM's usage: the latest (streams report running totals) or, with
@@ -89,7 +96,10 @@ class CallRecord:
             self.prompt_tokens += prompt
             self.completion_tokens += completion
         else:
-            self.prompt_tokens, self.completion_tokens = prompt, completion
+            self.prompt_tokens, self.completion_tokens = (
+                self.failed_prompt + prompt,
+                self.failed_completion + completion,
+            )
 
     def broke(self) -> None:
         """The stream broke after it began (the engine failed): a 503, not metered."""
@@ -100,14 +110,25 @@ class CallRecord:
         before vLLM reported anything, the prompt's bound is charged: prefill ran."""
         if self.status == 200:
             self.status = CLIENT_CLOSED
-            if not self.prompt_tokens:
-                self.prompt_tokens = self.reserved_prompt
+            if self.prompt_tokens == self.failed_prompt:
+                self.prompt_tokens += self.reserved_prompt
 
     def charge_reserved(self) -> None:
         """The gateway gave up waiting: the engine may have done all of the reserved
         work, and vLLM does not say how much it did, so the reservation is charged."""
         self.unmeasured = True
-        self.prompt_tokens, self.completion_tokens = self.reserved_prompt, self.reserved - self.reserved_prompt
+        self.prompt_tokens = self.failed_prompt + self.reserved_prompt
+        self.completion_tokens = self.failed_completion + self.reserved - self.reserved_prompt
+
+    def charge_failed_attempt(self) -> None:
+        """An attempt reached an engine and failed, and the request is sent again: that
+        attempt is charged its reservation (vLLM did not say what it did), on top of
+        whatever the next one uses."""
+        self.unmeasured = True
+        self.failed_prompt += self.reserved_prompt
+        self.failed_completion += self.reserved - self.reserved_prompt
+        self.prompt_tokens += self.reserved_prompt
+        self.completion_tokens += self.reserved - self.reserved_prompt
 
     @property
     def metered(self) -> bool:
@@ -201,17 +222,26 @@ class Admission:
 
     async def _send(self, endpoint: Endpoint, send: Callable[[Upstream], Awaitable[T]]) -> T:
         try:
-            outcome = await self._pipeline.forward(self.target, send)
-        except (UpstreamTimeoutError, AnswerTooLargeError):
-            self.call.charge_reserved()  # the engine worked; how much, vLLM did not say
-            raise
+            outcome = await self._pipeline.forward(self.target, send, self._again)
         except APIError as exc:
+            if isinstance(exc, _WORKED):
+                self.call.charge_reserved()  # the engine may have worked; how much, vLLM did not say
             exc.message = exc.message.replace(self.target.internal_name, self.target.public_name)
             if isinstance(exc, ContextLengthExceededError):
                 exc.param = "inputs" if self.call.template else endpoint.prompt_param
             raise
         self.call.status = 200
         return outcome
+
+    def _again(self, failed: UpstreamUnavailableError) -> bool:
+        """Whether a failed attempt may be sent to another replica: one that reached an
+        engine only if the tenant's quota takes its worst case again, and it is charged."""
+        if not isinstance(failed, UpstreamDroppedError):
+            return True  # nothing reached an engine
+        if not self._pipeline.reserve_again(self.principal, self.call):
+            return False
+        self.call.charge_failed_attempt()
+        return True
 
 
 class Pipeline:
@@ -327,9 +357,19 @@ class Pipeline:
             return StreamingAnswer(stream, admission.target, admission.call, stack.pop_all(), relay)
         raise AssertionError("unreachable")  # the stack either returned or raised
 
+    def reserve_again(self, principal: Principal, call: CallRecord) -> bool:
+        """Reserve the call's worst case once more, for a retry; False when the tenant's
+        quota does not take it (the failure is then the answer)."""
+        try:
+            self._quotas.reserve_more(principal.uid, principal.limits, call.reserved)
+        except (QuotaExceededError, InvalidRequestError):
+            return False
+        call.retry_reserved += call.reserved
+        return True
+
     def _finish(self, call: CallRecord) -> None:
         used = call.prompt_tokens + call.completion_tokens
-        self._quotas.release(call.uid, call.reserved, used)
+        self._quotas.release(call.uid, call.reserved + call.retry_reserved, used)
         labels = (call.tenant, call.model, call.label)
         self._metrics.requests.labels(*labels, str(call.status)).inc()
         self._metrics.latency.labels(*labels).observe(time.perf_counter() - call.started)
@@ -342,13 +382,21 @@ class Pipeline:
             self._metrics.tokens.labels(call.tenant, call.model, "prompt").inc(call.prompt_tokens)
             self._metrics.tokens.labels(call.tenant, call.model, "completion").inc(call.completion_tokens)
 
-    async def forward(self, target: Target, send: Callable[[Upstream], Awaitable[T]]) -> T:
+    async def forward(
+        self,
+        target: Target,
+        send: Callable[[Upstream], Awaitable[T]],
+        again: Callable[[UpstreamUnavailableError], bool] = lambda failed: True,
+    ) -> T:
         """`send` on a replica that holds the target's adapter (loaded first if need be).
-        A replica that fails before the client got a byte (refused or dropped
-        connection, 5xx, a load that could not reach it) is passed over once for
-        another ready one; a timeout is not retried (the engine may still be working),
-        nor is a 4xx. An upstream that lost the adapter (it restarted between health
-        checks) gets it loaded again and the call once more."""
+        A replica that is unavailable before the client got a byte (a refused or dropped
+        connection, 503, a load that could not reach it) is passed over once for
+        another ready one, if `again` allows (it charges an attempt that reached an
+        engine). What the engine failed on is not sent elsewhere: a 4xx (the request's
+        fault), another 5xx (the engine failed handling it: it may be the request's
+        fault, and the next engine would fail too), a timeout (it may still be working).
+        An upstream that lost the adapter (it restarted between health checks) gets it
+        loaded again and the call once more."""
         failed: list[Upstream] = []
         reloaded = False
         while True:
@@ -362,8 +410,8 @@ class Pipeline:
                 if reloaded:
                     raise UpstreamUnavailableError("The model server could not load the model; retry shortly.") from exc
                 reloaded = True
-            except (UpstreamUnavailableError, UpstreamServerError) as exc:
-                if isinstance(exc, UpstreamTimeoutError) or failed or not self._another(upstream):
+            except UpstreamUnavailableError as exc:
+                if isinstance(exc, UpstreamTimeoutError) or failed or not self._another(upstream) or not again(exc):
                     raise
                 log.warning("%s failed before answering (%s); retrying on another replica", upstream.url, exc.code)
                 self._metrics.upstream_retries.inc()
@@ -377,3 +425,5 @@ class Pipeline:
             await self._residency.ensure_loaded(upstream, target.adapter)
         except UpstreamTimeoutError as exc:  # no generation ran: not the request's timeout
             raise UpstreamUnavailableError("The model server did not load the model in time; retry.") from exc
+        except UpstreamDroppedError as exc:  # the load's connection, not the request's
+            raise UpstreamUnavailableError() from exc
