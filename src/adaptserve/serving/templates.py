@@ -21,8 +21,9 @@ from adaptserve.errors import APIError, InvalidRequestError, invalid_from
 from adaptserve.pii.masking import Placeholders
 from adaptserve.pii.policy import PiiMode
 from adaptserve.serving.bounds import Reservation
-from adaptserve.serving.pipeline import CallRecord, Endpoint, Pipeline, StreamingAnswer
+from adaptserve.serving.pipeline import Endpoint, Pipeline, StreamingAnswer
 from adaptserve.serving.privacy import restoring
+from adaptserve.serving.record import CallRecord
 from adaptserve.serving.relay import relay_text
 from adaptserve.templates.attribution import AttributionOptions, AttributionPlan, plan
 from adaptserve.templates.classify import Classifier, ScoringPlan

@@ -10,7 +10,9 @@ in the last minute, plus every reservation still open, plus this request's worst
 `tokens_per_minute`; when it ends its reservation is replaced by what it really used,
 which the estimate bounds. So the tokens charged in any 60-second window never exceed the
 limit, whatever the size or concurrency of the requests. A request whose worst case
-alone is over the limit can never pass: it is a 400 naming `max_tokens`. State is keyed by the
+alone is over the limit can never pass: it is a 400 naming `max_tokens`. A request sent
+to another replica after an attempt that reached an engine reserves its worst case
+again (`reserve_more`), or is not sent again. State is keyed by the
 tenant's uid: a tenant created again under a deleted one's name starts afresh.
 """
 
