@@ -70,3 +70,17 @@ def test_a_template_that_can_never_fit_is_refused_when_saved(gateway: RunningGat
     assert gateway.admin("GET", "/templates").json()["data"] == []
     assert fake.requests == []
     assert put(gateway, labelled(30)).status_code == 201  # 92 prompts: it fits
+
+
+def test_a_template_saved_before_a_restart_is_bounded_before_scoring(start_gateway, fake: FakeState) -> None:
+    """After a restart the plan is not known yet: it is read from the tokenizer inside
+    the call's admission and checked before anything is scored."""
+    gw = start_gateway()
+    assert put(gw, labelled(6)).status_code == 201
+    gw.server.stop()
+    again = start_gateway()  # the same data folder: the template is there, its plan is not
+    fake.requests.clear()
+    inputs = [{"text": f"review {i}"} for i in range(16)]
+    assert_openai_error(again.post("/v1/templates/many", {"inputs": inputs}), 400, param="inputs")
+    assert fake.requests == []
+    assert again.post("/v1/templates/many", {"inputs": inputs[:2]}).status_code == 200
