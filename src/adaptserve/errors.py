@@ -131,6 +131,14 @@ class UpstreamUnavailableError(APIError):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
+class UpstreamDroppedError(UpstreamUnavailableError):
+    """The model server's connection dropped after the request was sent: it read the
+    request and may have worked on it before it died (on it, or under it)."""
+
+    def __init__(self) -> None:
+        super().__init__("The model server's connection dropped; retry shortly.")
+
+
 class UpstreamTimeoutError(UpstreamUnavailableError):
     """The model server took longer than `request_timeout_s`; the request is aborted."""
 
@@ -147,7 +155,9 @@ class UpstreamError(APIError):
 
 
 class UpstreamServerError(UpstreamError):
-    """vLLM answered 5xx: nothing reached the client yet, so another replica may serve it."""
+    """vLLM answered 5xx (503 is `UpstreamUnavailableError`) while handling the request:
+    it may have worked on it, and the failure may be the request's own (a request that
+    crashes one engine would crash the next), so it is not sent to another replica."""
 
 
 class ConflictError(APIError):

@@ -5,6 +5,7 @@ traffic, replicas follow DNS, and the pool's state shows in the metrics."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
 import httpx
@@ -18,7 +19,7 @@ from adaptserve.serving.picker import rendezvous
 from adaptserve.upstream.client import State, Upstream
 from adaptserve.upstream.discovery import Discovery
 from adaptserve.upstream.pool import PoolTiming, UpstreamPool
-from tests.helpers import API_KEY, ServerThread, gateway_metric, upload, wait_for
+from tests.helpers import API_KEY, ServerThread, gateway_metric, new_tenant, upload, usage, wait_for, wait_for_usage
 
 Q = [{"role": "user", "content": "hello there"}]
 
@@ -34,10 +35,10 @@ def test_a_replica_that_fails_before_answering_is_passed_over(start_gateway, fak
     body = {"model": "default", "messages": Q, "max_tokens": 4}
     ranked = rendezvous("", [Upstream(fake.url, 1.0), Upstream(second_fake.url, 1.0)])
     first = fake if ranked[0].url == fake.url else second_fake  # where idle base traffic goes first
-    first.fail_next = 4  # answers 500, as a failing engine would
+    first.unavailable_next = 4  # answers 503: it took none of them
     for stream in (False, True, False, True):
         assert gw.post("/v1/chat/completions", body | {"stream": stream}).status_code == 200
-    assert gateway_metric(gw, "adaptserve_upstream_retries_total") == 4 and first.fail_next == 0
+    assert gateway_metric(gw, "adaptserve_upstream_retries_total") == 4 and first.unavailable_next == 0
 
     first.server.stop()  # refused: the health probe has not seen it yet
     answers = [gw.post("/v1/chat/completions", body).status_code for _ in range(6)]
@@ -176,3 +177,60 @@ def test_an_upstream_that_left_answers_unavailable_not_a_crash(fake) -> None:
             await upstream.load_adapter("x--v1", "/nowhere")
 
     asyncio.run(scenario())
+
+
+def first_for_base(fake, second_fake):
+    """The replica idle base traffic goes to first (the rendezvous order breaks the tie)."""
+    ranked = rendezvous("", [Upstream(fake.url, 1.0), Upstream(second_fake.url, 1.0)])
+    return (fake, second_fake) if ranked[0].url == fake.url else (second_fake, fake)
+
+
+def reservation(max_tokens: int) -> tuple[int, int]:
+    """What a chat of Q reserves: its prompt's bound (the JSON's bytes) and max_tokens."""
+    return len(json.dumps({"messages": Q}).encode()), max_tokens
+
+
+def test_a_request_a_replica_refuses_is_not_replayed_on_another(start_gateway, fake, second_fake) -> None:
+    gw = two_replicas(start_gateway, fake, second_fake)
+    first, other = first_for_base(fake, second_fake)
+    first.refuse_next = "this request is malformed"  # 400: the request's own fault
+    response = gw.post("/v1/chat/completions", {"model": "default", "messages": Q, "max_tokens": 4})
+    assert response.status_code == 400
+    assert (len(first.requests), len(other.requests)) == (1, 0)
+    assert gateway_metric(gw, "adaptserve_upstream_retries_total") == 0
+
+
+def test_a_request_an_engine_failed_on_is_not_replayed_and_is_charged(start_gateway, fake, second_fake) -> None:
+    """A 500 is the engine failing on this request (a request that crashes one engine
+    would crash the next): the client's answer, charged its reservation like a give-up."""
+    gw = two_replicas(start_gateway, fake, second_fake)
+    key = new_tenant(gw, "crasher", {"base": True}, alias="default").api_key
+    assert gw.admin("PUT", "/tenants/crasher/pii", json={"mode": "off"}).status_code == 200  # no scrubbing to wait for
+    first, other = first_for_base(fake, second_fake)
+    first.fail_next = 1
+    response = gw.post("/v1/chat/completions", {"model": "default", "messages": Q, "max_tokens": 4}, key=key)
+    assert response.status_code == 502
+    assert (len(first.requests), len(other.requests)) == (1, 0)
+    assert gateway_metric(gw, "adaptserve_upstream_retries_total") == 0
+    [row] = wait_for_usage(gw, key)
+    assert (row["requests"], row["prompt_tokens"], row["completion_tokens"]) == (1, *reservation(4))
+
+
+def test_a_retried_request_is_metered_for_each_attempt_that_reached_an_engine(start_gateway, fake, second_fake) -> None:
+    """The first engine drops the connection after reading the request (it died on it,
+    or under it): the request is retried on the other, and the tenant is charged the
+    dropped attempt's reservation (vLLM never said what it did) plus the answer's usage."""
+    gw = two_replicas(start_gateway, fake, second_fake, health_interval_s=60)
+    key = new_tenant(gw, "unlucky", {"base": True}, alias="default").api_key
+    first, other = first_for_base(fake, second_fake)
+    first.drop_next = 1
+    response = gw.post("/v1/chat/completions", {"model": "default", "messages": Q, "max_tokens": 4}, key=key)
+    assert response.status_code == 200, response.text
+    assert (len(first.requests), len(other.requests)) == (1, 1)
+    assert gateway_metric(gw, "adaptserve_upstream_retries_total") == 1
+    answered = response.json()["usage"]
+    [row] = wait_for_usage(gw, key)
+    prompt, completion = reservation(4)
+    expected = (1, prompt + answered["prompt_tokens"], completion + answered["completion_tokens"])
+    assert (row["requests"], row["prompt_tokens"], row["completion_tokens"]) == expected
+    assert usage(gw, key) == [row]

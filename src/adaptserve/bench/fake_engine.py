@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,8 @@ class FakeState:
     health_calls: int = 0
     waiting: int = 0  # what /metrics reports queued (streams open count as running)
     fail_next: int = 0  # the next requests answered 500, as a failing engine would
+    unavailable_next: int = 0  # the next requests answered 503 before any work (an engine shutting down)
+    drop_next: int = 0  # the next requests read, then the connection dropped (an engine that died on them)
     refuse_next: str | None = None  # the next request answered 400 with this message (vLLM's may quote it)
     loaded: dict[str, str] = field(default_factory=dict)  # name -> path
     load_calls: list[str] = field(default_factory=list)
@@ -135,10 +137,16 @@ def create_fake_vllm(state: FakeState) -> FastAPI:
 
     async def generate(request: Request, kind: str) -> Response:
         body = await request.json()
+        state.requests.append(body)
         if state.fail_next > 0:
             state.fail_next -= 1
             return _error(500, "EngineCore encountered an issue.", "InternalServerError")
-        state.requests.append(body)
+        if state.unavailable_next > 0:
+            state.unavailable_next -= 1
+            return _error(503, "The engine is shutting down.", "ServiceUnavailableError")
+        if state.drop_next > 0:
+            state.drop_next -= 1
+            return StreamingResponse(_dropped())
         if state.refuse_next is not None:
             message, state.refuse_next = state.refuse_next, None
             return _error(400, message, "BadRequestError")
@@ -206,6 +214,12 @@ def _label_reads(state: FakeState, body: dict[str, Any]) -> dict[str, Any]:
         choices.append({"index": i, "text": "x", "logprobs": {"top_logprobs": [top]}, "finish_reason": "length"})
     usage = {"prompt_tokens": sum(map(len, body["prompt"])), "completion_tokens": len(body["prompt"])}
     return {"id": "x", "object": "text_completion", "model": body["model"], "choices": choices, "usage": usage}
+
+
+async def _dropped() -> AsyncIterator[bytes]:
+    """A body that never comes: the server closes the connection after the status line."""
+    raise ConnectionResetError("the engine died")
+    yield b""  # a generator
 
 
 def _endless(word: str) -> Iterator[str]:

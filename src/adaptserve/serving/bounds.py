@@ -10,6 +10,10 @@ covers at least one byte of the text it came from, and the JSON of a chat messag
 tokens a chat template adds around it. Token-id prompts are counted exactly. The
 context is the engine's own `max_model_len`, learnt from each upstream as it comes up.
 
+`check_scoring` holds a classify template's scoring request (token-id prompts, one
+generated token each, chosen log-probabilities) to the same bounds, from each prompt's
+token bound, before anything is tokenized or scored.
+
 Schemas are bounded as vLLM receives them: everything under `structured_outputs`,
 `response_format` and `tools` (vLLM compiles all tools into one grammar for
 `tool_choice: required`) counts together, strings that hold JSON are parsed, and
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +72,32 @@ class RequestBounds:
             )
         self._check_logprobs(body, len(prompts) * n, chat)
         self._check_schemas(body)
+        return reservation
+
+    def check_scoring(self, prompts: Sequence[int], token_ids: int, param: str) -> Reservation:
+        """A classifier's scoring request, by each prompt's token bound: one token is
+        generated per prompt, with the log-probabilities of `token_ids` at it. The same
+        bounds as `check` (sequences, tokens, log-probabilities); → its worst case."""
+        if len(prompts) > self.max_sequences:
+            raise InvalidRequestError(
+                f"this call scores {len(prompts)} prompts (inputs × the labels' answer prefixes) in one request, "
+                f"more than {self.max_sequences} sequences; send fewer inputs",
+                param=param,
+            )
+        sizes = [min(p, self.context) for p in prompts]
+        reservation = Reservation(sum(sizes), sum(sizes) + len(sizes))
+        if reservation.total > self.max_tokens:
+            raise InvalidRequestError(
+                f"this call may read up to {reservation.total} tokens in one request, more than {self.max_tokens}; "
+                "send fewer or shorter inputs",
+                param=param,
+            )
+        entries = len(prompts) * (token_ids + 1)
+        if entries > self.max_logprobs:
+            raise InvalidRequestError(
+                f"this call may return {entries} log-probabilities, more than {self.max_logprobs}; send fewer inputs",
+                param=param,
+            )
         return reservation
 
     def reserve(self, body: dict[str, Any], chat: bool) -> Reservation:

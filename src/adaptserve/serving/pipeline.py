@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from adaptserve.adapters.catalog import AdapterCatalog, Target
@@ -29,9 +29,11 @@ from adaptserve.adapters.residency import Residency
 from adaptserve.errors import (
     APIError,
     ContextLengthExceededError,
+    InvalidRequestError,
     ModelNotFoundError,
     ModelUnavailableError,
     QuotaExceededError,
+    UpstreamDroppedError,
     UpstreamServerError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
@@ -40,6 +42,7 @@ from adaptserve.metrics import Metrics
 from adaptserve.serving.bounds import RequestBounds, Reservation
 from adaptserve.serving.picker import Picker
 from adaptserve.serving.privacy import PrivacyGuard, restore_answer, restoring
+from adaptserve.serving.record import CallRecord
 from adaptserve.serving.relay import openai_relay
 from adaptserve.tenancy.auth import Principal
 from adaptserve.tenancy.quotas import QuotaGate
@@ -51,8 +54,6 @@ from adaptserve.upstream.pool import UpstreamPool
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-CLIENT_CLOSED = 499  # the metrics' status for a stream the client cut: metered, not a failure
-
 
 class Endpoint(enum.Enum):
     CHAT = ("/v1/chat/completions", "messages")
@@ -63,59 +64,8 @@ class Endpoint(enum.Enum):
         self.prompt_param = prompt_param
 
 
-@dataclass
-class CallRecord:
-    """What one admitted request used, recorded once when it ends (however it ends)."""
-
-    tenant: str
-    uid: str
-    model: str
-    label: str  # the metrics' endpoint label
-    template: str = ""
-    reserved: int = 0  # tokens reserved at admission
-    reserved_prompt: int = 0  # of which the prompt (an upper bound)
-    started: float = field(default_factory=time.perf_counter)
-    first_event: float | None = None  # a stream's first event reached the client's side
-    status: int = 500
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    unmeasured: bool = False  # the engine worked but its usage is unknown: the reservation is charged
-
-    def add_usage(self, usage: dict[str, Any] | None, *, accumulate: bool = False) -> None:
-        """vLLM's usage: the latest (streams report running totals) or, with
-        `accumulate`, one more engine call of the same request."""
-        if not usage:
-            return
-        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-        if accumulate:
-            self.prompt_tokens += prompt
-            self.completion_tokens += completion
-        else:
-            self.prompt_tokens, self.completion_tokens = prompt, completion
-
-    def broke(self) -> None:
-        """The stream broke after it began (the engine failed): a 503, not metered."""
-        self.status = UpstreamUnavailableError.status
-
-    def cut(self) -> None:
-        """The client left mid-stream: what the engine did until then is metered. Cut
-        before vLLM reported anything, the prompt's bound is charged: prefill ran."""
-        if self.status == 200:
-            self.status = CLIENT_CLOSED
-            if not self.prompt_tokens:
-                self.prompt_tokens = self.reserved_prompt
-
-    def charge_reserved(self) -> None:
-        """The gateway gave up waiting: the engine may have done all of the reserved
-        work, and vLLM does not say how much it did, so the reservation is charged."""
-        self.unmeasured = True
-        self.prompt_tokens, self.completion_tokens = self.reserved_prompt, self.reserved - self.reserved_prompt
-
-    @property
-    def metered(self) -> bool:
-        """Served, cut by the client, or given up on: the engine worked for it. A stream
-        the engine broke is not metered (its quota is still charged what was used)."""
-        return self.status in (200, CLIENT_CLOSED) or self.unmeasured
+# Failures after the engine read the request, where vLLM does not say what it did: charged the reservation.
+_WORKED = (UpstreamTimeoutError, UpstreamDroppedError, UpstreamServerError, AnswerTooLargeError)
 
 
 @dataclass
@@ -194,8 +144,7 @@ class Admission:
 
     async def tokenize(self, body: dict[str, Any]) -> list[int]:
         """vLLM's `/tokenize` (the model's own tokenizer and chat template)."""
-        answer = await self._pipeline.pool.pick().post_json("/tokenize", body)
-        return list(answer["tokens"])
+        return await self._pipeline.tokenize(body)
 
     def _body(self, body: dict[str, Any]) -> dict[str, Any]:
         # The tenant's prefix-cache salt replaces whatever the client sent: cached blocks
@@ -204,17 +153,26 @@ class Admission:
 
     async def _send(self, endpoint: Endpoint, send: Callable[[Upstream], Awaitable[T]]) -> T:
         try:
-            outcome = await self._pipeline.forward(self.target, send)
-        except (UpstreamTimeoutError, AnswerTooLargeError):
-            self.call.charge_reserved()  # the engine worked; how much, vLLM did not say
-            raise
+            outcome = await self._pipeline.forward(self.target, send, self._again)
         except APIError as exc:
+            if isinstance(exc, _WORKED):
+                self.call.charge_reserved()  # the engine may have worked; how much, vLLM did not say
             exc.message = exc.message.replace(self.target.internal_name, self.target.public_name)
             if isinstance(exc, ContextLengthExceededError):
                 exc.param = "inputs" if self.call.template else endpoint.prompt_param
             raise
         self.call.status = 200
         return outcome
+
+    def _again(self, failed: UpstreamUnavailableError) -> bool:
+        """Whether a failed attempt may be sent to another replica: one that reached an
+        engine only if the tenant's quota takes its worst case again, and it is charged."""
+        if not isinstance(failed, UpstreamDroppedError):
+            return True  # nothing reached an engine
+        if not self._pipeline.reserve_again(self.principal, self.call):
+            return False
+        self.call.charge_failed_attempt()
+        return True
 
 
 class Pipeline:
@@ -235,6 +193,12 @@ class Pipeline:
         self._picker = picker
         self._meter, self._quotas, self._metrics = meter, quotas, metrics
         self.bounds, self.privacy = bounds, privacy
+
+    async def tokenize(self, body: dict[str, Any]) -> list[int]:
+        """vLLM's `/tokenize` on a ready replica: no generation. Inside an admission, or
+        for an admin saving a template (its labels' scoring plan)."""
+        answer = await self.pool.pick().post_json("/tokenize", body)
+        return list(answer["tokens"])
 
     def resolve(self, tenant: str, model: str) -> Target:
         """A tenant's alias → its target. Another tenant's alias, a deleted one and an
@@ -330,9 +294,19 @@ class Pipeline:
             return StreamingAnswer(stream, admission.target, admission.call, stack.pop_all(), relay)
         raise AssertionError("unreachable")  # the stack either returned or raised
 
+    def reserve_again(self, principal: Principal, call: CallRecord) -> bool:
+        """Reserve the call's worst case once more, for a retry; False when the tenant's
+        quota does not take it (the failure is then the answer)."""
+        try:
+            self._quotas.reserve_more(principal.uid, principal.limits, call.reserved)
+        except (QuotaExceededError, InvalidRequestError):
+            return False
+        call.retry_reserved += call.reserved
+        return True
+
     def _finish(self, call: CallRecord) -> None:
         used = call.prompt_tokens + call.completion_tokens
-        self._quotas.release(call.uid, call.reserved, used)
+        self._quotas.release(call.uid, call.reserved + call.retry_reserved, used)
         labels = (call.tenant, call.model, call.label)
         self._metrics.requests.labels(*labels, str(call.status)).inc()
         self._metrics.latency.labels(*labels).observe(time.perf_counter() - call.started)
@@ -345,13 +319,21 @@ class Pipeline:
             self._metrics.tokens.labels(call.tenant, call.model, "prompt").inc(call.prompt_tokens)
             self._metrics.tokens.labels(call.tenant, call.model, "completion").inc(call.completion_tokens)
 
-    async def forward(self, target: Target, send: Callable[[Upstream], Awaitable[T]]) -> T:
+    async def forward(
+        self,
+        target: Target,
+        send: Callable[[Upstream], Awaitable[T]],
+        again: Callable[[UpstreamUnavailableError], bool] = lambda failed: True,
+    ) -> T:
         """`send` on a replica that holds the target's adapter (loaded first if need be).
-        A replica that fails before the client got a byte (refused or dropped
-        connection, 5xx, a load that could not reach it) is passed over once for
-        another ready one; a timeout is not retried (the engine may still be working),
-        nor is a 4xx. An upstream that lost the adapter (it restarted between health
-        checks) gets it loaded again and the call once more."""
+        A replica that is unavailable before the client got a byte (a refused or dropped
+        connection, 503, a load that could not reach it) is passed over once for
+        another ready one, if `again` allows (it charges an attempt that reached an
+        engine). What the engine failed on is not sent elsewhere: a 4xx (the request's
+        fault), another 5xx (the engine failed handling it: it may be the request's
+        fault, and the next engine would fail too), a timeout (it may still be working).
+        An upstream that lost the adapter (it restarted between health checks) gets it
+        loaded again and the call once more."""
         failed: list[Upstream] = []
         reloaded = False
         while True:
@@ -365,8 +347,8 @@ class Pipeline:
                 if reloaded:
                     raise UpstreamUnavailableError("The model server could not load the model; retry shortly.") from exc
                 reloaded = True
-            except (UpstreamUnavailableError, UpstreamServerError) as exc:
-                if isinstance(exc, UpstreamTimeoutError) or failed or not self._another(upstream):
+            except UpstreamUnavailableError as exc:
+                if isinstance(exc, UpstreamTimeoutError) or failed or not self._another(upstream) or not again(exc):
                     raise
                 log.warning("%s failed before answering (%s); retrying on another replica", upstream.url, exc.code)
                 self._metrics.upstream_retries.inc()
@@ -380,3 +362,5 @@ class Pipeline:
             await self._residency.ensure_loaded(upstream, target.adapter)
         except UpstreamTimeoutError as exc:  # no generation ran: not the request's timeout
             raise UpstreamUnavailableError("The model server did not load the model in time; retry.") from exc
+        except UpstreamDroppedError as exc:  # the load's connection, not the request's
+            raise UpstreamUnavailableError() from exc

@@ -25,7 +25,8 @@ from adaptserve.errors import APIError, UpstreamUnavailableError
 from adaptserve.upstream.client import UpstreamStream
 
 if TYPE_CHECKING:
-    from adaptserve.serving.pipeline import CallRecord, Relay
+    from adaptserve.serving.pipeline import Relay
+    from adaptserve.serving.record import CallRecord
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
 """What `POST /v1/templates/{name}` does: check the call and its inputs, then classify
-(label scores, calibrated, every engine call in one admission; with
+(label scores, calibrated, every engine call in one admission and each within the
+request bounds, checked before any of them runs; with
 `"explain": "attributions"`, each input's attribution variants scored in the same call) or generate (text, or
 JSON that matches the schema, via vLLM's `structured_outputs`), for one input or a
 batch (`run` → the answer's body) or as a stream (`stream` → a `StreamingAnswer`).
@@ -20,14 +21,15 @@ from adaptserve.errors import APIError, InvalidRequestError, invalid_from
 from adaptserve.pii.masking import Placeholders
 from adaptserve.pii.policy import PiiMode
 from adaptserve.serving.bounds import Reservation
-from adaptserve.serving.pipeline import CallRecord, Endpoint, Pipeline, StreamingAnswer
+from adaptserve.serving.pipeline import Endpoint, Pipeline, StreamingAnswer
 from adaptserve.serving.privacy import restoring
+from adaptserve.serving.record import CallRecord
 from adaptserve.serving.relay import relay_text
 from adaptserve.templates import schema as json_schema
 from adaptserve.templates.attribution import AttributionOptions, AttributionPlan, plan
-from adaptserve.templates.classify import Classifier
+from adaptserve.templates.classify import Classifier, ScoringPlan
 from adaptserve.templates.registry import MAX_VERSION, TemplateRegistry, TemplateVersion
-from adaptserve.templates.render import Renderer
+from adaptserve.templates.render import Renderer, calibration_inputs, content_free_inputs
 from adaptserve.templates.spec import TemplateSpec, check_inputs
 from adaptserve.tenancy.auth import Principal
 
@@ -167,21 +169,45 @@ class TemplateService:
     async def _classify(
         self, principal: Principal, template: TemplateVersion, inputs: list[dict[str, Any]], call: TemplateCall
     ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-        """Every engine call (tokenizing, calibrating, scoring) inside one admission."""
+        """Every engine call (tokenizing, calibrating, scoring) inside one admission,
+        each held to the request bounds before any of them runs."""
         plans = self._attribution_plans(inputs, call)
         scored = [v for p, i in zip(plans, inputs, strict=True) for v in p.variants(i)] if plans else inputs
-        reserve = Reservation(*self._classifier.worst_case(template, scored))
-        if plans and reserve.total > self._pipeline.bounds.max_tokens:
-            raise InvalidRequestError(
-                f"these attributions may read up to {reserve.total} tokens, more than "
-                f"{self._pipeline.bounds.max_tokens} per request: send fewer or shorter inputs",
-                param="attribution",
-            )
-        model = template.spec.model
+        param = "attribution" if plans else "inputs"
+        spec = template.spec
+        plan = self._classifier.cached_plan(spec)
+        if plan is not None:
+            reserve = self._bounded(spec, plan, scored, param)
+        else:
+            reserve = Reservation(*self._classifier.worst_case(template, scored))
         async with self._pipeline.admitted(
-            principal, model, reserve, label="template", template=template.name
+            principal, spec.model, reserve, label="template", template=template.name
         ) as engine:
+            if plan is None:  # read from the tokenizer in this admission, checked before anything is scored
+                self._bounded(spec, await self._classifier.plan(engine, spec), scored, param)
             return await self._classifier.classify(engine, template, inputs, bool(call.explain), plans)
+
+    async def check_fits(self, spec: TemplateSpec) -> None:
+        """Refuse (400) a classify template whose smallest call can never fit the
+        request bounds: one input with empty text, or its calibration. Its scoring plan
+        is read from the served model's tokenizer (503 while no engine is up) and kept
+        for its calls."""
+        if spec.kind != "classify":
+            return
+        plan = await self._classifier.plan(self._pipeline, spec)
+        self._bounded(spec, plan, [content_free_inputs(spec)[1]], "labels")
+
+    def _bounded(self, spec: TemplateSpec, plan: ScoringPlan, scored: list[dict[str, Any]], param: str) -> Reservation:
+        """The call's engine requests (its scoring, and the calibration's when the
+        template has one: it may still have to run), each within the request bounds;
+        → their worst case together (at most two requests' worth)."""
+        bounds, ids = self._pipeline.bounds, len(plan.token_ids)
+        reserve = bounds.check_scoring(self._classifier.prompt_bounds(spec, plan, scored), ids, param)
+        if not spec.calibration:
+            return reserve
+        calibration = self._classifier.prompt_bounds(spec, plan, calibration_inputs(spec))
+        extra = bounds.check_scoring(calibration, ids, "calibration")
+        return Reservation(reserve.prompt + extra.prompt, reserve.total + extra.total)
 
     def _attribution_plans(self, inputs: list[dict[str, Any]], call: TemplateCall) -> list[AttributionPlan] | None:
         if call.explain != "attributions":

@@ -23,7 +23,10 @@ unit, or a permutation's coalitions) are scored in the same call: the prefix cac
 reuses what precedes the first removed unit.
 
 The classifier reaches the engine through `Engine`, one admitted request (the serving
-pipeline's `Admission`): it never admits, meters or resolves anything itself.
+pipeline's `Admission`): it never admits, meters or resolves anything itself. A plan is
+read once per template content (`plan`, through any `Tokenizer`: also when a template
+is saved), and `prompt_bounds` gives each scoring prompt's token bound from it, so a
+call is held to the request bounds before anything is tokenized or scored.
 """
 
 from __future__ import annotations
@@ -41,13 +44,21 @@ from adaptserve.templates.attribution import AttributionPlan
 from adaptserve.templates.calibration import bias_of, probabilities
 from adaptserve.templates.registry import TemplateRegistry, TemplateVersion
 from adaptserve.templates.render import Renderer, calibration_inputs, content_free_inputs, label_answer
+from adaptserve.templates.spec import TemplateSpec
 
 log = logging.getLogger(__name__)
 
 Tokens = tuple[int, ...]
 
 
-class Engine(Protocol):
+class Tokenizer(Protocol):
+    """The served model's tokenizer and chat template (vLLM's `/tokenize`): what a
+    scoring plan is read with, no generation."""
+
+    async def tokenize(self, body: dict[str, Any]) -> list[int]: ...
+
+
+class Engine(Tokenizer, Protocol):
     """What scoring needs from one admitted request."""
 
     @property
@@ -56,8 +67,6 @@ class Engine(Protocol):
         ...
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]: ...
-
-    async def tokenize(self, body: dict[str, Any]) -> list[int]: ...
 
 
 @dataclass(frozen=True)
@@ -127,7 +136,7 @@ class Classifier:
         same engine call and each result's `explain` carries its `attributions`."""
         spec = template.spec
         variants = [plan.variants(i) for plan, i in zip(plans, inputs, strict=True)] if plans else [[i] for i in inputs]
-        plan = await self.plan(engine, template)  # held here: the cache may drop it meanwhile
+        plan = await self.plan(engine, template.spec)  # held here: the cache may drop it meanwhile
         scored = await self._score(engine, template, [v for group in variants for v in group], plan)
         bias = await self._bias(engine, template) if spec.calibration else None
         labels = [label.name for label in spec.labels]
@@ -157,7 +166,7 @@ class Classifier:
 
     async def score(self, engine: Engine, template: TemplateVersion, inputs: list[dict[str, Any]]) -> list[Scored]:
         """Label log-probabilities for each input, in one engine call."""
-        return await self._score(engine, template, inputs, await self.plan(engine, template))
+        return await self._score(engine, template, inputs, await self.plan(engine, template.spec))
 
     async def _score(
         self, engine: Engine, template: TemplateVersion, inputs: list[dict[str, Any]], plan: ScoringPlan
@@ -187,12 +196,15 @@ class Classifier:
             scored.append(Scored(logprobs, len(ids), read_tokens, per))
         return scored
 
-    async def plan(self, engine: Engine, template: TemplateVersion) -> ScoringPlan:
+    def cached_plan(self, spec: TemplateSpec) -> ScoringPlan | None:
+        """The template's plan if it was read already (when it was saved, or by a call)."""
+        return self._plans.get(spec.digest)
+
+    async def plan(self, engine: Tokenizer, spec: TemplateSpec) -> ScoringPlan:
         """Tokenize each label's answer where it appears: after the rendered prompt (and
         the answer prefix). The tokens are the difference of two tokenizations, so a
         label's first token is the one the model would write there (" positive", not
         "positive", after a prefix)."""
-        spec = template.spec
         found = self._plans.get(spec.digest)
         if found is None:
             inputs = content_free_inputs(spec)[0]
@@ -207,14 +219,24 @@ class Classifier:
                 label_tokens.append(tuple(full[len(prompt) :]))
             plan = ScoringPlan.build(label_tokens)
             log.info(
-                "template %s v%d scores labels on the %s path (%d prompt(s) per input)",
-                template.name,
-                template.version,
+                "template %s scores labels on the %s path (%d prompt(s) per input)",
+                spec.name,
                 plan.path,
                 len(plan.prefixes),
             )
             found = self._plans.put(spec.digest, plan)
         return found
+
+    def prompt_bounds(self, spec: TemplateSpec, plan: ScoringPlan, inputs: Sequence[dict[str, Any]]) -> list[int]:
+        """Each scoring prompt's token bound, in the order `score` sends them: the
+        input's rendered messages as JSON (bytes bound tokens, as for a chat request),
+        then the prefix's tokens."""
+        out = []
+        for item in inputs:
+            messages = self._renderer.scoring_messages(spec, item)[0]
+            size = len(json.dumps(messages, ensure_ascii=False).encode())
+            out += [size + len(prefix) for prefix in plan.prefixes]
+        return out
 
     def worst_case(self, template: TemplateVersion, inputs: list[dict[str, Any]]) -> tuple[int, int]:
         """The call's worst-case tokens (prompt, in all): each input's rendered prompt
@@ -243,7 +265,7 @@ class Classifier:
         return bias
 
     @staticmethod
-    async def _tokenize(engine: Engine, messages: list[dict[str, str]], continued: bool = False) -> list[int]:
+    async def _tokenize(engine: Tokenizer, messages: list[dict[str, str]], continued: bool = False) -> list[int]:
         body: dict[str, Any] = {"messages": messages, "add_special_tokens": False}
         if continued:
             body |= {"add_generation_prompt": False, "continue_final_message": True}

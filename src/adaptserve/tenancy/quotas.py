@@ -10,7 +10,9 @@ in the last minute, plus every reservation still open, plus this request's worst
 `tokens_per_minute`; when it ends its reservation is replaced by what it really used,
 which the estimate bounds. So the tokens charged in any 60-second window never exceed the
 limit, whatever the size or concurrency of the requests. A request whose worst case
-alone is over the limit can never pass: it is a 400 naming `max_tokens`. State is keyed by the
+alone is over the limit can never pass: it is a 400 naming `max_tokens`. A request sent
+to another replica after an attempt that reached an engine reserves its worst case
+again (`reserve_more`), or is not sent again. State is keyed by the
 tenant's uid: a tenant created again under a deleted one's name starts afresh.
 """
 
@@ -56,12 +58,8 @@ class QuotaGate:
         """Count a new request in, reserving `reserve` tokens, or raise 429. Call
         `release(tenant, reserve, used)` when it ends, however it ends."""
         now = time.monotonic()
-        requests, tokens = self._requests[tenant], self._tokens[tenant]
-        while requests and requests[0] <= now - WINDOW_S:
-            requests.popleft()
-        while tokens and tokens[0][0] <= now - WINDOW_S:
-            tokens.popleft()
-        other = self._others.get(tenant, Share()) if now - self._others_at < OTHERS_STALE_S else Share()
+        requests = self._requests[tenant]
+        other = self._window(tenant, now)
         if limits.max_concurrent is not None and self._active[tenant] + other.active >= limits.max_concurrent:
             raise QuotaExceededError("concurrent", f"{limits.max_concurrent} requests are in flight, the limit", 1)
         if limits.requests_per_minute is not None and len(requests) + other.requests >= limits.requests_per_minute:
@@ -73,6 +71,24 @@ class QuotaGate:
         requests.append(now)
         self._active[tenant] += 1
         self._reserved[tenant] += reserve
+
+    def reserve_more(self, tenant: str, limits: Limits, more: int) -> None:
+        """An admitted request will be sent again (a retry): reserve `more` tokens for
+        it, or raise as `admit` does. Released with the request's own reservation."""
+        now = time.monotonic()
+        other = self._window(tenant, now)
+        if limits.tokens_per_minute is not None:
+            self._check_tokens(tenant, limits.tokens_per_minute, more, other.tokens, now)
+        self._reserved[tenant] += more
+
+    def _window(self, tenant: str, now: float) -> Share:
+        """Drop what left the window; → the other replicas' counts (none when stale)."""
+        requests, tokens = self._requests[tenant], self._tokens[tenant]
+        while requests and requests[0] <= now - WINDOW_S:
+            requests.popleft()
+        while tokens and tokens[0][0] <= now - WINDOW_S:
+            tokens.popleft()
+        return self._others.get(tenant, Share()) if now - self._others_at < OTHERS_STALE_S else Share()
 
     def release(self, tenant: str, reserved: int, used: int) -> None:
         """The request ended: its reservation becomes the `used` tokens."""

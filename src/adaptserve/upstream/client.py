@@ -19,6 +19,7 @@ from adaptserve.errors import (
     APIError,
     ContextLengthExceededError,
     InvalidRequestError,
+    UpstreamDroppedError,
     UpstreamError,
     UpstreamServerError,
     UpstreamTimeoutError,
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 5.0
 _CONTEXT_MARKERS = ("maximum context length", "context length is", "maximum model length")
+# Failures before the server could have read the whole request: nothing reached it.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.WriteError)
 
 
 class UpstreamModelMissingError(APIError):
@@ -222,10 +225,12 @@ class Upstream:
         return self._http
 
     def _unavailable(self, exc: Exception) -> UpstreamUnavailableError:
+        """A transport failure → a timeout, a connection that never carried the request,
+        or one dropped after it was sent (the server read it: `UpstreamDroppedError`)."""
         if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
             return UpstreamTimeoutError()
         self.mark_down()
-        return UpstreamUnavailableError()
+        return UpstreamUnavailableError() if isinstance(exc, _NOT_SENT) else UpstreamDroppedError()
 
 
 async def _read_bounded(response: httpx.Response, limit: int, truncate: bool) -> bytes:

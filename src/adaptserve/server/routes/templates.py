@@ -83,6 +83,7 @@ async def put_template(
         raise InvalidRequestError("the document's tenant differs from the URL's", param="tenant")
     if tenant is not None:
         spec = spec.model_copy(update={"tenant": tenant})
+    await gateway.template_service.check_fits(spec)
     version, created = await asyncio.to_thread(gateway.templates.put, spec, activate)
     response.status_code = 201 if created else 200
     request.state.audit = {"after": version["version"], "activate": activate}
