@@ -56,12 +56,28 @@ class QuotaGate:
         """Count a new request in, reserving `reserve` tokens, or raise 429. Call
         `release(tenant, reserve, used)` when it ends, however it ends."""
         now = time.monotonic()
-        requests, tokens = self._requests[tenant], self._tokens[tenant]
-        while requests and requests[0] <= now - WINDOW_S:
-            requests.popleft()
-        while tokens and tokens[0][0] <= now - WINDOW_S:
-            tokens.popleft()
-        other = self._others.get(tenant, Share()) if now - self._others_at < OTHERS_STALE_S else Share()
+        self._check(tenant, limits, reserve, now)
+        self._requests[tenant].append(now)
+        self._active[tenant] += 1
+        self._reserved[tenant] += reserve
+
+    def check(self, tenant: str, limits: Limits) -> None:
+        """Raise the 429 `admit` would, counting nothing: a cheap refusal before a
+        costly step that comes before admission."""
+        self._check(tenant, limits, 0, time.monotonic())
+
+    def extend(self, tenant: str, limits: Limits, extra: int) -> None:
+        """An admitted request needs `extra` tokens more than it reserved (its masked
+        body is longer), or 429; its `release` then gives back the sum."""
+        now = time.monotonic()
+        if limits.tokens_per_minute is not None:
+            self._prune(tenant, now)
+            self._check_tokens(tenant, limits.tokens_per_minute, extra, self._other(tenant, now).tokens, now)
+        self._reserved[tenant] += extra
+
+    def _check(self, tenant: str, limits: Limits, reserve: int, now: float) -> None:
+        self._prune(tenant, now)
+        requests, other = self._requests[tenant], self._other(tenant, now)
         if limits.max_concurrent is not None and self._active[tenant] + other.active >= limits.max_concurrent:
             raise QuotaExceededError("concurrent", f"{limits.max_concurrent} requests are in flight, the limit", 1)
         if limits.requests_per_minute is not None and len(requests) + other.requests >= limits.requests_per_minute:
@@ -70,9 +86,16 @@ class QuotaGate:
             raise QuotaExceededError("requests_per_minute", message, wait)
         if limits.tokens_per_minute is not None:
             self._check_tokens(tenant, limits.tokens_per_minute, reserve, other.tokens, now)
-        requests.append(now)
-        self._active[tenant] += 1
-        self._reserved[tenant] += reserve
+
+    def _prune(self, tenant: str, now: float) -> None:
+        requests, tokens = self._requests[tenant], self._tokens[tenant]
+        while requests and requests[0] <= now - WINDOW_S:
+            requests.popleft()
+        while tokens and tokens[0][0] <= now - WINDOW_S:
+            tokens.popleft()
+
+    def _other(self, tenant: str, now: float) -> Share:
+        return self._others.get(tenant, Share()) if now - self._others_at < OTHERS_STALE_S else Share()
 
     def release(self, tenant: str, reserved: int, used: int) -> None:
         """The request ended: its reservation becomes the `used` tokens."""
