@@ -19,6 +19,7 @@ from adaptserve.bench.fake_engine import FakeState
 from adaptserve.pii.detector import Detector
 from adaptserve.pii.masking import Placeholders, StreamRestorer, scrubbed
 from adaptserve.pii.policy import DEFAULT_POLICY, PiiPolicy
+from adaptserve.serving.screening import leaves, rebuilt
 from tests.helpers import API_KEY, CONTACT, SENTIMENT, RunningGateway, call_as, new_tenant, tenant_admin_key
 
 EMAIL, PHONE, CARD = "kim.lee@example.com", "+1 415-555-0132", "4111 1111 1111 1111"
@@ -319,3 +320,51 @@ def test_mask_never_lets_personal_data_reach_the_engine_through_any_field(
     assert all(EMAIL not in json.dumps(sent) for sent in fake.requests)
     if status == 200:
         assert "<EMAIL_ADDRESS_1>" in json.dumps(fake.requests[-1])  # masked, not dropped
+
+
+def test_every_string_and_key_of_a_body_is_screened_and_masked_only_where_a_placeholder_can_stand() -> None:
+    """The SECURITY.md table: each field's strings, as `screening.leaves` classifies them."""
+    schema = {
+        "type": "object",
+        "description": "m-sd",
+        "properties": {"description": {"type": "f-st", "enum": ["m-en"]}},
+    }
+    body = {
+        "model": "not-screened",
+        "cache_salt": "not-screened-either",
+        "prompt": ["m-p"],
+        "messages": [
+            {"role": "f-role", "name": "m-name", "content": [{"type": "f-type", "text": "m-text"}]},
+            {
+                "role": "f-role2",
+                "content": "m-content",
+                "tool_calls": [{"id": "f-id", "function": {"name": "f-fn", "arguments": "m-args"}}],
+            },
+        ],
+        "tools": [{"type": "f-tt", "function": {"name": "f-tn", "description": "m-td", "parameters": schema}}],
+        "tool_choice": {"type": "f-tc", "function": {"name": "f-tcn"}},
+        "response_format": {"type": "f-rt", "json_schema": {"name": "f-rn", "description": "m-rd", "schema": "f-json"}},
+        "structured_outputs": {
+            "choice": ["f-ch"],
+            "regex": "f-re",
+            "grammar": "f-gr",
+            "json": {"pattern": "f-pat", "title": "m-ti"},
+        },
+        "stop": ["f-stop"],
+        "documents": [{"title": "m-doc"}],
+        "chat_template_kwargs": {"who": "m-ctk", "deep": {"x": ["m-ctk2"]}},
+        "chat_template": "f-ct",
+        "vllm_xargs": {"k": "f-x"},
+    }
+    kinds = {leaf.text: leaf.kind.value for leaf in leaves(body)}
+    assert "not-screened" not in kinds and "not-screened-either" not in kinds  # the gateway replaces them
+    masked = {text for text, kind in kinds.items() if kind == "mask"}
+    assert masked == {"m-p", "m-name", "m-text", "m-content", "m-args", "m-td", "m-sd", "m-en", "m-rd", "m-ti"} | {
+        "m-doc",
+        "m-ctk",
+        "m-ctk2",
+    }
+    keys = {"who", "deep", "x", "description", "properties", "k", "title", "vllm_xargs", "model", "role"}
+    assert all(kinds[text] == "fixed" for text in kinds if text.startswith("f-") or text in keys)
+    replaced = rebuilt(body, [leaf.text.upper() if leaf.kind.value == "mask" else leaf.text for leaf in leaves(body)])
+    assert replaced["messages"][1]["content"] == "M-CONTENT" and replaced["model"] == "not-screened"

@@ -269,9 +269,8 @@ class Pipeline:
         return self._catalog.target(alias.alias, alias.adapter, alias.version)
 
     async def precheck(self, principal: Principal, model: str) -> None:
-        """What admission would refuse (an unknown model, a tenant over its quotas),
-        counting nothing: for work that must come before admission (a template's
-        inputs are screened before its engine calls are planned)."""
+        """Refuse what admission would (an unknown model, a tenant over its quotas),
+        counting nothing: before work that precedes admission (a template's screening)."""
         await asyncio.to_thread(self.resolve, principal.tenant, model)
         try:
             self._quotas.check(principal.uid, principal.limits)
@@ -314,8 +313,7 @@ class Pipeline:
         self, principal: Principal, model: str, endpoint: Endpoint, body: dict[str, Any], *, template: str = ""
     ) -> Answer:
         """One non-streamed engine call in its own admission. A client's own call is
-        screened under the tenant's PII policy once admitted (a template screens its
-        inputs itself)."""
+        screened once admitted (a template screens its inputs itself)."""
         placeholders = None
         reserve = self.bounds.check(body, endpoint is Endpoint.CHAT)
         label = "template" if template else endpoint.name.lower()
