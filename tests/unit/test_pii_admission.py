@@ -7,6 +7,7 @@ by a counting (or blocking) one: nothing here depends on timing."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ import pytest
 from adaptserve.bench.fake_engine import FakeState
 from adaptserve.pii.detector import Detector, Finding
 from adaptserve.pii.policy import PiiPolicy
-from tests.helpers import RunningGateway, wait_for
+from tests.helpers import CONTACT, RunningGateway, run_template, wait_for
 
 EMAIL = "kim.lee@example.com"
 
@@ -88,6 +89,19 @@ def test_a_tenant_over_its_rate_gets_its_429_without_any_detection(
         headers={"Authorization": f"Bearer {tenant(gw, 'third')}"},
     )
     assert over.status_code == 400 and over.json()["error"]["param"] == "prompt" and detector.calls == 0  # bounds
+
+
+def test_a_template_call_over_the_rate_is_refused_before_its_inputs_are_screened(
+    start_gateway: Callable[..., RunningGateway], fake: FakeState, detector: FakeDetector
+) -> None:
+    gw = start_gateway()
+    assert gw.admin("PUT", "/templates/contact", content=json.dumps(CONTACT)).status_code == 201
+    key = tenant(gw, "busy", requests_per_minute=1)
+    fake.json_reply = {"email": "x"}
+    assert run_template(gw, "contact", {"inputs": {"message": EMAIL}}, key=key).status_code == 200
+    detector.calls = 0
+    refused = run_template(gw, "contact", {"inputs": {"message": "9" * 4000}}, key=key)
+    assert refused.status_code == 429 and detector.calls == 0, refused.text
 
 
 def test_detection_reads_a_bounded_number_of_bytes_per_request(
