@@ -137,6 +137,16 @@ class Settings(BaseSettings):
     max_schema_bytes: int = Field(
         32_768, ge=256, description="one JSON schema, grammar, regex, choice list or tool for vLLM to compile"
     )
+    pii_max_bytes_per_request: int = Field(
+        65_536,
+        ge=1024,
+        description="text one request of a mask or block tenant may ask to check for personal data (more: 413); "
+        "detection costs up to ~45 µs a byte",
+    )
+    pii_workers: int = Field(4, ge=2, description="threads that detect personal data (apart from every other work)")
+    pii_concurrency_per_tenant: int = Field(
+        2, ge=1, description="detections of one tenant at a time: fewer than pii_workers, so no tenant takes them all"
+    )
     max_response_bytes: int = Field(
         64 * 1024 * 1024, ge=65_536, description="a non-streamed answer the gateway holds whole"
     )
@@ -224,6 +234,12 @@ class Settings(BaseSettings):
     @property
     def tenant_cache_groups(self) -> dict[str, str]:
         return {tenant: group for group, tenants in self.cache_groups.items() for tenant in tenants}
+
+    @model_validator(mode="after")
+    def _pii_workers_shared(self) -> Settings:
+        if self.pii_concurrency_per_tenant >= self.pii_workers:
+            raise ValueError("pii_concurrency_per_tenant must be below pii_workers (one tenant would take them all)")
+        return self
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Settings:

@@ -19,6 +19,7 @@ from adaptserve.bench.fake_engine import FakeState
 from adaptserve.pii.detector import Detector
 from adaptserve.pii.masking import Placeholders, StreamRestorer, scrubbed
 from adaptserve.pii.policy import DEFAULT_POLICY, PiiPolicy
+from adaptserve.serving.screening import leaves, rebuilt
 from tests.helpers import API_KEY, CONTACT, SENTIMENT, RunningGateway, call_as, new_tenant, tenant_admin_key
 
 EMAIL, PHONE, CARD = "kim.lee@example.com", "+1 415-555-0132", "4111 1111 1111 1111"
@@ -266,3 +267,104 @@ def test_text_held_back_at_a_streams_end_is_not_lost() -> None:
         return "".join(texts)
 
     assert asyncio.run(read()) == f"to {EMAIL} <EM"
+
+
+# Every string the engine reads is screened: object keys, roles, names, stop strings,
+# constraints and schemas too. (field, the body's extra fields, mask's status)
+SCHEMA = {"type": "object", "properties": {"to": {"type": "string", "description": f"write to {EMAIL}"}}}
+TOOL = {"type": "function", "function": {"name": "send", "description": f"mail {EMAIL}", "parameters": SCHEMA}}
+HIDDEN = {
+    "role": ({"messages": [{"role": f"user {EMAIL}", "content": "hi"}]}, 400),
+    "message name": ({"messages": [{"role": "user", "name": EMAIL, "content": "hi"}]}, 200),
+    "chat_template_kwargs key": ({"chat_template_kwargs": {EMAIL: "x"}}, 400),
+    "structured_outputs.choice": ({"structured_outputs": {"choice": ["yes", EMAIL]}}, 400),
+    "structured_outputs.regex": ({"structured_outputs": {"regex": EMAIL.replace(".", "\\.")}}, 400),
+    "stop": ({"stop": [EMAIL]}, 400),
+    "response_format schema": (
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": SCHEMA}}},
+        200,
+    ),
+    "tool description": ({"tools": [TOOL]}, 200),
+    "an unknown field": ({"vllm_xargs": {"note": EMAIL}}, 400),
+    "a top-level key": ({EMAIL: 1}, 400),
+}
+
+
+def _hidden_body(extra: dict) -> dict:
+    return {"model": "default", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4} | extra
+
+
+@pytest.mark.parametrize("field", list(HIDDEN))
+def test_block_refuses_personal_data_in_any_field_the_engine_reads(
+    gateway: RunningGateway, fake: FakeState, field: str
+) -> None:
+    assert policy(gateway, "default", mode="block").status_code == 200
+    before = len(fake.requests)
+    refused = gateway.post("/v1/chat/completions", _hidden_body(HIDDEN[field][0]))
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "pii_detected", refused.text
+    assert EMAIL not in refused.text and len(fake.requests) == before  # the engine saw nothing
+
+
+@pytest.mark.parametrize("field", list(HIDDEN))
+def test_mask_never_lets_personal_data_reach_the_engine_through_any_field(
+    gateway: RunningGateway, fake: FakeState, field: str
+) -> None:
+    """A field a placeholder can stand in for is masked (and restored); one it cannot
+    (a key, a role, a stop string, a constraint) is refused."""
+    assert policy(gateway, "default", mode="mask").status_code == 200
+    extra, status = HIDDEN[field]
+    answer = gateway.post("/v1/chat/completions", _hidden_body(extra))
+    assert answer.status_code == status, answer.text
+    if status == 400:
+        assert answer.json()["error"]["code"] == "pii_detected" and EMAIL not in answer.text
+    assert all(EMAIL not in json.dumps(sent) for sent in fake.requests)
+    if status == 200:
+        assert "<EMAIL_ADDRESS_1>" in json.dumps(fake.requests[-1])  # masked, not dropped
+
+
+def test_every_string_and_key_of_a_body_is_screened_and_masked_only_where_a_placeholder_can_stand() -> None:
+    """The SECURITY.md table: each field's strings, as `screening.leaves` classifies them."""
+    schema = {
+        "type": "object",
+        "description": "m-sd",
+        "properties": {"description": {"type": "f-st", "enum": ["m-en"]}},
+    }
+    body = {
+        "model": "not-screened",
+        "cache_salt": "not-screened-either",
+        "prompt": ["m-p"],
+        "messages": [
+            {"role": "f-role", "name": "m-name", "content": [{"type": "f-type", "text": "m-text"}]},
+            {
+                "role": "f-role2",
+                "content": "m-content",
+                "tool_calls": [{"id": "f-id", "function": {"name": "f-fn", "arguments": "m-args"}}],
+            },
+        ],
+        "tools": [{"type": "f-tt", "function": {"name": "f-tn", "description": "m-td", "parameters": schema}}],
+        "tool_choice": {"type": "f-tc", "function": {"name": "f-tcn"}},
+        "response_format": {"type": "f-rt", "json_schema": {"name": "f-rn", "description": "m-rd", "schema": "f-json"}},
+        "structured_outputs": {
+            "choice": ["f-ch"],
+            "regex": "f-re",
+            "grammar": "f-gr",
+            "json": {"pattern": "f-pat", "title": "m-ti"},
+        },
+        "stop": ["f-stop"],
+        "documents": [{"title": "m-doc"}],
+        "chat_template_kwargs": {"who": "m-ctk", "deep": {"x": ["m-ctk2"]}},
+        "chat_template": "f-ct",
+        "vllm_xargs": {"k": "f-x"},
+    }
+    kinds = {leaf.text: leaf.kind.value for leaf in leaves(body)}
+    assert "not-screened" not in kinds and "not-screened-either" not in kinds  # the gateway replaces them
+    masked = {text for text, kind in kinds.items() if kind == "mask"}
+    assert masked == {"m-p", "m-name", "m-text", "m-content", "m-args", "m-td", "m-sd", "m-en", "m-rd", "m-ti"} | {
+        "m-doc",
+        "m-ctk",
+        "m-ctk2",
+    }
+    keys = {"who", "deep", "x", "description", "properties", "k", "title", "vllm_xargs", "model", "role"}
+    assert all(kinds[text] == "fixed" for text in kinds if text.startswith("f-") or text in keys)
+    replaced = rebuilt(body, [leaf.text.upper() if leaf.kind.value == "mask" else leaf.text for leaf in leaves(body)])
+    assert replaced["messages"][1]["content"] == "M-CONTENT" and replaced["model"] == "not-screened"

@@ -109,7 +109,13 @@ class Gateway:
         )
         quotas = QuotaGate()
         sync = QuotaSync(db, quotas, settings.quota_sync_interval_s) if db.engine.dialect.name == "postgresql" else None
-        privacy = PrivacyGuard(Detector(), metrics)
+        privacy = PrivacyGuard(
+            Detector(),
+            metrics,
+            max_bytes=settings.pii_max_bytes_per_request,
+            workers=settings.pii_workers,
+            per_tenant=settings.pii_concurrency_per_tenant,
+        )
         pipeline = Pipeline(pool, catalog, residency, picker, tenants, meter, quotas, metrics, bounds, privacy)
         templates = TemplateRegistry(db, settings.template_cache_size)
         tenants.owns(TemplateRegistry.remove_owned)
@@ -159,6 +165,7 @@ class Gateway:
         await self.pool.stop()
         if self.supervisor is not None:
             await self.supervisor.stop()
+        self.pipeline.privacy.close()
         self.db.dispose()
 
 

@@ -1,7 +1,8 @@
-"""The one request path every engine call takes: resolve the tenant's alias → admit
-under the tenant's quotas (reserving the request's worst-case tokens) → lease the
-version → ensure it is loaded → forward → rename the model in the answer → meter usage
-and record metrics.
+"""The one request path every engine call takes: bound the request → resolve the
+tenant's alias → admit under the tenant's quotas (reserving the request's worst-case
+tokens) → lease the version → screen it under the tenant's PII policy (the costliest
+check, so the last) → ensure it is loaded → forward → rename the model in the answer →
+meter usage and record metrics.
 
 `Pipeline.admitted` is that path as one `async with`: nothing touches the engine
 (tokenize, adapter load, generation) before the tenant is resolved and admitted, and
@@ -39,6 +40,7 @@ from adaptserve.errors import (
     UpstreamUnavailableError,
 )
 from adaptserve.metrics import Metrics
+from adaptserve.pii.masking import Placeholders
 from adaptserve.serving.bounds import RequestBounds, Reservation
 from adaptserve.serving.picker import Picker
 from adaptserve.serving.privacy import PrivacyGuard, restore_answer, restoring
@@ -122,6 +124,15 @@ class Admission:
     def model(self) -> str:
         """The served model's internal name (what a template's calibration is keyed by)."""
         return self.target.internal_name
+
+    async def screen(self, endpoint: Endpoint, body: dict[str, Any]) -> tuple[dict[str, Any], Placeholders | None]:
+        """The client's body under the tenant's PII policy, checked only now that the
+        request is admitted (detection is the costliest check). A masked body is bounded
+        again, and reserves more tokens if it may use more."""
+        screened, placeholders = await self._pipeline.privacy.screen_body(self.principal, body, endpoint.prompt_param)
+        if placeholders is not None:
+            self._pipeline.reserve_more(self, self._pipeline.bounds.check(screened, endpoint is Endpoint.CHAT))
+        return screened, placeholders
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         """A non-streamed `/v1/completions` call (the classifier's scoring reads)."""
@@ -229,6 +240,24 @@ class Pipeline:
             return None
         return self._catalog.target(alias.alias, alias.adapter, alias.version)
 
+    async def precheck(self, principal: Principal, model: str) -> None:
+        """Refuse what admission would (an unknown model, a tenant over its quotas),
+        counting nothing: before work that precedes admission (a template's screening)."""
+        await asyncio.to_thread(self.resolve, principal.tenant, model)
+        try:
+            self._quotas.check(principal.uid, principal.limits)
+        except QuotaExceededError as exc:
+            self._metrics.quota_rejections.labels(principal.tenant, exc.limit).inc()
+            raise
+
+    def reserve_more(self, admission: Admission, reservation: Reservation) -> None:
+        """An admitted call's reservation grown to `reservation` (or a 429)."""
+        call = admission.call
+        extra = reservation.total - call.reserved
+        if extra > 0:
+            self._quotas.extend(call.uid, admission.principal.limits, extra)
+            call.reserved, call.reserved_prompt = reservation.total, max(call.reserved_prompt, reservation.prompt)
+
     @asynccontextmanager
     async def admitted(
         self, principal: Principal, model: str, reserve: Reservation, *, label: str, template: str = ""
@@ -247,7 +276,7 @@ class Pipeline:
                 yield Admission(self, principal, target, call)
         except APIError as exc:
             call.status = exc.status
-            await self.privacy.scrub(principal.pii, exc)
+            await self.privacy.scrub(principal, exc)
             raise
         finally:
             self._finish(call)
@@ -256,13 +285,13 @@ class Pipeline:
         self, principal: Principal, model: str, endpoint: Endpoint, body: dict[str, Any], *, template: str = ""
     ) -> Answer:
         """One non-streamed engine call in its own admission. A client's own call is
-        screened under the tenant's PII policy (a template screens its inputs itself)."""
+        screened once admitted (a template screens its inputs itself)."""
         placeholders = None
-        if not template:
-            body, placeholders = await self.privacy.screen_body(principal, body, endpoint.prompt_param)
         reserve = self.bounds.check(body, endpoint is Endpoint.CHAT)
         label = "template" if template else endpoint.name.lower()
         async with self.admitted(principal, model, reserve, label=label, template=template) as admission:
+            if not template:
+                body, placeholders = await admission.screen(endpoint, body)
             answer = await admission.forward(endpoint, body)
             return Answer(restore_answer(placeholders, answer), admission.target)
 
@@ -280,15 +309,15 @@ class Pipeline:
         events are `relay`'s (default: the OpenAI stream, as the body's options ask),
         restored where the tenant's PII policy masked the request."""
         relay = relay or openai_relay(body, model)
-        if not template:
-            body, placeholders = await self.privacy.screen_body(principal, body, endpoint.prompt_param)
-            relay = restoring(relay, placeholders)
         reserve = self.bounds.check(body, endpoint is Endpoint.CHAT)
         label = "template" if template else endpoint.name.lower()
         async with AsyncExitStack() as stack:  # closes the admission if the stream fails to open
             admission = await stack.enter_async_context(
                 self.admitted(principal, model, reserve, label=label, template=template)
             )
+            if not template:
+                body, placeholders = await admission.screen(endpoint, body)
+                relay = restoring(relay, placeholders)
             stream = await admission.open_stream(endpoint, body)
             stack.push_async_callback(stream.close)
             return StreamingAnswer(stream, admission.target, admission.call, stack.pop_all(), relay)
@@ -298,7 +327,7 @@ class Pipeline:
         """Reserve the call's worst case once more, for a retry; False when the tenant's
         quota does not take it (the failure is then the answer)."""
         try:
-            self._quotas.reserve_more(principal.uid, principal.limits, call.reserved)
+            self._quotas.extend(principal.uid, principal.limits, call.reserved)
         except (QuotaExceededError, InvalidRequestError):
             return False
         call.retry_reserved += call.reserved

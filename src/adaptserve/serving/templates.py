@@ -98,7 +98,7 @@ class TemplateService:
     async def run(self, principal: Principal, name: str, call: TemplateCall) -> dict[str, Any]:
         """A call that is not streamed: one input's result, or a batch's results."""
         template, checked = await self._checked(principal, name, call)
-        checked, placeholders = await self._screened(principal, checked, call)
+        checked, placeholders = await self._screened(principal, template.spec.model, checked, call)
         batch = isinstance(call.inputs, list)
         if template.spec.kind == "classify":
             results, usage = await self._classify(principal, template, checked, call)
@@ -114,7 +114,7 @@ class TemplateService:
     async def stream(self, principal: Principal, name: str, call: TemplateCall) -> StreamingAnswer:
         """One input of a generate template, streamed: `{"delta"}` events, then the result."""
         template, checked = await self._checked(principal, name, call)
-        checked, placeholders = await self._screened(principal, checked, call)
+        checked, placeholders = await self._screened(principal, template.spec.model, checked, call)
         body = self._chat_body(template.spec, checked[0], call) | {"stream": True}
 
         def finish(text: str, reason: str | None, record: CallRecord) -> dict[str, Any]:
@@ -144,16 +144,18 @@ class TemplateService:
         return template, checked
 
     async def _screened(
-        self, principal: Principal, inputs: list[dict[str, Any]], call: TemplateCall
+        self, principal: Principal, model: str, inputs: list[dict[str, Any]], call: TemplateCall
     ) -> tuple[list[dict[str, Any]], Placeholders | None]:
         """The inputs' text under the tenant's PII policy: masked (restored in a generate
-        template's answer) or refused."""
+        template's answer) or refused. What admission would refuse is refused first:
+        detection is the costliest check."""
         if principal.pii.mode is PiiMode.MASK and call.explain == "attributions":
             raise InvalidRequestError(
                 "attributions are not given while this tenant's personal data is masked", param="explain"
             )
         if not principal.pii.screens:
             return inputs, None
+        await self._pipeline.precheck(principal, model)
         fields = [(i, k) for i, item in enumerate(inputs) for k, v in item.items() if _scalar(v)]
         texts = [str(inputs[i][k]) for i, k in fields]
         masked, placeholders = await self._pipeline.privacy.screen(principal, texts, "inputs")

@@ -12,7 +12,7 @@ which the estimate bounds. So the tokens charged in any 60-second window never e
 limit, whatever the size or concurrency of the requests. A request whose worst case
 alone is over the limit can never pass: it is a 400 naming `max_tokens`. A request sent
 to another replica after an attempt that reached an engine reserves its worst case
-again (`reserve_more`), or is not sent again. State is keyed by the
+again (`extend`), or is not sent again. State is keyed by the
 tenant's uid: a tenant created again under a deleted one's name starts afresh.
 """
 
@@ -58,8 +58,29 @@ class QuotaGate:
         """Count a new request in, reserving `reserve` tokens, or raise 429. Call
         `release(tenant, reserve, used)` when it ends, however it ends."""
         now = time.monotonic()
-        requests = self._requests[tenant]
-        other = self._window(tenant, now)
+        self._check(tenant, limits, reserve, now)
+        self._requests[tenant].append(now)
+        self._active[tenant] += 1
+        self._reserved[tenant] += reserve
+
+    def check(self, tenant: str, limits: Limits) -> None:
+        """Raise the 429 `admit` would, counting nothing: a cheap refusal before a
+        costly step that comes before admission."""
+        self._check(tenant, limits, 0, time.monotonic())
+
+    def extend(self, tenant: str, limits: Limits, extra: int) -> None:
+        """An admitted request needs `extra` tokens more than it reserved (its masked
+        body is longer, or it is sent again after a dropped connection), or 429; its
+        `release` then gives back the sum."""
+        now = time.monotonic()
+        if limits.tokens_per_minute is not None:
+            self._prune(tenant, now)
+            self._check_tokens(tenant, limits.tokens_per_minute, extra, self._other(tenant, now).tokens, now)
+        self._reserved[tenant] += extra
+
+    def _check(self, tenant: str, limits: Limits, reserve: int, now: float) -> None:
+        self._prune(tenant, now)
+        requests, other = self._requests[tenant], self._other(tenant, now)
         if limits.max_concurrent is not None and self._active[tenant] + other.active >= limits.max_concurrent:
             raise QuotaExceededError("concurrent", f"{limits.max_concurrent} requests are in flight, the limit", 1)
         if limits.requests_per_minute is not None and len(requests) + other.requests >= limits.requests_per_minute:
@@ -68,26 +89,15 @@ class QuotaGate:
             raise QuotaExceededError("requests_per_minute", message, wait)
         if limits.tokens_per_minute is not None:
             self._check_tokens(tenant, limits.tokens_per_minute, reserve, other.tokens, now)
-        requests.append(now)
-        self._active[tenant] += 1
-        self._reserved[tenant] += reserve
 
-    def reserve_more(self, tenant: str, limits: Limits, more: int) -> None:
-        """An admitted request will be sent again (a retry): reserve `more` tokens for
-        it, or raise as `admit` does. Released with the request's own reservation."""
-        now = time.monotonic()
-        other = self._window(tenant, now)
-        if limits.tokens_per_minute is not None:
-            self._check_tokens(tenant, limits.tokens_per_minute, more, other.tokens, now)
-        self._reserved[tenant] += more
-
-    def _window(self, tenant: str, now: float) -> Share:
-        """Drop what left the window; → the other replicas' counts (none when stale)."""
+    def _prune(self, tenant: str, now: float) -> None:
         requests, tokens = self._requests[tenant], self._tokens[tenant]
         while requests and requests[0] <= now - WINDOW_S:
             requests.popleft()
         while tokens and tokens[0][0] <= now - WINDOW_S:
             tokens.popleft()
+
+    def _other(self, tenant: str, now: float) -> Share:
         return self._others.get(tenant, Share()) if now - self._others_at < OTHERS_STALE_S else Share()
 
     def release(self, tenant: str, reserved: int, used: int) -> None:
