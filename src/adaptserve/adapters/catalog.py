@@ -11,6 +11,10 @@ Invariants:
 - A version vLLM refused is not served until its back-off has passed
   (`AdapterVersion.refused`). The reason is the admin's to read (`describe`); a tenant
   is told only that it failed.
+- A tenant's versions (uploads and derivations) take at most
+  `Quota.storage_bytes_per_tenant` on disk together (checked in the transaction that
+  records one, and before a derivation starts); derivations run at most
+  `Quota.concurrent` at once, `Quota.per_tenant` of them one tenant's (`_Slots`).
 """
 
 from __future__ import annotations
@@ -18,23 +22,68 @@ from __future__ import annotations
 import builtins
 import logging
 import threading
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from adaptserve.adapters.residency import AdapterVersion, Residency, internal_name
 from adaptserve.adapters.spec import AdapterSpec, BaseModelSpec, validate_adapter
 from adaptserve.adapters.store import AdapterStore
 from adaptserve.db import AdapterRow, AdapterVersionRow, AliasRow, Database, TenantRow, check_name
-from adaptserve.errors import APIError, ConflictError, NotFoundError, RateLimitError
+from adaptserve.errors import APIError, ConflictError, NotFoundError, RateLimitError, StorageQuotaError
 
 log = logging.getLogger(__name__)
 
 
 class AdapterNotFoundError(NotFoundError):
     code = "adapter_not_found"
+
+
+class DerivationBusyError(RateLimitError):
+    code = "derivation_in_progress"
+
+
+@dataclass(frozen=True)
+class Quota:
+    """What tenants' adapters may take: disk per tenant, and derivations at once (all
+    together, and one tenant's)."""
+
+    storage_bytes_per_tenant: int = 2 * 1024**3
+    concurrent: int = 2
+    per_tenant: int = 1
+
+
+class _Slots:
+    """Derivations running now, by owner ("": the operator): at most `quota.concurrent`
+    in all and `quota.per_tenant` of one owner; one more is a 429 at once (no queue)."""
+
+    def __init__(self, quota: Quota) -> None:
+        self._quota = quota
+        self._running: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def held(self, owner: str) -> Iterator[None]:
+        with self._lock:
+            if self._running[owner] >= self._quota.per_tenant:
+                raise DerivationBusyError(
+                    f"{self._quota.per_tenant} adapter merge or compression of yours is already running; retry "
+                    "when it is done",
+                    retry_after=5,
+                )
+            if self._running.total() >= self._quota.concurrent:
+                raise DerivationBusyError("other adapters are being reduced or merged; retry shortly", retry_after=5)
+            self._running[owner] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running[owner] -= 1
 
 
 @dataclass(frozen=True)
@@ -57,6 +106,7 @@ class AdapterCatalog:
         max_rank: int,
         residency: Residency,
         targets: frozenset[str] | None = None,
+        quota: Quota | None = None,
     ) -> None:
         self.base_name = base_name
         self._db, self._store, self._base, self._max_rank = db, store, base, max_rank
@@ -66,7 +116,8 @@ class AdapterCatalog:
         self._zero: AdapterVersion | None = None
         self._base_direct = False  # the engine is known to give a request without an adapter none
         self._startup: list[str] = []  # the settings file's adapters, loaded when an upstream comes up
-        self._deriving = threading.Lock()  # `derive`'s builds, one at a time
+        self._quota = quota or Quota()
+        self._deriving = _Slots(self._quota)  # `derive`'s builds running now
 
     # control plane -------------------------------------------------------------
     def register(self, name: str, staged: Path, owner: str | None = None) -> dict:
@@ -84,7 +135,7 @@ class AdapterCatalog:
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         try:
             active = self._record_version(name, owner, version, spec, path, size)
-        except ConflictError:
+        except (ConflictError, StorageQuotaError):
             if not self._digest_in_use(spec.digest):
                 self._store.remove(path)
             raise
@@ -102,15 +153,17 @@ class AdapterCatalog:
     def derive(self, name: str, owner: str | None, build: Callable[[Path], dict]) -> dict:
         """A new version of `name` that `build` writes into a staging folder, registered
         like an upload; the answer is `register`'s plus what `build` returned. The name
-        and its owner are checked first, and one build runs at a time (dense SVDs take
-        whole cores): another meanwhile gets 429."""
+        and its owner are checked first, and a tenant already at its storage quota is
+        refused before any work; builds run within `_Slots` (dense SVDs take whole
+        cores): one over them gets 429 at once."""
         check_name(name, "an adapter name")
         taken = self.owner(name)
         if owner is not None and taken is not None and taken != owner:
             raise ConflictError(f"the adapter name {name} is taken; choose another", param="name")
-        if not self._deriving.acquire(blocking=False):
-            raise RateLimitError("another adapter is being reduced or merged; retry shortly", retry_after=5)
-        try:
+        if owner is not None:
+            with self._db.session() as s:
+                self._check_room(s, owner, 1)
+        with self._deriving.held(owner or ""):
             staged = self._store.staging()
             try:
                 facts = build(staged)
@@ -118,9 +171,24 @@ class AdapterCatalog:
             except BaseException:
                 self._store.remove_staged(staged)
                 raise
-        finally:
-            self._deriving.release()
         return {**self.register(name, staged, owner), **facts}
+
+    def _check_room(self, s: Session, owner: str, size: int) -> None:
+        """Refuse (507) a version of `size` bytes that would take the tenant of uid
+        `owner` past its storage quota. The tenant's row is locked (PostgreSQL) so that
+        two of its uploads cannot both fit in the same room."""
+        tenant = s.scalar(select(TenantRow.name).where(TenantRow.uid == owner).with_for_update())
+        used = s.scalar(
+            select(func.coalesce(func.sum(AdapterVersionRow.size_bytes), 0))
+            .join(AdapterRow, AdapterRow.name == AdapterVersionRow.adapter)
+            .where(AdapterRow.owner == owner)
+        )
+        limit = self._quota.storage_bytes_per_tenant
+        if int(used or 0) + size > limit:
+            raise StorageQuotaError(
+                f"tenant {tenant or '(deleted)'}'s adapters take {used} of its {limit} bytes and this version needs "
+                f"{size}: delete adapters it no longer needs first"
+            )
 
     def stored(self, name: str, version: str | None = None) -> tuple[str, Path]:
         """A version (default: the active one) and where its files are stored."""
@@ -150,6 +218,8 @@ class AdapterCatalog:
             elif owner is not None and adapter.owner != owner:
                 raise ConflictError(f"the adapter name {name} is taken; choose another", param="name")
             if s.get(AdapterVersionRow, (name, version)) is None:
+                if adapter.owner:  # a tenant's: its storage quota (global adapters are the operator's disk)
+                    self._check_room(s, adapter.owner, size)
                 s.add(
                     AdapterVersionRow(
                         adapter=name,

@@ -239,6 +239,7 @@ async def merge_adapters(body: AdapterMerge, request: Request, gateway: GatewayD
             rank=body.rank,
             density=body.density,
             seed=body.seed,
+            max_dense_bytes=gateway.settings.max_merge_dense_bytes,
         )
         return gateway.catalog.derive(body.name, _owner(actor), build)
 
