@@ -13,77 +13,33 @@ Invariants:
   is told only that it failed.
 - A tenant's versions (uploads and derivations) take at most
   `Quota.storage_bytes_per_tenant` on disk together (checked in the transaction that
-  records one, and before a derivation starts); derivations run at most
-  `Quota.concurrent` at once, `Quota.per_tenant` of them one tenant's (`_Slots`).
+  records one, and before a derivation starts); derivations run within
+  `quota.DerivationSlots`.
 """
 
 from __future__ import annotations
 
 import builtins
 import logging
-import threading
-from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from adaptserve.adapters.quota import DerivationSlots, Quota
 from adaptserve.adapters.residency import AdapterVersion, Residency, internal_name
 from adaptserve.adapters.spec import AdapterSpec, BaseModelSpec, validate_adapter
 from adaptserve.adapters.store import AdapterStore
 from adaptserve.db import AdapterRow, AdapterVersionRow, AliasRow, Database, TenantRow, check_name
-from adaptserve.errors import APIError, ConflictError, NotFoundError, RateLimitError, StorageQuotaError
+from adaptserve.errors import APIError, ConflictError, NotFoundError, StorageQuotaError
 
 log = logging.getLogger(__name__)
 
 
 class AdapterNotFoundError(NotFoundError):
     code = "adapter_not_found"
-
-
-class DerivationBusyError(RateLimitError):
-    code = "derivation_in_progress"
-
-
-@dataclass(frozen=True)
-class Quota:
-    """What tenants' adapters may take: disk per tenant, and derivations at once (all
-    together, and one tenant's)."""
-
-    storage_bytes_per_tenant: int = 2 * 1024**3
-    concurrent: int = 2
-    per_tenant: int = 1
-
-
-class _Slots:
-    """Derivations running now, by owner ("": the operator): at most `quota.concurrent`
-    in all and `quota.per_tenant` of one owner; one more is a 429 at once (no queue)."""
-
-    def __init__(self, quota: Quota) -> None:
-        self._quota = quota
-        self._running: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def held(self, owner: str) -> Iterator[None]:
-        with self._lock:
-            if self._running[owner] >= self._quota.per_tenant:
-                raise DerivationBusyError(
-                    f"{self._quota.per_tenant} adapter merge or compression of yours is already running; retry "
-                    "when it is done",
-                    retry_after=5,
-                )
-            if self._running.total() >= self._quota.concurrent:
-                raise DerivationBusyError("other adapters are being reduced or merged; retry shortly", retry_after=5)
-            self._running[owner] += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._running[owner] -= 1
 
 
 @dataclass(frozen=True)
@@ -117,7 +73,7 @@ class AdapterCatalog:
         self._base_direct = False  # the engine is known to give a request without an adapter none
         self._startup: list[str] = []  # the settings file's adapters, loaded when an upstream comes up
         self._quota = quota or Quota()
-        self._deriving = _Slots(self._quota)  # `derive`'s builds running now
+        self._deriving = DerivationSlots(self._quota)  # `derive`'s builds running now
 
     # control plane -------------------------------------------------------------
     def register(self, name: str, staged: Path, owner: str | None = None) -> dict:
@@ -154,7 +110,7 @@ class AdapterCatalog:
         """A new version of `name` that `build` writes into a staging folder, registered
         like an upload; the answer is `register`'s plus what `build` returned. The name
         and its owner are checked first, and a tenant already at its storage quota is
-        refused before any work; builds run within `_Slots` (dense SVDs take whole
+        refused before any work; builds run within `DerivationSlots` (dense SVDs take whole
         cores): one over them gets 429 at once."""
         check_name(name, "an adapter name")
         taken = self.owner(name)

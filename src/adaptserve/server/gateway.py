@@ -11,7 +11,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from adaptserve.adapters.catalog import AdapterCatalog, Quota
+from adaptserve.adapters.catalog import AdapterCatalog
+from adaptserve.adapters.quota import Quota
 from adaptserve.adapters.residency import Residency
 from adaptserve.adapters.spec import BaseModelSpec, write_zero_adapter
 from adaptserve.adapters.store import AdapterStore
