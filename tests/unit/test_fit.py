@@ -270,22 +270,31 @@ def test_train_push_makes_the_adapter_the_tenants(gateway, adapters) -> None:
 
 
 def test_fit_masks_or_refuses_personal_data_per_the_tenants_policy() -> None:
-    from adaptserve.datasets import Example
-    from adaptserve.fit.privacy import scrub
+    from adaptserve.pii.data import scrub_rows, scrub_texts
     from adaptserve.pii.detector import Detector
     from adaptserve.pii.policy import PiiPolicy
 
-    examples = [Example("mail alice.smith@example.com about it", "good"), Example("nothing here", "bad")]
+    texts = ["mail alice.smith@example.com about it", "nothing here"]
     detector = Detector()
-    masked, note = scrub(examples, PiiPolicy(mode="mask"), detector)
-    assert masked[0] == Example("mail <EMAIL_ADDRESS_1> about it", "good") and masked[1] == examples[1]
+    masked, note = scrub_texts(texts, PiiPolicy(mode="mask"), detector)
+    assert masked == ["mail <EMAIL_ADDRESS_1> about it", "nothing here"]
     assert note and "EMAIL_ADDRESS" in note and "1 of 2" in note
     with pytest.raises(ConfigurationError, match="EMAIL_ADDRESS") as refused:
-        scrub(examples, PiiPolicy(mode="block"), detector)
+        scrub_texts(texts, PiiPolicy(mode="block"), detector)
     assert "alice" not in str(refused.value)
-    assert scrub(examples, PiiPolicy(mode="log"), detector) == (examples, None)  # passed as sent, like requests
+    assert scrub_texts(texts, PiiPolicy(mode="log"), detector) == (texts, None)  # passed as sent, like requests
     custom = PiiPolicy(mode="mask", deny_list=("Zorblax",))
-    assert "Zorblax" not in scrub([Example("ask Zorblax", "good")], custom, detector)[0][0].text
+    assert "Zorblax" not in scrub_texts(["ask Zorblax"], custom, detector)[0][0]
+    # train's rows: every string masked (inputs, prompt, completion), the label kept as it is
+    rows = [
+        {"inputs": {"text": "from bob@example.com", "n": 3}, "label": "bob@example.com"},
+        {"prompt": "write to carol@example.com", "completion": "done, carol@example.com"},
+    ]
+    kept, note = scrub_rows(rows, PiiPolicy(mode="mask"), detector)
+    assert kept == [
+        {"inputs": {"text": "from <EMAIL_ADDRESS_1>", "n": 3}, "label": "bob@example.com"},
+        {"prompt": "write to <EMAIL_ADDRESS_1>", "completion": "done, <EMAIL_ADDRESS_1>"},
+    ]
 
 
 def test_fit_stores_and_serves_no_personal_data_under_mask(

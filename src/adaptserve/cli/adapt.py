@@ -152,12 +152,29 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     spec = load_template(args)
     base = _base(args, settings)
     rows, source = _rows(args, spec)
+    rows = _tenants_rows(args, settings, rows)
     task = Task.load(base, spec)
     items = task.items(rows, str(args.data or args.dataset))
     if not items:
         raise ConfigurationError("no training examples")
     out = args.out or Path("adapters") / f"{spec.name if spec else 'adapter'}-{args.method}"
     return _train_and_finish(args, settings, task, items, base, out, source, {})
+
+
+def _tenants_rows(args: argparse.Namespace, settings: Settings, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows trained into an adapter pushed as a tenant's, as its PII policy lets them be
+    kept (read through the admin API before any training)."""
+    from adaptserve.pii.data import scrub_rows
+    from adaptserve.pii.detector import Detector
+
+    if not args.push or args.global_ or args.tenant is None:
+        return rows
+    key = args.tenant_admin_key or remote.admin_key(settings, args.admin_key)
+    policy = remote.pii_policy(remote.server_url(args, settings), key, args.tenant)
+    kept, note = scrub_rows(rows, policy, Detector())
+    if note:
+        print(f"adaptserve: {note}", file=sys.stderr)
+    return kept
 
 
 def run_distill(args: argparse.Namespace, settings: Settings) -> int:

@@ -151,22 +151,15 @@ def _fit(args: argparse.Namespace, settings: Settings, url: str, admin_key: str)
 def _scrubbed(examples: list, url: str, admin_key: str, tenant: str, notes: list[str]) -> list:
     """The examples under `tenant`'s PII policy (read with the admin key); what was
     masked is printed and noted."""
-    from adaptserve_client import AdaptserveError, Client
-
-    from adaptserve.fit.privacy import scrub
+    from adaptserve.datasets import Example
+    from adaptserve.pii.data import scrub_texts
     from adaptserve.pii.detector import Detector
-    from adaptserve.pii.policy import PiiPolicy
 
-    try:
-        with Client(url, admin_key, timeout=60) as client:
-            policy = PiiPolicy.model_validate(client.admin.tenants.pii(tenant))
-    except AdaptserveError as exc:
-        raise ConfigurationError(f"could not read tenant {tenant}'s PII policy from {url}: {exc}") from exc
-    kept, note = scrub(examples, policy, Detector())
+    texts, note = scrub_texts([e.text for e in examples], remote.pii_policy(url, admin_key, tenant), Detector())
     if note:
         print(f"adaptserve: {note}", file=sys.stderr)
         notes.append(note)
-    return kept
+    return [Example(text, e.label) for text, e in zip(texts, examples, strict=True)]
 
 
 def _examples(args: argparse.Namespace, keep: Callable[[list], list]) -> tuple[list, str]:

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from adaptserve.config import Settings
 from adaptserve.errors import ConfigurationError
+from adaptserve.pii.policy import PiiPolicy
 from adaptserve.tenancy.auth import ADMIN_KEY_FILE, KEY_FILE
 
 
@@ -121,6 +122,15 @@ def acting_as(url: str, who: PushAs) -> Iterator[str]:
                 print(
                     f"adaptserve: could not delete the push's admin key {made['id']} of {who.tenant}", file=sys.stderr
                 )
+
+
+def pii_policy(url: str, admin_key: str, tenant: str) -> PiiPolicy:
+    """`tenant`'s PII policy, read through the admin API (its admin key or the operator's)."""
+    try:
+        with Client(url, admin_key, timeout=60) as client:
+            return PiiPolicy.model_validate(client.admin.tenants.pii(tenant))
+    except AdaptserveError as exc:
+        raise ConfigurationError(f"could not read tenant {tenant}'s PII policy from {url}: {exc}") from exc
 
 
 def push_adapter(url: str, key: str, folder: Path, name: str, tenant: str | None, alias: str | None) -> dict:
