@@ -156,12 +156,11 @@ def test_the_upgrade_gives_existing_entries_the_uid_of_the_tenant_of_their_time(
     with db.engine.begin() as c:
         c.execute(text("INSERT INTO tenants (name, uid, created_at) VALUES ('acme', 'u-new', '2026-02-01')"))
         for at, tenant in (("2026-01-15", "acme"), ("2026-03-01", "acme"), ("2026-03-02", "")):
-            c.execute(
+            c.execute(  # literals (typed by the database): a bound string is not a timestamp on PostgreSQL
                 text(
                     "INSERT INTO audit_log (at, actor, action, target, tenant, status, address, detail)"
-                    " VALUES (:at, 'operator', 'POST /admin/x', '/admin/x', :tenant, 200, '10.0.0.1', '{}')"
-                ),
-                {"at": at, "tenant": tenant},
+                    f" VALUES ('{at}', 'operator', 'POST /admin/x', '/admin/x', '{tenant}', 200, '10.0.0.1', '{{}}')"
+                )
             )
     db.migrate()
     with db.engine.connect() as c:
