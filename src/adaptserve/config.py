@@ -161,6 +161,23 @@ class Settings(BaseSettings):
         "operator gives a tenant the base model",
     )
     max_adapter_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest adapter upload, unpacked")
+    max_adapter_storage_bytes_per_tenant: int = Field(
+        2 * 1024**3,
+        ge=1024,
+        description="what one tenant's adapter versions (uploads, merges, compressions) may take on disk together",
+    )
+    max_concurrent_derivations: int = Field(
+        2, ge=1, description="adapter merges and compressions running at once (dense SVDs take whole cores)"
+    )
+    max_derivations_per_tenant: int = Field(
+        1, ge=1, description="of those, how many one tenant may run at once (the operator counts as one)"
+    )
+    max_merge_dense_bytes: int = Field(
+        2 * 1024**3,
+        ge=1024,
+        description="TIES/DARE form each module's update densely: the estimated peak memory of one merge, above "
+        "which it is refused before it runs (linear and cat never form it)",
+    )
     max_resident_adapters: int = Field(8, ge=1, description="adapters kept loaded per upstream (LRU)")
     routing: Literal["picker", "round_robin"] = Field(
         "picker",

@@ -200,6 +200,9 @@ class AuditRow(Base):
     target: Mapped[str] = mapped_column(String(512))  # the path acted on
     # The tenant it concerns: a tenant admin's own; the operator's target; none for a refused key.
     tenant: Mapped[str] = mapped_column(String(64), default="", index=True)
+    # That tenant's never-reused uid when the entry was written: what a tenant admin's
+    # listing is keyed by, so a tenant created again under the name reads none of these.
+    tenant_uid: Mapped[str] = mapped_column(String(32), default="", index=True)
     status: Mapped[int] = mapped_column(Integer)
     address: Mapped[str] = mapped_column(String(64))
     detail: Mapped[dict] = mapped_column(JSON, default=dict)  # before/after versions where a route says

@@ -218,6 +218,14 @@ class DatabaseUnavailableError(APIError):
         )
 
 
+class StorageQuotaError(APIError):
+    """A tenant's adapters would take more disk than `max_adapter_storage_bytes_per_tenant`."""
+
+    status = 507
+    type = "insufficient_quota"
+    code = "storage_quota_exceeded"
+
+
 class StorageError(APIError):
     """The data disk refused a write (full, read-only); nothing half-written was kept."""
 

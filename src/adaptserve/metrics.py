@@ -70,6 +70,13 @@ class Metrics:
             ["upstream"],
             registry=self.registry,
         )
+        self.admin_unauthenticated = Counter(
+            "adaptserve_admin_unauthenticated",
+            "admin mutations no key was accepted for (401, or 429 from the failed-key throttle): counted, "
+            "never written to the audit trail",
+            ["status"],
+            registry=self.registry,
+        )
         self.upstream_retries = Counter(
             "adaptserve_upstream_retries",
             "requests retried on another upstream after a failure before any answer",

@@ -244,3 +244,96 @@ def test_unreadable_sources_and_regex_patterns_are_refused_not_500s(gateway, tmp
     refused = upload(gateway, "regex", hostile)
     assert_openai_error(refused, 400, "invalid_adapter")
     assert "not a module name" in refused.json()["error"]["message"]
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def test_a_tenants_derivations_count_against_its_storage_quota(start_gateway, adapters) -> None:
+    quota = int(1.5 * _folder_bytes(adapters["alpha"]))  # room for one rank-4 copy of alpha, not two
+    gateway = start_gateway(adapters=adapters, max_adapter_storage_bytes_per_tenant=quota)
+    for tenant in ("acme", "globex"):
+        gateway.admin("POST", "/tenants", json={"name": tenant})
+    acme, globex = tenant_admin_key(gateway, "acme"), tenant_admin_key(gateway, "globex")
+    first = gateway.admin("POST", "/adapters/alpha/compress", key=acme, json={"rank": 4, "name": "acme-a"})
+    assert first.status_code == 201, first.text
+    over = gateway.admin("POST", "/adapters/beta/compress", key=acme, json={"rank": 4, "name": "acme-b"})
+    error = assert_openai_error(over, 507, "storage_quota_exceeded")
+    assert "acme" in error["message"] and str(quota) in error["message"]
+    assert gateway.admin("GET", "/adapters/acme-b").status_code == 404  # nothing stored
+    assert not [p for p in (gateway.settings.data_dir / "adapters").iterdir() if p.name.startswith(".staging")]
+    merged = gateway.admin(
+        "POST", "/adapters/merge", key=acme, json={"name": "acme-m", "sources": [{"adapter": "beta"}]}
+    )
+    assert_openai_error(merged, 507, "storage_quota_exceeded")
+    # An upload of its own counts the same; another tenant and the operator are not affected.
+    assert_openai_error(upload(gateway, "acme-up", adapters["beta"], key=acme), 507, "storage_quota_exceeded")
+    other = gateway.admin("POST", "/adapters/beta/compress", key=globex, json={"rank": 4, "name": "globex-b"})
+    assert other.status_code == 201, other.text
+    assert gateway.admin("POST", "/adapters/beta/compress", json={"rank": 4, "name": "op-b"}).status_code == 201
+    # Deleting frees the room.
+    assert gateway.admin("DELETE", "/adapters/acme-a", key=acme).status_code == 204
+    again = gateway.admin("POST", "/adapters/beta/compress", key=acme, json={"rank": 4, "name": "acme-b"})
+    assert again.status_code == 201, again.text
+
+
+def test_one_derivation_at_a_time_per_tenant_and_others_go_on(gateway, monkeypatch) -> None:
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+    real, calls = algebra.compress_into, []
+
+    def held_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            started.set()
+            release.wait(20)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(algebra, "compress_into", held_first)
+    for tenant in ("acme", "globex"):
+        gateway.admin("POST", "/tenants", json={"name": tenant})
+    acme, globex = tenant_admin_key(gateway, "acme"), tenant_admin_key(gateway, "globex")
+    results: list = []
+    body = {"rank": 2, "name": "acme-one"}
+    running = threading.Thread(
+        target=lambda: results.append(gateway.admin("POST", "/adapters/alpha/compress", key=acme, json=body))
+    )
+    running.start()
+    try:
+        assert started.wait(10)
+        second = gateway.admin("POST", "/adapters/beta/compress", key=acme, json={"rank": 2, "name": "acme-two"})
+        assert_openai_error(second, 429, "derivation_in_progress")
+        assert second.headers["retry-after"]
+        other = gateway.admin("POST", "/adapters/beta/compress", key=globex, json={"rank": 2, "name": "globex-two"})
+        assert other.status_code == 201, other.text  # another tenant's derivation is not held up
+    finally:
+        release.set()
+        running.join(20)
+    assert results and results[0].status_code == 201, results[0].text
+    after = gateway.admin("POST", "/adapters/beta/compress", key=acme, json={"rank": 2, "name": "acme-two"})
+    assert after.status_code == 201, after.text  # the slot is free again
+
+
+def test_a_dense_merge_over_the_memory_bound_is_refused_before_it_is_computed(start_gateway, adapters, monkeypatch):
+    gateway = start_gateway(adapters=adapters, max_merge_dense_bytes=16_384)
+    formed: list = []
+    monkeypatch.setattr(algebra, "ties", lambda *a: formed.append(a))
+    monkeypatch.setattr(algebra, "dare", lambda *a: formed.append(a))
+    sources = [{"adapter": "alpha"}, {"adapter": "beta"}]
+    for method in ("ties", "dare"):
+        refused = gateway.admin("POST", "/adapters/merge", json={"name": "big", "sources": sources, "method": method})
+        error = assert_openai_error(refused, 413, "merge_too_large", "method")
+        assert "linear" in error["message"]
+    assert formed == [] and gateway.admin("GET", "/adapters/big").status_code == 404
+    linear = gateway.admin("POST", "/adapters/merge", json={"name": "big", "sources": sources, "method": "linear"})
+    assert linear.status_code == 201, linear.text  # factored: never dense
+
+
+def test_the_dense_estimate_of_a_7b_merge_is_gigabytes() -> None:
+    shapes = {"mlp.down_proj": (4096, 11008), "self_attn.q_proj": (4096, 4096)}
+    ties = algebra.dense_bytes(shapes, sources=2, method="ties")
+    assert ties >= 4096 * 11008 * 8 * 8  # several float64 copies of the largest module
+    assert algebra.dense_bytes(shapes, sources=2, method="dare") < ties
+    assert algebra.dense_bytes(shapes, sources=2, method="linear") == 0

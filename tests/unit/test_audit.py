@@ -8,7 +8,15 @@ import json
 
 import httpx
 
-from tests.helpers import ADMIN_KEY, SENTIMENT, upload
+from tests.helpers import (
+    ADMIN_KEY,
+    SENTIMENT,
+    assert_openai_error,
+    call_as,
+    gateway_metric,
+    tenant_admin_key,
+    upload,
+)
 
 
 def trail(gw, **params) -> list[dict]:
@@ -58,12 +66,12 @@ def test_refused_attempts_are_recorded_and_the_trail_filters(gateway) -> None:
     assert httpx.post(gateway.url + "/admin/tenants", json={"name": "x"}, headers=headers).status_code == 401
     assert gateway.admin("POST", "/tenants", json={"name": "bad name!"}).status_code == 400
     assert gateway.admin("DELETE", "/tenants/nobody").status_code == 404
-    refused, invalid, missing = reversed(trail(gateway))
-    assert (refused["actor"], refused["status"]) == ("unauthenticated", 401)
+    invalid, missing = reversed(trail(gateway))  # the refused key is counted, not written
     assert (invalid["actor"], invalid["status"]) == ("operator", 400)
     assert (missing["tenant"], missing["status"]) == ("nobody", 404)
+    assert gateway_metric(gateway, "adaptserve_admin_unauthenticated_total", status="401") == 1
 
-    assert [e["status"] for e in trail(gateway, actor="unauthenticated")] == [401]
+    assert trail(gateway, actor="unauthenticated") == []
     assert [e["status"] for e in trail(gateway, action="DELETE")] == [404]
     assert [e["status"] for e in trail(gateway, tenant="nobody")] == [404]
     assert len(trail(gateway, limit=2)) == 2
@@ -79,3 +87,83 @@ def test_the_api_cannot_change_the_trail(gateway) -> None:
     after = trail(gateway)
     assert after[len(after) - len(before) :] == before  # nothing changed; the attempts were added
     assert [e["status"] for e in after[: len(after) - len(before)]] == [405] * 4
+
+
+def test_a_tenant_created_again_reads_none_of_the_old_ones_entries(gateway) -> None:
+    gateway.admin("POST", "/tenants", json={"name": "acme"})
+    old = tenant_admin_key(gateway, "acme")
+    assert call_as(gateway, old, "PUT", "/admin/tenants/acme/models/secret-alias", json={"base": True}).status_code
+    gateway.admin("PUT", "/tenants/acme/models/other", json={"base": True})  # the operator, on the old acme
+    gateway.admin("DELETE", "/tenants/acme")
+    gateway.admin("POST", "/tenants", json={"name": "acme"})
+    again = tenant_admin_key(gateway, "acme")
+    seen = call_as(gateway, again, "GET", "/admin/audit", params={"limit": 1000}).json()["data"]
+    assert seen  # its own key's creation
+    assert "secret-alias" not in json.dumps(seen) and "/models/other" not in json.dumps(seen)
+    assert not [e for e in seen if e["action"] == "DELETE /admin/tenants/{tenant}"]
+    old_key_id = trail(gateway, action="PUT /admin/tenants/{tenant}/models")[-1]["actor"]
+    assert old_key_id.startswith("acme/key_") and old_key_id not in json.dumps(seen)
+    # The operator still reads both by name.
+    assert len(trail(gateway, tenant="acme", action="PUT /admin/tenants/{tenant}/models")) == 2
+
+
+def test_keyless_posts_to_unknown_admin_paths_are_throttled_and_not_written(start_gateway) -> None:
+    gateway = start_gateway(auth_failures_per_minute=10)
+    before = len(trail(gateway, limit=1000))
+    # From another loopback address than the operator's reads below: the throttle is per address.
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=10) as attacker:
+        statuses = [attacker.post(f"{gateway.url}/admin/nothing-{i}", json={}).status_code for i in range(50)]
+        wrong = {"Authorization": "Bearer no"}
+        bad_key = attacker.post(gateway.url + "/admin/tenants", json={"name": "x"}, headers=wrong)
+    assert statuses == [401] * 10 + [429] * 40
+    assert bad_key.status_code == 429
+    assert len(trail(gateway, limit=1000)) == before  # counted, not written
+    assert gateway_metric(gateway, "adaptserve_admin_unauthenticated_total", status="401") == 10
+    assert gateway_metric(gateway, "adaptserve_admin_unauthenticated_total", status="429") == 41
+
+
+def test_a_known_key_on_an_unknown_path_is_404_and_a_wrong_method_405(gateway) -> None:
+    assert_openai_error(gateway.admin("POST", "/nothing"), 404, "not_found")
+    assert_openai_error(gateway.admin("PATCH", "/tenants"), 405, "method_not_allowed")
+    assert_openai_error(httpx.delete(gateway.url + "/admin/audit"), 401, "invalid_api_key")
+
+
+def test_a_tenant_admin_reads_no_operator_addresses(gateway) -> None:
+    gateway.admin("POST", "/tenants", json={"name": "acme"})
+    acme = tenant_admin_key(gateway, "acme")
+    gateway.admin("PUT", "/tenants/acme/models/m", json={"base": True})  # the operator acting on acme
+    call_as(gateway, acme, "PUT", "/admin/tenants/acme/models/n", json={"base": True})  # acme itself
+    seen = call_as(gateway, acme, "GET", "/admin/audit").json()["data"]
+    by_operator = [e for e in seen if e["actor"] == "operator"]
+    own = [e for e in seen if e["actor"].startswith("acme/")]
+    assert by_operator and own
+    assert all(e["address"] is None for e in by_operator)  # the operator's addresses are the operator's
+    assert all(e["address"] == "127.0.0.1" for e in own)  # its own requests' addresses are its own
+    assert "127.0.0.1" not in json.dumps(by_operator)
+    assert all("tenant_uid" not in e for e in seen)
+    assert {e["address"] for e in trail(gateway)} == {"127.0.0.1"}  # the operator reads them all
+
+
+def test_the_upgrade_gives_existing_entries_the_uid_of_the_tenant_of_their_time(database_url, tmp_path) -> None:
+    """Revision 0007: an entry written before the live tenant of its name existed was a
+    deleted namesake's, and gets no uid (no tenant admin reads it); later ones, the live one's."""
+    from sqlalchemy import text
+
+    from adaptserve.db import Database
+
+    db = Database.for_data_dir(database_url, tmp_path)
+    db.migrate("0006")
+    with db.engine.begin() as c:
+        c.execute(text("INSERT INTO tenants (name, uid, created_at) VALUES ('acme', 'u-new', '2026-02-01')"))
+        for at, tenant in (("2026-01-15", "acme"), ("2026-03-01", "acme"), ("2026-03-02", "")):
+            c.execute(  # literals (typed by the database): a bound string is not a timestamp on PostgreSQL
+                text(
+                    "INSERT INTO audit_log (at, actor, action, target, tenant, status, address, detail)"
+                    f" VALUES ('{at}', 'operator', 'POST /admin/x', '/admin/x', '{tenant}', 200, '10.0.0.1', '{{}}')"
+                )
+            )
+    db.migrate()
+    with db.engine.connect() as c:
+        rows = c.execute(text("SELECT tenant, tenant_uid FROM audit_log ORDER BY at")).all()
+    assert [tuple(r) for r in rows] == [("acme", ""), ("acme", "u-new"), ("", "")]
+    db.dispose()

@@ -223,3 +223,104 @@ def test_eval_prints_the_baselines_beside_the_template(
     assert word["trained_on"] == "5-fold cross-validation" and word["n"] == 40
     assert word["accuracy"] == 1.0  # the label's word is in every text
     assert "| baseline tfidf-word (5-fold cross-validation) | 1.000 |" in capsys.readouterr().out
+
+
+# -- whose fit's and train's pushes are, and the tenant's PII policy ---------------------------
+def _no_operator_key() -> str:
+    raise AssertionError("the operator's key was not needed")
+
+
+def test_a_push_is_the_tenants_unless_told_global() -> None:
+    from adaptserve.cli.remote import PushAs, push_as
+
+    assert push_as("acme", None, lambda: "op", False) == PushAs("op", "acme", mint=True)  # a key of acme's made
+    assert push_as("acme", "tk", _no_operator_key, False) == PushAs("tk", "acme")
+    assert push_as(None, None, lambda: "op", True) == PushAs("op", None)  # global only when told
+    assert push_as("acme", None, lambda: "op", True) == PushAs("op", None)
+    with pytest.raises(ConfigurationError, match="--global"):
+        push_as(None, None, _no_operator_key, False)  # nobody's: say whose
+    with pytest.raises(ConfigurationError, match="--tenant-admin-key"):
+        push_as("acme", "tk", _no_operator_key, True)
+
+
+def test_train_push_makes_the_adapter_the_tenants(gateway, adapters) -> None:
+    import argparse
+
+    from adaptserve.cli.adapt import push
+    from tests.helpers import call_as, tenant_admin_key
+
+    for tenant in ("acme", "globex"):
+        gateway.admin("POST", "/tenants", json={"name": tenant})
+    globex = tenant_admin_key(gateway, "globex")
+    args = argparse.Namespace(
+        url=gateway.url, admin_key=ADMIN_KEY, tenant_admin_key=None, global_=False, name="trained", tenant="acme"
+    )
+    pushed = push(argparse.Namespace(**vars(args), alias="m"), gateway.settings, adapters["alpha"])
+    assert pushed["tenant"] == "acme" and pushed["alias"] == "m"
+    assert gateway.admin("GET", "/adapters/trained").json()["owner"] == "acme"  # not global
+    assert call_as(gateway, globex, "GET", "/admin/adapters/trained").status_code == 404
+    assert gateway.admin("GET", "/tenants/acme/keys").json()["data"] == []  # the push's own key is gone
+    acme = tenant_admin_key(gateway, "acme")
+    with_own_key = argparse.Namespace(**(vars(args) | {"tenant_admin_key": acme, "name": "trained2", "alias": None}))
+    assert push(with_own_key, gateway.settings, adapters["beta"])["adapter"] == "trained2"
+    assert gateway.admin("GET", "/adapters/trained2").json()["owner"] == "acme"
+    told = argparse.Namespace(**(vars(args) | {"global_": True, "tenant": None, "name": "shared", "alias": None}))
+    push(told, gateway.settings, adapters["beta"])
+    assert gateway.admin("GET", "/adapters/shared").json()["owner"] is None
+
+
+def test_fit_masks_or_refuses_personal_data_per_the_tenants_policy() -> None:
+    from adaptserve.pii.data import scrub_rows, scrub_texts
+    from adaptserve.pii.detector import Detector
+    from adaptserve.pii.policy import PiiPolicy
+
+    texts = ["mail alice.smith@example.com about it", "nothing here"]
+    detector = Detector()
+    masked, note = scrub_texts(texts, PiiPolicy(mode="mask"), detector)
+    assert masked == ["mail <EMAIL_ADDRESS_1> about it", "nothing here"]
+    assert note and "EMAIL_ADDRESS" in note and "1 of 2" in note
+    with pytest.raises(ConfigurationError, match="EMAIL_ADDRESS") as refused:
+        scrub_texts(texts, PiiPolicy(mode="block"), detector)
+    assert "alice" not in str(refused.value)
+    assert scrub_texts(texts, PiiPolicy(mode="log"), detector) == (texts, None)  # passed as sent, like requests
+    custom = PiiPolicy(mode="mask", deny_list=("Zorblax",))
+    assert "Zorblax" not in scrub_texts(["ask Zorblax"], custom, detector)[0][0]
+    # train's rows: every string masked (inputs, prompt, completion), the label kept as it is
+    rows = [
+        {"inputs": {"text": "from bob@example.com", "n": 3}, "label": "bob@example.com"},
+        {"prompt": "write to carol@example.com", "completion": "done, carol@example.com"},
+    ]
+    kept, note = scrub_rows(rows, PiiPolicy(mode="mask"), detector)
+    assert kept == [
+        {"inputs": {"text": "from <EMAIL_ADDRESS_1>", "n": 3}, "label": "bob@example.com"},
+        {"prompt": "write to <EMAIL_ADDRESS_1>", "completion": "done, <EMAIL_ADDRESS_1>"},
+    ]
+
+
+def test_fit_stores_and_serves_no_personal_data_under_mask(
+    start_gateway: Callable[..., RunningGateway], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adaptserve.bench import fake_engine
+
+    monkeypatch.setattr(fake_engine, "MAX_MODEL_LEN", 2048)  # few-shot's eight examples fit
+    gateway = start_gateway()
+    assert gateway.admin("PUT", "/tenants/default/pii", json={"mode": "mask"}).status_code == 200
+    rows = []
+    for i in range(32):
+        label = "good" if i % 2 else "bad"
+        rows.append({"text": f"{label} {label} w{i} p{i}@example.com", "label": label})  # short: few-shot fits
+    data, out = tmp_path / "task.jsonl", tmp_path / "fit"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["fit", "--data", str(data), "--candidates", "tfidf-word,zero-shot,few-shot", "--out", str(out)]
+    argv += ["--url", gateway.url, "--key", API_KEY, "--admin-key", ADMIN_KEY, "--name", "goodbad"]
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code in (0, None)
+    stored = "".join(p.read_text() for p in out.rglob("*") if p.suffix in (".jsonl", ".json", ".html"))
+    assert "@example.com" not in stored
+    units = [json.loads(line) for line in (out / "units.jsonl").read_text().splitlines()]
+    shots = [e["inputs"]["text"] for u in units if u["candidate"] == "few-shot" for e in u["document"]["examples"]]
+    assert shots and all(text.endswith(" <EMAIL_ADDRESS_1>") for text in shots)  # trained, stored as masked
+    served = gateway.admin("GET", "/templates/goodbad", params={"tenant": "default"}).text
+    assert "@example.com" not in served
+    assert json.loads((out / "fit-manifest.json").read_text())["data"]["pii"].startswith("personal data masked")

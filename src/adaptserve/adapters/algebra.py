@@ -7,7 +7,9 @@ A module's update is ΔW = s·B·A (s = lora_alpha/r, or /√r with rsLoRA; `ran
 `alpha_pattern` honoured). A sum of low-rank updates stays low-rank: `cat` stacks the
 factors (exact, rank = the sum), and `linear` is the best rank-k approximation of that
 weighted sum (Eckart–Young), computed from QR factors of the stack without ever forming
-ΔW. `ties` and `dare` edit ΔW entry by entry, so they form it and take a dense SVD.
+ΔW. `ties` and `dare` edit ΔW entry by entry, so they form it and take a dense SVD: their
+peak memory (`dense_bytes`, several float64 copies of the largest module) is estimated
+from the shapes and refused over the caller's bound before anything dense is formed.
 Outputs have lora_alpha = r (s = 1) and the singular values split evenly between B and A.
 """
 
@@ -24,6 +26,7 @@ import numpy as np
 
 from adaptserve.adapters.archive import storage_error
 from adaptserve.adapters.spec import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterInvalidError
+from adaptserve.errors import PayloadTooLargeError
 
 PROVENANCE = "provenance.json"
 METHODS = ("cat", "linear", "ties", "dare")
@@ -91,10 +94,20 @@ def compress_into(dest: Path, source: Source, rank: int | None, energy: float | 
 
 
 def merge_into(
-    dest: Path, sources: Sequence[Source], method: str, rank: int | None, density: float, seed: int
+    dest: Path,
+    sources: Sequence[Source],
+    method: str,
+    rank: int | None,
+    density: float,
+    seed: int,
+    max_dense_bytes: int | None = None,
 ) -> dict[str, Any]:
-    """Write the merge of `sources` (weighted) into `dest`; returns the fidelity summary."""
+    """Write the merge of `sources` (weighted) into `dest`; returns the fidelity summary.
+    A TIES/DARE merge whose dense peak would pass `max_dense_bytes` is refused (413)
+    before it is computed."""
     loras = [read_lora(s.path) for s in sources]
+    if max_dense_bytes is not None:
+        check_dense(loras, method, max_dense_bytes)
     lora, fidelity = merge(loras, [s.weight for s in sources], method, rank, density, seed)
     facts = {"fidelity": fidelity.summary()}
     operation: dict[str, Any] = {"operation": "merge", "method": method, "rank": rank}
@@ -102,6 +115,35 @@ def merge_into(
         operation |= {"density": density, "seed": seed}
     write_lora(lora, dest, {**operation, "sources": [s.describe() for s in sources], **facts})
     return facts
+
+
+class MergeTooLargeError(PayloadTooLargeError):
+    code = "merge_too_large"
+
+
+def dense_bytes(shapes: dict[str, tuple[int, int]], sources: int, method: str) -> int:
+    """The peak memory of a merge that forms each module's update densely (TIES, DARE):
+    modules are merged one after another, so it is the largest module's (out × in
+    float64) times the copies held at once: TIES the weighted updates, their trimmed
+    copies and the stack (3 per source) plus the sign, agreeing and result arrays and the
+    SVD's; DARE the updates plus a random mask each and the sum and SVD. 0 for `linear`
+    and `cat` (they never form ΔW)."""
+    if method not in ("ties", "dare") or not shapes:
+        return 0
+    largest = max(out * fan_in for out, fan_in in shapes.values()) * 8
+    copies = 3 * sources + 4 if method == "ties" else 2 * sources + 3
+    return largest * copies
+
+
+def check_dense(loras: Sequence[Lora], method: str, limit: int) -> None:
+    shapes = {m: (b.shape[0], a.shape[1]) for lora in loras for m, (a, b) in lora.modules.items()}
+    needed = dense_bytes(shapes, len(loras), method)
+    if needed > limit:
+        raise MergeTooLargeError(
+            f"a {method} merge of these adapters would hold about {needed} bytes of dense updates at once, over "
+            f"this server's {limit}: use method linear (or cat), which never forms them",
+            param="method",
+        )
 
 
 # -- reading and writing ---------------------------------------------------------------

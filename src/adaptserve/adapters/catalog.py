@@ -18,13 +18,16 @@ Invariants:
   (`describe`); a tenant is told only that it failed.
 - A tenant admin reads (pins, derives from) only released versions of a global
   adapter (`check_released`), never the operator's staged one.
+- A tenant's versions (uploads and derivations) take at most
+  `Quota.storage_bytes_per_tenant` on disk together (checked in the transaction that
+  records one, and before a derivation starts); derivations run within
+  `quota.DerivationSlots`.
 """
 
 from __future__ import annotations
 
 import builtins
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from adaptserve.adapters.quota import DerivationSlots, Quota
 from adaptserve.adapters.residency import AdapterVersion, Residency, internal_name
 from adaptserve.adapters.spec import AdapterSpec, BaseModelSpec, validate_adapter
 from adaptserve.adapters.store import AdapterStore
@@ -42,7 +46,7 @@ from adaptserve.errors import (
     NameTakenError,
     NotFoundError,
     PermissionDeniedError,
-    RateLimitError,
+    StorageQuotaError,
 )
 
 log = logging.getLogger(__name__)
@@ -72,6 +76,7 @@ class AdapterCatalog:
         max_rank: int,
         residency: Residency,
         targets: frozenset[str] | None = None,
+        quota: Quota | None = None,
     ) -> None:
         self.base_name = base_name
         self._db, self._store, self._base, self._max_rank = db, store, base, max_rank
@@ -81,7 +86,8 @@ class AdapterCatalog:
         self._zero: AdapterVersion | None = None
         self._base_direct = False  # the engine is known to give a request without an adapter none
         self._startup: list[str] = []  # the settings file's adapters, loaded when an upstream comes up
-        self._deriving = threading.Lock()  # `derive`'s builds, one at a time
+        self._quota = quota or Quota()
+        self._deriving = DerivationSlots(self._quota)  # `derive`'s builds running now
 
     # control plane -------------------------------------------------------------
     def register(self, name: str, staged: Path, owner: str = "") -> dict:
@@ -98,7 +104,7 @@ class AdapterCatalog:
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         try:
             active = self._record_version(name, owner, version, spec, path, size)
-        except NameTakenError:
+        except (NameTakenError, StorageQuotaError):
             if not self._digest_in_use(spec.digest):
                 self._store.remove(path)
             raise
@@ -116,12 +122,14 @@ class AdapterCatalog:
     def derive(self, name: str, owner: str, build: Callable[[Path], dict]) -> dict:
         """A new version of `name` that `build` writes into a staging folder, registered
         like an upload; the answer is `register`'s plus what `build` returned. The name
-        and its owner are checked first, and one build runs at a time (dense SVDs take
-        whole cores): another meanwhile gets 429."""
+        and its owner are checked first, and a tenant already at its storage quota is
+        refused before any work; builds run within `DerivationSlots` (dense SVDs take whole
+        cores): one over them gets 429 at once."""
         self.claim(name, owner)
-        if not self._deriving.acquire(blocking=False):
-            raise RateLimitError("another adapter is being reduced or merged; retry shortly", retry_after=5)
-        try:
+        if owner:
+            with self._db.session() as s:
+                self._check_room(s, owner, 1)
+        with self._deriving.held(owner):
             staged = self._store.staging()
             try:
                 facts = build(staged)
@@ -129,8 +137,6 @@ class AdapterCatalog:
             except BaseException:
                 self._store.remove_staged(staged)
                 raise
-        finally:
-            self._deriving.release()
         return {**self.register(name, staged, owner), **facts}
 
     def claim(self, name: str, owner: str) -> None:
@@ -156,6 +162,23 @@ class AdapterCatalog:
             "version, or follow it by giving no version",
             param="version",
         )
+
+    def _check_room(self, s: Session, owner: str, size: int) -> None:
+        """Refuse (507) a version of `size` bytes that would take the tenant of uid
+        `owner` past its storage quota. The tenant's row is locked (PostgreSQL) so that
+        two of its uploads cannot both fit in the same room."""
+        tenant = s.scalar(select(TenantRow.name).where(TenantRow.uid == owner).with_for_update())
+        used = s.scalar(
+            select(func.coalesce(func.sum(AdapterVersionRow.size_bytes), 0))
+            .join(AdapterRow, AdapterRow.name == AdapterVersionRow.adapter)
+            .where(AdapterRow.owner == owner)
+        )
+        limit = self._quota.storage_bytes_per_tenant
+        if int(used or 0) + size > limit:
+            raise StorageQuotaError(
+                f"tenant {tenant or '(deleted)'}'s adapters take {used} of its {limit} bytes and this version needs "
+                f"{size}: delete adapters it no longer needs first"
+            )
 
     def stored(self, name: str, version: str | None = None) -> tuple[str, Path]:
         """A version (default: the active one) and where its files are stored."""
@@ -185,6 +208,8 @@ class AdapterCatalog:
             else:
                 _refuse_taken(s, name, adapter.owner, owner)
             if s.get(AdapterVersionRow, (name, version)) is None:
+                if adapter.owner:  # a tenant's: its storage quota (global adapters are the operator's disk)
+                    self._check_room(s, adapter.owner, size)
                 s.add(
                     AdapterVersionRow(
                         adapter=name,

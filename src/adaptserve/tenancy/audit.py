@@ -1,6 +1,12 @@
-"""The audit trail: every admin mutation and every attempt at one, kept in the
-database. Entries are written by the gateway (`server/audit.py` records each request)
-and only ever read through the API: no route changes or deletes one."""
+"""The audit trail: every authenticated admin mutation and every authenticated attempt
+at one, kept in the database. Entries are written by the gateway (`server/audit.py`
+records each request; keyless and bad-key attempts are only counted there) and only
+ever read through the API: no route changes or deletes one.
+
+An entry is tied to the tenant it concerns by that tenant's never-reused uid as well
+as its name: a tenant admin reads the entries of its own uid only, so a tenant created
+again under a deleted one's name reads none of the old one's; and it reads client
+addresses only of its own keys' requests (the operator's are the operator's)."""
 
 from __future__ import annotations
 
@@ -9,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from adaptserve.db import AuditRow, Database, utcnow
+from adaptserve.db import AuditRow, Database, TenantRow, utcnow
+from adaptserve.tenancy.auth import Actor
 
 MAX_ENTRIES = 1000  # one listing at most
 
@@ -23,6 +31,7 @@ class AuditEntry:
     status: int
     address: str
     tenant: str = ""
+    tenant_uid: str | None = None  # None: that of the tenant named `tenant` now (if any)
     detail: dict[str, Any] = field(default_factory=dict)
 
 
@@ -32,10 +41,12 @@ class AuditLog:
 
     def record(self, entry: AuditEntry) -> None:
         with self._db.session() as s:
-            s.add(AuditRow(at=utcnow(), **vars(entry)))
+            uid = entry.tenant_uid if entry.tenant_uid is not None else _uid_of(s, entry.tenant)
+            s.add(AuditRow(at=utcnow(), **(vars(entry) | {"tenant_uid": uid})))
 
     def query(
         self,
+        viewer: Actor,
         *,
         tenant: str | None = None,
         actor: str | None = None,
@@ -43,9 +54,13 @@ class AuditLog:
         since: dt.datetime | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """Newest first; `action` matches a prefix (e.g. "DELETE" or "POST /admin/adapters")."""
+        """Newest first; `action` matches a prefix (e.g. "DELETE" or "POST /admin/adapters").
+        The operator reads everything (`tenant` by name: every tenant of that name); a
+        tenant admin only what concerns its own tenant, this incarnation of it."""
         query = select(AuditRow).order_by(AuditRow.id.desc()).limit(min(limit, MAX_ENTRIES))
-        if tenant is not None:
+        if viewer.tenant is not None:
+            query = query.where(AuditRow.tenant_uid == viewer.uid, AuditRow.tenant_uid != "")
+        elif tenant is not None:
             query = query.where(AuditRow.tenant == tenant)
         if actor is not None:
             query = query.where(AuditRow.actor == actor)
@@ -54,7 +69,16 @@ class AuditLog:
         if since is not None:
             query = query.where(AuditRow.at >= _utc(since))
         with self._db.session() as s:
-            return [_entry(row) for row in s.scalars(query)]
+            rows = list(s.scalars(query))
+        if viewer.tenant is None:
+            return [_entry(row) | {"tenant_uid": row.tenant_uid or None} for row in rows]
+        return [_tenant_view(row, viewer.tenant) for row in rows]
+
+
+def _uid_of(s: Session, tenant: str) -> str:
+    if not tenant:
+        return ""
+    return s.scalar(select(TenantRow.uid).where(TenantRow.name == tenant)) or ""
 
 
 def _utc(moment: dt.datetime) -> dt.datetime:
@@ -74,3 +98,10 @@ def _entry(row: AuditRow) -> dict[str, Any]:
         "address": row.address,
         "detail": row.detail,
     }
+
+
+def _tenant_view(row: AuditRow, tenant: str) -> dict[str, Any]:
+    """What a tenant admin reads of an entry: the client address only where one of its
+    own keys made the request (an operator's address is the operator's)."""
+    own = row.actor.startswith(f"{tenant}/")
+    return _entry(row) | {"address": row.address if own else None}

@@ -85,6 +85,11 @@ class TenantRegistry:
             rows = s.scalars(select(TenantRow).order_by(TenantRow.name)).all()
             return [_tenant_dict(r) for r in rows]
 
+    def uid(self, name: str) -> str | None:
+        """The live tenant of that name's never-reused uid (None: there is none)."""
+        with self._db.session() as s:
+            return s.scalar(select(TenantRow.uid).where(TenantRow.name == name))
+
     def delete(self, name: str) -> None:
         with self._db.session() as s:
             row = s.get(TenantRow, name)

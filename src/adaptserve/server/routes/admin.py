@@ -20,9 +20,16 @@ from typing import TYPE_CHECKING, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
+from starlette.routing import Match
 
 from adaptserve.adapters.catalog import AdapterNotFoundError
-from adaptserve.errors import InvalidRequestError, PermissionDeniedError, StorageError, invalid_from
+from adaptserve.errors import (
+    InvalidRequestError,
+    PermissionDeniedError,
+    RouteError,
+    StorageError,
+    invalid_from,
+)
 from adaptserve.pii.policy import PiiPolicy
 from adaptserve.server.deps import AdminDep, GatewayDep, OperatorDep
 from adaptserve.server.gateway import Gateway
@@ -36,6 +43,7 @@ if TYPE_CHECKING:
     from adaptserve.adapters.algebra import Source
 
 router = APIRouter(prefix="/admin")
+unknown_router = APIRouter()  # included after every other router (app.py)
 
 
 class _Strict(BaseModel):
@@ -123,7 +131,8 @@ def list_tenants(gateway: GatewayDep, actor: AdminDep) -> dict:
 
 
 @router.delete("/tenants/{tenant}", status_code=204)
-def delete_tenant(tenant: str, gateway: GatewayDep, _: OperatorDep) -> None:
+def delete_tenant(tenant: str, request: Request, gateway: GatewayDep, _: OperatorDep) -> None:
+    request.state.audit_tenant_uid = gateway.tenants.uid(tenant) or ""  # gone once the entry is written
     gateway.tenants.delete(tenant)
 
 
@@ -234,6 +243,7 @@ async def merge_adapters(body: AdapterMerge, request: Request, gateway: GatewayD
             rank=body.rank,
             density=body.density,
             seed=body.seed,
+            max_dense_bytes=gateway.settings.max_merge_dense_bytes,
         )
         return gateway.catalog.derive(body.name, _owner(actor), build)
 
@@ -296,9 +306,23 @@ def audit(
     limit: int = Query(100, ge=1, le=MAX_ENTRIES),
 ) -> dict:
     """The audit trail, newest first (`action`: a prefix, e.g. "DELETE"); a tenant
-    admin reads what concerns its tenant."""
-    tenant = caller.tenant if caller.tenant is not None else tenant
-    return {"data": gateway.audit.query(tenant=tenant, actor=actor, action=action, since=since, limit=limit)}
+    admin reads what concerns its tenant (this incarnation of it), and no operator's address."""
+    found = gateway.audit.query(caller, tenant=tenant, actor=actor, action=action, since=since, limit=limit)
+    return {"data": found}
+
+
+@unknown_router.api_route(
+    "/admin{rest:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False
+)
+def unknown_admin_path(rest: str, request: Request, _: AdminDep) -> None:
+    """Any `/admin` path or method no route has, answered after the key check: a caller
+    without a key gets 401 (and, past the failed-key throttle, 429) whatever it aims at,
+    learns nothing of the routes, and cannot make the audit trail grow."""
+    own = request.scope.get("route")
+    for route in request.app.router.routes:
+        if route is not own and route.matches(request.scope)[0] is Match.PARTIAL:
+            raise RouteError(405, "Method Not Allowed")
+    raise RouteError(404, "Not Found")
 
 
 def _own(actor: Actor, tenant: str) -> None:
