@@ -123,3 +123,22 @@ def _broken_links(path: Path) -> Iterator[str]:
 def test_every_relative_link_and_anchor_resolves() -> None:
     broken = [problem for path in _markdown_files() for problem in _broken_links(path)]
     assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+TEST_REF = re.compile(r"`(tests/[\w/]+\.py|\.\.)(?:::([\w]+))?")
+
+
+def test_every_test_security_md_names_exists() -> None:
+    """SECURITY.md's guarantees each name the tests that hold them: a renamed or deleted
+    test must not leave a claim pointing at nothing. `..::name` is in the file named last."""
+    missing, current = [], None
+    for found in TEST_REF.finditer((ROOT / "SECURITY.md").read_text()):
+        path, name = found.groups()
+        if path != "..":
+            current = ROOT / path
+            if not current.exists():
+                missing.append(path)
+                continue
+        if name and (current is None or not re.search(rf"^(async )?def {name}\b", current.read_text(), re.M)):
+            missing.append(f"{current}::{name}")
+    assert not missing, missing
