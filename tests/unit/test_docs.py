@@ -47,7 +47,7 @@ def test_every_registered_route_is_in_the_api_page(tmp_path: Path, base_model: P
     missing = [
         f"{method} {route.path}"
         for route in app.routes
-        if isinstance(route, APIRoute)
+        if isinstance(route, APIRoute) and route.include_in_schema  # the /admin catch-all: a sentence
         for method in sorted(route.methods)
         if f"{method} {route.path}" not in page
     ]
