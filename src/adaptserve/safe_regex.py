@@ -16,9 +16,15 @@ capped too (`MAX_SUBJECT_CHARS`, see `templates/schema.py`).
 from __future__ import annotations
 
 import re
-from re import _constants as sre  # type: ignore[attr-defined]
-from re import _parser as sre_parse  # type: ignore[attr-defined]
+import sys
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    from re import _constants as sre  # type: ignore[attr-defined]
+    from re import _parser as sre_parse  # type: ignore[attr-defined]
+else:  # the same modules under their Python 3.10 names
+    import sre_constants as sre
+    import sre_parse
 
 MAX_PATTERN_CHARS = 512
 MAX_SUBJECT_CHARS = 1000

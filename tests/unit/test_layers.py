@@ -15,6 +15,8 @@ PACKAGE = Path(adaptserve.__file__).parent
 LAYERS = {  # the gateway's layers; a module may import its own layer or lower ones
     "errors": 0,
     "durable": 0,
+    "lru": 0,
+    "safe_regex": 0,
     "config": 1,
     "db": 1,
     "metrics": 1,
