@@ -1,4 +1,5 @@
-"""`adaptserve fit` on four tasks, 128 labelled examples each, then the served winner
+"""`adaptserve fit` on four tasks, 128 labelled examples each (a stratified sample of
+the train split: its label shares), then the served winner
 and the baselines on 200 test examples fit never saw.
 
 The tasks: the two the product ships templates for (Rotten Tomatoes sentiment with
@@ -22,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from adaptserve.datasets import load_dataset
+from adaptserve.datasets import load_dataset, stratified_head
 
 TASKS = {  # name → (dataset, starting template or None)
     "rotten-tomatoes": ("rotten-tomatoes", "sentiment"),
@@ -44,7 +45,7 @@ def one(task: str, out: Path, size: int, test_size: int, budget: float) -> dict:
     folder = out / task
     folder.mkdir(parents=True, exist_ok=True)
     train = folder / "train.jsonl"
-    rows = load_dataset(dataset, "train")[:size]
+    rows = stratified_head(load_dataset(dataset, "train"), size)  # the train split's label shares
     train.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in rows))
     name = f"fit-{task}"
     started = time.perf_counter()

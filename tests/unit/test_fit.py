@@ -18,6 +18,7 @@ import pytest
 
 from adaptserve.bench.fake_engine import FakeState
 from adaptserve.cli import main
+from adaptserve.datasets import Example
 from adaptserve.errors import ConfigurationError, InvalidRequestError
 from adaptserve.fit import baselines
 from adaptserve.fit.folds import Folds, balanced_sample
@@ -111,7 +112,7 @@ def test_folds_are_stratified_disjoint_and_fixed() -> None:
 def test_the_tfidf_baseline_learns_a_separable_task() -> None:
     train = [f"refund now {i}" for i in range(10)] + [f"lovely weather {i}" for i in range(10)]
     labels = ["spam"] * 10 + ["ham"] * 10
-    fitted = baselines.run("tfidf-word", train, labels, ["please refund", "what weather"], ["ham", "spam"])
+    fitted = baselines.run("tfidf", train, labels, ["please refund", "what weather"], ["ham", "spam"])
     assert [max(range(2), key=row.__getitem__) for row in fitted.probabilities] == [1, 0]
     assert all(sum(row) == pytest.approx(1.0) for row in fitted.probabilities)
 
@@ -223,3 +224,170 @@ def test_eval_prints_the_baselines_beside_the_template(
     assert word["trained_on"] == "5-fold cross-validation" and word["n"] == 40
     assert word["accuracy"] == 1.0  # the label's word is in every text
     assert "| baseline tfidf-word (5-fold cross-validation) | 1.000 |" in capsys.readouterr().out
+
+
+# -- issue 29: tuned baselines, paired verdicts, nested selection, stratified samples --
+
+
+def _cue_task(n: int, spam_share: float, seed: int) -> tuple[list[str], list[str]]:
+    """Texts of eight random filler words; the spam ones add two of six cue words. On ~96
+    such rows (L2-normalised TF-IDF) untuned C=1 logistic regression shrinks its weights
+    until the intercept decides: everything is the majority label."""
+    rng = random.Random(seed)
+    filler, cues = [f"w{i}" for i in range(300)], ["prize", "win", "claim", "cash", "urgent", "free"]
+    texts, labels = [], []
+    for i in range(n):
+        spam = i < round(n * spam_share)
+        words = rng.sample(filler, 8) + (rng.sample(cues, 2) if spam else [])
+        rng.shuffle(words)
+        texts.append(" ".join(words))
+        labels.append("spam" if spam else "ham")
+    return texts, labels
+
+
+def test_untuned_logistic_regression_collapses_where_the_tuned_baseline_does_not() -> None:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    train, train_labels = _cue_task(96, 0.125, seed=0)
+    test, test_labels = _cue_task(200, 0.125, seed=1)
+    vectorizer = TfidfVectorizer(sublinear_tf=True)
+    untuned = LogisticRegression(max_iter=2000).fit(vectorizer.fit_transform(train), train_labels)
+    assert set(untuned.predict(vectorizer.transform(test))) == {"ham"}  # the collapse
+    fitted = baselines.run("tfidf", train, train_labels, test, ["ham", "spam"])
+    predicted = [["ham", "spam"][max(range(2), key=row.__getitem__)] for row in fitted.probabilities]
+    hits = sum(p == g for p, g in zip(predicted, test_labels, strict=True)) / len(test)
+    assert set(predicted) == {"ham", "spam"} and hits > 0.9 > 0.875  # beats always-ham
+    assert fitted.chosen["features"] in ("word", "char") and fitted.chosen["C"] in baselines.C_GRID
+    assert 0.0 < fitted.inner_accuracy <= 1.0  # what inner cross-validation on the training part measured
+
+
+def test_the_majority_row_answers_the_training_majority() -> None:
+    fitted = baselines.run("majority", ["a", "b", "c", "d"], ["x", "x", "x", "y"], ["e", "f"], ["x", "y", "z"])
+    assert fitted.probabilities == [[0.75, 0.25, 0.0]] * 2
+    assert fitted.inner_accuracy == 0.75
+    assert "majority" in baselines.BASELINES and "tfidf" in baselines.BASELINES
+
+
+def _paired(n: int, both: int, only_a: int, only_b: int) -> tuple[list[bool], list[bool]]:
+    neither = n - both - only_a - only_b
+    a = [True] * both + [True] * only_a + [False] * only_b + [False] * neither
+    b = [True] * both + [False] * only_a + [True] * only_b + [False] * neither
+    return a, b
+
+
+def test_a_two_example_lead_on_32_is_no_significant_difference() -> None:
+    from adaptserve.fit import verdict
+
+    llm, base = _paired(32, 27, 3, 1)  # 30/32 against 28/32: 3 against 1 discordant
+    assert sum(llm) == 30 and sum(base) == 28
+    v = verdict.compare("lora-r16", llm, 5.0, "minilm", base, 800.0)
+    assert v.n == 32 and (v.llm_only, v.baseline_only) == (3, 1)
+    assert v.difference == pytest.approx(2 / 32)
+    assert v.low < 0 < v.high
+    assert v.p == pytest.approx(0.625)
+    assert v.winner is None and v.choice == "minilm"  # no significant difference: the cheaper one
+    assert "no significant difference" in v.text and "32 examples" in v.text
+    assert v.more_examples == 120 - 32  # z² (discordance − d²) / d², rounded up, minus those we have
+    assert "88 more" in v.text
+
+
+def test_a_large_clear_difference_wins() -> None:
+    from adaptserve.fit import verdict
+
+    llm, base = _paired(128, 90, 30, 2)
+    v = verdict.compare("zero-shot", llm, 5.0, "tfidf", base, 800.0)
+    assert v.low > 0 and v.p < 0.001
+    assert v.winner == v.choice == "zero-shot" and "wins" in v.text
+    reverse = verdict.compare("zero-shot", base, 5.0, "tfidf", llm, 800.0)
+    assert reverse.high < 0 and reverse.winner == reverse.choice == "tfidf"
+    same = verdict.compare("zero-shot", llm, 5.0, "tfidf", llm, 800.0)  # no discordant pair at all
+    assert same.p == 1.0 and same.winner is None and same.more_examples is None
+
+
+def test_the_exact_mcnemar_and_the_bootstrap_are_the_textbooks() -> None:
+    from adaptserve.fit import verdict
+
+    assert verdict.mcnemar_p(3, 1) == pytest.approx(0.625)
+    assert verdict.mcnemar_p(0, 0) == 1.0
+    assert verdict.mcnemar_p(10, 0) == pytest.approx(2 / 2**10)
+    a, b = _paired(200, 150, 30, 10)
+    low, high = verdict.paired_interval(a, b)
+    assert low < 0.1 < high and (low, high) == verdict.paired_interval(a, b)  # seeded: the same twice
+    se = math.sqrt((40 / 200 - 0.1**2) / 200)
+    assert low == pytest.approx(0.1 - 1.96 * se, abs=0.01) and high == pytest.approx(0.1 + 1.96 * se, abs=0.01)
+
+
+class _Guarded(dict):
+    """A fit unit whose held-out predictions may not be read."""
+
+    def __getitem__(self, key: str) -> object:
+        if key in ("test", "probabilities", "logprobs"):
+            raise AssertionError(f"the selection read the outer test fold ({key})")
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: object = None) -> object:
+        return self[key] if key in self else default
+
+
+def test_nested_selection_never_reads_an_outer_test_fold() -> None:
+    from adaptserve.fit import nested
+
+    folds = Folds.stratified(["a", "b"] * 16, k=4)
+    units = {}
+    for fold in range(4):
+        train = folds.train(fold)
+        # "good" looks better inside the training part in folds 0-1, "bad" in folds 2-3.
+        for name, inner in (("good", 0.9 if fold < 2 else 0.6), ("bad", 0.6 if fold < 2 else 0.9)):
+            units[(name, fold)] = _Guarded(
+                kind="llm", fold=fold, inner={"accuracy": inner, "n": 8, "indices": train[:8]}, inputs_per_s=1.0
+            )
+    picks = nested.picks(units, ["good", "bad"], 4)
+    assert picks == {0: "good", 1: "good", 2: "bad", 3: "bad"}
+    for (_, fold), unit in units.items():
+        assert not set(unit["inner"]["indices"]) & set(folds.test(fold))  # chosen on the training part
+    # The pick's score on fold f comes from fold f's test examples only.
+    gold = [0, 1] * 16
+    plain = {key: dict(unit) for key, unit in units.items()}
+    for (name, fold), unit in plain.items():
+        right = name == "bad"  # "bad" is right on every test example, "good" on none
+        unit["test"] = folds.test(fold)
+        unit["probabilities"] = [[1.0, 0.0] if (gold[i] == 0) == right else [0.0, 1.0] for i in folds.test(fold)]
+    correct = nested.pooled(plain, picks, gold)
+    assert sorted(correct) == list(range(32))
+    assert sum(correct.values()) == 16  # folds 2-3 only: the test folds did not choose "bad" in 0-1
+
+
+def test_fit_tunes_baselines_on_each_folds_training_part_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from adaptserve.fit.candidates import zero_shot
+    from adaptserve.fit.run import Fit, FitConfig
+
+    texts, labels = _cue_task(48, 0.25, seed=2)
+    examples = [Example(t, label) for t, label in zip(texts, labels, strict=True)]
+    seen: list[tuple[list[str], list[str]]] = []
+    real = baselines.run
+
+    def recording(name: str, train: list[str], train_labels: list[str], test: list[str], *rest: object) -> object:
+        seen.append((train, test))
+        return real(name, train, train_labels, test, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(baselines, "run", recording)
+    config = FitConfig(tmp_path, zero_shot(["ham", "spam"]), "text", candidates=("majority", "tfidf"))
+    fit = Fit(examples, config, server=None)  # type: ignore[arg-type]
+    fit.run()
+    assert len(seen) == 8
+    for (name, fold), unit in fit.units.items():
+        test_texts = {texts[i] for i in fit.folds.test(fold)}
+        assert sorted(unit["inner"]["indices"]) == fit.folds.train(fold)
+    for train, test in seen:
+        assert not set(train) & set(test) and len(train) + len(test) == 48
+
+
+def test_the_stratified_sample_keeps_label_proportions() -> None:
+    from adaptserve.datasets import stratified_head
+
+    pool = [Example(f"t{i}", "pos" if i % 5 else "neg") for i in range(1000)]  # 80% pos
+    sample = stratified_head(pool, 128)
+    counts = Counter(e.label for e in sample)
+    assert len(sample) == 128 and counts == {"pos": 102, "neg": 26}  # 0.8 × 128 = 102.4
+    assert [e.text for e in sample if e.label == "neg"] == [e.text for e in pool if e.label == "neg"][:26]
