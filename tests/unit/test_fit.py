@@ -12,6 +12,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -138,7 +139,7 @@ def _write_task(path: Path, n: int) -> Path:
 
 
 def _fit(gateway: RunningGateway, data: Path, out: Path, *extra: str) -> int:
-    argv = ["fit", "--data", str(data), "--candidates", "tfidf-word,zero-shot,few-shot", "--out", str(out)]
+    argv = ["fit", "--data", str(data), "--candidates", "majority,tfidf,zero-shot,few-shot", "--out", str(out)]
     argv += ["--url", gateway.url, "--key", API_KEY, "--admin-key", ADMIN_KEY, "--name", "goodbad", *extra]
     with pytest.raises(SystemExit) as exited:
         main(argv)
@@ -150,17 +151,22 @@ def test_fit_measures_serves_and_resumes(
 ) -> None:
     gateway = start_gateway()
     data, out = _write_task(tmp_path / "task.jsonl", 32), tmp_path / "fit"
-    assert _fit(gateway, data, out) == 0
+    assert _fit(gateway, data, out, "--serve-llm") == 0
     printed = capsys.readouterr().out
     manifest = json.loads((out / "fit-manifest.json").read_text())
     rows = {r["candidate"]: r for r in manifest["candidates"]}
-    assert set(rows) == {"tfidf-word", "zero-shot"}
+    assert set(rows) == {"majority", "tfidf", "zero-shot"}
+    assert rows["majority"]["accuracy"] == 0.5 and rows["tfidf"]["accuracy"] == 1.0
+    # Both perfect on 32 examples: no significant difference, so the cheaper baseline is the choice.
+    decision = manifest["decision"]
+    assert decision["choice"] == "baseline" and decision["n"] == 32
+    assert "no significant difference" in decision["verdict"] and "32 examples" in decision["verdict"]
     # The fake's context is 64 words: eight examples do not fit, and fit says so and goes on.
     assert "few-shot fold 0: failed, left out" in manifest["notes"][0] and "context length" in manifest["notes"][0]
     assert all(r["folds"] == [0, 1, 2, 3] and r["n"] == 32 for r in rows.values())
     # The fake engine scores a label by how often its word is in the prompt: the text says it twice.
-    assert rows["zero-shot"]["accuracy"] == 1.0
-    assert manifest["decision"]["llm"] == "zero-shot"
+    assert rows["zero-shot"]["accuracy"] == 1.0 and rows["zero-shot"]["picked_in_folds"] == [0, 1, 2, 3]
+    assert manifest["decision"]["llm"] == "zero-shot"  # served anyway: --serve-llm
     served = manifest["served"]
     assert served["template"] == "goodbad" and served["fold0_accuracy_served"] == served["fold0_accuracy_measured"]
     # The served endpoint's probabilities are fit's, to rounding: its calibration and temperature too.
@@ -182,12 +188,14 @@ def test_fit_measures_serves_and_resumes(
 
     units = (out / "units.jsonl").read_text()
     engine_calls = len(fake.requests)
-    assert _fit(gateway, data, out, "--no-serve") == 0
+    assert _fit(gateway, data, out) == 0
     assert (out / "units.jsonl").read_text() == units  # nothing recomputed
-    assert json.loads((out / "fit-manifest.json").read_text())["resumed_units"] == 8
+    again = json.loads((out / "fit-manifest.json").read_text())
+    assert again["resumed_units"] == 12
+    assert "served" not in again and "the baseline (tfidf) is the choice" in again["not_served"]
     assert len(fake.requests) == engine_calls + 1  # only the failed few-shot candidate is tried again
     other = _write_task(tmp_path / "other.jsonl", 40)
-    argv = ["fit", "--data", str(other), "--candidates", "tfidf-word", "--out", str(out), "--no-serve"]
+    argv = ["fit", "--data", str(other), "--candidates", "tfidf", "--out", str(out), "--no-serve"]
     with pytest.raises(SystemExit, match="other data"):
         main([*argv, "--url", gateway.url, "--key", API_KEY, "--admin-key", ADMIN_KEY])
 
@@ -220,10 +228,16 @@ def test_eval_prints_the_baselines_beside_the_template(
         main([*argv, "--out", str(out)])
     assert exited.value.code == 0
     report = json.loads((out / "gb-task.json").read_text())
-    word = report["baselines"]["tfidf-word"]
-    assert word["trained_on"] == "5-fold cross-validation" and word["n"] == 40
-    assert word["accuracy"] == 1.0  # the label's word is in every text
-    assert "| baseline tfidf-word (5-fold cross-validation) | 1.000 |" in capsys.readouterr().out
+    tfidf, majority = report["baselines"]["tfidf"], report["baselines"]["majority"]
+    assert tfidf["trained_on"] == "5-fold cross-validation" and tfidf["n"] == 40
+    assert tfidf["accuracy"] == 1.0 and majority["accuracy"] == 0.5  # the label's word is in every text
+    assert len(tfidf["chosen"]) == 5 and len(tfidf["predicted"]) == 40  # tuned per part; answers kept
+    printed = capsys.readouterr().out
+    assert "| baseline tfidf (5-fold cross-validation) | 1.000 |" in printed
+    assert "| baseline majority (5-fold cross-validation) | 0.500 |" in printed
+    verdict = report["verdict"]  # the template against the baseline with the best inner score, paired
+    assert verdict["n"] == 40 and verdict["baseline"] in report["baselines"]
+    assert verdict["text"] in printed
 
 
 # -- issue 29: tuned baselines, paired verdicts, nested selection, stratified samples --
@@ -327,7 +341,7 @@ class _Guarded(dict):
         return super().__getitem__(key)
 
     def get(self, key: str, default: object = None) -> object:
-        return self[key] if key in self else default
+        return self[key] if key in self else default  # noqa: SIM401 (through the guard)
 
 
 def test_nested_selection_never_reads_an_outer_test_fold() -> None:
@@ -367,18 +381,19 @@ def test_fit_tunes_baselines_on_each_folds_training_part_only(tmp_path: Path, mo
     seen: list[tuple[list[str], list[str]]] = []
     real = baselines.run
 
-    def recording(name: str, train: list[str], train_labels: list[str], test: list[str], *rest: object) -> object:
+    def recording(
+        name: str, train: list[str], train_labels: list[str], test: list[str], *rest: Any, **options: Any
+    ) -> Any:
         seen.append((train, test))
-        return real(name, train, train_labels, test, *rest)  # type: ignore[arg-type]
+        return real(name, train, train_labels, test, *rest, **options)
 
     monkeypatch.setattr(baselines, "run", recording)
     config = FitConfig(tmp_path, zero_shot(["ham", "spam"]), "text", candidates=("majority", "tfidf"))
     fit = Fit(examples, config, server=None)  # type: ignore[arg-type]
     fit.run()
     assert len(seen) == 8
-    for (name, fold), unit in fit.units.items():
-        test_texts = {texts[i] for i in fit.folds.test(fold)}
-        assert sorted(unit["inner"]["indices"]) == fit.folds.train(fold)
+    for (_, fold), unit in fit.units.items():
+        assert sorted(unit["inner"]["indices"]) == fit.folds.train(fold)  # the inner folds' examples
     for train, test in seen:
         assert not set(train) & set(test) and len(train) + len(test) == 48
 

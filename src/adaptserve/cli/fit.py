@@ -1,5 +1,6 @@
 """`adaptserve fit --data FILE [--template T] [--budget MIN]`: the command-line side
-of `fit/`: labelled data in; a table, a report and the best LLM candidate served out."""
+of `fit/`: labelled data in; a table, a report, a paired verdict, and the best LLM
+candidate served out where it beats the baselines (or with --serve-llm)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,11 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     parser.add_argument("--name", help="the served template's name (default: the template's, or fit-DATA)")
     parser.add_argument("--tenant", default="default", help="whose template and aliases these are")
     parser.add_argument("--no-serve", action="store_true", help="measure only")
+    parser.add_argument(
+        "--serve-llm",
+        action="store_true",
+        help="serve the best LLM candidate even where a baseline wins or ties (fit cannot serve a baseline)",
+    )
     parser.add_argument("--out", type=Path, help="results and state (default fit-results/NAME); re-run to resume")
     parser.set_defaults(run=run_fit)
 
@@ -48,7 +54,7 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def run_fit(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from adaptserve.fit.report import decide, table, write
+    from adaptserve.fit.report import decide, pick_rows, table, write
 
     fit, name = _fit(args, settings)
     resumed = fit.resume()
@@ -57,8 +63,8 @@ def run_fit(args: argparse.Namespace, settings: Settings) -> int:
     try:
         with tqdm(total=len(plan), initial=resumed, desc="fit", unit="run") as bar:
             notes = fit.run(lambda what: (bar.set_postfix_str(what), bar.update(1)))
-        rows = fit.rows()
-        decision = decide(rows)
+        rows, selection = fit.rows(), fit.selection()
+        decision, picks = decide(selection), pick_rows(selection)
         manifest = {
             "data": {
                 "source": fit.config.source,
@@ -72,14 +78,22 @@ def run_fit(args: argparse.Namespace, settings: Settings) -> int:
             "resumed_units": resumed,
             "notes": notes,
             "candidates": rows,
+            "picks": picks,
+            "selection": selection,  # per fold the nested picks; per example index whether each pick was right
             "decision": decision.__dict__,
         }
         write(fit.config.out, manifest)  # before serving: a failure there keeps the measurements
         if decision.llm and not args.no_serve:
-            manifest["served"] = fit.serve(decision.llm, name)
+            if decision.choice == "llm" or args.serve_llm:
+                manifest["served"] = fit.serve(decision.llm, name)
+            else:
+                manifest["not_served"] = (
+                    f"the baseline ({decision.baseline}) is the choice, and fit cannot serve a baseline: "
+                    f"nothing was served (--serve-llm serves {decision.llm} anyway)"
+                )
     finally:
         fit.server.clean()
-    print("\n" + table(rows) + "\n\n" + decision.verdict)
+    print("\n" + table(rows, picks) + "\n\n" + decision.verdict)
     for note in notes:
         print(f"note: {note}")
     paths = write(fit.config.out, manifest)
@@ -89,6 +103,8 @@ def run_fit(args: argparse.Namespace, settings: Settings) -> int:
             f"served: template {s['template']} ({s['candidate']}) for tenant {s['tenant']}; fold 0 through it: "
             f"{s['fold0_accuracy_served']:.3f} (measured {s['fold0_accuracy_measured']:.3f})"
         )
+    elif "not_served" in manifest:
+        print(f"not served: {manifest['not_served']}")
     print("wrote " + ", ".join(map(str, paths)))
     return 0
 

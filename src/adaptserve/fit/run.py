@@ -21,9 +21,10 @@ from typing import Any
 
 from adaptserve.datasets import Example
 from adaptserve.errors import ConfigurationError
-from adaptserve.fit import baselines
+from adaptserve.fit import baselines, nested
 from adaptserve.fit.candidates import FIT_PREFIX, Server, content_free, throughput, with_scoring
 from adaptserve.fit.folds import Folds, balanced_sample
+from adaptserve.fit.verdict import accuracy_interval
 from adaptserve.templates.calibration import argmax, choose
 
 LLM = ("zero-shot", "few-shot")
@@ -33,6 +34,7 @@ CANDIDATES = (*baselines.BASELINES, *LLM, *LORA)
 STEP_S_GUESS = 3.0  # seconds per LoRA step before one is measured (2 CPU cores, batch 8)
 LORA_OVERHEAD_S = 45.0  # loading the model, pushing the adapter, the engine loading it
 SERVE_S = 30.0  # serving the winner and checking it
+UNIT_FORMAT = 2  # 2: tuned baselines, and every unit's inner score (`nested.py`)
 
 
 @dataclass(frozen=True)
@@ -146,13 +148,26 @@ class Fit:
     # -- candidates ----------------------------------------------------------------------
 
     def _baseline(self, name: str, fold: int) -> dict[str, Any]:
+        """Tuned on the fold's training part (inner folds there), scored on its test part."""
         train, test = self.folds.train(fold), self.folds.test(fold)
         texts = [e.text for e in self.examples]
         fitted = baselines.run(
-            name, [texts[i] for i in train], [self.gold[i] for i in train], [texts[i] for i in test], self.labels
+            name,
+            [texts[i] for i in train],
+            [self.gold[i] for i in train],
+            [texts[i] for i in test],
+            self.labels,
+            seed=self._seed(fold),
         )
         speed = len(test) / fitted.predict_s if fitted.predict_s else math.nan
-        return {"kind": "baseline", "test": test, "probabilities": fitted.probabilities, "inputs_per_s": speed}
+        inner = {"accuracy": fitted.inner_accuracy, "n": len(train), "indices": train, "chosen": fitted.chosen}
+        return {
+            "kind": "baseline",
+            "test": test,
+            "probabilities": fitted.probabilities,
+            "inputs_per_s": speed,
+            "inner": inner,
+        }
 
     def _llm(self, candidate: str, fold: int) -> dict[str, Any]:
         train, test = self.folds.train(fold), self.folds.test(fold)
@@ -176,6 +191,8 @@ class Fit:
             "probabilities": scoring.apply(scored.rows, biases),
             "scoring": {"calibration": scoring.calibration, "temperature": scoring.temperature},
             "options": options,
+            "inner": {"accuracy": options[scoring.calibration or "none"]["accuracy"], "n": len(selection)}
+            | {"indices": selection},
             "document": with_scoring(doc, scoring.calibration, self._inputs(calibration), scoring.temperature),
             **throughput(scored),
         }
@@ -282,43 +299,64 @@ class Fit:
     # -- results -----------------------------------------------------------------------
 
     def rows(self) -> list[dict[str, Any]]:
-        """Per candidate: metrics over the folds it ran, and accuracy on the folds all ran."""
+        """Per candidate: metrics over the folds it ran, its accuracy's 95% interval, its
+        mean inner score, and the folds where fit's nested selection picked it. Each row is
+        that candidate's own held-out estimate; picking the best row would be selection
+        on the test folds, so the decision uses `selection` instead."""
         ran = {c: sorted(f for (cc, f) in self.units if cc == c) for c in self.config.candidates}
-        ran = {c: folds for c, folds in ran.items() if folds}
-        common = set.intersection(*(set(f) for f in ran.values())) if ran else set()
-        return [self._row(c, [self.units[(c, f)] for f in folds], common) for c, folds in ran.items()]
+        picked = self.selection()
+        return [self._row(c, [self.units[(c, f)] for f in folds], picked) for c, folds in ran.items() if folds]
 
-    def _row(self, candidate: str, units: list[dict[str, Any]], common: set[int]) -> dict[str, Any]:
+    def selection(self) -> dict[str, dict[str, Any]]:
+        """Fit's picks, nested (`nested.py`): per outer fold the LLM candidate and the
+        baseline with the best inner score, their answers on that fold's test examples
+        (example index → right), and the candidate each rule picks on all the data."""
+        gold = [self._index(i) for i in range(len(self.examples))]
+        out: dict[str, dict[str, Any]] = {}
+        for kind in ("llm", "baseline"):
+            names = [c for c in self.config.candidates if (c in baselines.BASELINES) == (kind == "baseline")]
+            chosen = nested.picks(self.units, names, len(self.folds))
+            speeds = [self.units[(c, f)].get("inputs_per_s", math.nan) for f, c in chosen.items()]
+            out[kind] = {
+                "final": nested.final(self.units, names),
+                "picks": chosen,
+                "correct": nested.pooled(self.units, chosen, gold),
+                "inputs_per_s": _mean(speeds),
+            }
+        return out
+
+    def _row(self, candidate: str, units: list[dict[str, Any]], picked: dict[str, dict[str, Any]]) -> dict[str, Any]:
         from adaptserve.evaluation import metrics
 
         gold = [self.gold[i] for u in units for i in u["test"]]
         probs = [p for u in units for p in u["probabilities"]]
-        m = metrics(self.labels, gold, [self.labels[argmax(p)] for p in probs], [max(p) for p in probs])
-        hits = [
-            self._index(i) == argmax(p)
-            for u in units
-            if u["fold"] in common
-            for i, p in zip(u["test"], u["probabilities"], strict=True)
-        ]
+        predicted = [self.labels[argmax(p)] for p in probs]
+        m = metrics(self.labels, gold, predicted, [max(p) for p in probs])
+        low, high = accuracy_interval([p == g for p, g in zip(predicted, gold, strict=True)])
+        kind = units[0]["kind"]
         return {
             "candidate": candidate,
-            "kind": units[0]["kind"],
+            "kind": kind,
             "folds": [u["fold"] for u in units],
             "n": m["n"],
             "accuracy": m["accuracy"],
-            "accuracy_common_folds": sum(hits) / len(hits) if hits else math.nan,
+            "accuracy_low": low,
+            "accuracy_high": high,
             "macro_f1": m["macro_f1"],
             "ece": m["ece"],
+            "inner_accuracy": _mean([nested.inner_score(u) for u in units]),
+            "picked_in_folds": sorted(f for f, c in picked[kind]["picks"].items() if c == candidate),
             "inputs_per_s": _mean([u.get("inputs_per_s", math.nan) for u in units]),
             "latency_p50_s": _mean([u.get("latency_p50_s", math.nan) for u in units]),
             "scoring": [u.get("scoring") for u in units],
+            "chosen": [u["inner"].get("chosen") for u in units if kind == "baseline"],
         }
 
 
 def _identity(examples: list[Example], config: FitConfig) -> str:
-    """What a finished unit depends on: the data and the run's settings."""
+    """What a finished unit depends on: the data, the run's settings and the units' format."""
     facts = [[[e.text, e.label] for e in examples], config.document, config.field, config.folds, config.seed]
-    facts.append(config.lora_steps)
+    facts += [config.lora_steps, UNIT_FORMAT]
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 

@@ -64,6 +64,13 @@ def paired_interval(
     return float(low), float(high)
 
 
+def accuracy_interval(correct: Sequence[bool], resamples: int = RESAMPLES, seed: int = SEED) -> tuple[float, float]:
+    """The 95% bootstrap interval of one candidate's accuracy (NaN for no examples)."""
+    if not correct:
+        return math.nan, math.nan
+    return paired_interval(correct, [False] * len(correct), resamples, seed)
+
+
 def mcnemar_p(b: int, c: int) -> float:
     """Exact two-sided McNemar p from the discordant counts b and c."""
     n = b + c
@@ -83,7 +90,12 @@ def examples_to_settle(difference: float, discordance: float) -> int | None:
 
 
 def compare(
-    llm: str, llm_correct: Sequence[bool], llm_speed: float, baseline: str, base_correct: Sequence[bool], base_speed: float
+    llm: str,
+    llm_correct: Sequence[bool],
+    llm_speed: float,
+    baseline: str,
+    base_correct: Sequence[bool],
+    base_speed: float,
 ) -> Verdict:
     """The verdict on paired answers (the same examples, in the same order)."""
     n = len(llm_correct)
