@@ -406,3 +406,16 @@ def test_the_stratified_sample_keeps_label_proportions() -> None:
     counts = Counter(e.label for e in sample)
     assert len(sample) == 128 and counts == {"pos": 102, "neg": 26}  # 0.8 × 128 = 102.4
     assert [e.text for e in sample if e.label == "neg"] == [e.text for e in pool if e.label == "neg"][:26]
+
+
+def test_the_decision_pairs_the_picks_on_the_examples_both_answered() -> None:
+    from adaptserve.fit.report import decide
+
+    llm = {"final": "lora-r8", "picks": {0: "lora-r8", 1: "zero-shot"}, "inputs_per_s": 4.0}
+    llm["correct"] = {i: True for i in range(64)}
+    base = {"final": "tfidf", "picks": {1: "tfidf"}, "inputs_per_s": 900.0}
+    base["correct"] = {i: i % 2 == 0 for i in range(32, 64)}  # fold 1 only: 16 of 32
+    decision = decide({"llm": llm, "baseline": base})
+    assert decision.n == 32 and decision.low > 0 and decision.choice == "llm"
+    assert "lora-r8 wins" not in decision.verdict and "lora-r8/zero-shot wins" in decision.verdict
+    assert "was the pick in folds 0 of 2" in decision.verdict and "32 examples" in decision.verdict

@@ -57,7 +57,21 @@ def decide(selection: dict[str, dict[str, Any]]) -> Decision:
         base["inputs_per_s"],
     )
     choice = "llm" if v.choice == names[0] else "baseline"
-    return Decision(llm["final"], base["final"], choice, v.text, v.n, v.difference, v.low, v.high, v.p, v.more_examples)
+    text = v.text + _coverage(llm, common)
+    return Decision(llm["final"], base["final"], choice, text, v.n, v.difference, v.low, v.high, v.p, v.more_examples)
+
+
+def _coverage(llm: dict[str, Any], common: list[int]) -> str:
+    """Where the served LLM candidate is not every fold's pick (e.g. LoRA ran fold 0
+    only), say which folds its own number rests on."""
+    folds = sorted(f for f, c in llm["picks"].items() if c == llm["final"])
+    if folds == sorted(llm["picks"]):
+        return ""
+    return (
+        f" (the LLM candidate fit would serve, {llm['final']}, was the pick in folds "
+        f"{', '.join(map(str, folds)) or 'none'} of {len(llm['picks'])}; the comparison covers "
+        f"{len(common)} examples of every fold's pick)"
+    )
 
 
 def _pick_name(side: dict[str, Any]) -> str:
