@@ -168,11 +168,12 @@ def test_fit_measures_serves_and_resumes(
     assert rows["zero-shot"]["accuracy"] == 1.0 and rows["zero-shot"]["picked_in_folds"] == [0, 1, 2, 3]
     assert manifest["decision"]["llm"] == "zero-shot"  # served anyway: --serve-llm
     served = manifest["served"]
-    assert served["template"] == "goodbad" and served["fold0_accuracy_served"] == served["fold0_accuracy_measured"]
+    assert served["template"] == "goodbad" and served["agreement"] == 1.0 and served["checked_inputs"] == 8
+    assert served["refit_on"] == served["chosen_on"] == 32  # its scoring chosen on every example
     # The served endpoint's probabilities are fit's, to rounding: its calibration and temperature too.
     zero = [json.loads(line) for line in (out / "units.jsonl").read_text().splitlines()]
     zero = [u for u in zero if u["candidate"] == "zero-shot"]
-    assert served["fold0_largest_probability_gap"] < 1e-6
+    assert served["largest_probability_gap"] < 1e-6
     assert any(u["scoring"]["temperature"] != 1.0 or u["scoring"]["calibration"] for u in zero)
     # Scoring was chosen on inputs outside the test fold.
     assert all(not set(u["test"]) & (set(u["selection"]) | set(u["calibration_inputs"])) for u in zero)
@@ -419,3 +420,56 @@ def test_the_decision_pairs_the_picks_on_the_examples_both_answered() -> None:
     assert decision.n == 32 and decision.low > 0 and decision.choice == "llm"
     assert "lora-r8 wins" not in decision.verdict and "lora-r8/zero-shot wins" in decision.verdict
     assert "was the pick in folds 0 of 2" in decision.verdict and "32 examples" in decision.verdict
+
+
+class _StubServer:
+    """What `Fit` asks of the server, answered in-process: a label's log-probability is
+    high where the text says the label."""
+
+    tenant = "default"
+
+    def __init__(self) -> None:
+        self.applied: list[dict[str, Any]] = []
+
+    def score(self, doc: dict[str, Any], inputs: list[dict[str, Any]]) -> Any:
+        from adaptserve.fit.candidates import Scored
+
+        labels = [label["name"] for label in doc["labels"]]
+        rows = [[0.0 if label in str(i.get("text", "")) else -3.0 for label in labels] for i in inputs]
+        return Scored(rows, 0.1, len(inputs), [0.01])
+
+    def verify(self, name: str, inputs: list[dict[str, Any]]) -> list[dict[str, float]]:
+        return [{"bad": 0.5, "good": 0.5} for _ in inputs]
+
+    def apply(self, doc: dict[str, Any], name: str) -> None:
+        self.applied.append(doc | {"name": name})
+
+    def alias(self, alias: str, adapter: str) -> None: ...
+
+    def drop_adapters(self, adapters: list[str]) -> None: ...
+
+
+def test_the_served_candidate_is_refit_on_every_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from adaptserve.fit.candidates import zero_shot
+    from adaptserve.fit.run import Fit, FitConfig
+
+    examples = [Example(f"{label} item {i}", label) for i in range(32) for label in ["good" if i % 2 else "bad"]]
+    trained: dict[str, list[int]] = {}
+
+    def train_lora(self: Fit, candidate: str, fold: int, fit_on: list[int]) -> tuple[str, dict[str, Any]]:
+        name = f"adapter-{candidate}-{'all' if fold < 0 else fold}"  # fold −1: the refit
+        trained[name] = list(fit_on)
+        return name, {"adapter": name, "trained_on": len(fit_on), "training": {}}
+
+    monkeypatch.setattr(Fit, "_train_lora", train_lora)
+    config = FitConfig(tmp_path, zero_shot(["bad", "good"]), "text", candidates=("zero-shot", "lora-r8"))
+    fit = Fit(examples, FitConfig(**(config.__dict__ | {"base_model": tmp_path})), _StubServer())  # type: ignore[arg-type]
+    assert fit.run() == []
+    assert trained and all(len(on) < 32 for on in trained.values())  # each fold's adapter: part of the data
+    served = fit.serve("lora-r8", "goodbad")
+    refit = [on for name, on in trained.items() if name.endswith("-all")]
+    assert refit and sorted(refit[0]) == list(range(32))  # the served adapter saw every example
+    assert served["refit_on"] == 32 and served["trained_on"] == 32
+    assert fit.server.applied[-1]["model"] == "goodbad-lora"  # type: ignore[attr-defined]
+    served = fit.serve("zero-shot", "goodbad")  # its scoring chosen on every example
+    assert served["refit_on"] == 32 and served["chosen_on"] == 32

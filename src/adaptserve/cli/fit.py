@@ -100,8 +100,9 @@ def run_fit(args: argparse.Namespace, settings: Settings) -> int:
     if "served" in manifest:
         s = manifest["served"]
         print(
-            f"served: template {s['template']} ({s['candidate']}) for tenant {s['tenant']}; fold 0 through it: "
-            f"{s['fold0_accuracy_served']:.3f} (measured {s['fold0_accuracy_measured']:.3f})"
+            f"served: template {s['template']} ({s['candidate']}, refit on all {s['refit_on']} examples) for "
+            f"tenant {s['tenant']}; the label fit measured on {s['agreement'] * 100:.0f}% of "
+            f"{s['checked_inputs']} inputs through it"
         )
     elif "not_served" in manifest:
         print(f"not served: {manifest['not_served']}")

@@ -190,11 +190,13 @@ def _served(manifest: dict[str, Any]) -> str:
     served = manifest.get("served")
     if not served:
         return f"Not served: {manifest['not_served']}." if manifest.get("not_served") else "Nothing was served."
+    trained = f", adapter trained on {served['trained_on']}" if served.get("trained_on") else ""
     return (
-        f"Served: template `{served['template']}` for tenant `{served['tenant']}` ({served['candidate']}, "
-        f"model `{served['model']}`). Fold 0 through the served endpoint: accuracy "
-        f"{served['fold0_accuracy_served']:.3f} (fit measured {served['fold0_accuracy_measured']:.3f}; "
-        f"the same label on {served['fold0_agreement'] * 100:.0f}% of inputs)."
+        f"Served: template `{served['template']}` for tenant `{served['tenant']}` ({served['candidate']} refit on "
+        f"all {served['refit_on']} examples{trained}, model `{served['model']}`). {served['checked_inputs']} "
+        f"inputs through the served endpoint: the label fit measured on {served['agreement'] * 100:.0f}% "
+        f"(largest probability gap {served['largest_probability_gap']:.2g}); its accuracy estimate is fit's "
+        "nested pick row, not these inputs, which it trained on."
     )
 
 
