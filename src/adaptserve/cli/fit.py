@@ -54,6 +54,7 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def run_fit(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
+    from adaptserve.fit import results
     from adaptserve.fit.report import decide, pick_rows, table, write
 
     fit, name = _fit(args, settings)
@@ -63,7 +64,7 @@ def run_fit(args: argparse.Namespace, settings: Settings) -> int:
     try:
         with tqdm(total=len(plan), initial=resumed, desc="fit", unit="run") as bar:
             notes = fit.run(lambda what: (bar.set_postfix_str(what), bar.update(1)))
-        rows, selection = fit.rows(), fit.selection()
+        rows, selection = results.rows(fit), results.selection(fit)
         decision, picks = decide(selection), pick_rows(selection)
         manifest = {
             "data": {

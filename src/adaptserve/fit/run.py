@@ -25,10 +25,9 @@ from typing import Any
 
 from adaptserve.datasets import Example
 from adaptserve.errors import ConfigurationError
-from adaptserve.fit import baselines, nested
+from adaptserve.fit import baselines
 from adaptserve.fit.candidates import FIT_PREFIX, Server, content_free, throughput, with_scoring
 from adaptserve.fit.folds import Folds, balanced_sample
-from adaptserve.fit.verdict import accuracy_interval
 from adaptserve.templates.calibration import Scoring, argmax, choose
 
 LLM = ("zero-shot", "few-shot")
@@ -330,62 +329,6 @@ class Fit:
             "largest_probability_gap": gap,
         }
 
-    # -- results -----------------------------------------------------------------------
-
-    def rows(self) -> list[dict[str, Any]]:
-        """Per candidate: metrics over the folds it ran, its accuracy's 95% interval, its
-        mean inner score, and the folds where fit's nested selection picked it. Each row is
-        that candidate's own held-out estimate; picking the best row would be selection
-        on the test folds, so the decision uses `selection` instead."""
-        ran = {c: sorted(f for (cc, f) in self.units if cc == c) for c in self.config.candidates}
-        picked = self.selection()
-        return [self._row(c, [self.units[(c, f)] for f in folds], picked) for c, folds in ran.items() if folds]
-
-    def selection(self) -> dict[str, dict[str, Any]]:
-        """Fit's picks, nested (`nested.py`): per outer fold the LLM candidate and the
-        baseline with the best inner score, their answers on that fold's test examples
-        (example index → right), and the candidate each rule picks on all the data."""
-        gold = [self._index(i) for i in range(len(self.examples))]
-        out: dict[str, dict[str, Any]] = {}
-        for kind in ("llm", "baseline"):
-            names = [c for c in self.config.candidates if (c in baselines.BASELINES) == (kind == "baseline")]
-            chosen = nested.picks(self.units, names, len(self.folds))
-            speeds = [self.units[(c, f)].get("inputs_per_s", math.nan) for f, c in chosen.items()]
-            out[kind] = {
-                "final": nested.final(self.units, names),
-                "picks": chosen,
-                "correct": nested.pooled(self.units, chosen, gold),
-                "inputs_per_s": _mean(speeds),
-            }
-        return out
-
-    def _row(self, candidate: str, units: list[dict[str, Any]], picked: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        from adaptserve.evaluation import metrics
-
-        gold = [self.gold[i] for u in units for i in u["test"]]
-        probs = [p for u in units for p in u["probabilities"]]
-        predicted = [self.labels[argmax(p)] for p in probs]
-        m = metrics(self.labels, gold, predicted, [max(p) for p in probs])
-        low, high = accuracy_interval([p == g for p, g in zip(predicted, gold, strict=True)])
-        kind = units[0]["kind"]
-        return {
-            "candidate": candidate,
-            "kind": kind,
-            "folds": [u["fold"] for u in units],
-            "n": m["n"],
-            "accuracy": m["accuracy"],
-            "accuracy_low": low,
-            "accuracy_high": high,
-            "macro_f1": m["macro_f1"],
-            "ece": m["ece"],
-            "inner_accuracy": _mean([nested.inner_score(u) for u in units]),
-            "picked_in_folds": sorted(f for f, c in picked[kind]["picks"].items() if c == candidate),
-            "inputs_per_s": _mean([u.get("inputs_per_s", math.nan) for u in units]),
-            "latency_p50_s": _mean([u.get("latency_p50_s", math.nan) for u in units]),
-            "scoring": [u.get("scoring") for u in units],
-            "chosen": [u["inner"].get("chosen") for u in units if kind == "baseline"],
-        }
-
 
 def _tag(fold: int) -> str:
     return "all" if fold == ALL else f"f{fold}"
@@ -396,8 +339,3 @@ def _identity(examples: list[Example], config: FitConfig) -> str:
     facts = [[[e.text, e.label] for e in examples], config.document, config.field, config.folds, config.seed]
     facts += [config.lora_steps, UNIT_FORMAT]
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
-
-
-def _mean(values: list[float]) -> float:
-    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else math.nan
