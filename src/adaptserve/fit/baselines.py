@@ -82,7 +82,9 @@ def _majority(train_labels: list[str], n_test: int, labels: list[str], started: 
     counts = Counter(train_labels)
     row = [counts[label] / len(train_labels) for label in labels]
     fitted = time.perf_counter()
-    return Fitted([list(row) for _ in range(n_test)], fitted - started, 1e-9, max(row), {"label": _top(counts)})
+    rows = [list(row) for _ in range(n_test)]
+    done = time.perf_counter()
+    return Fitted(rows, fitted - started, done - fitted, max(row), {"label": _top(counts)})
 
 
 def _top(counts: Counter[str]) -> str:
