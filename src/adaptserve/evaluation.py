@@ -189,6 +189,28 @@ def report(predictions: Predictions, calibrated: bool, elapsed_s: float, setting
     return out
 
 
+def against_baselines(predictions: Predictions, result: dict[str, Any]) -> dict[str, Any] | None:
+    """The served answers against the baseline with the best inner (training-part)
+    score, paired on the evaluated examples (`fit/verdict.py`): the difference, its 95%
+    interval, McNemar's p, and "wins" only where the interval excludes 0."""
+    from adaptserve.fit.verdict import compare
+
+    found = {k: v for k, v in (result.get("baselines") or {}).items() if "predicted" in v}
+    if not found or not predictions.gold:
+        return None
+    name = max(found, key=lambda k: _finite(found[k].get("inner_accuracy")))
+    gold = predictions.gold
+    served = [g == q for g, q in zip(gold, predictions.predicted, strict=True)]
+    base = [g == q for g, q in zip(gold, found[name]["predicted"], strict=True)]
+    template = result["settings"].get("template", "template")
+    speed = result["throughput"]["inputs_per_s"]
+    return compare(template, served, speed, name, base, found[name].get("inputs_per_s", math.nan)).__dict__
+
+
+def _finite(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else -1.0
+
+
 def table(result: dict[str, Any]) -> str:
     rows = ["| scores | accuracy | macro-F1 | ECE |", "|---|---|---|---|"]
     for name in ("uncalibrated", "calibrated"):
@@ -199,6 +221,8 @@ def table(result: dict[str, Any]) -> str:
         rows.append(
             f"| baseline {name} ({m['trained_on']}) | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {m['ece']:.3f} |"
         )
+    if result.get("verdict"):
+        rows += ["", result["verdict"]["text"]]
     best = result.get("calibrated") or result["uncalibrated"]
     rows += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for label, c in best["per_class"].items():

@@ -1,7 +1,9 @@
 """`adaptserve fit` against the real engine: 32 product-review sentences, two folds,
-the TF-IDF baseline, zero- and few-shot templates and a short LoRA run, each scored
-through the gateway; the winner is served as the tenant's template and answers on
-fold 0 as fit measured it."""
+the tuned TF-IDF and majority baselines, zero- and few-shot templates and a short LoRA
+run, each scored through the gateway; the paired verdict rests on the examples both
+picks answered; the best LLM candidate is refit on all 32 and served (--serve-llm: on 32 examples no
+difference is significant) as the tenant's template and answers on fold 0 as fit
+measured it."""
 
 from __future__ import annotations
 
@@ -26,8 +28,8 @@ def test_fit_tries_every_kind_of_candidate_and_serves_the_best(server, base_mode
     data = tmp_path / "reviews.jsonl"
     data.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in examples))
     out = tmp_path / "fit"
-    args = ["fit", "--data", str(data), "--folds", "2", "--budget", "0.5", "--lora-steps", "3"]
-    args += ["--candidates", "tfidf-word,zero-shot,few-shot,lora-r8", "--name", "reviews", "--out", str(out)]
+    args = ["fit", "--data", str(data), "--folds", "2", "--budget", "0.5", "--lora-steps", "3", "--serve-llm"]
+    args += ["--candidates", "majority,tfidf,zero-shot,few-shot,lora-r8", "--name", "reviews", "--out", str(out)]
     args += ["--url", server.url, "--key", key, "--admin-key", ADMIN_KEY, "--tenant", tenant]
     env = {**os.environ, "ADAPTSERVE_DATA_DIR": str(tmp_path / "data"), "ADAPTSERVE_MODELS_DIR": str(base_model.parent)}
     done = subprocess.run([sys.executable, "-m", "adaptserve", *args], env=env, capture_output=True, text=True)
@@ -35,12 +37,13 @@ def test_fit_tries_every_kind_of_candidate_and_serves_the_best(server, base_mode
 
     manifest = json.loads((out / "fit-manifest.json").read_text())
     rows = {r["candidate"]: r for r in manifest["candidates"]}
-    assert set(rows) == {"tfidf-word", "zero-shot", "few-shot", "lora-r8"}
+    assert set(rows) == {"majority", "tfidf", "zero-shot", "few-shot", "lora-r8"}
     assert rows["zero-shot"]["folds"] == rows["few-shot"]["folds"] == [0, 1]
     # The first LoRA run always happens; the half-minute budget stops the second.
     assert rows["lora-r8"]["folds"] == [0] and any("lora-r8 fold 1: skipped" in n for n in manifest["notes"])
     for row in rows.values():
-        assert 0.0 <= row["accuracy_common_folds"] <= 1.0 and row["n"] > 0
+        assert row["accuracy_low"] <= row["accuracy"] <= row["accuracy_high"] and row["n"] > 0
+    assert manifest["decision"]["n"] == 32  # zero- and few-shot ran both folds: the picks answered all 32
     units = [json.loads(line) for line in (out / "units.jsonl").read_text().splitlines()]
     lora = next(u for u in units if u["candidate"] == "lora-r8")
     assert lora["training"]["steps"] == 3 and lora["adapter"].startswith("fit-")
@@ -53,8 +56,9 @@ def test_fit_tries_every_kind_of_candidate_and_serves_the_best(server, base_mode
 
     served = manifest["served"]
     assert served["template"] == "reviews" and served["tenant"] == tenant
-    assert served["fold0_agreement"] >= 0.9, served  # the served endpoint answers as fit measured
-    assert served["fold0_largest_probability_gap"] < 0.05, served  # (batches differ: bf16 rounding)
+    assert served["refit_on"] == 32  # the served candidate, refit on every example
+    assert served["agreement"] >= 0.9, served  # the served endpoint answers as fit measured
+    assert served["largest_probability_gap"] < 0.05, served  # (batches differ: bf16 rounding)
     answer = httpx.post(
         f"{server.url}/v1/templates/reviews",
         json={"inputs": {"text": "it broke after two days and support never answered."}},

@@ -63,7 +63,7 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from adaptserve.datasets import load_dataset, read_labelled
-    from adaptserve.evaluation import Evaluator, report, table, write
+    from adaptserve.evaluation import Evaluator, against_baselines, report, table, write
 
     url = remote.server_url(args, settings)
     key = remote.tenant_key(settings, args.key)
@@ -85,6 +85,7 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     result = report(predictions, bool(described.raw.get("calibration")), elapsed, settings_used)
     if args.baselines:
         result["baselines"] = _baselines(args, examples, described.labels)
+        result["verdict"] = against_baselines(predictions, result)
     print(table(result))
     stem = f"{args.template}-{args.data.stem if args.data else f'{args.dataset}-{args.split}'}"
     json_path, png_path = write(result, args.out, stem)

@@ -1,10 +1,11 @@
 """`adaptserve fit --data FILE [--template T] [--budget MIN]`: the command-line side
-of `fit/`: labelled data in; a table, a report and the best LLM candidate served out.
+of `fit/`: labelled data in; a table, a report, a paired verdict, and the best LLM
+candidate served out where it beats the baselines (or with --serve-llm).
 
 Everything fit does on the server it does as `--tenant` (its admin key, given or made
 for the run: `remote.push_as`), so the adapters it pushes are the tenant's, not global,
 unless told `--global`; and the tenant's PII policy, read through the admin API, is
-applied to the data before anything is trained, stored or served (`fit/privacy.py`)."""
+applied to the data before anything is trained, stored or served (`pii/data.py`)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,11 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     parser.add_argument("--tenant", default="default", help="whose template, aliases and adapters these are")
     remote.owner_flags(parser)
     parser.add_argument("--no-serve", action="store_true", help="measure only")
+    parser.add_argument(
+        "--serve-llm",
+        action="store_true",
+        help="serve the best LLM candidate even where a baseline wins or ties (fit cannot serve a baseline)",
+    )
     parser.add_argument("--out", type=Path, help="results and state (default fit-results/NAME); re-run to resume")
     parser.set_defaults(run=run_fit)
 
@@ -64,7 +70,8 @@ def run_fit(args: argparse.Namespace, settings: Settings) -> int:
 def _run(args: argparse.Namespace, settings: Settings, url: str, admin_key: str) -> int:
     from tqdm import tqdm
 
-    from adaptserve.fit.report import decide, table, write
+    from adaptserve.fit import results
+    from adaptserve.fit.report import decide, pick_rows, table, write
 
     fit, name, pii_note = _fit(args, settings, url, admin_key)
     resumed = fit.resume()
@@ -73,8 +80,8 @@ def _run(args: argparse.Namespace, settings: Settings, url: str, admin_key: str)
     try:
         with tqdm(total=len(plan), initial=resumed, desc="fit", unit="run") as bar:
             notes = fit.run(lambda what: (bar.set_postfix_str(what), bar.update(1)))
-        rows = fit.rows()
-        decision = decide(rows)
+        rows, selection = results.rows(fit), results.selection(fit)
+        decision, picks = decide(selection), pick_rows(selection)
         manifest = {
             "data": {
                 "source": fit.config.source,
@@ -89,23 +96,34 @@ def _run(args: argparse.Namespace, settings: Settings, url: str, admin_key: str)
             "resumed_units": resumed,
             "notes": notes,
             "candidates": rows,
+            "picks": picks,
+            "selection": selection,  # per fold the nested picks; per example index whether each pick was right
             "decision": decision.__dict__,
         }
         write(fit.config.out, manifest)  # before serving: a failure there keeps the measurements
         if decision.llm and not args.no_serve:
-            manifest["served"] = fit.serve(decision.llm, name)
+            if decision.choice == "llm" or args.serve_llm:
+                manifest["served"] = fit.serve(decision.llm, name)
+            else:
+                manifest["not_served"] = (
+                    f"the baseline ({decision.baseline}) is the choice, and fit cannot serve a baseline: "
+                    f"nothing was served (--serve-llm serves {decision.llm} anyway)"
+                )
     finally:
         fit.server.clean()
-    print("\n" + table(rows) + "\n\n" + decision.verdict)
+    print("\n" + table(rows, picks) + "\n\n" + decision.verdict)
     for note in notes:
         print(f"note: {note}")
     paths = write(fit.config.out, manifest)
     if "served" in manifest:
         s = manifest["served"]
         print(
-            f"served: template {s['template']} ({s['candidate']}) for tenant {s['tenant']}; fold 0 through it: "
-            f"{s['fold0_accuracy_served']:.3f} (measured {s['fold0_accuracy_measured']:.3f})"
+            f"served: template {s['template']} ({s['candidate']}, refit on all {s['refit_on']} examples) for "
+            f"tenant {s['tenant']}; the label fit measured on {s['agreement'] * 100:.0f}% of "
+            f"{s['checked_inputs']} inputs through it"
         )
+    elif "not_served" in manifest:
+        print(f"not served: {manifest['not_served']}")
     print("wrote " + ", ".join(map(str, paths)))
     return 0
 

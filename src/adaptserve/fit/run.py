@@ -1,11 +1,14 @@
 """One `fit` run: every candidate on the same folds, within a time budget, each
 finished (candidate, fold) appended to `OUT/units.jsonl` so a re-run resumes; then
-the table, the choice, and the winner served as the tenant's template.
+the table, fit's nested picks (`nested.py`), and the LLM candidate served, refit on
+every example.
 
-Order: the baselines and the zero-/few-shot templates on every fold (seconds to a
-minute), then LoRA on fold 0 and on further folds while the budget lasts. Every
-candidate's calibration and temperature are chosen on labelled inputs outside its
-test fold (`templates/calibration.py`), so the test folds only measure.
+Order: the baselines (tuned inside each fold's training part) and the zero-/few-shot
+templates on every fold (seconds to a minute), then LoRA on fold 0 and on further
+folds while the budget lasts (keeping back the refit's time). Every candidate's
+calibration and temperature are chosen on labelled inputs outside its test fold
+(`templates/calibration.py`), and its inner score is measured there, so the test
+folds only measure.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import hashlib
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +28,7 @@ from adaptserve.errors import ConfigurationError
 from adaptserve.fit import baselines
 from adaptserve.fit.candidates import FIT_PREFIX, Server, content_free, throughput, with_scoring
 from adaptserve.fit.folds import Folds, balanced_sample
-from adaptserve.templates.calibration import argmax, choose
+from adaptserve.templates.calibration import Scoring, argmax, choose
 
 LLM = ("zero-shot", "few-shot")
 # name → (rank, optimizer steps, learning rate): a small search, tried in order while the budget lasts.
@@ -33,6 +37,8 @@ CANDIDATES = (*baselines.BASELINES, *LLM, *LORA)
 STEP_S_GUESS = 3.0  # seconds per LoRA step before one is measured (2 CPU cores, batch 8)
 LORA_OVERHEAD_S = 45.0  # loading the model, pushing the adapter, the engine loading it
 SERVE_S = 30.0  # serving the winner and checking it
+ALL = -1  # not a fold: the served candidate's refit on every example
+UNIT_FORMAT = 2  # 2: tuned baselines, and every unit's inner score (`nested.py`)
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,8 @@ class Fit:
             return False
         steps = self.config.lora_steps or LORA[candidate][1]
         first = fold == 0 and not any(c in LORA for c, _ in self.units)
-        return first or self.spent() + steps * self.step_s + LORA_OVERHEAD_S + SERVE_S <= self.config.budget_s
+        refit = steps * self.step_s + LORA_OVERHEAD_S  # the served adapter, trained again on every example
+        return first or self.spent() + steps * self.step_s + LORA_OVERHEAD_S + refit + SERVE_S <= self.config.budget_s
 
     def spent(self) -> float:
         """Seconds of the budget used: this run's, and the units an earlier run finished."""
@@ -146,27 +153,53 @@ class Fit:
     # -- candidates ----------------------------------------------------------------------
 
     def _baseline(self, name: str, fold: int) -> dict[str, Any]:
+        """Tuned on the fold's training part (inner folds there), scored on its test part."""
         train, test = self.folds.train(fold), self.folds.test(fold)
         texts = [e.text for e in self.examples]
         fitted = baselines.run(
-            name, [texts[i] for i in train], [self.gold[i] for i in train], [texts[i] for i in test], self.labels
+            name,
+            [texts[i] for i in train],
+            [self.gold[i] for i in train],
+            [texts[i] for i in test],
+            self.labels,
+            seed=self._seed(fold),
         )
         speed = len(test) / fitted.predict_s if fitted.predict_s else math.nan
-        return {"kind": "baseline", "test": test, "probabilities": fitted.probabilities, "inputs_per_s": speed}
+        inner = {"accuracy": fitted.inner_accuracy, "n": len(train), "indices": train, "chosen": fitted.chosen}
+        return {
+            "kind": "baseline",
+            "test": test,
+            "probabilities": fitted.probabilities,
+            "inputs_per_s": speed,
+            "inner": inner,
+        }
+
+    def _split(self, fold: int) -> tuple[list[int], list[int]]:
+        """A fold's training and test indices; for the refit (`ALL`), every example and,
+        to check the served path against, fold 0's test inputs (trained on: no score)."""
+        if fold == ALL:
+            return list(range(len(self.examples))), self.folds.test(0)
+        return self.folds.train(fold), self.folds.test(fold)
 
     def _llm(self, candidate: str, fold: int) -> dict[str, Any]:
-        train, test = self.folds.train(fold), self.folds.test(fold)
+        train, test = self._split(fold)
         doc, selection, extra = self._document(candidate, fold, train)
         # Label-balanced inputs whose bias "training" calibration divides out: from the
-        # selection inputs (never what an adapter trained on), at most 64 (a template's limit).
-        calibration = balanced_sample(selection, self.gold, max(1, 16 // len(self.labels)), self._seed(fold))[:64]
+        # selection inputs (never what an adapter trained on, but for the refit adapter,
+        # which trained on all), at most 64 (a template's limit).
+        pool = selection or train
+        calibration = balanced_sample(pool, self.gold, max(1, 16 // len(self.labels)), self._seed(fold))[:64]
         scored = self.server.score(doc, self._inputs(test))
-        chosen_on = self.server.score(doc, self._inputs(selection))
         biases = {
             "content-free": self.server.score(doc, content_free(doc)).rows,
             "training": self.server.score(doc, self._inputs(calibration)).rows,
         }
-        scoring, options = choose(chosen_on.rows, [self._index(i) for i in selection], biases)
+        if selection:
+            chosen_on = self.server.score(doc, self._inputs(selection))
+            scoring, options = choose(chosen_on.rows, [self._index(i) for i in selection], biases)
+        else:  # the refit adapter: no example left to choose on; its folds' choice
+            scoring, options = self._inherited(candidate), {}
+        inner = options.get(scoring.calibration or "none", {}).get("accuracy", math.nan)
         return extra | {
             "kind": "llm",
             "test": test,
@@ -176,6 +209,7 @@ class Fit:
             "probabilities": scoring.apply(scored.rows, biases),
             "scoring": {"calibration": scoring.calibration, "temperature": scoring.temperature},
             "options": options,
+            "inner": {"accuracy": inner, "n": len(selection), "indices": selection},
             "document": with_scoring(doc, scoring.calibration, self._inputs(calibration), scoring.temperature),
             **throughput(scored),
         }
@@ -196,11 +230,24 @@ class Fit:
                 balanced_sample(rest, self.gold, max(2, 32 // len(self.labels)), self._seed(fold)),
                 {},
             )
-        # LoRA: at most a quarter of each label's training examples held out to choose on.
+        # LoRA: at most a quarter of each label's training examples held out to choose on;
+        # the refit trains on every example, its scoring chosen by its folds (`_inherited`).
         selection = balanced_sample(train, self.gold, max(4, 16 // len(self.labels)), self._seed(fold), share=0.25)
+        selection = [] if fold == ALL else selection
         fit_on = [i for i in train if i not in set(selection)]
         adapter, facts = self._train_lora(candidate, fold, fit_on)
         return doc | {"model": adapter}, selection, facts
+
+    def _inherited(self, candidate: str) -> Scoring:
+        """The scoring the candidate's folds chose most often (ties: no calibration
+        first), at the median of those folds' temperatures."""
+        chosen = [u["scoring"] for (c, f), u in sorted(self.units.items()) if c == candidate and f != ALL]
+        if not chosen:
+            return Scoring(None)
+        counts = Counter(s["calibration"] or "" for s in chosen)
+        calibration = max(sorted(counts), key=lambda k: counts[k])
+        temperatures = sorted(s["temperature"] for s in chosen if (s["calibration"] or "") == calibration)
+        return Scoring(calibration or None, temperatures[len(temperatures) // 2])
 
     def _shots(self, train: list[int], fold: int) -> list[int]:
         """Label-balanced examples, short ones preferred (prompts stay small)."""
@@ -224,10 +271,10 @@ class Fit:
         config = TrainConfig(
             rank=rank, learning_rate=lr, epochs=epochs, max_steps=steps, holdout=0, seed=self._seed(fold)
         )
-        folder = self.config.out / "adapters" / f"{candidate}-f{fold}"
+        folder = self.config.out / "adapters" / f"{candidate}-{_tag(fold)}"
         _, outcome = train(self._task, items, self.config.base_model, folder, config)
         self.step_s = outcome.seconds_per_step
-        name = f"{FIT_PREFIX}{self.digest[:8]}-{candidate}-f{fold}"
+        name = f"{FIT_PREFIX}{self.digest[:8]}-{candidate}-{_tag(fold)}"
         self.server.push(folder, name)
         facts = {"steps": outcome.steps, "train_seconds": outcome.seconds, "seconds_per_step": outcome.seconds_per_step}
         return name, {"adapter": name, "training": facts, "trained_on": len(items)}
@@ -246,82 +293,49 @@ class Fit:
     # -- serving -----------------------------------------------------------------------
 
     def serve(self, candidate: str, name: str) -> dict[str, Any]:
-        """Fold 0's artifact of `candidate` (exactly what was measured) becomes the
-        tenant's template `name` (a new version, active); then fold 0's test inputs go
-        through it as any caller's would, and its accuracy is compared with fit's."""
-        unit = self.units[(candidate, 0)]
+        """The candidate refit on every example (an adapter trained on all of them, its
+        scoring chosen by its folds; few-shot examples and scoring chosen from all of
+        them) becomes the tenant's template `name` (a new version, active); then fold 0's
+        inputs go through it as any caller's would, and its answers are compared with
+        what fit measured for the refit (the same labels, the same probabilities). No
+        accuracy: the refit saw those inputs; the nested figures are its estimate."""
+        unit = self._unit(candidate, ALL)
         doc = dict(unit["document"])
-        if "adapter" in unit:  # pushed again from its folder: an earlier run may have deleted it
-            self.server.push(self.config.out / "adapters" / f"{candidate}-f0", unit["adapter"])
+        if "adapter" in unit:
             doc["model"] = f"{name}-lora"
             self.server.alias(doc["model"], unit["adapter"])
         self.server.apply(doc, name)
         answers = self.server.verify(name, self._inputs(unit["test"]))
         served = [max(a, key=a.__getitem__) for a in answers]
+        measured = [self.labels[argmax(p)] for p in unit["probabilities"]]
         gap = max(
             abs(a[label] - p[j])
             for a, p in zip(answers, unit["probabilities"], strict=True)
             for j, label in enumerate(self.labels)
         )
-        measured = [self.labels[argmax(p)] for p in unit["probabilities"]]
-        gold = [self.gold[i] for i in unit["test"]]
-        out = {
+        losers = sorted({u["adapter"] for u in self.units.values() if "adapter" in u})
+        self.server.drop_adapters([a for a in losers if a != unit.get("adapter")])
+        return {
             "template": name,
             "tenant": self.server.tenant,
             "candidate": candidate,
             "model": doc.get("model", "default"),
-            "fold0_accuracy_measured": sum(m == g for m, g in zip(measured, gold, strict=True)) / len(gold),
-            "fold0_accuracy_served": sum(s == g for s, g in zip(served, gold, strict=True)) / len(gold),
-            "fold0_agreement": sum(s == m for s, m in zip(served, measured, strict=True)) / len(gold),
-            "fold0_largest_probability_gap": gap,
+            "refit_on": len(self.examples),
+            "trained_on": unit.get("trained_on"),
+            "chosen_on": len(unit["selection"]),
+            "scoring": unit["scoring"],
+            "checked_inputs": len(served),
+            "agreement": sum(s == m for s, m in zip(served, measured, strict=True)) / len(served),
+            "largest_probability_gap": gap,
         }
-        losers = sorted({u["adapter"] for u in self.units.values() if "adapter" in u} - {unit.get("adapter")})
-        self.server.drop_adapters(losers)
-        return out
 
-    # -- results -----------------------------------------------------------------------
 
-    def rows(self) -> list[dict[str, Any]]:
-        """Per candidate: metrics over the folds it ran, and accuracy on the folds all ran."""
-        ran = {c: sorted(f for (cc, f) in self.units if cc == c) for c in self.config.candidates}
-        ran = {c: folds for c, folds in ran.items() if folds}
-        common = set.intersection(*(set(f) for f in ran.values())) if ran else set()
-        return [self._row(c, [self.units[(c, f)] for f in folds], common) for c, folds in ran.items()]
-
-    def _row(self, candidate: str, units: list[dict[str, Any]], common: set[int]) -> dict[str, Any]:
-        from adaptserve.evaluation import metrics
-
-        gold = [self.gold[i] for u in units for i in u["test"]]
-        probs = [p for u in units for p in u["probabilities"]]
-        m = metrics(self.labels, gold, [self.labels[argmax(p)] for p in probs], [max(p) for p in probs])
-        hits = [
-            self._index(i) == argmax(p)
-            for u in units
-            if u["fold"] in common
-            for i, p in zip(u["test"], u["probabilities"], strict=True)
-        ]
-        return {
-            "candidate": candidate,
-            "kind": units[0]["kind"],
-            "folds": [u["fold"] for u in units],
-            "n": m["n"],
-            "accuracy": m["accuracy"],
-            "accuracy_common_folds": sum(hits) / len(hits) if hits else math.nan,
-            "macro_f1": m["macro_f1"],
-            "ece": m["ece"],
-            "inputs_per_s": _mean([u.get("inputs_per_s", math.nan) for u in units]),
-            "latency_p50_s": _mean([u.get("latency_p50_s", math.nan) for u in units]),
-            "scoring": [u.get("scoring") for u in units],
-        }
+def _tag(fold: int) -> str:
+    return "all" if fold == ALL else f"f{fold}"
 
 
 def _identity(examples: list[Example], config: FitConfig) -> str:
-    """What a finished unit depends on: the data and the run's settings."""
+    """What a finished unit depends on: the data, the run's settings and the units' format."""
     facts = [[[e.text, e.label] for e in examples], config.document, config.field, config.folds, config.seed]
-    facts.append(config.lora_steps)
+    facts += [config.lora_steps, UNIT_FORMAT]
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
-
-
-def _mean(values: list[float]) -> float:
-    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else math.nan
