@@ -8,6 +8,7 @@ Refused, by what `re`'s own parser makes of the pattern:
 - a repeated group holding a variable repeat or an alternation (`(a+)+`, `(a|aa)*`);
 - two variable repeats whose characters overlap with nothing mandatory and disjoint
   between them (`\\d*\\d*`, `.*.*`, `[a-z]+[a-z0-9]*`): each adds a power of the length;
+- flags set inside a group (`(?i:...)`), and overlap is judged case-insensitively;
 - patterns longer than `MAX_PATTERN_CHARS`.
 What is left is searched in O(n²) at worst; strings matched against a pattern are
 capped too (`MAX_SUBJECT_CHARS`, see `templates/schema.py`).
@@ -16,15 +17,9 @@ capped too (`MAX_SUBJECT_CHARS`, see `templates/schema.py`).
 from __future__ import annotations
 
 import re
-import sys
+from re import _constants as sre  # type: ignore[attr-defined]  # Python 3.11+ (the package's floor)
+from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    from re import _constants as sre  # type: ignore[attr-defined]
-    from re import _parser as sre_parse  # type: ignore[attr-defined]
-else:  # the same modules under their Python 3.10 names
-    import sre_constants as sre
-    import sre_parse
 
 MAX_PATTERN_CHARS = 512
 MAX_SUBJECT_CHARS = 1000
@@ -60,7 +55,10 @@ class _Walk:
     (able to take more characters) at each point of a sequence."""
 
     def __init__(self, pattern: str, flags: int) -> None:
-        self._flags = flags
+        # Overlap is tested case-folded and with Unicode classes, whatever the pattern says:
+        # stricter than either matcher that runs these patterns (jsonschema: none; Presidio:
+        # IGNORECASE), so `k*K*` or `[a-z]+[A-Z]+` count as overlapping.
+        self._flags = (flags | re.IGNORECASE) & ~re.ASCII
         self._probes = _PROBES + list(pattern)
 
     def sequence(self, items: list[tuple[Any, Any]], open_: list[list[tuple[Any, Any]]]) -> list:
@@ -70,6 +68,8 @@ class _Walk:
             if op in _ONE_CHAR:
                 open_ = [o for o in open_ if self._overlap(o, [(op, av)])]
             elif op is sre.SUBPATTERN:
+                if av[1] or av[2]:  # (?i:...) and the like: the overlap test reads one set of flags
+                    raise UnsafePatternError("flags set inside a group (such as (?i:...)) are not allowed in a pattern")
                 open_ = self.sequence(list(av[-1]), open_)
             elif op is sre.ATOMIC_GROUP:
                 open_ = self.sequence(list(av), open_)

@@ -37,6 +37,11 @@ UNSAFE = [
     (r"^.*.*=.*$", "overlap"),
     (r"^[a-z]+[a-z0-9]*@$", "overlap"),
     (r"x" * 600, "long"),
+    # a review found these: flags inside a group hid an overlap (k, K and the Kelvin sign
+    # all match "k" case-folded), and Presidio matches PII patterns case-insensitively
+    (r"k*(?i:K)*(?i:\u212a)*$", "flags"),
+    (r"[a-z]+[A-Z]+\d", "overlap"),
+    (r"k+K+\u212a+x", "overlap"),
 ]
 
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from adaptserve.adapters.quota import DerivationSlots, Quota
@@ -165,9 +165,11 @@ class AdapterCatalog:
 
     def _check_room(self, s: Session, owner: str, size: int) -> None:
         """Refuse (507) a version of `size` bytes that would take the tenant of uid
-        `owner` past its storage quota. The tenant's row is locked (PostgreSQL) so that
-        two of its uploads cannot both fit in the same room."""
-        tenant = s.scalar(select(TenantRow.name).where(TenantRow.uid == owner).with_for_update())
+        `owner` past its storage quota. The tenant's row is written first (a no-op
+        update): that takes SQLite's write lock and PostgreSQL's row lock before the sum
+        is read, so two of its uploads cannot both fit in the same room."""
+        s.execute(update(TenantRow).where(TenantRow.uid == owner).values(uid=TenantRow.uid))
+        tenant = s.scalar(select(TenantRow.name).where(TenantRow.uid == owner))
         used = s.scalar(
             select(func.coalesce(func.sum(AdapterVersionRow.size_bytes), 0))
             .join(AdapterRow, AdapterRow.name == AdapterVersionRow.adapter)

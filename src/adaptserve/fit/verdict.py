@@ -56,10 +56,13 @@ def paired_interval(
 
     if len(a) != len(b) or not a:
         raise ValueError("paired answers: two equally long, non-empty lists")
-    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(diff), size=(resamples, len(diff)))
-    means = diff[draws].mean(axis=1)
+    diff = np.asarray(a, dtype=int) - np.asarray(b, dtype=int)
+    n = len(diff)
+    # Each difference is -1, 0 or +1: resampling n of them with replacement is drawing
+    # the three counts from a multinomial, in memory of the resamples, not resamples x n.
+    shares = [float(np.mean(diff == v)) for v in (-1, 0, 1)]
+    counts = np.random.default_rng(seed).multinomial(n, shares, size=resamples)
+    means = (counts[:, 2] - counts[:, 0]) / n
     low, high = np.percentile(means, [2.5, 97.5])
     return float(low), float(high)
 

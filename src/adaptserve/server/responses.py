@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -53,12 +52,9 @@ class EventStreamResponse(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_or_give_up(message: Message) -> None:
             try:
-                if sys.version_info >= (3, 11):  # a deadline on this task: no new task per event
-                    async with asyncio.timeout(self.stall_timeout_s):
-                        await send(message)
-                else:
-                    await asyncio.wait_for(send(message), self.stall_timeout_s)
-            except asyncio.TimeoutError as exc:
+                async with asyncio.timeout(self.stall_timeout_s):  # a deadline on this task: no new task per event
+                    await send(message)
+            except TimeoutError as exc:
                 raise ClientStalledError from exc
 
         try:

@@ -115,7 +115,7 @@ class PrivacyGuard:
     def _check_size(self, found: list[Leaf], param: str) -> None:
         sizes: dict[str | None, int] = {}
         for leaf in found:
-            sizes[leaf.field] = sizes.get(leaf.field, 0) + len(leaf.text.encode())
+            sizes[leaf.field] = sizes.get(leaf.field, 0) + len(leaf.searched.encode())  # what detection reads
         if sum(sizes.values()) > self._max_bytes:
             raise PayloadTooLargeError(
                 f"{sum(sizes.values())} bytes of text to check for personal data, which this tenant's policy "

@@ -83,7 +83,7 @@ def _uid_of(s: Session, tenant: str) -> str:
 
 def _utc(moment: dt.datetime) -> dt.datetime:
     """Naive UTC, as stored."""
-    return moment.astimezone(dt.timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
+    return moment.astimezone(dt.UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def _entry(row: AuditRow) -> dict[str, Any]:
