@@ -103,16 +103,31 @@ def test_what_train_pushes_carries_the_chosen_scoring(gateway: Any, adapters: An
         "chosen": {"calibration": "training", "temperature": 2.0},
         "calibration_inputs": [{"text": "win a prize now"}, {"text": long_text}],
     }
-    pushed = push(argparse.Namespace(**vars(args), name="a1"), gateway.settings, adapters["alpha"], served_template(spec, chosen, "spam-lora"))
+    pushed = push(
+        argparse.Namespace(**vars(args), name="a1"),
+        gateway.settings,
+        adapters["alpha"],
+        served_template(spec, chosen, "spam-lora"),
+    )
     assert pushed["template"] == {"name": "spam", "tenant": "acme", "version": pushed["template"]["version"]}
     doc = _pushed(gateway, "spam")
     assert doc["model"] == "spam-lora" and doc["calibration"] is True and doc["temperature"] == 2.0
     assert doc["calibration_inputs"] == [{"text": "win a prize now"}, {"text": "x" * 50}]
     none = {"chosen": {"calibration": None, "temperature": 1.0}, "calibration_inputs": []}
-    push(argparse.Namespace(**vars(args), name="a2"), gateway.settings, adapters["beta"], served_template(spec, none, "spam-lora"))
+    push(
+        argparse.Namespace(**vars(args), name="a2"),
+        gateway.settings,
+        adapters["beta"],
+        served_template(spec, none, "spam-lora"),
+    )
     doc = _pushed(gateway, "spam")
     assert doc["calibration"] is False and "temperature" not in doc and "calibration_inputs" not in doc
     free = {"chosen": {"calibration": "content-free", "temperature": 0.5}, "calibration_inputs": []}
-    push(argparse.Namespace(**vars(args), name="a3"), gateway.settings, adapters["beta"], served_template(spec, free, "spam-lora"))
+    push(
+        argparse.Namespace(**vars(args), name="a3"),
+        gateway.settings,
+        adapters["beta"],
+        served_template(spec, free, "spam-lora"),
+    )
     doc = _pushed(gateway, "spam")
     assert doc["calibration"] is True and doc["temperature"] == 0.5 and "calibration_inputs" not in doc
