@@ -19,10 +19,10 @@ import pytest
 
 from adaptserve.bench.fake_engine import FakeState
 from adaptserve.cli import main
-from adaptserve.datasets import Example
+from adaptserve.datasets import Example, balanced_sample
 from adaptserve.errors import ConfigurationError, InvalidRequestError
 from adaptserve.fit import baselines
-from adaptserve.fit.folds import Folds, balanced_sample
+from adaptserve.fit.folds import Folds
 from adaptserve.templates.calibration import accuracy, bias_of, choose, fit_temperature, log_loss, probabilities
 from adaptserve.templates.spec import parse_document
 from tests.helpers import ADMIN_KEY, API_KEY, RunningGateway

@@ -80,19 +80,6 @@ class Folds:
         return [i for i in range(self.n) if i not in held]
 
 
-def balanced_sample(indices: list[int], labels: list[str], per_label: int, seed: int, share: float = 1.0) -> list[int]:
-    """Up to `per_label` of each label from `indices`, and with `share` < 1 at most that
-    share of the label's members there (none of a label too rare for it); seeded, in
-    label order."""
-    rng = random.Random(seed)
-    out: list[int] = []
-    for label in sorted({labels[i] for i in indices}):
-        members = [i for i in indices if labels[i] == label]
-        rng.shuffle(members)
-        out += members[: min(per_label, int(len(members) * share))]
-    return out
-
-
 def normalise(text: str) -> str:
     """The text near-duplicates share: case folded, punctuation read as spaces,
     whitespace collapsed ("Free  PRIZE!!! Call now." and "free prize, call now" are one)."""

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adaptserve.datasets import Example
+from adaptserve.datasets import Example, balanced_sample
 from adaptserve.errors import ConfigurationError
 from adaptserve.fit import baselines
-from adaptserve.fit.candidates import FIT_PREFIX, Server, content_free, throughput, with_scoring
-from adaptserve.fit.folds import Folds, balanced_sample
-from adaptserve.templates.calibration import Scoring, argmax, choose
+from adaptserve.fit.candidates import FIT_PREFIX, Server, content_free, throughput
+from adaptserve.fit.folds import Folds
+from adaptserve.templates.calibration import Scoring, argmax, choose, with_scoring
 
 LLM = ("zero-shot", "few-shot")
 # name → (rank, optimizer steps, learning rate): a small search, tried in order while the budget lasts.
