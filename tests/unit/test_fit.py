@@ -19,10 +19,10 @@ import pytest
 
 from adaptserve.bench.fake_engine import FakeState
 from adaptserve.cli import main
-from adaptserve.datasets import Example
+from adaptserve.datasets import Example, balanced_sample
 from adaptserve.errors import ConfigurationError, InvalidRequestError
 from adaptserve.fit import baselines
-from adaptserve.fit.folds import Folds, balanced_sample
+from adaptserve.fit.folds import Folds
 from adaptserve.templates.calibration import accuracy, bias_of, choose, fit_temperature, log_loss, probabilities
 from adaptserve.templates.spec import parse_document
 from tests.helpers import ADMIN_KEY, API_KEY, RunningGateway
@@ -574,3 +574,34 @@ def test_the_served_candidate_is_refit_on_every_example(tmp_path: Path, monkeypa
     assert fit.server.applied[-1]["model"] == "goodbad-lora"  # type: ignore[attr-defined]
     served = fit.serve("zero-shot", "goodbad")  # its scoring chosen on every example
     assert served["refit_on"] == 32 and served["chosen_on"] == 32
+
+
+def test_near_duplicate_texts_stay_in_one_fold_and_labels_stay_balanced() -> None:
+    from collections import defaultdict
+
+    from adaptserve.fit.folds import normalise
+
+    assert normalise("  Free   PRIZE!!! Call now.") == normalise("free prize, call now") == "free prize call now"
+    texts, labels = [], []
+    for i in range(160):
+        label = "spam" if i % 4 == 0 else "ham"
+        base = f"Message number {i}, about {label}"
+        texts.append(base)
+        labels.append(label)
+        if i % 3 == 0:  # near-copies: case, spacing and punctuation differ
+            texts += [base.upper() + "!!", "  " + base.replace(" ", "   ") + "."]
+            labels += [label, label]
+    folds = Folds.stratified(labels, seed=2, texts=texts)
+    groups: dict[str, set[int]] = defaultdict(set)
+    for i, text in enumerate(texts):
+        groups[normalise(text)].add(i)
+    assert max(len(g) for g in groups.values()) == 3
+    assert sorted(i for f in range(len(folds)) for i in folds.test(f)) == list(range(len(texts)))
+    spam_share = labels.count("spam") / len(labels)
+    for f in range(len(folds)):
+        test, train = set(folds.test(f)), set(folds.train(f))
+        assert all(g <= test or g <= train for g in groups.values())  # no near-copy on both sides
+        assert abs(sum(labels[i] == "spam" for i in test) / len(test) - spam_share) <= 0.03
+        assert abs(len(test) - len(texts) / len(folds)) <= 3
+    distinct = [f"text {i}" for i in range(len(labels))]  # no near-copies: the folds fit has always made
+    assert Folds.stratified(labels, seed=2, texts=distinct) == Folds.stratified(labels, seed=2)

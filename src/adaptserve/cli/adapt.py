@@ -242,6 +242,7 @@ def _train_and_finish(
 ) -> int:
     from adaptserve.training.convert import warning as conversion_warning
     from adaptserve.training.manifest import write_manifest
+    from adaptserve.training.served import served_template
     from adaptserve.training.served import warning as served_warning
     from adaptserve.training.train import train
 
@@ -253,17 +254,22 @@ def _train_and_finish(
     print(_summary(outcome, out))
     # the served path is the converted LoRA's: its gap is measured from the converted accuracy
     trained = outcome.conversion["accuracy_after"] if outcome.conversion else outcome.after.get("accuracy")
-    warnings = (conversion_warning(outcome.conversion), served_warning(outcome.served, trained))
-    for warning in filter(None, warnings):
+    # pushed with an alias, the template is applied on it with the scoring chosen on the held-out slice
+    spec = task.spec if outcome.served and args.push and args.alias else None
+    bound = served_template(spec, outcome.served, args.alias) if spec is not None else None
+    served = served_warning(outcome.served, trained, applied=bound is not None)
+    for warning in filter(None, (conversion_warning(outcome.conversion), served)):
         print(f"adaptserve: warning: {warning}", file=sys.stderr)
     if args.push:
-        pushed = push(args, settings, out)
+        pushed = push(args, settings, out, bound)
         manifest["pushed"] = pushed
         print(json.dumps(pushed, indent=2))
     return 130 if outcome.interrupted else 0
 
 
 def _summary(outcome: Any, out: Path) -> str:
+    from adaptserve.training.served import table as served_table
+
     def fmt(scores: dict[str, float]) -> str:
         return ", ".join(f"{k} {v:.3f}" for k, v in scores.items()) or "n/a (no held-out slice)"
 
@@ -272,13 +278,8 @@ def _summary(outcome: Any, out: Path) -> str:
         f"held-out ({outcome.examples['held_out']} examples) before: {fmt(outcome.before)}",
         f"held-out after:  {fmt(outcome.after)}",
     ]
-    served = outcome.served
-    if served:
-        lines.append(
-            f"held-out as served (template calibration {'on' if served['calibration'] else 'off'}): "
-            f"accuracy {served['accuracy_as_served']:.3f}; uncalibrated {served['accuracy_uncalibrated']:.3f}; "
-            f"recommended: {served['recommended']}"
-        )
+    if outcome.served:
+        lines.append(served_table(outcome.served))
     conversion = outcome.conversion
     if conversion and conversion["accuracy_before"] is not None:
         lines.append(
@@ -295,9 +296,12 @@ def _summary(outcome: Any, out: Path) -> str:
     return "\n".join(lines)
 
 
-def push(args: argparse.Namespace, settings: Settings, folder: Path) -> dict[str, Any]:
+def push(
+    args: argparse.Namespace, settings: Settings, folder: Path, template: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Push as `--tenant` (its adapter; with `--tenant-admin-key`, or an admin key of
-    the tenant's made with the admin key for the push), or `--global`."""
+    the tenant's made with the admin key for the push), or `--global`; then apply
+    `template` (bound to the alias, its scoring chosen by `train`) as the tenant's."""
     if args.alias and not args.tenant:
         raise ConfigurationError("--alias needs --tenant")
     name = args.name or folder.resolve().name
@@ -306,4 +310,7 @@ def push(args: argparse.Namespace, settings: Settings, folder: Path) -> dict[str
         args.tenant, args.tenant_admin_key, lambda: remote.admin_key(settings, args.admin_key), args.global_
     )
     with remote.acting_as(url, who) as key:
-        return remote.push_adapter(url, key, folder, name, args.tenant, args.alias)
+        pushed = remote.push_adapter(url, key, folder, name, args.tenant, args.alias)
+        if template is not None:
+            pushed["template"] = remote.apply_template(url, key, template, args.tenant)
+    return pushed

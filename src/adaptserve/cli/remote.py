@@ -1,7 +1,8 @@
 """The command line's side of a running server: where it is (`--url`), the keys a
 command uses (`--key` for a tenant's calls, `--admin-key` for the admin API; each
 falls back to the settings, then to the file the server wrote), whose an adapter push
-makes it (`push_as`: the tenant's unless told `--global`) and the push itself."""
+makes it (`push_as`: the tenant's unless told `--global`) and the push itself (the
+adapter, and the template bound to it with its chosen scoring)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from adaptserve_client import AdaptserveError, Client
 from pydantic import SecretStr
@@ -148,3 +150,14 @@ def push_adapter(url: str, key: str, folder: Path, name: str, tenant: str | None
         except AdaptserveError as exc:
             raise ConfigurationError(f"the server at {url} refused the adapter: {exc}") from exc
     return out
+
+
+def apply_template(url: str, key: str, document: dict[str, Any], tenant: str | None) -> dict:
+    """Apply a template document as `tenant`'s (a new version, active; the identical
+    one when nothing changed)."""
+    with Client(url, key, timeout=600) as client:
+        try:
+            stored = client.admin.templates.apply(document["name"], document, tenant=tenant)
+        except AdaptserveError as exc:
+            raise ConfigurationError(f"the server at {url} refused template {document['name']}: {exc}") from exc
+    return {"name": document["name"], "tenant": tenant, "version": stored["version"]}

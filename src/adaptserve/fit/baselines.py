@@ -158,7 +158,7 @@ def on_examples(examples: list[Example], train: list[Example] | None, labels: li
         if train is not None:
             parts = [(train, list(range(len(examples))))]
         else:
-            folds = Folds.stratified(gold, k=5)
+            folds = Folds.stratified(gold, k=5, texts=[e.text for e in examples])
             parts = [([examples[i] for i in folds.train(f)], folds.test(f)) for f in range(len(folds))]
         for fit_on, test in parts:
             texts = [examples[i].text for i in test]

@@ -49,17 +49,6 @@ def base_document(spec: TemplateSpec) -> dict[str, Any]:
     return doc | {"calibration": False}
 
 
-def with_scoring(doc: dict[str, Any], calibration: str | None, inputs: list[dict[str, Any]], t: float) -> dict:
-    """The document as it will be served, with the scoring chosen on labelled data."""
-    out = {k: v for k, v in doc.items() if k not in ("calibration_inputs", "temperature")}
-    out["calibration"] = calibration is not None
-    if calibration == "training":
-        out["calibration_inputs"] = inputs
-    if t != 1.0:
-        out["temperature"] = t
-    return out
-
-
 def content_name(doc: dict[str, Any]) -> str:
     digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
     return f"{FIT_PREFIX}{digest[:16]}"

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adaptserve.datasets import Example
+from adaptserve.datasets import Example, balanced_sample
 from adaptserve.errors import ConfigurationError
 from adaptserve.fit import baselines
-from adaptserve.fit.candidates import FIT_PREFIX, Server, content_free, throughput, with_scoring
-from adaptserve.fit.folds import Folds, balanced_sample
-from adaptserve.templates.calibration import Scoring, argmax, choose
+from adaptserve.fit.candidates import FIT_PREFIX, Server, content_free, throughput
+from adaptserve.fit.folds import Folds
+from adaptserve.templates.calibration import Scoring, argmax, choose, with_scoring
 
 LLM = ("zero-shot", "few-shot")
 # name → (rank, optimizer steps, learning rate): a small search, tried in order while the budget lasts.
@@ -38,7 +38,7 @@ STEP_S_GUESS = 3.0  # seconds per LoRA step before one is measured (2 CPU cores,
 LORA_OVERHEAD_S = 45.0  # loading the model, pushing the adapter, the engine loading it
 SERVE_S = 30.0  # serving the winner and checking it
 ALL = -1  # not a fold: the served candidate's refit on every example
-UNIT_FORMAT = 2  # 2: tuned baselines, and every unit's inner score (`nested.py`)
+UNIT_FORMAT = 3  # 2: tuned baselines, every unit's inner score (`nested.py`); 3: near-duplicates in one fold
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class Fit:
         if unknown:
             raise ConfigurationError(f"labels {unknown} are not labels of the template ({self.labels})")
         self.gold = [e.label for e in examples]
-        self.folds = Folds.stratified(self.gold, config.folds, config.seed)
+        self.folds = Folds.stratified(self.gold, config.folds, config.seed, texts=[e.text for e in examples])
         self.notes = self.folds.thin(self.gold)
         self.digest = _identity(examples, config)
         self.units: dict[tuple[str, int], dict[str, Any]] = {}

@@ -87,7 +87,7 @@ class TemplateService:
     def describe(self, tenant: str, name: str) -> dict[str, Any]:
         template = self._templates.get(tenant, name)
         spec = template.spec
-        out = template.summary() | {"inputs": spec.inputs_schema(), "calibration": spec.calibration}
+        out = template.summary() | {"inputs": spec.inputs_schema(), "calibration": spec.calibrates}
         if spec.kind == "classify":
             out["labels"] = [{"name": label.name, "description": label.description} for label in spec.labels]
             out["temperature"] = spec.temperature
@@ -205,7 +205,7 @@ class TemplateService:
         → their worst case together (at most two requests' worth)."""
         bounds, ids = self._pipeline.bounds, len(plan.token_ids)
         reserve = bounds.check_scoring(self._classifier.prompt_bounds(spec, plan, scored), ids, param)
-        if not spec.calibration:
+        if not spec.calibrates:
             return reserve
         calibration = self._classifier.prompt_bounds(spec, plan, calibration_inputs(spec))
         extra = bounds.check_scoring(calibration, ids, "calibration")

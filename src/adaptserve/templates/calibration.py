@@ -2,7 +2,8 @@
 and the choices between them made on labelled data.
 
 Pure arithmetic, shared by the server (`classify.py`), `train`, `eval` and `fit`, so
-every figure the tools print is computed the way the server answers:
+every figure the tools print is computed the way the server answers (and
+`with_scoring`, which writes a choice into the template document that serves it):
 
     probabilities = softmax(logprobs / temperature)            (over the labels)
     calibrated    = probabilities / bias, renormalised          (when calibration is on)
@@ -16,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 TEMPERATURES = tuple(round(0.25 * 1.25**k, 4) for k in range(21))  # 0.25 .. ~21.7
 
@@ -121,3 +123,19 @@ def choose(
         if helps and (best is options[0] or on["log_loss"] < seen[best.calibration or "none"]["log_loss"]):
             best = option
     return best, seen
+
+
+def with_scoring(
+    doc: dict[str, Any], calibration: str | None, inputs: Sequence[dict[str, Any]], temperature: float
+) -> dict[str, Any]:
+    """A template document as it will be served with the scoring chosen on labelled
+    data (by `fit` and `train`): calibration off (None), on the content-free inputs
+    ("content-free"), or on `inputs` (any other name: real inputs); the temperature
+    where it is not 1."""
+    out = {k: v for k, v in doc.items() if k not in ("calibration_inputs", "temperature")}
+    out["calibration"] = calibration is not None
+    if calibration not in (None, "content-free"):
+        out["calibration_inputs"] = list(inputs)
+    if temperature != 1.0:
+        out["temperature"] = temperature
+    return out

@@ -138,7 +138,7 @@ class Classifier:
         variants = [plan.variants(i) for plan, i in zip(plans, inputs, strict=True)] if plans else [[i] for i in inputs]
         plan = await self.plan(engine, template.spec)  # held here: the cache may drop it meanwhile
         scored = await self._score(engine, template, [v for group in variants for v in group], plan)
-        bias = await self._bias(engine, template) if spec.calibration else None
+        bias = await self._bias(engine, template) if spec.calibrates else None
         labels = [label.name for label in spec.labels]
         results, at = [], 0
         for n, group in enumerate(variants):
@@ -245,7 +245,7 @@ class Classifier:
         spec = template.spec
         plan = self._plans.get(spec.digest)
         reads = len(plan.prefixes) if plan else sum(len(label.text.encode()) + 1 for label in spec.labels)
-        items = list(inputs) + (calibration_inputs(spec) if spec.calibration else [])
+        items = list(inputs) + (calibration_inputs(spec) if spec.calibrates else [])
         prompt = sum(len(json.dumps(self._renderer.messages(spec, i), ensure_ascii=False).encode()) for i in items)
         return reads * prompt, reads * (prompt + len(items))
 

@@ -90,7 +90,9 @@ class TemplateSpec(_Strict):
     answer_prefix: StrictStr | None = Field(None, min_length=1, max_length=500)
     schema_: dict[str, Any] | None = Field(None, alias="schema")
     sampling: Sampling = Field(default_factory=Sampling)
-    calibration: StrictBool = True
+    # classify: divide out the label bias of the calibration inputs. `auto`: `train` and
+    # `fit` choose on labelled data (and write true or false); served as `true` until then.
+    calibration: StrictBool | Literal["auto"] = True
     # classify: label log-probabilities are divided by it before the softmax (fitted on
     # labelled data by `adaptserve fit` and `train`; 1 leaves the model's own scores).
     temperature: float = Field(1.0, gt=0.01, le=100)
@@ -165,6 +167,11 @@ class TemplateSpec(_Strict):
                 json_schema.validate(example.output, self.schema_)
             except jsonschema.ValidationError as exc:
                 raise ValueError(f"{where}.output does not match the schema: {exc.message}") from exc
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether the server divides out the calibration inputs' bias (`auto` too)."""
+        return self.calibration is not False
 
     @property
     def digest(self) -> str:

@@ -12,7 +12,7 @@ saw in training. Without a template, rows are prompt/completion pairs or chat
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ class Item:
     target: Tokens  # the tokens the loss is on
     label: int | None = None  # classify: the gold (or the teacher's top) label
     soft: tuple[float, ...] | None = None  # distillation: the teacher's label distribution
+    # classify: the template inputs it was rendered from (real calibration inputs for `train`)
+    inputs: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
 
 class Task:
@@ -80,7 +82,7 @@ class Task:
         return out
 
     def classify_item(self, inputs: dict[str, Any], label: int, soft: tuple[float, ...] | None = None) -> Item:
-        return Item(self.prompt(inputs), (*self.label_tokens[label], self.eos), label, soft)
+        return Item(self.prompt(inputs), (*self.label_tokens[label], self.eos), label, soft, inputs)
 
     def generate_item(self, inputs: dict[str, Any], output: Any) -> Item:
         text = output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)

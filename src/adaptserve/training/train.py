@@ -290,7 +290,7 @@ def train(
         model, conversion = convert(model, task, held, base, out, config.convert_rank, config.method)
     else:
         save_adapter(model, config, out)
-    served = {} if config.method == "prompt-tuning" else served_path(model, task, held)  # not served
+    served = {} if config.method == "prompt-tuning" else served_path(model, task, held, config.seed)  # not served
     outcome = Outcome(
         config=config,
         examples={"train": len(train_items), "held_out": len(held)},
