@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from adaptserve.errors import InvalidRequestError, invalid_from
+from adaptserve.templates.schema import depth
 
 
 class _Request(BaseModel):
@@ -110,23 +111,9 @@ async def read_json(receive_body: Any) -> dict[str, Any]:
         raise _too_deep() from exc
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
-    if _depth(body) > MAX_JSON_DEPTH:
+    if depth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise _too_deep()
     return body
-
-
-def _depth(value: Any) -> int:
-    """How deeply lists and objects nest (iteratively: the walk itself must not recurse)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        deepest = max(deepest, depth)
-        if depth <= MAX_JSON_DEPTH:
-            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return deepest
 
 
 def _not_json(constant: str) -> None:
