@@ -148,9 +148,12 @@ def test_attributions_are_what_removing_each_word_does_on_the_engine(server) -> 
     words = text.split()
     alone = [" ".join(words[:i] + words[i + 1 :]) for i in range(len(words))]
     scores = run_template(server, "sentiment", {"inputs": [{"text": t} for t in alone]}).json()["results"]
-    for span, result in zip(shown["spans"], scores, strict=True):  # one batch vs another: float noise only
+    # One batch vs another: bf16 results vary with a batch's composition (a label
+    # probability of 0.531 alone and 0.500 in a batch has been seen here; 0.027 measured
+    # for this test with the locked environment).
+    for span, result in zip(shown["spans"], scores, strict=True):
         expected = answer["scores"][answer["label"]] - result["scores"][answer["label"]]
-        assert span["contribution"] == pytest.approx(expected, abs=0.02)
+        assert span["contribution"] == pytest.approx(expected, abs=0.04)
     assert max(abs(s["contribution"]) for s in shown["spans"]) > 0.01  # the words do move the answer
 
     body["attribution"] = {"method": "shapley", "permutations": 3, "units": "words"}
