@@ -1,6 +1,7 @@
 """Adapters reduced and merged by the admin API, served by the real engine: a result that
 is the same update as its source (a full-rank SVD, a cat of two halves, a dense TIES of
-one source) answers as the source does, token for token; a reduced one is served."""
+one source) answers as the source does, token for token up to a near-tie that bf16
+rounding may break; a reduced one is served."""
 
 from __future__ import annotations
 
@@ -11,12 +12,30 @@ from tests.helpers import chat
 PROMPTS = ("Write one sentence about the sea.", "Name three colours and a fruit.")
 
 
-def logprobs(client: openai.OpenAI, model: str, content: str) -> tuple[list[str], list[float]]:
+def logprobs(client: openai.OpenAI, model: str, content: str) -> list[tuple[str, float, list[float]]]:
+    """Each generated token, its log-probability and the two best log-probabilities there."""
     reply = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": content}], max_tokens=16, temperature=0, logprobs=True
+        model=model,
+        messages=[{"role": "user", "content": content}],
+        max_tokens=16,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
     )
-    tokens = reply.choices[0].logprobs.content
-    return [t.token for t in tokens], [t.logprob for t in tokens]
+    return [(t.token, t.logprob, [a.logprob for a in t.top_logprobs]) for t in reply.choices[0].logprobs.content]
+
+
+def assert_answers_as(got: list, reference: list, label: object) -> None:
+    """The same answer token for token, each log-probability close, up to a position
+    where the source's two best tokens nearly tie: there the update's bf16 factors may
+    pick the other one (" Red" for " red" has been seen with the locked environment), and
+    the answers part. Log-probabilities move with that rounding most where tokens nearly
+    tie (0.235 measured at one position; 0.15 held with older packages)."""
+    for (token, logprob, _), (expected, expected_logprob, top) in zip(got, reference, strict=True):
+        if token != expected:
+            assert top[0] - top[1] < 0.5, (label, token, expected, top)  # a near-tie, not another answer
+            return
+        assert abs(logprob - expected_logprob) < 0.3, (label, token, logprob, expected_logprob)
 
 
 def test_reduced_and_merged_adapters_serve_the_update_they_carry(server) -> None:
@@ -43,14 +62,9 @@ def test_reduced_and_merged_adapters_serve_the_update_they_carry(server) -> None
     assert server.admin("PUT", "/tenants/algebra/models/a1", json={"adapter": "a1"}).status_code == 200
     assert [made[k].json()["rank"] for k in made] == [8, 16, 8, 1]
     for prompt in PROMPTS:
-        tokens, reference = logprobs(client, "a1", prompt)
+        reference = logprobs(client, "a1", prompt)
         for alias in ("exact", "halves", "ties"):
-            got_tokens, got = logprobs(client, alias, prompt)
-            assert got_tokens == tokens, (alias, prompt)  # bf16 factors of the same update
-            # The same tokens are the check; log-probabilities move with the factors' bf16
-            # rounding, most where two tokens nearly tie (0.235 measured at one position with
-            # the locked environment, requirements/lock.txt; 0.15 held with older packages).
-            assert max(abs(x - y) for x, y in zip(got, reference, strict=True)) < 0.3, (alias, prompt)
+            assert_answers_as(logprobs(client, alias, prompt), reference, (alias, prompt))
     assert chat(client, "rank1", PROMPTS[0])  # a rank-1 reduction loads and answers
     described = server.admin("GET", "/adapters/a1-rank1").json()["versions"][0]
     assert described["state"] == "ready" and described["rank"] == 1
