@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
@@ -35,7 +36,9 @@ TEMPLATES = Path(__file__).parents[2] / "templates"
 
 @pytest.fixture(scope="module")
 def target(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A gateway (SQLite, the bundled templates, two adapters) before a fake vLLM."""
+    """A gateway (SQLite, the bundled templates, two adapters) before a fake vLLM; the
+    default tenant's PII policy is `mask`, so every fuzzed body (every string and key,
+    known field or not) goes through the screening walk and the placeholders."""
     tmp = tmp_path_factory.mktemp("fuzz")
     fake = ServerThread(create_fake_vllm(FakeState())).start()
     settings = Settings(
@@ -52,6 +55,13 @@ def target(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     )
     (config,) = listen.configs(create_app(settings), settings)
     gateway = ServerThread(None, config=config).start(ready_path="/ready", timeout_s=30)
+    masked = httpx.put(
+        gateway.url + "/admin/tenants/default/pii",
+        json={"mode": "mask"},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=30,
+    )
+    assert masked.status_code == 200, masked.text
     yield gateway.url
     gateway.stop()
     fake.stop()
