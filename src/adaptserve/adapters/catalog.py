@@ -169,7 +169,6 @@ class AdapterCatalog:
         update): that takes SQLite's write lock and PostgreSQL's row lock before the sum
         is read, so two of its uploads cannot both fit in the same room."""
         s.execute(update(TenantRow).where(TenantRow.uid == owner).values(uid=TenantRow.uid))
-        tenant = s.scalar(select(TenantRow.name).where(TenantRow.uid == owner))
         used = s.scalar(
             select(func.coalesce(func.sum(AdapterVersionRow.size_bytes), 0))
             .join(AdapterRow, AdapterRow.name == AdapterVersionRow.adapter)
@@ -177,6 +176,7 @@ class AdapterCatalog:
         )
         limit = self._quota.storage_bytes_per_tenant
         if int(used or 0) + size > limit:
+            tenant = s.scalar(select(TenantRow.name).where(TenantRow.uid == owner))
             raise StorageQuotaError(
                 f"tenant {tenant or '(deleted)'}'s adapters take {used} of its {limit} bytes and this version needs "
                 f"{size}: delete adapters it no longer needs first"

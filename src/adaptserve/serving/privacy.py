@@ -68,9 +68,7 @@ class PrivacyGuard:
         answer with (None: nothing to restore)."""
         if not principal.pii.screens:
             return texts, None
-        leaves = [Leaf(t, Kind.MASK, param) for t in texts]
-        masked, placeholders = await self._screen_leaves(principal, leaves, param)
-        return masked, placeholders
+        return await self._screen_leaves(principal, [Leaf(t, Kind.MASK, param) for t in texts], param)
 
     async def screen_body(
         self, principal: Principal, body: dict[str, Any], param: str
