@@ -3,6 +3,7 @@ abandoned streams."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import httpx
@@ -10,6 +11,8 @@ import openai
 import pytest
 
 from adaptserve.bench.fake_engine import create_fake_vllm
+from adaptserve.errors import UpstreamUnavailableError
+from adaptserve.upstream.client import KEEPALIVE_EXPIRY_S, State, Upstream
 from tests.helpers import ServerThread, make_adapter, wait_for
 
 QUESTION = [{"role": "user", "content": "hello there"}]
@@ -53,6 +56,43 @@ def test_a_busy_upstream_is_not_down_until_its_probes_fail_in_a_row(start_gatewa
         fake.server.stop()  # refused: down at the first probe, with no probe counted first
         wait_for(lambda: httpx.get(gw.url + "/ready").status_code == 503)
         assert not [r for r in caplog.records if "failed a health probe" in r.message]
+
+
+def unsent_then_answered(failures: int, calls: list[int]) -> httpx.MockTransport:
+    """A transport whose first `failures` sends die writing the request (a pooled
+    connection the server had just closed), then answers."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) <= failures:
+            raise httpx.WriteError("[Errno 32] Broken pipe")
+        return httpx.Response(200, json={"id": "ok"})
+
+    return httpx.MockTransport(handle)
+
+
+def test_a_request_lost_on_a_closing_pooled_connection_is_sent_once_more():
+    """vLLM closes connections idle for 5 s; the gateway's pool lets them go at 2 s, and a
+    request that still dies before the server read it is sent again, not answered 503."""
+    assert KEEPALIVE_EXPIRY_S < 5
+
+    async def scenario(failures: int) -> tuple[Upstream, list[int], object]:
+        calls: list[int] = []
+        upstream = Upstream("http://engine", 5.0, transport=unsent_then_answered(failures, calls))
+        upstream.state = State.READY
+        try:
+            answer: object = await upstream.post_json("/v1/chat/completions", {"model": "m"})
+        except UpstreamUnavailableError as exc:
+            answer = exc
+        finally:
+            await upstream.aclose()
+        return upstream, calls, answer
+
+    upstream, calls, answer = asyncio.run(scenario(1))
+    assert answer == {"id": "ok"} and len(calls) == 2
+    assert upstream.state is State.READY and upstream.inflight == 0
+    upstream, calls, answer = asyncio.run(scenario(2))  # twice in a row: the engine is not there
+    assert isinstance(answer, UpstreamUnavailableError) and len(calls) == 2 and upstream.state is State.DOWN
 
 
 def test_bad_adapters_are_skipped_and_the_rest_serve(start_gateway, fake, tmp_path, adapters):

@@ -30,6 +30,10 @@ from adaptserve.upstream.load import EngineLoad
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 5.0
+# vLLM's uvicorn closes a connection idle for VLLM_HTTP_TIMEOUT_KEEP_ALIVE (5 s by
+# default). A pooled connection kept exactly as long races that close: the gateway
+# writes a request into a socket the server is shutting. Ours expire first.
+KEEPALIVE_EXPIRY_S = 2.0
 _CONTEXT_MARKERS = ("maximum context length", "context length is", "maximum model length")
 # Failures before the server could have read the whole request: nothing reached it.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.WriteError)
@@ -100,7 +104,13 @@ class Upstream:
     """One vLLM server. `generation` grows each time it comes (back) up, so callers
     can tell that adapters loaded under an older generation are gone."""
 
-    def __init__(self, url: str, timeout_s: float, max_answer_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float,
+        max_answer_bytes: int = 64 * 1024 * 1024,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.max_answer_bytes = max_answer_bytes
         self.state = State.STARTING
@@ -110,7 +120,10 @@ class Upstream:
         self._http = httpx.AsyncClient(
             base_url=self.url,
             timeout=httpx.Timeout(timeout_s, connect=5.0),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+            limits=httpx.Limits(
+                max_connections=None, max_keepalive_connections=256, keepalive_expiry=KEEPALIVE_EXPIRY_S
+            ),
+            transport=transport,
         )
 
     def __repr__(self) -> str:
@@ -170,7 +183,7 @@ class Upstream:
         request = self._live().build_request("POST", path, json=body)
         self.inflight += 1
         try:
-            response = await self._http.send(request, stream=True)
+            response = await self._send(request)
             try:
                 content = await _read_bounded(response, self.max_answer_bytes, truncate=response.status_code != 200)
             finally:
@@ -188,7 +201,7 @@ class Upstream:
         gateway can still answer with a proper HTTP status."""
         request = self._live().build_request("POST", path, json=body)
         try:
-            response = await self._http.send(request, stream=True)
+            response = await self._send(request)
         except httpx.HTTPError as exc:
             raise self._unavailable(exc) from exc
         if response.status_code != 200:
@@ -217,6 +230,15 @@ class Upstream:
             raise self._unavailable(exc) from exc
         if response.status_code not in (200, 404):
             log.warning("unloading %s from %s: %s", name, self.url, _error_message(response.content))
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """Send, once more on a fresh connection if the first try never reached the
+        server (a pooled connection it had just closed): safe, nothing was read."""
+        try:
+            return await self._http.send(request, stream=True)
+        except _NOT_SENT as exc:
+            log.info("%s: %s before the request was sent; sending it once more", self.url, type(exc).__name__)
+        return await self._http.send(request, stream=True)
 
     def _live(self) -> httpx.AsyncClient:
         """Its connection pool, unless it was closed (it left the pool: DNS)."""
