@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ OVERLAYS = sorted(p.parent.name for p in (DEPLOY / "overlays").glob("*/kustomiza
 
 K8S_VERSION = "1.30.0"  # the oldest Kubernetes the manifests are validated for
 CRD_KINDS = {"ScaledObject", "ServiceMonitor", "PrometheusRule"}
+CLUSTER_KINDS = {"Namespace", "PriorityClass"}
 GATEWAY, ENGINE, ENGINE_SERVICE, DATA_CLAIM = "adaptserve", "vllm", "vllm-engines", "adaptserve-data"
 PLACEHOLDER = "REPLACE-ME"
 
@@ -40,13 +42,38 @@ Obj = dict[str, Any]
 # --- rendering and looking things up ---------------------------------------------------
 
 
-@cache
-def _render(overlay: str) -> tuple[Obj, ...]:
-    done = subprocess.run(
-        ["kubectl", "kustomize", str(DEPLOY / "overlays" / overlay)], capture_output=True, text=True, timeout=120
-    )
+def _parts(overlay: str) -> list[Path]:
+    """The kustomizations an overlay is applied as: its own folder and every folder under
+    it with a kustomization (production: the application, foundation/, secrets/)."""
+    root = DEPLOY / "overlays" / overlay
+    return sorted(k.parent for k in root.rglob("kustomization.yaml"))
+
+
+def _kustomize(path: Path) -> tuple[Obj, ...]:
+    done = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
+
+
+def _with_examples(part: Path, work: Path) -> Path:
+    """`part` itself, or where it reads a git-ignored file it ships only as `X.example`
+    (the Secrets' env file), a copy of it with each example in place of its file. Such
+    a part must be self-contained: nothing it names lies outside its folder."""
+    examples = [e for e in part.glob("*.example") if not e.with_suffix("").exists()]
+    if not examples:
+        return part
+    assert "../" not in (part / "kustomization.yaml").read_text(), f"{part} must be self-contained"
+    copy = work / part.relative_to(DEPLOY).as_posix().replace("/", "-")
+    shutil.copytree(part, copy)
+    for example in examples:
+        shutil.copy(example, copy / example.with_suffix("").name)
+    return copy
+
+
+@cache
+def _render(overlay: str) -> tuple[Obj, ...]:
+    with tempfile.TemporaryDirectory() as work:
+        return tuple(o for part in _parts(overlay) for o in _kustomize(_with_examples(part, Path(work))))
 
 
 def _render_of(overlay: str) -> tuple[Obj, ...]:
@@ -154,7 +181,7 @@ def test_every_object_is_a_known_kind_in_the_overlay_namespace(objects: tuple[Ob
     for obj in objects:
         if obj["kind"] in CRD_KINDS:
             assert obj["apiVersion"] in ("keda.sh/v1alpha1", "monitoring.coreos.com/v1"), obj["apiVersion"]
-        if obj["kind"] != "Namespace":
+        if obj["kind"] not in CLUSTER_KINDS:
             assert obj["metadata"].get("namespace") == namespace, f"{obj['kind']}/{obj['metadata']['name']}"
 
 
@@ -358,7 +385,7 @@ def test_the_engine_runs_on_a_gpu_with_runtime_lora(objects: tuple[Obj, ...]) ->
     engine = _one(objects, "Deployment", ENGINE)
     pod = engine["spec"]["template"]["spec"]
     container = _container(engine)
-    assert container["image"].startswith("vllm/vllm-openai:")
+    assert container["image"].startswith("docker.io/vllm/vllm-openai:")
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     assert any(k.startswith("nvidia.com/gpu") for k in pod["nodeSelector"])
@@ -383,7 +410,7 @@ def test_every_secret_reference_resolves(objects: tuple[Obj, ...]) -> None:
 
 def test_the_dev_database_url_names_the_dev_postgres() -> None:
     objects = _render_of("dev")
-    url = urlsplit(_secret_value(objects, "adaptserve-database", "url"))
+    url = urlsplit(_secret_value(objects, "adaptserve-keys", "database-url"))
     service = _one(objects, "Service", url.hostname or "")
     postgres = _one(objects, "Deployment", "postgres")
     assert _selected_deployments(objects, {"matchLabels": service["spec"]["selector"]}) == {"postgres"}
@@ -398,8 +425,122 @@ def test_production_holds_placeholders_and_no_database() -> None:
     objects = _render_of("production")
     for secret in _all(objects, "Secret"):
         for key in secret.get("stringData", {}) | secret.get("data", {}):
-            assert PLACEHOLDER in _secret_value(objects, secret["metadata"]["name"], key), "no real secret in git"
+            value = _secret_value(objects, secret["metadata"]["name"], key)
+            assert value == "" or PLACEHOLDER in value, f"{key}: no real secret in git"
     assert {d["metadata"]["name"] for d in _all(objects, "Deployment")} == {GATEWAY, ENGINE}
+    assert not (DEPLOY / "overlays" / "production" / "secrets" / "secrets.env").exists() or _git_ignored(
+        DEPLOY / "overlays" / "production" / "secrets" / "secrets.env"
+    )
+
+
+def _git_ignored(path: Path) -> bool:
+    done = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=ROOT, capture_output=True, timeout=30)
+    return done.returncode == 0
+
+
+def test_the_secrets_env_file_is_git_ignored() -> None:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    assert _git_ignored(DEPLOY / "overlays" / "production" / "secrets" / "secrets.env")
+
+
+# --- production: what the operator must name, and what the application leaves alone -------
+
+SET_ME = "SET-ME"
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _pod_specs(objects: tuple[Obj, ...]) -> list[Obj]:
+    return [o["spec"]["template"]["spec"] for o in objects if o["kind"] in ("Deployment", "Job")]
+
+
+def _images(objects: tuple[Obj, ...]) -> list[str]:
+    return [c["image"] for spec in _pod_specs(objects) for c in spec["containers"] + spec.get("initContainers", [])]
+
+
+def _registry(image: str) -> str | None:
+    """The registry host an image reference names, or None where it names none (a bare
+    `name:tag` or `org/name:tag` goes to whatever default registry the runtime has)."""
+    first, _, rest = image.partition("/")
+    return first if rest and ("." in first or ":" in first or first == "localhost") else None
+
+
+def test_registry_is_read_from_image_references() -> None:
+    assert _registry("adaptserve:0.1.0") is None and _registry("vllm/vllm-openai:v1") is None
+    assert _registry("docker.io/vllm/vllm-openai:v1") == "docker.io"
+    assert _registry("localhost:5000/adaptserve:0.1.0") == "localhost:5000"
+
+
+def test_production_names_a_registry_on_every_image() -> None:
+    images = _images(_render_of("production"))
+    assert images
+    for image in images:
+        assert _registry(image), f"{image} names no registry"
+
+
+def test_production_names_a_storage_class_for_the_shared_volume() -> None:
+    claim = _one(_render_of("production"), "PersistentVolumeClaim", DATA_CLAIM)
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"].get("storageClassName"), "a managed cluster's default class is block storage"
+
+
+def test_every_monitoring_object_carries_the_prometheus_selector_label(objects: tuple[Obj, ...]) -> None:
+    monitoring = [o for o in objects if o["apiVersion"].startswith("monitoring.coreos.com/")]
+    assert {o["kind"] for o in monitoring} == {"ServiceMonitor", "PrometheusRule"}
+    releases = {o["metadata"].get("labels", {}).get("release") for o in monitoring}
+    assert len(releases) == 1 and None not in releases, f"release labels: {releases}"
+
+
+def test_unfilled_production_values_cannot_be_applied_or_pulled() -> None:
+    """The SET-ME values fail loudly: the API server refuses a claim whose class is not a
+    DNS subdomain, and no node resolves a registry under the reserved .invalid domain."""
+    objects = _render_of("production")
+    storage_class = _one(objects, "PersistentVolumeClaim", DATA_CLAIM)["spec"]["storageClassName"]
+    if SET_ME in storage_class:
+        assert not DNS_SUBDOMAIN.fullmatch(storage_class)
+    for image in _images(objects):
+        registry = _registry(image) or ""
+        if SET_ME in registry:
+            assert registry.endswith(".invalid"), image
+    assert not DNS_SUBDOMAIN.fullmatch(SET_ME) and DNS_SUBDOMAIN.fullmatch("efs-sc")
+
+
+def _relocated(kustomization: str, part: Path, copy: Path) -> str:
+    """A kustomization's text moved from `part` to `copy`: its ../ paths still reach the same folders."""
+
+    def moved(match: re.Match[str]) -> str:
+        return os.path.relpath(part.joinpath(match.group(0)).resolve(), copy) + "/"
+
+    return re.sub(r"(\.\./)+", moved, kustomization)
+
+
+def test_filling_the_set_me_values_leaves_no_placeholder(tmp_path: Path) -> None:
+    """Every SET-ME is in the production kustomizations themselves (nothing else for the
+    operator to find): replaced there, the render holds none and still names a registry."""
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl (with its built-in Kustomize) is not installed")
+    production = DEPLOY / "overlays" / "production"
+    rendered = []
+    for part in _parts("production"):
+        text = (part / "kustomization.yaml").read_text()
+        copy = tmp_path / part.relative_to(DEPLOY).as_posix().replace("/", "-")
+        shutil.copytree(_with_examples(part, tmp_path / "examples"), copy)
+        filled = _relocated(text, part, copy).replace(SET_ME + ".invalid", "registry.example.com")
+        filled = filled.replace(SET_ME, "efs-sc")
+        (copy / "kustomization.yaml").write_text(filled)
+        rendered += _kustomize(copy)
+    assert (production / "kustomization.yaml").read_text().count(SET_ME) >= 1
+    text = yaml.safe_dump_all(rendered)
+    assert SET_ME not in text
+    assert all(_registry(image) for image in _images(tuple(rendered)))
+
+
+def test_the_application_holds_no_namespace_volume_or_secret() -> None:
+    """`kubectl apply -k` and `delete -k` of the application never touch what outlives it."""
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl (with its built-in Kustomize) is not installed")
+    kinds = {o["kind"] for o in _kustomize(DEPLOY / "overlays" / "production")}
+    assert kinds.isdisjoint({"Namespace", "PersistentVolumeClaim", "Secret"}), kinds
 
 
 def test_pods_run_unprivileged_with_resources(objects: tuple[Obj, ...]) -> None:
