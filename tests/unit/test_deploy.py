@@ -155,6 +155,46 @@ def _secret_value(objects: tuple[Obj, ...], name: str, key: str) -> str:
     return base64.b64decode(secret["data"][key]).decode()
 
 
+def _config_value(objects: tuple[Obj, ...], name: str, key: str) -> str:
+    config = _one(objects, "ConfigMap", name)
+    assert key in config.get("data", {}), f"ConfigMap {name} has no key {key}"
+    return str(config["data"][key])
+
+
+def _has_key(objects: tuple[Obj, ...], ref: Obj) -> bool:
+    secrets = [s for s in _all(objects, "Secret") if s["metadata"]["name"] == ref["name"]]
+    return any(ref["key"] in s.get("data", {}) | s.get("stringData", {}) for s in secrets)
+
+
+def _resolved_env(objects: tuple[Obj, ...], container: Obj) -> dict[str, str]:
+    """A container's environment as the kubelet builds it: envFrom ConfigMaps first,
+    then env, each value, Secret key and ConfigMap key looked up in the render."""
+    env = {}
+    for source in container.get("envFrom", []):
+        env |= _one(objects, "ConfigMap", source["configMapRef"]["name"])["data"]
+    for entry in container.get("env", []):
+        ref = entry.get("valueFrom", {})
+        if "secretKeyRef" in ref and ref["secretKeyRef"].get("optional") and not _has_key(objects, ref["secretKeyRef"]):
+            continue
+        if "secretKeyRef" in ref:
+            env[entry["name"]] = _secret_value(objects, ref["secretKeyRef"]["name"], ref["secretKeyRef"]["key"])
+        elif "configMapKeyRef" in ref:
+            env[entry["name"]] = _config_value(objects, ref["configMapKeyRef"]["name"], ref["configMapKeyRef"]["key"])
+        else:
+            env[entry["name"]] = entry["value"]
+    return env
+
+
+def _expanded_args(objects: tuple[Obj, ...], deployment: Obj) -> list[str]:
+    """The container's args with $(NAME) replaced as the kubelet does; a reference to no
+    variable would reach the program verbatim, so none may be left."""
+    container = _container(deployment)
+    env = _resolved_env(objects, container)
+    args = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in container["args"]]
+    assert not [a for a in args if re.search(r"\$\(\w+\)", a)], f"unresolved in {args}"
+    return args
+
+
 # --- every object is valid --------------------------------------------------------------
 
 
@@ -343,17 +383,16 @@ def test_every_adaptserve_variable_is_a_setting(objects: tuple[Obj, ...]) -> Non
 
 @pytest.fixture
 def gateway_settings(objects: tuple[Obj, ...], monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """The Settings the gateway container builds from its environment (Secrets resolved)."""
+    """The Settings the gateway container builds from its environment (Secrets and ConfigMaps resolved)."""
     for name in [n for n in os.environ if n.startswith("ADAPTSERVE_")]:
         monkeypatch.delenv(name)
-    for name, entry in _env(_one(objects, "Deployment", GATEWAY)).items():
-        ref = entry.get("valueFrom", {}).get("secretKeyRef")
-        monkeypatch.setenv(name, _secret_value(objects, ref["name"], ref["key"]) if ref else entry["value"])
+    for name, value in _resolved_env(objects, _container(_one(objects, "Deployment", GATEWAY))).items():
+        monkeypatch.setenv(name, value)
     return Settings()
 
 
 def test_the_gateway_settings_agree_with_the_engines(objects: tuple[Obj, ...], gateway_settings: Settings) -> None:
-    args = _container(_one(objects, "Deployment", ENGINE))["args"]
+    args = _expanded_args(objects, _one(objects, "Deployment", ENGINE))
     assert gateway_settings.model == args[0], "gateway and engine read the same base model folder"
     assert gateway_settings.base_name == _flag(args, "--served-model-name"), "the name the gateway asks vLLM for"
     assert gateway_settings.vllm.max_lora_rank == int(_flag(args, "--max-lora-rank")), "adapters checked to the rank"
@@ -389,23 +428,28 @@ def test_the_engine_runs_on_a_gpu_with_runtime_lora(objects: tuple[Obj, ...]) ->
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     assert any(k.startswith("nvidia.com/gpu") for k in pod["nodeSelector"])
-    args = container["args"]
+    args = _expanded_args(objects, engine)
     assert "--enable-lora" in args
     assert (_flag(args, "--max-lora-rank"), _flag(args, "--max-loras")) == ("16", "4")
     assert _env(engine)["VLLM_ALLOW_RUNTIME_LORA_UPDATING"]["value"] == "True"
 
 
-def test_every_secret_reference_resolves(objects: tuple[Obj, ...]) -> None:
+def test_every_secret_and_config_reference_resolves(objects: tuple[Obj, ...]) -> None:
     refs = []
-    for deployment in _all(objects, "Deployment"):
-        for entry in _env(deployment).values():
-            if "secretKeyRef" in entry.get("valueFrom", {}):
-                refs.append(entry["valueFrom"]["secretKeyRef"])
+    for spec in _pod_specs(objects):
+        for container in spec["containers"] + spec.get("initContainers", []):
+            _resolved_env(objects, container)  # every ConfigMap key is there
+            refs += [
+                e["valueFrom"]["secretKeyRef"]
+                for e in container.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})
+            ]
     for monitor in _all(objects, "ServiceMonitor"):
         refs += [e["authorization"]["credentials"] for e in monitor["spec"]["endpoints"] if "authorization" in e]
     assert len(refs) >= 4
     for ref in refs:
-        assert _secret_value(objects, ref["name"], ref["key"]), ref
+        if not ref.get("optional"):
+            assert _secret_value(objects, ref["name"], ref["key"]), ref
 
 
 def test_the_dev_database_url_names_the_dev_postgres() -> None:
@@ -556,11 +600,67 @@ def test_pods_run_unprivileged_with_resources(objects: tuple[Obj, ...]) -> None:
     assert _container(_one(objects, "Deployment", GATEWAY))["securityContext"]["readOnlyRootFilesystem"] is True
 
 
-def test_the_disruption_budget_keeps_a_gateway(objects: tuple[Obj, ...]) -> None:
-    (budget,) = _all(objects, "PodDisruptionBudget")
-    assert _selected_deployments(objects, budget["spec"]["selector"]) == {GATEWAY}
-    assert budget["spec"]["minAvailable"] == 1
+def test_the_disruption_budgets_keep_a_gateway_and_let_engines_go_one_at_a_time(objects: tuple[Obj, ...]) -> None:
+    budgets = {}
+    for budget in _all(objects, "PodDisruptionBudget"):
+        (target,) = _selected_deployments(objects, budget["spec"]["selector"])
+        budgets[target] = budget["spec"]
+    assert set(budgets) == {GATEWAY, ENGINE}
+    assert budgets[GATEWAY]["minAvailable"] == 1
     assert _one(objects, "Deployment", GATEWAY)["spec"]["replicas"] > 1
+    # An engine budget that admits no eviction at KEDA's minimum would block every drain.
+    minimum = _one(objects, "ScaledObject", ENGINE)["spec"]["minReplicaCount"]
+    assert budgets[ENGINE].get("maxUnavailable") == 1 or budgets[ENGINE]["minAvailable"] < minimum
+    assert _one(objects, "Deployment", ENGINE)["spec"]["replicas"] == minimum
+
+
+def test_production_keeps_two_engines_spread_at_serving_priority() -> None:
+    objects = _render_of("production")
+    assert _one(objects, "ScaledObject", ENGINE)["spec"]["minReplicaCount"] >= 2
+    (priority,) = _all(objects, "PriorityClass")
+    assert priority["value"] > 0 and priority.get("globalDefault") is not True
+    for name in (GATEWAY, ENGINE):
+        assert (
+            _one(objects, "Deployment", name)["spec"]["template"]["spec"]["priorityClassName"]
+            == priority["metadata"]["name"]
+        )
+    spread = _one(objects, "Deployment", ENGINE)["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} >= {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    engine_labels = _pod_labels(_one(objects, "Deployment", ENGINE))
+    assert all(_matches(c["labelSelector"], engine_labels) for c in spread)
+
+
+# --- the engine's limits and the gateway's settings -------------------------------------
+
+
+def test_engine_limits_agree_with_the_gateway_settings(objects: tuple[Obj, ...], gateway_settings: Settings) -> None:
+    """Every engine flag the gateway depends on, read from the rendered engine and from
+    the Settings the gateway builds: the context its request bounds assume, the adapters
+    it keeps loaded per engine, the rank it checks uploads against."""
+    args = _expanded_args(objects, _one(objects, "Deployment", ENGINE))
+    vllm = gateway_settings.vllm
+    assert vllm.max_model_len == int(_flag(args, "--max-model-len")), "request bounds assume the engine's context"
+    assert vllm.max_lora_rank == int(_flag(args, "--max-lora-rank"))
+    assert vllm.max_loras == int(_flag(args, "--max-loras"))
+    assert vllm.max_cpu_loras == int(_flag(args, "--max-cpu-loras"))
+    assert gateway_settings.max_resident_adapters <= int(_flag(args, "--max-cpu-loras")), (
+        "vLLM must cache every adapter the gateway believes loaded"
+    )
+    assert int(_flag(args, "--max-loras")) <= int(_flag(args, "--max-cpu-loras")), "vLLM refuses fewer CPU slots"
+    assert 0 < float(_flag(args, "--gpu-memory-utilization")) <= 1
+    assert int(_flag(args, "--max-num-seqs")) >= 1
+
+
+def test_the_limits_check_catches_a_disagreement(objects: tuple[Obj, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The comparison above can fail: a gateway told a different context is caught."""
+    for name in [n for n in os.environ if n.startswith("ADAPTSERVE_")]:
+        monkeypatch.delenv(name)
+    env = _resolved_env(objects, _container(_one(objects, "Deployment", GATEWAY)))
+    env["ADAPTSERVE_VLLM__MAX_MODEL_LEN"] = "2048"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(AssertionError, match="context"):
+        test_engine_limits_agree_with_the_gateway_settings(objects, Settings())
 
 
 def test_job_matchers_name_scraped_services(objects: tuple[Obj, ...]) -> None:
@@ -575,3 +675,88 @@ def test_job_matchers_name_scraped_services(objects: tuple[Obj, ...]) -> None:
     texts += [t["metadata"]["query"] for s in _all(objects, "ScaledObject") for t in s["spec"]["triggers"]]
     jobs = {job for text in texts for job in re.findall(r'\bjob="([^"]*)"', text)}
     assert jobs and jobs <= scraped
+
+
+# --- the shared volume's owner and the base model -------------------------------------------
+
+MODEL_JOB, MARKER = "adaptserve-model", ".adaptserve-model"
+
+
+def _script(container: Obj) -> str:
+    assert container["command"] == ["sh", "-c"], container["name"]
+    (script,) = container["args"]
+    return str(script)
+
+
+def _init(deployment: Obj, name: str) -> Obj:
+    (found,) = [c for c in deployment["spec"]["template"]["spec"].get("initContainers", []) if c["name"] == name]
+    return found
+
+
+def test_nothing_reads_the_model_before_the_job_marks_it_complete(
+    objects: tuple[Obj, ...], gateway_settings: Settings
+) -> None:
+    job = _one(objects, "Job", MODEL_JOB)
+    spec = job["spec"]["template"]["spec"]
+    (download,) = spec["containers"]
+    script = _script(download)
+    assert f"target={gateway_settings.model}\n" in script and f'"$STAGING/{MARKER}"' in script
+    mounts = {m["name"]: m for m in download["volumeMounts"]}
+    (volume,) = [v for v in spec["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == DATA_CLAIM]
+    assert mounts[volume["name"]]["mountPath"] == str(gateway_settings.data_dir)
+    assert not mounts[volume["name"]].get("readOnly")
+    assert _resolved_env(objects, download)["MODEL_REPO"], "the overlay names the model"
+    for name in (GATEWAY, ENGINE):
+        wait = _init(_one(objects, "Deployment", name), "wait-for-model")
+        assert f"until [ -f {gateway_settings.model}/{MARKER} ]" in _script(wait), name
+        assert any(m["mountPath"] == str(gateway_settings.data_dir) for m in wait["volumeMounts"])
+
+
+def _run_download(objects: tuple[Obj, ...], data: Path, repo: str) -> subprocess.CompletedProcess[str]:
+    """The Job's download script, run here against a folder standing for /data, with a
+    `python3` that stands for the Hugging Face download (it writes config.json)."""
+    (download,) = _one(objects, "Job", MODEL_JOB)["spec"]["template"]["spec"]["containers"]
+    bin_dir = data.parent / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "python3"
+    fake.write_text('#!/bin/sh\nmkdir -p "$STAGING" && echo "$MODEL_REPO" > "$STAGING/config.json"\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MODEL_REPO": repo, "MODEL_REVISION": "main"}
+    script = _script(download).replace("/data", str(data))
+    return subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_the_download_is_idempotent_and_swaps_the_model_in_whole(tmp_path: Path) -> None:
+    objects = _render_of("production")
+    data = tmp_path / "data"
+    data.mkdir()
+    first = _run_download(objects, data, "org/one")
+    assert first.returncode == 0, first.stderr
+    base = data / "models" / "base"
+    assert (base / MARKER).read_text().strip() == "org/one@main" and (base / "config.json").exists()
+    again = _run_download(objects, data, "org/one")
+    assert again.returncode == 0 and "already in place" in again.stdout
+    other = _run_download(objects, data, "org/two")
+    assert other.returncode == 0, other.stderr
+    assert (base / "config.json").read_text().strip() == "org/two"
+    assert sorted(p.name for p in (data / "models").iterdir()) == ["base"], "no staging or old folder left"
+    empty = _run_download(objects, data / "elsewhere", "")
+    assert empty.returncode == 1 and "MODEL_REPO is empty" in empty.stderr
+
+
+def test_the_job_gives_the_volume_to_the_uid_that_writes_it(objects: tuple[Obj, ...]) -> None:
+    """NFS-class volumes ignore fsGroup: the Job's root step chowns /data to the gateway's
+    user, and only that step runs as root, with CHOWN and nothing like SYS_ADMIN."""
+    gateway_pod = _one(objects, "Deployment", GATEWAY)["spec"]["template"]["spec"]["securityContext"]
+    spec = _one(objects, "Job", MODEL_JOB)["spec"]["template"]["spec"]
+    assert spec["securityContext"]["runAsUser"] == gateway_pod["runAsUser"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    (own,) = spec["initContainers"]
+    owner = f"{gateway_pod['runAsUser']}:{gateway_pod['runAsGroup']}"
+    assert f"chown {owner} /data" in _script(own)
+    context = own["securityContext"]
+    assert context["runAsUser"] == 0 and context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert set(context["capabilities"]["add"]) <= {"CHOWN", "FOWNER", "DAC_OVERRIDE"}
+    (download,) = spec["containers"]
+    assert "runAsUser" not in download.get("securityContext", {}), "the download runs as the pod's user"
