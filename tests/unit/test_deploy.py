@@ -312,6 +312,8 @@ def test_network_policies_admit_only_the_gateway_from_the_namespace(objects: tup
         assert spec["policyTypes"] == ["Ingress"]
         (target,) = _selected_deployments(objects, spec["podSelector"])
         guarded.add(target)
+        if target == GATEWAY:
+            continue  # the gateway's own policy: the test below
         open_ports = {p["containerPort"] for p in _container(_one(objects, "Deployment", target))["ports"]}
         admits_gateway = False
         for rule in spec["ingress"]:
@@ -328,7 +330,36 @@ def test_network_policies_admit_only_the_gateway_from_the_namespace(objects: tup
                 assert _selected_deployments(objects, peer["podSelector"]) == {GATEWAY}
                 admits_gateway = True
         assert admits_gateway, f"{policy['metadata']['name']} does not admit the gateway"
-    assert ENGINE in guarded
+    assert {ENGINE, GATEWAY} <= guarded
+
+
+def test_only_prometheus_reaches_the_gateway_admin_listener(objects: tuple[Obj, ...]) -> None:
+    """/metrics takes the admin key, so Prometheus holds it: the admin port (/admin and
+    /metrics) admits Prometheus's pods and no one else; the tenant port admits anyone."""
+    (policy,) = [
+        p
+        for p in _all(objects, "NetworkPolicy")
+        if _selected_deployments(objects, p["spec"]["podSelector"]) == {GATEWAY}
+    ]
+    gateway = _one(objects, "Deployment", GATEWAY)
+    admin = int(_env(gateway)["ADAPTSERVE_ADMIN_PORT"]["value"])
+    tenant = int(_flag(_container(gateway)["command"], "--port"))
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    by_port: dict[int, list[Obj | None]] = {}
+    for rule in policy["spec"]["ingress"]:
+        for port in rule["ports"]:
+            by_port.setdefault(port["port"], []).extend(rule.get("from") or [None])  # None: every peer
+    assert set(by_port) == {tenant, admin}
+    prometheus = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }
+    assert by_port[admin] == [prometheus], "the admin listener is Prometheus's only"
+    assert by_port[tenant] == [None]
+    monitor = _one(objects, "ServiceMonitor", GATEWAY)
+    service = _one(objects, "Service", GATEWAY)
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert next(p["port"] for p in service["spec"]["ports"] if p["name"] == endpoint["port"]) == admin
 
 
 def test_the_headless_service_fronts_the_engines_the_gateway_resolves(objects: tuple[Obj, ...]) -> None:
