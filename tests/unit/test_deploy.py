@@ -638,11 +638,14 @@ def test_the_disruption_budgets_keep_a_gateway_and_let_engines_go_one_at_a_time(
         budgets[target] = budget["spec"]
     assert set(budgets) == {GATEWAY, ENGINE}
     assert budgets[GATEWAY]["minAvailable"] == 1
-    assert _one(objects, "Deployment", GATEWAY)["spec"]["replicas"] > 1
+    (autoscaler,) = _all(objects, "HorizontalPodAutoscaler")
+    assert autoscaler["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": GATEWAY}
+    assert autoscaler["spec"]["minReplicas"] > budgets[GATEWAY]["minAvailable"]
     # An engine budget that admits no eviction at KEDA's minimum would block every drain.
     minimum = _one(objects, "ScaledObject", ENGINE)["spec"]["minReplicaCount"]
     assert budgets[ENGINE].get("maxUnavailable") == 1 or budgets[ENGINE]["minAvailable"] < minimum
-    assert _one(objects, "Deployment", ENGINE)["spec"]["replicas"] == minimum
+    for name in (GATEWAY, ENGINE):
+        assert "replicas" not in _one(objects, "Deployment", name)["spec"], f"{name}: its autoscaler owns the count"
 
 
 def test_production_keeps_two_engines_spread_at_serving_priority() -> None:
@@ -791,3 +794,21 @@ def test_the_job_gives_the_volume_to_the_uid_that_writes_it(objects: tuple[Obj, 
     assert set(context["capabilities"]["add"]) <= {"CHOWN", "FOWNER", "DAC_OVERRIDE"}
     (download,) = spec["containers"]
     assert "runAsUser" not in download.get("securityContext", {}), "the download runs as the pod's user"
+
+
+# --- the examples an operator copies ------------------------------------------------------
+
+
+def test_the_exposure_examples_reach_the_tenant_port_only() -> None:
+    objects = _render_of("production")
+    service = _one(objects, "Service", GATEWAY)
+    http = next(p for p in service["spec"]["ports"] if p["name"] == "http")
+    ingress = yaml.safe_load((DEPLOY / "examples" / "ingress.yaml").read_text())
+    kubernetes_validate.validate(ingress, K8S_VERSION, strict=True)
+    backends = [p["backend"]["service"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]]
+    assert backends == [{"name": GATEWAY, "port": {"name": "http"}}]
+    route = yaml.safe_load((DEPLOY / "examples" / "httproute.yaml").read_text())
+    refs = [b for rule in route["spec"]["rules"] for b in rule["backendRefs"]]
+    assert refs == [{"name": GATEWAY, "port": http["port"]}]
+    timeout = int(route["spec"]["rules"][0]["timeouts"]["request"].removesuffix("s"))
+    assert timeout > Settings.model_fields["request_timeout_s"].default
