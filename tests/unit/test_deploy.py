@@ -812,3 +812,22 @@ def test_the_exposure_examples_reach_the_tenant_port_only() -> None:
     assert refs == [{"name": GATEWAY, "port": http["port"]}]
     timeout = int(route["spec"]["rules"][0]["timeouts"]["request"].removesuffix("s"))
     assert timeout > Settings.model_fields["request_timeout_s"].default
+
+
+# --- stopping and starting ---------------------------------------------------------------
+
+
+def test_pods_stop_and_start_within_their_budgets(objects: tuple[Obj, ...], gateway_settings: Settings) -> None:
+    """A gateway stopping may finish a stream of request_timeout_s; a rollout is not
+    declared stuck while an engine may still be inside its startup probe; engines send
+    no usage reports."""
+    gateway = _one(objects, "Deployment", GATEWAY)
+    pod = gateway["spec"]["template"]["spec"]
+    pause = int(_container(gateway)["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert pod["terminationGracePeriodSeconds"] >= gateway_settings.request_timeout_s + pause
+    engine = _one(objects, "Deployment", ENGINE)
+    startup = _container(engine)["startupProbe"]
+    assert engine["spec"]["progressDeadlineSeconds"] > startup["periodSeconds"] * startup["failureThreshold"]
+    assert _container(engine)["lifecycle"]["preStop"]["exec"]["command"][-1].isdigit()
+    env = _resolved_env(objects, _container(engine))
+    assert env["VLLM_NO_USAGE_STATS"] == "1" and env["DO_NOT_TRACK"] == "1"
