@@ -240,8 +240,7 @@ def test_every_object_is_a_known_kind_in_the_overlay_namespace(objects: tuple[Ob
 
 
 def test_every_image_is_pinned_to_a_tag(overlay: str, objects: tuple[Obj, ...]) -> None:
-    for deployment in _all(objects, "Deployment"):
-        image = _container(deployment)["image"]
+    for image in _images(objects):
         tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
         assert tag, f"{image} has no tag"
         assert overlay != "production" or tag != "latest", f"production runs {image}"
