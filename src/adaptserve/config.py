@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     )
     api_key: SecretStr | None = Field(None, description="the default tenant's key; generated if unset")
     admin_key: SecretStr | None = Field(None, description="the key for /admin routes; generated if unset")
+    metrics_key: SecretStr | None = Field(
+        None,
+        description="a key that reads /metrics and nothing else (Prometheus's); never generated: "
+        "unset, /metrics takes the admin key only",
+    )
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
     data_dir: Path = Field(
         default_factory=_default_data_dir, description="keys (api_key, admin_key), SQLite, logs, converted models"
@@ -230,6 +235,14 @@ class Settings(BaseSettings):
     def _one_source_of_upstreams(self) -> Settings:
         if self.upstreams and self.upstream_dns:
             raise ValueError("give upstreams or upstream_dns, not both (DNS decides the whole set)")
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_key_its_own(self) -> Settings:
+        metrics = self.metrics_key.get_secret_value() if self.metrics_key is not None else ""
+        others = [k.get_secret_value() for k in (self.admin_key, self.api_key) if k is not None]
+        if metrics and metrics in others:
+            raise ValueError("metrics_key must be a key of its own, not the admin key or the API key")
         return self
 
     @model_validator(mode="after")

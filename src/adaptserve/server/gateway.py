@@ -59,6 +59,7 @@ class Gateway:
     template_service: TemplateService
     supervisor: Supervisor | None
     admin_key_hash: str
+    metrics_key_hash: str | None  # reads /metrics only; None: /metrics takes the admin key alone
     meter: UsageMeter
     metrics: Metrics
     auth_throttle: AuthThrottle
@@ -148,6 +149,7 @@ class Gateway:
             service,
             supervisor,
             hash_key(admin_key),
+            _hash_or_none(_secret(settings.metrics_key)),
             meter,
             metrics,
             AuthThrottle(settings.auth_failures_per_minute),
@@ -256,6 +258,10 @@ def _pool(settings: Settings, supervisor: Supervisor | None, on_up: OnUp) -> Ups
 
 def _secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
+
+
+def _hash_or_none(key: str | None) -> str | None:
+    return hash_key(key) if key else None
 
 
 def _local_model(settings: Settings) -> Path | None:
