@@ -45,7 +45,12 @@ class VLLMSettings(BaseModel):
         "gate_proj ...; None: all). Every LoRA layer costs every adapter request, so fewer is faster; "
         "adapters with weights elsewhere are refused",
     )
-    max_model_len: int = Field(2048, ge=16, description="--max-model-len: context length in tokens")
+    max_model_len: int = Field(
+        2048,
+        ge=16,
+        description="--max-model-len: context length in tokens; requests are held to the smallest an engine "
+        "in service reports, this one where an engine reports none",
+    )
     kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE (whole GiB) on CPU builds")
     dtype: str = Field("bfloat16", description="--dtype: the weights' type in the engine")
     extra_args: list[str] = Field(default_factory=list, description="more `vllm serve` flags, verbatim")
