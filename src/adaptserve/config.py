@@ -47,6 +47,13 @@ class VLLMSettings(BaseModel):
     )
     max_model_len: int = Field(2048, ge=16, description="--max-model-len: context length in tokens")
     kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE (whole GiB) on CPU builds")
+    block_size: int | None = Field(
+        None,
+        ge=16,
+        multiple_of=16,
+        description="--block-size: tokens per KV cache block; the prefix cache reuses whole blocks only "
+        "(None: vLLM's default, 128 on CPU, whose CPU attention takes multiples of 32)",
+    )
     dtype: str = Field("bfloat16", description="--dtype: the weights' type in the engine")
     extra_args: list[str] = Field(default_factory=list, description="more `vllm serve` flags, verbatim")
     startup_timeout_s: float = Field(600.0, gt=0, description="how long one start may take")

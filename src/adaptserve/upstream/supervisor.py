@@ -80,6 +80,8 @@ class Supervisor:
         ]
         if s.max_cpu_loras is not None:
             cmd += ["--max-cpu-loras", str(s.max_cpu_loras)]
+        if s.block_size is not None:
+            cmd += ["--block-size", str(s.block_size)]
         if s.lora_target_modules is not None:
             cmd += ["--lora-target-modules", *s.lora_target_modules]
         return cmd + list(s.extra_args)
