@@ -38,6 +38,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     (data / "adaptserve.yaml").write_text(yaml.safe_dump(settings))
     with running_server(data, ["--config", str(data / "adaptserve.yaml")]) as srv:
         yield srv
+        pooling = _pooling_engine(srv)[1]
+    # Stopping the gateway stops the pooling engine too.
+    _, alive = psutil.wait_procs([pooling, *pooling.children(recursive=True)], timeout=30)
+    assert not alive, f"the pooling engine outlived the gateway: {alive}"
 
 
 def _cosine(a: list[float], b: list[float]) -> float:
@@ -91,18 +95,33 @@ def test_both_models_are_listed_and_chat_still_works(server: Server) -> None:
 
 
 def test_refusals_from_the_engine_are_clear(server: Server) -> None:
+    def post(body: dict) -> httpx.Response:
+        # A refusal's message is checked for personal data: the first check loads the detector (seconds).
+        return httpx.post(server.url + "/v1/embeddings", json=body, headers=headers, timeout=120)
+
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    dims = httpx.post(
-        server.url + "/v1/embeddings", json={"model": EMBED, "input": "x", "dimensions": 8}, headers=headers
-    )
+    dims = post({"model": EMBED, "input": "x", "dimensions": 8})
     assert dims.status_code == 400 and dims.json()["error"]["param"] == "dimensions"  # no Matryoshka in MiniLM
-    llm = httpx.post(server.url + "/v1/embeddings", json={"model": "default", "input": "x"}, headers=headers)
+    llm = post({"model": "default", "input": "x"})
     assert llm.status_code == 400 and llm.json()["error"]["code"] == "model_not_embedding"
 
 
-def _tree_rss(pid: int) -> int:
+def _tree_memory(pid: int) -> tuple[int, int]:
+    """(RSS, USS) of a process and its descendants: RSS counts shared pages once per
+    process, USS only each one's own."""
     process = psutil.Process(pid)
-    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
+    tree = [process, *process.children(recursive=True)]
+    return sum(p.memory_info().rss for p in tree), sum(p.memory_full_info().uss for p in tree)
+
+
+def _pooling_engine(server: Server) -> tuple[re.Match[str], psutil.Process]:
+    """The log line that started the pooling engine (time, URL, port), and its process."""
+    started = r"^(.{23}) INFO .*starting vLLM for model minilm \(embed\) on (http://127\.0\.0\.1:(\d+))"
+    found = re.search(started, server.log(), re.M)
+    assert found is not None, server.troubles()
+    port = f"--port {found.group(3)}"
+    (process,) = [p for p in psutil.process_iter(["cmdline"]) if port in " ".join(p.info["cmdline"] or [])]
+    return found, process
 
 
 def _at(line: str) -> datetime:
@@ -113,20 +132,16 @@ def test_what_the_second_engine_costs(server: Server) -> None:
     """Resident memory of each engine's process tree, and each one's start (started
     together, as `adaptserve serve` starts them): printed for docs/embeddings.md."""
     log = server.log()
-    found = re.search(
-        r"^(.{23}) INFO .*starting vLLM for model minilm \(embed\) on (http://127\.0\.0\.1:(\d+))", log, re.M
-    )
-    assert found is not None, server.troubles()
-    url, port = found.group(2), found.group(3)
+    found, process = _pooling_engine(server)
+    url = found.group(2)
     ready_line = next(line for line in log.splitlines() if f"upstream {url} is ready" in line)
     llm_start = next(line for line in log.splitlines() if "starting vLLM on" in line)
     llm_ready = next(line for line in log.splitlines() if f"upstream {server.vllm_url()} is ready" in line)
-    pooling = [p for p in psutil.process_iter(["cmdline"]) if f"--port {port}" in " ".join(p.info["cmdline"] or [])]
-    assert len(pooling) == 1
-    pooling_rss, llm_rss = _tree_rss(pooling[0].pid), _tree_rss(server.vllm_pids()[0])
-    assert 0 < pooling_rss < 4 * 1024**3
+    (pooling_rss, pooling_uss), (llm_rss, llm_uss) = _tree_memory(process.pid), _tree_memory(server.vllm_pids()[0])
+    assert 0 < pooling_uss <= pooling_rss < 6 * 1024**3
+    mib = 2**20
     print(
-        f"pooling engine (MiniLM): RSS {pooling_rss / 2**20:.0f} MiB, ready in "
-        f"{(_at(ready_line) - _at(found.group(1))).total_seconds():.0f} s; "
-        f"LLM engine: RSS {llm_rss / 2**20:.0f} MiB, ready in {(_at(llm_ready) - _at(llm_start)).total_seconds():.0f} s"
+        f"pooling engine (MiniLM): RSS {pooling_rss / mib:.0f} MiB, USS {pooling_uss / mib:.0f} MiB, ready in "
+        f"{(_at(ready_line) - _at(found.group(1))).total_seconds():.0f} s; LLM engine: RSS {llm_rss / mib:.0f} MiB, "
+        f"USS {llm_uss / mib:.0f} MiB, ready in {(_at(llm_ready) - _at(llm_start)).total_seconds():.0f} s"
     )

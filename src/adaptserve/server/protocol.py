@@ -9,7 +9,7 @@ tenant must not set (`_NOT_FOR_TENANTS`).
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
@@ -48,6 +48,9 @@ class CompletionRequest(_Request):
     logprob_token_ids: list[StrictInt] | None = None
 
 
+TokenId = Annotated[StrictInt, Field(ge=0, lt=2**31)]
+
+
 class EmbeddingRequest(BaseModel):
     """OpenAI's embeddings request; nothing else is accepted (the engine is sent only these)."""
 
@@ -55,7 +58,7 @@ class EmbeddingRequest(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"model": "minilm", "input": ["first text", "second"]}]}
     )
     model: StrictStr
-    input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    input: StrictStr | list[StrictStr] | list[TokenId] | list[list[TokenId]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: StrictInt | None = Field(None, ge=1)
     user: StrictStr | None = None  # accepted, not used
