@@ -119,9 +119,12 @@ def _pooling_engine(server: Server) -> tuple[re.Match[str], psutil.Process]:
     started = r"^(.{23}) INFO .*starting vLLM for model minilm \(embed\) on (http://127\.0\.0\.1:(\d+))"
     found = re.search(started, server.log(), re.M)
     assert found is not None, server.troubles()
-    port = f"--port {found.group(3)}"
-    (process,) = [p for p in psutil.process_iter(["cmdline"]) if port in " ".join(p.info["cmdline"] or [])]
+    (process,) = [p for p in psutil.process_iter(["cmdline"]) if _serves_on(p.info["cmdline"] or [], found.group(3))]
     return found, process
+
+
+def _serves_on(args: list[str], port: str) -> bool:
+    return "--runner" in args and "--port" in args and args[args.index("--port") + 1] == port
 
 
 def _at(line: str) -> datetime:
