@@ -39,8 +39,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with running_server(data, ["--config", str(data / "adaptserve.yaml")]) as srv:
         yield srv
         pooling = _pooling_engine(srv)[1]
+        tree = [pooling, *pooling.children(recursive=True)]  # while they run: the API server, engine, worker
     # Stopping the gateway stops the pooling engine too.
-    _, alive = psutil.wait_procs([pooling, *pooling.children(recursive=True)], timeout=30)
+    _, alive = psutil.wait_procs(tree, timeout=30)
     assert not alive, f"the pooling engine outlived the gateway: {alive}"
 
 

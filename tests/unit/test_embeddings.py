@@ -225,3 +225,14 @@ def test_personal_data_is_masked_before_the_engine_and_token_ids_refused(
     assert_openai_error(
         _post(embed_gateway, {"model": "embedder", "input": "kim.lee@example.com"}), 400, "pii_detected", "input"
     )
+
+
+def test_quotas_hold_embeddings_as_chat(embed_gateway: RunningGateway, encoder: FakeState) -> None:
+    quotas = {"tokens_per_minute": 40}
+    assert embed_gateway.admin("PUT", "/tenants/default/quotas", json=quotas).status_code == 200
+    sent = len(encoder.requests)
+    refused = _post(embed_gateway, {"model": "embedder", "input": "x" * 39})  # 39 bytes + 2 special tokens > 40
+    assert_openai_error(refused, 429, "rate_limit_exceeded")
+    assert len(encoder.requests) == sent  # refused before the engine
+    assert _post(embed_gateway, {"model": "embedder", "input": "a b c"}).status_code == 200  # reserved 7, used 5
+    assert gateway_metric(embed_gateway, "adaptserve_quota_rejections_total", limit="tokens_per_minute") == 1
