@@ -231,8 +231,10 @@ def test_quotas_hold_embeddings_as_chat(embed_gateway: RunningGateway, encoder: 
     quotas = {"tokens_per_minute": 40}
     assert embed_gateway.admin("PUT", "/tenants/default/quotas", json=quotas).status_code == 200
     sent = len(encoder.requests)
-    refused = _post(embed_gateway, {"model": "embedder", "input": "x" * 39})  # 39 bytes + 2 special tokens > 40
-    assert_openai_error(refused, 429, "rate_limit_exceeded")
-    assert len(encoder.requests) == sent  # refused before the engine
+    too_long = _post(embed_gateway, {"model": "embedder", "input": "x" * 39})  # 39 bytes + 2 special tokens > 40
+    assert_openai_error(too_long, 400, "tokens_over_limit", "input")
     assert _post(embed_gateway, {"model": "embedder", "input": "a b c"}).status_code == 200  # reserved 7, used 5
+    refused = _post(embed_gateway, {"model": "embedder", "input": "y" * 35})  # 5 used + 37 > 40 this minute
+    assert_openai_error(refused, 429, "rate_limit_exceeded")
+    assert len(encoder.requests) == sent + 1  # both refused before the engine
     assert gateway_metric(embed_gateway, "adaptserve_quota_rejections_total", limit="tokens_per_minute") == 1

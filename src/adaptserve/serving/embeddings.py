@@ -56,6 +56,7 @@ class EmbeddingService:
         batch = _as_batch(inputs)
         bounds = self._pipeline.bounds
         reserve = bounds.check_inputs(batch, engine.entry.max_model_len, PARAM)
+        _within_rate(principal, reserve.total)
         async with self._pipeline.metered(principal, model, reserve, label="embeddings") as call:
             if principal.pii.screens:
                 batch = await self._screened(principal, call, engine, batch)
@@ -113,6 +114,19 @@ class EmbeddingService:
                 exc.param = PARAM
             exc.message = exc.message.replace(repr(engine.entry.engine_name), repr(engine.name))
             raise
+
+
+def _within_rate(principal: Principal, tokens: int) -> None:
+    """More than the tenant's tokens per minute is a 400 naming `input` (waiting would
+    not help), before the quota gate's, which speaks of chat's `max_tokens`."""
+    limit = principal.limits.tokens_per_minute
+    if limit is not None and tokens > limit:
+        raise InvalidRequestError(
+            f"these inputs may read up to {tokens} tokens, more than the limit of {limit} tokens per minute; "
+            "send fewer or shorter inputs",
+            param=PARAM,
+            code="tokens_over_limit",
+        )
 
 
 def _as_batch(inputs: Inputs) -> list[str] | list[list[int]]:

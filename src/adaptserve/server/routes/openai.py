@@ -34,12 +34,14 @@ async def completions(gateway: GatewayDep, principal: PrincipalDep, body: BodyDe
 
 
 @router.post("/embeddings", openapi_extra=documented_body(EmbeddingRequest))
-async def embeddings(gateway: GatewayDep, principal: PrincipalDep, body: BodyDep) -> dict:
-    """Vectors from an embedding model of `models:` (docs/embeddings.md)."""
+async def embeddings(gateway: GatewayDep, principal: PrincipalDep, body: BodyDep) -> JSONResponse:
+    """Vectors from an embedding model of `models:` (docs/embeddings.md). A JSONResponse:
+    thousands of floats need no walk through FastAPI's encoder."""
     request = check_embedding(body)
-    return await gateway.embeddings.embed(
+    answer = await gateway.embeddings.embed(
         principal, request.model, request.input, request.encoding_format, request.dimensions
     )
+    return JSONResponse(answer)
 
 
 @router.get("/models")
