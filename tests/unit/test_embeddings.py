@@ -123,7 +123,8 @@ def test_the_openai_sdk_gets_vectors_from_the_embedding_engine(
     assert [d.index for d in many.data] == [0, 1, 2]
     assert [d.embedding for d in many.data] == [pytest.approx(fake_embedding(t.split())) for t in texts]
     sent = encoder.requests[-1]
-    assert sent["model"] == ENCODER and sent["input"] == texts and sent["encoding_format"] == "float"
+    assert sent["model"] == ENCODER and sent["input"] == texts
+    assert (sent["encoding_format"], sent["endianness"]) == ("base64", "little")  # the engine is asked for bytes
     assert not any("input" in r for r in fake.requests)  # the generate engine saw none of it
 
 

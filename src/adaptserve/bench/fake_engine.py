@@ -15,8 +15,10 @@ into buckets: the same input, the same vector; `dimensions` only where `matryosh
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import math
+import struct
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -215,7 +217,11 @@ def create_fake_vllm(state: FakeState) -> FastAPI:
         words = [i.split() if isinstance(i, str) else [str(t) for t in i] for i in inputs]
         if any(len(w) > MAX_MODEL_LEN for w in words):
             return _too_long()
-        data = [{"object": "embedding", "index": i, "embedding": fake_embedding(w, dims)} for i, w in enumerate(words)]
+        vectors: list[Any] = [fake_embedding(w, dims) for w in words]
+        if body.get("encoding_format") == "base64":  # float32, in the byte order asked for (native: little here)
+            order = ">" if body.get("endianness") == "big" else "<"
+            vectors = [base64.b64encode(struct.pack(f"{order}{len(v)}f", *v)).decode() for v in vectors]
+        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
         used = sum(len(w) + 2 for w in words)  # [CLS] and [SEP]
         usage = {"prompt_tokens": used, "total_tokens": used, "completion_tokens": 0}
         return JSONResponse({"id": "x", "object": "list", "model": body["model"], "data": data, "usage": usage})

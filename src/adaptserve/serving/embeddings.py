@@ -5,7 +5,8 @@ bounded (`bounds.py`: how many, how many tokens), admitted under the tenant's qu
 and metered (`Pipeline.metered`), screened under its PII policy (texts masked or
 refused; token ids cannot be screened, so refused under `mask` and `block`), sent to
 one ready upstream of the model's pool, and answered OpenAI-shaped: float lists, or
-base64 of little-endian float32 (encoded here: the engine is always asked for floats).
+base64 of little-endian float32. The engine is always asked for base64 (a quarter of the
+bytes of float JSON, and no floats to parse): passed on as it came, or unpacked to floats.
 `dimensions` goes to the engine, whose refusal (a model without Matryoshka
 representations) comes back as a 400 naming `dimensions` (`upstream/client.py`).
 """
@@ -40,6 +41,7 @@ Encoding = Literal["float", "base64"]
 PARAM = "input"
 # Failures after the engine read the request, where vLLM does not say what it did: the reservation is charged.
 _WORKED = (UpstreamTimeoutError, UpstreamDroppedError, UpstreamServerError, AnswerTooLargeError)
+_AS_BASE64 = {"encoding_format": "base64", "embed_dtype": "float32", "endianness": "little"}  # OpenAI's base64
 
 
 class EmbeddingService:
@@ -60,7 +62,7 @@ class EmbeddingService:
         async with self._pipeline.metered(principal, model, reserve, label="embeddings") as call:
             if principal.pii.screens:
                 batch = await self._screened(principal, call, engine, batch)
-            body: dict[str, Any] = {"model": engine.entry.engine_name, "input": batch, "encoding_format": "float"}
+            body: dict[str, Any] = {"model": engine.entry.engine_name, "input": batch, **_AS_BASE64}
             if dimensions is not None:
                 body["dimensions"] = dimensions
             answer = await self._send(engine, call, body)
@@ -138,22 +140,32 @@ def _as_batch(inputs: Inputs) -> list[str] | list[list[int]]:
     return inputs  # type: ignore[return-value]  # list[str] or list[list[int]], as the route checked
 
 
-def _vectors(answer: dict[str, Any], count: int) -> list[list[float]]:
-    """The engine's vectors in input order, checked for shape."""
+def _vectors(answer: dict[str, Any], count: int) -> list[bytes]:
+    """The engine's vectors in input order, as little-endian float32 bytes, checked for
+    shape (an engine that answers floats all the same is understood too)."""
     try:
         items = sorted(answer["data"], key=lambda item: int(item["index"]))
-        vectors = [[float(x) for x in item["embedding"]] for item in items]
-    except (KeyError, TypeError, ValueError) as exc:
+        vectors = [_packed(item["embedding"]) for item in items]
+    except (KeyError, TypeError, ValueError, struct.error) as exc:  # binascii.Error is a ValueError
         raise UpstreamError(f"The model server's embeddings are malformed: {exc!r}") from exc
     if len(vectors) != count:
         raise UpstreamError(f"The model server answered {len(vectors)} embeddings for {count} inputs")
     return vectors
 
 
-def _encoded(vector: Sequence[float], encoding: Encoding) -> list[float] | str:
+def _packed(embedding: str | Sequence[float]) -> bytes:
+    if isinstance(embedding, str):
+        raw = base64.b64decode(embedding, validate=True)
+        if len(raw) % 4:
+            raise ValueError(f"{len(raw)} bytes are not float32 values")
+        return raw
+    return struct.pack(f"<{len(embedding)}f", *embedding)
+
+
+def _encoded(raw: bytes, encoding: Encoding) -> list[float] | str:
     if encoding == "float":
-        return list(vector)
-    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+        return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+    return base64.b64encode(raw).decode("ascii")
 
 
 def _usage(call: CallRecord) -> dict[str, int]:
