@@ -105,6 +105,9 @@ def test_refusals_from_the_engine_are_clear(server: Server) -> None:
     assert dims.status_code == 400 and dims.json()["error"]["param"] == "dimensions"  # no Matryoshka in MiniLM
     llm = post({"model": "default", "input": "x"})
     assert llm.status_code == 400 and llm.json()["error"]["code"] == "model_not_embedding"
+    for bad in ([[101, 10**6]], [[]]):  # a token id out of MiniLM's vocabulary; an empty token-id input
+        assert post({"model": EMBED, "input": bad}).status_code == 400
+    assert post({"model": EMBED, "input": [[101, 2023, 102]]}).status_code == 200  # the engine is still up
 
 
 def _tree_memory(pid: int) -> tuple[int, int]:
