@@ -50,7 +50,8 @@ def embed_gateway(start_gateway: Callable[..., RunningGateway], encoder: FakeSta
 
 
 def _post(gw: RunningGateway, body: dict[str, Any], key: str = API_KEY) -> httpx.Response:
-    return httpx.post(gw.url + "/v1/embeddings", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    # A refusal is checked for personal data; the first check loads the detector (seconds; more on a busy CPU).
+    return httpx.post(gw.url + "/v1/embeddings", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60)
 
 
 # -- settings ------------------------------------------------------------------------------
