@@ -211,6 +211,11 @@ def test_a_key_is_needed_and_a_model_serves_only_its_tenants(
     assert len(acme.embeddings.create(model="private", input="x").data) == 1
     with pytest.raises(openai.NotFoundError):
         acme.chat.completions.create(model=BASE, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError) as on_chat:  # an embedding model on chat: says where it answers
+        acme.chat.completions.create(model="private", messages=[{"role": "user", "content": "hi"}])
+    assert on_chat.value.code == "model_not_generative" and "/v1/embeddings" in on_chat.value.message
+    chat_body = {"model": "private", "messages": [{"role": "user", "content": "hi"}]}
+    assert_openai_error(gw.post("/v1/chat/completions", chat_body), 404, "model_not_found", "model")  # not default's
 
 
 def test_personal_data_is_masked_before_the_engine_and_token_ids_refused(

@@ -127,7 +127,7 @@ class Gateway:
             workers=settings.pii_workers,
             per_tenant=settings.pii_concurrency_per_tenant,
         )
-        pipeline = Pipeline(pool, catalog, residency, picker, tenants, meter, quotas, metrics, bounds, privacy)
+        pipeline = Pipeline(pool, catalog, residency, picker, tenants, meter, quotas, metrics, bounds, privacy, engines)
         templates = TemplateRegistry(db, settings.template_cache_size)
         tenants.owns(TemplateRegistry.remove_owned)
         if settings.templates_dir is not None:

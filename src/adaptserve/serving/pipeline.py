@@ -42,6 +42,7 @@ from adaptserve.errors import (
 from adaptserve.metrics import Metrics
 from adaptserve.pii.masking import Placeholders
 from adaptserve.serving.bounds import RequestBounds, Reservation
+from adaptserve.serving.engines import Engines
 from adaptserve.serving.picker import Picker
 from adaptserve.serving.privacy import PrivacyGuard, restore_answer, restoring
 from adaptserve.serving.record import CallRecord
@@ -200,7 +201,9 @@ class Pipeline:
         metrics: Metrics,
         bounds: RequestBounds,
         privacy: PrivacyGuard,
+        engines: Engines,
     ) -> None:
+        self._engines = engines  # the models of `models:`: named on chat, a 400 that says where they answer
         self.pool, self._catalog, self._residency, self._tenants = pool, catalog, residency, tenants
         self._picker = picker
         self._meter, self._quotas, self._metrics = meter, quotas, metrics
@@ -219,6 +222,12 @@ class Pipeline:
         held back after a failed load is temporary, not missing: 503 + `Retry-After`."""
         alias = self._tenants.alias(tenant, model)
         target = self._target(alias) if alias is not None else None
+        if target is None and alias is None and self._engines.find(tenant, model) is not None:
+            raise InvalidRequestError(
+                f"The model '{model}' is an embedding model: call /v1/embeddings.",
+                param="model",
+                code="model_not_generative",
+            )
         if target is None:
             raise ModelNotFoundError(model)
         wait = target.adapter.backoff_left() if target.adapter is not None else 0.0
