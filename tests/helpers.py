@@ -6,6 +6,7 @@ conftest files; test modules import helpers from here and never from each other.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -18,17 +19,20 @@ import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import openai
+import pytest
 import uvicorn
 import yaml
 from safetensors.numpy import save_file
@@ -587,3 +591,176 @@ def make_tiny_llama(path: Path, layers: int = 6, seed: int = 0, noop_layer: int 
     tokenizer.save_pretrained(path)
     GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id).save_pretrained(path)
     return path
+
+
+# -- the deployment's rendered manifests (test_deploy*.py) -------------------------------
+# An overlay is applied as one or more kustomizations (production: the application,
+# foundation/, secrets/); rendering one renders them all, with kubectl's Kustomize.
+OVERLAYS = sorted(p.parent.name for p in (DEPLOY / "overlays").glob("*/kustomization.yaml"))
+CPU_OVERLAY = "cpu"  # a laptop cluster: no GPU, no KEDA, Prometheus Operator or Grafana objects
+GPU_OVERLAYS = [o for o in OVERLAYS if o != CPU_OVERLAY]
+GATEWAY_DEPLOYMENT, ENGINE_DEPLOYMENT = "adaptserve", "vllm"
+K8sObj = dict[str, Any]
+
+
+def deploy_parts(overlay: str) -> list[Path]:
+    """The kustomizations an overlay is applied as: its own folder and every folder under
+    it with a kustomization (production: the application, foundation/, secrets/)."""
+    root = DEPLOY / "overlays" / overlay
+    return sorted(k.parent for k in root.rglob("kustomization.yaml"))
+
+
+def kustomize(path: Path) -> tuple[K8sObj, ...]:
+    done = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
+
+
+def with_examples(part: Path, work: Path) -> Path:
+    """`part` itself, or where it reads a git-ignored file it ships only as `X.example`
+    (the Secrets' env file), a copy of it with each example in place of its file. Such
+    a part must be self-contained: nothing it names lies outside its folder."""
+    examples = [e for e in part.glob("*.example") if not e.with_suffix("").exists()]
+    if not examples:
+        return part
+    assert "../" not in (part / "kustomization.yaml").read_text(), f"{part} must be self-contained"
+    copy = work / part.relative_to(DEPLOY).as_posix().replace("/", "-")
+    shutil.copytree(part, copy)
+    for example in examples:
+        shutil.copy(example, copy / example.with_suffix("").name)
+    return copy
+
+
+@cache
+def _render(overlay: str) -> tuple[K8sObj, ...]:
+    with tempfile.TemporaryDirectory() as work:
+        return tuple(o for part in deploy_parts(overlay) for o in kustomize(with_examples(part, Path(work))))
+
+
+def render_overlay(overlay: str) -> tuple[K8sObj, ...]:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl (with its built-in Kustomize) is not installed")
+    return _render(overlay)
+
+
+def all_of(objects: tuple[K8sObj, ...], kind: str) -> list[K8sObj]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def one_of(objects: tuple[K8sObj, ...], kind: str, name: str) -> K8sObj:
+    found = [o for o in all_of(objects, kind) if o["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} in the render"
+    return found[0]
+
+
+def pod_labels(deployment: K8sObj) -> dict[str, str]:
+    return deployment["spec"]["template"]["metadata"]["labels"]
+
+
+def container_of(deployment: K8sObj) -> K8sObj:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1, f"{deployment['metadata']['name']}: one container expected"
+    return containers[0]
+
+
+def env_of(deployment: K8sObj) -> dict[str, K8sObj]:
+    return {e["name"]: e for e in container_of(deployment).get("env", [])}
+
+
+def selector_matches(selector: K8sObj, labels: dict[str, str]) -> bool:
+    """Kubernetes' label selector semantics (matchLabels and matchExpressions)."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        held = {"In": labels.get(key) in values, "NotIn": labels.get(key) not in values}
+        held |= {"Exists": key in labels, "DoesNotExist": key not in labels}
+        if not held[op]:
+            return False
+    return True
+
+
+def selected_deployments(objects: tuple[K8sObj, ...], selector: K8sObj) -> set[str]:
+    return {d["metadata"]["name"] for d in all_of(objects, "Deployment") if selector_matches(selector, pod_labels(d))}
+
+
+def port_number(deployment: K8sObj, port: int | str) -> int:
+    """A probe's or Service's target port (a number or a container port's name) as a number."""
+    if isinstance(port, int):
+        return port
+    named = {p["name"]: p["containerPort"] for p in container_of(deployment).get("ports", [])}
+    assert port in named, f"{deployment['metadata']['name']} has no container port named {port}"
+    return named[port]
+
+
+def on_cpu(objects: tuple[K8sObj, ...]) -> bool:
+    """The engines run without a GPU (the CPU overlay)."""
+    return "nvidia.com/gpu" not in container_of(one_of(objects, "Deployment", ENGINE_DEPLOYMENT))["resources"]["limits"]
+
+
+def flag_value(args: list[str], flag: str) -> str:
+    assert flag in args, f"{flag} missing from {args}"
+    return args[args.index(flag) + 1]
+
+
+def secret_value(objects: tuple[K8sObj, ...], name: str, key: str) -> str:
+    secret = one_of(objects, "Secret", name)
+    if key in secret.get("stringData", {}):
+        return str(secret["stringData"][key])
+    assert key in secret.get("data", {}), f"Secret {name} has no key {key}"
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+def config_value(objects: tuple[K8sObj, ...], name: str, key: str) -> str:
+    config = one_of(objects, "ConfigMap", name)
+    assert key in config.get("data", {}), f"ConfigMap {name} has no key {key}"
+    return str(config["data"][key])
+
+
+def _has_key(objects: tuple[K8sObj, ...], ref: K8sObj) -> bool:
+    secrets = [s for s in all_of(objects, "Secret") if s["metadata"]["name"] == ref["name"]]
+    return any(ref["key"] in s.get("data", {}) | s.get("stringData", {}) for s in secrets)
+
+
+def resolved_env(objects: tuple[K8sObj, ...], container: K8sObj) -> dict[str, str]:
+    """A container's environment as the kubelet builds it: envFrom ConfigMaps first,
+    then env, each value, Secret key and ConfigMap key looked up in the render."""
+    env = {}
+    for source in container.get("envFrom", []):
+        env |= one_of(objects, "ConfigMap", source["configMapRef"]["name"])["data"]
+    for entry in container.get("env", []):
+        ref = entry.get("valueFrom", {})
+        if "secretKeyRef" in ref and ref["secretKeyRef"].get("optional") and not _has_key(objects, ref["secretKeyRef"]):
+            continue
+        if "secretKeyRef" in ref:
+            env[entry["name"]] = secret_value(objects, ref["secretKeyRef"]["name"], ref["secretKeyRef"]["key"])
+        elif "configMapKeyRef" in ref:
+            env[entry["name"]] = config_value(objects, ref["configMapKeyRef"]["name"], ref["configMapKeyRef"]["key"])
+        else:
+            env[entry["name"]] = entry["value"]
+    return env
+
+
+def expanded_args(objects: tuple[K8sObj, ...], deployment: K8sObj) -> list[str]:
+    """The container's args with $(NAME) replaced as the kubelet does; a reference to no
+    variable would reach the program verbatim, so none may be left."""
+    container = container_of(deployment)
+    env = resolved_env(objects, container)
+    args = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in container["args"]]
+    assert not [a for a in args if re.search(r"\$\(\w+\)", a)], f"unresolved in {args}"
+    return args
+
+
+def pod_specs(objects: tuple[K8sObj, ...]) -> list[K8sObj]:
+    return [o["spec"]["template"]["spec"] for o in objects if o["kind"] in ("Deployment", "Job")]
+
+
+def images_of(objects: tuple[K8sObj, ...]) -> list[str]:
+    return [c["image"] for spec in pod_specs(objects) for c in spec["containers"] + spec.get("initContainers", [])]
+
+
+def image_registry(image: str) -> str | None:
+    """The registry host an image reference names, or None where it names none (a bare
+    `name:tag` or `org/name:tag` goes to whatever default registry the runtime has)."""
+    first, _, rest = image.partition("/")
+    return first if rest and ("." in first or ":" in first or first == "localhost") else None

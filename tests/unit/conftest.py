@@ -1,5 +1,6 @@
 """Unit fixtures: a fake vLLM server and a real gateway in front of it, both on
-loopback, driven with the official openai SDK."""
+loopback, driven with the official openai SDK; and the rendered
+deploy/ overlays with the Settings their gateway builds (test_deploy*.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,23 @@ from adaptserve.config import Settings
 from adaptserve.db import Base, Database
 from adaptserve.server import listen
 from adaptserve.server.app import create_app
-from tests.helpers import ADMIN_KEY, API_KEY, RunningGateway, ServerThread, free_port, make_adapter, make_base
+from tests.helpers import (
+    ADMIN_KEY,
+    API_KEY,
+    GATEWAY_DEPLOYMENT,
+    GPU_OVERLAYS,
+    OVERLAYS,
+    K8sObj,
+    RunningGateway,
+    ServerThread,
+    container_of,
+    free_port,
+    make_adapter,
+    make_base,
+    one_of,
+    render_overlay,
+    resolved_env,
+)
 
 
 @pytest.fixture(scope="session")
@@ -135,3 +152,32 @@ def adapters(tmp_path: Path) -> dict[str, Path]:
 @pytest.fixture
 def gateway(start_gateway: Callable[..., RunningGateway], adapters: dict[str, Path]) -> RunningGateway:
     return start_gateway(adapters=adapters)
+
+
+# --- the deployment's rendered manifests (test_deploy*.py) -------------------------------
+
+
+@pytest.fixture(params=OVERLAYS)
+def deploy_overlay(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def rendered(deploy_overlay: str) -> tuple[K8sObj, ...]:
+    return render_overlay(deploy_overlay)
+
+
+@pytest.fixture(params=GPU_OVERLAYS)
+def gpu_rendered(request: pytest.FixtureRequest) -> tuple[K8sObj, ...]:
+    """An overlay with GPU engines, KEDA, the Prometheus Operator's objects and the dashboard."""
+    return render_overlay(str(request.param))
+
+
+@pytest.fixture
+def gateway_settings(rendered: tuple[K8sObj, ...], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The Settings the gateway container builds from its environment (Secrets and ConfigMaps resolved)."""
+    for name in [n for n in os.environ if n.startswith("ADAPTSERVE_")]:
+        monkeypatch.delenv(name)
+    for name, value in resolved_env(rendered, container_of(one_of(rendered, "Deployment", GATEWAY_DEPLOYMENT))).items():
+        monkeypatch.setenv(name, value)
+    return Settings()

@@ -32,6 +32,17 @@ VLLM_HISTOGRAMS = {
     "vllm:inter_token_latency_seconds",
 }
 PROMETHEUS_BUILTINS = {"up"}  # written by Prometheus itself for every target
+# What the absence alerts read from the cluster's own exporters (kube-prometheus-stack
+# scrapes kube-state-metrics and the kubelet; KEDA's operator where its chart's monitor is on).
+CLUSTER_METRICS = {
+    "kube_deployment_spec_replicas",
+    "kube_pod_status_phase",
+    "kube_horizontalpodautoscaler_status_condition",
+    "kube_job_status_failed",
+    "kubelet_volume_stats_available_bytes",
+    "kubelet_volume_stats_capacity_bytes",
+    "keda_scaled_object_errors_total",
+}
 SAMPLE_SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created")}
 
 # What the dashboard must show (issue 17): gateway and engine, one metric at least each.
@@ -110,7 +121,7 @@ def test_every_alert_has_a_duration_a_severity_and_a_runbook_entry() -> None:
     for alert in _alerts():
         assert re.fullmatch(r"\d+[smh]", alert["for"]), alert["alert"]
         assert alert["labels"]["severity"] in ("critical", "warning", "info")
-        page, anchor = alert["annotations"]["runbook"].split("#")
+        page, anchor = alert["annotations"]["runbook_url"].split("#")
         assert page == "deploy/README.md" and anchor in anchors, f"{alert['alert']}: no runbook entry {anchor}"
         assert anchor == alert["alert"].lower(), "one entry per alert, titled by its name"
 
@@ -151,7 +162,7 @@ def _vllm_sample_names() -> set[str]:
 
 def _known_names() -> set[str]:
     recorded = {rule["record"] for rule in deploy_rules() if "record" in rule}
-    return _gateway_sample_names() | _vllm_sample_names() | recorded | PROMETHEUS_BUILTINS
+    return _gateway_sample_names() | _vllm_sample_names() | recorded | PROMETHEUS_BUILTINS | CLUSTER_METRICS
 
 
 def test_the_gateway_metrics_are_known() -> None:
@@ -197,3 +208,22 @@ def test_ci_fetches_promtool_before_the_tests() -> None:
     fetch = next(i for i, words in enumerate(commands) if "scripts/promtool.sh" in words)
     test = next(i for i, words in enumerate(commands) if words[-2:] == ["make", "test"])
     assert fetch < test
+
+
+def test_the_alerts_cover_what_leaves_no_series() -> None:
+    """A total engine outage leaves no adaptserve_upstream_up series, and an unscraped
+    gateway leaves none at all: the alerts that see those, and the cluster-side ones
+    (Pending engines, KEDA, the volume, the model Job), are there."""
+    alerts = {a["alert"]: a["expr"] for a in _alerts()}
+    required = {
+        "AdaptserveGatewayNotScraped",
+        "AdaptserveNoEngine",
+        "VLLMEngineDown",
+        "VLLMEnginePending",
+        "VLLMAutoscalerFailing",
+        "AdaptserveVolumeFilling",
+        "AdaptserveModelJobFailed",
+    }
+    assert required <= set(alerts)
+    assert "absent(" in alerts["AdaptserveGatewayNotScraped"]
+    assert "adaptserve_upstream_up" in alerts["AdaptserveNoEngine"] and "unless" in alerts["AdaptserveNoEngine"]

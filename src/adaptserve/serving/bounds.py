@@ -8,7 +8,9 @@ The token estimate is an upper bound for text: a token of the model's tokenizer
 covers at least one byte of the text it came from, and the JSON of a chat message
 (`{"role": ..., "content": ...}`, 27 bytes of syntax) is longer than the few marker
 tokens a chat template adds around it. Token-id prompts are counted exactly. The
-context is the engine's own `max_model_len`, learnt from each upstream as it comes up.
+context is the `vllm.max_model_len` setting: the supervised engine is started with it,
+and external engines must be started with the same `--max-model-len` (deploy/ sets both
+from one ConfigMap); nothing asks the engine.
 
 `check_inputs` holds an embeddings request to the same bounds: its inputs count as
 sequences, each text's bytes (plus two special tokens) bound its tokens.
