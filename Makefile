@@ -25,7 +25,9 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml requirements/lock.txt req
 # The model is converted in its own process so the gateway never holds torch in memory.
 serve: $(STAMP)
 	$(BIN)/adaptserve prepare-model
-	$(BIN)/adaptserve serve --templates templates
+	# the LLM, and all-MiniLM-L6-v2 (bundled) for /v1/embeddings as `minilm` (docs/embeddings.md)
+	ADAPTSERVE_MODELS='[{"name": "minilm", "role": "embed", "path": "minilm"}]' \
+		$(BIN)/adaptserve serve --templates templates
 
 test: $(STAMP)
 	$(BIN)/adaptserve prepare-model

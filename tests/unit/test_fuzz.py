@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from adaptserve.bench.fake_engine import FakeState, create_fake_vllm
+from adaptserve.bench.fake_engine import BASE, FakeState, create_fake_vllm
 from adaptserve.config import Settings
 from adaptserve.server import listen
 from adaptserve.server.app import create_app
@@ -40,7 +40,7 @@ def target(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     default tenant's PII policy is `mask`, so every fuzzed body (every string and key,
     known field or not) goes through the screening walk and the placeholders."""
     tmp = tmp_path_factory.mktemp("fuzz")
-    fake = ServerThread(create_fake_vllm(FakeState())).start()
+    fake = ServerThread(create_fake_vllm(FakeState(served=[BASE, "minilm"]))).start()  # an encoder too
     settings = Settings(
         api_key=API_KEY,
         admin_key=ADMIN_KEY,
@@ -49,6 +49,7 @@ def target(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         upstreams=[fake.url],
         adapters={"alpha": make_adapter(tmp / "alpha", seed=1), "beta": make_adapter(tmp / "beta", seed=2)},
         templates_dir=TEMPLATES,
+        models=[{"name": "minilm", "role": "embed", "upstreams": [fake.url]}],  # /v1/embeddings' example model
         port=free_port(),
         log_level="warning",
         auth_failures_per_minute=1_000_000,  # the keyless half must not lock out the keyed half

@@ -1,21 +1,28 @@
 """A fake vLLM OpenAI server that answers at once, for the unit tests and for measuring
 the gateway's own cost (`benchmarks/gateway_cost.py`): the HTTP surface the gateway uses
 (/health, /metrics, /v1/models, runtime LoRA load/unload, chat and completions,
-streaming, /tokenize, label log-probabilities) with vLLM's status codes and error
-shapes, and a record of what it received. Its /v1/models cards carry `max_model_len`
-only when `FakeState.max_model_len` is set (what it enforces is `MAX_MODEL_LEN` words).
+streaming, /tokenize, label log-probabilities, /v1/embeddings) with vLLM's status
+codes and error shapes, and a record of what it received. Its /v1/models cards carry
+`max_model_len` only when `FakeState.max_model_len` is set (what it enforces is
+`MAX_MODEL_LEN` words).
 
 Its answer is deterministic and says which model served it: "[<model>] echo: <words>".
 Its tokenizer has one token per word; its chat template renders a message as
 `<s> role words </s>` (ids 1 and 2). Its "model" gives a token the log-probability
--3 + (times the token occurs in the prompt) + `label_bias[word]`.
+-3 + (times the token occurs in the prompt) + `label_bias[word]`. Its embedding of an
+input is unit-norm and `EMBED_DIM` long, a bag of its words (or token ids) hashed
+into buckets: the same input, the same vector; `dimensions` only where `matryoshka`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import math
+import struct
 import time
+import zlib
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +33,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 BASE = "tiny-base"
 MAX_MODEL_LEN = 64  # in words, which this fake counts as tokens
+EMBED_DIM = 8
 
 
 @dataclass
@@ -52,6 +60,8 @@ class FakeState:
     chunks_sent: int = 0
     reply_delay_s: float = 0.0  # before a non-streamed answer
     reply_padding: int = 0  # bytes of padding in a non-streamed answer
+    served: list[str] = field(default_factory=lambda: [BASE])  # the names /v1/models lists before adapters
+    matryoshka: bool = False  # whether /v1/embeddings takes `dimensions`
     max_model_len: int | None = None  # the context /v1/models reports on each card (None: no such field)
 
     def ids(self, text: str) -> list[int]:
@@ -103,8 +113,9 @@ def create_fake_vllm(state: FakeState) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
+        names = [*state.served, *state.loaded]
         said = {} if state.max_model_len is None else {"max_model_len": state.max_model_len}
-        return {"object": "list", "data": [{"id": name, "object": "model", **said} for name in [BASE, *state.loaded]]}
+        return {"object": "list", "data": [{"id": name, "object": "model", **said} for name in names]}
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -190,6 +201,35 @@ def create_fake_vllm(state: FakeState) -> FastAPI:
     async def completions(request: Request) -> Response:
         return await generate(request, "text_completion")
 
+    @app.post("/v1/embeddings")
+    async def embeddings(body: dict[str, Any]) -> Response:
+        state.requests.append(body)
+        if body["model"] not in state.served:
+            return _error(404, f"The model `{body['model']}` does not exist.", "NotFoundError", "model")
+        if state.refuse_next is not None:
+            message, state.refuse_next = state.refuse_next, None
+            return _error(400, message, "BadRequestError")
+        dims = body.get("dimensions")
+        if dims is not None and not state.matryoshka:  # vLLM's words (pooling_params.py)
+            return _error(
+                400,
+                f"Model {body['model']!r} does not support Matryoshka embeddings; dimensions must be unset "
+                f"(received dimensions={dims}).",
+                "BadRequestError",
+            )
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        words = [i.split() if isinstance(i, str) else [str(t) for t in i] for i in inputs]
+        if any(len(w) > MAX_MODEL_LEN for w in words):
+            return _too_long()
+        vectors: list[Any] = [fake_embedding(w, dims) for w in words]
+        if body.get("encoding_format") == "base64":  # float32, in the byte order asked for (native: little here)
+            order = ">" if body.get("endianness") == "big" else "<"
+            vectors = [base64.b64encode(struct.pack(f"{order}{len(v)}f", *v)).decode() for v in vectors]
+        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+        used = sum(len(w) + 2 for w in words)  # [CLS] and [SEP]
+        usage = {"prompt_tokens": used, "total_tokens": used, "completion_tokens": 0}
+        return JSONResponse({"id": "x", "object": "list", "model": body["model"], "data": data, "usage": usage})
+
     @app.post("/tokenize")
     async def tokenize(body: dict[str, Any]) -> Response:
         state.tokenize_calls += 1
@@ -204,6 +244,18 @@ def create_fake_vllm(state: FakeState) -> FastAPI:
         return JSONResponse({"count": len(ids), "max_model_len": 2048, "tokens": ids})
 
     return app
+
+
+def fake_embedding(words: list[str], dimensions: int | None = None) -> list[float]:
+    """The fake engine's vector for an input's words: counts in hashed buckets (a
+    stable hash: crc32), cut to `dimensions`, unit norm (a bucket of one more)."""
+    counts = [0.0] * EMBED_DIM
+    for word in words:
+        counts[zlib.crc32(word.encode()) % EMBED_DIM] += 1.0
+    counts = counts[: dimensions or EMBED_DIM]
+    counts[0] += 1.0  # no input is the zero vector
+    norm = math.sqrt(sum(c * c for c in counts))
+    return [c / norm for c in counts]
 
 
 def _label_reads(state: FakeState, body: dict[str, Any]) -> dict[str, Any]:

@@ -61,7 +61,8 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         # The key itself is never printed or logged: consoles end up in log files.
         print(f"adaptserve: API key: in {key_file} (mode 0600; `cat` it)", flush=True)
     adapters = ", ".join(settings.adapters) or "none"
-    print(f'adaptserve: models: {settings.base_name} (or "default"), adapters: {adapters}', flush=True)
+    extra = "".join(f", {entry.role}: {entry.name}" for entry in settings.models)  # models: (docs/embeddings.md)
+    print(f'adaptserve: models: {settings.base_name} (or "default"), adapters: {adapters}{extra}', flush=True)
     print(f"adaptserve: {url.removesuffix('/v1')}/ready answers 200 once the model server is up", flush=True)
     if settings.admin_key is None:
         admin_file = settings.data_dir / ADMIN_KEY_FILE

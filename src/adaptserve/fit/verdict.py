@@ -123,12 +123,16 @@ def compare(
         text = f"{winner} wins over {loser}: {facts}"
     else:
         text = f"no significant difference: {facts}; the cheaper one, {cheaper}, is the choice"
-        text += (
-            f"; about {more} more labelled examples would likely settle it (were the difference real)"
-            if more is not None
-            else "; no observed difference, so more examples would not likely settle it"
-        )
+        text += _settling(more)
     return Verdict(llm, baseline, n, acc_l, acc_b, d, low, high, p, llm_only, base_only, winner, choice, more, text)
+
+
+def _settling(more: int | None) -> str:
+    if more is None:
+        return "; no observed difference, so more examples would not likely settle it"
+    if more == 0:  # the normal approximation says n suffices; the bootstrap's edge sits at 0
+        return "; the interval ends at 0, so a few more labelled examples would likely settle it"
+    return f"; about {more} more labelled examples would likely settle it (were the difference real)"
 
 
 def _faster(a: float, b: float) -> bool:

@@ -23,6 +23,8 @@ from adaptserve.metrics import Metrics
 from adaptserve.pii.detector import Detector
 from adaptserve.quantize.recipes import check_servable
 from adaptserve.serving.bounds import RequestBounds
+from adaptserve.serving.embeddings import EmbeddingService
+from adaptserve.serving.engines import Engines
 from adaptserve.serving.picker import Picker
 from adaptserve.serving.pipeline import Pipeline
 from adaptserve.serving.privacy import PrivacyGuard
@@ -65,6 +67,8 @@ class Gateway:
     auth_throttle: AuthThrottle
     quota_sync: QuotaSync | None  # several gateway replicas on PostgreSQL share quotas
     audit: AuditLog
+    engines: Engines  # the models of `models:`, beside the generate model
+    embeddings: EmbeddingService
     started: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -105,7 +109,8 @@ class Gateway:
         _base_route(settings, base, catalog)
         picker = Picker(residency, round_robin=settings.routing == "round_robin")
         pool = _pool(settings, supervisor, _on_up(settings, catalog, residency, picker, supervisor, metrics))
-        metrics.upstream_states = pool.states
+        engines = Engines.build(settings)
+        metrics.upstream_states = lambda: [(settings.base_name, *s) for s in pool.states()] + engines.upstream_states()
         meter = UsageMeter(db, settings.usage_flush_interval_s)
         bounds = RequestBounds(
             context_length=lambda: pool.context_length(settings.vllm.max_model_len),
@@ -123,7 +128,7 @@ class Gateway:
             workers=settings.pii_workers,
             per_tenant=settings.pii_concurrency_per_tenant,
         )
-        pipeline = Pipeline(pool, catalog, residency, picker, tenants, meter, quotas, metrics, bounds, privacy)
+        pipeline = Pipeline(pool, catalog, residency, picker, tenants, meter, quotas, metrics, bounds, privacy, engines)
         templates = TemplateRegistry(db, settings.template_cache_size)
         tenants.owns(TemplateRegistry.remove_owned)
         if settings.templates_dir is not None:
@@ -155,6 +160,8 @@ class Gateway:
             AuthThrottle(settings.auth_failures_per_minute),
             sync,
             AuditLog(db),
+            engines,
+            EmbeddingService(pipeline, engines),
         )
 
     async def start(self) -> None:
@@ -165,6 +172,7 @@ class Gateway:
         if self.supervisor is not None:
             self.supervisor.start()
         self.pool.start()
+        await self.engines.start()
 
     async def stop(self) -> None:
         await self.meter.stop()
@@ -173,6 +181,7 @@ class Gateway:
         await self.pool.stop()
         if self.supervisor is not None:
             await self.supervisor.stop()
+        await self.engines.stop()
         self.pipeline.privacy.close()
         self.db.dispose()
 

@@ -9,7 +9,7 @@ tenant must not set (`_NOT_FOR_TENANTS`).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
@@ -48,12 +48,37 @@ class CompletionRequest(_Request):
     logprob_token_ids: list[StrictInt] | None = None
 
 
+TokenId = Annotated[StrictInt, Field(ge=0, lt=2**31)]
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI's embeddings request; nothing else is accepted (the engine is sent only these)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"model": "minilm", "input": ["first text", "second"]}]}
+    )
+    model: StrictStr
+    input: StrictStr | list[StrictStr] | list[TokenId] | list[list[TokenId]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: StrictInt | None = Field(None, ge=1)
+    user: StrictStr | None = None  # accepted, not used
+
+
 def documented_body(*models: type[BaseModel], media_types: dict[str, Any] | None = None) -> dict[str, Any]:
     """`openapi_extra` for a route that reads its body itself: the schema clients (and
     the fuzzer) see. Several models: any one of them."""
     schemas = [m.model_json_schema() for m in models]
     content = {"application/json": {"schema": schemas[0] if len(schemas) == 1 else {"anyOf": schemas}}}
     return {"requestBody": {"required": True, "content": {**content, **(media_types or {})}}}
+
+
+def check_embedding(body: dict[str, Any]) -> EmbeddingRequest:
+    try:
+        return EmbeddingRequest.model_validate(body)
+    except ValidationError as exc:
+        error = invalid_from(exc)
+        error.param = str(exc.errors()[0]["loc"][0])  # `input`, not the union member's path
+        raise error from exc
 
 
 def check_request(schema: type[_Request], body: dict[str, Any]) -> _Request:

@@ -15,6 +15,9 @@ context is asked for at each check (`context_length`): the gateway passes the sm
 engine that reports none counting as the `vllm.max_model_len` setting (the answer too
 while none is in service).
 
+`check_inputs` holds an embeddings request to the same bounds: its inputs count as
+sequences, each text's bytes (plus two special tokens) bound its tokens.
+
 `check_scoring` holds a classify template's scoring request (token-id prompts, one
 generated token each, chosen log-probabilities) to the same bounds, from each prompt's
 token bound, before anything is tokenized or scored.
@@ -40,6 +43,7 @@ _REPEATS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "
 _QUANTIFIER = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
 CHAT_PROMPT_FIELDS = ("messages", "tools", "documents", "chat_template_kwargs")
 _SCHEMA_FIELDS = ("structured_outputs", "response_format", "tools")
+_SPECIAL_TOKENS = 2  # what an encoder's tokenizer adds around a text ([CLS] ... [SEP])
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,26 @@ class RequestBounds:
                 param=param,
             )
         return reservation
+
+    def check_inputs(self, inputs: Sequence[str | Sequence[int]], context: int | None, param: str) -> Reservation:
+        """An encoder's inputs (texts or token ids; `context`: its length, None:
+        unknown): how many, and how many tokens they may read; → the worst case (an
+        encoder generates nothing)."""
+        if not inputs:
+            raise InvalidRequestError("input is empty: send a string or a non-empty list", param=param)
+        if len(inputs) > self.max_sequences:
+            raise InvalidRequestError(
+                f"{len(inputs)} inputs in one request, more than {self.max_sequences}; send fewer", param=param
+            )
+        sizes = [len(i.encode()) + _SPECIAL_TOKENS if isinstance(i, str) else len(i) for i in inputs]
+        total = sum(min(size, context) if context else size for size in sizes)
+        if total > self.max_tokens:
+            raise InvalidRequestError(
+                f"these inputs may read up to {total} tokens, more than {self.max_tokens} per request; "
+                "send fewer or shorter inputs",
+                param=param,
+            )
+        return Reservation(total, total)
 
     def _reserve(self, body: dict[str, Any], chat: bool, context: int) -> Reservation:
         n = body.get("n") or 1

@@ -42,6 +42,7 @@ from adaptserve.errors import (
 from adaptserve.metrics import Metrics
 from adaptserve.pii.masking import Placeholders
 from adaptserve.serving.bounds import RequestBounds, Reservation
+from adaptserve.serving.engines import Engines
 from adaptserve.serving.picker import Picker
 from adaptserve.serving.privacy import PrivacyGuard, restore_answer, restoring
 from adaptserve.serving.record import CallRecord
@@ -131,7 +132,8 @@ class Admission:
         again, and reserves more tokens if it may use more."""
         screened, placeholders = await self._pipeline.privacy.screen_body(self.principal, body, endpoint.prompt_param)
         if placeholders is not None:
-            self._pipeline.reserve_more(self, self._pipeline.bounds.check(screened, endpoint is Endpoint.CHAT))
+            reservation = self._pipeline.bounds.check(screened, endpoint is Endpoint.CHAT)
+            self._pipeline.reserve_more(self.principal, self.call, reservation)
         return screened, placeholders
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -199,7 +201,9 @@ class Pipeline:
         metrics: Metrics,
         bounds: RequestBounds,
         privacy: PrivacyGuard,
+        engines: Engines,
     ) -> None:
+        self._engines = engines  # the models of `models:`: named on chat, a 400 that says where they answer
         self.pool, self._catalog, self._residency, self._tenants = pool, catalog, residency, tenants
         self._picker = picker
         self._meter, self._quotas, self._metrics = meter, quotas, metrics
@@ -218,6 +222,12 @@ class Pipeline:
         held back after a failed load is temporary, not missing: 503 + `Retry-After`."""
         alias = self._tenants.alias(tenant, model)
         target = self._target(alias) if alias is not None else None
+        if target is None and alias is None and self._engines.find(tenant, model) is not None:
+            raise InvalidRequestError(
+                f"The model '{model}' is an embedding model: call /v1/embeddings.",
+                param="model",
+                code="model_not_generative",
+            )
         if target is None:
             raise ModelNotFoundError(model)
         wait = target.adapter.backoff_left() if target.adapter is not None else 0.0
@@ -250,12 +260,11 @@ class Pipeline:
             self._metrics.quota_rejections.labels(principal.tenant, exc.limit).inc()
             raise
 
-    def reserve_more(self, admission: Admission, reservation: Reservation) -> None:
+    def reserve_more(self, principal: Principal, call: CallRecord, reservation: Reservation) -> None:
         """An admitted call's reservation grown to `reservation` (or a 429)."""
-        call = admission.call
         extra = reservation.total - call.reserved
         if extra > 0:
-            self._quotas.extend(call.uid, admission.principal.limits, extra)
+            self._quotas.extend(call.uid, principal.limits, extra)
             call.reserved, call.reserved_prompt = reservation.total, max(call.reserved_prompt, reservation.prompt)
 
     @asynccontextmanager
@@ -265,6 +274,17 @@ class Pipeline:
         """Resolve, admit (reserving the request's worst case) and lease; on exit,
         however it exits, settle the quota and meter what was used."""
         target = await asyncio.to_thread(self.resolve, principal.tenant, model)
+        async with self.metered(principal, model, reserve, label=label, template=template) as call:
+            with self._residency.lease(target.adapter):
+                yield Admission(self, principal, target, call)
+
+    @asynccontextmanager
+    async def metered(
+        self, principal: Principal, model: str, reserve: Reservation, *, label: str, template: str = ""
+    ) -> AsyncIterator[CallRecord]:
+        """Admit under the tenant's quotas (reserving `reserve`); on exit, however it
+        exits, settle the quota and meter what the call's record says was used. Every
+        engine call is inside one (through `admitted`, or `/v1/embeddings` directly)."""
         try:
             self._quotas.admit(principal.uid, principal.limits, reserve.total)
         except QuotaExceededError as exc:
@@ -272,8 +292,7 @@ class Pipeline:
             raise
         call = CallRecord(principal.tenant, principal.uid, model, label, template, reserve.total, reserve.prompt)
         try:
-            with self._residency.lease(target.adapter):
-                yield Admission(self, principal, target, call)
+            yield call
         except APIError as exc:
             call.status = exc.status
             await self.privacy.scrub(principal, exc)

@@ -35,6 +35,8 @@ PROBE_TIMEOUT_S = 5.0
 # writes a request into a socket the server is shutting. Ours expire first.
 KEEPALIVE_EXPIRY_S = 2.0
 _CONTEXT_MARKERS = ("maximum context length", "context length is", "maximum model length")
+# vLLM's refusals of an embeddings request's `dimensions` (no Matryoshka representation, or out of range).
+_DIMENSIONS_MARKERS = ("matryoshka", "supports dimensions")
 # Failures before the server could have read the whole request: nothing reached it.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.WriteError)
 
@@ -325,6 +327,8 @@ def _translated(status: int, content: bytes) -> APIError:
     if status in (400, 422):
         if any(marker in lowered for marker in _CONTEXT_MARKERS):
             return ContextLengthExceededError(message, param=param or "messages")
+        if any(marker in lowered for marker in _DIMENSIONS_MARKERS):
+            return InvalidRequestError(message, param="dimensions")
         return InvalidRequestError(message, param=param)
     if status == 503:
         return UpstreamUnavailableError()

@@ -1,4 +1,6 @@
-"""Runs `vllm serve` as a child process on loopback and keeps it running.
+"""Runs `vllm serve` as a child process on loopback and keeps it running: the generate
+model's engine (`Supervisor`: LoRA, the engine plugin) and each supervised `models:`
+entry's encoder on the pooling runner (`PoolingSupervisor`).
 
 The child gets its own process group (vLLM starts engine processes of its own), so
 stopping kills the whole group; it also gets SIGTERM if the gateway dies without
@@ -20,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from adaptserve.config import ENV_PREFIX, VLLMSettings
+from adaptserve.config import ENV_PREFIX, ModelEntry, VLLMSettings
 from adaptserve.engine_plugin import ENABLE_ENV, PLUGIN, STATUS_ENV
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ def _die_with_parent() -> None:
 
 
 class Supervisor:
+    describe = "vLLM"  # the start-up log line's name for it (tests find the LLM child's URL by it)
+
     def __init__(self, settings: VLLMSettings, model_path: Path, served_name: str, log_path: Path) -> None:
         self._settings = settings
         self._model_path = model_path
@@ -80,15 +84,15 @@ class Supervisor:
         ]
         if s.max_cpu_loras is not None:
             cmd += ["--max-cpu-loras", str(s.max_cpu_loras)]
+        if s.block_size is not None:
+            cmd += ["--block-size", str(s.block_size)]
         if s.lora_target_modules is not None:
             cmd += ["--lora-target-modules", *s.lora_target_modules]
         return cmd + list(s.extra_args)
 
     def environment(self) -> dict[str, str]:
-        """The gateway's environment without its own settings: the admin and API keys
-        and the database URL (with its password) never reach the engine's processes."""
-        # Settings are read case-insensitively: so is the filter.
-        env = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}
+        """What the engine's processes get: not the gateway's settings (`_without_settings`)."""
+        env = _without_settings()
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # safe: only the gateway reaches it
         env.pop("VLLM_LORA_RESOLVER_CACHE_DIR", None)  # the gateway alone decides what loads
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self._settings.kv_cache_gib))
@@ -114,7 +118,7 @@ class Supervisor:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log.info("starting vLLM on %s; its log is %s", self.url, self.log_path)
+        log.info("starting %s on %s; its log is %s", self.describe, self.url, self.log_path)
         self._task = asyncio.create_task(self._keep_running(), name="vllm supervisor")
 
     async def _keep_running(self) -> None:
@@ -127,7 +131,9 @@ class Supervisor:
             if time.monotonic() - started > _HEALTHY_RUN_S:
                 backoff = self._settings.restart_backoff_s
             self.restarts += 1
-            log.error("vLLM exited with code %s; restarting in %.0fs (see %s)", code, backoff, self.log_path)
+            log.error(
+                "%s exited with code %s; restarting in %.0fs (see %s)", self.describe, code, backoff, self.log_path
+            )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._settings.restart_backoff_max_s)
 
@@ -169,3 +175,46 @@ class Supervisor:
     def _signal_group(pid: int, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
+
+
+class PoolingSupervisor(Supervisor):
+    """A `models:` entry's encoder: `vllm serve PATH --runner pooling --enforce-eager`,
+    without the LoRA flags, runtime adapter loading or the engine plugin. Eager, because
+    with TORCHDYNAMO_DISABLE=1 (kept: the CPU build compiles for minutes otherwise) a
+    compiled pooling worker fails at warm-up (`aot_compile is not supported`)."""
+
+    def __init__(self, settings: VLLMSettings, entry: ModelEntry, model_path: Path, log_path: Path) -> None:
+        super().__init__(settings, model_path, entry.engine_name, log_path)
+        self._entry = entry
+        self.describe = f"vLLM for model {entry.name} ({entry.role})"
+
+    def command(self) -> list[str]:
+        e = self._entry
+        cmd = [
+            *(sys.executable, "-m", "adaptserve.upstream.vllm_main", "serve", str(self._model_path)),
+            *("--host", "127.0.0.1", "--port", str(self.port), "--served-model-name", self._served_name),
+            *("--runner", "pooling", "--enforce-eager", "--dtype", e.dtype),
+        ]
+        if e.max_model_len is not None:
+            cmd += ["--max-model-len", str(e.max_model_len)]
+        return cmd + list(e.extra_args)
+
+    def environment(self) -> dict[str, str]:
+        env = _without_settings()
+        env.pop("VLLM_LORA_RESOLVER_CACHE_DIR", None)
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(self._entry.kv_cache_gib)
+        env["TORCHDYNAMO_DISABLE"] = "1"
+        return env
+
+    def plugin_active(self) -> bool:
+        return False  # it never loads the plugin
+
+    def _clear_plugin_status(self) -> None:
+        pass  # the status files beside its log are the generate engine's
+
+
+def _without_settings() -> dict[str, str]:
+    """The gateway's environment without its own settings: the admin and API keys and
+    the database URL (with its password) never reach an engine's processes."""
+    # Settings are read case-insensitively: so is the filter.
+    return {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}

@@ -20,9 +20,13 @@ async def health() -> dict:
 
 @router.get("/ready")
 async def ready(gateway: GatewayDep) -> JSONResponse:
+    """200 once the generate model and every model of `models:` has a ready upstream."""
     states = [u.state.value for u in gateway.pool.upstreams]
-    ok = gateway.pool.ready()
-    return JSONResponse({"ready": ok, "upstreams": states}, status_code=200 if ok else 503)
+    ok = gateway.pool.ready() and gateway.engines.ready()
+    body = {"ready": ok, "upstreams": states}
+    if len(gateway.engines):
+        body["models"] = gateway.engines.states()
+    return JSONResponse(body, status_code=200 if ok else 503)
 
 
 @router.get("/metrics")

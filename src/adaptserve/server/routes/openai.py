@@ -1,4 +1,4 @@
-"""The OpenAI-compatible routes: chat, completions, models."""
+"""The OpenAI-compatible routes: chat, completions, embeddings, models."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from adaptserve.server import responses
 from adaptserve.server.deps import BodyDep, GatewayDep, PrincipalDep
-from adaptserve.server.protocol import ChatRequest, CompletionRequest, documented_body
+from adaptserve.server.protocol import (
+    ChatRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    check_embedding,
+    documented_body,
+)
 from adaptserve.serving.pipeline import Endpoint
 
 router = APIRouter(prefix="/v1")
@@ -27,9 +33,25 @@ async def completions(gateway: GatewayDep, principal: PrincipalDep, body: BodyDe
     return await responses.openai(gateway.pipeline, Endpoint.COMPLETIONS, body, principal, stall)
 
 
+@router.post("/embeddings", openapi_extra=documented_body(EmbeddingRequest))
+async def embeddings(gateway: GatewayDep, principal: PrincipalDep, body: BodyDep) -> JSONResponse:
+    """Vectors from an embedding model of `models:` (docs/embeddings.md). A JSONResponse:
+    thousands of floats need no walk through FastAPI's encoder."""
+    request = check_embedding(body)
+    answer = await gateway.embeddings.embed(
+        principal, request.model, request.input, request.encoding_format, request.dimensions
+    )
+    return JSONResponse(answer)
+
+
 @router.get("/models")
 def models(gateway: GatewayDep, principal: PrincipalDep) -> dict:
-    """Only the caller's aliases, and only those that can be served now."""
+    """Only the caller's aliases, and only those that can be served now; then the
+    models of `models:` it may call."""
+    engines = [
+        {"id": e.name, "object": "model", "created": gateway.started, "owned_by": principal.tenant, "parent": None}
+        for e in gateway.engines.servable(principal.tenant)
+    ]
     entries = [
         {
             "id": alias.alias,
@@ -41,7 +63,7 @@ def models(gateway: GatewayDep, principal: PrincipalDep) -> dict:
         }
         for alias in gateway.pipeline.servable(principal.tenant)
     ]
-    return {"object": "list", "data": entries}
+    return {"object": "list", "data": entries + engines}
 
 
 @router.get("/pii")

@@ -1,0 +1,103 @@
+"""The engines of `models:` beside the generate model (an encoder on vLLM's pooling
+runner, for `/v1/embeddings`): each one's own pool (readiness, health) and, when the
+gateway starts it, its supervised child; looked up by the name a client sends, for the
+tenants its entry names."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from adaptserve.config import ModelEntry, Settings
+from adaptserve.default_model import resolve_encoder
+from adaptserve.errors import UpstreamError
+from adaptserve.upstream.client import Upstream
+from adaptserve.upstream.pool import OnUp, PoolTiming, UpstreamPool
+from adaptserve.upstream.supervisor import PoolingSupervisor
+
+log = logging.getLogger(__name__)
+
+UpstreamState = tuple[str, str, bool, int]  # (model, url, in service, in flight): what the metrics show
+
+
+@dataclass
+class Engine:
+    """One `models:` entry: its settings, its upstreams, its child (None: remote)."""
+
+    entry: ModelEntry
+    pool: UpstreamPool
+    supervisor: PoolingSupervisor | None
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+
+class Engines:
+    def __init__(self, engines: list[Engine]) -> None:
+        self._engines = {engine.name: engine for engine in engines}
+
+    @classmethod
+    def build(cls, settings: Settings) -> Engines:
+        """One pool per entry: a supervised child on loopback (`path`) or its `upstreams`."""
+        timing = PoolTiming(settings.health_interval_s, settings.health_failures, settings.load_scrape_interval_s)
+        engines = []
+        for entry in settings.models:
+            supervisor = None
+            urls = entry.upstreams
+            if entry.path is not None:
+                log_path = settings.data_dir / "logs" / f"vllm-{entry.name}.log"
+                supervisor = PoolingSupervisor(settings.vllm, entry, resolve_encoder(entry.path), log_path)
+                urls = [supervisor.url]
+            upstreams = [Upstream(u, settings.request_timeout_s, settings.max_response_bytes) for u in urls]
+            engines.append(Engine(entry, UpstreamPool(upstreams, _serves(entry.engine_name), timing), supervisor))
+        return cls(engines)
+
+    def __len__(self) -> int:
+        return len(self._engines)
+
+    def find(self, tenant: str, name: str) -> Engine | None:
+        """The engine `name` names, if `tenant` may call it (else None, as for a name
+        that does not exist)."""
+        engine = self._engines.get(name)
+        return engine if engine is not None and engine.entry.serves(tenant) else None
+
+    def servable(self, tenant: str) -> list[Engine]:
+        return [engine for engine in self._engines.values() if engine.entry.serves(tenant)]
+
+    def names(self, tenant: str, role: str) -> list[str]:
+        return [engine.name for engine in self.servable(tenant) if engine.entry.role == role]
+
+    def ready(self) -> bool:
+        """Every engine has a ready upstream (`/ready` needs them all)."""
+        return all(engine.pool.ready() for engine in self._engines.values())
+
+    def states(self) -> dict[str, list[str]]:
+        return {name: [u.state.value for u in e.pool.upstreams] for name, e in self._engines.items()}
+
+    def upstream_states(self) -> list[UpstreamState]:
+        return [(name, *state) for name, e in self._engines.items() for state in e.pool.states()]
+
+    async def start(self) -> None:
+        for engine in self._engines.values():
+            if engine.supervisor is not None:
+                engine.supervisor.start()
+            engine.pool.start()
+
+    async def stop(self) -> None:
+        for engine in self._engines.values():
+            await engine.pool.stop()
+            if engine.supervisor is not None:
+                await engine.supervisor.stop()
+
+
+def _serves(engine_name: str) -> OnUp:
+    """Before an upstream takes traffic: it must serve the model under the name we send
+    (a remote engine started with another `--served-model-name` stays out, logged)."""
+
+    async def on_up(upstream: Upstream, ready: list[Upstream]) -> None:
+        listed = (await upstream.listed_models()).names
+        if engine_name not in listed:
+            raise UpstreamError(f"it serves {', '.join(sorted(listed))}, not {engine_name} (served_model_name)")
+
+    return on_up
