@@ -45,7 +45,12 @@ class VLLMSettings(BaseModel):
         "gate_proj ...; None: all). Every LoRA layer costs every adapter request, so fewer is faster; "
         "adapters with weights elsewhere are refused",
     )
-    max_model_len: int = Field(2048, ge=16, description="--max-model-len: context length in tokens")
+    max_model_len: int = Field(
+        2048,
+        ge=16,
+        description="--max-model-len: context length in tokens; requests are held to the smallest an engine "
+        "in service reports, this one where an engine reports none",
+    )
     kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE (whole GiB) on CPU builds")
     block_size: int | None = Field(
         None,
@@ -143,6 +148,11 @@ class Settings(BaseSettings):
     )
     api_key: SecretStr | None = Field(None, description="the default tenant's key; generated if unset")
     admin_key: SecretStr | None = Field(None, description="the key for /admin routes; generated if unset")
+    metrics_key: SecretStr | None = Field(
+        None,
+        description="a key that reads /metrics and nothing else (Prometheus's); never generated: "
+        "unset, /metrics takes the admin key only",
+    )
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
     data_dir: Path = Field(
         default_factory=_default_data_dir, description="keys (api_key, admin_key), SQLite, logs, converted models"
@@ -296,6 +306,14 @@ class Settings(BaseSettings):
     def _one_source_of_upstreams(self) -> Settings:
         if self.upstreams and self.upstream_dns:
             raise ValueError("give upstreams or upstream_dns, not both (DNS decides the whole set)")
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_key_its_own(self) -> Settings:
+        metrics = self.metrics_key.get_secret_value() if self.metrics_key is not None else ""
+        others = [k.get_secret_value() for k in (self.admin_key, self.api_key) if k is not None]
+        if metrics and metrics in others:
+            raise ValueError("metrics_key must be a key of its own, not the admin key or the API key")
         return self
 
     @model_validator(mode="after")

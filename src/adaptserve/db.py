@@ -7,6 +7,7 @@ connections; registries take a `Database` and open short sessions.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import re
 import secrets
@@ -26,6 +27,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -209,6 +211,9 @@ class AuditRow(Base):
 
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# The PostgreSQL advisory lock every gateway replica takes to migrate: a fixed 64-bit
+# number, the project's name hashed, so replicas of one deployment agree on it.
+MIGRATION_LOCK_ID = int.from_bytes(hashlib.sha256(b"adaptserve migrations").digest()[:8], "big", signed=True)
 
 
 class Database:
@@ -227,7 +232,17 @@ class Database:
         return cls(url)
 
     def migrate(self, revision: str = "head") -> None:
-        """Bring the schema to `revision` (the newest by default)."""
+        """Bring the schema to `revision` (the newest by default), in one transaction.
+        Gateway replicas that start together on one PostgreSQL migrate one at a time:
+        each waits for the advisory lock `MIGRATION_LOCK_ID`, taken first in that
+        transaction and released at its commit, so the next finds the schema at head
+        and does nothing. Alembic's env.py runs inside the same transaction (it begins
+        none of its own), so the lock covers the whole upgrade, its version table
+        included. SQLite needs no advisory lock (a file is one host's, and its writers
+        queue on the file's own lock for `busy_timeout`), but the driver begins a
+        transaction only at the first data change, so Alembic's first CREATE TABLE
+        would run outside one and race another process's: the transaction is begun
+        at once, with the file's write lock (`BEGIN IMMEDIATE`)."""
         from alembic import command
         from alembic.config import Config
 
@@ -235,6 +250,10 @@ class Database:
         config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
         config.attributes["connection"] = None
         with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+            elif connection.dialect.name == "sqlite":
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
 

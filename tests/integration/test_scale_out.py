@@ -42,7 +42,7 @@ def listed(url: str) -> set[str]:
     async def run() -> set[str]:
         upstream = Upstream(url, 30.0)
         try:
-            return await upstream.listed_models()
+            return set((await upstream.listed_models()).names)
         finally:
             await upstream.aclose()
 

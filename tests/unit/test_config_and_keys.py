@@ -10,7 +10,7 @@ import pytest
 from adaptserve.cli import main
 from adaptserve.config import load_settings
 from adaptserve.errors import AuthenticationError, ConfigurationError
-from adaptserve.tenancy.auth import bearer, ensure_api_key, hash_key, is_operator
+from adaptserve.tenancy.auth import bearer, ensure_api_key, hash_key, key_matches
 
 
 def test_precedence(tmp_path, monkeypatch):
@@ -83,10 +83,18 @@ def test_generated_key_is_kept_with_mode_0600(tmp_path):
     assert ensure_api_key("configured", tmp_path) == ("configured", None)
 
 
+def test_the_metrics_key_must_be_a_key_of_its_own():
+    assert load_settings(admin_key="a", api_key="b", metrics_key="m").metrics_key.get_secret_value() == "m"
+    assert load_settings(admin_key="a").metrics_key is None  # never generated
+    for taken in ("a", "b"):
+        with pytest.raises(ValueError, match="metrics_key"):
+            load_settings(admin_key="a", api_key="b", metrics_key=taken)
+
+
 def test_bearer_and_admin_check():
-    assert is_operator("Bearer k1", hash_key("k1"))
+    assert key_matches("Bearer k1", hash_key("k1"))
     assert bearer("bearer  k1 ") == "k1"
-    assert not is_operator("Bearer k2", hash_key("k1"))
+    assert not key_matches("Bearer k2", hash_key("k1"))
     for header in (None, "", "Bearer", "Basic k1"):
         with pytest.raises(AuthenticationError):
-            is_operator(header, hash_key("k1"))
+            key_matches(header, hash_key("k1"))

@@ -134,13 +134,15 @@ def test_each_service_monitor_selects_one_service_and_its_port(gpu_rendered: tup
     assert scraped == {GATEWAY, ENGINE_SERVICE}
 
 
-def test_the_gateway_is_scraped_on_its_admin_port_with_the_admin_key(gpu_rendered: tuple[K8sObj, ...]) -> None:
+def test_the_gateway_is_scraped_on_its_admin_port_with_the_metrics_key(gpu_rendered: tuple[K8sObj, ...]) -> None:
+    """Prometheus holds the gateway's metrics key (it reads /metrics only), never the admin key."""
     monitor = one_of(gpu_rendered, "ServiceMonitor", GATEWAY)
     (endpoint,) = monitor["spec"]["endpoints"]
     auth = endpoint["authorization"]
     assert auth.get("type", "Bearer") == "Bearer"
     env = env_of(one_of(gpu_rendered, "Deployment", GATEWAY))
-    assert auth["credentials"] == env["ADAPTSERVE_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]
+    assert auth["credentials"] == env["ADAPTSERVE_METRICS_KEY"]["valueFrom"]["secretKeyRef"]
+    assert auth["credentials"] != env["ADAPTSERVE_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]
     service = one_of(gpu_rendered, "Service", GATEWAY)
     port = next(p for p in service["spec"]["ports"] if p["name"] == endpoint["port"])
     assert port["port"] == int(env["ADAPTSERVE_ADMIN_PORT"]["value"]), "/metrics is served on the admin port only"
@@ -198,8 +200,8 @@ def test_network_policies_admit_only_the_gateway_from_the_namespace(rendered: tu
 
 
 def test_only_prometheus_reaches_the_gateway_admin_listener(gpu_rendered: tuple[K8sObj, ...]) -> None:
-    """/metrics takes the admin key, so Prometheus holds it: the admin port (/admin and
-    /metrics) admits Prometheus's pods and no one else; the tenant port admits anyone."""
+    """The admin port (/admin and /metrics) admits Prometheus's pods and no one else
+    (Prometheus holds only the metrics key); the tenant port admits anyone."""
     (policy,) = [
         p
         for p in all_of(gpu_rendered, "NetworkPolicy")
@@ -289,6 +291,8 @@ def test_the_gateway_settings_agree_with_the_engines(rendered: tuple[K8sObj, ...
     assert gateway_settings.database_url is not None and gateway_settings.database_url.startswith(
         "postgresql+psycopg://"
     )
+    # Prometheus's key, of its own (Settings refuse one equal to the admin or API key).
+    assert gateway_settings.metrics_key is not None and gateway_settings.metrics_key.get_secret_value()
 
 
 def test_the_shared_volume_is_mounted_at_one_path_everywhere(

@@ -1,11 +1,13 @@
 """Several replicas behind one gateway: a replica that fails before answering is passed
 over (retried once elsewhere), a restarted one gets its adapters back before it takes
-traffic, replicas follow DNS, and the pool's state shows in the metrics."""
+traffic, replicas follow DNS, the pool's state shows in the metrics, and requests are
+held to the smallest context the replicas in service report."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 
 import httpx
@@ -16,10 +18,20 @@ from adaptserve.bench.fake_engine import BASE, create_fake_vllm
 from adaptserve.config import Settings
 from adaptserve.errors import UpstreamUnavailableError
 from adaptserve.serving.picker import rendezvous
-from adaptserve.upstream.client import State, Upstream
+from adaptserve.upstream.client import ModelList, State, Upstream
 from adaptserve.upstream.discovery import Discovery
 from adaptserve.upstream.pool import PoolTiming, UpstreamPool
-from tests.helpers import API_KEY, ServerThread, gateway_metric, new_tenant, upload, usage, wait_for, wait_for_usage
+from tests.helpers import (
+    API_KEY,
+    ServerThread,
+    assert_openai_error,
+    gateway_metric,
+    new_tenant,
+    upload,
+    usage,
+    wait_for,
+    wait_for_usage,
+)
 
 Q = [{"role": "user", "content": "hello there"}]
 
@@ -234,3 +246,59 @@ def test_a_retried_request_is_metered_for_each_attempt_that_reached_an_engine(st
     expected = (1, prompt + answered["prompt_tokens"], completion + answered["completion_tokens"])
     assert (row["requests"], row["prompt_tokens"], row["completion_tokens"]) == expected
     assert usage(gw, key) == [row]
+
+
+CHAT = "/v1/chat/completions"
+
+
+def test_requests_are_held_to_the_context_the_engine_reports(start_gateway, fake, caplog) -> None:
+    """The setting says 2048, the engine 512: over 512 is the same 400 an engine's own
+    refusal gives (`test_errors.py`, "over the context"), before anything reaches it."""
+    fake.max_model_len = 512
+    with caplog.at_level(logging.WARNING, logger="adaptserve.server.gateway"):
+        gw = start_gateway(health_failures=1)  # vllm.max_model_len: 2048, the default
+        assert gw.settings.vllm.max_model_len == 2048
+        fake.requests.clear()
+        refused = gw.post(CHAT, {"model": "default", "messages": Q, "max_tokens": 600})
+        assert_openai_error(refused, 400, "context_length_exceeded", "max_tokens")
+        ids = {"model": "default", "prompt": list(range(10, 40))}  # 30 token ids: counted exactly
+        assert_openai_error(
+            gw.post("/v1/completions", ids | {"max_tokens": 490}), 400, "context_length_exceeded", "max_tokens"
+        )
+        assert fake.requests == []  # the gateway refused them itself
+        assert gw.post(CHAT, {"model": "default", "messages": Q, "max_tokens": 500}).status_code == 200
+        assert gw.post("/v1/completions", ids | {"max_tokens": 480}).status_code == 200
+
+        fake.healthy = False  # down and up again: the disagreement is not logged twice
+        wait_for(lambda: httpx.get(gw.url + "/ready").status_code == 503)
+        fake.healthy = True
+        gw.wait_ready()
+    warnings = [r for r in caplog.records if "reports a context of 512" in r.getMessage()]
+    assert len(warnings) == 1 and "2048" in warnings[0].getMessage()
+
+
+def test_an_engine_that_does_not_say_is_held_to_the_setting(start_gateway, fake) -> None:
+    gw = start_gateway(vllm={"max_model_len": 512})  # the fake's cards carry no max_model_len
+    fake.requests.clear()
+    body = {"model": "default", "messages": Q, "max_tokens": 600}
+    assert_openai_error(gw.post(CHAT, body), 400, "context_length_exceeded", "max_tokens")
+    assert fake.requests == []
+    assert gw.post(CHAT, body | {"max_tokens": 500}).status_code == 200
+
+
+def test_the_smallest_context_in_service_bounds_requests(start_gateway, fake, second_fake) -> None:
+    fake.max_model_len, second_fake.max_model_len = 512, 1024
+    gw = two_replicas(start_gateway, fake, second_fake, health_failures=1)
+    body = {"model": "default", "messages": Q, "max_tokens": 600}
+    assert_openai_error(gw.post(CHAT, body), 400, "context_length_exceeded", "max_tokens")
+    fake.healthy = False  # the 512 engine leaves: the 1024 one alone is in service
+    wait_for(lambda: gateway_metric(gw, "adaptserve_upstream_up") == 1)
+    assert gw.post(CHAT, body).status_code == 200
+    assert_openai_error(gw.post(CHAT, body | {"max_tokens": 1100}), 400, "context_length_exceeded", "max_tokens")
+
+
+def test_the_context_is_the_smallest_the_model_cards_state() -> None:
+    cards = [{"id": "base", "max_model_len": 4096}, {"id": "a1", "max_model_len": 2048}, {"id": "a2"}]
+    assert ModelList.parse({"data": cards}) == ModelList(frozenset({"base", "a1", "a2"}), 2048)
+    assert ModelList.parse({"data": [{"id": "base"}]}).max_model_len is None
+    assert ModelList.parse({"data": [{"id": "base", "max_model_len": True}]}).max_model_len is None

@@ -1,12 +1,17 @@
 """Quotas shared by gateway replicas: the other replicas' counts add to this one's at
-admission, and two gateways on one PostgreSQL enforce a tenant's limits together."""
+admission, and two gateways on one PostgreSQL enforce a tenant's limits together; and
+replicas that start together on one database migrate it one at a time."""
 
 from __future__ import annotations
 
+import threading
 import time
+from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
+from adaptserve.db import Database
 from adaptserve.errors import InvalidRequestError, QuotaExceededError
 from adaptserve.tenancy.quotas import Limits, QuotaGate, Share
 
@@ -68,3 +73,37 @@ def test_two_gateways_on_postgresql_enforce_one_quota(start_gateway, database_ur
         answers.append((one, two)[i % 2].post("/v1/chat/completions", body, key=key).status_code)
         time.sleep(0.3)  # past a sync of each replica
     assert answers.count(200) == 6 and set(answers[6:]) == {429}, answers  # each alone would admit 6
+
+
+def test_replicas_starting_together_migrate_one_at_a_time(database_url, tmp_path) -> None:
+    """Two replicas migrate a fresh database at once: both succeed and the schema is at
+    head. On PostgreSQL the advisory lock makes the second wait (without it the two
+    create the same tables and block or fail); on SQLite `BEGIN IMMEDIATE` does (without
+    it one fails: "table alembic_version already exists")."""
+    from alembic.script import ScriptDirectory
+
+    from adaptserve import db as db_module
+
+    replicas = [Database.for_data_dir(database_url, tmp_path) for _ in range(2)]
+    start, failures = threading.Barrier(len(replicas)), []
+
+    def migrate(db: Database) -> None:
+        start.wait()
+        try:
+            db.migrate()
+        except Exception as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=migrate, args=(db,), daemon=True) for db in replicas]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)  # a migration of an empty database takes about a second
+    assert not any(t.is_alive() for t in threads), "the replicas deadlocked"
+    assert failures == []
+    scripts = ScriptDirectory(str(Path(db_module.__file__).parent / "migrations"))
+    with replicas[0].engine.connect() as connection:
+        versions = [row[0] for row in connection.execute(text("SELECT version_num FROM alembic_version"))]
+    assert versions == [scripts.get_current_head()]
+    for db in replicas:
+        db.dispose()

@@ -12,9 +12,10 @@ import openai
 import pytest
 from sqlalchemy import text
 
-from tests.helpers import ADMIN_KEY
+from tests.helpers import ADMIN_KEY, API_KEY, assert_openai_error
 
 Q = [{"role": "user", "content": "one two three"}]  # the fake counts 3 prompt tokens
+METRICS_KEY = "sk-test-metrics"
 
 
 def tenant(gw, name: str, **quotas) -> openai.OpenAI:
@@ -120,6 +121,46 @@ def test_metrics_by_tenant_and_model_need_the_admin_key(gateway):
     assert 'adaptserve_requests_total{endpoint="chat",model="chat",status="200",tenant="observed"} 1.0' in text
     assert 'adaptserve_tokens_total{kind="completion",model="chat",tenant="observed"} 4.0' in text
     assert 'adaptserve_adapter_loads_total{result="ok"}' in text
+
+
+def test_the_metrics_key_reads_metrics_and_nothing_else(start_gateway):
+    gw = start_gateway(metrics_key=METRICS_KEY)
+    as_metrics = {"Authorization": f"Bearer {METRICS_KEY}"}
+    scraped = httpx.get(gw.url + "/metrics", headers=as_metrics)
+    assert scraped.status_code == 200 and "adaptserve_requests_total" in scraped.text
+    admin_scrape = httpx.get(gw.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert admin_scrape.status_code == 200  # the operator still reads it
+    assert_openai_error(
+        httpx.get(gw.url + "/metrics", headers={"Authorization": "Bearer wrong"}), 401, "invalid_api_key"
+    )
+    assert_openai_error(httpx.get(gw.url + "/metrics"), 401, "invalid_api_key")
+    assert_openai_error(
+        httpx.get(gw.url + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"}), 401, "invalid_api_key"
+    )
+    for method, path, body in [
+        ("GET", "/admin/tenants", None),
+        ("POST", "/admin/tenants", {"name": "by-metrics"}),
+        ("GET", "/admin/audit", None),
+        ("GET", "/v1/models", None),
+        ("POST", "/v1/chat/completions", {"model": "default", "messages": Q}),
+    ]:
+        response = httpx.request(method, gw.url + path, headers=as_metrics, json=body)
+        assert response.status_code in (401, 403), (path, response.text)
+    assert "by-metrics" not in gw.admin("GET", "/tenants").text
+
+
+def test_without_a_metrics_key_metrics_take_the_admin_key_only(gateway):
+    assert httpx.get(gateway.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).status_code == 200
+    refused = httpx.get(gateway.url + "/metrics", headers={"Authorization": f"Bearer {METRICS_KEY}"})
+    assert_openai_error(refused, 401, "invalid_api_key")
+
+
+def test_wrong_metrics_keys_count_toward_the_failed_key_throttle(start_gateway):
+    gw = start_gateway(metrics_key=METRICS_KEY, auth_failures_per_minute=3)
+    for _ in range(3):
+        assert httpx.get(gw.url + "/metrics", headers={"Authorization": "Bearer guess"}).status_code == 401
+    throttled = httpx.get(gw.url + "/metrics", headers={"Authorization": f"Bearer {METRICS_KEY}"})
+    assert_openai_error(throttled, 429, "rate_limit_exceeded")
 
 
 def test_a_stream_the_client_abandons_gives_its_slot_back(gateway, fake):

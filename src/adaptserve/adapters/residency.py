@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,7 +164,7 @@ class Residency:
         if adapter is not None:
             self._resident.get(upstream.url, {}).pop(adapter.internal_name, None)
 
-    def reconcile(self, upstream: Upstream, listed: set[str]) -> bool:
+    def reconcile(self, upstream: Upstream, listed: AbstractSet[str]) -> bool:
         """An upstream came (back) up with a new generation: what we loaded there and
         its engine still lists stays resident; the rest is gone. True when something
         we loaded is gone: the engine restarted."""

@@ -2,7 +2,9 @@
 the gateway's own cost (`benchmarks/gateway_cost.py`): the HTTP surface the gateway uses
 (/health, /metrics, /v1/models, runtime LoRA load/unload, chat and completions,
 streaming, /tokenize, label log-probabilities, /v1/embeddings) with vLLM's status
-codes and error shapes, and a record of what it received.
+codes and error shapes, and a record of what it received. Its /v1/models cards carry
+`max_model_len` only when `FakeState.max_model_len` is set (what it enforces is
+`MAX_MODEL_LEN` words).
 
 Its answer is deterministic and says which model served it: "[<model>] echo: <words>".
 Its tokenizer has one token per word; its chat template renders a message as
@@ -60,6 +62,7 @@ class FakeState:
     reply_padding: int = 0  # bytes of padding in a non-streamed answer
     served: list[str] = field(default_factory=lambda: [BASE])  # the names /v1/models lists before adapters
     matryoshka: bool = False  # whether /v1/embeddings takes `dimensions`
+    max_model_len: int | None = None  # the context /v1/models reports on each card (None: no such field)
 
     def ids(self, text: str) -> list[int]:
         return [self.vocab.setdefault(word, len(self.vocab) + 10) for word in text.split()]
@@ -111,7 +114,8 @@ def create_fake_vllm(state: FakeState) -> FastAPI:
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         names = [*state.served, *state.loaded]
-        return {"object": "list", "data": [{"id": name, "object": "model"} for name in names]}
+        said = {} if state.max_model_len is None else {"max_model_len": state.max_model_len}
+        return {"object": "list", "data": [{"id": name, "object": "model", **said} for name in names]}
 
     @app.get("/metrics")
     async def metrics() -> Response:

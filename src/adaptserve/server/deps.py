@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from adaptserve.errors import AuthenticationError
 from adaptserve.server.gateway import Gateway
 from adaptserve.server.protocol import read_json
-from adaptserve.tenancy.auth import OPERATOR, Actor, Principal, is_operator
+from adaptserve.tenancy.auth import OPERATOR, Actor, Principal, key_matches
 
 T = TypeVar("T")
 
@@ -30,7 +30,7 @@ def require_admin(request: Request, gateway: Annotated[Gateway, Depends(get_gate
     sync dependency: the key lookup runs in a worker thread."""
 
     def check(authorization: str | None) -> Actor:
-        if is_operator(authorization, gateway.admin_key_hash):
+        if key_matches(authorization, gateway.admin_key_hash):
             return OPERATOR
         return gateway.tenants.authenticate_admin(authorization)
 
@@ -43,6 +43,16 @@ def require_admin(request: Request, gateway: Annotated[Gateway, Depends(get_gate
 def require_operator(actor: Annotated[Actor, Depends(require_admin)]) -> Actor:
     actor.require_operator()
     return actor
+
+
+def require_metrics_reader(request: Request, gateway: Annotated[Gateway, Depends(get_gateway)]) -> None:
+    """/metrics: the metrics key when one is set (it opens nothing else), or the
+    operator, as `require_operator` decides (a tenant admin's key is 403). A wrong key
+    counts once toward the same per-address throttle."""
+    metrics_hash = gateway.metrics_key_hash
+    if metrics_hash is not None and _throttled(request, gateway, lambda header: key_matches(header, metrics_hash)):
+        return
+    require_operator(require_admin(request, gateway))
 
 
 def _throttled(request: Request, gateway: Gateway, check: Callable[[str | None], T]) -> T:
@@ -65,3 +75,4 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 BodyDep = Annotated[dict[str, Any], Depends(get_body)]
 AdminDep = Annotated[Actor, Depends(require_admin)]
 OperatorDep = Annotated[Actor, Depends(require_operator)]
+MetricsReaderDep = Annotated[None, Depends(require_metrics_reader)]

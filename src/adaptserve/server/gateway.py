@@ -61,6 +61,7 @@ class Gateway:
     template_service: TemplateService
     supervisor: Supervisor | None
     admin_key_hash: str
+    metrics_key_hash: str | None  # reads /metrics only; None: /metrics takes the admin key alone
     meter: UsageMeter
     metrics: Metrics
     auth_throttle: AuthThrottle
@@ -112,7 +113,7 @@ class Gateway:
         metrics.upstream_states = lambda: [(settings.base_name, *s) for s in pool.states()] + engines.upstream_states()
         meter = UsageMeter(db, settings.usage_flush_interval_s)
         bounds = RequestBounds(
-            context=settings.vllm.max_model_len,
+            context_length=lambda: pool.context_length(settings.vllm.max_model_len),
             max_sequences=settings.max_sequences_per_request,
             max_tokens=settings.max_tokens_per_request,
             max_logprobs=settings.max_logprobs_per_request,
@@ -153,6 +154,7 @@ class Gateway:
             service,
             supervisor,
             hash_key(admin_key),
+            _hash_or_none(_secret(settings.metrics_key)),
             meter,
             metrics,
             AuthThrottle(settings.auth_failures_per_minute),
@@ -228,8 +230,11 @@ def _on_up(
     metrics: Metrics,
 ) -> OnUp:
     """What runs when an upstream comes (back) up, before it takes traffic: the base
-    route is decided (supervised child), what its engine lost is forgotten, and the
-    start-up adapters and the in-use adapters whose home set includes it are loaded."""
+    route is decided (supervised child), the context its engine reports is recorded
+    (the request bounds use the smallest in service), what its engine lost is
+    forgotten, and the start-up adapters and the in-use adapters whose home set
+    includes it are loaded."""
+    warned: set[int] = set()  # contexts unlike the setting, already logged
 
     async def on_up(upstream: Upstream, ready: list[Upstream]) -> None:
         if settings.base_via_zero_adapter == "auto" and supervisor is not None:
@@ -240,13 +245,29 @@ def _on_up(
                 *(("active", "straight to the engine") if direct else ("not active", "through the zero adapter")),
             )
         placed = picker.homed_on(upstream, ready, residency.in_use()[: settings.max_resident_adapters])
-        if residency.reconcile(upstream, await upstream.listed_models()):
+        listed = await upstream.listed_models()
+        _learn_context(upstream, listed.max_model_len, settings.vllm.max_model_len, warned)
+        if residency.reconcile(upstream, listed.names):
             metrics.upstream_restarts.labels(upstream.url).inc()
             log.warning("upstream %s restarted: the adapters loaded there are gone", upstream.url)
         startup = await asyncio.to_thread(catalog.startup_adapters)
         await residency.load_all(upstream, startup + [a for a in placed if a not in startup])
 
     return on_up
+
+
+def _learn_context(upstream: Upstream, reported: int | None, configured: int, warned: set[int]) -> None:
+    """Record the context an engine reports; one unlike the setting is logged, once per value."""
+    upstream.max_model_len = reported
+    if reported is not None and reported != configured and reported not in warned:
+        warned.add(reported)
+        log.warning(
+            "upstream %s reports a context of %d tokens but vllm.max_model_len is %d: requests are held to "
+            "the smallest context in service; make the setting and the engines' --max-model-len agree",
+            upstream.url,
+            reported,
+            configured,
+        )
 
 
 def _pool(settings: Settings, supervisor: Supervisor | None, on_up: OnUp) -> UpstreamPool:
@@ -265,6 +286,10 @@ def _pool(settings: Settings, supervisor: Supervisor | None, on_up: OnUp) -> Ups
 
 def _secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
+
+
+def _hash_or_none(key: str | None) -> str | None:
+    return hash_key(key) if key else None
 
 
 def _local_model(settings: Settings) -> Path | None:

@@ -3,14 +3,17 @@ read and write, how many log-probabilities it may return, and how large a schema
 grammar vLLM must compile for it. `RequestBounds.check` refuses a body over any of
 them (400, naming the field) before it reaches the engine, and returns its
 `Reservation`: the worst-case tokens charged against the tenant's `tokens_per_minute`.
+A request that cannot fit the context (max_tokens alone over it, or a token-id prompt
+plus max_tokens) is refused as vLLM would (400 `context_length_exceeded`).
 
 The token estimate is an upper bound for text: a token of the model's tokenizer
 covers at least one byte of the text it came from, and the JSON of a chat message
 (`{"role": ..., "content": ...}`, 27 bytes of syntax) is longer than the few marker
 tokens a chat template adds around it. Token-id prompts are counted exactly. The
-context is the `vllm.max_model_len` setting: the supervised engine is started with it,
-and external engines must be started with the same `--max-model-len` (deploy/ sets both
-from one ConfigMap); nothing asks the engine.
+context is asked for at each check (`context_length`): the gateway passes the smallest
+`max_model_len` the engines in service reported in /v1/models when they came up, an
+engine that reports none counting as the `vllm.max_model_len` setting (the answer too
+while none is in service).
 
 `check_inputs` holds an embeddings request to the same bounds: its inputs count as
 sequences, each text's bytes (plus two special tokens) bound its tokens.
@@ -29,11 +32,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from adaptserve.errors import InvalidRequestError
+from adaptserve.errors import ContextLengthExceededError, InvalidRequestError
 
 _ALTERNATIVES = ("anyOf", "oneOf", "allOf", "enum", "choice", "structures", "triggers")
 _REPEATS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties", "minContains")
@@ -51,7 +54,7 @@ class Reservation:
 
 @dataclass
 class RequestBounds:
-    context: int  # the engine's context length (prompt + completion of one sequence)
+    context_length: Callable[[], int]  # the engines' context now (prompt + completion of one sequence)
     max_sequences: int = 256  # prompts × n
     max_tokens: int = 262_144  # worst-case prompt + completion tokens of one request
     max_logprobs: int = 200_000  # generated tokens × log-probabilities per token, when held whole
@@ -69,14 +72,16 @@ class RequestBounds:
                 f"{len(prompts)} prompt(s) × n={n} is more than {self.max_sequences} sequences in one request.",
                 param="n" if chat else "prompt",
             )
-        reservation = self.reserve(body, chat)
+        context = self.context_length()
+        reservation = self._reserve(body, chat, context)
         if reservation.total > self.max_tokens:
             raise InvalidRequestError(
                 f"this request may use up to {reservation.total} tokens (prompt + max_tokens × n), more than "
                 f"{self.max_tokens} per request; lower max_tokens, n or the number of prompts.",
                 param="max_tokens",
             )
-        self._check_logprobs(body, len(prompts) * n, chat)
+        _check_context(body, chat, context)
+        self._check_logprobs(body, len(prompts) * n, chat, context)
         self._check_schemas(body)
         return reservation
 
@@ -90,7 +95,8 @@ class RequestBounds:
                 f"more than {self.max_sequences} sequences; send fewer inputs",
                 param=param,
             )
-        sizes = [min(p, self.context) for p in prompts]
+        context = self.context_length()
+        sizes = [min(p, context) for p in prompts]
         reservation = Reservation(sum(sizes), sum(sizes) + len(sizes))
         if reservation.total > self.max_tokens:
             raise InvalidRequestError(
@@ -126,23 +132,23 @@ class RequestBounds:
             )
         return Reservation(total, total)
 
-    def reserve(self, body: dict[str, Any], chat: bool) -> Reservation:
+    def _reserve(self, body: dict[str, Any], chat: bool, context: int) -> Reservation:
         n = body.get("n") or 1
-        asked = (body.get("max_completion_tokens") if chat else None) or body.get("max_tokens")
-        completion = asked if asked else self.context  # vLLM fills the context when unset
-        sizes = [min(p, self.context) for p in _prompt_sizes(body, chat)]
+        asked = _asked(body, chat)
+        completion = asked if asked else context  # vLLM fills the context when unset
+        sizes = [min(p, context) for p in _prompt_sizes(body, chat)]
         # One sequence never holds more than the context: prompt + completion ≤ context.
-        generated = sum(n * min(completion, max(self.context - p, 1)) for p in sizes)
+        generated = sum(n * min(completion, max(context - p, 1)) for p in sizes)
         return Reservation(sum(sizes), sum(sizes) + generated)
 
-    def _check_logprobs(self, body: dict[str, Any], sequences: int, chat: bool) -> None:
+    def _check_logprobs(self, body: dict[str, Any], sequences: int, chat: bool, context: int) -> None:
         top = _logprobs_per_token(body, chat)
         chosen = len(body.get("logprob_token_ids") or [])
         if (top is None and not chosen) or body.get("stream"):
             return  # streamed log-probabilities are relayed as they come, never held whole
         per_token = max(top or 0, chosen) + 1
-        asked = body.get("max_completion_tokens") or body.get("max_tokens") or self.context
-        entries = sequences * min(asked, self.context) * per_token
+        asked = body.get("max_completion_tokens") or body.get("max_tokens") or context
+        entries = sequences * min(asked, context) * per_token
         if entries > self.max_logprobs:
             raise InvalidRequestError(
                 f"this request may return {entries} log-probabilities, more than {self.max_logprobs}; "
@@ -175,6 +181,32 @@ class RequestBounds:
                 f"at most {self.max_schema_repeat}.",
                 param=param,
             )
+
+
+def _asked(body: dict[str, Any], chat: bool) -> int | None:
+    """The completion tokens asked for per sequence (None: unset, vLLM fills the context)."""
+    return (body.get("max_completion_tokens") if chat else None) or body.get("max_tokens")
+
+
+def _check_context(body: dict[str, Any], chat: bool, context: int) -> None:
+    """Refuse what vLLM would: a sequence whose prompt plus max_tokens exceeds the
+    context. Only what is certain here: a text prompt's tokens are not known before
+    the engine tokenizes it (it counts as none), a token-id prompt's are exact."""
+    asked = _asked(body, chat)
+    if not asked:
+        return
+    prompt = None if chat else body.get("prompt")
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+        prompt = [prompt]  # one prompt of token ids
+    exact = [len(p) for p in prompt if isinstance(p, list)] if isinstance(prompt, list) else []
+    longest = max(exact, default=0)
+    if longest + asked > context:
+        field = "max_completion_tokens" if chat and body.get("max_completion_tokens") else "max_tokens"
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {context} tokens. However, you requested "
+            f"{field}={asked}" + (f" with a prompt of {longest} tokens" if longest else "") + ".",
+            param=field,
+        )
 
 
 def _logprobs_per_token(body: dict[str, Any], chat: bool) -> int | None:

@@ -96,7 +96,7 @@ def _serves(engine_name: str) -> OnUp:
     (a remote engine started with another `--served-model-name` stays out, logged)."""
 
     async def on_up(upstream: Upstream, ready: list[Upstream]) -> None:
-        listed = await upstream.listed_models()
+        listed = (await upstream.listed_models()).names
         if engine_name not in listed:
             raise UpstreamError(f"it serves {', '.join(sorted(listed))}, not {engine_name} (served_model_name)")
 

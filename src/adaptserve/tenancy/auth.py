@@ -77,8 +77,10 @@ def bearer(authorization: str | None) -> str:
     return key.strip()
 
 
-def is_operator(authorization: str | None, admin_key_hash: str) -> bool:
-    return hmac.compare_digest(hash_key(bearer(authorization)), admin_key_hash)
+def key_matches(authorization: str | None, key_hash: str) -> bool:
+    """Whether the bearer key is the one hashed to `key_hash` (the admin key, the
+    metrics key): compared in constant time. No key at all is a 401."""
+    return hmac.compare_digest(hash_key(bearer(authorization)), key_hash)
 
 
 class AuthThrottle:

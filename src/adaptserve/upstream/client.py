@@ -102,6 +102,22 @@ class UpstreamStream:
             self.upstream = None
 
 
+@dataclass(frozen=True)
+class ModelList:
+    """What an engine's /v1/models says: the names it serves now, and its context
+    length (vLLM's `max_model_len` on each card; None where no card says)."""
+
+    names: frozenset[str]
+    max_model_len: int | None = None
+
+    @classmethod
+    def parse(cls, answer: Any) -> ModelList:
+        cards = answer["data"]
+        lengths = [c.get("max_model_len") for c in cards]
+        said = [n for n in lengths if isinstance(n, int) and not isinstance(n, bool) and n > 0]
+        return cls(frozenset(str(c["id"]) for c in cards), min(said, default=None))
+
+
 class Upstream:
     """One vLLM server. `generation` grows each time it comes (back) up, so callers
     can tell that adapters loaded under an older generation are gone."""
@@ -119,6 +135,7 @@ class Upstream:
         self.generation = 0
         self.inflight = 0  # this gateway's requests on it now (streams until closed)
         self.engine = EngineLoad()  # as last scraped (only with several upstreams: `scrape`)
+        self.max_model_len: int | None = None  # the context it reported when it came up (None: it did not say)
         self._http = httpx.AsyncClient(
             base_url=self.url,
             timeout=httpx.Timeout(timeout_s, connect=5.0),
@@ -157,9 +174,10 @@ class Upstream:
         except (httpx.HTTPError, UpstreamUnavailableError, ValueError, IndexError) as exc:
             log.debug("scraping %s failed: %r", self.url, exc)
 
-    async def listed_models(self) -> set[str]:
+    async def listed_models(self) -> ModelList:
         """The names vLLM serves now: the base model and every adapter loaded in this
-        engine's life (by any gateway). A restarted engine lists none of the earlier ones."""
+        engine's life (by any gateway); a restarted engine lists none of the earlier
+        ones. And the context length it reports."""
         try:
             response = await self._live().get("/v1/models", timeout=PROBE_TIMEOUT_S)
         except httpx.HTTPError as exc:
@@ -167,8 +185,8 @@ class Upstream:
         if response.status_code != 200:
             raise translate_error(response.status_code, response.content)
         try:
-            return {str(model["id"]) for model in response.json()["data"]}
-        except (ValueError, KeyError, TypeError) as exc:
+            return ModelList.parse(response.json())
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UpstreamError(f"The model server's model list is malformed: {exc!r}") from exc
 
     async def probe(self) -> Probe:

@@ -8,6 +8,7 @@ answer (a busy engine on a loaded machine is slow to answer) only after
 `failures_to_down` in a row. With more than one upstream, each ready one's /metrics
 is scraped every `scrape_interval_s` for its queue (`Upstream.load`). With a
 `Discovery`, the set itself follows DNS: new addresses join, vanished ones leave.
+`context_length` is the smallest context the upstreams in service reported.
 """
 
 from __future__ import annotations
@@ -74,6 +75,12 @@ class UpstreamPool:
 
     def ready_upstreams(self) -> list[Upstream]:
         return [u for u in self.upstreams if u.state is State.READY]
+
+    def context_length(self, configured: int) -> int:
+        """The longest sequence every upstream in service takes: the smallest context
+        they reported, one that reported none counting as `configured` (the answer too
+        while none is in service)."""
+        return min((u.max_model_len or configured for u in self.ready_upstreams()), default=configured)
 
     def states(self) -> list[tuple[str, bool, int]]:
         """(url, in service, in flight) per upstream: what the metrics show."""

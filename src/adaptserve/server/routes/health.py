@@ -1,5 +1,6 @@
 """Probes: /health (the gateway process answers) and /ready (it can serve); and
-/metrics for Prometheus (admin key: it names tenants and their models)."""
+/metrics for Prometheus (the metrics key or the admin key: it names tenants and their
+models)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from adaptserve.server.deps import GatewayDep, OperatorDep
+from adaptserve.server.deps import GatewayDep, MetricsReaderDep
 
 router = APIRouter()
 
@@ -29,5 +30,5 @@ async def ready(gateway: GatewayDep) -> JSONResponse:
 
 
 @router.get("/metrics")
-def metrics(gateway: GatewayDep, _: OperatorDep) -> Response:
+def metrics(gateway: GatewayDep, _: MetricsReaderDep) -> Response:
     return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)
