@@ -1,0 +1,272 @@
+// The pages of a tenant key: its models, a chat playground, its templates, its usage.
+
+import { api, sse } from "./api.js";
+import { bar, clear, field, h, notice, table } from "./dom.js";
+
+export async function models(view) {
+  const { data } = await api("GET", "/v1/models");
+  view.append(
+    h("p", { text: "The models this key may call: its aliases that can be served now, then its other engines' models." }),
+    table(data, [
+      ["model", (m) => h("code", { class: "model-id", text: m.id })],
+      ["serves", (m) => (m.parent ? `an adapter on ${m.parent}` : "a base model")],
+    ]),
+  );
+}
+
+// --- chat ----------------------------------------------------------------------------
+
+export async function chat(view) {
+  const { data } = await api("GET", "/v1/models");
+  const model = h("select", { id: "chat-model" }, data.map((m) => h("option", { value: m.id, text: m.id })));
+  const temperature = h("input", { id: "chat-temperature", type: "number", min: "0", max: "2", step: "0.1", value: "0.7" });
+  const maxTokens = h("input", { id: "chat-max-tokens", type: "number", min: "1", step: "1", value: "256" });
+  const input = h("textarea", { id: "chat-input", rows: "3", required: true });
+  const log = h("div", { id: "chat-log", class: "chat-log", "aria-live": "polite" });
+  const stats = h("p", { id: "chat-stats", class: "stats", role: "status" });
+  const send = h("button", { type: "submit", id: "chat-send", text: "Send" });
+  const stop = h("button", { type: "button", id: "chat-stop", disabled: true, text: "Stop" });
+  const reset = h("button", { type: "button", id: "chat-new", class: "link", text: "New chat" });
+  const messages = [];
+  let running = null;
+
+  const form = h(
+    "form",
+    { class: "chat" },
+    h(
+      "div",
+      { class: "settings card" },
+      field("Model", model),
+      field("Temperature", temperature),
+      field("Max tokens", maxTokens),
+      reset,
+    ),
+    h("div", { class: "conversation" }, log, field("Message", input, "Ctrl+Enter sends."), h("div", { class: "buttons" }, stop, send), stats),
+  );
+  reset.addEventListener("click", () => {
+    messages.length = 0;
+    clear(log);
+    clear(stats);
+  });
+  stop.addEventListener("click", () => running?.abort());
+  input.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) form.requestSubmit();
+  });
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (running || !input.value.trim()) return;
+    messages.push({ role: "user", content: input.value });
+    log.append(h("div", { class: "message user" }, h("span", { class: "role", text: "you" }), h("p", { text: input.value })));
+    input.value = "";
+    const body = {
+      model: model.value,
+      messages: [...messages],
+      temperature: Number(temperature.value),
+      max_tokens: Number(maxTokens.value),
+      stream: true,
+      stream_options: { include_usage: true },
+    };
+    running = new AbortController();
+    send.disabled = true;
+    stop.disabled = false;
+    try {
+      const answer = await streamReply(body, log, stats, running.signal);
+      messages.push({ role: "assistant", content: answer });
+    } catch (e) {
+      if (e.name !== "AbortError") log.append(notice(e.message));
+      messages.pop();
+    } finally {
+      running = null;
+      send.disabled = false;
+      stop.disabled = true;
+      input.focus();
+    }
+  });
+  view.append(form);
+  input.focus();
+}
+
+async function streamReply(body, log, stats, signal) {
+  const text = h("p", { class: "reply-text" });
+  log.append(h("div", { class: "message assistant" }, h("span", { class: "role", text: body.model }), text));
+  const started = performance.now();
+  let firstToken = null;
+  let usage = null;
+  let answer = "";
+  clear(stats, "waiting for the first token…");
+  for await (const chunk of sse("/v1/chat/completions", body, signal)) {
+    const delta = chunk.choices?.[0]?.delta?.content;
+    if (delta) {
+      firstToken ??= performance.now() - started;
+      answer += delta;
+      text.textContent = answer;
+      log.scrollTop = log.scrollHeight;
+    }
+    if (chunk.usage) usage = chunk.usage;
+  }
+  const total = performance.now() - started;
+  clear(
+    stats,
+    h("span", { id: "stat-ttft", text: `first token ${firstToken === null ? "–" : Math.round(firstToken)} ms` }),
+    " · ",
+    h("span", { id: "stat-prompt", text: `${usage?.prompt_tokens ?? "?"} prompt tokens` }),
+    " · ",
+    h("span", { id: "stat-completion", text: `${usage?.completion_tokens ?? "?"} completion tokens` }),
+    " · ",
+    h("span", { text: `${(total / 1000).toFixed(2)} s` }),
+  );
+  return answer;
+}
+
+// --- templates -----------------------------------------------------------------------
+
+export async function templates(view) {
+  const { data } = await api("GET", "/v1/templates");
+  const detail = h("div", { id: "template-detail" });
+  if (!data.length) view.append(h("p", { text: "No template is visible to this key." }));
+  view.append(
+    table(data, [
+      ["template", (t) => h("button", { type: "button", class: "link", "data-template": t.name, text: t.name, onclick: () => openTemplate(t.name, detail) })],
+      ["kind", (t) => t.kind],
+      ["model", (t) => t.model],
+      ["version", (t) => String(t.version)],
+      ["description", (t) => t.description],
+    ]),
+    detail,
+  );
+}
+
+async function openTemplate(name, detail) {
+  clear(detail, h("p", { text: "loading…" }));
+  const spec = await api("GET", `/v1/templates/${encodeURIComponent(name)}`).catch((e) => e);
+  if (spec instanceof Error) {
+    clear(detail, notice(spec.message));
+    return;
+  }
+  const controls = inputControls(spec.inputs);
+  const result = h("div", { id: "template-result", "aria-live": "polite" });
+  const run = h("button", { type: "submit", id: "template-run", text: "Run" });
+  const form = h(
+    "form",
+    { class: "card", id: "template-form" },
+    h("h2", { text: `${spec.name} (version ${spec.version}, ${spec.kind})` }),
+    spec.description ? h("p", { text: spec.description }) : null,
+    controls.map(([, element]) => element),
+    run,
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const inputs = Object.fromEntries(controls.map(([read]) => read()).filter(([, v]) => v !== undefined));
+    run.disabled = true;
+    clear(result, h("p", { text: "running…" }));
+    try {
+      const answer = await api("POST", `/v1/templates/${encodeURIComponent(name)}`, { inputs });
+      clear(result, spec.kind === "classify" ? probabilities(answer) : generated(answer));
+    } catch (e) {
+      clear(result, notice(e.message));
+    } finally {
+      run.disabled = false;
+    }
+  });
+  clear(detail, form, result);
+  form.querySelector("input, textarea, select")?.focus();
+}
+
+// One control per property of the template's input schema: [read() → [name, value], element].
+function inputControls(schema) {
+  const required = new Set(schema.required ?? []);
+  return Object.entries(schema.properties ?? {}).map(([name, property]) => {
+    const id = `input-${name}`;
+    let control;
+    let read;
+    if (Array.isArray(property.enum)) {
+      control = h("select", { id }, property.enum.map((v) => h("option", { value: String(v), text: String(v) })));
+      read = () => [name, control.value];
+    } else if (property.type === "boolean") {
+      control = h("input", { id, type: "checkbox" });
+      read = () => [name, control.checked];
+    } else if (property.type === "number" || property.type === "integer") {
+      control = h("input", { id, type: "number", step: property.type === "integer" ? "1" : "any", required: required.has(name) });
+      read = () => [name, control.value === "" ? undefined : Number(control.value)];
+    } else {
+      const attrs = { id, rows: "4", required: required.has(name) };
+      if (property.maxLength) attrs.maxlength = String(property.maxLength);
+      control = h("textarea", attrs);
+      read = () => [name, control.value];
+    }
+    const hint = [property.description, property.maxLength ? `at most ${property.maxLength} characters` : null].filter(Boolean).join("; ");
+    return [read, field(name, control, hint || null)];
+  });
+}
+
+function probabilities(answer) {
+  const entries = Object.entries(answer.scores ?? {}).sort((a, b) => b[1] - a[1]);
+  return h(
+    "div",
+    { class: "card" },
+    h("p", {}, "label: ", h("strong", { id: "template-label", text: answer.label })),
+    h("p", { class: "muted", text: answer.calibrated ? "calibrated probabilities" : "raw probabilities (not calibrated)" }),
+    h(
+      "ul",
+      { class: "bars", id: "template-bars" },
+      entries.map(([label, p]) =>
+        h(
+          "li",
+          { "data-label": label, "data-probability": String(p), class: label === answer.label ? "chosen" : null },
+          h("span", { class: "bar-label", text: label }),
+          bar(p, `${label}: ${(p * 100).toFixed(1)}%`),
+          h("span", { class: "bar-value", text: p.toFixed(4) }),
+        ),
+      ),
+    ),
+    usageLine(answer.usage),
+  );
+}
+
+function generated(answer) {
+  return h("div", { class: "card" }, h("pre", { id: "template-json", text: JSON.stringify(answer, null, 2) }));
+}
+
+function usageLine(usage) {
+  if (!usage) return null;
+  return h("p", { class: "muted", text: `${usage.prompt_tokens} prompt + ${usage.completion_tokens} completion tokens` });
+}
+
+// --- usage ---------------------------------------------------------------------------
+
+const DAYS = 14;
+
+export async function usage(view) {
+  const since = new Date(Date.now() - DAYS * 86400e3).toISOString();
+  const { data } = await api("GET", `/v1/usage?since=${encodeURIComponent(since)}`);
+  view.append(h("p", { text: `Requests and tokens per model alias and day (UTC), the last ${DAYS} days.` }));
+  view.append(usageTable(data));
+}
+
+// Hourly rows → one per day and alias, with bars for the tokens (shared by the admin page).
+export function usageTable(rows) {
+  const days = new Map();
+  for (const row of rows) {
+    const key = `${row.hour.slice(0, 10)} ${row.tenant ?? ""} ${row.model}`;
+    const day = days.get(key) ?? { day: row.hour.slice(0, 10), tenant: row.tenant, model: row.model, requests: 0, prompt: 0, completion: 0 };
+    day.requests += row.requests;
+    day.prompt += row.prompt_tokens;
+    day.completion += row.completion_tokens;
+    days.set(key, day);
+  }
+  const sorted = [...days.values()].sort((a, b) => b.day.localeCompare(a.day) || a.model.localeCompare(b.model));
+  if (!sorted.length) return h("p", { id: "usage-empty", text: "No usage recorded yet." });
+  const most = Math.max(...sorted.map((d) => d.prompt + d.completion), 1);
+  return h(
+    "div",
+    { id: "usage-table" },
+    table(sorted, [
+      ["day", (d) => d.day],
+      ["model", (d) => h("code", { class: "usage-model", text: d.model })],
+      ["requests", (d) => String(d.requests)],
+      ["prompt tokens", (d) => String(d.prompt)],
+      ["completion tokens", (d) => String(d.completion)],
+      ["tokens", (d) => bar((d.prompt + d.completion) / most, `${d.prompt + d.completion} tokens`)],
+    ]),
+  );
+}
