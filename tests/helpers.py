@@ -881,3 +881,13 @@ class Browser:
 
 
 _TEXT_OF = "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';"
+
+
+def console_sign_in(browser: Browser, url: str, key: str, admin: bool = False) -> None:
+    """Open the console at `url` (a gateway's) and sign in with `key`, by real clicks."""
+    browser.get(url + "/console/")
+    browser.type("#key", key)
+    if admin:
+        browser.click("input[name=kind][value=admin]")
+    browser.click("#signin-button")
+    browser.find("#signout")  # the pages of the key's kind are shown
