@@ -862,6 +862,18 @@ class Browser:
         wait_for(lambda: contains in self.js(_TEXT_OF, css), timeout_s, f"{css} never showed {contains!r}")
         return self.text(css)
 
+    def color_scheme(self, scheme: str) -> None:
+        """Emulate the system's `light` or `dark` preference (prefers-color-scheme)."""
+        features = [{"name": "prefers-color-scheme", "value": scheme}]
+        self._call(
+            "POST",
+            self._path("/goog/cdp/execute"),
+            {"cmd": "Emulation.setEmulatedMedia", "params": {"features": features}},
+        )
+
+    def window(self, width: int, height: int) -> None:
+        self._call("POST", self._path("/window/rect"), {"width": width, "height": height})
+
     def screenshot(self, path: Path) -> None:
         path.write_bytes(base64.b64decode(self._call("GET", self._path("/screenshot"))))
 

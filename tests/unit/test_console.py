@@ -258,3 +258,21 @@ def test_the_key_is_in_no_url_and_no_log(
     assert browser.js("return sessionStorage.length;") == 0
     captured = capfd.readouterr()
     assert API_KEY not in caplog.text + captured.out + captured.err
+
+
+def test_console_follows_the_color_scheme_and_fits_a_narrow_window(gateway: RunningGateway, browser: Browser) -> None:
+    console_sign_in(browser, gateway.url, API_KEY)
+    browser.click("#nav-chat")
+    browser.find("#chat-input")
+    background = "return getComputedStyle(document.body).backgroundColor;"
+    columns = "return getComputedStyle(document.querySelector('form.chat')).gridTemplateColumns.split(' ').length;"
+    light = browser.js(background)
+    assert browser.js(columns) == 2  # settings beside the conversation at 1280x800
+    browser.color_scheme("dark")
+    assert browser.js(background) != light
+    browser.window(420, 800)
+    wait_for(lambda: browser.js(columns) == 1, what="a narrow window stacks the chat's columns")
+    assert browser.js("return document.documentElement.scrollWidth <= window.innerWidth;")  # no sideways scroll
+    browser.type("#chat-input", "narrow")
+    browser.click("#chat-send")
+    browser.wait_text("#chat-stats", "completion tokens")

@@ -61,7 +61,7 @@ export function notice(text, kind = "error") {
 export function confirmDialog(title, lines, confirmLabel) {
   return new Promise((resolve) => {
     const yes = h("button", { type: "button", class: "danger", id: "confirm-yes", text: confirmLabel });
-    const no = h("button", { type: "button", id: "confirm-no", text: "Cancel" });
+    const no = h("button", { type: "button", class: "secondary", id: "confirm-no", text: "Cancel" });
     const dialog = h(
       "dialog",
       { "aria-labelledby": "confirm-title", id: "confirm" },

@@ -18,7 +18,11 @@ export async function models(view) {
 
 export async function chat(view) {
   const { data } = await api("GET", "/v1/models");
-  const model = h("select", { id: "chat-model" }, data.map((m) => h("option", { value: m.id, text: m.id })));
+  const model = h(
+    "select",
+    { id: "chat-model" },
+    data.map((m) => h("option", { value: m.id, text: m.id, selected: m.id === "default" })),
+  );
   const temperature = h("input", { id: "chat-temperature", type: "number", min: "0", max: "2", step: "0.1", value: "0.7" });
   const maxTokens = h("input", { id: "chat-max-tokens", type: "number", min: "1", step: "1", value: "256" });
   const input = h("textarea", { id: "chat-input", rows: "3", required: true });
