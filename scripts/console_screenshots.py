@@ -1,4 +1,4 @@
-"""Screenshots of the console's main pages for docs/console/ (PNG, 1280x800 window):
+"""Screenshots of the console's main pages for docs/console/ (PNG, a 1280x800 window; the template page's 1280x960):
 a gateway in this process over the fake engine (`adaptserve.bench.fake_engine`, so the
 chat's answers are the fake's echoes), driven by the tests' WebDriver client in headless
 Chromium (scripts/chromium.sh installs it).
@@ -81,8 +81,9 @@ def _shoot(browser: Browser, gateway: RunningGateway, out: Path) -> None:
     browser.type("#input-text", "Sturdy, quiet and cheaper than the last one. Recommended.")
     browser.click("#template-run")
     browser.wait_text("#template-result", "label")
-    browser.js("document.querySelector('#template-result').scrollIntoView();")
+    browser.window(1280, 960)  # the form and the bars together, with the page's header
     browser.screenshot(out / "template.png")
+    browser.window(1280, 800)
     browser.click("#nav-usage")
     browser.find("#usage-table")
     browser.screenshot(out / "usage.png")
