@@ -21,6 +21,7 @@ from adaptserve.console import CONTENT_SECURITY_POLICY
 from tests.helpers import (
     ADMIN_KEY,
     API_KEY,
+    CONTACT,
     SENTIMENT,
     Browser,
     RunningGateway,
@@ -93,14 +94,20 @@ def test_console_serves_only_its_files(gateway: RunningGateway, path: str) -> No
 
 
 def test_console_is_served_on_both_listeners_with_a_separate_admin_port(
-    start_gateway: Callable[..., RunningGateway],
+    start_gateway: Callable[..., RunningGateway], browser: Browser
 ) -> None:
     gw = start_gateway(admin_port=free_port())
     assert gw.admin_url != gw.url
     for url in (gw.url, gw.admin_url):
         assert httpx.get(url + "/console/app.js").status_code == 200
     assert httpx.get(gw.url + "/admin/tenants", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).status_code == 404
-    assert httpx.get(gw.admin_url + "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 404
+    browser.get(gw.url + "/console/")  # an admin key on the tenant port: the page says where to go
+    browser.type("#key", ADMIN_KEY)
+    browser.click("input[name=kind][value=admin]")
+    browser.click("#signin-button")
+    assert "admin_port" in browser.wait_text("#signin-error", "not served on this port")
+    console_sign_in(browser, gw.admin_url, ADMIN_KEY, admin=True)  # and on the admin port it works
+    assert "default" in browser.wait_text("#page-tenants", "default")
 
 
 def _page_ids(browser: Browser, css: str) -> list[str]:
@@ -150,6 +157,19 @@ def test_classify_template_shows_the_api_probabilities_as_bars(gateway: RunningG
         assert float(width.rstrip("%")) == pytest.approx(p * 100, abs=1e-3)
     assert browser.text("#template-label") == answer["label"]
     assert browser.console_errors() == []
+
+
+def test_a_generate_templates_error_is_shown_as_is(gateway: RunningGateway, browser: Browser) -> None:
+    doc = json.dumps(CONTACT | {"model": "default"})
+    assert gateway.admin("PUT", "/templates/contact", content=doc).status_code == 201
+    console_sign_in(browser, gateway.url, API_KEY)
+    browser.click("#nav-templates")
+    browser.click("[data-template=contact]")
+    browser.type("#input-message", "write to me at someone@example.com")
+    browser.click("#template-run")
+    answer = gateway.post("/v1/templates/contact", {"inputs": {"message": "write to me at someone@example.com"}})
+    assert answer.status_code >= 400  # the fake engine's answer does not fit the schema
+    assert browser.wait_text("#template-result", answer.json()["error"]["message"])
 
 
 def test_admin_creates_a_key_that_is_shown_once(gateway: RunningGateway, browser: Browser) -> None:
@@ -224,6 +244,11 @@ def test_a_tenant_key_sees_nothing_of_another_tenants(gateway: RunningGateway, b
         pages[page] = browser.wait_text(f"#page-{page}", mine)
     assert all("globex" not in text for text in pages.values()), pages
     assert "default" not in pages["models"] and "sent\n" not in pages["templates"]
+    browser.click("#signout")
+    admin = gateway.admin("POST", "/tenants/acme/keys", json={"role": "admin"}).json()["key"]
+    console_sign_in(browser, gateway.url, admin, admin=True)  # a tenant admin: its own tenant only
+    assert "acme" in browser.wait_text("#page-tenants", "acme")
+    assert "globex" not in browser.text("#page") and "default" not in browser.text("#page-tenants table")
 
 
 def test_a_refused_key_shows_the_api_message_as_is(gateway: RunningGateway, browser: Browser) -> None:
