@@ -301,3 +301,28 @@ def test_console_follows_the_color_scheme_and_fits_a_narrow_window(gateway: Runn
     browser.type("#chat-input", "narrow")
     browser.click("#chat-send")
     browser.wait_text("#chat-stats", "completion tokens")
+
+
+def _usage_requests(browser: Browser, model: str) -> int:
+    rows = browser.js(
+        "return [...document.querySelectorAll('#usage-table tbody tr')].map(tr =>"
+        " [...tr.children].map(td => td.textContent));"
+    )
+    return sum(int(row[2]) for row in rows if row[1] == model)
+
+
+def test_usage_moves_after_a_chat(start_gateway: Callable[..., RunningGateway], browser: Browser) -> None:
+    gw = start_gateway(usage_flush_interval_s=0.2)
+    console_sign_in(browser, gw.url, API_KEY)
+    browser.click("#nav-usage")
+    assert browser.text("#usage-empty") == "No usage recorded yet."
+    for sent in (1, 2):
+        browser.click("#nav-chat")
+        browser.click("#chat-model option[value=default]")
+        browser.type("#chat-input", f"message {sent}")
+        browser.click("#chat-send")
+        browser.wait_text("#chat-stats", "completion tokens")
+        wait_for_usage(gw, API_KEY, requests=sent)
+        browser.click("#nav-usage")
+        browser.find("#usage-table")
+        assert _usage_requests(browser, "default") == sent
