@@ -18,76 +18,78 @@ export async function models(view) {
 
 export async function chat(view) {
   const { data } = await api("GET", "/v1/models");
-  const model = h(
-    "select",
-    { id: "chat-model" },
-    data.map((m) => h("option", { value: m.id, text: m.id, selected: m.id === "default" })),
-  );
-  const temperature = h("input", { id: "chat-temperature", type: "number", min: "0", max: "2", step: "0.1", value: "0.7" });
-  const maxTokens = h("input", { id: "chat-max-tokens", type: "number", min: "1", step: "1", value: "256" });
-  const input = h("textarea", { id: "chat-input", rows: "3", required: true });
-  const log = h("div", { id: "chat-log", class: "chat-log", "aria-live": "polite" });
-  const stats = h("p", { id: "chat-stats", class: "stats", role: "status" });
-  const send = h("button", { type: "submit", id: "chat-send", text: "Send" });
-  const stop = h("button", { type: "button", id: "chat-stop", disabled: true, text: "Stop" });
-  const reset = h("button", { type: "button", id: "chat-new", class: "link", text: "New chat" });
+  const ui = chatControls(data);
   const messages = [];
   let running = null;
-
-  const form = h(
-    "form",
-    { class: "chat" },
-    h(
-      "div",
-      { class: "settings card" },
-      field("Model", model),
-      field("Temperature", temperature),
-      field("Max tokens", maxTokens),
-      reset,
-    ),
-    h("div", { class: "conversation" }, log, field("Message", input, "Ctrl+Enter sends."), h("div", { class: "buttons" }, stop, send), stats),
-  );
-  reset.addEventListener("click", () => {
+  ui.reset.addEventListener("click", () => {
     messages.length = 0;
-    clear(log);
-    clear(stats);
+    clear(ui.log);
+    clear(ui.stats);
   });
-  stop.addEventListener("click", () => running?.abort());
-  input.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) form.requestSubmit();
+  ui.stop.addEventListener("click", () => running?.abort());
+  ui.input.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) ui.form.requestSubmit();
   });
-  form.addEventListener("submit", async (event) => {
+  ui.form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    if (running || !input.value.trim()) return;
-    messages.push({ role: "user", content: input.value });
-    log.append(h("div", { class: "message user" }, h("span", { class: "role", text: "you" }), h("p", { text: input.value })));
-    input.value = "";
+    if (running || !ui.input.value.trim()) return;
+    messages.push({ role: "user", content: ui.input.value });
+    ui.log.append(h("div", { class: "message user" }, h("span", { class: "role", text: "you" }), h("p", { text: ui.input.value })));
+    ui.input.value = "";
     const body = {
-      model: model.value,
+      model: ui.model.value,
       messages: [...messages],
-      temperature: Number(temperature.value),
-      max_tokens: Number(maxTokens.value),
+      temperature: Number(ui.temperature.value),
+      max_tokens: Number(ui.maxTokens.value),
       stream: true,
       stream_options: { include_usage: true },
     };
     running = new AbortController();
-    send.disabled = true;
-    stop.disabled = false;
+    ui.send.disabled = true;
+    ui.stop.disabled = false;
     try {
-      const answer = await streamReply(body, log, stats, running.signal);
-      messages.push({ role: "assistant", content: answer });
+      messages.push({ role: "assistant", content: await streamReply(body, ui.log, ui.stats, running.signal) });
     } catch (e) {
-      if (e.name !== "AbortError") log.append(notice(e.message));
+      if (e.name !== "AbortError") ui.log.append(notice(e.message));
       messages.pop();
     } finally {
       running = null;
-      send.disabled = false;
-      stop.disabled = true;
-      input.focus();
+      ui.send.disabled = false;
+      ui.stop.disabled = true;
+      ui.input.focus();
     }
   });
-  view.append(form);
-  input.focus();
+  view.append(ui.form);
+  ui.input.focus();
+}
+
+// The playground's controls: the settings beside the conversation and its input.
+function chatControls(models) {
+  const ui = {
+    model: h("select", { id: "chat-model" }, models.map((m) => h("option", { value: m.id, text: m.id, selected: m.id === "default" }))),
+    temperature: h("input", { id: "chat-temperature", type: "number", min: "0", max: "2", step: "0.1", value: "0.7" }),
+    maxTokens: h("input", { id: "chat-max-tokens", type: "number", min: "1", step: "1", value: "256" }),
+    input: h("textarea", { id: "chat-input", rows: "3", required: true }),
+    log: h("div", { id: "chat-log", class: "chat-log", "aria-live": "polite" }),
+    stats: h("p", { id: "chat-stats", class: "stats", role: "status" }),
+    send: h("button", { type: "submit", id: "chat-send", text: "Send" }),
+    stop: h("button", { type: "button", id: "chat-stop", disabled: true, text: "Stop" }),
+    reset: h("button", { type: "button", id: "chat-new", class: "link", text: "New chat" }),
+  };
+  ui.form = h(
+    "form",
+    { class: "chat" },
+    h("div", { class: "settings card" }, field("Model", ui.model), field("Temperature", ui.temperature), field("Max tokens", ui.maxTokens), ui.reset),
+    h(
+      "div",
+      { class: "conversation" },
+      ui.log,
+      field("Message", ui.input, "Ctrl+Enter sends."),
+      h("div", { class: "buttons" }, ui.stop, ui.send),
+      ui.stats,
+    ),
+  );
+  return ui;
 }
 
 async function streamReply(body, log, stats, signal) {
