@@ -94,14 +94,20 @@ def test_console_serves_only_its_files(gateway: RunningGateway, path: str) -> No
 
 
 def test_console_is_served_on_both_listeners_with_a_separate_admin_port(
-    start_gateway: Callable[..., RunningGateway], browser: Browser
+    start_gateway: Callable[..., RunningGateway],
 ) -> None:
     gw = start_gateway(admin_port=free_port())
     assert gw.admin_url != gw.url
     for url in (gw.url, gw.admin_url):
         assert httpx.get(url + "/console/app.js").status_code == 200
     assert httpx.get(gw.url + "/admin/tenants", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).status_code == 404
-    browser.get(gw.url + "/console/")  # an admin key on the tenant port: the page says where to go
+
+
+def test_an_admin_key_on_the_tenant_port_is_told_where_the_admin_console_is(
+    start_gateway: Callable[..., RunningGateway], browser: Browser
+) -> None:
+    gw = start_gateway(admin_port=free_port())
+    browser.get(gw.url + "/console/")
     browser.type("#key", ADMIN_KEY)
     browser.click("input[name=kind][value=admin]")
     browser.click("#signin-button")
