@@ -1,4 +1,4 @@
-"""Screenshots of the console's main pages for docs/console/ (PNG, a 1280x800 window; the template page's 1280x960):
+"""Screenshots of the console's main pages for docs/console/ (PNG, a 1280x800 window; the template page's 1280x1100):
 a gateway in this process over the fake engine (`adaptserve.bench.fake_engine`, so the
 chat's answers are the fake's echoes), driven by the tests' WebDriver client in headless
 Chromium (scripts/chromium.sh installs it).
@@ -60,6 +60,7 @@ def _content(gateway: RunningGateway, root: Path) -> None:
     """A second version of `support`, a classify template, and some usage."""
     assert upload(gateway, "support", make_adapter(root / "support-v2", seed=7)).status_code == 201
     review = SENTIMENT | {"name": "review", "model": "default", "description": "Is a product review positive?"}
+    review["calibration"] = True
     assert gateway.admin("PUT", "/templates/review", content=json.dumps(review)).status_code == 201
     client = gateway.client()
     for text in ("Where is my order?", "The box arrived broken.", "Thanks, all good now."):
@@ -79,9 +80,10 @@ def _shoot(browser: Browser, gateway: RunningGateway, out: Path) -> None:
     browser.click("#nav-templates")
     browser.click("[data-template=review]")
     browser.type("#input-text", "Sturdy, quiet and cheaper than the last one. Recommended.")
+    browser.click("#template-explain")
     browser.click("#template-run")
-    browser.wait_text("#template-result", "label")
-    browser.window(1280, 960)  # the form and the bars together, with the page's header
+    browser.find("#template-attributions")
+    browser.window(1280, 1100)  # the form and the bars together, with the page's header
     browser.screenshot(out / "template.png")
     browser.window(1280, 800)
     browser.click("#nav-usage")

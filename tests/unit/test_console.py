@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Callable
 from html.parser import HTMLParser
@@ -162,6 +163,40 @@ def test_classify_template_shows_the_api_probabilities_as_bars(gateway: RunningG
     for _, p, width in shown:  # each bar as long as its probability
         assert float(width.rstrip("%")) == pytest.approx(p * 100, abs=1e-3)
     assert browser.text("#template-label") == answer["label"]
+    assert browser.console_errors() == []
+
+
+def test_a_calibrated_template_shows_raw_bars_and_attribution_highlights(
+    gateway: RunningGateway, browser: Browser
+) -> None:
+    doc = json.dumps(SENTIMENT | {"model": "default", "calibration": True})
+    assert gateway.admin("PUT", "/templates/sent", content=doc).status_code == 201
+    text = "great 🎬 film, awful ending"  # offsets count code points; JavaScript strings count UTF-16 units
+    console_sign_in(browser, gateway.url, API_KEY)
+    browser.click("#nav-templates")
+    browser.click("[data-template=sent]")
+    browser.type("#input-text", text)
+    browser.click("#template-explain")
+    browser.click("#template-run")
+    browser.find("#template-attributions")
+    answer = gateway.post("/v1/templates/sent", {"inputs": {"text": text}, "explain": "attributions"}).json()
+    assert answer["calibrated"] is True
+    read = (
+        "return [...document.querySelectorAll(arguments[0])]"
+        ".map(e => [e.dataset.label, Number(e.dataset.probability)]);"
+    )
+    assert dict(browser.js(read, "#template-bars li")) == answer["scores"]
+    logprobs = answer["explain"]["logprobs"]
+    total = sum(math.exp(v) for v in logprobs.values())
+    raw = dict(browser.js(read, "#template-raw-bars li"))
+    assert raw == pytest.approx({label: math.exp(v) / total for label, v in logprobs.items()})
+    spans = answer["explain"]["attributions"]["spans"]
+    marks = browser.js(
+        "return [...document.querySelectorAll('#template-attributions mark')]"
+        ".map(m => [m.textContent, Number(m.dataset.contribution)]);"
+    )
+    assert spans and marks == [[text[s["start"] : s["end"]], s["contribution"]] for s in spans]
+    assert browser.text("#template-attributions [data-field=text]") == f"text: {text}"
     assert browser.console_errors() == []
 
 

@@ -5,12 +5,13 @@ import { ApiError, api, session } from "./api.js";
 import { clear, field, h, notice } from "./dom.js";
 import * as admin from "./admin.js";
 import * as tenant from "./tenant.js";
+import { templates } from "./templates.js";
 
 const PAGES = {
   tenant: [
     ["models", "Models", tenant.models],
     ["chat", "Chat", tenant.chat],
-    ["templates", "Templates", tenant.templates],
+    ["templates", "Templates", templates],
     ["usage", "Usage", tenant.usage],
   ],
   admin: [
