@@ -53,7 +53,7 @@ class Asset:
 def _names() -> frozenset[str]:
     """The files of `static/` (one level: the console has no sub-folders)."""
     folder = resources.files(__package__).joinpath("static")
-    return frozenset(f.name for f in folder.iterdir() if f.is_file() and f.name.rsplit(".", 1)[-1] != "py")
+    return frozenset(f.name for f in folder.iterdir() if f.is_file())
 
 
 def asset(name: str) -> Asset | None:
