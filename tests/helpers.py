@@ -764,3 +764,142 @@ def image_registry(image: str) -> str | None:
     `name:tag` or `org/name:tag` goes to whatever default registry the runtime has)."""
     first, _, rest = image.partition("/")
     return first if rest and ("." in first or ":" in first or first == "localhost") else None
+
+
+# -- a browser: headless Chromium driven over the W3C WebDriver protocol ---------------
+# (plain HTTP and JSON to Debian's chromedriver: no Selenium, no Playwright, no Node)
+ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the protocol's key for an element reference
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,800"]
+
+
+def chromium_paths() -> tuple[str, str] | None:
+    """(chromium, chromedriver) from Debian's packages (scripts/chromium.sh installs
+    them), or None where either is missing."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver") or next(
+        (p for p in ("/usr/lib/chromium/chromedriver", "/usr/bin/chromedriver") if os.access(p, os.X_OK)), None
+    )
+    return (browser, driver) if browser and driver else None
+
+
+class ChromeDriver:
+    """A chromedriver process on loopback; `session()` opens a fresh browser."""
+
+    def __init__(self, browser: str, driver: str) -> None:
+        self.browser = browser
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [driver, f"--port={self.port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for(lambda: _answers(self.url + "/status"), 20, "chromedriver did not start")
+
+    def session(self, args: list[str] | None = None) -> Browser:
+        return Browser(self.url, self.browser, args or CHROMIUM_ARGS)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+class WebDriverError(AssertionError):
+    pass
+
+
+class Browser:
+    """One headless Chromium session: navigate, find by CSS, click, type, read text,
+    run a script, take a screenshot. Element lookups wait up to `implicit_s`."""
+
+    def __init__(self, driver_url: str, browser: str, args: list[str], implicit_s: float = 10) -> None:
+        self.http = httpx.Client(base_url=driver_url, timeout=60)
+        options = {"binary": browser, "args": args}
+        capabilities = {"browserName": "chrome", "goog:chromeOptions": options, "goog:loggingPrefs": {"browser": "ALL"}}
+        self.id = self._call("POST", "/session", {"capabilities": {"alwaysMatch": capabilities}})["sessionId"]
+        self._call("POST", self._path("/timeouts"), {"implicit": int(implicit_s * 1000), "script": 30_000})
+
+    def _path(self, tail: str) -> str:
+        return f"/session/{self.id}{tail}"
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> Any:
+        if body is None and method == "POST":
+            body = {}  # the protocol wants a JSON body on every POST
+        response = self.http.request(method, path, json=body)
+        value = response.json().get("value")
+        if response.status_code >= 400:
+            raise WebDriverError(f"{method} {path}: {value.get('error')}: {value.get('message', '')[:500]}")
+        return value
+
+    def get(self, url: str) -> None:
+        self._call("POST", self._path("/url"), {"url": url})
+
+    def find(self, css: str) -> str:
+        return self._call("POST", self._path("/element"), {"using": "css selector", "value": css})[ELEMENT]
+
+    def find_all(self, css: str) -> list[str]:
+        found = self._call("POST", self._path("/elements"), {"using": "css selector", "value": css})
+        return [e[ELEMENT] for e in found]
+
+    def click(self, css: str) -> None:
+        self._call("POST", self._path(f"/element/{self.find(css)}/click"))
+
+    def type(self, css: str, text: str, clear: bool = True) -> None:
+        element = self.find(css)
+        if clear:
+            self._call("POST", self._path(f"/element/{element}/clear"))
+        self._call("POST", self._path(f"/element/{element}/value"), {"text": text})
+
+    def text(self, css: str) -> str:
+        return self._call("GET", self._path(f"/element/{self.find(css)}/text"))
+
+    def attribute(self, element: str, name: str) -> str | None:
+        return self._call("GET", self._path(f"/element/{element}/attribute/{name}"))
+
+    def js(self, script: str, *args: Any) -> Any:
+        return self._call("POST", self._path("/execute/sync"), {"script": script, "args": list(args)})
+
+    def wait_text(self, css: str, contains: str, timeout_s: float = 15) -> str:
+        """The text of `css` once it contains `contains`."""
+        wait_for(lambda: contains in self.js(_TEXT_OF, css), timeout_s, f"{css} never showed {contains!r}")
+        return self.text(css)
+
+    def color_scheme(self, scheme: str) -> None:
+        """Emulate the system's `light` or `dark` preference (prefers-color-scheme)."""
+        features = [{"name": "prefers-color-scheme", "value": scheme}]
+        self._call(
+            "POST",
+            self._path("/goog/cdp/execute"),
+            {"cmd": "Emulation.setEmulatedMedia", "params": {"features": features}},
+        )
+
+    def window(self, width: int, height: int) -> None:
+        self._call("POST", self._path("/window/rect"), {"width": width, "height": height})
+
+    def screenshot(self, path: Path) -> None:
+        path.write_bytes(base64.b64decode(self._call("GET", self._path("/screenshot"))))
+
+    def console_errors(self) -> list[str]:
+        """The page's console messages at SEVERE level (script errors, CSP violations)."""
+        entries = self._call("POST", self._path("/se/log"), {"type": "browser"})
+        return [e["message"] for e in entries if e.get("level") == "SEVERE"]
+
+    def loaded_urls(self) -> list[str]:
+        """Every URL the page loaded or called (the Resource Timing entries)."""
+        return self.js("return [location.href, ...performance.getEntries().map(e => e.name)];")
+
+    def quit(self) -> None:
+        with contextlib.suppress(httpx.HTTPError, WebDriverError):
+            self._call("DELETE", self._path(""))
+        self.http.close()
+
+
+_TEXT_OF = "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';"
+
+
+def console_sign_in(browser: Browser, url: str, key: str, admin: bool = False) -> None:
+    """Open the console at `url` (a gateway's) and sign in with `key`, by real clicks."""
+    browser.get(url + "/console/")
+    browser.type("#key", key)
+    if admin:
+        browser.click("input[name=kind][value=admin]")
+    browser.click("#signin-button")
+    browser.find("#signout")  # the pages of the key's kind are shown

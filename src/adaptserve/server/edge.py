@@ -1,7 +1,8 @@
 """What every HTTP request passes before a route runs: the header-size limit (431;
 the HTTP parser bounds what it buffers, see `listen`), the body-size limit (413 from
 Content-Length before a byte is read, or as soon as a streamed body outgrows it) and,
-when the operator gives the admin API its own listener, which listener serves what.
+when the operator gives the admin API its own listener, which listener serves what
+(the console's files: both).
 `render` (an `APIError` → its JSON response) lives here because the edge answers
 before the app's exception handlers exist for the request."""
 
@@ -16,6 +17,7 @@ from adaptserve.errors import APIError, HeadersTooLargeError, PayloadTooLargeErr
 UPLOAD_PATH = "/admin/adapters"
 ADMIN_ONLY = ("/admin", "/metrics")
 PROBES = ("/health", "/ready")
+EVERYWHERE = "/console"  # the console's files: each listener's page calls its own API
 
 
 def render(error: APIError) -> JSONResponse:
@@ -52,8 +54,8 @@ class Edge:
     def _misrouted(self, scope: Scope, path: str) -> APIError | None:
         """With `admin_port` set, the admin listener serves only the admin API and the
         probes, and the tenant listener never serves the admin API. Both answer the
-        same 404 an unknown route gets."""
-        if self.admin_port is None:
+        same 404 an unknown route gets. The console's files are served on both."""
+        if self.admin_port is None or path == EVERYWHERE or path.startswith(EVERYWHERE + "/"):
             return None
         server = scope.get("server")
         on_admin = server is not None and server[1] == self.admin_port

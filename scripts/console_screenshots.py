@@ -1,0 +1,126 @@
+"""Screenshots of the console's main pages for docs/console/ (PNG, a 1280x800 window; the template page's 1280x1100):
+a gateway in this process over the fake engine (`adaptserve.bench.fake_engine`, so the
+chat's answers are the fake's echoes), driven by the tests' WebDriver client in headless
+Chromium (scripts/chromium.sh installs it).
+
+    PYTHONPATH=src:. .venv/bin/python scripts/console_screenshots.py [OUT_DIR]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from tests.helpers import (
+    ADMIN_KEY,
+    API_KEY,
+    SENTIMENT,
+    Browser,
+    ChromeDriver,
+    RunningGateway,
+    ServerThread,
+    chromium_paths,
+    console_sign_in,
+    free_port,
+    make_adapter,
+    make_base,
+    upload,
+    wait_for_usage,
+)
+
+from adaptserve.bench.fake_engine import BASE, FakeState, create_fake_vllm
+from adaptserve.config import Settings
+from adaptserve.server import listen
+from adaptserve.server.app import create_app
+
+
+def _gateway(root: Path) -> tuple[RunningGateway, list[ServerThread]]:
+    engine = ServerThread(create_fake_vllm(FakeState())).start()
+    adapters = {"support": make_adapter(root / "support", seed=1)}
+    settings = Settings(
+        api_key=API_KEY,
+        admin_key=ADMIN_KEY,
+        data_dir=root / "data",
+        model=str(make_base(root / BASE)),
+        upstreams=[engine.url],
+        port=free_port(),
+        log_level="warning",
+        adapters=adapters,
+        usage_flush_interval_s=0.2,
+    )
+    main = ServerThread(None, config=listen.configs(create_app(settings), settings)[0]).start()
+    gateway = RunningGateway(main.url, settings)
+    gateway.wait_ready()
+    return gateway, [main, engine]
+
+
+def _content(gateway: RunningGateway, root: Path) -> None:
+    """A second version of `support`, a classify template, and some usage."""
+    assert upload(gateway, "support", make_adapter(root / "support-v2", seed=7)).status_code == 201
+    review = SENTIMENT | {"name": "review", "model": "default", "description": "Is a product review positive?"}
+    review["calibration"] = True
+    assert gateway.admin("PUT", "/templates/review", content=json.dumps(review)).status_code == 201
+    client = gateway.client()
+    for text in ("Where is my order?", "The box arrived broken.", "Thanks, all good now."):
+        for model in ("default", "support"):
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}])
+        gateway.post("/v1/templates/review", {"inputs": {"text": text}})
+    wait_for_usage(gateway, API_KEY, requests=9)
+
+
+def _shoot(browser: Browser, gateway: RunningGateway, out: Path) -> None:
+    console_sign_in(browser, gateway.url, API_KEY)
+    browser.click("#nav-chat")
+    browser.type("#chat-input", "My parcel has not arrived, what can I do?")
+    browser.click("#chat-send")
+    browser.wait_text("#chat-stats", "completion tokens")
+    browser.screenshot(out / "chat.png")
+    browser.click("#nav-templates")
+    browser.click("[data-template=review]")
+    browser.type("#input-text", "Sturdy, quiet and cheaper than the last one. Recommended.")
+    browser.click("#template-explain")
+    browser.click("#template-run")
+    browser.find("#template-attributions")
+    browser.window(1280, 1100)  # the form and the bars together, with the page's header
+    browser.screenshot(out / "template.png")
+    browser.window(1280, 800)
+    browser.click("#nav-usage")
+    browser.find("#usage-table")
+    browser.screenshot(out / "usage.png")
+    browser.click("#signout")
+    console_sign_in(browser, gateway.url, ADMIN_KEY, admin=True)
+    browser.click("#nav-adapters")
+    browser.find("[data-adapter=support] [data-activate]")
+    browser.click("[data-adapter=support] [data-activate]")
+    browser.find("#confirm")
+    browser.screenshot(out / "adapters.png")
+    browser.click("#confirm-no")
+    browser.color_scheme("dark")
+    browser.screenshot(out / "adapters-dark.png")
+
+
+def main() -> None:
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/console")
+    out.mkdir(parents=True, exist_ok=True)
+    paths = chromium_paths()
+    if paths is None:
+        sys.exit("no chromium/chromedriver: run scripts/chromium.sh")
+    with tempfile.TemporaryDirectory() as tmp:
+        gateway, servers = _gateway(Path(tmp))
+        driver = ChromeDriver(*paths)
+        browser = driver.session()
+        try:
+            _content(gateway, Path(tmp))
+            _shoot(browser, gateway, out)
+        finally:
+            browser.quit()
+            driver.stop()
+            for server in servers:
+                server.stop()
+    print("\n".join(str(p) for p in sorted(out.glob("*.png"))))
+
+
+if __name__ == "__main__":
+    main()
