@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.adaptserve-installed
 
-.PHONY: serve test test-unit test-integration test-compat lock upgrade lint format docs bench fuzz soak clean-venv
+.PHONY: serve test test-unit test-integration test-compat lock upgrade lint format docs screenshots bench fuzz soak clean-venv
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml requirements/lock.txt requirements/data.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(BIN)/adaptserve prepare-model
 	$(BIN)/python -m pytest -q tests
+
+# Screenshots of the console's main pages into docs/console/ (fake engine, headless Chromium).
+screenshots: $(STAMP)
+	scripts/chromium.sh env PYTHONPATH=. $(BIN)/python scripts/console_screenshots.py docs/console
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
