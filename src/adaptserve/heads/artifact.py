@@ -30,7 +30,7 @@ from adaptserve.errors import InvalidRequestError, invalid_from
 FORMAT = 1
 MAX_LABELS = 1000
 MAX_DIM = 16384
-MAX_WEIGHTS = 4_000_000  # labels x dim: 32 MB of float64 at most (the body limit bounds uploads before this)
+MAX_WEIGHTS = 4_000_000  # labels x dim: 32 MB of float64 at most (an upload's body limit comes first)
 META, COEF, INTERCEPT = "head.json", "coef.npy", "intercept.npy"
 
 Matrix = NDArray[np.float64]
@@ -69,9 +69,6 @@ class HeadArtifact:
         if isinstance(body, dict) and body.get("format", FORMAT) != FORMAT:
             known = f"format {body.get('format')!r} is not known; this server reads {FORMAT}"
             raise HeadInvalidError(known, param="format")
-        if isinstance(body, dict) and isinstance(body.get("coef"), list) and isinstance(body.get("dim"), int):
-            if len(body["coef"]) * body["dim"] > MAX_WEIGHTS:
-                raise HeadInvalidError(f"a head holds at most {MAX_WEIGHTS} weights", param="coef")
         try:
             upload = HeadUpload.model_validate(body)
         except ValidationError as exc:
@@ -89,6 +86,8 @@ class HeadArtifact:
     ) -> HeadArtifact:
         """Checked weights (a binary model's single row expanded to two) → a head."""
         _check_labels(labels)
+        if coef.size > MAX_WEIGHTS:
+            raise HeadInvalidError(f"a head holds at most {MAX_WEIGHTS} weights", param="coef")
         if coef.ndim != 2 or coef.shape[1] != dim:
             raise HeadInvalidError(f"coef must be {len(labels)} rows of dim ({dim}) numbers", param="coef")
         if coef.shape[0] == 1 and len(labels) == 2 and intercept.shape == (1,):
