@@ -5,14 +5,20 @@ on the fake vectors, one embeddings call per call, attributions, metering, swaps
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from adaptserve.bench.fake_engine import EMBED_DIM, FakeState, fake_embedding
+from adaptserve.cli import main as cli_main
+from adaptserve.fit.baselines import C_GRID
+from adaptserve.training.head import train_head
 from tests.helpers import (
+    ADMIN_KEY,
     API_KEY,
     RunningGateway,
     assert_openai_error,
@@ -223,3 +229,41 @@ def test_a_head_template_takes_no_prompt_fields(gw: RunningGateway) -> None:
     assert "instruction" not in without and _put_template(gw, without).status_code == 201
     described = gw.post("/v1/templates/mood", None).status_code  # a POST without inputs: 400, not 500
     assert described == 400
+
+
+# -- training and the CLI --------------------------------------------------------------------
+def test_train_method_head_embeds_through_the_server_fits_and_pushes(
+    gw: RunningGateway, encoder: FakeState, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    words = {"positive": ["good", "great", "fine", "fun"], "negative": ["bad", "awful", "poor", "dull"]}
+    rng = np.random.default_rng(0)
+    rows = [
+        {"text": " ".join(rng.choice(words[label], size=3)), "label": label} for label in ["positive", "negative"] * 12
+    ]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "h.json"
+    argv = ["train", "--method", "head", "--data", str(data), "--embedding-model", "embedder", "--name", "h"]
+    argv += ["--global", "--embed-key", API_KEY, "--out", str(out), "--url", gw.url, "--admin-key", ADMIN_KEY]
+    with pytest.raises(SystemExit) as done:
+        cli_main(argv)
+    assert done.value.code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["labels"] == ["negative", "positive"] and report["C"] in C_GRID and report["examples"] == 24
+    assert gw.admin("GET", "/heads/h").json()["active_version"] == report["version"]
+    assert any(r.get("model") == ENCODER and len(r["input"]) == 24 for r in encoder.requests)  # one batch of 64 at most
+    # the same fit in process, on the fake vectors as they travel (float32): the same head
+    x = np.array([fake_embedding(r["text"].split()) for r in rows], dtype=np.float32).astype(np.float64)
+    expected, _ = train_head(x, [r["label"] for r in rows], "embedder")
+    pushed = json.loads(out.read_text())
+    np.testing.assert_allclose(np.array(pushed["coef"]), expected.coef, atol=1e-9)
+    _put_template(gw, _template(labels=["positive", "negative"]))
+    answer = run_template(gw, "mood", {"inputs": [{"text": "good fun"}, {"text": "awful dull"}]}).json()
+    assert [r["label"] for r in answer["results"]] == ["positive", "negative"]
+    # the heads commands
+    with pytest.raises(SystemExit) as done:
+        cli_main(["heads", "rollback", "h", "--url", gw.url, "--admin-key", ADMIN_KEY])
+    assert done.value.code == 1 and json.loads(capsys.readouterr().out)["error"]["code"] == "no_earlier_version"
+    with pytest.raises(SystemExit) as done:
+        cli_main(["heads", "push", str(out), "--name", "h2", "--url", gw.url, "--admin-key", ADMIN_KEY])
+    assert done.value.code == 0 and json.loads(capsys.readouterr().out)["version"] == report["version"]
