@@ -1,7 +1,7 @@
 """Classifier heads on real engines (conftest.py's `embed_server`: the LLM and MiniLM on
-vLLM's pooling runner behind one gateway): `adaptserve train --method head` on 64
+vLLM's pooling runner behind one gateway): `adaptserve train --method head` on 256
 labelled Rotten Tomatoes sentences (embedded through the server), pushed and served by
-a head template; its accuracy on 64 test sentences, its probabilities against
+a head template; its accuracy on 400 test sentences, its probabilities against
 scikit-learn's on the same vectors; then a second version activated while a thread
 pool calls the template, with no failed request."""
 
@@ -29,10 +29,12 @@ def _balanced(split: str, per_label: int) -> list[Example]:
 
 @pytest.fixture(scope="module")
 def trained(embed_server: Server, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A global head `rt` trained by the CLI on 64 sentences, and a template serving it."""
+    """A global head `rt` trained by the CLI on 256 sentences, and a template serving it.
+    (On 64, MiniLM's head scores 0.62-0.64 on 400 test sentences and 0.56 on the first
+    64, measured in process: too near 0.6 for a test that must not flake.)"""
     work = tmp_path_factory.mktemp("heads")
     data = work / "train.jsonl"
-    data.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in _balanced("train", 32)))
+    data.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in _balanced("train", 128)))
     argv = ["train", "--method", "head", "--data", str(data), "--embedding-model", EMBED_MODEL, "--name", "rt"]
     argv += ["--global", "--embed-key", API_KEY, "--out", str(work / "rt.json")]
     with pytest.raises(SystemExit) as done:
@@ -55,22 +57,26 @@ def test_a_trained_head_serves_well_above_chance_with_sklearn_probabilities(
 ) -> None:
     from sklearn.linear_model import LogisticRegression
 
-    test = _balanced("test", 32)
-    answer = run_template(embed_server, "rt-head", {"inputs": [{"text": e.text} for e in test]})
-    assert answer.status_code == 200, answer.text
-    results = answer.json()["results"]
+    test = _balanced("test", 200)
+    results = []
+    for start in range(0, len(test), 64):  # max_template_batch
+        batch = [{"text": e.text} for e in test[start : start + 64]]
+        answer = run_template(embed_server, "rt-head", {"inputs": batch})
+        assert answer.status_code == 200, answer.text
+        results += answer.json()["results"]
     accuracy = sum(r["label"] == e.label for r, e in zip(results, test, strict=True)) / len(test)
-    print(f"head accuracy on 64 Rotten Tomatoes test sentences: {accuracy:.3f}")
+    print(f"head accuracy on {len(test)} Rotten Tomatoes test sentences: {accuracy:.3f}")
     assert accuracy > 0.6
     # scikit-learn's predict_proba with the head's weights, on the vectors /v1/embeddings gives for these texts
-    vectors = embed(embed_server.client(), EMBED_MODEL, [e.text for e in test], batch=len(test))
+    first = test[:64]
+    vectors = embed(embed_server.client(), EMBED_MODEL, [e.text for e in first], batch=len(first))
     head = trained["head"]
     model = LogisticRegression()
     model.classes_ = np.array(head["labels"])
     coef, intercept = np.array(head["coef"]), np.array(head["intercept"])
     model.coef_, model.intercept_ = coef[1:] - coef[:1], intercept[1:] - intercept[:1]  # the binary model's one row
     expected = model.predict_proba(vectors)
-    served = np.array([[r["scores"][label] for label in head["labels"]] for r in results])
+    served = np.array([[r["scores"][label] for label in head["labels"]] for r in results[: len(first)]])
     np.testing.assert_allclose(served, expected, atol=1e-5)
 
 
