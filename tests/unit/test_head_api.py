@@ -150,6 +150,9 @@ def test_heads_are_per_tenant(gw: RunningGateway) -> None:
     # a template resolves its owner's head: acme's "h", never globex's
     assert _put_template(gw, _template(), key=acme).status_code == 201
     assert_openai_error(_put_template(gw, _template("other", head="nope"), key=acme), 400, "head_mismatch", "head")
+    # a deleted tenant's heads go with it
+    assert gw.admin("DELETE", "/tenants/globex").status_code == 204
+    assert sorted(h["owner"] or "" for h in gw.admin("GET", "/heads").json()["data"]) == ["", "acme"]
 
 
 # -- head templates ------------------------------------------------------------------------

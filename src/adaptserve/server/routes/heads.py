@@ -91,7 +91,8 @@ def rollback_head(name: str, request: Request, gateway: GatewayDep, actor: Admin
 
 @router.delete("/{name}", status_code=204)
 def delete_head(name: str, request: Request, gateway: GatewayDep, actor: AdminDep, tenant: str | None = None) -> None:
-    """The head and its versions (a template naming it answers 400 until it is pushed again)."""
+    """The head and its versions (a template naming it answers 404 `head_not_found` until
+    one is pushed again)."""
     request.state.audit_tenant = actor.tenant or tenant
     gateway.heads.remove(_changer(actor, gateway, name, tenant), name)
 
