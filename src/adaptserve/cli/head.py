@@ -29,6 +29,8 @@ def flags(train: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    import openai  # the client's `.openai` needs it; the CLI does not otherwise
+
     from adaptserve.training.head import embed, train_head
 
     if not args.embedding_model or not args.name:
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     with Client(url, remote.tenant_key(settings, args.embed_key), timeout=600) as client:
         try:
             vectors = embed(client.openai, args.embedding_model, texts)
-        except Exception as exc:
+        except openai.APIError as exc:  # the SDK's (connection errors too): said, not raised
             raise ConfigurationError(f"the server at {url} gave no embeddings: {exc}") from exc
     head, facts = train_head(vectors, labels, args.embedding_model, args.seed)
     out = args.out or Path("heads") / f"{args.name}.json"

@@ -62,7 +62,7 @@ class HeadService:
         spec = template.spec
         assert spec.head is not None
         head = await asyncio.to_thread(self._heads.resolve, principal.uid, spec.head)
-        columns = _columns(spec, head)
+        _columns(spec, head)  # labels that are not the head's: refused before the engine is asked
         engine = self._engine(principal.tenant, head)
         groups = [p.variants(i) for p, i in zip(plans, inputs, strict=True)] if plans else [[i] for i in inputs]
         texts = [embedding_text(spec, v) for group in groups for v in group]
@@ -74,33 +74,8 @@ class HeadService:
             raw = await self._embeddings.vectors(engine, call, texts)
             call.status = 200
         vectors = _matrix(raw, head)
-        probs = head.artifact.probabilities(vectors)[:, columns]
-        logits = head.artifact.logits(vectors)[:, columns]
-        labels = [label.name for label in spec.labels]
         usage = {"prompt_tokens": call.prompt_tokens, "completion_tokens": 0, "total_tokens": call.prompt_tokens}
-        results, at = [], 0
-        for n, group in enumerate(groups):
-            mine, first, at = probs[at : at + len(group)].tolist(), at, at + len(group)
-            best = int(np.argmax(mine[0]))
-            result: dict[str, Any] = {
-                "label": labels[best],
-                "scores": dict(zip(labels, mine[0], strict=True)),
-                "calibrated": False,
-                "version": template.version,
-                "head": {"name": head.name, "version": head.version, "embedding_model": head.artifact.embedding_model},
-            }
-            if len(groups) == 1:  # the engine reports one total: a batch's is the batch's answer's only
-                result["usage"] = usage
-            if explain:
-                result["explain"] = {
-                    "logits": dict(zip(labels, logits[first].tolist(), strict=True)),
-                    "temperature": head.artifact.temperature,
-                    "scoring": "head",
-                }
-                if plans:
-                    result["explain"]["attributions"] = plans[n].explain(mine, labels)
-            results.append(result)
-        return results, usage
+        return _results(spec, template.version, head, vectors, groups, explain, plans, usage), usage
 
     def _engine(self, tenant: str, head: ResolvedHead) -> Engine:
         model = head.artifact.embedding_model
@@ -142,6 +117,46 @@ class HeadService:
         except HeadNotFoundError as exc:  # the template's field, not a missing URL
             raise HeadMismatchError(f"head {spec.head} does not exist for this template's owner", param="head") from exc
         _columns(spec, head)
+
+
+def _results(
+    spec: TemplateSpec,
+    version: int,
+    head: ResolvedHead,
+    vectors: np.ndarray,
+    groups: list[list[dict[str, Any]]],
+    explain: bool,
+    plans: Sequence[AttributionPlan] | None,
+    usage: dict[str, int],
+) -> list[dict[str, Any]]:
+    """One classify result per input (its rows: the input, then its variants)."""
+    columns = _columns(spec, head)
+    probs = head.artifact.probabilities(vectors)[:, columns]
+    logits = head.artifact.logits(vectors)[:, columns]
+    labels = [label.name for label in spec.labels]
+    results, at = [], 0
+    for n, group in enumerate(groups):
+        mine, first, at = probs[at : at + len(group)].tolist(), at, at + len(group)
+        best = int(np.argmax(mine[0]))
+        result: dict[str, Any] = {
+            "label": labels[best],
+            "scores": dict(zip(labels, mine[0], strict=True)),
+            "calibrated": False,
+            "version": version,
+            "head": {"name": head.name, "version": head.version, "embedding_model": head.artifact.embedding_model},
+        }
+        if len(groups) == 1:  # the engine reports one total: a batch's is the batch's answer's only
+            result["usage"] = usage
+        if explain:
+            result["explain"] = {
+                "logits": dict(zip(labels, logits[first].tolist(), strict=True)),
+                "temperature": head.artifact.temperature,
+                "scoring": "head",
+            }
+            if plans:
+                result["explain"]["attributions"] = plans[n].explain(mine, labels)
+        results.append(result)
+    return results
 
 
 def _columns(spec: TemplateSpec, head: ResolvedHead) -> list[int]:
