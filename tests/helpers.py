@@ -43,6 +43,7 @@ START_TIMEOUT_S = 900  # `adaptserve serve` with vLLM and LoRA: about a minute h
 ADAPTERS = ("a1", "a2", "a3")  # the integration server's good adapters (settings file)
 BAD_ADAPTERS = ("corrupt", "rank64", "wrongbase")  # and the ones it must refuse
 MAX_LORAS = 2  # fewer engine slots than adapters in the mix
+EMBED_MODEL = "minilm"  # the integration gateway's embedding model (conftest.py's embed_server)
 
 
 # -- servers ---------------------------------------------------------------------------
@@ -202,6 +203,24 @@ def running_server(data: Path, args: list[str]) -> Iterator[Server]:
         process.wait(timeout=60)
     # Stopping the gateway must stop the engine too: no orphan keeps the port or memory.
     wait_for(lambda: not any(_alive(p) for p in children), 30, "vLLM outlived the gateway")
+
+
+def pooling_engine(server: Any, model: str = "minilm") -> tuple[re.Match[str], Any]:
+    """The log line that started `model`'s pooling engine (time, URL, port), and its process."""
+    import psutil
+
+    started = rf"^(.{{23}}) INFO .*starting vLLM for model {model} \(embed\) on (http://127\.0\.0\.1:(\d+))"
+    found = re.search(started, server.log(), re.M)
+    assert found is not None, server.troubles()
+    port = found.group(3)
+    (process,) = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "--runner" in (args := p.info["cmdline"] or [])
+        and "--port" in args
+        and args[args.index("--port") + 1] == port
+    ]
+    return found, process
 
 
 def _alive(pid: int) -> bool:

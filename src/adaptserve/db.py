@@ -165,6 +165,36 @@ class TemplateCalibrationRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class HeadRow(Base):
+    """A classifier head's name, global (owner "") or a tenant's (its uid), its active
+    version and the one active before it (what a rollback returns to)."""
+
+    __tablename__ = "heads"
+    __table_args__ = (UniqueConstraint("owner", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(64))
+    active_version: Mapped[str | None] = mapped_column(String(32))
+    previous_version: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class HeadVersionRow(Base):
+    """One immutable head version: `version` is its files' SHA-256 prefix, stored under
+    the full `digest` in the head store."""
+
+    __tablename__ = "head_versions"
+    head_id: Mapped[int] = mapped_column(ForeignKey("heads.id", ondelete="CASCADE"), primary_key=True)
+    version: Mapped[str] = mapped_column(String(32), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), index=True)
+    embedding_model: Mapped[str] = mapped_column(String(64))
+    dim: Mapped[int] = mapped_column(Integer)
+    labels: Mapped[list] = mapped_column(JSON)
+    temperature: Mapped[float] = mapped_column(Float)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class UsageRow(Base):
     __tablename__ = "usage"
     tenant: Mapped[str] = mapped_column(String(64), primary_key=True)

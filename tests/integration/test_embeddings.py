@@ -7,18 +7,15 @@ listed; chat still served; what the second engine costs (printed: run with -rP).
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Iterator
 from datetime import datetime
 
 import httpx
 import psutil
 import pytest
-import yaml
 
 from adaptserve.config import MINILM
 from adaptserve.default_model import resolve_encoder
-from tests.helpers import API_KEY, Server, chat, running_server
+from tests.helpers import API_KEY, Server, chat, pooling_engine
 
 EMBED = "minilm"
 TEXTS = [
@@ -29,20 +26,9 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    data = tmp_path_factory.mktemp("embeddings")
-    settings = {
-        "vllm": {"max_loras": 2, "max_lora_rank": 16, "max_model_len": 2048, "kv_cache_gib": 1},
-        "models": [{"name": EMBED, "role": "embed", "path": MINILM}],
-    }
-    (data / "adaptserve.yaml").write_text(yaml.safe_dump(settings))
-    with running_server(data, ["--config", str(data / "adaptserve.yaml")]) as srv:
-        yield srv
-        pooling = _pooling_engine(srv)[1]
-        tree = [pooling, *pooling.children(recursive=True)]  # while they run: the API server, engine, worker
-    # Stopping the gateway stops the pooling engine too.
-    _, alive = psutil.wait_procs(tree, timeout=30)
-    assert not alive, f"the pooling engine outlived the gateway: {alive}"
+def server(embed_server: Server) -> Server:
+    """The LLM and MiniLM behind one gateway (conftest.py: shared with test_heads.py)."""
+    return embed_server
 
 
 def _cosine(a: list[float], b: list[float]) -> float:
@@ -118,19 +104,6 @@ def _tree_memory(pid: int) -> tuple[int, int]:
     return sum(p.memory_info().rss for p in tree), sum(p.memory_full_info().uss for p in tree)
 
 
-def _pooling_engine(server: Server) -> tuple[re.Match[str], psutil.Process]:
-    """The log line that started the pooling engine (time, URL, port), and its process."""
-    started = r"^(.{23}) INFO .*starting vLLM for model minilm \(embed\) on (http://127\.0\.0\.1:(\d+))"
-    found = re.search(started, server.log(), re.M)
-    assert found is not None, server.troubles()
-    (process,) = [p for p in psutil.process_iter(["cmdline"]) if _serves_on(p.info["cmdline"] or [], found.group(3))]
-    return found, process
-
-
-def _serves_on(args: list[str], port: str) -> bool:
-    return "--runner" in args and "--port" in args and args[args.index("--port") + 1] == port
-
-
 def _at(line: str) -> datetime:
     return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
 
@@ -139,7 +112,7 @@ def test_what_the_second_engine_costs(server: Server) -> None:
     """Resident memory of each engine's process tree, and each one's start (started
     together, as `adaptserve serve` starts them): printed for docs/embeddings.md."""
     log = server.log()
-    found, process = _pooling_engine(server)
+    found, process = pooling_engine(server)
     url = found.group(2)
     ready_line = next(line for line in log.splitlines() if f"upstream {url} is ready" in line)
     llm_start = next(line for line in log.splitlines() if "starting vLLM on" in line)

@@ -1,4 +1,5 @@
-"""Content-addressed adapter files: `store/<sha256>/` folders, written atomically.
+"""Content-addressed adapter files: `store/<sha256>/` folders, written atomically (the
+classifier heads' store is one too).
 
 An adapter is staged in a temp folder inside the store (same filesystem), checked,
 fsynced, then renamed to its digest; a failure removes the temp folder, so nothing
@@ -17,16 +18,26 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol, TypeVar
 
 from adaptserve.adapters.archive import copy_capped, storage_error, untar, unzip
-from adaptserve.adapters.spec import AdapterInvalidError, AdapterSpec, tree_digest
+from adaptserve.adapters.spec import AdapterInvalidError, tree_digest
 from adaptserve.durable import fsync_tree
 from adaptserve.errors import PayloadTooLargeError
 
 log = logging.getLogger(__name__)
 
 LEFTOVER_AGE_S = 3600  # older temp entries are a killed server's; younger may be another replica's
+
+
+class Digested(Protocol):
+    """What a validation returns: the content's SHA-256, the folder's name in the store."""
+
+    @property
+    def digest(self) -> str: ...
+
+
+S = TypeVar("S", bound=Digested)
 
 
 class AdapterStore:
@@ -42,8 +53,9 @@ class AdapterStore:
         except OSError as exc:
             raise storage_error(exc) from exc
 
-    def add(self, staged: Path, validate: Callable[[Path], AdapterSpec]) -> tuple[AdapterSpec, Path]:
-        """Validate a staged folder and move it to its content address (consumes it)."""
+    def add(self, staged: Path, validate: Callable[[Path], S]) -> tuple[S, Path]:
+        """Validate a staged folder and move it to its content address (consumes it).
+        Also the head store's (`heads/catalog.py`): `validate` gives the digest."""
         try:
             folder = _single_root(staged)
             spec = validate(folder)

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adaptserve.cli import remote
+from adaptserve.cli import head, remote
 from adaptserve.config import Settings
 from adaptserve.datasets import DATASETS
 from adaptserve.errors import ConfigurationError, InvalidRequestError
@@ -33,6 +33,7 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     source.add_argument("--data", type=Path, help="JSONL/CSV: inputs + label (or output), or prompt/completion")
     source.add_argument("--dataset", choices=list(DATASETS), help="a bundled dataset's train split")
     _common(train)
+    head.flags(train)
     train.set_defaults(run=run_train)
 
     distill = commands.add_parser(
@@ -58,10 +59,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default", help='the base model: "default" or a folder')
     parser.add_argument(
         "--method",
-        choices=("lora", "adalora", "loha", "lokr", "ia3", "dora", "prompt-tuning"),
+        choices=("lora", "adalora", "loha", "lokr", "ia3", "dora", "prompt-tuning", "head"),
         default="lora",
         help="loha, lokr, ia3 and dora are converted to the LoRA vLLM serves (the unconverted adapter is kept "
-        "beside it as OUT.METHOD); prompt-tuning trains a soft prompt, evaluated here but not served",
+        "beside it as OUT.METHOD); prompt-tuning trains a soft prompt, evaluated here but not served; head (train "
+        "only): a classifier head over --embedding-model's vectors, pushed to the server",
     )
     parser.add_argument("--virtual-tokens", type=int, default=16, help="prompt tuning: the soft prompt's length")
     parser.add_argument("--rank", type=int, help="default: from the data size")
@@ -102,6 +104,8 @@ def load_template(args: argparse.Namespace) -> Any:
 
 def _check_flags(args: argparse.Namespace) -> None:
     """Refuse what cannot work before any model is loaded."""
+    if args.method == "head":
+        raise ConfigurationError("--method head is for train (distill trains adapters)")
     if args.virtual_tokens < 1:
         raise ConfigurationError("--virtual-tokens must be at least 1")
     if args.push and args.method == "prompt-tuning":
@@ -147,6 +151,8 @@ def _rows(args: argparse.Namespace, spec: Any) -> tuple[list[dict[str, Any]], st
 
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
+    if args.method == "head":
+        return head.run(args, settings)
     from adaptserve.training.task import Task
 
     _check_flags(args)

@@ -50,6 +50,14 @@ def _command_table() -> dict[str, dict[str, tuple[list[str], Handler]]]:
             "activate": (["name", "version"], lambda c, a: c.templates.activate(a.name, int(a.version), a.tenant)),
             "delete": (["name"], lambda c, a: c.templates.delete(a.name, a.tenant)),
         },
+        "heads": {
+            "push": (["file"], _push_head),
+            "list": ([], lambda c, a: c.heads.list()),
+            "show": (["name"], lambda c, a: c.heads.get(a.name, a.tenant)),
+            "activate": (["name", "version"], lambda c, a: c.heads.activate(a.name, a.version, a.tenant)),
+            "rollback": (["name"], lambda c, a: c.heads.rollback(a.name, a.tenant)),
+            "delete": (["name"], lambda c, a: c.heads.delete(a.name, a.tenant)),
+        },
         "audit": {
             "list": (
                 [],
@@ -85,6 +93,11 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                 _algebra_flags(sub, verb)
             if group == "templates" and verb != "list":
                 sub.add_argument("--tenant", help="the owning tenant (default: a global template)")
+            if group == "heads" and verb != "list":
+                sub.add_argument("--tenant", help="the owning tenant (default: a global head)")
+            if (group, verb) == ("heads", "push"):
+                sub.add_argument("--name", required=True, help="the head's name")
+                sub.add_argument("--no-activate", action="store_true", help="store the version without activating it")
             if (group, verb) == ("templates", "apply"):
                 sub.add_argument("--no-activate", action="store_true", help="store the version without activating it")
             if (group, verb) == ("tenants", "pii"):
@@ -146,6 +159,21 @@ def _merge(admin: Admin, args: argparse.Namespace) -> Any:
     return admin.adapters.merge(
         args.name, sources, method=args.method, rank=args.rank, density=args.density, seed=args.seed
     )
+
+
+def _push_head(admin: Admin, args: argparse.Namespace) -> Any:
+    """A head's JSON file (what `train --method head --out` writes), checked here first."""
+    from adaptserve.errors import InvalidRequestError
+    from adaptserve.heads.artifact import HeadArtifact
+
+    try:
+        head = json.loads(Path(args.file).read_text())
+        HeadArtifact.parse(head)
+    except (OSError, ValueError) as exc:
+        sys.exit(f"adaptserve: {args.file}: {exc}")
+    except InvalidRequestError as exc:
+        sys.exit(f"adaptserve: {args.file}: {exc.message}")
+    return admin.heads.push(args.name, head, tenant=args.tenant, activate=not args.no_activate)
 
 
 def _apply_template(admin: Admin, args: argparse.Namespace) -> Any:

@@ -127,6 +127,13 @@ def _tune(features: tuple[str | None, ...], x: Any, y: list[str], seed: int) -> 
     return score, chosen, _model(key, c).fit(x, y)
 
 
+def tune_logistic(x: Any, y: list[str], seed: int = 0) -> tuple[float, dict[str, Any], Any]:
+    """Class-balanced logistic regression on vectors `x`, C chosen by stratified inner
+    cross-validation, refit on all of them (what `train --method head` serves).
+    → the inner accuracy, the choice ({"C"}), the fitted model."""
+    return _tune((None,), x, y, seed)
+
+
 class _Embeddings:
     def __init__(self) -> None:
         from sentence_transformers import SentenceTransformer

@@ -19,12 +19,14 @@ from adaptserve.adapters.store import AdapterStore
 from adaptserve.config import Settings
 from adaptserve.db import Database
 from adaptserve.default_model import resolve_model
+from adaptserve.heads.catalog import HeadCatalog
 from adaptserve.metrics import Metrics
 from adaptserve.pii.detector import Detector
 from adaptserve.quantize.recipes import check_servable
 from adaptserve.serving.bounds import RequestBounds
 from adaptserve.serving.embeddings import EmbeddingService
 from adaptserve.serving.engines import Engines
+from adaptserve.serving.heads import HeadService
 from adaptserve.serving.picker import Picker
 from adaptserve.serving.pipeline import Pipeline
 from adaptserve.serving.privacy import PrivacyGuard
@@ -45,6 +47,7 @@ from adaptserve.upstream.supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 DEFAULT_KEY_ID = "key_default"
+HEAD_STORE_BYTES = 64 * 1024 * 1024  # what the head store copies or unpacks at most (heads are written, never unpacked)
 
 
 @dataclass
@@ -69,6 +72,8 @@ class Gateway:
     audit: AuditLog
     engines: Engines  # the models of `models:`, beside the generate model
     embeddings: EmbeddingService
+    heads: HeadCatalog
+    head_service: HeadService
     started: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -140,7 +145,14 @@ class Gateway:
             settings.explain_max_prompts,
             settings.template_cache_size,
         )
-        service = TemplateService(pipeline, templates, renderer, limits)
+        embeddings = EmbeddingService(pipeline, engines)
+        heads = HeadCatalog(
+            db, AdapterStore(settings.data_dir / "heads", HEAD_STORE_BYTES), settings.template_cache_size
+        )
+        heads.sweep()
+        tenants.owns(HeadCatalog.remove_owned)
+        head_service = HeadService(pipeline, engines, embeddings, heads, tenants.uid)
+        service = TemplateService(pipeline, templates, renderer, limits, head_service)
         return cls(
             settings,
             db,
@@ -161,7 +173,9 @@ class Gateway:
             sync,
             AuditLog(db),
             engines,
-            EmbeddingService(pipeline, engines),
+            embeddings,
+            heads,
+            head_service,
         )
 
     async def start(self) -> None:

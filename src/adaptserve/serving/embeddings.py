@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import struct
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -35,6 +36,8 @@ from adaptserve.serving.pipeline import Pipeline
 from adaptserve.serving.record import CallRecord
 from adaptserve.tenancy.auth import Principal
 from adaptserve.upstream.client import AnswerTooLargeError
+
+log = logging.getLogger(__name__)
 
 Inputs = str | list[str] | list[int] | list[list[int]]
 Encoding = Literal["float", "base64"]
@@ -62,15 +65,37 @@ class EmbeddingService:
         async with self._pipeline.metered(principal, model, reserve, label="embeddings") as call:
             if principal.pii.screens:
                 batch = await self._screened(principal, call, engine, batch)
-            body: dict[str, Any] = {"model": engine.entry.engine_name, "input": batch, **_AS_BASE64}
-            if dimensions is not None:
-                body["dimensions"] = dimensions
-            answer = await self._send(engine, call, body)
-            vectors = _vectors(answer, len(batch))
-            call.add_usage(answer.get("usage"), accumulate=True)
+            vectors = await self.vectors(engine, call, batch, dimensions)
             call.status = 200
         data = [{"object": "embedding", "index": i, "embedding": _encoded(v, encoding)} for i, v in enumerate(vectors)]
         return {"object": "list", "data": data, "model": model, "usage": _usage(call)}
+
+    async def vectors(
+        self, engine: Engine, call: CallRecord, batch: list[str] | list[list[int]], dimensions: int | None = None
+    ) -> list[bytes]:
+        """One engine call inside an admitted `call` (its usage added): the vectors in
+        input order, as little-endian float32 bytes. The engine's dimension is noted
+        (`Engine.dim`) from a call that did not ask for `dimensions`."""
+        body: dict[str, Any] = {"model": engine.entry.engine_name, "input": batch, **_AS_BASE64}
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        answer = await self._send(engine, call, body)
+        vectors = _vectors(answer, len(batch))
+        call.add_usage(answer.get("usage"), accumulate=True)
+        if dimensions is None and vectors:
+            engine.dim = len(vectors[0]) // 4
+        return vectors
+
+    async def dimension(self, engine: Engine) -> int | None:
+        """The engine's vector size: noted from an answer, else asked with one short
+        text (not a tenant's call: nothing is metered); None while it cannot answer."""
+        if engine.dim is None and engine.pool.ready():
+            body = {"model": engine.entry.engine_name, "input": ["dimension"], **_AS_BASE64}
+            try:
+                engine.dim = len(_vectors(await engine.pool.pick().post_json("/v1/embeddings", body), 1)[0]) // 4
+            except APIError as exc:
+                log.warning("embedding model %s did not say its dimension: %s", engine.name, exc.message)
+        return engine.dim
 
     def _refusal(self, tenant: str, model: str) -> APIError:
         """Not an embedding model of the tenant's: a generate model it may call is a 400

@@ -27,6 +27,7 @@ class Engine:
     entry: ModelEntry
     pool: UpstreamPool
     supervisor: PoolingSupervisor | None
+    dim: int | None = None  # an embedding model's vector size, once an answer said it
 
     @property
     def name(self) -> str:
@@ -61,6 +62,10 @@ class Engines:
         that does not exist)."""
         engine = self._engines.get(name)
         return engine if engine is not None and engine.entry.serves(tenant) else None
+
+    def get(self, name: str) -> Engine | None:
+        """The engine `name` names, whoever may call it (the admin API's checks)."""
+        return self._engines.get(name)
 
     def servable(self, tenant: str) -> list[Engine]:
         return [engine for engine in self._engines.values() if engine.entry.serves(tenant)]

@@ -4,6 +4,8 @@ request bounds, checked before any of them runs; with
 `"explain": "attributions"`, each input's attribution variants scored in the same call) or generate (text, or
 JSON that matches the schema, via vLLM's `structured_outputs`), for one input or a
 batch (`run` → the answer's body) or as a stream (`stream` → a `StreamingAnswer`).
+A classify template that names a head is answered by `heads.py` instead (one
+embeddings call and the head's weights).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from adaptserve.errors import APIError, InvalidRequestError, invalid_from
 from adaptserve.pii.masking import Placeholders
 from adaptserve.pii.policy import PiiMode
 from adaptserve.serving.bounds import Reservation
+from adaptserve.serving.heads import HeadService
 from adaptserve.serving.pipeline import Endpoint, Pipeline, StreamingAnswer
 from adaptserve.serving.privacy import restoring
 from adaptserve.serving.record import CallRecord
@@ -70,9 +73,14 @@ class TemplateLimits:
 
 class TemplateService:
     def __init__(
-        self, pipeline: Pipeline, templates: TemplateRegistry, renderer: Renderer, limits: TemplateLimits
+        self,
+        pipeline: Pipeline,
+        templates: TemplateRegistry,
+        renderer: Renderer,
+        limits: TemplateLimits,
+        heads: HeadService,
     ) -> None:
-        self._pipeline, self._templates, self._renderer = pipeline, templates, renderer
+        self._pipeline, self._templates, self._renderer, self._heads = pipeline, templates, renderer, heads
         self._classifier = Classifier(templates, renderer, limits.cache_size)
         self._limits = limits
 
@@ -98,7 +106,8 @@ class TemplateService:
     async def run(self, principal: Principal, name: str, call: TemplateCall) -> dict[str, Any]:
         """A call that is not streamed: one input's result, or a batch's results."""
         template, checked = await self._checked(principal, name, call)
-        checked, placeholders = await self._screened(principal, template.spec.model, checked, call)
+        model = template.spec.model if template.spec.head is None else None
+        checked, placeholders = await self._screened(principal, model, checked, call)
         batch = isinstance(call.inputs, list)
         if template.spec.kind == "classify":
             results, usage = await self._classify(principal, template, checked, call)
@@ -144,18 +153,20 @@ class TemplateService:
         return template, checked
 
     async def _screened(
-        self, principal: Principal, model: str, inputs: list[dict[str, Any]], call: TemplateCall
+        self, principal: Principal, model: str | None, inputs: list[dict[str, Any]], call: TemplateCall
     ) -> tuple[list[dict[str, Any]], Placeholders | None]:
         """The inputs' text under the tenant's PII policy: masked (restored in a generate
-        template's answer) or refused. What admission would refuse is refused first:
-        detection is the costliest check."""
+        template's answer) or refused. What admission would refuse is refused first
+        (`model` None: a head template's, whose head is resolved after)): detection is
+        the costliest check."""
         if principal.pii.mode is PiiMode.MASK and call.explain == "attributions":
             raise InvalidRequestError(
                 "attributions are not given while this tenant's personal data is masked", param="explain"
             )
         if not principal.pii.screens:
             return inputs, None
-        await self._pipeline.precheck(principal, model)
+        if model is not None:
+            await self._pipeline.precheck(principal, model)
         fields = [(i, k) for i, item in enumerate(inputs) for k, v in item.items() if _scalar(v)]
         texts = [str(inputs[i][k]) for i, k in fields]
         masked, placeholders = await self._pipeline.privacy.screen(principal, texts, "inputs")
@@ -174,6 +185,8 @@ class TemplateService:
         """Every engine call (tokenizing, calibrating, scoring) inside one admission,
         each held to the request bounds before any of them runs."""
         plans = self._attribution_plans(inputs, call)
+        if template.spec.head is not None:  # one embeddings call and the head, in the gateway
+            return await self._heads.classify(principal, template, inputs, bool(call.explain), plans)
         scored = [v for p, i in zip(plans, inputs, strict=True) for v in p.variants(i)] if plans else inputs
         param = "attribution" if plans else "inputs"
         spec = template.spec
@@ -195,6 +208,9 @@ class TemplateService:
         is read from the served model's tokenizer (503 while no engine is up) and kept
         for its calls."""
         if spec.kind != "classify":
+            return
+        if spec.head is not None:
+            await self._heads.check_template(spec)
             return
         plan = await self._classifier.plan(self._pipeline, spec)
         self._bounded(spec, plan, [content_free_inputs(spec)[1]], "labels")

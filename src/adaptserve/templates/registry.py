@@ -61,8 +61,8 @@ class TemplateVersion:
             "description": self.spec.description,
             "owner": self.owner or None,
             "version": self.version,
-            "model": self.spec.model,
-        }
+            "model": self.spec.model if self.spec.head is None else None,
+        } | ({"head": self.spec.head} if self.spec.head else {})
 
 
 class TemplateRegistry:

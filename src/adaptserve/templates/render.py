@@ -138,3 +138,10 @@ def _answer(spec: TemplateSpec, label: str | None, output: Any) -> str:
 
 def _title(name: str) -> str:
     return name.replace("_", " ").capitalize()
+
+
+def embedding_text(spec: TemplateSpec, inputs: dict[str, Any]) -> str:
+    """What a head template embeds: its inputs' values in the template's order (those
+    given), one per line. A template of one `text` input embeds the text as it is, as
+    `adaptserve train --method head` embedded its training texts."""
+    return "\n".join(str(inputs[name]) for name in spec.inputs if inputs.get(name) is not None)

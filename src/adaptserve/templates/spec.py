@@ -80,8 +80,11 @@ class TemplateSpec(_Strict):
     description: str = ""
     tenant: StrictStr | None = None  # None: global, visible to every tenant
     model: StrictStr = "default"  # the caller's model alias it runs on
+    # classify: a classifier head (heads/) answers instead of the model: one embeddings
+    # call on the head's embedding model, then its weights, in the gateway.
+    head: StrictStr | None = Field(None, min_length=1, max_length=64)
     system: StrictStr | None = None
-    instruction: StrictStr = Field(min_length=1, max_length=20_000)
+    instruction: StrictStr = Field("", max_length=20_000)  # required, except with a head
     inputs: dict[str, InputField] = Field(min_length=1)
     examples: list[Example] = Field(default_factory=list, max_length=64)
     labels: list[Label] = Field(default_factory=list, max_length=100)
@@ -118,6 +121,10 @@ class TemplateSpec(_Strict):
 
     @model_validator(mode="after")
     def _by_kind(self) -> TemplateSpec:
+        if self.head is not None:
+            self._check_head()
+        elif not self.instruction:
+            raise ValueError("instruction: a template needs an instruction (only a head template has none)")
         if self.kind == "classify":
             self._check_labels()
         else:
@@ -133,6 +140,25 @@ class TemplateSpec(_Strict):
             except InvalidRequestError as exc:
                 raise ValueError(exc.message) from exc
         return self
+
+    def _check_head(self) -> None:
+        """A head answers from the inputs' text alone: nothing of a prompt applies (the
+        contextual calibration neither: `calibrates` is false)."""
+        if self.kind != "classify":
+            raise ValueError("head is for kind: classify")
+        given = {
+            "model": self.model != "default",
+            "system": self.system is not None,
+            "examples": bool(self.examples),
+            "answer_prefix": self.answer_prefix is not None,
+            "calibration_inputs": self.calibration_inputs is not None,
+            "temperature": self.temperature != 1.0,
+        }
+        if any(given.values()):
+            fields = ", ".join(name for name, set_ in given.items() if set_)
+            raise ValueError(
+                f"a head template takes no {fields}: its head names its embedding model and carries its own temperature"
+            )
 
     def _check_labels(self) -> None:
         if len(self.labels) < 2:
@@ -170,8 +196,9 @@ class TemplateSpec(_Strict):
 
     @property
     def calibrates(self) -> bool:
-        """Whether the server divides out the calibration inputs' bias (`auto` too)."""
-        return self.calibration is not False
+        """Whether the server divides out the calibration inputs' bias (`auto` too;
+        never for a head, which carries its own temperature)."""
+        return self.calibration is not False and self.head is None
 
     @property
     def digest(self) -> str:
@@ -183,6 +210,8 @@ class TemplateSpec(_Strict):
         doc = self.model_dump(mode="json", by_alias=True, exclude_none=True)
         if doc.get("temperature") == 1.0:
             del doc["temperature"]  # the default: documents (and digests) from before it existed stay the same
+        if doc.get("instruction") == "":
+            del doc["instruction"]  # a head template's: none
         return doc
 
     def label_index(self, name: str) -> int:

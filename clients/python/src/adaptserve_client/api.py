@@ -251,13 +251,44 @@ class AdminTemplates(Namespace):
         return self._send(Call("DELETE", f"/admin/templates/{name}", params=_params(tenant=tenant)))
 
 
+class Heads(Namespace):
+    """Classifier heads: logistic regression over an embedding model's vectors, served
+    by classify templates that name them (`head:`). `tenant`: whose (the operator's key;
+    a tenant admin's are always its own); None: global."""
+
+    def push(
+        self, name: str, head: dict[str, Any], *, tenant: str | None = None, activate: bool = True
+    ) -> Result[dict]:
+        """`head`: {labels, embedding_model, dim, coef, intercept, temperature} → a new
+        version (active unless `activate=False`; the first always), or the identical one."""
+        params = _params(tenant=tenant, activate=None if activate else False)
+        return self._send(Call("PUT", f"/admin/heads/{name}", json=head, params=params))
+
+    def list(self) -> Result[list[dict]]:
+        return self._send(Call("GET", "/admin/heads", _data))
+
+    def get(self, name: str, tenant: str | None = None) -> Result[dict]:
+        return self._send(Call("GET", f"/admin/heads/{name}", params=_params(tenant=tenant)))
+
+    def activate(self, name: str, version: str, tenant: str | None = None) -> Result[dict]:
+        body, params = {"version": version}, _params(tenant=tenant)
+        return self._send(Call("POST", f"/admin/heads/{name}/activate", json=body, params=params))
+
+    def rollback(self, name: str, tenant: str | None = None) -> Result[dict]:
+        """Back to the version active before the last change."""
+        return self._send(Call("POST", f"/admin/heads/{name}/rollback", params=_params(tenant=tenant)))
+
+    def delete(self, name: str, tenant: str | None = None) -> Result[None]:
+        return self._send(Call("DELETE", f"/admin/heads/{name}", params=_params(tenant=tenant)))
+
+
 class Admin(Namespace):
     """The `/admin` API; the client's key must be an admin key."""
 
     def __init__(self, send: Send) -> None:
         super().__init__(send)
         self.tenants, self.keys, self.adapters = Tenants(send), Keys(send), Adapters(send)
-        self.aliases, self.templates = Aliases(send), AdminTemplates(send)
+        self.aliases, self.templates, self.heads = Aliases(send), AdminTemplates(send), Heads(send)
 
     def usage(self, tenant: str | None = None, since: str | None = None) -> Result[list[UsageRow]]:
         parse = lambda d: [UsageRow.from_json(r) for r in d["data"]]  # noqa: E731

@@ -1,0 +1,84 @@
+"""`adaptserve train --method head`: the command-line side of `training/head.py`. The
+labelled texts are embedded through the running server (`--embedding-model`, with a
+tenant's API key), the head is written to `--out` (JSON, what `adaptserve heads push`
+and `PUT /admin/heads/{name}` take) and pushed as the tenant's (`--tenant`) or a global
+head (`--global`), active at once: a template naming it serves it with no restart."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from adaptserve_client import AdaptserveError, Client
+
+from adaptserve.cli import remote
+from adaptserve.config import Settings
+from adaptserve.errors import ConfigurationError
+
+
+def flags(train: argparse.ArgumentParser) -> None:
+    head = train.add_argument_group("--method head")
+    head.add_argument("--embedding-model", help="the embedding model of the server the head is trained on and serves")
+    head.add_argument(
+        "--embed-key", help="an API key for the embeddings (default: ADAPTSERVE_API_KEY or DATA_DIR/api_key)"
+    )
+    head.add_argument("--text-field", default="text", help="the rows' text field (default text)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    import openai  # the client's `.openai` needs it; the CLI does not otherwise
+
+    from adaptserve.training.head import embed, train_head
+
+    if not args.embedding_model or not args.name:
+        raise ConfigurationError("--method head needs --embedding-model and --name")
+    who = remote.push_as(
+        args.tenant, args.tenant_admin_key, lambda: remote.admin_key(settings, args.admin_key), args.global_
+    )
+    texts, labels = _examples(args)
+    url = remote.server_url(args, settings)
+    with Client(url, remote.tenant_key(settings, args.embed_key), timeout=600) as client:
+        try:
+            vectors = embed(client.openai, args.embedding_model, texts)
+        except openai.APIError as exc:  # the SDK's (connection errors too): said, not raised
+            raise ConfigurationError(f"the server at {url} gave no embeddings: {exc}") from exc
+    head, facts = train_head(vectors, labels, args.embedding_model, args.seed)
+    out = args.out or Path("heads") / f"{args.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(head.document()))
+    pushed = _push(url, who, args.name, head.document())
+    print(json.dumps({"head": args.name, "file": str(out), **facts, **pushed}, indent=2))
+    return 0
+
+
+def _examples(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    from adaptserve.datasets import load_dataset, read_rows
+
+    if args.data is not None:
+        rows = read_rows(args.data)
+    else:
+        rows = [{"text": e.text, "label": e.label} for e in load_dataset(args.dataset, "train")]
+    rows = rows[: args.limit or None]
+    kept = [r for r in rows if isinstance(r.get(args.text_field), str) and r.get("label") is not None]
+    if len(kept) < len(rows):
+        print(
+            f"adaptserve: {len(rows) - len(kept)} rows without {args.text_field} or label were left out",
+            file=sys.stderr,
+        )
+    if not kept:
+        raise ConfigurationError(f"no rows with a {args.text_field!r} text and a label")
+    return [r[args.text_field] for r in kept], [str(r["label"]) for r in kept]
+
+
+def _push(url: str, who: remote.PushAs, name: str, head: dict[str, Any]) -> dict[str, Any]:
+    with remote.acting_as(url, who) as key, Client(url, key, timeout=600) as client:
+        try:
+            stored = client.admin.heads.push(name, head)
+            if stored["active_version"] != stored["version"]:
+                client.admin.heads.activate(name, stored["version"])
+        except AdaptserveError as exc:
+            raise ConfigurationError(f"the server at {url} refused the head: {exc}") from exc
+    return {"version": stored["version"], "tenant": who.tenant}

@@ -1,0 +1,272 @@
+"""Classifier heads through the gateway, on fake engines (the encoder's vectors are
+deterministic: `fake_embedding`): the admin API (validation, versions, activation,
+rollback, deletion, tenant isolation) and head templates (probabilities against numpy
+on the fake vectors, one embeddings call per call, attributions, metering, swaps)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from adaptserve.bench.fake_engine import EMBED_DIM, FakeState, fake_embedding
+from adaptserve.cli import main as cli_main
+from adaptserve.fit.baselines import C_GRID
+from adaptserve.training.head import train_head
+from tests.helpers import (
+    ADMIN_KEY,
+    API_KEY,
+    RunningGateway,
+    assert_openai_error,
+    call_as,
+    new_tenant,
+    run_template,
+    tenant_admin_key,
+    wait_for_usage,
+)
+
+ENCODER = "fake-encoder"
+LABELS = ["negative", "positive", "neutral"]
+
+
+@pytest.fixture
+def encoder(second_fake: FakeState) -> FakeState:
+    second_fake.served = [ENCODER]
+    return second_fake
+
+
+@pytest.fixture
+def gw(start_gateway: Callable[..., RunningGateway], encoder: FakeState) -> RunningGateway:
+    entry = {"name": "embedder", "role": "embed", "upstreams": [encoder.url], "served_model_name": ENCODER}  # type: ignore[attr-defined]
+    return start_gateway(models=[entry])
+
+
+def _head(seed: int = 0, labels: list[str] = LABELS, **changes: Any) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    doc = {
+        "labels": labels,
+        "embedding_model": "embedder",
+        "dim": EMBED_DIM,
+        "coef": rng.normal(size=(len(labels), EMBED_DIM)).tolist(),
+        "intercept": rng.normal(size=len(labels)).tolist(),
+    }
+    return doc | changes
+
+
+def _template(name: str = "mood", head: str = "h", labels: list[str] = LABELS, **changes: Any) -> dict[str, Any]:
+    doc = {
+        "name": name,
+        "kind": "classify",
+        "head": head,
+        "inputs": {"text": {}},
+        "labels": [{"name": n} for n in labels],
+    }
+    return doc | changes
+
+
+def _put_head(gw: RunningGateway, name: str, body: dict[str, Any], key: str | None = None, **params: Any) -> Any:
+    return gw.admin("PUT", f"/heads/{name}", json=body, params=params, **({"key": key} if key else {}))
+
+
+def _put_template(gw: RunningGateway, doc: dict[str, Any], key: str | None = None, **params: Any) -> Any:
+    return gw.admin("PUT", f"/templates/{doc['name']}", json=doc, params=params, **({"key": key} if key else {}))
+
+
+def _expected(head: dict[str, Any], texts: list[str], order: list[str] = LABELS) -> np.ndarray:
+    """numpy on the fake engine's vectors (float32, as they travel), columns in `order`."""
+    x = np.array([fake_embedding(t.split()) for t in texts], dtype=np.float32).astype(np.float64)
+    logits = (x @ np.array(head["coef"]).T + np.array(head["intercept"])) / head.get("temperature", 1.0)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    return p[:, [head["labels"].index(n) for n in order]]
+
+
+# -- the admin API -------------------------------------------------------------------------
+def test_a_head_is_versioned_activated_and_rolled_back(gw: RunningGateway) -> None:
+    first = _put_head(gw, "h", _head(1))
+    assert first.status_code == 201, first.text
+    v1 = first.json()["version"]
+    assert first.json()["active_version"] == v1 and len(v1) == 12
+    assert _put_head(gw, "h", _head(1)).status_code == 200  # identical: the same version
+    staged = _put_head(gw, "h", _head(2), activate="false")
+    v2 = staged.json()["version"]
+    assert staged.status_code == 201 and v2 != v1 and staged.json()["active_version"] == v1
+    assert [v["version"] for v in gw.admin("GET", "/heads/h").json()["versions"]] == [v1, v2]
+    assert gw.admin("POST", "/heads/h/activate", json={"version": v2}).json()["active_version"] == v2
+    back = gw.admin("POST", "/heads/h/rollback").json()
+    assert (back["active_version"], back["previous_version"]) == (v1, v2)
+    assert_openai_error(
+        gw.admin("POST", "/heads/h/activate", json={"version": "0" * 12}), 404, "head_not_found", "version"
+    )
+    fresh = _put_head(gw, "fresh", _head(3))
+    assert fresh.status_code == 201
+    assert_openai_error(gw.admin("POST", "/heads/fresh/rollback"), 409, "no_earlier_version")
+    assert gw.admin("DELETE", "/heads/h").status_code == 204
+    assert_openai_error(gw.admin("GET", "/heads/h"), 404, "head_not_found", "name")
+    assert [h["name"] for h in gw.admin("GET", "/heads").json()["data"]] == ["fresh"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "code", "param"),
+    [
+        ({"coef": [[0.0] * EMBED_DIM] * 2}, "invalid_head", "coef"),
+        ({"labels": ["a", "a", "b"]}, "invalid_head", "labels"),
+        ({"intercept": [0.0]}, "invalid_head", "intercept"),
+        ({"embedding_model": "nope"}, "head_mismatch", "embedding_model"),
+        ({"embedding_model": "default"}, "head_mismatch", "embedding_model"),  # the generate model
+        ({"dim": 4, "coef": [[0.0] * 4] * 3}, "head_mismatch", "dim"),  # the engine's vectors are 8-dimensional
+    ],
+)
+def test_a_bad_head_is_a_400_naming_the_field(
+    gw: RunningGateway, changes: dict[str, Any], code: str, param: str
+) -> None:
+    assert_openai_error(_put_head(gw, "h", _head(0, **changes)), 400, code, param)
+    assert gw.admin("GET", "/heads").json()["data"] == []
+
+
+def test_heads_are_per_tenant(gw: RunningGateway) -> None:
+    for tenant in ("acme", "globex"):
+        new_tenant(gw, tenant)
+    acme, globex = tenant_admin_key(gw, "acme"), tenant_admin_key(gw, "globex")
+    assert _put_head(gw, "h", _head(1), key=acme).status_code == 201
+    assert _put_head(gw, "g", _head(2)).status_code == 201  # the operator's: global
+    assert_openai_error(call_as(gw, globex, "GET", "/admin/heads/h"), 404, "head_not_found", "name")
+    assert_openai_error(call_as(gw, globex, "POST", "/admin/heads/h/rollback"), 404, "head_not_found", "name")
+    assert_openai_error(
+        call_as(gw, globex, "GET", "/admin/heads/h", params={"tenant": "acme"}), 404, "tenant_not_found"
+    )
+    assert [h["name"] for h in call_as(gw, globex, "GET", "/admin/heads").json()["data"]] == ["g"]
+    assert sorted(h["name"] for h in call_as(gw, acme, "GET", "/admin/heads").json()["data"]) == ["g", "h"]
+    assert call_as(gw, acme, "GET", "/admin/heads/h").json()["owner"] == "acme"
+    assert_openai_error(call_as(gw, acme, "DELETE", "/admin/heads/g"), 403, "permission_denied")
+    # globex's own "h" is another head: names are per owner
+    assert _put_head(gw, "h", _head(3), key=globex).status_code == 201
+    assert call_as(gw, globex, "GET", "/admin/heads/h").json()["owner"] == "globex"
+    assert len(gw.admin("GET", "/heads").json()["data"]) == 3
+    # a template resolves its owner's head: acme's "h", never globex's
+    assert _put_template(gw, _template(), key=acme).status_code == 201
+    assert_openai_error(_put_template(gw, _template("other", head="nope"), key=acme), 400, "head_mismatch", "head")
+    # a deleted tenant's heads go with it
+    assert gw.admin("DELETE", "/tenants/globex").status_code == 204
+    assert sorted(h["owner"] or "" for h in gw.admin("GET", "/heads").json()["data"]) == ["", "acme"]
+
+
+# -- head templates ------------------------------------------------------------------------
+def test_a_head_template_answers_numpy_on_one_embeddings_call(gw: RunningGateway, encoder: FakeState) -> None:
+    head = _head(4, temperature=0.7)
+    assert _put_head(gw, "h", head).status_code == 201
+    order = ["positive", "neutral", "negative"]  # the template's order, not the head's
+    assert _put_template(gw, _template(labels=order)).status_code == 201, "template"
+    texts = ["the cat sat on the mat", "a b c", "dull and slow"]
+    before = len(encoder.requests)
+    answer = run_template(gw, "mood", {"inputs": [{"text": t} for t in texts]})
+    assert answer.status_code == 200, answer.text
+    assert len(encoder.requests) == before + 1 and encoder.requests[-1]["input"] == texts  # one batch
+    expected = _expected(head, texts, order)
+    for result, row in zip(answer.json()["results"], expected, strict=True):
+        assert list(result["scores"]) == order
+        assert list(result["scores"].values()) == pytest.approx(row.tolist(), abs=1e-12)
+        assert result["label"] == order[int(row.argmax())]
+        assert result["head"]["name"] == "h" and result["calibrated"] is False
+    assert answer.json()["usage"]["prompt_tokens"] == sum(len(t.split()) + 2 for t in texts)
+    one = run_template(gw, "mood", {"inputs": {"text": texts[0]}, "explain": True}).json()
+    assert one["usage"]["prompt_tokens"] == len(texts[0].split()) + 2 and one["explain"]["scoring"] == "head"
+    rows = wait_for_usage(gw, API_KEY, requests=2)
+    assert {(r["model"], r["template"]) for r in rows} == {("embedder", "mood")}
+    assert sum(r["prompt_tokens"] for r in rows) == sum(len(t.split()) + 2 for t in [*texts, texts[0]])
+
+
+def test_attributions_of_a_head_template_come_from_one_embeddings_call(gw: RunningGateway, encoder: FakeState) -> None:
+    head = _head(5)
+    _put_head(gw, "h", head)
+    _put_template(gw, _template())
+    before = len(encoder.requests)
+    body = {"inputs": {"text": "good fun film"}, "explain": "attributions"}
+    answer = run_template(gw, "mood", body)
+    assert answer.status_code == 200, answer.text
+    assert len(encoder.requests) == before + 1
+    sent = encoder.requests[-1]["input"]
+    assert [t.split() for t in sent] == [["good", "fun", "film"], ["fun", "film"], ["good", "film"], ["good", "fun"]]
+    spans = answer.json()["explain"]["attributions"]["spans"]
+    probs = _expected(head, sent)
+    best = int(probs[0].argmax())
+    assert ["good fun film"[s["start"] : s["end"]] for s in spans] == ["good", "fun", "film"]
+    for i, span in enumerate(spans):
+        assert span["contribution"] == pytest.approx(probs[0, best] - probs[i + 1, best], abs=1e-9)
+
+
+def test_a_swap_changes_the_next_call_and_a_mismatch_is_refused(gw: RunningGateway) -> None:
+    first, second = _head(6), _head(7)
+    v1 = _put_head(gw, "h", first).json()["version"]
+    _put_template(gw, _template())
+    v2 = _put_head(gw, "h", second, activate="false").json()["version"]
+    text = {"inputs": {"text": "quite good"}}
+    assert run_template(gw, "mood", text).json()["head"]["version"] == v1
+    gw.admin("POST", "/heads/h/activate", json={"version": v2})
+    swapped = run_template(gw, "mood", text).json()
+    assert swapped["head"]["version"] == v2
+    assert list(swapped["scores"].values()) == pytest.approx(_expected(second, ["quite good"])[0].tolist(), abs=1e-12)
+    # labels that are not the head's: refused when the template is saved, and when a version changes them
+    assert_openai_error(_put_template(gw, _template("bad", labels=["yes", "no"])), 400, "head_mismatch", "labels")
+    _put_head(gw, "h", _head(8, labels=["a", "b", "c"]))
+    assert_openai_error(run_template(gw, "mood", text), 400, "head_mismatch", "labels")
+    gw.admin("POST", "/heads/h/rollback")
+    assert run_template(gw, "mood", text).json()["head"]["version"] == v2
+
+
+def test_a_head_template_takes_no_prompt_fields(gw: RunningGateway) -> None:
+    _put_head(gw, "h", _head(9))
+    for extra in (
+        {"model": "other"},
+        {"temperature": 2.0},
+        {"examples": [{"inputs": {"text": "x"}, "label": "neutral"}]},
+        {"kind": "generate"},
+    ):
+        response = _put_template(gw, _template(**extra))
+        assert response.status_code == 400, (extra, response.text)
+    without = _template()
+    assert "instruction" not in without and _put_template(gw, without).status_code == 201
+    described = gw.post("/v1/templates/mood", None).status_code  # a POST without inputs: 400, not 500
+    assert described == 400
+
+
+# -- training and the CLI --------------------------------------------------------------------
+def test_train_method_head_embeds_through_the_server_fits_and_pushes(
+    gw: RunningGateway, encoder: FakeState, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    words = {"positive": ["good", "great", "fine", "fun"], "negative": ["bad", "awful", "poor", "dull"]}
+    rng = np.random.default_rng(0)
+    rows = [
+        {"text": " ".join(rng.choice(words[label], size=3)), "label": label} for label in ["positive", "negative"] * 12
+    ]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "h.json"
+    argv = ["train", "--method", "head", "--data", str(data), "--embedding-model", "embedder", "--name", "h"]
+    argv += ["--global", "--embed-key", API_KEY, "--out", str(out), "--url", gw.url, "--admin-key", ADMIN_KEY]
+    with pytest.raises(SystemExit) as done:
+        cli_main(argv)
+    assert done.value.code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["labels"] == ["negative", "positive"] and report["C"] in C_GRID and report["examples"] == 24
+    assert gw.admin("GET", "/heads/h").json()["active_version"] == report["version"]
+    assert any(r.get("model") == ENCODER and len(r["input"]) == 24 for r in encoder.requests)  # one batch of 64 at most
+    # the same fit in process, on the fake vectors as they travel (float32): the same head
+    x = np.array([fake_embedding(r["text"].split()) for r in rows], dtype=np.float32).astype(np.float64)
+    expected, _ = train_head(x, [r["label"] for r in rows], "embedder")
+    pushed = json.loads(out.read_text())
+    np.testing.assert_allclose(np.array(pushed["coef"]), expected.coef, atol=1e-9)
+    _put_template(gw, _template(labels=["positive", "negative"]))
+    answer = run_template(gw, "mood", {"inputs": [{"text": "good fun"}, {"text": "awful dull"}]}).json()
+    assert [r["label"] for r in answer["results"]] == ["positive", "negative"]
+    # the heads commands
+    with pytest.raises(SystemExit) as done:
+        cli_main(["heads", "rollback", "h", "--url", gw.url, "--admin-key", ADMIN_KEY])
+    assert done.value.code == 1 and json.loads(capsys.readouterr().out)["error"]["code"] == "no_earlier_version"
+    with pytest.raises(SystemExit) as done:
+        cli_main(["heads", "push", str(out), "--name", "h2", "--url", gw.url, "--admin-key", ADMIN_KEY])
+    assert done.value.code == 0 and json.loads(capsys.readouterr().out)["version"] == report["version"]
