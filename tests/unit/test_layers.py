@@ -1,5 +1,5 @@
 """The package's shape, read from its source: imports run one way (server → serving →
-templates/adapters/tenancy/pii/upstream → config/db/errors), only `server/` speaks HTTP,
+templates/adapters/heads/tenancy/pii/upstream → config/db/errors), only `server/` speaks HTTP,
 and heavy libraries stay behind their boundary (vLLM only in the child's launcher and
 the engine plugin; peft/transformers only in the tools; llm-compressor only in
 `quantize/`; Presidio only in `pii/`)."""
@@ -24,6 +24,8 @@ LAYERS = {  # the gateway's layers; a module may import its own layer or lower o
     "datasets": 1,
     "templates": 2,
     "adapters": 2,
+    "heads": 2,
+    "console": 2,  # the console's static files and their headers, served by server/routes/console.py
     "tenancy": 2,
     "pii": 2,
     "upstream": 2,

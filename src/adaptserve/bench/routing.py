@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -222,13 +223,15 @@ class _Join:
 
     async def _come_up(self, timeout_s: float = 60.0) -> None:
         await asyncio.to_thread(self.server.start)
-        line = f'adaptserve_upstream_up{{upstream="{self.server.url}"}} 1.0'
+        # the series carries other labels too (the model): match this upstream's, whatever they are
+        upstream = re.escape(self.server.url)
+        line = re.compile(rf'^adaptserve_upstream_up\{{[^}}]*upstream="{upstream}"[^}}]*\}} 1\.0$', re.M)
         headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
         deadline = time.perf_counter() + timeout_s
         async with httpx.AsyncClient(timeout=10) as client:
             while time.perf_counter() < deadline:
                 text = (await client.get(self.gateway + "/metrics", headers=headers)).text
-                if line in text.splitlines():
+                if line.search(text):
                     self.ready_at = time.perf_counter()
                     return
                 await asyncio.sleep(0.05)
