@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -308,11 +309,10 @@ class Fit:
         answers = self.server.verify(name, self._inputs(unit["test"]))
         served = [max(a, key=a.__getitem__) for a in answers]
         measured = [self.labels[argmax(p)] for p in unit["probabilities"]]
-        gap = max(
-            abs(a[label] - p[j])
+        gaps = [
+            max(abs(a[label] - p[j]) for j, label in enumerate(self.labels))
             for a, p in zip(answers, unit["probabilities"], strict=True)
-            for j, label in enumerate(self.labels)
-        )
+        ]
         losers = sorted({u["adapter"] for u in self.units.values() if "adapter" in u})
         self.server.drop_adapters([a for a in losers if a != unit.get("adapter")])
         return {
@@ -326,7 +326,8 @@ class Fit:
             "scoring": unit["scoring"],
             "checked_inputs": len(served),
             "agreement": sum(s == m for s, m in zip(served, measured, strict=True)) / len(served),
-            "largest_probability_gap": gap,
+            "largest_probability_gap": max(gaps),
+            "median_probability_gap": statistics.median(gaps),
         }
 
 
