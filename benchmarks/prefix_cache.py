@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import statistics
 import subprocess
 import tempfile
@@ -26,6 +25,7 @@ from typing import Any
 
 import httpx
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from adaptserve.bench.classify_race import template_side
 from adaptserve.bench.served import KEY, Served
@@ -38,11 +38,12 @@ COUNTERS = ("vllm:prompt_tokens_total", "vllm:prefix_cache_queries_total", "vllm
 
 
 def counters(engine: str) -> dict[str, float]:
-    text = httpx.get(engine + "/metrics", timeout=10).text
-    out = {}
-    for name in COUNTERS:
-        found = re.findall(rf"^{re.escape(name)}\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M)
-        out[name] = sum(float(v) for v in found)
+    """Each of COUNTERS summed over its label sets, read with Prometheus' own parser."""
+    out = dict.fromkeys(COUNTERS, 0.0)
+    for family in text_string_to_metric_families(httpx.get(engine + "/metrics", timeout=10).text):
+        for sample in family.samples:
+            if sample.name in out:
+                out[sample.name] += sample.value
     return out
 
 
