@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ import httpx
 import numpy as np
 import psutil
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from safetensors.numpy import save_file
 
 from adaptserve.bench.fake_engine import BASE
@@ -223,18 +223,24 @@ class _Join:
 
     async def _come_up(self, timeout_s: float = 60.0) -> None:
         await asyncio.to_thread(self.server.start)
-        # the series carries other labels too (the model): match this upstream's, whatever they are
-        upstream = re.escape(self.server.url)
-        line = re.compile(rf'^adaptserve_upstream_up\{{[^}}]*upstream="{upstream}"[^}}]*\}} 1\.0$', re.M)
         headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
         deadline = time.perf_counter() + timeout_s
         async with httpx.AsyncClient(timeout=10) as client:
             while time.perf_counter() < deadline:
                 text = (await client.get(self.gateway + "/metrics", headers=headers)).text
-                if line.search(text):
+                if _in_service(text, self.server.url):
                     self.ready_at = time.perf_counter()
                     return
                 await asyncio.sleep(0.05)
+
+
+def _in_service(metrics: str, url: str) -> bool:
+    """The gateway's metrics say upstream `url` is in service (whatever its other labels)."""
+    return any(
+        sample.name == "adaptserve_upstream_up" and sample.labels.get("upstream") == url and sample.value == 1
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+    )
 
 
 async def _closed(url: str, requests: list[Request], concurrency: int, join: _Join | None) -> tuple[Run, float]:
