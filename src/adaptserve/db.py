@@ -12,6 +12,7 @@ import logging
 import re
 import secrets
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -309,5 +310,22 @@ def _sqlite_pragmas(connection: sqlite3.Connection, _record: object) -> None:
     # commit before the request is a 503: on a loaded machine one fsync can take seconds.
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")  # SQLite ignores ON DELETE without it
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+    _enable_wal(cursor)
     cursor.close()
+
+
+def _enable_wal(cursor: sqlite3.Cursor) -> None:
+    """WAL, so readers do not block the writer. Turning a new file to WAL takes its
+    exclusive lock, and SQLite answers SQLITE_BUSY at once there, without the busy
+    handler: two processes opening a fresh database together (replicas migrating it)
+    would have one fail. That conflict is retried here until the busy timeout; once the
+    file is in WAL the pragma takes no lock."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)

@@ -79,7 +79,8 @@ def test_replicas_starting_together_migrate_one_at_a_time(database_url, tmp_path
     """Two replicas migrate a fresh database at once: both succeed and the schema is at
     head. On PostgreSQL the advisory lock makes the second wait (without it the two
     create the same tables and block or fail); on SQLite `BEGIN IMMEDIATE` does (without
-    it one fails: "table alembic_version already exists")."""
+    it one fails: "table alembic_version already exists"), and turning the new file to WAL is
+    retried (SQLite answers that conflict at once, without its busy timeout)."""
     from alembic.script import ScriptDirectory
 
     from adaptserve import db as db_module
