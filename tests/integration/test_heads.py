@@ -111,3 +111,30 @@ def test_a_second_version_swaps_in_under_load_with_no_failed_request(embed_serve
     assert back["active_version"] == v1
     rows = wait_for_usage(embed_server, API_KEY, requests=49)
     assert {(r["model"], r["template"]) for r in rows} >= {(EMBED_MODEL, "rt-head")}
+
+
+def test_fit_serves_its_winning_minilm_baseline_as_the_tenants_head(
+    embed_server: Server, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fit with the baselines only (no LLM candidate: the MiniLM baseline is the choice)
+    refits it on all 128 examples over the engine's vectors, pushes the head and serves
+    it; its answers through the template are the head's on those vectors."""
+    work = tmp_path_factory.mktemp("fit-head")
+    data = work / "train.jsonl"
+    data.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in _balanced("train", 64)))
+    argv = ["fit", "--data", str(data), "--candidates", "majority,minilm", "--folds", "2", "--name", "rt-fit"]
+    argv += ["--embedding-model", EMBED_MODEL, "--out", str(work / "out"), "--tenant", "default"]
+    with pytest.raises(SystemExit) as done:
+        cli_main([*argv, "--url", embed_server.url, "--key", API_KEY, "--admin-key", ADMIN_KEY])
+    assert done.value.code == 0, capsys.readouterr()
+    manifest = json.loads((work / "out" / "fit-manifest.json").read_text())
+    assert manifest["decision"]["baseline"] == "minilm", manifest["decision"]
+    served = manifest["served"]
+    assert served["candidate"] == "minilm" and served["refit_on"] == 128 and served["model"] == EMBED_MODEL
+    # The engine embeds the check's inputs in other batches than the training's: equal to rounding.
+    assert served["agreement"] >= 0.95 and served["largest_probability_gap"] < 1e-3, served
+    head = embed_server.admin("GET", "/heads/rt-fit", params={"tenant": "default"})
+    assert head.status_code == 200 and head.json()["active_version"] == served["head"]["version"], head.text
+    answer = run_template(embed_server, "rt-fit", {"inputs": {"text": "a warm, funny and wise film."}})
+    assert answer.status_code == 200 and answer.json()["head"]["name"] == "rt-fit", answer.text
+    assert "as a head on minilm" in capsys.readouterr().out

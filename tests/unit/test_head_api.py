@@ -270,3 +270,71 @@ def test_train_method_head_embeds_through_the_server_fits_and_pushes(
     with pytest.raises(SystemExit) as done:
         cli_main(["heads", "push", str(out), "--name", "h2", "--url", gw.url, "--admin-key", ADMIN_KEY])
     assert done.value.code == 0 and json.loads(capsys.readouterr().out)["version"] == report["version"]
+
+
+def test_fit_serves_its_minilm_baseline_as_a_head_refit_on_every_example(
+    gw: RunningGateway, encoder: FakeState, tmp_path: Path
+) -> None:
+    from adaptserve.datasets import Example
+    from adaptserve.fit.candidates import Server, zero_shot
+    from adaptserve.fit.head import serve_head
+    from adaptserve.fit.run import Fit, FitConfig
+
+    words = {"positive": ["good", "great", "fine", "fun"], "negative": ["bad", "awful", "poor", "dull"]}
+    rng = np.random.default_rng(1)
+    examples = [
+        Example(" ".join(rng.choice(words[label], size=3)) + f" take {i}", label)
+        for i in range(24)
+        for label in ("negative", "positive")
+    ]
+    config = FitConfig(tmp_path, zero_shot(["negative", "positive"]), "text", candidates=("majority",))
+    fit = Fit(examples, config, Server(gw.url, API_KEY, ADMIN_KEY, "default"))
+    served = serve_head(fit, "moods", "embedder")
+    # Trained on every example: one embeddings batch of all 48 texts, in order.
+    trained = [r["input"] for r in encoder.requests if r.get("model") == ENCODER and len(r["input"]) == 48]
+    assert trained == [[e.text for e in examples]]
+    assert served["refit_on"] == 48 and served["candidate"] == "minilm" and served["model"] == "embedder"
+    assert served["chosen"]["C"] in C_GRID and served["checked_inputs"] == len(fit.folds.test(0))
+    # Through the served template the head's own probabilities, to float32 rounding.
+    assert served["agreement"] == 1.0 and served["largest_probability_gap"] < 1e-5
+    head = gw.admin("GET", "/heads/moods").json()
+    assert head["active_version"] == served["head"]["version"]
+    answer = run_template(gw, "moods", {"inputs": {"text": "great fun"}}).json()
+    assert answer["label"] == "positive" and answer["head"]["name"] == "moods"
+
+
+def test_fit_serves_what_it_chose_and_says_why_it_serves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from adaptserve.cli.fit import _serve
+    from adaptserve.errors import ConfigurationError
+    from adaptserve.fit import head as fit_head
+
+    calls: list[str] = []
+
+    def serve_head(fit: Any, name: str, model: str) -> dict[str, Any]:
+        if model == "missing":
+            raise ConfigurationError("the server gave no embeddings from missing")
+        calls.append(f"head {name} on {model}")
+        return {"candidate": "minilm"}
+
+    monkeypatch.setattr(fit_head, "serve_head", serve_head)
+    fit = SimpleNamespace(serve=lambda candidate, name: calls.append(f"llm {candidate}") or {"candidate": candidate})
+    args = SimpleNamespace(serve_llm=False, embedding_model="minilm")
+
+    def decided(choice: str | None, baseline: str | None, llm: str | None = "zero-shot") -> SimpleNamespace:
+        return SimpleNamespace(choice=choice, baseline=baseline, llm=llm)
+
+    assert _serve(fit, decided("llm", "minilm"), "t", args) == {"served": {"candidate": "zero-shot"}}
+    assert _serve(fit, decided("baseline", "minilm"), "t", args) == {"served": {"candidate": "minilm"}}
+    assert _serve(fit, decided("baseline", "minilm", llm=None), "t", args) == {"served": {"candidate": "minilm"}}
+    assert calls == ["llm zero-shot", "head t on minilm", "head t on minilm"]
+    tfidf = _serve(fit, decided("baseline", "tfidf"), "t", args)["not_served"]
+    assert "fit serves only minilm" in tfidf and "--serve-llm serves zero-shot" in tfidf
+    missing = SimpleNamespace(serve_llm=False, embedding_model="missing")
+    failed = _serve(fit, decided("baseline", "minilm"), "t", missing)
+    assert "serving it failed" in failed["not_served"] and "no embeddings from missing" in failed["not_served"]
+    assert _serve(fit, decided(None, "minilm"), "t", args) == {}  # the picks shared no fold: nothing chosen
+    assert _serve(fit, decided("baseline", "minilm"), "t", SimpleNamespace(serve_llm=True, embedding_model="m")) == {
+        "served": {"candidate": "zero-shot"}
+    }

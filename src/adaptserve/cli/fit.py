@@ -1,6 +1,7 @@
 """`adaptserve fit --data FILE [--template T] [--budget MIN]`: the command-line side
-of `fit/`: labelled data in; a table, a report, a paired verdict, and the best LLM
-candidate served out where it beats the baselines (or with --serve-llm).
+of `fit/`: labelled data in; a table, a report, a paired verdict, and the choice
+served: the best LLM candidate where it beats the baselines (or with --serve-llm),
+the MiniLM baseline as a classifier head where it is the choice.
 
 Everything fit does on the server it does as `--tenant` (its admin key, given or made
 for the run: `remote.push_as`), so the adapters it pushes are the tenant's, not global,
@@ -50,9 +51,14 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     remote.owner_flags(parser)
     parser.add_argument("--no-serve", action="store_true", help="measure only")
     parser.add_argument(
+        "--embedding-model",
+        default="minilm",
+        help="the server's embedding model a winning minilm baseline is served on, as a head (default minilm)",
+    )
+    parser.add_argument(
         "--serve-llm",
         action="store_true",
-        help="serve the best LLM candidate even where a baseline wins or ties (fit cannot serve a baseline)",
+        help="serve the best LLM candidate even where a baseline wins or ties",
     )
     parser.add_argument("--out", type=Path, help="results and state (default fit-results/NAME); re-run to resume")
     parser.set_defaults(run=run_fit)
@@ -101,14 +107,8 @@ def _run(args: argparse.Namespace, settings: Settings, url: str, admin_key: str)
             "decision": decision.__dict__,
         }
         write(fit.config.out, manifest)  # before serving: a failure there keeps the measurements
-        if decision.llm and not args.no_serve:
-            if decision.choice == "llm" or args.serve_llm:
-                manifest["served"] = fit.serve(decision.llm, name)
-            else:
-                manifest["not_served"] = (
-                    f"the baseline ({decision.baseline}) is the choice, and fit cannot serve a baseline: "
-                    f"nothing was served (--serve-llm serves {decision.llm} anyway)"
-                )
+        if not args.no_serve:
+            manifest |= _serve(fit, decision, name, args)
     finally:
         fit.server.clean()
     print("\n" + table(rows, picks) + "\n\n" + decision.verdict)
@@ -117,8 +117,9 @@ def _run(args: argparse.Namespace, settings: Settings, url: str, admin_key: str)
     paths = write(fit.config.out, manifest)
     if "served" in manifest:
         s = manifest["served"]
+        how = f"{s['candidate']} as a head on {s['model']}" if "head" in s else s["candidate"]
         print(
-            f"served: template {s['template']} ({s['candidate']}, refit on all {s['refit_on']} examples) for "
+            f"served: template {s['template']} ({how}, refit on all {s['refit_on']} examples) for "
             f"tenant {s['tenant']}; the label fit measured on {s['agreement'] * 100:.0f}% of "
             f"{s['checked_inputs']} inputs through it"
         )
@@ -126,6 +127,26 @@ def _run(args: argparse.Namespace, settings: Settings, url: str, admin_key: str)
         print(f"not served: {manifest['not_served']}")
     print("wrote " + ", ".join(map(str, paths)))
     return 0
+
+
+def _serve(fit: Any, decision: Any, name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """{"served": …} for what fit chose, where it can serve it: the LLM candidate (or
+    with --serve-llm), or the MiniLM baseline as a classifier head on the server's
+    embedding model; else {"not_served": why}, or nothing when nothing was chosen."""
+    from adaptserve.fit.head import SERVABLE, serve_head
+
+    if decision.llm and (decision.choice == "llm" or args.serve_llm):
+        return {"served": fit.serve(decision.llm, name)}
+    if decision.choice != "baseline":
+        return {}
+    anyway = f" (--serve-llm serves {decision.llm} anyway)" if decision.llm else ""
+    if decision.baseline != SERVABLE:
+        why = f"the baseline ({decision.baseline}) is the choice, and fit serves only {SERVABLE} (as a head)"
+        return {"not_served": f"{why}: nothing was served{anyway}"}
+    try:
+        return {"served": serve_head(fit, name, args.embedding_model)}
+    except ConfigurationError as exc:  # e.g. the server has no such embedding model
+        return {"not_served": f"the baseline ({SERVABLE}) is the choice, and serving it failed: {exc}{anyway}"}
 
 
 def _fit(args: argparse.Namespace, settings: Settings, url: str, admin_key: str) -> tuple[Any, str, str | None]:

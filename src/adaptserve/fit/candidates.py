@@ -102,6 +102,27 @@ class Server:
         self.alias(name, name)
         return name
 
+    def push_head(self, name: str, head: dict[str, Any]) -> dict[str, Any]:
+        """Upload a classifier head as the tenant's (a new version, active)."""
+        try:
+            with self._admin() as client:
+                stored: dict[str, Any] = client.admin.heads.push(name, head)
+        except AdaptserveError as exc:
+            raise ConfigurationError(f"the server refused head {name}: {exc}") from exc
+        return stored
+
+    def embed(self, model: str, texts: list[str]) -> Any:
+        """`texts`' vectors from the server's embedding model `model`, as the tenant."""
+        import openai
+
+        from adaptserve.training.head import embed
+
+        with Client(self.url, self.key, timeout=600) as client:
+            try:
+                return embed(client.openai, model, texts)
+            except openai.APIError as exc:  # the SDK's, connection errors too
+                raise ConfigurationError(f"the server gave no embeddings from {model}: {exc}") from exc
+
     def alias(self, alias: str, adapter: str) -> None:
         try:
             with self._admin() as client:

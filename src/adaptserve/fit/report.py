@@ -191,6 +191,8 @@ def _served(manifest: dict[str, Any]) -> str:
     if not served:
         return f"Not served: {manifest['not_served']}." if manifest.get("not_served") else "Nothing was served."
     trained = f", adapter trained on {served['trained_on']}" if served.get("trained_on") else ""
+    if "head" in served:
+        trained = f", classifier head `{served['head']['name']}` version {served['head']['version']}"
     return (
         f"Served: template `{served['template']}` for tenant `{served['tenant']}` ({served['candidate']} refit on "
         f"all {served['refit_on']} examples{trained}, model `{served['model']}`). {served['checked_inputs']} "

@@ -1,0 +1,70 @@
+"""Serving fit's MiniLM baseline where it is the choice: the same model (class-balanced
+logistic regression, C by inner cross-validation) refit on every example, over the
+vectors of the server's embedding model, pushed as the tenant's classifier head and
+served by a head template; then fold 0's inputs go through that template as any
+caller's would and its answers are compared with the head's own on the same vectors.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from adaptserve.templates.render import embedding_text
+from adaptserve.templates.spec import TemplateSpec
+from adaptserve.training.head import train_head
+
+if TYPE_CHECKING:
+    from adaptserve.fit.run import Fit
+
+SERVABLE = "minilm"  # the baseline a head serves (TF-IDF's features are not an embedding model's)
+
+
+def head_template(document: dict[str, Any], name: str) -> dict[str, Any]:
+    """The head template for fit's starting template: its inputs and labels, no prompt."""
+    return {
+        "name": name,
+        "kind": "classify",
+        "head": name,
+        "inputs": document["inputs"],
+        "labels": document["labels"],
+    }
+
+
+def serve_head(fit: Fit, name: str, embedding_model: str) -> dict[str, Any]:
+    """Head `name` refit on all of `fit`'s examples and template `name` serving it, for
+    the fit's tenant. No accuracy: the refit saw every input; the folds' figures are
+    its estimate."""
+    doc = head_template(fit.config.document, name)
+    spec = TemplateSpec.model_validate(doc)
+    texts = [embedding_text(spec, {fit.config.field: e.text}) for e in fit.examples]
+    vectors = fit.server.embed(embedding_model, texts)
+    head, facts = train_head(vectors, [e.label for e in fit.examples], embedding_model, fit.config.seed)
+    stored = fit.server.push_head(name, head.document())
+    fit.server.apply(doc, name)
+    checked = fit.folds.test(0)
+    answers = fit.server.verify(name, [{fit.config.field: fit.examples[i].text} for i in checked])
+    expected = head.probabilities(np.asarray(vectors)[checked])
+    columns = [head.labels.index(label) for label in fit.labels]
+    gaps = [
+        max(abs(answer[label] - float(row[c])) for label, c in zip(fit.labels, columns, strict=True))
+        for answer, row in zip(answers, expected, strict=True)
+    ]
+    served = [max(answer, key=answer.__getitem__) for answer in answers]
+    measured = [head.labels[int(np.argmax(row))] for row in expected]
+    return {
+        "template": name,
+        "tenant": fit.server.tenant,
+        "candidate": SERVABLE,
+        "model": embedding_model,
+        "head": {"name": name, "version": stored.get("version")},
+        "refit_on": len(fit.examples),
+        "chosen": {"C": facts["C"]} if "C" in facts else {},
+        "inner_accuracy": facts["inner_accuracy"],
+        "checked_inputs": len(served),
+        "agreement": sum(s == m for s, m in zip(served, measured, strict=True)) / len(served),
+        "largest_probability_gap": max(gaps),
+        "median_probability_gap": statistics.median(gaps),
+    }
