@@ -15,6 +15,7 @@ import pytest
 
 from adaptserve.bench.fake_engine import EMBED_DIM, FakeState, fake_embedding
 from adaptserve.cli import main as cli_main
+from adaptserve.errors import ConfigurationError
 from adaptserve.fit.baselines import C_GRID
 from adaptserve.training.head import train_head
 from tests.helpers import (
@@ -307,7 +308,6 @@ def test_fit_serves_what_it_chose_and_says_why_it_serves_nothing(monkeypatch: py
     from types import SimpleNamespace
 
     from adaptserve.cli.fit import _serve
-    from adaptserve.errors import ConfigurationError
     from adaptserve.fit import head as fit_head
 
     calls: list[str] = []
@@ -338,3 +338,61 @@ def test_fit_serves_what_it_chose_and_says_why_it_serves_nothing(monkeypatch: py
     assert _serve(fit, decided("baseline", "minilm"), "t", SimpleNamespace(serve_llm=True, embedding_model="m")) == {
         "served": {"candidate": "zero-shot"}
     }
+
+
+def test_a_distilled_head_learns_the_teachers_probabilities_not_only_its_labels() -> None:
+    from adaptserve.training.head import distill_head
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8))
+    # A teacher unsure everywhere (0.7 / 0.3): hard labels would teach certainty; the student learns 0.7.
+    unsure = np.tile([0.7, 0.3], (300, 1))
+    head, facts = distill_head(x, unsure, ["yes", "no"], "embedder")
+    assert np.abs(head.probabilities(x)[:, 0] - 0.7).max() < 0.05 and facts["training_agreement"] == 1.0
+    # A teacher that is a logistic model of the vectors: the student recovers its probabilities.
+    w = rng.normal(size=(8, 3))
+    logits = x @ w
+    teacher = np.exp(logits - logits.max(axis=1, keepdims=True))
+    teacher /= teacher.sum(axis=1, keepdims=True)
+    head, facts = distill_head(x, teacher, ["a", "b", "c"], "embedder")
+    assert facts["C"] in C_GRID and facts["inner_agreement"] > 0.9 and facts["training_agreement"] > 0.95
+    assert np.abs(head.probabilities(x) - teacher).mean() < 0.05
+    with pytest.raises(ConfigurationError, match="one row per text"):
+        distill_head(x, teacher[:, :2], ["a", "b", "c"], "embedder")
+
+
+def test_distill_method_head_learns_a_teacher_template_through_the_server(
+    gw: RunningGateway, encoder: FakeState, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from adaptserve.fit.candidates import zero_shot
+
+    teacher = zero_shot(["bad", "good"]) | {"name": "teacher"}  # the fake engine: a label said twice wins
+    assert _put_template(gw, teacher).status_code == 201
+    texts = [f"{word} {word} item {i}" for i in range(20) for word in ("good", "bad")]
+    inputs = tmp_path / "unlabelled.txt"
+    inputs.write_text("\n".join(texts) + "\n")
+    out = tmp_path / "student.json"
+    argv = ["distill", "--method", "head", "--inputs", str(inputs), "--teacher-template", "teacher"]
+    argv += ["--teacher-url", gw.url, "--teacher-key", API_KEY, "--template", str(_template_file(tmp_path, teacher))]
+    argv += ["--embedding-model", "embedder", "--name", "student", "--global", "--embed-key", API_KEY]
+    with pytest.raises(SystemExit) as done:
+        cli_main([*argv, "--out", str(out), "--url", gw.url, "--admin-key", ADMIN_KEY])
+    assert done.value.code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["inputs"] == 40 and report["teacher"] == "teacher" and report["labels"] == ["bad", "good"]
+    assert gw.admin("GET", "/heads/student").json()["active_version"] == report["version"]
+    cached = [json.loads(line) for line in (tmp_path / "student.teacher" / "teacher.jsonl").read_text().splitlines()]
+    assert len(cached) == 40 and all(set(c["scores"]) == {"bad", "good"} for c in cached)
+    # The pushed head on the fake vectors answers as the teacher labelled.
+    pushed = json.loads(out.read_text())
+    probs = _expected(pushed, texts, order=["bad", "good"])
+    teacher_top = [max(c["scores"], key=c["scores"].__getitem__) for c in cached]
+    by_text = dict(zip([c["inputs"]["text"] for c in cached], teacher_top, strict=True))
+    student_top = [["bad", "good"][int(np.argmax(p))] for p in probs]
+    assert student_top == [by_text[t] for t in texts]
+
+
+def _template_file(folder: Path, doc: dict[str, Any]) -> Path:
+    path = folder / f"{doc['name']}.json"
+    path.write_text(json.dumps(doc))
+    return path

@@ -39,7 +39,7 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     distill = commands.add_parser(
         "distill",
         parents=[common, remote.flags(tenant_key=False, admin_key=True)],
-        help="train a student adapter on a teacher's answers",
+        help="train a student adapter (or classifier head) on a teacher's answers",
     )
     distill.add_argument("--inputs", type=Path, required=True, help="unlabelled inputs: text lines or JSONL")
     teacher = distill.add_mutually_exclusive_group(required=True)
@@ -49,6 +49,7 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     distill.add_argument("--teacher-key", required=True, help="an API key for the teacher's server")
     distill.add_argument("--concurrency", type=int, default=4, help="teacher requests in flight")
     _common(distill)
+    head.flags(distill)
     distill.set_defaults(run=run_distill)
 
 
@@ -63,7 +64,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default="lora",
         help="loha, lokr, ia3 and dora are converted to the LoRA vLLM serves (the unconverted adapter is kept "
         "beside it as OUT.METHOD); prompt-tuning trains a soft prompt, evaluated here but not served; head (train "
-        "only): a classifier head over --embedding-model's vectors, pushed to the server",
+        "and distill): a classifier head over --embedding-model's vectors, pushed to the server",
     )
     parser.add_argument("--virtual-tokens", type=int, default=16, help="prompt tuning: the soft prompt's length")
     parser.add_argument("--rank", type=int, help="default: from the data size")
@@ -104,8 +105,6 @@ def load_template(args: argparse.Namespace) -> Any:
 
 def _check_flags(args: argparse.Namespace) -> None:
     """Refuse what cannot work before any model is loaded."""
-    if args.method == "head":
-        raise ConfigurationError("--method head is for train (distill trains adapters)")
     if args.virtual_tokens < 1:
         raise ConfigurationError("--virtual-tokens must be at least 1")
     if args.push and args.method == "prompt-tuning":
@@ -202,9 +201,10 @@ def run_distill(args: argparse.Namespace, settings: Settings) -> int:
     spec = load_template(args)
     if spec is None:
         raise ConfigurationError("distill needs the student's --template")
-    base = _base(args, settings)
     inputs = read_inputs(args.inputs, spec)[: args.limit or None]
     out = args.out or Path("adapters") / f"{spec.name}-student"
+    if args.method == "head":  # the teacher's answers kept beside the head's file
+        out = (args.out or Path("heads") / f"{args.name}.json").with_suffix(".teacher")
     teacher = Teacher(
         args.teacher_url.rstrip("/"),
         args.teacher_key,
@@ -215,6 +215,9 @@ def run_distill(args: argparse.Namespace, settings: Settings) -> int:
     cache = TeacherCache(out / CACHE, teacher_scrub(teacher))
     with tqdm(total=len(inputs), desc="teacher", unit="input") as bar:
         answers = asyncio.run(label(teacher, spec, inputs, cache, bar.update))
+    if args.method == "head":
+        return head.distilled(args, settings, spec, answers)
+    base = _base(args, settings)
     task = Task.load(base, spec)
     items, skipped = student_items(task, answers)
     if skipped:

@@ -1,6 +1,7 @@
-"""`adaptserve train --method head`: the command-line side of `training/head.py`. The
-labelled texts are embedded through the running server (`--embedding-model`, with a
-tenant's API key), the head is written to `--out` (JSON, what `adaptserve heads push`
+"""`adaptserve train --method head` and `adaptserve distill --method head`: the
+command-line side of `training/head.py`. The texts (labelled, or the teacher's) are
+embedded through the running server (`--embedding-model`, with a tenant's API key),
+the head is written to `--out` (JSON, what `adaptserve heads push`
 and `PUT /admin/heads/{name}` take) and pushed as the tenant's (`--tenant`) or a global
 head (`--global`), active at once: a template naming it serves it with no restart."""
 
@@ -29,27 +30,73 @@ def flags(train: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    import openai  # the client's `.openai` needs it; the CLI does not otherwise
+    """`train --method head`: labelled rows → a head, written and pushed."""
+    from adaptserve.training.head import train_head
 
-    from adaptserve.training.head import embed, train_head
+    _check(args)
+    texts, labels = _examples(args)
+    vectors = _vectors(args, settings, texts)
+    head, facts = train_head(vectors, labels, args.embedding_model, args.seed)
+    return _finish(args, settings, head, facts)
 
+
+def distilled(args: argparse.Namespace, settings: Settings, spec: Any, answers: list[dict[str, Any]]) -> int:
+    """`distill --method head`: the teacher's answers (its probabilities; a chat
+    teacher's label as certain) → a head that learns them, written and pushed."""
+    import numpy as np
+
+    from adaptserve.templates.render import embedding_text
+    from adaptserve.training.head import distill_head
+
+    _check(args)
+    labels = [label.name for label in spec.labels]
+    named = [a for a in answers if a.get("label") is not None]
+    if len(named) < len(answers):
+        left = len(answers) - len(named)
+        print(f"adaptserve: {left} teacher answers named no label and were left out", file=sys.stderr)
+    targets = np.array([_target(a, labels) for a in named], dtype=np.float64).reshape(len(named), len(labels))
+    vectors = _vectors(args, settings, [embedding_text(spec, a["inputs"]) for a in named])
+    head, facts = distill_head(vectors, targets, labels, args.embedding_model, args.seed)
+    return _finish(args, settings, head, facts | {"teacher": args.teacher_template or args.teacher_model})
+
+
+def _target(answer: dict[str, Any], labels: list[str]) -> list[float]:
+    if answer.get("scores"):
+        try:
+            return [float(answer["scores"][label]) for label in labels]
+        except KeyError as exc:
+            raise ConfigurationError(f"the teacher's labels differ from the student's: {exc}") from None
+    return [float(label == answer["label"]) for label in labels]
+
+
+def _check(args: argparse.Namespace) -> None:
     if not args.embedding_model or not args.name:
         raise ConfigurationError("--method head needs --embedding-model and --name")
-    who = remote.push_as(
-        args.tenant, args.tenant_admin_key, lambda: remote.admin_key(settings, args.admin_key), args.global_
-    )
-    texts, labels = _examples(args)
+
+
+def _vectors(args: argparse.Namespace, settings: Settings, texts: list[str]) -> Any:
+    import openai  # the client's `.openai` needs it; the CLI does not otherwise
+
+    from adaptserve.training.head import embed
+
     url = remote.server_url(args, settings)
     with Client(url, remote.tenant_key(settings, args.embed_key), timeout=600) as client:
         try:
-            vectors = embed(client.openai, args.embedding_model, texts)
+            return embed(client.openai, args.embedding_model, texts)
         except openai.APIError as exc:  # the SDK's (connection errors too): said, not raised
             raise ConfigurationError(f"the server at {url} gave no embeddings: {exc}") from exc
-    head, facts = train_head(vectors, labels, args.embedding_model, args.seed)
+
+
+def _finish(args: argparse.Namespace, settings: Settings, head: Any, facts: dict[str, Any]) -> int:
+    """Write the head to --out (default heads/NAME.json), push it as --tenant's or
+    global, active at once, and print what was chosen."""
+    who = remote.push_as(
+        args.tenant, args.tenant_admin_key, lambda: remote.admin_key(settings, args.admin_key), args.global_
+    )
     out = args.out or Path("heads") / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(head.document()))
-    pushed = _push(url, who, args.name, head.document())
+    pushed = _push(remote.server_url(args, settings), who, args.name, head.document())
     print(json.dumps({"head": args.name, "file": str(out), **facts, **pushed}, indent=2))
     return 0
 
