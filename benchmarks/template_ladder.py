@@ -1,7 +1,9 @@
 """The template accuracy ladder and the classify-vs-chat comparison, in one run against
 a running server (`adaptserve serve --templates templates`).
 
-For each bundled dataset (held-out split, the first N in the loader's fixed order):
+For each bundled dataset (`--split test`: the first N of the test split, in the loader's
+fixed order; `--split dev`: N training examples, none a shipped template's, where the
+templates' choices are made, so that the test split only measures):
 zero-shot, few-shot k=4 and k=8 templates, each scored uncalibrated and calibrated
 from the same answers, and the plain `transformers` zero-shot baseline (generate an
 answer with the same prompt, then match a label in it). Then, on the same inputs,
@@ -9,6 +11,8 @@ requests per second and accuracy of the classify endpoint against a chat complet
 that asks the same question and parses the answer.
 
     python benchmarks/template_ladder.py --url http://127.0.0.1:8000 --key KEY --admin-key ADMIN [--n 300]
+    python benchmarks/template_ladder.py ... --split dev --parts ladder \
+        --out benchmarks/results/template_ladder_dev.json
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import subprocess
 import time
 from pathlib import Path
@@ -73,11 +78,24 @@ def transformers_baseline(spec: TemplateSpec, examples: list[Example], field: st
     return scored(spec, examples, predicted, elapsed)
 
 
+def held_out(dataset: str, split: str, n: int, shipped: list[TemplateSpec], field: str) -> list[Example]:
+    """The inputs a ladder scores. `test`: the first n of the test split (what the
+    reports measure on). `dev`: n of the train split drawn with a fixed seed, none of
+    them a shipped template's example or calibration input: where the templates'
+    choices (calibration, shots) are made, so the test split only measures."""
+    if split == "test":
+        return load_dataset(dataset, "test")[:n]
+    inputs = [i for spec in shipped for i in [*(spec.calibration_inputs or []), *(x.inputs for x in spec.examples)]]
+    used = {str(i.get(field)) for i in inputs}
+    pool = [e for e in load_dataset(dataset, "train") if e.text not in used]
+    return random.Random(0).sample(pool, n)
+
+
 def ladder(args: argparse.Namespace, dataset: str) -> dict[str, Any]:
     zero_name, few_name, field = TASKS[dataset]
-    examples = load_dataset(dataset, "test")[: args.n]
     zero = load_document((ROOT / "templates" / f"{zero_name}.yaml").read_text())
     few = load_document((ROOT / "templates" / f"{few_name}.yaml").read_text())
+    examples = held_out(dataset, args.split, args.n, [zero, few], field)
     k4 = few.model_copy(update={"name": f"{few_name}-k4", "examples": few.examples[:4]})
     variants = [("zero-shot", zero), ("few-shot k=4", k4), ("few-shot k=8", few)]
     if zero.calibration_inputs:  # the shipped template's own calibration set vs Zhao et al.'s
@@ -93,8 +111,9 @@ def ladder(args: argparse.Namespace, dataset: str) -> dict[str, Any]:
         for part in ("uncalibrated", "calibrated"):
             rows[label][part] = {k: v for k, v in rows[label][part].items() if k not in ("per_class", "confusion")}
         print(dataset, label, {p: round(rows[label][p]["accuracy"], 3) for p in ("uncalibrated", "calibrated")})
-    rows["transformers zero-shot (generate + match)"] = transformers_baseline(zero, examples, field)
-    return {"n": len(examples), "rows": rows}
+    if args.split == "test":  # the generate-and-match baseline: a measurement, not a choice
+        rows["transformers zero-shot (generate + match)"] = transformers_baseline(zero, examples, field)
+    return {"n": len(examples), "split": args.split, "rows": rows}
 
 
 def endpoint_vs_chat(args: argparse.Namespace) -> dict[str, Any]:
@@ -110,6 +129,12 @@ def main() -> None:
     parser.add_argument("--key", required=True)
     parser.add_argument("--admin-key", required=True)
     parser.add_argument("--n", type=int, default=300, help="held-out inputs per dataset")
+    parser.add_argument(
+        "--split",
+        choices=("dev", "test"),
+        default="test",
+        help="dev: a sample of the train split where the templates' choices are made; test: where they are measured",
+    )
     parser.add_argument("--n-speed", type=int, default=128, help="inputs for the endpoint-vs-chat comparison")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=2)
