@@ -140,6 +140,15 @@ def test_ctrl_c_leaves_a_usable_adapter(sentiment: Task, base: Path, tmp_path) -
     assert model(input_ids=torch.tensor([[1, 2, 3]])).logits.shape[-1] == sentiment.tokenizer.vocab_size
 
 
+def test_a_deadline_ends_training_after_the_step_that_passes_it(sentiment: Task, base: Path, tmp_path) -> None:
+    """fit's time budget: `max_seconds` stops the optimizer steps (at least one runs) and
+    the adapter is written as at the end of any run."""
+    config = TrainConfig(max_steps=8, max_seconds=0.0, threads=2)
+    _, outcome = train(sentiment, sentiment.items(rows(16)), base, tmp_path, config)
+    assert outcome.out_of_time and not outcome.interrupted and outcome.steps == 1
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["r"] == 8
+
+
 def test_adalora_exports_to_a_lora_with_the_same_logits(sentiment: Task, base: Path, tmp_path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

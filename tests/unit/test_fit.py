@@ -614,3 +614,31 @@ def test_near_duplicate_texts_stay_in_one_fold_and_labels_stay_balanced() -> Non
         assert abs(len(test) - len(texts) / len(folds)) <= 3
     distinct = [f"text {i}" for i in range(len(labels))]  # no near-copies: the folds fit has always made
     assert Folds.stratified(labels, seed=2, texts=distinct) == Folds.stratified(labels, seed=2)
+
+
+def test_a_lora_run_cut_by_the_budget_sets_the_steps_of_every_later_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first LoRA run is the one the budget cannot skip: where its deadline cuts it,
+    the other folds and the served refit run as many steps, so what is served is what
+    was measured."""
+    from adaptserve.fit.candidates import zero_shot
+    from adaptserve.fit.run import ALL, LORA, Fit, FitConfig
+
+    examples = [Example(f"{label} item {i}", label) for i in range(32) for label in ["good" if i % 2 else "bad"]]
+    given: list[tuple[int, int]] = []
+
+    def train_lora(self: Fit, candidate: str, fold: int, fit_on: list[int]) -> tuple[str, dict[str, Any]]:
+        steps = self._steps(candidate)
+        given.append((fold, steps))
+        cut = fold == 0  # the deadline ends fold 0's run after 5 steps
+        name = f"adapter-{candidate}-{fold}"
+        training = {"steps": 5 if cut else steps, "out_of_time": cut}
+        return name, {"adapter": name, "trained_on": len(fit_on), "training": training}
+
+    monkeypatch.setattr(Fit, "_train_lora", train_lora)
+    config = FitConfig(tmp_path, zero_shot(["bad", "good"]), "text", candidates=("lora-r8",), budget_s=1e6)
+    fit = Fit(examples, FitConfig(**(config.__dict__ | {"base_model": tmp_path})), _StubServer())  # type: ignore[arg-type]
+    fit.run()
+    fit.serve("lora-r8", "goodbad")
+    assert given == [(0, LORA["lora-r8"][1]), (1, 5), (2, 5), (3, 5), (ALL, 5)]

@@ -38,6 +38,7 @@ CANDIDATES = (*baselines.BASELINES, *LLM, *LORA)
 STEP_S_GUESS = 3.0  # seconds per LoRA step before one is measured (2 CPU cores, batch 8)
 LORA_OVERHEAD_S = 45.0  # loading the model, pushing the adapter, the engine loading it
 SERVE_S = 30.0  # serving the winner and checking it
+MIN_LORA_S = 60.0  # of training: the least a LoRA run is given, whatever the budget says
 ALL = -1  # not a fold: the served candidate's refit on every example
 UNIT_FORMAT = 3  # 2: tuned baselines, every unit's inner score (`nested.py`); 3: near-duplicates in one fold
 
@@ -137,7 +138,7 @@ class Fit:
     def _affordable(self, candidate: str, fold: int) -> bool:
         if self.config.base_model is None:
             return False
-        steps = self.config.lora_steps or LORA[candidate][1]
+        steps = self._steps(candidate)
         first = fold == 0 and not any(c in LORA for c, _ in self.units)
         refit = steps * self.step_s + LORA_OVERHEAD_S  # the served adapter, trained again on every example
         return first or self.spent() + steps * self.step_s + LORA_OVERHEAD_S + refit + SERVE_S <= self.config.budget_s
@@ -265,12 +266,22 @@ class Fit:
             raise ConfigurationError("LoRA candidates need the base model (--model)")
         if self._task is None:
             self._task = Task.load(self.config.base_model, TemplateSpec.model_validate(self.config.document))
-        rank, steps, lr = LORA[candidate]
-        steps = self.config.lora_steps or steps
+        rank, _, lr = LORA[candidate]
+        steps = self._steps(candidate)
         items = [self._task.classify_item(x, self._index(i)) for i, x in zip(fit_on, self._inputs(fit_on), strict=True)]
         epochs = max(1, math.ceil(steps * 8 / len(items)))
+        # A fold's run ends where half of what is left of the budget would (the other half
+        # kept for the refit); the refit runs as many steps as the folds did, so that what
+        # is served is what was measured.
+        left = (self.config.budget_s - self.spent() - 2 * LORA_OVERHEAD_S - SERVE_S) / 2
         config = TrainConfig(
-            rank=rank, learning_rate=lr, epochs=epochs, max_steps=steps, holdout=0, seed=self._seed(fold)
+            rank=rank,
+            learning_rate=lr,
+            epochs=epochs,
+            max_steps=steps,
+            max_seconds=None if fold == ALL else max(MIN_LORA_S, left),
+            holdout=0,
+            seed=self._seed(fold),
         )
         folder = self.config.out / "adapters" / f"{candidate}-{_tag(fold)}"
         _, outcome = train(self._task, items, self.config.base_model, folder, config)
@@ -278,7 +289,14 @@ class Fit:
         name = f"{FIT_PREFIX}{self.digest[:8]}-{candidate}-{_tag(fold)}"
         self.server.push(folder, name)
         facts = {"steps": outcome.steps, "train_seconds": outcome.seconds, "seconds_per_step": outcome.seconds_per_step}
+        facts["out_of_time"] = outcome.out_of_time
         return name, {"adapter": name, "training": facts, "trained_on": len(items)}
+
+    def _steps(self, candidate: str) -> int:
+        """The candidate's optimizer steps: its configuration's (or --lora-steps), or as
+        many as a run cut short by the budget managed, for every later run of it."""
+        cut = [u["training"]["steps"] for (c, _), u in self.units.items() if c == candidate and _cut(u)]
+        return min(cut) if cut else self.config.lora_steps or LORA[candidate][1]
 
     def _seed(self, fold: int) -> int:
         return self.config.seed * 1000 + fold
@@ -329,6 +347,10 @@ class Fit:
             "largest_probability_gap": max(gaps),
             "median_probability_gap": statistics.median(gaps),
         }
+
+
+def _cut(unit: dict[str, Any]) -> bool:
+    return bool(unit.get("training", {}).get("out_of_time"))
 
 
 def _tag(fold: int) -> str:

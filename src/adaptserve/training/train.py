@@ -52,6 +52,7 @@ class TrainConfig:
     holdout: float = 0.15  # fraction of the examples kept for early stopping and metrics
     patience: int = 2  # evaluations without a better held-out loss before stopping
     max_steps: int | None = None
+    max_seconds: float | None = None  # of optimizer steps: none begins after it (fit's time budget)
     seed: int = 0
     threads: int | None = None
 
@@ -186,6 +187,7 @@ class Outcome:
     after: dict[str, float]
     history: list[dict[str, float]]
     interrupted: bool
+    out_of_time: bool  # max_seconds ended the run before its steps did
     best_epoch: int | None
     served: dict[str, Any]  # the held-out slice as the server will answer it (training/served.py)
     conversion: dict[str, Any] | None  # a converted method's fidelity and accuracy (training/convert.py)
@@ -207,20 +209,24 @@ class Loop:
         )
         self.bar = progress_bar(total, progress)
         self.step, self.step_seconds = 0, 0.0
+        self.deadline = time.perf_counter() + config.max_seconds if config.max_seconds is not None else math.inf
+        self.out_of_time = False
         self.history: list[dict[str, float]] = []
         self.best: tuple[float, int, dict] | None = None
 
     def run(self, items: list[Item], held: list[Item]) -> bool:
-        """Train until the step budget, the last epoch or early stopping; → interrupted."""
+        """Train until the step budget, the last epoch, early stopping or the deadline
+        (at least one step); → interrupted."""
         rng = random.Random(self.config.seed)
         assert self.config.epochs is not None
         try:
             for epoch in range(1, self.config.epochs + 1):
                 for batch in batches(items, self.config.batch_size, rng):
                     self.optimize(batch)
-                    if self.step >= self.total:
+                    self.out_of_time = time.perf_counter() >= self.deadline
+                    if self.step >= self.total or self.out_of_time:
                         break
-                if self.evaluated(epoch, held) or self.step >= self.total:
+                if self.evaluated(epoch, held) or self.step >= self.total or self.out_of_time:
                     break
         except KeyboardInterrupt:
             log.warning("interrupted at step %d: writing the best adapter so far", self.step)
@@ -302,6 +308,7 @@ def train(
         after=after,
         history=loop.history,
         interrupted=interrupted,
+        out_of_time=loop.out_of_time,
         best_epoch=loop.best[1] if loop.best else None,
         served=served,
         conversion=conversion,
