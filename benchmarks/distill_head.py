@@ -27,7 +27,9 @@ from adaptserve_client import Client
 from adaptserve.bench.served import ADMIN_KEY, KEY, Served
 from adaptserve.datasets import load_dataset
 from adaptserve.default_model import resolve_model
+from adaptserve.fit.head import head_template
 from adaptserve.fit.verdict import accuracy_interval, mcnemar_p, paired_interval
+from adaptserve.templates.spec import load_document
 from adaptserve.upstream.supervisor import free_port
 
 ROOT = Path(__file__).parents[1]
@@ -66,15 +68,9 @@ def test_sentences(n: int) -> tuple[list[str], list[str]]:
 
 
 def measure(served: Served, texts: list[str], gold: list[str]) -> dict[str, Any]:
-    head_template = {
-        "name": "sentiment-head",
-        "kind": "classify",
-        "head": "sentiment-head",
-        "inputs": {"text": {"type": "string", "max_length": 2000}},
-        "labels": [{"name": label} for label in LABELS],
-    }
-    with Client(served.url, ADMIN_KEY, timeout=600) as admin:
-        admin.admin.templates.apply("sentiment-head", head_template)
+    teacher = load_document((ROOT / "templates" / "sentiment.yaml").read_text()).document()
+    with Client(served.url, ADMIN_KEY, timeout=600) as admin:  # the teacher's inputs and labels, no prompt
+        admin.admin.templates.apply("sentiment-head", head_template(teacher, "sentiment-head"))
     out: dict[str, Any] = {}
     with Client(served.url, KEY, timeout=600) as client:
         answers(client, "sentiment", texts[:BATCH])  # warm both paths before timing
