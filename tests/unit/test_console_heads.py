@@ -75,7 +75,8 @@ def test_admin_uploads_activates_rolls_back_and_deletes_a_head(
     assert first["owner"] == "default" and [v["version"] for v in first["versions"]] == [first["active_version"]]
     card = "[data-head=mood][data-owner=default]"
     summary = browser.text(f"{card} .head-summary")
-    assert first["active_version"] in summary and "negative, positive" in summary and f"dimension {EMBED_DIM}" in summary
+    assert first["active_version"] in summary and "negative, positive" in summary
+    assert f"embedding model embedder, dimension {EMBED_DIM}" in summary
     assert browser.text(f"{card} .head-owner") == "tenant default"
 
     pushed = gw.admin("PUT", "/heads/mood", json=_head(seed=2), params={"tenant": "default", "activate": "false"})
