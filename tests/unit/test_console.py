@@ -1,8 +1,9 @@
 """The console at `/console` (docs/console.md): its files and headers, read over HTTP;
 then real clicks in headless Chromium against a gateway over the fake engine: sign in,
 a streamed chat, a classify template's bars, a key created and shown once, an adapter
-version uploaded and activated after a confirmation, one tenant's key seeing nothing of
-another's, and the key in no URL the page loaded and in no log."""
+version uploaded and activated after a confirmation, a tenant's alias pointed and
+deleted, one tenant's key seeing nothing of another's, and the key in no URL the page
+loaded and in no log."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from tests.helpers import (
     console_sign_in,
     free_port,
     tar_gz,
+    tenant_admin_key,
     wait_for,
     wait_for_usage,
 )
@@ -260,6 +262,42 @@ def test_admin_uploads_and_activates_an_adapter_version_after_confirming(
     assert browser.find_all(f"[data-adapter=alpha] [data-activate='{first}']")  # the old one: activatable again
     assert browser.text("[data-adapter=alpha] .active-version") == "active"
     assert browser.console_errors() == []
+
+
+def _alias(gateway: RunningGateway, alias: str) -> dict | None:
+    found = gateway.admin("GET", "/tenants/default/models").json()["data"]
+    return next((a for a in found if a["alias"] == alias), None)
+
+
+def test_admin_points_and_deletes_a_tenants_alias_after_confirming(gateway: RunningGateway, browser: Browser) -> None:
+    beta = gateway.admin("GET", "/adapters/beta").json()["active_version"]
+    console_sign_in(browser, gateway.url, ADMIN_KEY, admin=True)
+    browser.click("[data-tenant=default]")
+    browser.type("#alias-name", "support")
+    browser.click("#alias-target option[value=beta]")
+    browser.click(f"#alias-version option[value='{beta}']")
+    browser.click("#alias-set button[type=submit]")
+    assert f"beta @ {beta}" in browser.text("#confirm")
+    browser.click("#confirm-no")
+    assert _alias(gateway, "support") is None  # nothing without a yes
+    browser.click("#alias-set button[type=submit]")
+    browser.click("#confirm-yes")
+    browser.wait_text("#alias-status", f"support → beta @ {beta}")
+    pointed = {"tenant": "default", "alias": "support", "base": False, "adapter": "beta", "version": beta}
+    assert _alias(gateway, "support") == pointed
+    browser.click("[data-alias-delete=support]")
+    browser.click("#confirm-yes")
+    browser.wait_text("#alias-status", "Deleted support")
+    assert _alias(gateway, "support") is None and browser.console_errors() == []
+    browser.click("#signout")  # a tenant admin may not give its tenant the base model: the API's message
+    console_sign_in(browser, gateway.url, tenant_admin_key(gateway, "default"), admin=True)
+    browser.click("[data-tenant=default]")
+    browser.type("#alias-name", "raw")
+    browser.click("#alias-target option[value='']")
+    browser.click("#alias-set button[type=submit]")
+    browser.click("#confirm-yes")
+    browser.wait_text("#alias-status", "Only the operator gives a tenant the base model.")
+    assert _alias(gateway, "raw") is None
 
 
 def _tenant(gateway: RunningGateway, name: str) -> str:

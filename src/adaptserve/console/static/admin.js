@@ -1,5 +1,6 @@
 // The pages of an admin key (the operator's, or a tenant admin's: the API shows each
-// only its part): tenants and keys, adapters and their versions, the audit trail.
+// only its part): tenants, their keys and model aliases, adapters and their versions,
+// the audit trail.
 
 import { api, upload } from "./api.js";
 import { clear, confirmDialog, field, h, notice, table } from "./dom.js";
@@ -47,10 +48,11 @@ function quotaText(q) {
 }
 
 async function openTenant(tenant, detail) {
-  const [keys, aliases] = await Promise.all([
+  const [keys, aliases, adapters] = await Promise.all([
     api("GET", `/admin/tenants/${path(tenant)}/keys`),
     api("GET", `/admin/tenants/${path(tenant)}/models`),
-  ]).catch((e) => [e, e]);
+    api("GET", "/admin/adapters"),
+  ]).catch((e) => [e, e, e]);
   if (keys instanceof Error) {
     clear(detail, notice(keys.message));
     return;
@@ -86,10 +88,64 @@ async function openTenant(tenant, detail) {
       h("h2", { text: `Model aliases of ${tenant}` }),
       table(aliases.data, [
         ["alias", (a) => h("code", { text: a.alias })],
-        ["serves", (a) => (a.base ? "the base model" : `${a.adapter} @ ${a.version ?? "its active version"}`)],
+        ["serves", serves],
+        ["", (a) => h("button", { type: "button", class: "danger", "data-alias-delete": a.alias, text: "Delete", onclick: () => deleteAlias(tenant, a, detail) })],
       ]),
+      aliasForm(tenant, aliases.data, adapters.data, detail),
+      h("div", { id: "alias-status", "aria-live": "polite" }),
     ),
   );
+}
+
+const serves = (a) => (a.base ? "the base model" : `${a.adapter} @ ${a.version ?? "its active version"}`);
+
+// Point an alias (new, or one that exists) at an adapter, following its active version
+// or pinned to one, or at the base model; after a confirmation that says what changes.
+function aliasForm(tenant, aliases, adapters, detail) {
+  const alias = h("input", { id: "alias-name", required: true, autocomplete: "off" });
+  const target = h("select", { id: "alias-target" },
+    adapters.map((a) => h("option", { value: a.name, text: `adapter ${a.name}` })),
+    h("option", { value: "", text: "the base model" }));
+  const version = h("select", { id: "alias-version" });
+  const versions = () => {
+    const chosen = adapters.find((a) => a.name === target.value);
+    clear(version, h("option", { value: "", text: "its active version" }),
+      (chosen?.versions ?? []).map((v) => h("option", { value: v.version, text: v.version })));
+    version.disabled = !chosen;
+  };
+  target.addEventListener("change", versions);
+  versions();
+  const form = h("form", { class: "inline", id: "alias-set" },
+    field("Alias", alias), field("Serves", target), field("Version", version),
+    h("button", { type: "submit", text: "Set alias" }));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const name = alias.value.trim();
+    const body = target.value ? { adapter: target.value, version: version.value || null } : { base: true };
+    const after = serves({ ...body, base: !target.value });
+    const before = aliases.find((a) => a.alias === name);
+    const line = before ? `Calls to ${name} serve ${after} from now on (they serve ${serves(before)} now).` : `A new alias: calls to ${name} serve ${after}.`;
+    if (!(await confirmDialog(`Point ${name} of ${tenant} at ${after}?`, [line], "Set alias"))) return;
+    await aliasChange(tenant, detail, `${name} → ${after}.`, () => api("PUT", `/admin/tenants/${path(tenant)}/models/${path(name)}`, body));
+  });
+  return form;
+}
+
+async function deleteAlias(tenant, a, detail) {
+  const lines = [`Calls of ${tenant} to ${a.alias} (now ${serves(a)}) answer 404 from now on.`];
+  if (!(await confirmDialog(`Delete alias ${a.alias} of ${tenant}?`, lines, "Delete"))) return;
+  await aliasChange(tenant, detail, `Deleted ${a.alias}.`, () => api("DELETE", `/admin/tenants/${path(tenant)}/models/${path(a.alias)}`));
+}
+
+async function aliasChange(tenant, detail, done, call) {
+  try {
+    await call();
+  } catch (e) {
+    clear(detail.querySelector("#alias-status"), notice(e.message));
+    return;
+  }
+  await openTenant(tenant, detail);
+  detail.querySelector("#alias-status").append(notice(done, "ok"));
 }
 
 // The new key, shown this once (it is not kept by the page, nor readable again from the API).

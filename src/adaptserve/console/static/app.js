@@ -4,6 +4,7 @@
 import { ApiError, api, session } from "./api.js";
 import { clear, field, h, notice } from "./dom.js";
 import * as admin from "./admin.js";
+import { heads } from "./heads.js";
 import * as tenant from "./tenant.js";
 import { templates } from "./templates.js";
 
@@ -17,6 +18,7 @@ const PAGES = {
   admin: [
     ["tenants", "Tenants and keys", admin.tenants],
     ["adapters", "Adapters", admin.adapters],
+    ["heads", "Classifier heads", heads],
     ["audit", "Audit trail", admin.audit],
   ],
 };
