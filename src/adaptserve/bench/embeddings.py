@@ -44,6 +44,7 @@ class EmbeddingsPlan:
     batch: int = 16  # inputs per request, both comparisons
     train: int = 256  # balanced training sentences for the head
     classify_inputs: int = 128  # test sentences per classify round (both templates)
+    sweep: tuple[int, ...] = (16, 32, 64)  # batch sizes straight to the engine, one pass each (the profile)
     rounds: int = 3
     seed: int = 0
 
@@ -210,6 +211,7 @@ def run_embeddings(
         texts = [e.text for e in test[: plan.inputs]]
         embeddings = compare_embeddings(gateway, direct, texts, plan.batch, plan.rounds)
         vectors = embeddings.pop("vectors")
+        sweep = {size: _figures(embed_side(direct, batched(texts, size))) for size in plan.sweep}
         head = push_head(gateway, ADMIN_KEY, balanced(train, plan.train), plan.seed)
         pool = balanced(test, plan.classify_inputs * plan.rounds + plan.batch)
         sides = {"head": HEAD, "llm": "sentiment"}
@@ -225,6 +227,25 @@ def run_embeddings(
         "embeddings": embeddings,
         "cosine": cosines(vectors, encode(texts)),
         "classify": classify,
+        "profile": profile(embeddings, classify, sweep),
+    }
+
+
+def _figures(side: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in side.items() if k in ("inputs_per_s", "latency_p50_ms")}
+
+
+def profile(embeddings: dict[str, Any], classify: dict[str, Any], sweep: dict[int, dict[str, float]]) -> dict:
+    """Where a head call's time goes: per input, the engine direct (same batch size)
+    against the head template through the gateway; the rest is the gateway's (HTTP,
+    admission, the template, numpy). With the engine's rate at other batch sizes."""
+    engine_ms = 1000 / embeddings["median"]["direct"]["inputs_per_s"]
+    head_ms = 1000 / classify["median"]["head"]["inputs_per_s"]
+    return {
+        "engine_ms_per_input": engine_ms,
+        "head_ms_per_input": head_ms,
+        "gateway_share_of_head": 1 - engine_ms / head_ms,
+        "engine_by_batch": {str(k): v for k, v in sweep.items()},
     }
 
 
@@ -254,12 +275,22 @@ def markdown(e: dict[str, Any]) -> list[str]:
         f"| direct (engine) | {d['inputs_per_s']:.1f} | {d['latency_p50_ms']:.1f} | {d['latency_p99_ms']:.1f} |",
         f"\nGateway / direct: inputs/s ×{emb['ratio']['inputs_per_s']:.3f}, "
         f"latency p50 ×{emb['ratio']['latency_p50']:.3f}.\n",
-        f"Engine vs sentence-transformers ({cos['n']} sentences): cosine min {cos['min']:.6f}, "
-        f"median {cos['median']:.6f}.\n",
+        f"Engine vs sentence-transformers ({cos['n']} sentences): cosine min {cos['min']:.9f} "
+        f"(1 − {1 - cos['min']:.1e}), median {cos['median']:.9f}.\n",
         f"### Head template vs LLM template `sentiment` ({cls['inputs']} inputs a round, batches of {cls['batch']})\n",
         "| side | inputs/s | accuracy |",
         "|---|---|---|",
         f"| head ({HEAD}) | {h['inputs_per_s']:.1f} | {h['accuracy']:.3f} |",
         f"| LLM (sentiment) | {llm['inputs_per_s']:.1f} | {llm['accuracy']:.3f} |",
         f"\nHead / LLM: ×{cls['ratio']['inputs_per_s']:.1f} the inputs per second.\n",
+        *_profile_lines(e["profile"]),
+    ]
+
+
+def _profile_lines(p: dict[str, Any]) -> list[str]:
+    by_batch = ", ".join(f"{k}: {v['inputs_per_s']:.1f}" for k, v in p["engine_by_batch"].items())
+    return [
+        f"Per input: the engine direct {p['engine_ms_per_input']:.2f} ms, the head template "
+        f"{p['head_ms_per_input']:.2f} ms (the gateway's share {100 * p['gateway_share_of_head']:.0f} %). "
+        f"The engine direct by batch size, inputs/s: {by_batch}.\n"
     ]
