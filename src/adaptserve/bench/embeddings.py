@@ -63,29 +63,34 @@ def batched(items: Sequence[Any], size: int) -> list[list[Any]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
-def embed_side(endpoint: Endpoint, batches: list[list[str]]) -> dict[str, Any]:
-    """The batches one request at a time (base64, as the gateway asks its engine):
-    inputs/s, per-request latency, and the vectors in input order."""
-    headers = {"Authorization": f"Bearer {endpoint.key}"} if endpoint.key else {}
-    latencies, rows = [], []
-    with httpx.Client(base_url=endpoint.url, headers=headers, timeout=600) as client:
-        started = time.perf_counter()
-        for texts in batches:
-            sent = time.perf_counter()
-            body = {"model": endpoint.model, "input": texts, "encoding_format": "base64"}
-            answer = client.post("/v1/embeddings", json=body)
-            answer.raise_for_status()
-            latencies.append(time.perf_counter() - sent)
-            rows += [_decode(d["embedding"]) for d in sorted(answer.json()["data"], key=lambda d: d["index"])]
-        elapsed = time.perf_counter() - started
-    inputs = sum(len(b) for b in batches)
-    return {
-        "inputs": inputs,
-        "inputs_per_s": inputs / elapsed,
-        "latency_p50_ms": 1000 * percentile(latencies, 50),
-        "latency_p99_ms": 1000 * percentile(latencies, 99),
-        "vectors": np.asarray(rows, dtype=np.float64),
-    }
+Call = Callable[[list[Any]], list[Any]]  # one batch in, one answer per input out
+
+
+def _client(url: str, key: str | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=url, headers=headers, timeout=600)
+
+
+def _embed_call(client: httpx.Client, model: str) -> Call:
+    """One `/v1/embeddings` request (base64, as the gateway asks its engine): the vectors."""
+
+    def call(texts: list[str]) -> list[np.ndarray]:
+        answer = client.post("/v1/embeddings", json={"model": model, "input": texts, "encoding_format": "base64"})
+        answer.raise_for_status()
+        return [_decode(d["embedding"]) for d in sorted(answer.json()["data"], key=lambda d: d["index"])]
+
+    return call
+
+
+def _classify_call(client: httpx.Client, template: str) -> Call:
+    """One batch call of a classify template: the labels."""
+
+    def call(examples: list[Example]) -> list[str]:
+        answer = client.post(f"/v1/templates/{template}", json={"inputs": [{"text": e.text} for e in examples]})
+        answer.raise_for_status()
+        return [r["label"] for r in answer.json()["results"]]
+
+    return call
 
 
 def _decode(value: str | list[float]) -> np.ndarray:
@@ -94,19 +99,54 @@ def _decode(value: str | list[float]) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
 
+def paired(calls: dict[str, Call], batches: list[list[Any]], start: int = 0) -> dict[str, dict[str, Any]]:
+    """Every batch on every side, one request at a time, the sides' order alternating
+    batch by batch (whatever else loads the machine falls on both sides alike). Each
+    side: inputs/s (its inputs over its requests' summed time), latency p50 and p99,
+    and its answers in input order."""
+    names = list(calls)
+    latencies: dict[str, list[float]] = {n: [] for n in names}
+    answers: dict[str, list[Any]] = {n: [] for n in names}
+    for i, batch in enumerate(batches):
+        for name in names if (i + start) % 2 == 0 else names[::-1]:
+            sent = time.perf_counter()
+            answers[name] += calls[name](batch)
+            latencies[name].append(time.perf_counter() - sent)
+    inputs = sum(len(b) for b in batches)
+    return {
+        n: {
+            "inputs": inputs,
+            "inputs_per_s": inputs / sum(latencies[n]),
+            "latency_p50_ms": 1000 * percentile(latencies[n], 50),
+            "latency_p99_ms": 1000 * percentile(latencies[n], 99),
+            "answers": answers[n],
+        }
+        for n in names
+    }
+
+
+def embed_side(endpoint: Endpoint, batches: list[list[str]]) -> dict[str, Any]:
+    """One side alone: `paired`'s figures, and the vectors as a matrix."""
+    with _client(endpoint.url, endpoint.key) as client:
+        side = paired({"side": _embed_call(client, endpoint.model)}, batches)["side"]
+    return {**side, "answers": np.asarray(side["answers"], dtype=np.float64)}
+
+
+def _medians(runs: list[dict[str, dict[str, Any]]], figures: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    return {s: {f: statistics.median(run[s][f] for run in runs) for f in figures} for s in runs[0]}
+
+
 def compare_embeddings(gateway: Endpoint, direct: Endpoint, texts: list[str], batch: int, rounds: int) -> dict:
-    """Both sides on the same batches, each round; the direct side first in odd rounds.
-    The headline is each figure's median over the rounds, and gateway / direct of it."""
+    """Both sides on the same batches (`paired`), `rounds` times, the side going first
+    alternating. The headline is each figure's median over the rounds, and gateway / direct."""
     batches = batched(texts, batch)
-    embed_side(gateway, batches[:2]), embed_side(direct, batches[:2])  # warm-up
-    sides = {"gateway": gateway, "direct": direct}
-    runs: list[dict[str, dict[str, Any]]] = []
-    for r in range(rounds):
-        order = ("gateway", "direct") if r % 2 == 0 else ("direct", "gateway")
-        runs.append({name: embed_side(sides[name], batches) for name in order})
-    gap = float(np.abs(runs[0]["gateway"]["vectors"] - runs[0]["direct"]["vectors"]).max())
     figures = ("inputs_per_s", "latency_p50_ms", "latency_p99_ms")
-    median = {s: {f: statistics.median(run[s][f] for run in runs) for f in figures} for s in sides}
+    with _client(gateway.url, gateway.key) as g, _client(direct.url, direct.key) as d:
+        calls = {"gateway": _embed_call(g, gateway.model), "direct": _embed_call(d, direct.model)}
+        paired(calls, batches[:2])  # warm-up
+        runs = [paired(calls, batches, start=r) for r in range(rounds)]
+    vectors = {s: np.asarray(runs[0][s]["answers"], dtype=np.float64) for s in calls}
+    median = _medians(runs, figures)
     return {
         "batch": batch,
         "inputs": len(texts),
@@ -115,9 +155,9 @@ def compare_embeddings(gateway: Endpoint, direct: Endpoint, texts: list[str], ba
             "inputs_per_s": median["gateway"]["inputs_per_s"] / median["direct"]["inputs_per_s"],
             "latency_p50": median["gateway"]["latency_p50_ms"] / median["direct"]["latency_p50_ms"],
         },
-        "max_abs_difference_gateway_vs_direct": gap,
-        "rounds": [{s: {f: run[s][f] for f in figures} for s in sides} for run in runs],
-        "vectors": runs[0]["direct"]["vectors"],  # for the cosine against the reference
+        "max_abs_difference_gateway_vs_direct": float(np.abs(vectors["gateway"] - vectors["direct"]).max()),
+        "rounds": [{s: {f: run[s][f] for f in figures} for s in calls} for run in runs],
+        "vectors": vectors["direct"],  # for the cosine against the reference
     }
 
 
@@ -134,7 +174,7 @@ def push_head(gateway: Endpoint, admin_key: str, train: list[Example], seed: int
     """Embed `train` through the gateway, fit the head, push it and a template naming it."""
     from adaptserve.training.head import train_head
 
-    vectors = np.vstack([embed_side(gateway, [b])["vectors"] for b in batched([e.text for e in train], 64)])
+    vectors = embed_side(gateway, batched([e.text for e in train], 64))["answers"]
     head, facts = train_head(vectors, [e.label for e in train], gateway.model, seed)
     template = {
         "name": HEAD,
@@ -149,34 +189,25 @@ def push_head(gateway: Endpoint, admin_key: str, train: list[Example], seed: int
     return facts
 
 
-def classify_side(url: str, key: str, template: str, examples: list[Example], batch: int) -> dict[str, Any]:
-    """The template on `examples` in batches, one call at a time: inputs/s and accuracy."""
-    labels: list[str] = []
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600) as client:
-        started = time.perf_counter()
-        for part in batched(examples, batch):
-            answer = client.post(f"/v1/templates/{template}", json={"inputs": [{"text": e.text} for e in part]})
-            answer.raise_for_status()
-            labels += [r["label"] for r in answer.json()["results"]]
-        elapsed = time.perf_counter() - started
-    correct = sum(p == e.label for p, e in zip(labels, examples, strict=True))
-    return {"inputs": len(examples), "inputs_per_s": len(examples) / elapsed, "accuracy": correct / len(examples)}
-
-
 def compare_classify(
     url: str, key: str, templates: dict[str, str], pool: list[Example], n: int, batch: int, rounds: int
 ) -> dict[str, Any]:
-    """`templates` (side -> template name) on the same `n` fresh inputs each round,
-    the order alternating; the headline is the median, and the first side / the second."""
+    """`templates` (side -> template name) on the same `n` fresh inputs each round
+    (`paired`), with each side's accuracy; the headline is the median, and the first
+    side / the second. The pool's last batch warms both up (the LLM's calibration)."""
     names = list(templates)
-    for name in names:  # warm-up (the LLM template's calibration) on the pool's last inputs
-        classify_side(url, key, templates[name], pool[-batch:], batch)
-    runs = []
-    for r in range(rounds):
-        examples = pool[r * n : (r + 1) * n]
-        order = names if r % 2 == 0 else names[::-1]
-        runs.append({side: classify_side(url, key, templates[side], examples, batch) for side in order})
-    median = {s: {f: statistics.median(run[s][f] for run in runs) for f in ("inputs_per_s", "accuracy")} for s in names}
+    with _client(url, key) as client:
+        calls = {side: _classify_call(client, templates[side]) for side in names}
+        paired(calls, [pool[-batch:]])
+        runs = []
+        for r in range(rounds):
+            examples = pool[r * n : (r + 1) * n]
+            run = paired(calls, batched(examples, batch), start=r)
+            for side in run.values():
+                labels = side.pop("answers")
+                side["accuracy"] = sum(p == e.label for p, e in zip(labels, examples, strict=True)) / len(examples)
+            runs.append(run)
+    median = _medians(runs, ("inputs_per_s", "accuracy"))
     speed = median[names[0]]["inputs_per_s"] / median[names[1]]["inputs_per_s"]
     return {"batch": batch, "inputs": n, "median": median, "ratio": {"inputs_per_s": speed}, "rounds": runs}
 
