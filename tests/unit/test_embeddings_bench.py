@@ -51,6 +51,9 @@ def test_both_sides_embed_the_same_batches_and_the_ratio_is_the_medians(gw: Runn
     rounds, median = result["rounds"], result["median"]
     assert len(rounds) == 3
     for side in ("gateway", "direct"):
+        for r in rounds:  # inputs over the side's own request time, one request a batch
+            assert len(r[side]["latencies_ms"]) == 3
+            assert r[side]["inputs_per_s"] == pytest.approx(20 / (sum(r[side]["latencies_ms"]) / 1000), rel=0.05)
         assert median[side]["inputs_per_s"] == statistics.median(r[side]["inputs_per_s"] for r in rounds)
         assert median[side]["latency_p50_ms"] == statistics.median(r[side]["latency_p50_ms"] for r in rounds)
     ratio = result["ratio"]
@@ -109,6 +112,17 @@ def test_a_head_is_trained_pushed_and_raced_against_an_llm_template(gw: RunningG
         scores = [r[side]["accuracy"] for r in result["rounds"]]
         assert median[side]["accuracy"] == statistics.median(scores)
         assert all(r[side]["inputs"] == 8 for r in result["rounds"])
+
+
+def test_the_profile_splits_a_head_inputs_time_between_engine_and_gateway() -> None:
+    embeddings = {"median": {"direct": {"inputs_per_s": 160.0}}}
+    classify = {"median": {"head": {"inputs_per_s": 80.0}}}
+    sweep = {16: {"inputs_per_s": 160.0, "latency_p50_ms": 100.0}}
+    got = bench.profile(embeddings, classify, sweep)
+    assert got["engine_ms_per_input"] == pytest.approx(6.25)
+    assert got["head_ms_per_input"] == pytest.approx(12.5)
+    assert got["gateway_share_of_head"] == pytest.approx(0.5)
+    assert got["engine_by_batch"] == {"16": sweep[16]}
 
 
 def test_the_engine_url_is_read_from_the_gateways_log() -> None:

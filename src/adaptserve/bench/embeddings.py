@@ -103,7 +103,7 @@ def paired(calls: dict[str, Call], batches: list[list[Any]], start: int = 0) -> 
     """Every batch on every side, one request at a time, the sides' order alternating
     batch by batch (whatever else loads the machine falls on both sides alike). Each
     side: inputs/s (its inputs over its requests' summed time), latency p50 and p99,
-    and its answers in input order."""
+    each request's latency (ms, in turn) and its answers in input order."""
     names = list(calls)
     latencies: dict[str, list[float]] = {n: [] for n in names}
     answers: dict[str, list[Any]] = {n: [] for n in names}
@@ -119,6 +119,7 @@ def paired(calls: dict[str, Call], batches: list[list[Any]], start: int = 0) -> 
             "inputs_per_s": inputs / sum(latencies[n]),
             "latency_p50_ms": 1000 * percentile(latencies[n], 50),
             "latency_p99_ms": 1000 * percentile(latencies[n], 99),
+            "latencies_ms": [round(1000 * t, 1) for t in latencies[n]],
             "answers": answers[n],
         }
         for n in names
@@ -156,7 +157,7 @@ def compare_embeddings(gateway: Endpoint, direct: Endpoint, texts: list[str], ba
             "latency_p50": median["gateway"]["latency_p50_ms"] / median["direct"]["latency_p50_ms"],
         },
         "max_abs_difference_gateway_vs_direct": float(np.abs(vectors["gateway"] - vectors["direct"]).max()),
-        "rounds": [{s: {f: run[s][f] for f in figures} for s in calls} for run in runs],
+        "rounds": [{s: {f: run[s][f] for f in (*figures, "latencies_ms")} for s in calls} for run in runs],
         "vectors": vectors["direct"],  # for the cosine against the reference
     }
 
