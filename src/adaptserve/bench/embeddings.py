@@ -290,9 +290,9 @@ def engine_url(log: str, model: str = MODEL) -> str:
 
 
 def _sentence_transformers(texts: list[str]) -> np.ndarray:
-    from adaptserve.fit.baselines import _Embeddings
+    from adaptserve.fit.baselines import Embeddings
 
-    return np.asarray(_Embeddings().encode(texts), dtype=np.float64)
+    return np.asarray(Embeddings().encode(texts), dtype=np.float64)
 
 
 def markdown(e: dict[str, Any]) -> list[str]:

@@ -62,7 +62,7 @@ def run(
     if name == "majority":
         return _majority(train_labels, len(test), labels, started)
     if name == "minilm":
-        encoder = _Embeddings()
+        encoder = Embeddings()
         x_train: Any = encoder.encode(train)
         inner, chosen, model = _tune((None,), x_train, train_labels, seed)
         x_test = encoder.encode(test)
@@ -134,7 +134,10 @@ def tune_logistic(x: Any, y: list[str], seed: int = 0) -> tuple[float, dict[str,
     return _tune((None,), x, y, seed)
 
 
-class _Embeddings:
+class Embeddings:
+    """all-MiniLM-L6-v2 in process (sentence-transformers, the bundled weights): the
+    baseline's vectors, and the reference the served engine's are compared with."""
+
     def __init__(self) -> None:
         from sentence_transformers import SentenceTransformer
 
