@@ -94,6 +94,19 @@ def test_a_request_lost_on_a_closing_pooled_connection_is_sent_once_more():
     upstream, calls, answer = asyncio.run(scenario(2))  # twice in a row: the engine is not there
     assert isinstance(answer, UpstreamUnavailableError) and len(calls) == 2 and upstream.state is State.DOWN
 
+    async def load() -> tuple[Upstream, list[int]]:  # an adapter load takes the same path
+        calls: list[int] = []
+        upstream = Upstream("http://engine", 5.0, transport=unsent_then_answered(1, calls))
+        upstream.state = State.READY
+        try:
+            await upstream.load_adapter("alpha", "/adapters/alpha")
+        finally:
+            await upstream.aclose()
+        return upstream, calls
+
+    upstream, calls = asyncio.run(load())
+    assert len(calls) == 2 and upstream.state is State.READY
+
 
 def test_bad_adapters_are_skipped_and_the_rest_serve(start_gateway, fake, tmp_path, adapters):
     bad = {

@@ -232,24 +232,32 @@ class Upstream:
         return UpstreamStream(response, self)
 
     async def load_adapter(self, name: str, path: str) -> None:
-        try:
-            response = await self._live().post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
-        except httpx.HTTPError as exc:
-            raise self._unavailable(exc) from exc
-        if response.status_code == 200:
+        status, content = await self._admin("/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
+        if status == 200:
             return
-        message = _error_message(response.content)
-        if response.status_code == 400 and "already been loaded" in message:
+        message = _error_message(content)
+        if status == 400 and "already been loaded" in message:
             return  # resident from an earlier gateway life: names are content-addressed
         raise AdapterLoadError(f"vLLM refused adapter {name}: {message}")
 
     async def unload_adapter(self, name: str) -> None:
+        status, content = await self._admin("/v1/unload_lora_adapter", {"lora_name": name})
+        if status not in (200, 404):
+            log.warning("unloading %s from %s: %s", name, self.url, _error_message(content))
+
+    async def _admin(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        """One of vLLM's small admin calls (adapter loads), sent as every call is (`_send`).
+        → its status and body."""
+        request = self._live().build_request("POST", path, json=body)
         try:
-            response = await self._live().post("/v1/unload_lora_adapter", json={"lora_name": name})
+            response = await self._send(request)
+            try:
+                content = await _read_bounded(response, self.max_answer_bytes, truncate=True)
+            finally:
+                await response.aclose()
         except httpx.HTTPError as exc:
             raise self._unavailable(exc) from exc
-        if response.status_code not in (200, 404):
-            log.warning("unloading %s from %s: %s", name, self.url, _error_message(response.content))
+        return response.status_code, content
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         """Send, once more on a fresh connection if the first try never reached the
