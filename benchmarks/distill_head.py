@@ -110,6 +110,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         env = {"ADAPTSERVE_MODELS": json.dumps([{"name": "minilm", "role": "embed", "path": "minilm"}])}
+        (work / "data").mkdir()
         served = Served(resolve_model("default", models), work / "data", free_port(), models, env, ROOT / "templates")
         try:
             distilled = distill(served, work, texts)
