@@ -14,6 +14,11 @@ folder. Writes `OUT/<task>/` (fit's report, manifest and state; the eval JSON) a
 fit of other data or settings is refused: move it away first):
 
     .venv/bin/python benchmarks/fit_tasks.py --out benchmarks/results/fit
+
+With --serve-choice, fit serves its own choice instead (the MiniLM baseline as a
+classifier head where that is the pick: needs `make serve`'s embedding model `minilm`),
+and the served template is what the test set measures. Run on a copy of finished task
+folders, fit resumes every unit and only serves.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return done
 
 
-def one(task: str, out: Path, size: int, test_size: int, budget: float) -> dict:
+def one(task: str, out: Path, size: int, test_size: int, budget: float, serve_llm: bool = True) -> dict:
     dataset, template = TASKS[task]
     folder = out / task
     folder.mkdir(parents=True, exist_ok=True)
@@ -53,8 +58,9 @@ def one(task: str, out: Path, size: int, test_size: int, budget: float) -> dict:
     started = time.perf_counter()
     # --serve-llm: the best LLM candidate is served (and measured on the test set) even
     # where fit's verdict is that a baseline wins or ties; the summary keeps that verdict.
-    args = ["fit", "--data", str(train), "--budget", str(budget), "--out", str(folder), "--name", name, "--serve-llm"]
-    cli(*args, *(["--template", template] if template else []))
+    # --serve-choice: what fit chose is served and measured (its MiniLM pick as a head).
+    args = ["fit", "--data", str(train), "--budget", str(budget), "--out", str(folder), "--name", name]
+    cli(*args, *(["--serve-llm"] if serve_llm else []), *(["--template", template] if template else []))
     fit_s = time.perf_counter() - started
     manifest = json.loads((folder / "fit-manifest.json").read_text())
     cli(
@@ -88,11 +94,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--test-size", type=int, default=200)
     parser.add_argument("--budget", type=float, default=10.0, help="minutes per fit")
+    parser.add_argument(
+        "--serve-choice",
+        action="store_true",
+        help="serve fit's choice (a MiniLM pick as a classifier head) instead of the best LLM candidate",
+    )
     args = parser.parse_args()
     summary_path = args.out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     for task in args.tasks.split(","):
-        summary[task] = one(task, args.out, args.size, args.test_size, args.budget)
+        summary[task] = one(task, args.out, args.size, args.test_size, args.budget, not args.serve_choice)
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")
         t = summary[task]
         print(f"{task}: {t['decision']['verdict']}; fit {t['fit_seconds']:.0f} s; test {t['test']}", flush=True)

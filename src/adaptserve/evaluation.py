@@ -163,12 +163,15 @@ def _add(out: Predictions, example: Example, result: Classification, temperature
     out.predicted.append(result.label)
     out.confidence.append(result.confidence)
     explain = result.explain or {}
-    raw = explain["logprobs"]  # before calibration, over the labels
-    probs = dict(zip(raw, normalise(list(raw.values()), temperature), strict=True))
+    if explain.get("scoring") == "head":  # a classifier head: nothing calibrates its answer
+        probs = dict(result.scores)
+    else:
+        raw = explain["logprobs"]  # before calibration, over the labels
+        probs = dict(zip(raw, normalise(list(raw.values()), temperature), strict=True))
+        out.prompt_tokens.append(explain["prompt_tokens"])
     top = max(probs, key=probs.__getitem__)
     out.raw_predicted.append(top)
     out.raw_confidence.append(probs[top])
-    out.prompt_tokens.append(explain["prompt_tokens"])
 
 
 def report(predictions: Predictions, calibrated: bool, elapsed_s: float, settings: dict[str, Any]) -> dict[str, Any]:

@@ -396,3 +396,26 @@ def _template_file(folder: Path, doc: dict[str, Any]) -> Path:
     path = folder / f"{doc['name']}.json"
     path.write_text(json.dumps(doc))
     return path
+
+
+def test_eval_measures_a_head_template_from_its_answers(
+    gw: RunningGateway, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`adaptserve eval` on a head template: its answers are uncalibrated probabilities,
+    scored as they are (a head's explain has logits, not the LLM's log-probabilities)."""
+    assert gw.admin("PUT", "/heads/h", json=_head(labels=["negative", "positive"])).status_code == 201
+    assert _put_template(gw, _template(labels=["negative", "positive"])).status_code == 201
+    texts = ["good fun", "awful dull", "great film", "poor plot", "fine day", "bad luck"]
+    gold = ["positive", "negative", "positive", "negative", "positive", "negative"]
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": g}) + "\n" for t, g in zip(texts, gold, strict=True)))
+    argv = ["eval", "mood", "--data", str(data), "--out", str(tmp_path), "--url", gw.url, "--key", API_KEY]
+    with pytest.raises(SystemExit) as done:
+        cli_main(argv)
+    assert done.value.code == 0, capsys.readouterr()
+    (written,) = tmp_path.glob("mood-*.json")
+    report = json.loads(written.read_text())
+    expected = _expected(_head(labels=["negative", "positive"]), texts, order=["negative", "positive"])
+    predicted = [["negative", "positive"][int(np.argmax(p))] for p in expected]
+    accuracy = sum(p == g for p, g in zip(predicted, gold, strict=True)) / len(gold)
+    assert report["uncalibrated"]["accuracy"] == pytest.approx(accuracy) and "calibrated" not in report

@@ -82,7 +82,8 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     source = str(args.data) if args.data else f"{args.dataset}:{args.split}"
     settings_used = {"template": args.template, "version": described.version, "data": source, "url": url}
     settings_used |= {"limit": args.limit, "batch": args.batch, "concurrency": args.concurrency}
-    result = report(predictions, bool(described.raw.get("calibration")), elapsed, settings_used)
+    calibrates = bool(described.raw.get("calibration")) and not described.raw.get("head")  # a head: never
+    result = report(predictions, calibrates, elapsed, settings_used)
     if args.baselines:
         result["baselines"] = _baselines(args, examples, described.labels)
         result["verdict"] = against_baselines(predictions, result)
