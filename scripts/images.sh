@@ -66,7 +66,8 @@ fi
 
 # pip in the build reaches the package index through the host's CA bundle (a TLS-inspecting
 # proxy's CA is in it where there is one), mounted read-only.
-build=(--isolation chroot --layers --build-arg "BASE=$base")
+# Docker's format keeps the gateway's HEALTHCHECK (OCI's has none).
+build=(--isolation chroot --layers --format docker --build-arg "BASE=$base")
 bundle=/etc/ssl/certs/ca-certificates.crt
 if [ -f "$bundle" ]; then
     build+=(--volume /etc/ssl/certs:/etc/ssl/certs:ro --build-arg "PIP_CERT=$bundle")
@@ -77,12 +78,33 @@ t=$SECONDS
 "${buildah[@]}" bud "${build[@]}" -f deploy/images/gateway.Containerfile -t "$gateway" . \
     || fail "building the gateway image failed"
 echo "gateway image built in $((SECONDS - t))s"
+check='import importlib.util, os
+assert os.getuid() == 1000, os.getuid()
+found = [m for m in ("torch", "vllm", "transformers", "peft") if importlib.util.find_spec(m)]
+assert not found, found'
+container=$("${buildah[@]}" from --pull-never "$gateway")
+"${buildah[@]}" run --isolation chroot "$container" -- python3 -c "$check" \
+    || fail "the gateway image runs as root or carries torch/vllm/transformers/peft"
+"${buildah[@]}" rm "$container" >/dev/null
 if $engine; then
     step "building $engine_image"
+    # The CPU build of torch is not on the default index: pip's local wheel folder (as
+    # scripts/lock.sh finds it), mounted read-only.
+    links=${PIP_FIND_LINKS:-$(python3 -m pip config get global.find-links 2>/dev/null || true)}
+    wheels=()
+    for folder in $links; do
+        [ -d "$folder" ] && wheels=(--volume "$folder:/wheels:ro" --build-arg PIP_FIND_LINKS=/wheels) && break
+    done
     t=$SECONDS
-    "${buildah[@]}" bud "${build[@]}" -f deploy/images/engine-cpu.Containerfile -t "$engine_image" . \
-        || fail "building the engine image failed"
+    "${buildah[@]}" bud "${build[@]}" "${wheels[@]}" -f deploy/images/engine-cpu.Containerfile \
+        -t "$engine_image" . || fail "building the engine image failed"
     echo "engine image built in $((SECONDS - t))s"
+    container=$("${buildah[@]}" from --pull-never "$engine_image")
+    "${buildah[@]}" run --isolation chroot "$container" -- \
+        python3 -c 'import vllm, adaptserve.engine_plugin, adaptserve.upstream.vllm_main' \
+        || fail "the engine image cannot import vllm and adaptserve's engine plugin"
+    "${buildah[@]}" rm "$container" >/dev/null
+    container=""
 fi
 
 step "smoke test: the gateway image in front of the fake engine"
