@@ -36,6 +36,22 @@ fail() {
     exit 1
 }
 
+work=$(mktemp -d)
+engine_pid="" gateway_pid="" container=""
+cleanup() {
+    for pid in $gateway_pid $engine_pid; do
+        kill -- "-$pid" 2>/dev/null || true
+    done
+    for pid in $gateway_pid $engine_pid; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if [ -n "$container" ]; then
+        "${buildah[@]}" rm "$container" >/dev/null 2>&1 || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
 step() {
     echo "== [$((SECONDS - start))s] $*"
 }
@@ -51,7 +67,10 @@ if ! "${buildah[@]}" inspect --type image "$base" >/dev/null 2>&1; then
     if [ ! -f "$cache/rootfs.tar" ]; then
         step "making Debian's root file system with mmdebstrap"
         # No mirror given: the host's apt sources are used, whatever mirror they name.
-        sources=$(ls /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | head -1)
+        sources=""
+        for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.sources; do
+            [ -f "$f" ] && sources=$f && break
+        done
         [ -n "$sources" ] || fail "no apt sources on this host for mmdebstrap"
         mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates \
             --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
@@ -86,6 +105,7 @@ container=$("${buildah[@]}" from --pull-never "$gateway")
 "${buildah[@]}" run --isolation chroot "$container" -- python3 -c "$check" \
     || fail "the gateway image runs as root or carries torch/vllm/transformers/peft"
 "${buildah[@]}" rm "$container" >/dev/null
+container=""
 if $engine; then
     step "building $engine_image"
     # The CPU build of torch is not on the default index: pip's local wheel folder (as
@@ -95,8 +115,10 @@ if $engine; then
     for folder in $links; do
         [ -d "$folder" ] && wheels=(--volume "$folder:/wheels:ro" --build-arg PIP_FIND_LINKS=/wheels) && break
     done
+    # No layer cache here: vfs stores each cached layer as a full copy of the file system,
+    # and the engine's is over 5 GB (with --layers its build took 65 GB of disk).
     t=$SECONDS
-    "${buildah[@]}" bud "${build[@]}" "${wheels[@]}" -f deploy/images/engine-cpu.Containerfile \
+    "${buildah[@]}" bud "${build[@]}" --layers=false "${wheels[@]}" -f deploy/images/engine-cpu.Containerfile \
         -t "$engine_image" . || fail "building the engine image failed"
     echo "engine image built in $((SECONDS - t))s"
     container=$("${buildah[@]}" from --pull-never "$engine_image")
@@ -109,21 +131,6 @@ fi
 
 step "smoke test: the gateway image in front of the fake engine"
 [ -x "$PYTHON" ] || fail "no $PYTHON to run the fake engine (set PYTHON)"
-work=$(mktemp -d)
-engine_pid="" gateway_pid="" container=""
-cleanup() {
-    for pid in $gateway_pid $engine_pid; do
-        kill -- "-$pid" 2>/dev/null || true
-    done
-    for pid in $gateway_pid $engine_pid; do
-        wait "$pid" 2>/dev/null || true
-    done
-    if [ -n "$container" ]; then
-        "${buildah[@]}" rm "$container" >/dev/null 2>&1 || true
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
