@@ -116,7 +116,9 @@ if $engine; then
         [ -d "$folder" ] && wheels=(--volume "$folder:/wheels:ro" --build-arg PIP_FIND_LINKS=/wheels) && break
     done
     # No layer cache here: vfs stores each cached layer as a full copy of the file system,
-    # and the engine's is over 5 GB (with --layers its build took 65 GB of disk).
+    # and the engine's is 4 GB (with --layers its build took 65 GB of disk). The previous
+    # run's image goes first, or each run would leave 4 GB behind.
+    "${buildah[@]}" rmi "$engine_image" >/dev/null 2>&1 || true
     t=$SECONDS
     "${buildah[@]}" bud "${build[@]}" --layers=false "${wheels[@]}" -f deploy/images/engine-cpu.Containerfile \
         -t "$engine_image" . || fail "building the engine image failed"
