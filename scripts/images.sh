@@ -72,7 +72,8 @@ if ! "${buildah[@]}" inspect --type image "$base" >/dev/null 2>&1; then
             [ -f "$f" ] && sources=$f && break
         done
         [ -n "$sources" ] || fail "no apt sources on this host for mmdebstrap"
-        mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates \
+        rm -rf "$cache/rootfs.tar.part"
+        mmdebstrap --quiet --format=tar --variant=minbase --include=python3,python3-venv,ca-certificates \
             --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
             --dpkgopt='path-exclude=/usr/share/locale/*' \
             bookworm "$cache/rootfs.tar.part" "$sources" || fail "mmdebstrap failed"
