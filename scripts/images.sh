@@ -69,7 +69,10 @@ if ! "${buildah[@]}" inspect --type image "$base" >/dev/null 2>&1; then
         # No mirror given: the host's apt sources are used, whatever mirror they name.
         sources=""
         for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.sources; do
-            [ -f "$f" ] && sources=$f && break
+            if [ -f "$f" ]; then
+                sources=$f
+                break
+            fi
         done
         [ -n "$sources" ] || fail "no apt sources on this host for mmdebstrap"
         rm -rf "$cache/rootfs.tar.part"
@@ -114,7 +117,10 @@ if $engine; then
     links=${PIP_FIND_LINKS:-$(python3 -m pip config get global.find-links 2>/dev/null || true)}
     wheels=()
     for folder in $links; do
-        [ -d "$folder" ] && wheels=(--volume "$folder:/wheels:ro" --build-arg PIP_FIND_LINKS=/wheels) && break
+        if [ -d "$folder" ]; then
+            wheels=(--volume "$folder:/wheels:ro" --build-arg PIP_FIND_LINKS=/wheels)
+            break
+        fi
     done
     # No layer cache here: vfs stores each cached layer as a full copy of the file system,
     # and the engine's is 4 GB (with --layers its build took 65 GB of disk). The previous
