@@ -52,6 +52,24 @@ def embed_entry(fake: Any, **extra: Any) -> dict[str, Any]:
     return {"name": "embedder", "role": "embed", "upstreams": [fake.url], "served_model_name": FAKE_ENCODER} | extra
 
 
+def random_head(labels: list[str], seed: int = 0, **changes: Any) -> dict[str, Any]:
+    """A head document as `train --method head` writes it, with random weights over the
+    fake encoder's vectors (embedding model `embedder`)."""
+    import numpy as np
+
+    from adaptserve.bench.fake_engine import EMBED_DIM
+
+    rng = np.random.default_rng(seed)
+    doc = {
+        "labels": labels,
+        "embedding_model": "embedder",
+        "dim": EMBED_DIM,
+        "coef": rng.normal(size=(len(labels), EMBED_DIM)).tolist(),
+        "intercept": rng.normal(size=len(labels)).tolist(),
+    }
+    return doc | changes
+
+
 # -- servers ---------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as sock:

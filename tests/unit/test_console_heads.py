@@ -11,25 +11,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from adaptserve.bench.fake_engine import EMBED_DIM
-from tests.helpers import ADMIN_KEY, Browser, RunningGateway, console_sign_in, tenant_admin_key
+from tests.helpers import ADMIN_KEY, Browser, RunningGateway, console_sign_in, random_head, tenant_admin_key
 
 LABELS = ["negative", "positive"]
 
 
 def _head(seed: int, **changes: Any) -> dict[str, Any]:
-    """A head document as `train --method head` writes it."""
-    rng = np.random.default_rng(seed)
-    doc = {
-        "labels": LABELS,
-        "embedding_model": "embedder",
-        "dim": EMBED_DIM,
-        "coef": rng.normal(size=(len(LABELS), EMBED_DIM)).tolist(),
-        "intercept": rng.normal(size=len(LABELS)).tolist(),
-    }
-    return doc | changes
+    return random_head(LABELS, seed, **changes)
 
 
 def _described(embed_gateway: RunningGateway, name: str, tenant: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from tests.helpers import (
     assert_openai_error,
     call_as,
     new_tenant,
+    random_head,
     run_template,
     tenant_admin_key,
     wait_for_usage,
@@ -34,15 +35,7 @@ LABELS = ["negative", "positive", "neutral"]
 
 
 def _head(seed: int = 0, labels: list[str] = LABELS, **changes: Any) -> dict[str, Any]:
-    rng = np.random.default_rng(seed)
-    doc = {
-        "labels": labels,
-        "embedding_model": "embedder",
-        "dim": EMBED_DIM,
-        "coef": rng.normal(size=(len(labels), EMBED_DIM)).tolist(),
-        "intercept": rng.normal(size=len(labels)).tolist(),
-    }
-    return doc | changes
+    return random_head(labels, seed, **changes)
 
 
 def _template(name: str = "mood", head: str = "h", labels: list[str] = LABELS, **changes: Any) -> dict[str, Any]:
