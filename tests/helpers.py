@@ -44,6 +44,30 @@ ADAPTERS = ("a1", "a2", "a3")  # the integration server's good adapters (setting
 BAD_ADAPTERS = ("corrupt", "rank64", "wrongbase")  # and the ones it must refuse
 MAX_LORAS = 2  # fewer engine slots than adapters in the mix
 EMBED_MODEL = "minilm"  # the integration gateway's embedding model (conftest.py's embed_server)
+FAKE_ENCODER = "fake-encoder"  # the name the unit tests' fake encoder (conftest.py's `encoder`) answers to
+
+
+def embed_entry(fake: Any, **extra: Any) -> dict[str, Any]:
+    """A `models:` entry for an embedding model served by the fake engine `fake`."""
+    return {"name": "embedder", "role": "embed", "upstreams": [fake.url], "served_model_name": FAKE_ENCODER} | extra
+
+
+def random_head(labels: list[str], seed: int = 0, **changes: Any) -> dict[str, Any]:
+    """A head document as `train --method head` writes it, with random weights over the
+    fake encoder's vectors (embedding model `embedder`)."""
+    import numpy as np
+
+    from adaptserve.bench.fake_engine import EMBED_DIM
+
+    rng = np.random.default_rng(seed)
+    doc = {
+        "labels": labels,
+        "embedding_model": "embedder",
+        "dim": EMBED_DIM,
+        "coef": rng.normal(size=(len(labels), EMBED_DIM)).tolist(),
+        "intercept": rng.normal(size=len(labels)).tolist(),
+    }
+    return doc | changes
 
 
 # -- servers ---------------------------------------------------------------------------

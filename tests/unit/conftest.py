@@ -20,6 +20,7 @@ from adaptserve.server.app import create_app
 from tests.helpers import (
     ADMIN_KEY,
     API_KEY,
+    FAKE_ENCODER,
     GATEWAY_DEPLOYMENT,
     GPU_OVERLAYS,
     OVERLAYS,
@@ -27,6 +28,7 @@ from tests.helpers import (
     RunningGateway,
     ServerThread,
     container_of,
+    embed_entry,
     free_port,
     make_adapter,
     make_base,
@@ -62,6 +64,19 @@ def second_fake() -> Iterator[FakeState]:
     state, server = _fake_engine()
     yield state
     server.stop()
+
+
+@pytest.fixture
+def encoder(second_fake: FakeState) -> FakeState:
+    """The second fake engine as an embedding model's engine (`FAKE_ENCODER`)."""
+    second_fake.served = [FAKE_ENCODER]
+    return second_fake
+
+
+@pytest.fixture
+def embed_gateway(start_gateway: Callable[..., RunningGateway], encoder: FakeState) -> RunningGateway:
+    """A gateway with the fake LLM and the fake encoder as embedding model `embedder`."""
+    return start_gateway(models=[embed_entry(encoder)])
 
 
 def _database_urls() -> dict[str, str | None]:

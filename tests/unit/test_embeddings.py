@@ -23,35 +23,22 @@ from adaptserve.engine_plugin import ENABLE_ENV
 from adaptserve.upstream.supervisor import PoolingSupervisor
 from tests.helpers import (
     API_KEY,
+    FAKE_ENCODER,
     RunningGateway,
     assert_openai_error,
+    embed_entry,
     gateway_metric,
     new_tenant,
     wait_for,
     wait_for_usage,
 )
 
-ENCODER = "fake-encoder"  # the name the fake engine knows the model by
 
-
-def _entry(fake: FakeState, **extra: Any) -> dict[str, Any]:
-    return {"name": "embedder", "role": "embed", "upstreams": [fake.url], "served_model_name": ENCODER} | extra  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def encoder(second_fake: FakeState) -> FakeState:
-    second_fake.served = [ENCODER]
-    return second_fake
-
-
-@pytest.fixture
-def embed_gateway(start_gateway: Callable[..., RunningGateway], encoder: FakeState) -> RunningGateway:
-    return start_gateway(models=[_entry(encoder)])
-
-
-def _post(gw: RunningGateway, body: dict[str, Any], key: str = API_KEY) -> httpx.Response:
+def _post(embed_gateway: RunningGateway, body: dict[str, Any], key: str = API_KEY) -> httpx.Response:
     # A refusal is checked for personal data; the first check loads the detector (seconds; more on a busy CPU).
-    return httpx.post(gw.url + "/v1/embeddings", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    return httpx.post(
+        embed_gateway.url + "/v1/embeddings", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60
+    )
 
 
 # -- settings ------------------------------------------------------------------------------
@@ -124,7 +111,7 @@ def test_the_openai_sdk_gets_vectors_from_the_embedding_engine(
     assert [d.index for d in many.data] == [0, 1, 2]
     assert [d.embedding for d in many.data] == [pytest.approx(fake_embedding(t.split())) for t in texts]
     sent = encoder.requests[-1]
-    assert sent["model"] == ENCODER and sent["input"] == texts
+    assert sent["model"] == FAKE_ENCODER and sent["input"] == texts
     assert (sent["encoding_format"], sent["endianness"]) == ("base64", "little")  # the engine is asked for bytes
     assert not any("input" in r for r in fake.requests)  # the generate engine saw none of it
 
@@ -166,7 +153,7 @@ def test_an_engine_serving_another_name_stays_out(embed_gateway: RunningGateway,
     calls = encoder.health_calls
     wait_for(lambda: encoder.health_calls >= calls + 4, 10, "no more probes")
     assert httpx.get(embed_gateway.url + "/ready").json()["models"] == {"embedder": ["down"]}
-    encoder.served = [ENCODER]
+    encoder.served = [FAKE_ENCODER]
     wait_for(lambda: httpx.get(embed_gateway.url + "/ready").status_code == 200, 10, "it never came back")
 
 
@@ -189,8 +176,10 @@ def test_an_engine_serving_another_name_stays_out(embed_gateway: RunningGateway,
 def test_bad_requests_are_clear_4xx(
     start_gateway: Callable[..., RunningGateway], encoder: FakeState, body: dict, status: int, code: str, param: str
 ) -> None:
-    gw = start_gateway(models=[_entry(encoder)], max_sequences_per_request=4, max_tokens_per_request=150)
-    assert_openai_error(_post(gw, body), status, code, param)
+    embed_gateway = start_gateway(
+        models=[embed_entry(encoder)], max_sequences_per_request=4, max_tokens_per_request=150
+    )
+    assert_openai_error(_post(embed_gateway, body), status, code, param)
 
 
 def test_dimensions_pass_where_the_model_has_them(embed_gateway: RunningGateway, encoder: FakeState) -> None:
@@ -202,11 +191,11 @@ def test_dimensions_pass_where_the_model_has_them(embed_gateway: RunningGateway,
 def test_a_key_is_needed_and_a_model_serves_only_its_tenants(
     start_gateway: Callable[..., RunningGateway], encoder: FakeState
 ) -> None:
-    gw = start_gateway(models=[_entry(encoder), _entry(encoder, name="private", tenants=["acme"])])
-    assert _post(gw, {"model": "embedder", "input": "x"}, key="sk-wrong").status_code == 401
-    assert_openai_error(_post(gw, {"model": "private", "input": "x"}), 404, "model_not_found", "model")
-    assert "private" not in [m.id for m in gw.client().models.list().data]
-    acme = new_tenant(gw, "acme")
+    embed_gateway = start_gateway(models=[embed_entry(encoder), embed_entry(encoder, name="private", tenants=["acme"])])
+    assert _post(embed_gateway, {"model": "embedder", "input": "x"}, key="sk-wrong").status_code == 401
+    assert_openai_error(_post(embed_gateway, {"model": "private", "input": "x"}), 404, "model_not_found", "model")
+    assert "private" not in [m.id for m in embed_gateway.client().models.list().data]
+    acme = new_tenant(embed_gateway, "acme")
     assert {m.id for m in acme.models.list().data} == {"embedder", "private"}
     assert len(acme.embeddings.create(model="private", input="x").data) == 1
     with pytest.raises(openai.NotFoundError):
@@ -215,7 +204,9 @@ def test_a_key_is_needed_and_a_model_serves_only_its_tenants(
         acme.chat.completions.create(model="private", messages=[{"role": "user", "content": "hi"}])
     assert on_chat.value.code == "model_not_generative" and "/v1/embeddings" in on_chat.value.message
     chat_body = {"model": "private", "messages": [{"role": "user", "content": "hi"}]}
-    assert_openai_error(gw.post("/v1/chat/completions", chat_body), 404, "model_not_found", "model")  # not default's
+    assert_openai_error(
+        embed_gateway.post("/v1/chat/completions", chat_body), 404, "model_not_found", "model"
+    )  # not default's
 
 
 def test_personal_data_is_masked_before_the_engine_and_token_ids_refused(

@@ -6,7 +6,6 @@ pushed and raced against an LLM template on the same inputs."""
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -15,36 +14,25 @@ from adaptserve.bench import embeddings as bench
 from adaptserve.bench.embeddings import Endpoint
 from adaptserve.bench.fake_engine import FakeState, fake_embedding
 from adaptserve.datasets import Example
-from tests.helpers import ADMIN_KEY, API_KEY, RunningGateway
+from tests.helpers import ADMIN_KEY, API_KEY, FAKE_ENCODER, RunningGateway
 
-ENCODER = "fake-encoder"
 WORDS = ["good", "great", "fine", "bad", "awful", "dull", "plot", "cast", "music", "film"]
-
-
-@pytest.fixture
-def encoder(second_fake: FakeState) -> FakeState:
-    second_fake.served = [ENCODER]
-    return second_fake
-
-
-@pytest.fixture
-def gw(start_gateway: Callable[..., RunningGateway], encoder: FakeState) -> RunningGateway:
-    entry = {"name": "embedder", "role": "embed", "upstreams": [encoder.url], "served_model_name": ENCODER}  # type: ignore[attr-defined]
-    return start_gateway(models=[entry])
 
 
 def _texts(n: int) -> list[str]:
     return [" ".join(WORDS[(i + k) % len(WORDS)] for k in range(1 + i % 4)) + f" n{i}" for i in range(n)]
 
 
-def test_both_sides_embed_the_same_batches_and_the_ratio_is_the_medians(gw: RunningGateway, encoder: FakeState) -> None:
+def test_both_sides_embed_the_same_batches_and_the_ratio_is_the_medians(
+    embed_gateway: RunningGateway, encoder: FakeState
+) -> None:
     texts = _texts(20)
-    gateway, direct = Endpoint(gw.url, "embedder", API_KEY), Endpoint(encoder.url, ENCODER)  # type: ignore[attr-defined]
+    gateway, direct = Endpoint(embed_gateway.url, "embedder", API_KEY), Endpoint(encoder.url, FAKE_ENCODER)  # type: ignore[attr-defined]
     result = bench.compare_embeddings(gateway, direct, texts, batch=8, rounds=3)
 
     batches = [texts[:8], texts[8:16], texts[16:]]
     seen = [tuple(r["input"]) for r in encoder.requests]
-    assert all(r["model"] == ENCODER for r in encoder.requests)
+    assert all(r["model"] == FAKE_ENCODER for r in encoder.requests)
     # warm-up: the first two batches on each side; then every batch on each side each round
     assert sorted(seen) == sorted([tuple(b) for b in batches] * 6 + [tuple(b) for b in batches[:2]] * 2)
 
@@ -76,7 +64,9 @@ def test_cosines_on_known_vectors() -> None:
         bench.cosines(a, b[:2])
 
 
-def test_a_head_is_trained_pushed_and_raced_against_an_llm_template(gw: RunningGateway, encoder: FakeState) -> None:
+def test_a_head_is_trained_pushed_and_raced_against_an_llm_template(
+    embed_gateway: RunningGateway, encoder: FakeState
+) -> None:
     positive, negative = ["good", "great", "fine"], ["bad", "awful", "dull"]
     examples = [
         Example(
@@ -84,16 +74,18 @@ def test_a_head_is_trained_pushed_and_raced_against_an_llm_template(gw: RunningG
         )
         for i in range(48)
     ]
-    gateway = Endpoint(gw.url, "embedder", API_KEY)
+    gateway = Endpoint(embed_gateway.url, "embedder", API_KEY)
     facts = bench.push_head(gateway, ADMIN_KEY, bench.balanced(examples[:32], 32), seed=0)
     assert facts["labels"] == ["negative", "positive"] and facts["examples"] == 32
     labels = [{"name": "negative"}, {"name": "positive"}]
     llm = {"name": "llm", "kind": "classify", "instruction": "Good or bad?", "inputs": {"text": {}}, "labels": labels}
-    assert gw.admin("PUT", "/templates/llm", json=llm).status_code == 201
+    assert embed_gateway.admin("PUT", "/templates/llm", json=llm).status_code == 201
 
     encoder.requests.clear()
     pool = examples[32:]
-    result = bench.compare_classify(gw.url, API_KEY, {"head": bench.HEAD, "llm": "llm"}, pool, n=8, batch=4, rounds=2)
+    result = bench.compare_classify(
+        embed_gateway.url, API_KEY, {"head": bench.HEAD, "llm": "llm"}, pool, n=8, batch=4, rounds=2
+    )
 
     # the head's side: one embeddings request per batch, the round's inputs in order
     embedded = [r["input"] for r in encoder.requests]
@@ -102,7 +94,8 @@ def test_a_head_is_trained_pushed_and_raced_against_an_llm_template(gw: RunningG
     for r, round_ in enumerate(result["rounds"]):  # accuracy: the labels of one-input calls, against the gold
         for side, template in (("head", bench.HEAD), ("llm", "llm")):
             answers = [
-                gw.post(f"/v1/templates/{template}", {"inputs": {"text": e.text}}) for e in pool[r * 8 : r * 8 + 8]
+                embed_gateway.post(f"/v1/templates/{template}", {"inputs": {"text": e.text}})
+                for e in pool[r * 8 : r * 8 + 8]
             ]
             right = [a.json()["label"] == e.label for a, e in zip(answers, pool[r * 8 :], strict=False)]
             assert round_[side]["accuracy"] == sum(right) / 8

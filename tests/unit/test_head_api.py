@@ -6,7 +6,6 @@ on the fake vectors, one embeddings call per call, attributions, metering, swaps
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,41 +20,22 @@ from adaptserve.training.head import train_head
 from tests.helpers import (
     ADMIN_KEY,
     API_KEY,
+    FAKE_ENCODER,
     RunningGateway,
     assert_openai_error,
     call_as,
     new_tenant,
+    random_head,
     run_template,
     tenant_admin_key,
     wait_for_usage,
 )
 
-ENCODER = "fake-encoder"
 LABELS = ["negative", "positive", "neutral"]
 
 
-@pytest.fixture
-def encoder(second_fake: FakeState) -> FakeState:
-    second_fake.served = [ENCODER]
-    return second_fake
-
-
-@pytest.fixture
-def gw(start_gateway: Callable[..., RunningGateway], encoder: FakeState) -> RunningGateway:
-    entry = {"name": "embedder", "role": "embed", "upstreams": [encoder.url], "served_model_name": ENCODER}  # type: ignore[attr-defined]
-    return start_gateway(models=[entry])
-
-
 def _head(seed: int = 0, labels: list[str] = LABELS, **changes: Any) -> dict[str, Any]:
-    rng = np.random.default_rng(seed)
-    doc = {
-        "labels": labels,
-        "embedding_model": "embedder",
-        "dim": EMBED_DIM,
-        "coef": rng.normal(size=(len(labels), EMBED_DIM)).tolist(),
-        "intercept": rng.normal(size=len(labels)).tolist(),
-    }
-    return doc | changes
+    return random_head(labels, seed, **changes)
 
 
 def _template(name: str = "mood", head: str = "h", labels: list[str] = LABELS, **changes: Any) -> dict[str, Any]:
@@ -69,12 +49,16 @@ def _template(name: str = "mood", head: str = "h", labels: list[str] = LABELS, *
     return doc | changes
 
 
-def _put_head(gw: RunningGateway, name: str, body: dict[str, Any], key: str | None = None, **params: Any) -> Any:
-    return gw.admin("PUT", f"/heads/{name}", json=body, params=params, **({"key": key} if key else {}))
+def _put_head(
+    embed_gateway: RunningGateway, name: str, body: dict[str, Any], key: str | None = None, **params: Any
+) -> Any:
+    return embed_gateway.admin("PUT", f"/heads/{name}", json=body, params=params, **({"key": key} if key else {}))
 
 
-def _put_template(gw: RunningGateway, doc: dict[str, Any], key: str | None = None, **params: Any) -> Any:
-    return gw.admin("PUT", f"/templates/{doc['name']}", json=doc, params=params, **({"key": key} if key else {}))
+def _put_template(embed_gateway: RunningGateway, doc: dict[str, Any], key: str | None = None, **params: Any) -> Any:
+    return embed_gateway.admin(
+        "PUT", f"/templates/{doc['name']}", json=doc, params=params, **({"key": key} if key else {})
+    )
 
 
 def _expected(head: dict[str, Any], texts: list[str], order: list[str] = LABELS) -> np.ndarray:
@@ -87,28 +71,28 @@ def _expected(head: dict[str, Any], texts: list[str], order: list[str] = LABELS)
 
 
 # -- the admin API -------------------------------------------------------------------------
-def test_a_head_is_versioned_activated_and_rolled_back(gw: RunningGateway) -> None:
-    first = _put_head(gw, "h", _head(1))
+def test_a_head_is_versioned_activated_and_rolled_back(embed_gateway: RunningGateway) -> None:
+    first = _put_head(embed_gateway, "h", _head(1))
     assert first.status_code == 201, first.text
     v1 = first.json()["version"]
     assert first.json()["active_version"] == v1 and len(v1) == 12
-    assert _put_head(gw, "h", _head(1)).status_code == 200  # identical: the same version
-    staged = _put_head(gw, "h", _head(2), activate="false")
+    assert _put_head(embed_gateway, "h", _head(1)).status_code == 200  # identical: the same version
+    staged = _put_head(embed_gateway, "h", _head(2), activate="false")
     v2 = staged.json()["version"]
     assert staged.status_code == 201 and v2 != v1 and staged.json()["active_version"] == v1
-    assert [v["version"] for v in gw.admin("GET", "/heads/h").json()["versions"]] == [v1, v2]
-    assert gw.admin("POST", "/heads/h/activate", json={"version": v2}).json()["active_version"] == v2
-    back = gw.admin("POST", "/heads/h/rollback").json()
+    assert [v["version"] for v in embed_gateway.admin("GET", "/heads/h").json()["versions"]] == [v1, v2]
+    assert embed_gateway.admin("POST", "/heads/h/activate", json={"version": v2}).json()["active_version"] == v2
+    back = embed_gateway.admin("POST", "/heads/h/rollback").json()
     assert (back["active_version"], back["previous_version"]) == (v1, v2)
     assert_openai_error(
-        gw.admin("POST", "/heads/h/activate", json={"version": "0" * 12}), 404, "head_not_found", "version"
+        embed_gateway.admin("POST", "/heads/h/activate", json={"version": "0" * 12}), 404, "head_not_found", "version"
     )
-    fresh = _put_head(gw, "fresh", _head(3))
+    fresh = _put_head(embed_gateway, "fresh", _head(3))
     assert fresh.status_code == 201
-    assert_openai_error(gw.admin("POST", "/heads/fresh/rollback"), 409, "no_earlier_version")
-    assert gw.admin("DELETE", "/heads/h").status_code == 204
-    assert_openai_error(gw.admin("GET", "/heads/h"), 404, "head_not_found", "name")
-    assert [h["name"] for h in gw.admin("GET", "/heads").json()["data"]] == ["fresh"]
+    assert_openai_error(embed_gateway.admin("POST", "/heads/fresh/rollback"), 409, "no_earlier_version")
+    assert embed_gateway.admin("DELETE", "/heads/h").status_code == 204
+    assert_openai_error(embed_gateway.admin("GET", "/heads/h"), 404, "head_not_found", "name")
+    assert [h["name"] for h in embed_gateway.admin("GET", "/heads").json()["data"]] == ["fresh"]
 
 
 @pytest.mark.parametrize(
@@ -123,48 +107,54 @@ def test_a_head_is_versioned_activated_and_rolled_back(gw: RunningGateway) -> No
     ],
 )
 def test_a_bad_head_is_a_400_naming_the_field(
-    gw: RunningGateway, changes: dict[str, Any], code: str, param: str
+    embed_gateway: RunningGateway, changes: dict[str, Any], code: str, param: str
 ) -> None:
-    assert_openai_error(_put_head(gw, "h", _head(0, **changes)), 400, code, param)
-    assert gw.admin("GET", "/heads").json()["data"] == []
+    assert_openai_error(_put_head(embed_gateway, "h", _head(0, **changes)), 400, code, param)
+    assert embed_gateway.admin("GET", "/heads").json()["data"] == []
 
 
-def test_heads_are_per_tenant(gw: RunningGateway) -> None:
+def test_heads_are_per_tenant(embed_gateway: RunningGateway) -> None:
     for tenant in ("acme", "globex"):
-        new_tenant(gw, tenant)
-    acme, globex = tenant_admin_key(gw, "acme"), tenant_admin_key(gw, "globex")
-    assert _put_head(gw, "h", _head(1), key=acme).status_code == 201
-    assert _put_head(gw, "g", _head(2)).status_code == 201  # the operator's: global
-    assert_openai_error(call_as(gw, globex, "GET", "/admin/heads/h"), 404, "head_not_found", "name")
-    assert_openai_error(call_as(gw, globex, "POST", "/admin/heads/h/rollback"), 404, "head_not_found", "name")
+        new_tenant(embed_gateway, tenant)
+    acme, globex = tenant_admin_key(embed_gateway, "acme"), tenant_admin_key(embed_gateway, "globex")
+    assert _put_head(embed_gateway, "h", _head(1), key=acme).status_code == 201
+    assert _put_head(embed_gateway, "g", _head(2)).status_code == 201  # the operator's: global
+    assert_openai_error(call_as(embed_gateway, globex, "GET", "/admin/heads/h"), 404, "head_not_found", "name")
     assert_openai_error(
-        call_as(gw, globex, "GET", "/admin/heads/h", params={"tenant": "acme"}), 404, "tenant_not_found"
+        call_as(embed_gateway, globex, "POST", "/admin/heads/h/rollback"), 404, "head_not_found", "name"
     )
-    assert [h["name"] for h in call_as(gw, globex, "GET", "/admin/heads").json()["data"]] == ["g"]
-    assert sorted(h["name"] for h in call_as(gw, acme, "GET", "/admin/heads").json()["data"]) == ["g", "h"]
-    assert call_as(gw, acme, "GET", "/admin/heads/h").json()["owner"] == "acme"
-    assert_openai_error(call_as(gw, acme, "DELETE", "/admin/heads/g"), 403, "permission_denied")
+    assert_openai_error(
+        call_as(embed_gateway, globex, "GET", "/admin/heads/h", params={"tenant": "acme"}), 404, "tenant_not_found"
+    )
+    assert [h["name"] for h in call_as(embed_gateway, globex, "GET", "/admin/heads").json()["data"]] == ["g"]
+    assert sorted(h["name"] for h in call_as(embed_gateway, acme, "GET", "/admin/heads").json()["data"]) == ["g", "h"]
+    assert call_as(embed_gateway, acme, "GET", "/admin/heads/h").json()["owner"] == "acme"
+    assert_openai_error(call_as(embed_gateway, acme, "DELETE", "/admin/heads/g"), 403, "permission_denied")
     # globex's own "h" is another head: names are per owner
-    assert _put_head(gw, "h", _head(3), key=globex).status_code == 201
-    assert call_as(gw, globex, "GET", "/admin/heads/h").json()["owner"] == "globex"
-    assert len(gw.admin("GET", "/heads").json()["data"]) == 3
+    assert _put_head(embed_gateway, "h", _head(3), key=globex).status_code == 201
+    assert call_as(embed_gateway, globex, "GET", "/admin/heads/h").json()["owner"] == "globex"
+    assert len(embed_gateway.admin("GET", "/heads").json()["data"]) == 3
     # a template resolves its owner's head: acme's "h", never globex's
-    assert _put_template(gw, _template(), key=acme).status_code == 201
-    assert_openai_error(_put_template(gw, _template("other", head="nope"), key=acme), 400, "head_mismatch", "head")
+    assert _put_template(embed_gateway, _template(), key=acme).status_code == 201
+    assert_openai_error(
+        _put_template(embed_gateway, _template("other", head="nope"), key=acme), 400, "head_mismatch", "head"
+    )
     # a deleted tenant's heads go with it
-    assert gw.admin("DELETE", "/tenants/globex").status_code == 204
-    assert sorted(h["owner"] or "" for h in gw.admin("GET", "/heads").json()["data"]) == ["", "acme"]
+    assert embed_gateway.admin("DELETE", "/tenants/globex").status_code == 204
+    assert sorted(h["owner"] or "" for h in embed_gateway.admin("GET", "/heads").json()["data"]) == ["", "acme"]
 
 
 # -- head templates ------------------------------------------------------------------------
-def test_a_head_template_answers_numpy_on_one_embeddings_call(gw: RunningGateway, encoder: FakeState) -> None:
+def test_a_head_template_answers_numpy_on_one_embeddings_call(
+    embed_gateway: RunningGateway, encoder: FakeState
+) -> None:
     head = _head(4, temperature=0.7)
-    assert _put_head(gw, "h", head).status_code == 201
+    assert _put_head(embed_gateway, "h", head).status_code == 201
     order = ["positive", "neutral", "negative"]  # the template's order, not the head's
-    assert _put_template(gw, _template(labels=order)).status_code == 201, "template"
+    assert _put_template(embed_gateway, _template(labels=order)).status_code == 201, "template"
     texts = ["the cat sat on the mat", "a b c", "dull and slow"]
     before = len(encoder.requests)
-    answer = run_template(gw, "mood", {"inputs": [{"text": t} for t in texts]})
+    answer = run_template(embed_gateway, "mood", {"inputs": [{"text": t} for t in texts]})
     assert answer.status_code == 200, answer.text
     assert len(encoder.requests) == before + 1 and encoder.requests[-1]["input"] == texts  # one batch
     expected = _expected(head, texts, order)
@@ -174,20 +164,22 @@ def test_a_head_template_answers_numpy_on_one_embeddings_call(gw: RunningGateway
         assert result["label"] == order[int(row.argmax())]
         assert result["head"]["name"] == "h" and result["calibrated"] is False
     assert answer.json()["usage"]["prompt_tokens"] == sum(len(t.split()) + 2 for t in texts)
-    one = run_template(gw, "mood", {"inputs": {"text": texts[0]}, "explain": True}).json()
+    one = run_template(embed_gateway, "mood", {"inputs": {"text": texts[0]}, "explain": True}).json()
     assert one["usage"]["prompt_tokens"] == len(texts[0].split()) + 2 and one["explain"]["scoring"] == "head"
-    rows = wait_for_usage(gw, API_KEY, requests=2)
+    rows = wait_for_usage(embed_gateway, API_KEY, requests=2)
     assert {(r["model"], r["template"]) for r in rows} == {("embedder", "mood")}
     assert sum(r["prompt_tokens"] for r in rows) == sum(len(t.split()) + 2 for t in [*texts, texts[0]])
 
 
-def test_attributions_of_a_head_template_come_from_one_embeddings_call(gw: RunningGateway, encoder: FakeState) -> None:
+def test_attributions_of_a_head_template_come_from_one_embeddings_call(
+    embed_gateway: RunningGateway, encoder: FakeState
+) -> None:
     head = _head(5)
-    _put_head(gw, "h", head)
-    _put_template(gw, _template())
+    _put_head(embed_gateway, "h", head)
+    _put_template(embed_gateway, _template())
     before = len(encoder.requests)
     body = {"inputs": {"text": "good fun film"}, "explain": "attributions"}
-    answer = run_template(gw, "mood", body)
+    answer = run_template(embed_gateway, "mood", body)
     assert answer.status_code == 200, answer.text
     assert len(encoder.requests) == before + 1
     sent = encoder.requests[-1]["input"]
@@ -200,44 +192,46 @@ def test_attributions_of_a_head_template_come_from_one_embeddings_call(gw: Runni
         assert span["contribution"] == pytest.approx(probs[0, best] - probs[i + 1, best], abs=1e-9)
 
 
-def test_a_swap_changes_the_next_call_and_a_mismatch_is_refused(gw: RunningGateway) -> None:
+def test_a_swap_changes_the_next_call_and_a_mismatch_is_refused(embed_gateway: RunningGateway) -> None:
     first, second = _head(6), _head(7)
-    v1 = _put_head(gw, "h", first).json()["version"]
-    _put_template(gw, _template())
-    v2 = _put_head(gw, "h", second, activate="false").json()["version"]
+    v1 = _put_head(embed_gateway, "h", first).json()["version"]
+    _put_template(embed_gateway, _template())
+    v2 = _put_head(embed_gateway, "h", second, activate="false").json()["version"]
     text = {"inputs": {"text": "quite good"}}
-    assert run_template(gw, "mood", text).json()["head"]["version"] == v1
-    gw.admin("POST", "/heads/h/activate", json={"version": v2})
-    swapped = run_template(gw, "mood", text).json()
+    assert run_template(embed_gateway, "mood", text).json()["head"]["version"] == v1
+    embed_gateway.admin("POST", "/heads/h/activate", json={"version": v2})
+    swapped = run_template(embed_gateway, "mood", text).json()
     assert swapped["head"]["version"] == v2
     assert list(swapped["scores"].values()) == pytest.approx(_expected(second, ["quite good"])[0].tolist(), abs=1e-12)
     # labels that are not the head's: refused when the template is saved, and when a version changes them
-    assert_openai_error(_put_template(gw, _template("bad", labels=["yes", "no"])), 400, "head_mismatch", "labels")
-    _put_head(gw, "h", _head(8, labels=["a", "b", "c"]))
-    assert_openai_error(run_template(gw, "mood", text), 400, "head_mismatch", "labels")
-    gw.admin("POST", "/heads/h/rollback")
-    assert run_template(gw, "mood", text).json()["head"]["version"] == v2
+    assert_openai_error(
+        _put_template(embed_gateway, _template("bad", labels=["yes", "no"])), 400, "head_mismatch", "labels"
+    )
+    _put_head(embed_gateway, "h", _head(8, labels=["a", "b", "c"]))
+    assert_openai_error(run_template(embed_gateway, "mood", text), 400, "head_mismatch", "labels")
+    embed_gateway.admin("POST", "/heads/h/rollback")
+    assert run_template(embed_gateway, "mood", text).json()["head"]["version"] == v2
 
 
-def test_a_head_template_takes_no_prompt_fields(gw: RunningGateway) -> None:
-    _put_head(gw, "h", _head(9))
+def test_a_head_template_takes_no_prompt_fields(embed_gateway: RunningGateway) -> None:
+    _put_head(embed_gateway, "h", _head(9))
     for extra in (
         {"model": "other"},
         {"temperature": 2.0},
         {"examples": [{"inputs": {"text": "x"}, "label": "neutral"}]},
         {"kind": "generate"},
     ):
-        response = _put_template(gw, _template(**extra))
+        response = _put_template(embed_gateway, _template(**extra))
         assert response.status_code == 400, (extra, response.text)
     without = _template()
-    assert "instruction" not in without and _put_template(gw, without).status_code == 201
-    described = gw.post("/v1/templates/mood", None).status_code  # a POST without inputs: 400, not 500
+    assert "instruction" not in without and _put_template(embed_gateway, without).status_code == 201
+    described = embed_gateway.post("/v1/templates/mood", None).status_code  # a POST without inputs: 400, not 500
     assert described == 400
 
 
 # -- training and the CLI --------------------------------------------------------------------
 def test_train_method_head_embeds_through_the_server_fits_and_pushes(
-    gw: RunningGateway, encoder: FakeState, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    embed_gateway: RunningGateway, encoder: FakeState, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     words = {"positive": ["good", "great", "fine", "fun"], "negative": ["bad", "awful", "poor", "dull"]}
     rng = np.random.default_rng(0)
@@ -248,33 +242,45 @@ def test_train_method_head_embeds_through_the_server_fits_and_pushes(
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "h.json"
     argv = ["train", "--method", "head", "--data", str(data), "--embedding-model", "embedder", "--name", "h"]
-    argv += ["--global", "--embed-key", API_KEY, "--out", str(out), "--url", gw.url, "--admin-key", ADMIN_KEY]
+    argv += [
+        "--global",
+        "--embed-key",
+        API_KEY,
+        "--out",
+        str(out),
+        "--url",
+        embed_gateway.url,
+        "--admin-key",
+        ADMIN_KEY,
+    ]
     with pytest.raises(SystemExit) as done:
         cli_main(argv)
     assert done.value.code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["labels"] == ["negative", "positive"] and report["C"] in C_GRID and report["examples"] == 24
-    assert gw.admin("GET", "/heads/h").json()["active_version"] == report["version"]
-    assert any(r.get("model") == ENCODER and len(r["input"]) == 24 for r in encoder.requests)  # one batch of 64 at most
+    assert embed_gateway.admin("GET", "/heads/h").json()["active_version"] == report["version"]
+    assert any(
+        r.get("model") == FAKE_ENCODER and len(r["input"]) == 24 for r in encoder.requests
+    )  # one batch of 64 at most
     # the same fit in process, on the fake vectors as they travel (float32): the same head
     x = np.array([fake_embedding(r["text"].split()) for r in rows], dtype=np.float32).astype(np.float64)
     expected, _ = train_head(x, [r["label"] for r in rows], "embedder")
     pushed = json.loads(out.read_text())
     np.testing.assert_allclose(np.array(pushed["coef"]), expected.coef, atol=1e-9)
-    _put_template(gw, _template(labels=["positive", "negative"]))
-    answer = run_template(gw, "mood", {"inputs": [{"text": "good fun"}, {"text": "awful dull"}]}).json()
+    _put_template(embed_gateway, _template(labels=["positive", "negative"]))
+    answer = run_template(embed_gateway, "mood", {"inputs": [{"text": "good fun"}, {"text": "awful dull"}]}).json()
     assert [r["label"] for r in answer["results"]] == ["positive", "negative"]
     # the heads commands
     with pytest.raises(SystemExit) as done:
-        cli_main(["heads", "rollback", "h", "--url", gw.url, "--admin-key", ADMIN_KEY])
+        cli_main(["heads", "rollback", "h", "--url", embed_gateway.url, "--admin-key", ADMIN_KEY])
     assert done.value.code == 1 and json.loads(capsys.readouterr().out)["error"]["code"] == "no_earlier_version"
     with pytest.raises(SystemExit) as done:
-        cli_main(["heads", "push", str(out), "--name", "h2", "--url", gw.url, "--admin-key", ADMIN_KEY])
+        cli_main(["heads", "push", str(out), "--name", "h2", "--url", embed_gateway.url, "--admin-key", ADMIN_KEY])
     assert done.value.code == 0 and json.loads(capsys.readouterr().out)["version"] == report["version"]
 
 
 def test_fit_serves_its_minilm_baseline_as_a_head_refit_on_every_example(
-    gw: RunningGateway, encoder: FakeState, tmp_path: Path
+    embed_gateway: RunningGateway, encoder: FakeState, tmp_path: Path
 ) -> None:
     from adaptserve.datasets import Example
     from adaptserve.fit.candidates import Server, zero_shot
@@ -289,18 +295,18 @@ def test_fit_serves_its_minilm_baseline_as_a_head_refit_on_every_example(
         for label in ("negative", "positive")
     ]
     config = FitConfig(tmp_path, zero_shot(["negative", "positive"]), "text", candidates=("majority",))
-    fit = Fit(examples, config, Server(gw.url, API_KEY, ADMIN_KEY, "default"))
+    fit = Fit(examples, config, Server(embed_gateway.url, API_KEY, ADMIN_KEY, "default"))
     served = serve_head(fit, "moods", "embedder")
     # Trained on every example: one embeddings batch of all 48 texts, in order.
-    trained = [r["input"] for r in encoder.requests if r.get("model") == ENCODER and len(r["input"]) == 48]
+    trained = [r["input"] for r in encoder.requests if r.get("model") == FAKE_ENCODER and len(r["input"]) == 48]
     assert trained == [[e.text for e in examples]]
     assert served["refit_on"] == 48 and served["candidate"] == "minilm" and served["model"] == "embedder"
     assert served["chosen"]["C"] in C_GRID and served["checked_inputs"] == len(fit.folds.test(0))
     # Through the served template the head's own probabilities, to float32 rounding.
     assert served["agreement"] == 1.0 and served["largest_probability_gap"] < 1e-5
-    head = gw.admin("GET", "/heads/moods").json()
+    head = embed_gateway.admin("GET", "/heads/moods").json()
     assert head["active_version"] == served["head"]["version"]
-    answer = run_template(gw, "moods", {"inputs": {"text": "great fun"}}).json()
+    answer = run_template(embed_gateway, "moods", {"inputs": {"text": "great fun"}}).json()
     assert answer["label"] == "positive" and answer["head"]["name"] == "moods"
 
 
@@ -362,25 +368,32 @@ def test_a_distilled_head_learns_the_teachers_probabilities_not_only_its_labels(
 
 
 def test_distill_method_head_learns_a_teacher_template_through_the_server(
-    gw: RunningGateway, encoder: FakeState, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    embed_gateway: RunningGateway, encoder: FakeState, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     from adaptserve.fit.candidates import zero_shot
 
     teacher = zero_shot(["bad", "good"]) | {"name": "teacher"}  # the fake engine: a label said twice wins
-    assert _put_template(gw, teacher).status_code == 201
+    assert _put_template(embed_gateway, teacher).status_code == 201
     texts = [f"{word} {word} item {i}" for i in range(20) for word in ("good", "bad")]
     inputs = tmp_path / "unlabelled.txt"
     inputs.write_text("\n".join(texts) + "\n")
     out = tmp_path / "student.json"
     argv = ["distill", "--method", "head", "--inputs", str(inputs), "--teacher-template", "teacher"]
-    argv += ["--teacher-url", gw.url, "--teacher-key", API_KEY, "--template", str(_template_file(tmp_path, teacher))]
+    argv += [
+        "--teacher-url",
+        embed_gateway.url,
+        "--teacher-key",
+        API_KEY,
+        "--template",
+        str(_template_file(tmp_path, teacher)),
+    ]
     argv += ["--embedding-model", "embedder", "--name", "student", "--global", "--embed-key", API_KEY]
     with pytest.raises(SystemExit) as done:
-        cli_main([*argv, "--out", str(out), "--url", gw.url, "--admin-key", ADMIN_KEY])
+        cli_main([*argv, "--out", str(out), "--url", embed_gateway.url, "--admin-key", ADMIN_KEY])
     assert done.value.code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["inputs"] == 40 and report["teacher"] == "teacher" and report["labels"] == ["bad", "good"]
-    assert gw.admin("GET", "/heads/student").json()["active_version"] == report["version"]
+    assert embed_gateway.admin("GET", "/heads/student").json()["active_version"] == report["version"]
     cached = [json.loads(line) for line in (tmp_path / "student.teacher" / "teacher.jsonl").read_text().splitlines()]
     assert len(cached) == 40 and all(set(c["scores"]) == {"bad", "good"} for c in cached)
     # The pushed head on the fake vectors answers as the teacher labelled.
@@ -399,17 +412,17 @@ def _template_file(folder: Path, doc: dict[str, Any]) -> Path:
 
 
 def test_eval_measures_a_head_template_from_its_answers(
-    gw: RunningGateway, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    embed_gateway: RunningGateway, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """`adaptserve eval` on a head template: its answers are uncalibrated probabilities,
     scored as they are (a head's explain has logits, not the LLM's log-probabilities)."""
-    assert gw.admin("PUT", "/heads/h", json=_head(labels=["negative", "positive"])).status_code == 201
-    assert _put_template(gw, _template(labels=["negative", "positive"])).status_code == 201
+    assert embed_gateway.admin("PUT", "/heads/h", json=_head(labels=["negative", "positive"])).status_code == 201
+    assert _put_template(embed_gateway, _template(labels=["negative", "positive"])).status_code == 201
     texts = ["good fun", "awful dull", "great film", "poor plot", "fine day", "bad luck"]
     gold = ["positive", "negative", "positive", "negative", "positive", "negative"]
     data = tmp_path / "labelled.jsonl"
     data.write_text("".join(json.dumps({"text": t, "label": g}) + "\n" for t, g in zip(texts, gold, strict=True)))
-    argv = ["eval", "mood", "--data", str(data), "--out", str(tmp_path), "--url", gw.url, "--key", API_KEY]
+    argv = ["eval", "mood", "--data", str(data), "--out", str(tmp_path), "--url", embed_gateway.url, "--key", API_KEY]
     with pytest.raises(SystemExit) as done:
         cli_main(argv)
     assert done.value.code == 0, capsys.readouterr()
