@@ -329,7 +329,7 @@ def test_fit_serves_what_it_chose_and_says_why_it_serves_nothing(monkeypatch: py
     args = SimpleNamespace(serve_llm=False, embedding_model="minilm")
 
     def decided(choice: str | None, baseline: str | None, llm: str | None = "zero-shot") -> SimpleNamespace:
-        return SimpleNamespace(choice=choice, baseline=baseline, llm=llm)
+        return SimpleNamespace(choice=choice, baseline=baseline, llm=llm, verdict="the picks share no test fold")
 
     assert _serve(fit, decided("llm", "minilm"), "t", args) == {"served": {"candidate": "zero-shot"}}
     assert _serve(fit, decided("baseline", "minilm"), "t", args) == {"served": {"candidate": "minilm"}}
@@ -340,7 +340,7 @@ def test_fit_serves_what_it_chose_and_says_why_it_serves_nothing(monkeypatch: py
     missing = SimpleNamespace(serve_llm=False, embedding_model="missing")
     failed = _serve(fit, decided("baseline", "minilm"), "t", missing)
     assert "serving it failed" in failed["not_served"] and "no embeddings from missing" in failed["not_served"]
-    assert _serve(fit, decided(None, "minilm"), "t", args) == {}  # the picks shared no fold: nothing chosen
+    assert "fit made no choice" in _serve(fit, decided(None, "minilm"), "t", args)["not_served"]  # no shared fold
     assert _serve(fit, decided("baseline", "minilm"), "t", SimpleNamespace(serve_llm=True, embedding_model="m")) == {
         "served": {"candidate": "zero-shot"}
     }
@@ -432,3 +432,26 @@ def test_eval_measures_a_head_template_from_its_answers(
     predicted = [["negative", "positive"][int(np.argmax(p))] for p in expected]
     accuracy = sum(p == g for p, g in zip(predicted, gold, strict=True)) / len(gold)
     assert report["uncalibrated"]["accuracy"] == pytest.approx(accuracy) and "calibrated" not in report
+
+
+def test_distill_method_head_refuses_missing_flags_before_asking_the_teacher(
+    embed_gateway: RunningGateway, tmp_path: Path
+) -> None:
+    inputs = tmp_path / "unlabelled.txt"
+    inputs.write_text("good good\nbad bad\n")
+    template = _template_file(tmp_path, zero_shot_doc())
+    argv = ["distill", "--method", "head", "--inputs", str(inputs), "--teacher-template", "teacher"]
+    argv += ["--teacher-url", embed_gateway.url, "--teacher-key", API_KEY, "--template", str(template)]
+    argv += ["--embedding-model", "embedder", "--global", "--url", embed_gateway.url, "--admin-key", ADMIN_KEY]
+    with pytest.raises(SystemExit, match="needs --embedding-model and --name"):
+        cli_main(argv)  # no --name
+    with pytest.raises(SystemExit, match=r"--tenant|--global"):
+        cli_main([a for a in argv if a != "--global"] + ["--name", "student"])  # whose: neither
+    # The teacher was never asked: no cache where it would be (heads/NAME.teacher/, from the working folder).
+    assert not Path("heads/student.teacher").exists() and not Path("heads/None.teacher").exists()
+
+
+def zero_shot_doc() -> dict[str, Any]:
+    from adaptserve.fit.candidates import zero_shot
+
+    return zero_shot(["bad", "good"]) | {"name": "teacher"}

@@ -203,6 +203,7 @@ def run_distill(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigurationError("distill needs the student's --template")
     inputs = read_inputs(args.inputs, spec)[: args.limit or None]
     out = args.out or Path("adapters") / f"{spec.name}-student"
+    who = head.check(args, settings) if args.method == "head" else None  # before the teacher is asked
     if args.method == "head":  # the teacher's answers kept beside the head's file
         out = (args.out or Path("heads") / f"{args.name}.json").with_suffix(".teacher")
     teacher = Teacher(
@@ -215,8 +216,8 @@ def run_distill(args: argparse.Namespace, settings: Settings) -> int:
     cache = TeacherCache(out / CACHE, teacher_scrub(teacher))
     with tqdm(total=len(inputs), desc="teacher", unit="input") as bar:
         answers = asyncio.run(label(teacher, spec, inputs, cache, bar.update))
-    if args.method == "head":
-        return head.distilled(args, settings, spec, answers)
+    if who is not None:
+        return head.distilled(args, settings, who, spec, answers)
     base = _base(args, settings)
     task = Task.load(base, spec)
     items, skipped = student_items(task, answers)

@@ -137,6 +137,8 @@ def _serve(fit: Any, decision: Any, name: str, args: argparse.Namespace) -> dict
 
     if decision.llm and (decision.choice == "llm" or args.serve_llm):
         return {"served": fit.serve(decision.llm, name)}
+    if decision.choice is None:
+        return {"not_served": f"fit made no choice ({decision.verdict}): nothing was served"}
     if decision.choice != "baseline":
         return {}
     anyway = f" (--serve-llm serves {decision.llm} anyway)" if decision.llm else ""

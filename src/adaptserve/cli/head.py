@@ -33,22 +33,24 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     """`train --method head`: labelled rows → a head, written and pushed."""
     from adaptserve.training.head import train_head
 
-    _check(args)
+    who = check(args, settings)
     texts, labels = _examples(args)
     vectors = _vectors(args, settings, texts)
     head, facts = train_head(vectors, labels, args.embedding_model, args.seed)
-    return _finish(args, settings, head, facts)
+    return _finish(args, settings, who, head, facts)
 
 
-def distilled(args: argparse.Namespace, settings: Settings, spec: Any, answers: list[dict[str, Any]]) -> int:
+def distilled(
+    args: argparse.Namespace, settings: Settings, who: remote.PushAs, spec: Any, answers: list[dict[str, Any]]
+) -> int:
     """`distill --method head`: the teacher's answers (its probabilities; a chat
-    teacher's label as certain) → a head that learns them, written and pushed."""
+    teacher's label as certain) → a head that learns them, written and pushed as `who`
+    (`check`, before the teacher was asked)."""
     import numpy as np
 
     from adaptserve.templates.render import embedding_text
     from adaptserve.training.head import distill_head
 
-    _check(args)
     labels = [label.name for label in spec.labels]
     named = [a for a in answers if a.get("label") is not None]
     if len(named) < len(answers):
@@ -57,7 +59,7 @@ def distilled(args: argparse.Namespace, settings: Settings, spec: Any, answers: 
     targets = np.array([_target(a, labels) for a in named], dtype=np.float64).reshape(len(named), len(labels))
     vectors = _vectors(args, settings, [embedding_text(spec, a["inputs"]) for a in named])
     head, facts = distill_head(vectors, targets, labels, args.embedding_model, args.seed)
-    return _finish(args, settings, head, facts | {"teacher": args.teacher_template or args.teacher_model})
+    return _finish(args, settings, who, head, facts | {"teacher": args.teacher_template or args.teacher_model})
 
 
 def _target(answer: dict[str, Any], labels: list[str]) -> list[float]:
@@ -66,12 +68,18 @@ def _target(answer: dict[str, Any], labels: list[str]) -> list[float]:
             return [float(answer["scores"][label]) for label in labels]
         except KeyError as exc:
             raise ConfigurationError(f"the teacher's labels differ from the student's: {exc}") from None
+    if answer["label"] not in labels:
+        raise ConfigurationError(f"the teacher answered {answer['label']!r}, not one of the student's labels {labels}")
     return [float(label == answer["label"]) for label in labels]
 
 
-def _check(args: argparse.Namespace) -> None:
+def check(args: argparse.Namespace, settings: Settings) -> remote.PushAs:
+    """The flags a head needs and whose it will be, refused before any work is done."""
     if not args.embedding_model or not args.name:
         raise ConfigurationError("--method head needs --embedding-model and --name")
+    return remote.push_as(
+        args.tenant, args.tenant_admin_key, lambda: remote.admin_key(settings, args.admin_key), args.global_
+    )
 
 
 def _vectors(args: argparse.Namespace, settings: Settings, texts: list[str]) -> Any:
@@ -87,12 +95,9 @@ def _vectors(args: argparse.Namespace, settings: Settings, texts: list[str]) -> 
             raise ConfigurationError(f"the server at {url} gave no embeddings: {exc}") from exc
 
 
-def _finish(args: argparse.Namespace, settings: Settings, head: Any, facts: dict[str, Any]) -> int:
-    """Write the head to --out (default heads/NAME.json), push it as --tenant's or
-    global, active at once, and print what was chosen."""
-    who = remote.push_as(
-        args.tenant, args.tenant_admin_key, lambda: remote.admin_key(settings, args.admin_key), args.global_
-    )
+def _finish(args: argparse.Namespace, settings: Settings, who: remote.PushAs, head: Any, facts: dict[str, Any]) -> int:
+    """Write the head to --out (default heads/NAME.json), push it as `who` (--tenant's
+    or global), active at once, and print what was chosen."""
     out = args.out or Path("heads") / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(head.document()))

@@ -39,13 +39,14 @@ def serve_head(fit: Fit, name: str, embedding_model: str) -> dict[str, Any]:
     its estimate."""
     doc = head_template(fit.config.document, name)
     spec = TemplateSpec.model_validate(doc)
-    texts = [embedding_text(spec, {fit.config.field: e.text}) for e in fit.examples]
+    everything = list(range(len(fit.examples)))  # as the LLM candidates saw them: cut to the input's length
+    texts = [embedding_text(spec, inputs) for inputs in fit.inputs(everything)]
     vectors = fit.server.embed(embedding_model, texts)
     head, facts = train_head(vectors, [e.label for e in fit.examples], embedding_model, fit.config.seed)
     stored = fit.server.push_head(name, head.document())
     fit.server.apply(doc, name)
     checked = fit.folds.test(0)
-    answers = fit.server.verify(name, [{fit.config.field: fit.examples[i].text} for i in checked])
+    answers = fit.server.verify(name, fit.inputs(checked))
     expected = head.probabilities(np.asarray(vectors)[checked])
     columns = [head.labels.index(label) for label in fit.labels]
     gaps = [
@@ -54,6 +55,7 @@ def serve_head(fit: Fit, name: str, embedding_model: str) -> dict[str, Any]:
     ]
     served = [max(answer, key=answer.__getitem__) for answer in answers]
     measured = [head.labels[int(np.argmax(row))] for row in expected]
+    fit.server.drop_adapters(sorted({u["adapter"] for u in fit.units.values() if "adapter" in u}))  # LoRA's lost
     return {
         "template": name,
         "tenant": fit.server.tenant,

@@ -191,13 +191,13 @@ class Fit:
         # which trained on all), at most 64 (a template's limit).
         pool = selection or train
         calibration = balanced_sample(pool, self.gold, max(1, 16 // len(self.labels)), self._seed(fold))[:64]
-        scored = self.server.score(doc, self._inputs(test))
+        scored = self.server.score(doc, self.inputs(test))
         biases = {
             "content-free": self.server.score(doc, content_free(doc)).rows,
-            "training": self.server.score(doc, self._inputs(calibration)).rows,
+            "training": self.server.score(doc, self.inputs(calibration)).rows,
         }
         if selection:
-            chosen_on = self.server.score(doc, self._inputs(selection))
+            chosen_on = self.server.score(doc, self.inputs(selection))
             scoring, options = choose(chosen_on.rows, [self._index(i) for i in selection], biases)
         else:  # the refit adapter: no example left to choose on; its folds' choice
             scoring, options = self._inherited(candidate), {}
@@ -212,7 +212,7 @@ class Fit:
             "scoring": {"calibration": scoring.calibration, "temperature": scoring.temperature},
             "options": options,
             "inner": {"accuracy": inner, "n": len(selection), "indices": selection},
-            "document": with_scoring(doc, scoring.calibration, self._inputs(calibration), scoring.temperature),
+            "document": with_scoring(doc, scoring.calibration, self.inputs(calibration), scoring.temperature),
             **throughput(scored),
         }
 
@@ -224,7 +224,7 @@ class Fit:
             return doc, balanced_sample(train, self.gold, max(64, 512 // len(self.labels)), self._seed(fold)), {}
         if candidate == "few-shot":
             shots = self._shots(train, fold)
-            shown = zip(shots, self._inputs(shots), strict=True)
+            shown = zip(shots, self.inputs(shots), strict=True)
             examples = [{"inputs": inputs, "label": self.gold[i]} for i, inputs in shown]
             rest = [i for i in train if i not in set(shots)]
             return (
@@ -268,11 +268,12 @@ class Fit:
             self._task = Task.load(self.config.base_model, TemplateSpec.model_validate(self.config.document))
         rank, _, lr = LORA[candidate]
         steps = self._steps(candidate)
-        items = [self._task.classify_item(x, self._index(i)) for i, x in zip(fit_on, self._inputs(fit_on), strict=True)]
+        items = [self._task.classify_item(x, self._index(i)) for i, x in zip(fit_on, self.inputs(fit_on), strict=True)]
         epochs = max(1, math.ceil(steps * 8 / len(items)))
         # A fold's run ends where half of what is left of the budget would (the other half
-        # kept for the refit); the refit runs as many steps as the folds did, so that what
-        # is served is what was measured.
+        # kept for the refit); later runs, the refit too, run as many steps as a cut run
+        # managed, each with its learning-rate schedule over those steps (the cut run's
+        # spanned the steps it planned: near, not the same training).
         left = (self.config.budget_s - self.spent() - 2 * LORA_OVERHEAD_S - SERVE_S) / 2
         config = TrainConfig(
             rank=rank,
@@ -301,7 +302,7 @@ class Fit:
     def _seed(self, fold: int) -> int:
         return self.config.seed * 1000 + fold
 
-    def _inputs(self, indices: list[int]) -> list[dict[str, Any]]:
+    def inputs(self, indices: list[int]) -> list[dict[str, Any]]:
         """The template inputs of examples; texts longer than the input allows are cut."""
         limit = self.config.document["inputs"][self.config.field].get("max_length", 4000)
         return [{self.config.field: self.examples[i].text[:limit]} for i in indices]
@@ -324,7 +325,7 @@ class Fit:
             doc["model"] = f"{name}-lora"
             self.server.alias(doc["model"], unit["adapter"])
         self.server.apply(doc, name)
-        answers = self.server.verify(name, self._inputs(unit["test"]))
+        answers = self.server.verify(name, self.inputs(unit["test"]))
         served = [max(a, key=a.__getitem__) for a in answers]
         measured = [self.labels[argmax(p)] for p in unit["probabilities"]]
         gaps = [

@@ -50,6 +50,8 @@ def distill_head(
     if targets.shape != (len(vectors), len(labels)) or len(labels) < 2:
         shape = f"{targets.shape} teacher probabilities for {len(vectors)} texts of {len(labels)} labels"
         raise ConfigurationError(f"{shape}: one row per text, one column per label (at least two)")
+    if len(vectors) < 2:
+        raise ConfigurationError("a head needs the teacher's answers for at least two texts")
     top = targets.argmax(axis=1)
     k = min(INNER_FOLDS, min(Counter(top.tolist()).values()))
     scores: dict[float, float] = {}
