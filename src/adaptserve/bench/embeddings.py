@@ -173,17 +173,13 @@ def cosines(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 def push_head(gateway: Endpoint, admin_key: str, train: list[Example], seed: int) -> dict[str, Any]:
     """Embed `train` through the gateway, fit the head, push it and a template naming it."""
+    from adaptserve.fit.head import head_template
     from adaptserve.training.head import train_head
 
     vectors = embed_side(gateway, batched([e.text for e in train], 64))["answers"]
     head, facts = train_head(vectors, [e.label for e in train], gateway.model, seed)
-    template = {
-        "name": HEAD,
-        "kind": "classify",
-        "head": HEAD,
-        "inputs": {"text": {"type": "string", "max_length": 2000}},
-        "labels": [{"name": label} for label in head.labels],
-    }
+    inputs = {"text": {"type": "string", "max_length": 2000}}
+    template = head_template({"inputs": inputs, "labels": [{"name": label} for label in head.labels]}, HEAD)
     headers = {"Authorization": f"Bearer {admin_key}"}
     for path, body in ((f"/admin/heads/{HEAD}", head.document()), (f"/admin/templates/{HEAD}", template)):
         httpx.put(gateway.url + path, json=body, headers=headers, timeout=60).raise_for_status()

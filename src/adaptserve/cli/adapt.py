@@ -203,8 +203,9 @@ def run_distill(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigurationError("distill needs the student's --template")
     inputs = read_inputs(args.inputs, spec)[: args.limit or None]
     out = args.out or Path("adapters") / f"{spec.name}-student"
-    who = head.check(args, settings) if args.method == "head" else None  # before the teacher is asked
-    if args.method == "head":  # the teacher's answers kept beside the head's file
+    who = None
+    if args.method == "head":  # checked before the teacher is asked; its answers kept beside the head's file
+        who = head.check(args, settings)
         out = (args.out or Path("heads") / f"{args.name}.json").with_suffix(".teacher")
     teacher = Teacher(
         args.teacher_url.rstrip("/"),

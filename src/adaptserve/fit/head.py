@@ -7,7 +7,6 @@ caller's would and its answers are compared with the head's own on the same vect
 
 from __future__ import annotations
 
-import statistics
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,16 +45,9 @@ def serve_head(fit: Fit, name: str, embedding_model: str) -> dict[str, Any]:
     stored = fit.server.push_head(name, head.document())
     fit.server.apply(doc, name)
     checked = fit.folds.test(0)
-    answers = fit.server.verify(name, fit.inputs(checked))
-    expected = head.probabilities(np.asarray(vectors)[checked])
-    columns = [head.labels.index(label) for label in fit.labels]
-    gaps = [
-        max(abs(answer[label] - float(row[c])) for label, c in zip(fit.labels, columns, strict=True))
-        for answer, row in zip(answers, expected, strict=True)
-    ]
-    served = [max(answer, key=answer.__getitem__) for answer in answers]
-    measured = [head.labels[int(np.argmax(row))] for row in expected]
-    fit.server.drop_adapters(sorted({u["adapter"] for u in fit.units.values() if "adapter" in u}))  # LoRA's lost
+    measured = head.probabilities(np.asarray(vectors)[checked])[:, [head.labels.index(x) for x in fit.labels]]
+    check = fit.check_served(name, checked, measured.tolist())
+    fit.drop_adapters()  # every LoRA candidate lost
     return {
         "template": name,
         "tenant": fit.server.tenant,
@@ -65,8 +57,5 @@ def serve_head(fit: Fit, name: str, embedding_model: str) -> dict[str, Any]:
         "refit_on": len(fit.examples),
         "chosen": {"C": facts["C"]} if "C" in facts else {},
         "inner_accuracy": facts["inner_accuracy"],
-        "checked_inputs": len(served),
-        "agreement": sum(s == m for s, m in zip(served, measured, strict=True)) / len(served),
-        "largest_probability_gap": max(gaps),
-        "median_probability_gap": statistics.median(gaps),
+        **check,
     }

@@ -325,15 +325,8 @@ class Fit:
             doc["model"] = f"{name}-lora"
             self.server.alias(doc["model"], unit["adapter"])
         self.server.apply(doc, name)
-        answers = self.server.verify(name, self.inputs(unit["test"]))
-        served = [max(a, key=a.__getitem__) for a in answers]
-        measured = [self.labels[argmax(p)] for p in unit["probabilities"]]
-        gaps = [
-            max(abs(a[label] - p[j]) for j, label in enumerate(self.labels))
-            for a, p in zip(answers, unit["probabilities"], strict=True)
-        ]
-        losers = sorted({u["adapter"] for u in self.units.values() if "adapter" in u})
-        self.server.drop_adapters([a for a in losers if a != unit.get("adapter")])
+        checked = self.check_served(name, unit["test"], unit["probabilities"])
+        self.drop_adapters(keep=unit.get("adapter"))
         return {
             "template": name,
             "tenant": self.server.tenant,
@@ -343,11 +336,28 @@ class Fit:
             "trained_on": unit.get("trained_on"),
             "chosen_on": len(unit["selection"]),
             "scoring": unit["scoring"],
-            "checked_inputs": len(served),
-            "agreement": sum(s == m for s, m in zip(served, measured, strict=True)) / len(served),
+            **checked,
+        }
+
+    def check_served(self, name: str, indices: list[int], probabilities: list[list[float]]) -> dict[str, Any]:
+        """Template `name`'s answers for the examples at `indices`, as any caller gets
+        them, against what fit measured for them (`probabilities`, in `labels` order):
+        the share with the same label, and the largest and median probability gap."""
+        answers = self.server.verify(name, self.inputs(indices))
+        pairs = list(zip(answers, probabilities, strict=True))
+        gaps = [max(abs(a[label] - p[j]) for j, label in enumerate(self.labels)) for a, p in pairs]
+        same = [max(a, key=a.__getitem__) == self.labels[argmax(p)] for a, p in pairs]
+        return {
+            "checked_inputs": len(answers),
+            "agreement": sum(same) / len(answers),
             "largest_probability_gap": max(gaps),
             "median_probability_gap": statistics.median(gaps),
         }
+
+    def drop_adapters(self, keep: str | None = None) -> None:
+        """The LoRA candidates' adapters off the server (and their aliases), but `keep`."""
+        losers = sorted({u["adapter"] for u in self.units.values() if "adapter" in u})
+        self.server.drop_adapters([a for a in losers if a != keep])
 
 
 def _cut(unit: dict[str, Any]) -> bool:

@@ -200,20 +200,13 @@ class Upstream:
 
     async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """A non-streamed call; an answer over `max_answer_bytes` is not held whole."""
-        request = self._live().build_request("POST", path, json=body)
         self.inflight += 1
         try:
-            response = await self._send(request)
-            try:
-                content = await _read_bounded(response, self.max_answer_bytes, truncate=response.status_code != 200)
-            finally:
-                await response.aclose()
-        except httpx.HTTPError as exc:
-            raise self._unavailable(exc) from exc
+            status, content = await self._exchange(path, body)
         finally:
             self.inflight -= 1
-        if response.status_code != 200:
-            raise translate_error(response.status_code, content)
+        if status != 200:
+            raise translate_error(status, content)
         return json.loads(content)
 
     async def open_stream(self, path: str, body: dict[str, Any]) -> UpstreamStream:
@@ -232,7 +225,7 @@ class Upstream:
         return UpstreamStream(response, self)
 
     async def load_adapter(self, name: str, path: str) -> None:
-        status, content = await self._admin("/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
+        status, content = await self._exchange("/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
         if status == 200:
             return
         message = _error_message(content)
@@ -241,18 +234,18 @@ class Upstream:
         raise AdapterLoadError(f"vLLM refused adapter {name}: {message}")
 
     async def unload_adapter(self, name: str) -> None:
-        status, content = await self._admin("/v1/unload_lora_adapter", {"lora_name": name})
+        status, content = await self._exchange("/v1/unload_lora_adapter", {"lora_name": name})
         if status not in (200, 404):
             log.warning("unloading %s from %s: %s", name, self.url, _error_message(content))
 
-    async def _admin(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
-        """One of vLLM's small admin calls (adapter loads), sent as every call is (`_send`).
-        → its status and body."""
+    async def _exchange(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        """One non-streamed POST (`_send`: once more if it never reached the server) →
+        its status and body; a 200 over `max_answer_bytes` is refused, an error's cut."""
         request = self._live().build_request("POST", path, json=body)
         try:
             response = await self._send(request)
             try:
-                content = await _read_bounded(response, self.max_answer_bytes, truncate=True)
+                content = await _read_bounded(response, self.max_answer_bytes, truncate=response.status_code != 200)
             finally:
                 await response.aclose()
         except httpx.HTTPError as exc:
