@@ -152,3 +152,41 @@ def test_a_tenant_that_may_not_call_the_model_gets_a_400(start_gateway: Any, enc
     assert _put(gw, _template()).status_code == 201
     answer = run_template(gw, "mood", {"inputs": {"text": "fine"}})
     assert_openai_error(answer, 400, "encoder_mismatch", "encoder")
+
+
+# -- training: the parts without weights -------------------------------------------------------
+def test_class_weights_make_each_class_count_alike_and_unknown_labels_are_refused() -> None:
+    from adaptserve.training.encoder import class_weights, hard_targets
+
+    targets = hard_targets(["a", "a", "a", "b"], ["b", "a", "c"])
+    assert targets.tolist() == [[0, 1, 0], [0, 1, 0], [0, 1, 0], [1, 0, 0]]
+    weights = class_weights(targets)
+    assert weights.tolist() == pytest.approx([2.0, 2 / 3, 1.0])  # n / (classes seen × count); unseen: 1
+    assert (weights * targets.sum(axis=0))[:2].tolist() == pytest.approx([2.0, 2.0])  # a and b weigh alike
+    with pytest.raises(ConfigurationError, match=r"\['z'\]"):
+        hard_targets(["a", "z"], ["a", "b"])
+
+
+def test_distill_student_names_the_method_and_is_checked_before_the_teacher(
+    embed_gateway: RunningGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adaptserve.cli import main as cli_main
+
+    monkeypatch.chdir(tmp_path)
+    inputs = tmp_path / "unlabelled.txt"
+    inputs.write_text("good good\nbad bad\n")
+    template = tmp_path / "student.json"
+    template.write_text(json.dumps(_template(labels=["bad", "good"])))
+    argv = ["distill", "--inputs", str(inputs), "--teacher-template", "teacher", "--template", str(template)]
+    argv += ["--teacher-url", embed_gateway.url, "--teacher-key", API_KEY]
+    with pytest.raises(SystemExit, match="needs --embedding-model and --name"):
+        cli_main([*argv, "--student", "head"])  # --student head is --method head
+    with pytest.raises(SystemExit, match="needs --name"):
+        cli_main([*argv, "--student", "encoder"])
+    with pytest.raises(SystemExit, match="--student encoder and --method head: give one"):
+        cli_main([*argv, "--student", "encoder", "--method", "head", "--name", "s"])
+    assert not list(tmp_path.glob("*/*.teacher"))  # the teacher was never asked
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "good", "label": "good"}\n')
+    with pytest.raises(SystemExit, match="is not pushed"):
+        cli_main(["train", "--method", "encoder", "--data", str(data), "--name", "s", "--push", "--global"])
