@@ -147,10 +147,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--teacher-temperature", type=float, default=1.0)
     args = parser.parse_args()
     pool = [e.text for e in load_dataset("rotten-tomatoes", "train")]
     texts = random.Random(0).sample(pool, args.inputs)  # the labels are never read: distill_head.py's sample
     extra = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--batch-size", str(args.batch_size)]
+    extra += ["--teacher-temperature", str(args.teacher_temperature)]
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

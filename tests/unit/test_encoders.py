@@ -190,3 +190,15 @@ def test_distill_student_names_the_method_and_is_checked_before_the_teacher(
     data.write_text('{"text": "good", "label": "good"}\n')
     with pytest.raises(SystemExit, match="is not pushed"):
         cli_main(["train", "--method", "encoder", "--data", str(data), "--name", "s", "--push", "--global"])
+
+
+def test_a_sharpened_teacher_keeps_its_top_label() -> None:
+    from adaptserve.training.encoder import sharpened
+
+    teacher = np.array([[0.6, 0.4], [0.2, 0.8], [0.5, 0.5]])
+    sharp = sharpened(teacher, 0.5)
+    assert sharp[0].tolist() == pytest.approx([0.36 / 0.52, 0.16 / 0.52])  # squared, renormalised
+    assert sharp.argmax(axis=1).tolist() == teacher.argmax(axis=1).tolist() and sharp[2].tolist() == [0.5, 0.5]
+    assert sharpened(teacher, 1.0) == pytest.approx(teacher)
+    with pytest.raises(ConfigurationError, match="above 0"):
+        sharpened(teacher, 0)

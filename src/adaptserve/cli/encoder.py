@@ -26,6 +26,13 @@ def flags(parser: argparse.ArgumentParser) -> None:
         "--encoder-model", default=MINILM, help=f'the encoder fine-tuned: a folder, or "{MINILM}" (the default)'
     )
     group.add_argument("--max-length", type=int, default=128, help="tokens per text; longer ones are cut")
+    group.add_argument(
+        "--teacher-temperature",
+        type=float,
+        default=1.0,
+        help="distill: the teacher's probabilities to the power 1/T before the student learns them "
+        "(below 1: sharper, the same top label)",
+    )
 
 
 def out_folder(args: argparse.Namespace) -> Path:
@@ -56,6 +63,7 @@ def distilled(args: argparse.Namespace, spec: Any, answers: list[dict[str, Any]]
     import numpy as np
 
     from adaptserve.templates.render import embedding_text
+    from adaptserve.training.encoder import sharpened
 
     names = [label.name for label in spec.labels]
     named = [a for a in answers if a.get("label") is not None]
@@ -64,9 +72,10 @@ def distilled(args: argparse.Namespace, spec: Any, answers: list[dict[str, Any]]
             f"adaptserve: {len(answers) - len(named)} teacher answers named no label and were left out", file=sys.stderr
         )
     targets = np.array([head.teacher_target(a, names) for a in named], dtype=np.float64).reshape(len(named), len(names))
+    targets = sharpened(targets, args.teacher_temperature)
     texts = [embedding_text(spec, a["inputs"]) for a in named]
     out = out_folder(args)
-    teacher = args.teacher_template or args.teacher_model
+    teacher = {"name": args.teacher_template or args.teacher_model, "temperature": args.teacher_temperature}
     facts = _fine_tune(args, texts, targets, names, out, str(args.inputs), balanced=False, teacher=teacher)
     return _finish(args, out, facts)
 

@@ -5,8 +5,9 @@ entry of role classify (`serving/encoders.py`).
 
 `train --method encoder`: labelled texts, cross-entropy weighted by class (each class
 counts as much as the others, however few its examples). `distill --student encoder`:
-a teacher's label probabilities (soft targets), learnt by cross-entropy against them
-(no class weights: the student copies the teacher's priors). Both: AdamW, warm-up then
+a teacher's label probabilities (soft targets, sharpened at `--teacher-temperature`
+below 1), learnt by cross-entropy against them (no class weights: the student copies
+the teacher's priors). Both: AdamW, warm-up then
 linear decay, a manifest beside the weights.
 """
 
@@ -46,6 +47,15 @@ def hard_targets(labels: list[str], names: list[str]) -> np.ndarray:
     if unknown:
         raise ConfigurationError(f"labels {unknown} are not among the student's labels {names}")
     return np.eye(len(names))[[names.index(label) for label in labels]]
+
+
+def sharpened(targets: np.ndarray, temperature: float) -> np.ndarray:
+    """The teacher's distributions at `temperature` (each probability to the power
+    1/T, renormalised): below 1 sharper, the top label unchanged."""
+    if temperature <= 0:
+        raise ConfigurationError("--teacher-temperature must be above 0")
+    powered = np.power(np.clip(targets, 1e-12, 1.0), 1.0 / temperature)
+    return powered / powered.sum(axis=1, keepdims=True)
 
 
 def class_weights(targets: np.ndarray) -> np.ndarray:
