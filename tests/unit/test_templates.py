@@ -85,12 +85,21 @@ def test_yes_and_no_are_labels_not_booleans() -> None:
     ("text", "said"),
     [
         # a YAML syntax error: the parser's mark (the line it stopped at)
-        (SENTIMENT.replace("instruction: Is", "instruction: [Is"), "not a YAML or JSON document at line 4, column 50: "),
+        (
+            SENTIMENT.replace("instruction: Is", "instruction: [Is"),
+            "not a YAML or JSON document at line 4, column 50: ",
+        ),
         (SENTIMENT.replace("  text: {type", "  text: {type: [string"), "at line 6, column "),
         # a schema error: the line of the deepest part of the path the document has
-        (SENTIMENT.replace("{name: pos, verbalizer", "{nam: pos, verbalizer"), "invalid template at line 9: labels[1].name"),
+        (
+            SENTIMENT.replace("{name: pos, verbalizer", "{nam: pos, verbalizer"),
+            "invalid template at line 9: labels[1].name",
+        ),
         (SENTIMENT.replace("kind: classify", "kind: clasify"), "invalid template at line 3: kind: "),
-        (SENTIMENT.replace("- {inputs: {text: lovely}", "- {inputs: 3"), "invalid template at line 12: examples[1].inputs"),
+        (
+            SENTIMENT.replace("- {inputs: {text: lovely}", "- {inputs: 3"),
+            "invalid template at line 12: examples[1].inputs",
+        ),
         ('{"name": "sent",\n "kind": 3}', "invalid template at line 2: kind: "),
     ],
 )

