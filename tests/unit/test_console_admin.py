@@ -107,3 +107,62 @@ def test_admin_creates_a_template_for_a_tenant_from_the_editor(gateway: RunningG
     described = gateway.admin("GET", "/templates/mood", params={"tenant": "default"}).json()
     assert described["owner"] == "default" and described["versions"][0]["document"]["instruction"] == "Happy or not?"
     wait_for(lambda: bool(browser.find_all("[data-template=mood][data-owner=default]")), what="the list shows it")
+
+
+def _tenant(gateway: RunningGateway, name: str) -> dict:
+    return next(t for t in gateway.admin("GET", "/tenants").json()["data"] if t["name"] == name)
+
+
+def test_admin_sets_a_tenants_quotas_and_pii_policy_and_reads_them_back(
+    gateway: RunningGateway, browser: Browser
+) -> None:
+    console_sign_in(browser, gateway.url, ADMIN_KEY, admin=True)
+    browser.click("[data-tenant=default]")
+    browser.type("#quota-requests_per_minute", "60")
+    browser.type("#quota-max_concurrent", "3")
+    browser.click("#quota-form button[type=submit]")
+    browser.wait_text("#quota-status", "Saved")
+    assert _tenant(gateway, "default")["quotas"] == {
+        "requests_per_minute": 60,
+        "tokens_per_minute": None,
+        "max_concurrent": 3,
+    }
+
+    browser.click("#pii-mode option[value=mask]")
+    browser.type("#pii-deny", "Zebulon\nQuixote")
+    browser.click("#pii-add")
+    browser.type(".pattern-row .pattern-entity", "order id")  # not an entity name: the API says so
+    browser.type(".pattern-row .pattern-regex", r"ORD-\d{6}")
+    browser.click("#pii-form button[type=submit]")
+    bad = {
+        "mode": "mask",
+        "deny_list": ["Zebulon", "Quixote"],
+        "patterns": [{"entity": "order id", "regex": r"ORD-\d{6}", "score": 0.9}],
+    }
+    refused = gateway.admin("PUT", "/tenants/default/pii", json=bad)
+    assert refused.status_code == 400
+    browser.wait_text("#pii-status", refused.json()["error"]["message"])
+    assert gateway.admin("GET", "/tenants/default/pii").json()["mode"] == "log"  # nothing stored
+
+    browser.type(".pattern-row .pattern-entity", "ORDER_ID")
+    browser.click("#pii-form button[type=submit]")
+    browser.wait_text("#pii-status", "Saved: mode mask, 2 denied words, 1 patterns")
+    policy = gateway.admin("GET", "/tenants/default/pii").json()
+    assert policy == {
+        "mode": "mask",
+        "deny_list": ["Zebulon", "Quixote"],
+        "patterns": [{"entity": "ORDER_ID", "regex": r"ORD-\d{6}", "score": 0.9}],
+    }
+
+    browser.click("#nav-adapters")  # leave and come back: the forms show the stored values
+    browser.find("#page-adapters")
+    browser.click("#nav-tenants")
+    browser.click("[data-tenant=default]")
+    browser.find("#pii-form")
+    read = browser.js(
+        "return [document.querySelector('#quota-requests_per_minute').value,"
+        " document.querySelector('#quota-tokens_per_minute').value, document.querySelector('#pii-mode').value,"
+        " document.querySelector('#pii-deny').value, document.querySelector('.pattern-row .pattern-regex').value];"
+    )
+    assert read == ["60", "", "mask", "Zebulon\nQuixote", r"ORD-\d{6}"]
+    assert [e for e in browser.console_errors() if "status of 400" not in e] == []  # the refusal
