@@ -68,6 +68,7 @@ class Gateway:
     meter: UsageMeter
     metrics: Metrics
     auth_throttle: AuthThrottle
+    quotas: QuotaGate  # the tenants' live counts (the pipeline admits through it)
     quota_sync: QuotaSync | None  # several gateway replicas on PostgreSQL share quotas
     audit: AuditLog
     engines: Engines  # the models of `models:`, beside the generate model
@@ -170,6 +171,7 @@ class Gateway:
             meter,
             metrics,
             AuthThrottle(settings.auth_failures_per_minute),
+            quotas,
             sync,
             AuditLog(db),
             engines,
