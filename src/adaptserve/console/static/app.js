@@ -8,13 +8,14 @@ import { heads } from "./heads.js";
 import * as tenant from "./tenant.js";
 import { templateAdmin } from "./template_admin.js";
 import { templates } from "./templates.js";
+import { usage } from "./usage.js";
 
 const PAGES = {
   tenant: [
     ["models", "Models", tenant.models],
     ["chat", "Chat", tenant.chat],
     ["templates", "Templates", templates],
-    ["usage", "Usage", tenant.usage],
+    ["usage", "Usage", usage],
   ],
   admin: [
     ["tenants", "Tenants and keys", admin.tenants],

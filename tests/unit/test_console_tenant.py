@@ -1,0 +1,63 @@
+"""The console's tenant pages beyond test_console.py (docs/console.md), by real clicks in
+headless Chromium against a gateway over the fake engine: the usage charts (requests and
+tokens per alias, per hour and per day) and the quota's headroom; a template run on two
+versions side by side."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+import httpx
+
+from tests.helpers import API_KEY, Browser, RunningGateway, console_sign_in, wait_for_usage
+
+Q = [{"role": "user", "content": "one two three"}]
+_BARS = (
+    "return [...document.querySelectorAll(`figure[data-model='${arguments[0]}'] rect.usage-bar`)]"
+    ".map(r => [r.dataset.bucket, Number(r.dataset.value), Number(r.getAttribute('height'))]);"
+)
+
+
+def _bars(browser: Browser, model: str) -> list[list]:
+    browser.find(f"figure[data-model='{model}'] rect.usage-bar")
+    return list(browser.js(_BARS, model))
+
+
+def test_usage_charts_per_alias_hour_and_day_and_the_quota_headroom(
+    start_gateway: Callable[..., RunningGateway], browser: Browser
+) -> None:
+    gw = start_gateway(usage_flush_interval_s=0.2)
+    assert gw.admin("PUT", "/tenants/default/quotas", json={"requests_per_minute": 50}).status_code == 200
+    assert gw.admin("PUT", "/tenants/default/models/second", json={"base": True}).status_code == 200
+    client = gw.client()
+    for model, max_tokens in (("default", 3), ("default", 4), ("second", 5)):
+        client.chat.completions.create(model=model, messages=Q, max_tokens=max_tokens)
+    rows = wait_for_usage(gw, API_KEY, requests=3)
+    console_sign_in(browser, gw.url, API_KEY)
+    browser.click("#nav-usage")
+
+    hour = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H")
+    default, second = _bars(browser, "default"), _bars(browser, "second")
+    assert len(default) == len(second) == 48 and default[-1][0] == hour  # the last 48 hours, now last
+    assert {b: v for b, v, _ in default if v} == {hour: 2} and {b: v for b, v, _ in second if v} == {hour: 1}
+    assert default[-1][2] == 2 * second[-1][2] > 0  # one scale for every alias
+
+    browser.click("#usage-metric option[value=tokens]")
+    tokens = {
+        m: sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows if r["model"] == m)
+        for m in ("default", "second")
+    }
+    assert sum(v for _, v, _ in _bars(browser, "default")) == tokens["default"] == 3 * 2 + 3 + 4
+    assert sum(v for _, v, _ in _bars(browser, "second")) == tokens["second"]
+
+    browser.click("#usage-span option[value=day]")
+    days = _bars(browser, "default")
+    assert len(days) == 14 and days[-1][:2] == [hour[:10], tokens["default"]]
+
+    quota = httpx.get(gw.url + "/v1/quota", headers={"Authorization": f"Bearer {API_KEY}"}).json()["limits"]
+    assert quota["requests_per_minute"] == {"limit": 50, "used": 3, "left": 47}
+    shown = browser.text("#quota-requests_per_minute")
+    assert shown == "3 of 50 requests this minute: 47 left"
+    assert "no limit" in browser.text("#quota-tokens_per_minute")
+    assert browser.console_errors() == []
