@@ -6,16 +6,20 @@ versions side by side."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
 
 import httpx
 
-from tests.helpers import API_KEY, Browser, RunningGateway, console_sign_in, wait_for_usage
+from tests.helpers import API_KEY, SENTIMENT, Browser, RunningGateway, console_sign_in, wait_for_usage
 
 Q = [{"role": "user", "content": "one two three"}]
 _BARS = (
     "return [...document.querySelectorAll(`figure[data-model='${arguments[0]}'] rect.usage-bar`)]"
     ".map(r => [r.dataset.bucket, Number(r.dataset.value), Number(r.getAttribute('height'))]);"
+)
+_SCORES = (
+    "return [...document.querySelectorAll(arguments[0])].map(e => [e.dataset.label, Number(e.dataset.probability)]);"
 )
 
 
@@ -61,3 +65,36 @@ def test_usage_charts_per_alias_hour_and_day_and_the_quota_headroom(
     assert shown == "3 of 50 requests this minute: 47 left"
     assert "no limit" in browser.text("#quota-tokens_per_minute")
     assert browser.console_errors() == []
+
+
+def test_a_template_runs_on_two_versions_side_by_side(gateway: RunningGateway, browser: Browser) -> None:
+    first = SENTIMENT | {"model": "default"}
+    second = first | {"labels": [{"name": "bad"}, {"name": "good"}, {"name": "mixed"}]}
+    for doc in (first, second):
+        assert gateway.admin("PUT", "/templates/sent", content=json.dumps(doc)).status_code == 201
+    console_sign_in(browser, gateway.url, API_KEY)
+    browser.click("#nav-templates")
+    browser.click("[data-template=sent]")
+    browser.type("#input-text", "a fine film")
+    browser.click("#template-compare")
+    browser.click("#template-run")
+    browser.find("#template-compare-result")
+    for suffix, version in (("a", 2), ("b", 1)):
+        answer = gateway.post("/v1/templates/sent", {"inputs": {"text": "a fine film"}, "version": version}).json()
+        assert browser.text(f".side[data-version='{version}'] h3") == f"version {version}"
+        assert dict(browser.js(_SCORES, f"#template-bars-{suffix} li")) == answer["scores"]
+        assert browser.text(f"#template-label-{suffix}") == answer["label"]
+    assert set(
+        browser.js("return [...document.querySelectorAll('#template-bars-a li')].map(e => e.dataset.label);")
+    ) == {
+        "bad",
+        "good",
+        "mixed",
+    }
+
+    browser.type("#compare-b", "7")  # no such version: that column says what the API says
+    browser.click("#template-run")
+    browser.wait_text(".side[data-version='7']", "does not exist")
+    missing = gateway.post("/v1/templates/sent", {"inputs": {"text": "a fine film"}, "version": 7}).json()
+    assert browser.text(".side[data-version='7'] .notice") == missing["error"]["message"]
+    assert browser.find_all("#template-bars-a li")  # the other column still answers
