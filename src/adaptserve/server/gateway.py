@@ -19,6 +19,7 @@ from adaptserve.adapters.store import AdapterStore
 from adaptserve.config import Settings
 from adaptserve.db import Database
 from adaptserve.default_model import resolve_model
+from adaptserve.fit_reports import FitReportStore
 from adaptserve.heads.catalog import HeadCatalog
 from adaptserve.metrics import Metrics
 from adaptserve.pii.detector import Detector
@@ -75,6 +76,7 @@ class Gateway:
     embeddings: EmbeddingService
     heads: HeadCatalog
     head_service: HeadService
+    fit_reports: FitReportStore
     started: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -154,6 +156,8 @@ class Gateway:
         tenants.owns(HeadCatalog.remove_owned)
         head_service = HeadService(pipeline, engines, embeddings, heads, tenants.uid)
         service = TemplateService(pipeline, templates, renderer, limits, head_service)
+        fit_reports = FitReportStore(db)
+        tenants.owns(FitReportStore.remove_owned)
         return cls(
             settings,
             db,
@@ -178,6 +182,7 @@ class Gateway:
             embeddings,
             heads,
             head_service,
+            fit_reports,
         )
 
     async def start(self) -> None:
