@@ -9,9 +9,10 @@ from __future__ import annotations
 import base64
 
 import pytest
+from adaptserve_client import Client, NotFoundError
 
 from adaptserve.fit_reports import MAX_CANDIDATES, MAX_PLOT_BYTES
-from tests.helpers import RunningGateway, call_as, fit_report, png, tenant_admin_key
+from tests.helpers import ADMIN_KEY, RunningGateway, call_as, fit_report, png, tenant_admin_key
 
 
 def test_a_report_is_stored_read_back_and_replaced(gateway: RunningGateway) -> None:
@@ -90,3 +91,16 @@ def test_reports_are_per_tenant(gateway: RunningGateway) -> None:
     assert gateway.admin("POST", "/tenants", json={"name": "acme"}).status_code == 201
     assert gateway.admin("GET", "/fit-reports/mine", params={"tenant": "acme"}).status_code == 404
     assert {r["name"] for r in gateway.admin("GET", "/fit-reports").json()["data"]} == {"shared"}
+
+
+def test_the_python_client_pushes_lists_reads_and_deletes_reports(gateway: RunningGateway) -> None:
+    assert gateway.admin("POST", "/tenants", json={"name": "acme"}).status_code == 201
+    with Client(gateway.url, ADMIN_KEY) as admin:
+        stored = admin.admin.fit_reports.push("reviews", fit_report(png()), tenant="acme")
+        assert stored["owner"] == "acme" and stored["has_plot"] is True
+        assert [(r["name"], r["owner"]) for r in admin.admin.fit_reports.list()] == [("reviews", "acme")]
+        assert admin.admin.fit_reports.get("reviews", tenant="acme")["candidates"][0]["candidate"] == "lora"
+        with pytest.raises(NotFoundError):
+            admin.admin.fit_reports.get("reviews")  # the global one: none
+        admin.admin.fit_reports.delete("reviews", tenant="acme")
+        assert admin.admin.fit_reports.list() == []
