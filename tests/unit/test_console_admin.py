@@ -10,7 +10,7 @@ import json
 
 import yaml
 
-from tests.helpers import ADMIN_KEY, SENTIMENT, Browser, RunningGateway, console_sign_in, wait_for
+from tests.helpers import ADMIN_KEY, SENTIMENT, Browser, RunningGateway, console_sign_in, fit_report, png, wait_for
 
 _SELECTED = (
     "const a = document.querySelector('#template-yaml'); return a.value.slice(a.selectionStart, a.selectionEnd);"
@@ -166,3 +166,30 @@ def test_admin_sets_a_tenants_quotas_and_pii_policy_and_reads_them_back(
     )
     assert read == ["60", "", "mask", "Zebulon\nQuixote", r"ORD-\d{6}"]
     assert [e for e in browser.console_errors() if "status of 400" not in e] == []  # the refusal
+
+
+def test_admin_reads_a_fit_report_its_table_decision_and_plot(gateway: RunningGateway, browser: Browser) -> None:
+    report = fit_report(png(5, 3, (200, 40, 10)))
+    assert gateway.admin("PUT", "/fit-reports/reviews", json=report, params={"tenant": "default"}).status_code == 201
+    console_sign_in(browser, gateway.url, ADMIN_KEY, admin=True)
+    browser.click("#nav-fits")
+    browser.click("[data-fit=reviews][data-owner=default]")
+    assert browser.wait_text("#fit-verdict", "tie") == "Decision: lora and minilm tie; minilm is cheaper"
+    rows = browser.js(
+        "return [...document.querySelectorAll('#fit-table tbody tr')]"
+        ".map(tr => [...tr.children].map(td => td.textContent));"
+    )
+    assert [r[:5] for r in rows] == [
+        ["lora", "llm", "64", "0.810", "0.700 – 0.890"],
+        ["minilm", "baseline", "64", "0.750", "0.630 – 0.840"],
+    ]
+    assert browser.text("#fit-served") == "Served: template reviews."
+    wait_for(
+        lambda: browser.js("return document.querySelector('#fit-plot').dataset.drawn === 'true';"), what="the plot"
+    )
+    drawn = browser.js(
+        "const c = document.querySelector('#fit-plot');"
+        "return [c.width, c.height, [...c.getContext('2d').getImageData(2, 1, 1, 1).data]];"
+    )
+    assert drawn == [5, 3, [200, 40, 10, 255]]  # the pushed PNG, pixel for pixel
+    assert browser.console_errors() == []

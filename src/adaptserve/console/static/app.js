@@ -4,6 +4,7 @@
 import { ApiError, api, session } from "./api.js";
 import { clear, field, h, notice } from "./dom.js";
 import * as admin from "./admin.js";
+import { fitReports } from "./fit_reports.js";
 import { heads } from "./heads.js";
 import * as tenant from "./tenant.js";
 import { templateAdmin } from "./template_admin.js";
@@ -22,6 +23,7 @@ const PAGES = {
     ["adapters", "Adapters", admin.adapters],
     ["heads", "Classifier heads", heads],
     ["templates", "Templates", templateAdmin],
+    ["fits", "Fit reports", fitReports],
     ["audit", "Audit trail", admin.audit],
   ],
 };
