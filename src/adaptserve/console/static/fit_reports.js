@@ -13,8 +13,8 @@ const share = (x) => (x === null || x === undefined ? "–" : x.toFixed(3));
 export async function fitReports(view) {
   const { data } = await api("GET", "/admin/fit-reports");
   const detail = h("div", { id: "fit-detail" });
-  view.append(h("p", { text: "What each `adaptserve fit` run that served its choice on this server found." }));
-  if (!data.length) view.append(h("p", { id: "fit-empty", text: "No fit report yet: `adaptserve fit` stores one when it serves its choice." }));
+  view.append(h("p", { text: "What each adaptserve fit run that served its choice on this server found." }));
+  if (!data.length) view.append(h("p", { id: "fit-empty", text: "No fit report yet: adaptserve fit stores one when it serves its choice." }));
   else {
     view.append(table(data, [
       ["report", (r) => h("button", { type: "button", class: "link", "data-fit": r.name, "data-owner": r.owner ?? "", text: r.name, onclick: () => openReport(r, detail) })],
