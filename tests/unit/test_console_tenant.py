@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.helpers import API_KEY, SENTIMENT, Browser, RunningGateway, console_sign_in, wait_for_usage
+from tests.helpers import API_KEY, SENTIMENT, Browser, RunningGateway, console_sign_in, wait_for, wait_for_usage
 
 Q = [{"role": "user", "content": "one two three"}]
 _BARS = (
@@ -98,3 +98,30 @@ def test_a_template_runs_on_two_versions_side_by_side(gateway: RunningGateway, b
     missing = gateway.post("/v1/templates/sent", {"inputs": {"text": "a fine film"}, "version": 7}).json()
     assert browser.text(".side[data-version='7'] .notice") == missing["error"]["message"]
     assert browser.find_all("#template-bars-a li")  # the other column still answers
+
+
+def test_side_by_side_and_usage_fit_a_narrow_window(gateway: RunningGateway, browser: Browser) -> None:
+    assert (
+        gateway.admin("PUT", "/templates/sent", content=json.dumps(SENTIMENT | {"model": "default"})).status_code == 201
+    )
+    gateway.client().chat.completions.create(model="default", messages=Q, max_tokens=3)
+    wait_for_usage(gateway, API_KEY, requests=1)
+    console_sign_in(browser, gateway.url, API_KEY)
+    browser.click("#nav-templates")
+    browser.click("[data-template=sent]")
+    browser.type("#input-text", "fine")
+    browser.click("#template-compare")
+    browser.type("#compare-b", "1")
+    browser.click("#template-run")
+    browser.find("#template-bars-b")
+    columns = "return getComputedStyle(document.querySelector('.side-by-side')).gridTemplateColumns.split(' ').length;"
+    assert browser.js(columns) == 2  # two columns at 1280x800
+    browser.window(420, 800)
+    wait_for(lambda: browser.js(columns) == 1, what="a narrow window stacks the two columns")
+    fits = "return document.documentElement.scrollWidth <= window.innerWidth;"
+    assert browser.js(fits)  # no sideways scroll
+    browser.click("#nav-usage")
+    browser.find("figure[data-model=default] svg")
+    assert browser.js(fits)
+    width = "return document.querySelector('figure[data-model=default] svg').getBoundingClientRect().width;"
+    assert 0 < browser.js(width) <= 420

@@ -88,7 +88,7 @@ function chart(model, keys, values, most, metric) {
   const label = (x, anchor, text) => svg("text", { x, y: height - 6, "text-anchor": anchor, class: "axis" }, text);
   return h("figure", { class: "usage-chart", "data-model": model },
     h("figcaption", {}, h("code", { text: model }), ` ${total} ${metric}`),
-    svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": `${model}: ${metric} per bucket, ${total} in all`, preserveAspectRatio: "none" },
+    svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": `${model}: ${metric} per bucket, ${total} in all` },
       svg("line", { x1: 0, x2: width, y1: height - bottom, y2: height - bottom, class: "axis-line" }),
       svg("text", { x: 2, y: 11, class: "axis" }, `${most} ${metric}`),
       ...bars,
