@@ -1,7 +1,7 @@
 """The console's tenant pages beyond test_console.py (docs/console.md), by real clicks in
 headless Chromium against a gateway over the fake engine: the usage charts (requests and
 tokens per alias, per hour and per day) and the quota's headroom; a template run on two
-versions side by side."""
+versions side by side; one message streamed from two aliases side by side; both in a narrow window."""
 
 from __future__ import annotations
 
@@ -125,3 +125,24 @@ def test_side_by_side_and_usage_fit_a_narrow_window(gateway: RunningGateway, bro
     assert browser.js(fits)
     width = "return document.querySelector('figure[data-model=default] svg').getBoundingClientRect().width;"
     assert 0 < browser.js(width) <= 420
+
+
+def test_one_message_streams_from_two_aliases_side_by_side(gateway: RunningGateway, browser: Browser) -> None:
+    assert gateway.admin("PUT", "/tenants/default/models/second", json={"base": True}).status_code == 200
+    console_sign_in(browser, gateway.url, API_KEY)
+    browser.click("#nav-compare")
+    browser.click("#compare-model-a option[value=default]")
+    browser.click("#compare-model-b option[value=second]")
+    browser.type("#compare-max-tokens", "7")
+    browser.type("#compare-input", "tell me two things")
+    browser.click("#compare-run")
+    for side, model in (("a", "default"), ("b", "second")):
+        stats = browser.wait_text(f"#compare-stats-{side}", "completion tokens")
+        answer = gateway.client().chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "tell me two things"}], max_tokens=7, temperature=0
+        )
+        shown = browser.text(f".side[data-model='{model}'] .reply-text")
+        assert shown == answer.choices[0].message.content
+        assert f"{answer.usage.completion_tokens} completion tokens" in stats
+        assert browser.text(f".side[data-model='{model}'] .role") == model
+    assert browser.console_errors() == []

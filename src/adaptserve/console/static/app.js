@@ -4,6 +4,7 @@
 import { ApiError, api, session } from "./api.js";
 import { clear, field, h, notice } from "./dom.js";
 import * as admin from "./admin.js";
+import { compare } from "./compare.js";
 import { fitReports } from "./fit_reports.js";
 import { heads } from "./heads.js";
 import * as tenant from "./tenant.js";
@@ -15,6 +16,7 @@ const PAGES = {
   tenant: [
     ["models", "Models", tenant.models],
     ["chat", "Chat", tenant.chat],
+    ["compare", "Compare", compare],
     ["templates", "Templates", templates],
     ["usage", "Usage", usage],
   ],

@@ -92,7 +92,9 @@ function chatControls(models) {
   return ui;
 }
 
-async function streamReply(body, log, stats, signal) {
+// Stream one answer into `log`, then its time to first token and token counts into
+// `stats` (element ids `${prefix}-ttft`, ...). Shared with the compare page.
+export async function streamReply(body, log, stats, signal, prefix = "stat") {
   const text = h("p", { class: "reply-text" });
   log.append(h("div", { class: "message assistant" }, h("span", { class: "role", text: body.model }), text));
   const started = performance.now();
@@ -113,11 +115,11 @@ async function streamReply(body, log, stats, signal) {
   const total = performance.now() - started;
   clear(
     stats,
-    h("span", { id: "stat-ttft", text: `first token ${firstToken === null ? "–" : Math.round(firstToken)} ms` }),
+    h("span", { id: `${prefix}-ttft`, text: `first token ${firstToken === null ? "–" : Math.round(firstToken)} ms` }),
     " · ",
-    h("span", { id: "stat-prompt", text: `${usage?.prompt_tokens ?? "?"} prompt tokens` }),
+    h("span", { id: `${prefix}-prompt`, text: `${usage?.prompt_tokens ?? "?"} prompt tokens` }),
     " · ",
-    h("span", { id: "stat-completion", text: `${usage?.completion_tokens ?? "?"} completion tokens` }),
+    h("span", { id: `${prefix}-completion`, text: `${usage?.completion_tokens ?? "?"} completion tokens` }),
     " · ",
     h("span", { text: `${(total / 1000).toFixed(2)} s` }),
   );
