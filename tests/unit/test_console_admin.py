@@ -10,7 +10,18 @@ import json
 
 import yaml
 
-from tests.helpers import ADMIN_KEY, SENTIMENT, Browser, RunningGateway, console_sign_in, fit_report, png, wait_for
+from tests.helpers import (
+    ADMIN_KEY,
+    SENTIMENT,
+    Browser,
+    RunningGateway,
+    call_as,
+    console_sign_in,
+    fit_report,
+    png,
+    tenant_admin_key,
+    wait_for,
+)
 
 _SELECTED = (
     "const a = document.querySelector('#template-yaml'); return a.value.slice(a.selectionStart, a.selectionEnd);"
@@ -193,3 +204,29 @@ def test_admin_reads_a_fit_report_its_table_decision_and_plot(gateway: RunningGa
     )
     assert drawn == [5, 3, [200, 40, 10, 255]]  # the pushed PNG, pixel for pixel
     assert browser.console_errors() == []
+
+
+def test_a_tenant_admin_key_sees_its_own_reports_and_is_told_quotas_are_the_operators(
+    gateway: RunningGateway, browser: Browser
+) -> None:
+    for name in ("acme", "globex"):
+        assert gateway.admin("POST", "/tenants", json={"name": name}).status_code == 201
+        put = gateway.admin("PUT", f"/fit-reports/{name}-fit", json=fit_report(), params={"tenant": name})
+        assert put.status_code == 201
+    assert gateway.admin("PUT", "/fit-reports/shared", json=fit_report()).status_code == 201
+    key = tenant_admin_key(gateway, "acme")
+    console_sign_in(browser, gateway.url, key, admin=True)
+    browser.click("#nav-fits")
+    browser.find("[data-fit]")
+    listed = browser.js(
+        "return [...document.querySelectorAll('[data-fit]')].map(b => [b.dataset.fit, b.dataset.owner]);"
+    )
+    assert sorted(listed) == [["acme-fit", "acme"], ["shared", ""]]  # never globex's
+
+    browser.click("#nav-tenants")
+    browser.click("[data-tenant=acme]")
+    browser.type("#quota-requests_per_minute", "5")
+    browser.click("#quota-form button[type=submit]")
+    refused = call_as(gateway, key, "PUT", "/admin/tenants/acme/quotas", json={"requests_per_minute": 5})
+    assert refused.status_code == 403
+    browser.wait_text("#quota-status", refused.json()["error"]["message"])
