@@ -2,7 +2,8 @@
 (docs/console.md), by real clicks in headless Chromium against a gateway over the fake
 engine: a template's YAML edited and applied (a refusal names its line, and the editor
 selects it), a version activated after a confirmation, two versions diffed; a tenant's
-quotas and PII policy read and set. (Beside test_console.py, which holds the other pages.)"""
+quotas and PII policy read and set; a fit report's table, decision and plot; a tenant admin
+key's view of them. (Beside test_console.py, which holds the other pages.)"""
 
 from __future__ import annotations
 
