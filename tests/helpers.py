@@ -16,12 +16,14 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tarfile
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -350,6 +352,48 @@ def tenant_admin_key(gw: Any, tenant: str) -> str:
     response = gw.admin("POST", f"/tenants/{tenant}/keys", json={"role": "admin"})
     assert response.status_code == 201 and response.json()["role"] == "admin"
     return response.json()["key"]
+
+
+def png(width: int = 4, height: int = 3, rgb: tuple[int, int, int] = (31, 95, 191)) -> bytes:
+    """A small, real PNG of one colour (what a browser decodes), built by hand."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def fit_report(plot: bytes | None = None, **changes: Any) -> dict[str, Any]:
+    """A fit report as `adaptserve fit` pushes it (`PUT /admin/fit-reports/NAME`)."""
+    rows = [
+        {"candidate": "lora", "kind": "llm", "n": 64, "accuracy": 0.81, "accuracy_low": 0.7, "accuracy_high": 0.89},
+        {
+            "candidate": "minilm",
+            "kind": "baseline",
+            "n": 64,
+            "accuracy": 0.75,
+            "accuracy_low": 0.63,
+            "accuracy_high": 0.84,
+        },
+    ]
+    decision = {
+        "verdict": "lora and minilm tie; minilm is cheaper",
+        "choice": "baseline",
+        "llm": "lora",
+        "baseline": "minilm",
+    }
+    report = {
+        "source": "reviews.jsonl",
+        "examples": 64,
+        "decision": decision,
+        "candidates": rows,
+        "served": "Served: template reviews.",
+    }
+    if plot is not None:
+        report["plot_png"] = base64.b64encode(plot).decode()
+    return report | changes
 
 
 def call_as(gw: Any, key: str, method: str, path: str, **kw: Any) -> httpx.Response:

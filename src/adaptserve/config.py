@@ -101,6 +101,12 @@ class ModelEntry(BaseModel):
     )
     upstreams: list[str] = Field(default_factory=list, description="vLLM base URLs serving it (not with path)")
     served_model_name: str | None = Field(None, description="the name its engine knows it by; default `name`")
+    digest: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 of a remote engine's weight files (a supervised one's is read from `path`): "
+        "heads trained on other weights are refused",
+    )
     tenants: list[str] = Field(
         default_factory=lambda: ["*"], description='the tenants that may call it ("*": every tenant)'
     )

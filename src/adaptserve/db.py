@@ -24,6 +24,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     UniqueConstraint,
     create_engine,
@@ -193,6 +194,26 @@ class HeadVersionRow(Base):
     labels: Mapped[list] = mapped_column(JSON)
     temperature: Mapped[float] = mapped_column(Float)
     size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class FitReportRow(Base):
+    """What one `adaptserve fit` run found, as it pushed it here: per candidate its
+    held-out accuracy with an interval, the decision, what was served, and the plot
+    (a PNG). One per (owner, name): owner "" global, or a tenant's uid; a later run of
+    the same name replaces it."""
+
+    __tablename__ = "fit_reports"
+    __table_args__ = (UniqueConstraint("owner", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(256))
+    examples: Mapped[int] = mapped_column(Integer)
+    decision: Mapped[dict] = mapped_column(JSON)
+    candidates: Mapped[list] = mapped_column(JSON)
+    served: Mapped[str] = mapped_column(String(2000), default="")
+    plot: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 

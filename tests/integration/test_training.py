@@ -14,11 +14,12 @@ import httpx
 import pytest
 import torch
 
+from adaptserve.default_model import folder_digest
 from adaptserve.errors import ConfigurationError
 from adaptserve.templates.render import Renderer
 from adaptserve.templates.spec import load_document
 from adaptserve.training.distill import CACHE, Teacher, TeacherCache, label, match_label, student_items
-from adaptserve.training.manifest import MANIFEST, folder_digest, write_manifest
+from adaptserve.training.manifest import MANIFEST, write_manifest
 from adaptserve.training.scoring import target_logprobs
 from adaptserve.training.task import Item, Task
 from adaptserve.training.train import TrainConfig, batches, item_loss, split_holdout, train

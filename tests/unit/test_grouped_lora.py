@@ -18,7 +18,7 @@ from vllm.lora.ops.torch_ops import lora_ops as reference
 from vllm.lora.punica_wrapper import punica_cpu
 
 from adaptserve import engine_plugin
-from adaptserve.engine_plugin import grouped_lora
+from adaptserve.engine_plugin import fused_linear, grouped_lora
 
 HIDDEN, RANK, SLOTS = 64, 8, 4
 SLICES = (48, 16, 16)  # a fused q/k/v: three expand_slices side by side
@@ -219,6 +219,50 @@ def test_grouping_follows_indices_rewritten_in_place() -> None:
         assert torch.equal(bits(got[buffer < 0]), bits(start[buffer < 0]))
 
 
+def wrapper_for(sequences: list[tuple[int, int]], prefill: bool) -> punica_cpu.PunicaWrapperCPU:
+    """A PunicaWrapperCPU whose step has these (slot, tokens) sequences; slot s is LoRA id s + 1, -1 the base."""
+    tokens = [slot + 1 for slot, length in sequences for _ in range(length)]
+    wrapper = punica_cpu.PunicaWrapperCPU(max_num_batched_tokens=128, max_batches=16, device="cpu")
+    requests = tuple(slot + 1 for slot, _ in sequences) if prefill else tuple(tokens)
+    wrapper.update_metadata(LoRAMapping(tuple(tokens), requests, is_prefill=prefill), [1, 2, 3, 4], SLOTS, 1000)
+    return wrapper
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("prefill", [True, False], ids=["prefill", "decode"])
+@pytest.mark.parametrize("expand", ["block-diagonal", "per slice"])
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_fused_add_lora_linear_matches_vllms_and_leaves_base_rows_alone(
+    pattern: str, expand: str, prefill: bool, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fused_linear, "BLOCK_DIAGONAL_MACS", 1 << 30 if expand == "block-diagonal" else 0)
+    batch = Batch(PATTERNS[pattern], dtype, "sgmv")
+    wrapper = wrapper_for(PATTERNS[pattern], prefill)
+    lora_a = tuple(batch.randn(SLOTS, 1, RANK, HIDDEN, scale=HIDDEN**-0.5) for _ in SLICES)
+    start = batch.start(sum(SLICES), dtype)
+    want, got = start.clone(), start.clone()
+    fused_linear.vllm_add_lora_linear()(wrapper, want, batch.x, lora_a, tuple(batch.lora_b), 0.5, SLICES)
+    fused_linear.add_lora_linear(wrapper, got, batch.x, lora_a, tuple(batch.lora_b), 0.5, SLICES)
+    adapter = batch.tokens >= 0
+    torch.testing.assert_close(got[adapter], want[adapter], **TOLERANCE[dtype])
+    assert torch.equal(bits(got[~adapter]), bits(start[~adapter]))
+
+
+def test_the_fused_method_goes_in_and_out_with_the_ops() -> None:
+    made_before = punica_cpu.PunicaWrapperCPU(max_num_batched_tokens=32, max_batches=8, device="cpu")
+    grouped_lora.install()
+    assert fused_linear.installed() and made_before.add_lora_linear.__func__ is fused_linear.add_lora_linear
+    grouped_lora.install()  # twice: still vLLM's method kept, not ours
+    grouped_lora.uninstall()
+    assert reference_in_place() and not fused_linear.installed()
+
+
+def test_self_check_catches_a_wrong_fused_method(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = fused_linear.product
+    monkeypatch.setattr(fused_linear, "product", lambda x, w, dtype: real(x, w, dtype) * 1.5)
+    assert engine_plugin._self_check() == "add_lora_linear (32, 8, 8) differs from vLLM's on rows with an adapter"
+
+
 def test_self_check_passes() -> None:
     assert engine_plugin._self_check() is None
 
@@ -238,7 +282,8 @@ def statuses(status_path: Path) -> list[dict[str, object]]:
 
 
 def reference_in_place() -> bool:
-    return all(getattr(punica_cpu, name) is getattr(reference, name) for name in grouped_lora.OP_NAMES)
+    ops = all(getattr(punica_cpu, name) is getattr(reference, name) for name in grouped_lora.OP_NAMES)
+    return ops and punica_cpu.PunicaWrapperCPU.add_lora_linear is fused_linear.vllm_add_lora_linear()
 
 
 def test_register_installs_the_grouped_ops_into_punica_cpu(status_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -319,14 +364,19 @@ def foreign_op(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(punica_cpu, "sgmv_expand", lambda *args: None)
 
 
+def foreign_method(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(punica_cpu.PunicaWrapperCPU, "add_lora_linear", lambda *args, **kwargs: None)
+
+
 @pytest.mark.parametrize(
     ("breakage", "reason"),
     [
         (fail_self_check, "self-check failed: bgmv_shrink (forced) differs"),
         (unknown_version, "vLLM 0.33.0 is not a version this plugin knows (0.32.x)"),
         (foreign_op, "PatchError: punica_cpu.sgmv_expand is"),
+        (foreign_method, "PatchError: PunicaWrapperCPU.add_lora_linear is"),
     ],
-    ids=["self-check fails", "unknown vLLM", "punica_cpu already patched by someone else"],
+    ids=["self-check fails", "unknown vLLM", "punica_cpu already patched by someone else", "the method patched"],
 )
 def test_register_refuses_and_says_why(
     breakage: Callable[[pytest.MonkeyPatch], None],
@@ -337,8 +387,10 @@ def test_register_refuses_and_says_why(
 ) -> None:
     breakage(monkeypatch)
     held = {name: getattr(punica_cpu, name) for name in grouped_lora.OP_NAMES}
+    method = punica_cpu.PunicaWrapperCPU.add_lora_linear
     engine_plugin.register()
     assert {name: getattr(punica_cpu, name) for name in grouped_lora.OP_NAMES} == held
+    assert punica_cpu.PunicaWrapperCPU.add_lora_linear is method
     [status] = statuses(status_path)
     assert status["active"] is False and str(status["reason"]).startswith(reason)
     assert "grouped CPU LoRA ops NOT active" in caplog.text and reason in caplog.text

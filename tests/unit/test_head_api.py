@@ -6,6 +6,7 @@ on the fake vectors, one embeddings call per call, attributions, metering, swaps
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from tests.helpers import (
     RunningGateway,
     assert_openai_error,
     call_as,
+    embed_entry,
     new_tenant,
     random_head,
     run_template,
@@ -213,6 +215,29 @@ def test_a_swap_changes_the_next_call_and_a_mismatch_is_refused(embed_gateway: R
     assert run_template(embed_gateway, "mood", text).json()["head"]["version"] == v2
 
 
+def test_a_head_records_its_embedding_weights_and_is_refused_on_other_weights(
+    start_gateway: Callable[..., RunningGateway], encoder: FakeState
+) -> None:
+    weights, other = "ab" * 32, "cd" * 32
+    first = start_gateway(models=[embed_entry(encoder, digest=weights)])
+    refused = _put_head(first, "h", _head(10, embedding_digest=other))
+    assert_openai_error(refused, 400, "head_mismatch", "embedding_digest")
+    assert other[:12] in refused.json()["error"]["message"] and weights[:12] in refused.json()["error"]["message"]
+    stamped = _put_head(first, "h", _head(10))  # none given: the served model's digest is recorded
+    assert stamped.status_code == 201
+    same = _put_head(first, "h", _head(10, embedding_digest=weights))  # the very head the stamp made
+    assert same.status_code == 200 and same.json()["version"] == stamped.json()["version"]
+    _put_template(first, _template())
+    text = {"inputs": {"text": "quite good"}}
+    assert run_template(first, "mood", text).status_code == 200
+    # The weights behind `embedder` change (another digest in its entry): the head's answers would be noise.
+    first.server.stop()
+    swapped = start_gateway(models=[embed_entry(encoder, digest=other)])
+    assert_openai_error(run_template(swapped, "mood", text), 400, "head_mismatch", "head")
+    assert _put_head(swapped, "h", _head(11)).status_code == 201  # a head for these weights serves again
+    assert run_template(swapped, "mood", text).status_code == 200
+
+
 def test_a_head_template_takes_no_prompt_fields(embed_gateway: RunningGateway) -> None:
     _put_head(embed_gateway, "h", _head(9))
     for extra in (
@@ -279,12 +304,10 @@ def test_train_method_head_embeds_through_the_server_fits_and_pushes(
     assert done.value.code == 0 and json.loads(capsys.readouterr().out)["version"] == report["version"]
 
 
-def test_fit_serves_its_minilm_baseline_as_a_head_refit_on_every_example(
-    embed_gateway: RunningGateway, encoder: FakeState, tmp_path: Path
-) -> None:
+def _word_fit(gateway: RunningGateway, folder: Path) -> Any:
+    """A fit run on 48 two-label texts of mood words, against `gateway`."""
     from adaptserve.datasets import Example
     from adaptserve.fit.candidates import Server, zero_shot
-    from adaptserve.fit.head import serve_head
     from adaptserve.fit.run import Fit, FitConfig
 
     words = {"positive": ["good", "great", "fine", "fun"], "negative": ["bad", "awful", "poor", "dull"]}
@@ -294,8 +317,17 @@ def test_fit_serves_its_minilm_baseline_as_a_head_refit_on_every_example(
         for i in range(24)
         for label in ("negative", "positive")
     ]
-    config = FitConfig(tmp_path, zero_shot(["negative", "positive"]), "text", candidates=("majority",))
-    fit = Fit(examples, config, Server(embed_gateway.url, API_KEY, ADMIN_KEY, "default"))
+    config = FitConfig(folder, zero_shot(["negative", "positive"]), "text", candidates=("majority",))
+    return Fit(examples, config, Server(gateway.url, API_KEY, ADMIN_KEY, "default"))
+
+
+def test_fit_serves_its_minilm_baseline_as_a_head_refit_on_every_example(
+    embed_gateway: RunningGateway, encoder: FakeState, tmp_path: Path
+) -> None:
+    from adaptserve.fit.head import serve_head
+
+    fit = _word_fit(embed_gateway, tmp_path)
+    examples = fit.examples
     served = serve_head(fit, "moods", "embedder")
     # Trained on every example: one embeddings batch of all 48 texts, in order.
     trained = [r["input"] for r in encoder.requests if r.get("model") == FAKE_ENCODER and len(r["input"]) == 48]
@@ -308,6 +340,17 @@ def test_fit_serves_its_minilm_baseline_as_a_head_refit_on_every_example(
     assert head["active_version"] == served["head"]["version"]
     answer = run_template(embed_gateway, "moods", {"inputs": {"text": "great fun"}}).json()
     assert answer["label"] == "positive" and answer["head"]["name"] == "moods"
+
+
+def test_fit_serves_no_head_on_embedding_weights_it_did_not_measure(
+    start_gateway: Callable[..., RunningGateway], encoder: FakeState, tmp_path: Path
+) -> None:
+    from adaptserve.fit.head import serve_head
+
+    gateway = start_gateway(models=[embed_entry(encoder, digest="cd" * 32)])  # not the bundled MiniLM's
+    with pytest.raises(ConfigurationError, match=r"refused head moods: .*trained on embedder weights"):
+        serve_head(_word_fit(gateway, tmp_path), "moods", "embedder")
+    assert gateway.admin("GET", "/heads/moods").status_code == 404
 
 
 def test_fit_serves_what_it_chose_and_says_why_it_serves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,6 +25,7 @@ LAYERS = {  # the gateway's layers; a module may import its own layer or lower o
     "templates": 2,
     "adapters": 2,
     "heads": 2,
+    "fit_reports": 2,  # the reports `fit` pushes (a store; the tool itself is fit/)
     "console": 2,  # the console's static files and their headers, served by server/routes/console.py
     "tenancy": 2,
     "pii": 2,

@@ -81,6 +81,40 @@ def test_yes_and_no_are_labels_not_booleans() -> None:
     assert spec(SENTIMENT + "calibration: false\n").calibration is False
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        # a YAML syntax error: the parser's mark (the line it stopped at)
+        (
+            SENTIMENT.replace("instruction: Is", "instruction: [Is"),
+            "not a YAML or JSON document at line 4, column 50: ",
+        ),
+        (SENTIMENT.replace("  text: {type", "  text: {type: [string"), "at line 6, column "),
+        # a schema error: the line of the deepest part of the path the document has
+        (
+            SENTIMENT.replace("{name: pos, verbalizer", "{nam: pos, verbalizer"),
+            "invalid template at line 9: labels[1].name",
+        ),
+        (SENTIMENT.replace("kind: classify", "kind: clasify"), "invalid template at line 3: kind: "),
+        (
+            SENTIMENT.replace("- {inputs: {text: lovely}", "- {inputs: 3"),
+            "invalid template at line 12: examples[1].inputs",
+        ),
+        ('{"name": "sent",\n "kind": 3}', "invalid template at line 2: kind: "),
+    ],
+)
+def test_a_refused_document_names_the_line(text: str, said: str) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        load_document(text)
+    assert said in caught.value.message
+
+
+def test_a_check_across_fields_names_no_line() -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        load_document(SENTIMENT.replace("{name: pos,", "{name: neg,"))
+    assert caught.value.message.startswith("invalid template: ") and "unique" in caught.value.message
+
+
 def test_yaml_aliases_are_refused() -> None:
     bomb = 'a: &a ["x","x"]\nb: &b [*a,*a]\nname: sent\n'
     with pytest.raises(InvalidRequestError, match="aliases"):

@@ -80,6 +80,30 @@ def test_tokens_per_minute_quota(gateway):
         client.chat.completions.create(model="chat", messages=Q)
 
 
+def test_a_tenant_reads_its_own_quota_headroom(gateway):
+    client = tenant(gateway, "roomy", requests_per_minute=5, tokens_per_minute=10_000)
+    headers = {"Authorization": f"Bearer {client.api_key}"}
+    before = httpx.get(gateway.url + "/v1/quota", headers=headers).json()
+    assert before == {
+        "window_s": 60.0,
+        "limits": {
+            "requests_per_minute": {"limit": 5, "used": 0, "left": 5},
+            "tokens_per_minute": {"limit": 10_000, "used": 0, "left": 10_000},
+            "max_concurrent": {"limit": None, "used": 0, "left": None},
+        },
+    }
+    for _ in range(2):
+        client.chat.completions.create(model="chat", messages=Q, max_tokens=5)  # 3 + 5 tokens each
+    after = httpx.get(gateway.url + "/v1/quota", headers=headers).json()["limits"]
+    assert after["requests_per_minute"] == {"limit": 5, "used": 2, "left": 3}
+    assert after["tokens_per_minute"] == {"limit": 10_000, "used": 16, "left": 10_000 - 16}
+    assert after["max_concurrent"]["used"] == 0
+    other = tenant(gateway, "other")  # another tenant's counts are its own; no limits: nothing left to say
+    mine = httpx.get(gateway.url + "/v1/quota", headers={"Authorization": f"Bearer {other.api_key}"}).json()
+    assert all(v == {"limit": None, "used": 0, "left": None} for v in mine["limits"].values())
+    assert httpx.get(gateway.url + "/v1/quota").status_code == 401
+
+
 def test_a_flooding_tenant_does_not_starve_another(gateway, fake):
     fake.token_delay_s = 0.05
     flood, calm = tenant(gateway, "flood", max_concurrent=2), tenant(gateway, "calm")

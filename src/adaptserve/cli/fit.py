@@ -116,6 +116,7 @@ def _run(args: argparse.Namespace, settings: Settings, url: str, admin_key: str)
         print(f"note: {note}")
     paths = write(fit.config.out, manifest)
     if "served" in manifest:
+        _push_report(fit, name, manifest)
         s = manifest["served"]
         how = f"{s['candidate']} as a head on {s['model']}" if "head" in s else s["candidate"]
         print(
@@ -127,6 +128,17 @@ def _run(args: argparse.Namespace, settings: Settings, url: str, admin_key: str)
         print(f"not served: {manifest['not_served']}")
     print("wrote " + ", ".join(map(str, paths)))
     return 0
+
+
+def _push_report(fit: Any, name: str, manifest: dict[str, Any]) -> None:
+    """The report, stored on the server beside what was served (its admin API and the
+    console show it); a refusal is a note: what was served and written stays."""
+    from adaptserve.fit.report import server_report
+
+    try:
+        fit.server.push_report(name, server_report(manifest, fit.config.out / "report.png"))
+    except ConfigurationError as exc:
+        print(f"note: {exc}")
 
 
 def _serve(fit: Any, decision: Any, name: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -25,10 +25,11 @@ import torch
 
 from adaptserve.compress import data, scoring, surgery
 from adaptserve.compress.heal import HealConfig, Healed, Healer, checkpoint_step, mean_kd
+from adaptserve.default_model import folder_digest
 from adaptserve.durable import fsync_tree
 from adaptserve.errors import ConfigurationError
 from adaptserve.quantize.env import folder_size
-from adaptserve.training.manifest import folder_digest, library_versions
+from adaptserve.training.manifest import library_versions
 
 HEAL_DIR = ".heal"
 PLAN = "plan.json"

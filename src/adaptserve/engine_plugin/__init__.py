@@ -86,7 +86,8 @@ def _self_check() -> str | None:
     """Compare the grouped ops with vLLM's on small random batches; return what differs, or None.
 
     Two slots with tokens, one without, and rows with no adapter (-1), in fp32 and bf16: rows with an adapter must
-    match vLLM's, rows without must be untouched (adding) or zero (assigning). Well under a second on one thread.
+    match vLLM's, rows without must be untouched (adding) or zero (assigning); then the fused `add_lora_linear`
+    against vLLM's. Well under a second on one thread.
     """
     import torch
     from vllm.lora.ops.torch_ops import lora_ops as reference
@@ -109,8 +110,37 @@ def _self_check() -> str | None:
                     return f"{name} ({dtype}) differs from vLLM's on rows with an adapter"
                 if not torch.equal(got[~adapter], untouched[~adapter]):
                     return f"{name} ({dtype}) changed rows with no adapter"
+        return _check_fused_linear(generator)
     finally:
         grouped_lora.clear_group_cache()
+
+
+def _check_fused_linear(generator: torch.Generator) -> str | None:
+    """The fused `add_lora_linear` against vLLM's (over vLLM's ops) on a mixed prefill batch, q/k/v-shaped (one
+    block-diagonal expand) and gate/up-shaped (an expand per slice): rows with an adapter agree, the others are
+    untouched."""
+    import torch
+    from vllm.lora.layers import LoRAMapping
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    from . import fused_linear
+
+    ids = (0, 7, 7, 0, *(9,) * 40, 0)  # per token: LoRA ids (0: the base model); 9's 40 rows take the big path
+    wrapper = PunicaWrapperCPU(max_num_batched_tokens=64, max_batches=8, device="cpu")
+    wrapper.update_metadata(LoRAMapping(ids, (0, 7, 0, 9, 0), is_prefill=True), [9, None, 7, None], 4, 1000)
+    adapter = torch.tensor(ids) != 0
+    for slices in ((32, 8, 8), (1024, 1024)):
+        x = torch.randn(len(ids), 32, generator=generator).to(torch.bfloat16)
+        a = tuple(torch.randn(4, 1, 8, 32, generator=generator).to(torch.bfloat16) for _ in slices)
+        b = tuple(torch.randn(4, 1, n, 8, generator=generator).to(torch.bfloat16) for n in slices)
+        start = torch.randn(len(ids), sum(slices), generator=generator).to(torch.bfloat16)
+        want, got = start.clone(), start.clone()
+        fused_linear.vllm_add_lora_linear()(wrapper, want, x, a, b, 1.0, slices)
+        fused_linear.add_lora_linear(wrapper, got, x, a, b, 1.0, slices)
+        if not torch.allclose(got[adapter].float(), want[adapter].float(), atol=5e-2, rtol=5e-2):
+            return f"add_lora_linear {slices} differs from vLLM's on rows with an adapter"
+        if not torch.equal(got[~adapter], start[~adapter]):
+            return f"add_lora_linear {slices} changed rows with no adapter"
     return None
 
 

@@ -51,7 +51,8 @@ Grouping 512 tokens in random slot order, once per step, takes 43 us. A mixed de
 over 4 slots give matmuls of one or two rows, each costing about what gathering a token's weights costs. From 64
 tokens on, and for a batch on one slot at any size, the grouped ops are several times faster.
 
-`install()` points the six op names that `vllm.lora.punica_wrapper.punica_cpu` imported at the grouped ops here;
+`install()` points the six op names that `vllm.lora.punica_wrapper.punica_cpu` imported at the grouped ops here, and
+`PunicaWrapperCPU.add_lora_linear` at `fused_linear.py`'s (every slice of a fused projection in one shrink);
 `vllm.lora.ops.torch_ops` itself keeps the reference ops.
 """
 
@@ -158,12 +159,12 @@ def sequence_groups(lora_indices_tensor: torch.Tensor, seq_len_tensor: torch.Ten
 _SMALL_GROUP = 32  # rows up to which a bf16/fp16 product is cheaper in fp32 (oneDNN's fixed cost is ~20 us)
 
 
-def _matrix(weight: torch.Tensor) -> torch.Tensor:
+def slot_matrix(weight: torch.Tensor) -> torch.Tensor:
     """A slot's [out, in] matrix from its [out, in] or [1, out, in] entry of the weight stack."""
     return weight.squeeze(0) if weight.dim() == 3 else weight
 
 
-def _product(inputs: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def product(inputs: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """inputs @ weight.T in `dtype`, both cast to `dtype` first as the reference casts them.
 
     A few rows in bf16/fp16 are multiplied in fp32 and rounded back: the same products (bf16 x bf16 is exact in
@@ -175,7 +176,7 @@ def _product(inputs: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> 
     return torch.mm(inputs, weight.t())
 
 
-def _write(target: torch.Tensor, rows: Rows, values: torch.Tensor, add_inputs: bool) -> None:
+def write_rows(target: torch.Tensor, rows: Rows, values: torch.Tensor, add_inputs: bool) -> None:
     """target[rows] = values, or += values; no other row of target is read or written."""
     if isinstance(rows, slice):
         destination = target[rows]
@@ -213,10 +214,10 @@ def _grouped_matmul(
     Rows with no adapter are left alone when adding and zeroed when assigning.
     """
     for slot, rows in groups.slots:
-        values = _product(inputs[rows], _matrix(weights[slot])[:out_features], target.dtype)
+        values = product(inputs[rows], slot_matrix(weights[slot])[:out_features], target.dtype)
         if scale != 1.0:
             values = scale * values
-        _write(target, rows, values, add_inputs)
+        write_rows(target, rows, values, add_inputs)
     if groups.base_rows is not None and not add_inputs:
         _zero(target, groups.base_rows)
 
@@ -360,6 +361,9 @@ def install() -> None:
         held = getattr(punica_cpu, name, None)
         if held is not ours[name] and held is not getattr(lora_ops, name, None):
             raise PatchError(f"punica_cpu.{name} is {held!r}, neither vLLM's reference op nor the grouped one")
+    from . import fused_linear  # it builds on the ops here
+
+    fused_linear.install()  # refuses, changing nothing, before any op is replaced
     for name in OP_NAMES:
         setattr(punica_cpu, name, ours[name])
 
@@ -371,10 +375,15 @@ def uninstall() -> None:
 
     for name in OP_NAMES:
         setattr(punica_cpu, name, getattr(lora_ops, name))
+    from . import fused_linear
+
+    fused_linear.uninstall()
 
 
 def installed() -> bool:
     """Whether `punica_cpu` calls the grouped ops."""
     from vllm.lora.punica_wrapper import punica_cpu
 
-    return all(getattr(punica_cpu, name, None) is op for name, op in grouped_ops().items())
+    from . import fused_linear
+
+    return fused_linear.installed() and all(getattr(punica_cpu, name, None) is op for name, op in grouped_ops().items())

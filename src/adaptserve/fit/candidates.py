@@ -111,6 +111,14 @@ class Server:
             raise ConfigurationError(f"the server refused head {name}: {exc}") from exc
         return stored
 
+    def push_report(self, name: str, report: dict[str, Any]) -> None:
+        """Store the run's report on the server as the tenant's (the console shows it)."""
+        try:
+            with self._admin() as client:
+                client.admin.fit_reports.push(name, report)
+        except AdaptserveError as exc:
+            raise ConfigurationError(f"the server refused fit report {name}: {exc}") from exc
+
     def embed(self, model: str, texts: list[str]) -> Any:
         """`texts`' vectors from the server's embedding model `model`, as the tenant."""
         import openai

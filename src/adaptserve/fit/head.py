@@ -1,7 +1,9 @@
 """Serving fit's MiniLM baseline where it is the choice: the same model (class-balanced
 logistic regression, C by inner cross-validation) refit on every example, over the
 vectors of the server's embedding model, pushed as the tenant's classifier head and
-served by a head template; then fold 0's inputs go through that template as any
+served by a head template. The head carries the digest of the MiniLM weights fit measured
+with, so a server whose embedding model has other weights refuses it (its figures would
+not be this model's). Then fold 0's inputs go through that template as any
 caller's would and its answers are compared with the head's own on the same vectors.
 """
 
@@ -11,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from adaptserve.config import MINILM
+from adaptserve.default_model import folder_digest, resolve_encoder
 from adaptserve.templates.render import embedding_text
 from adaptserve.templates.spec import TemplateSpec
 from adaptserve.training.head import train_head
@@ -42,7 +46,8 @@ def serve_head(fit: Fit, name: str, embedding_model: str) -> dict[str, Any]:
     texts = [embedding_text(spec, inputs) for inputs in fit.inputs(everything)]
     vectors = fit.server.embed(embedding_model, texts)
     head, facts = train_head(vectors, [e.label for e in fit.examples], embedding_model, fit.config.seed)
-    stored = fit.server.push_head(name, head.document())
+    measured_on = folder_digest(resolve_encoder(MINILM))  # the weights the folds' figures came from
+    stored = fit.server.push_head(name, head.stamped(measured_on).document())
     fit.server.apply(doc, name)
     checked = fit.folds.test(0)
     measured = head.probabilities(np.asarray(vectors)[checked])[:, [head.labels.index(x) for x in fit.labels]]

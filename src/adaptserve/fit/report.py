@@ -186,6 +186,32 @@ def write(out: Path, manifest: dict[str, Any]) -> list[Path]:
     return [out / "report.md", out / "report.html", png, out / "fit-manifest.json"]
 
 
+def server_report(manifest: dict[str, Any], png: Path) -> dict[str, Any]:
+    """The report as the server keeps it (`PUT /admin/fit-reports/NAME`, bounded there):
+    each candidate's row with its interval, the decision, what was served, the plot."""
+    from adaptserve.fit_reports import MAX_CANDIDATES, MAX_PLOT_BYTES
+
+    keys = ("verdict", "choice", "llm", "baseline", "n", "difference", "low", "high")
+    decision = {k: _finite(manifest["decision"].get(k)) for k in keys}
+    decision["verdict"] = str(decision["verdict"])[:2000]
+    fields = ("candidate", "kind", "n", "accuracy", "accuracy_low", "accuracy_high", "macro_f1", "inputs_per_s")
+    rows = [{k: _finite(row.get(k)) for k in fields} for row in manifest["candidates"][:MAX_CANDIDATES]]
+    plot = png.read_bytes() if png.is_file() else b""
+    return {
+        "source": str(manifest["data"]["source"])[:256],
+        "examples": manifest["data"]["examples"],
+        "decision": decision,
+        "candidates": rows,
+        "served": _served(manifest)[:2000],
+        "plot_png": base64.b64encode(plot).decode() if 0 < len(plot) <= MAX_PLOT_BYTES else None,
+    }
+
+
+def _finite(value: Any) -> Any:
+    """NaN (a figure that could not be measured) → None: JSON has no NaN."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def _served(manifest: dict[str, Any]) -> str:
     served = manifest.get("served")
     if not served:

@@ -1,7 +1,9 @@
 """A classifier head: multinomial logistic regression over one embedding model's vectors.
 
 `coef` (labels x dim), `intercept` (labels), the label names in order, the `models:`
-entry it was trained on (`embedding_model`), `dim` and a `temperature` (calibration:
+entry it was trained on (`embedding_model`) and the SHA-256 of that model's weight files
+(`embedding_digest`: the server stamps its own when the upload gives none, and refuses a
+head whose digest is not its model's), `dim` and a `temperature` (calibration:
 the logits are divided by it; 1 leaves them). Applied with numpy only:
 softmax((x @ coef.T + intercept) / temperature), which is scikit-learn's
 `LogisticRegression.predict_proba` for a multinomial model. A binary model as
@@ -16,6 +18,7 @@ nested lists; anything malformed is a 400 naming the field.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +51,7 @@ class HeadUpload(BaseModel):
     format: int = FORMAT
     labels: list[StrictStr] = Field(min_length=2, max_length=MAX_LABELS)
     embedding_model: StrictStr = Field(min_length=1, max_length=64)
+    embedding_digest: StrictStr | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     dim: int = Field(ge=1, le=MAX_DIM)
     coef: list[list[float]] = Field(min_length=1, max_length=MAX_LABELS)
     intercept: list[float] = Field(min_length=1, max_length=MAX_LABELS)
@@ -62,6 +66,7 @@ class HeadArtifact:
     coef: Matrix  # (labels, dim)
     intercept: Matrix  # (labels,)
     temperature: float = 1.0
+    embedding_digest: str | None = None  # SHA-256 of the embedding model's weight files
 
     @classmethod
     def parse(cls, body: object) -> HeadArtifact:
@@ -78,7 +83,8 @@ class HeadArtifact:
             raise HeadInvalidError("coef's rows must all hold dim numbers", param="coef")
         coef = np.asarray(upload.coef, dtype=np.float64)
         intercept = np.asarray(upload.intercept, dtype=np.float64)
-        return cls.build(upload.labels, upload.embedding_model, upload.dim, coef, intercept, upload.temperature)
+        head = cls.build(upload.labels, upload.embedding_model, upload.dim, coef, intercept, upload.temperature)
+        return head.stamped(upload.embedding_digest)
 
     @classmethod
     def build(
@@ -106,6 +112,10 @@ class HeadArtifact:
             raise HeadInvalidError("temperature must be in (0.01, 100]", param="temperature")
         return cls(tuple(labels), model, dim, coef.astype(np.float64), intercept.astype(np.float64), float(temperature))
 
+    def stamped(self, digest: str | None) -> HeadArtifact:
+        """The same head, recording `digest` as its embedding model's weights."""
+        return dataclasses.replace(self, embedding_digest=digest)
+
     def probabilities(self, vectors: Matrix) -> Matrix:
         """Each row's label probabilities, in `labels` order."""
         logits = (vectors @ self.coef.T + self.intercept) / self.temperature
@@ -123,6 +133,7 @@ class HeadArtifact:
             "format": FORMAT,
             "labels": list(self.labels),
             "embedding_model": self.embedding_model,
+            **({"embedding_digest": self.embedding_digest} if self.embedding_digest else {}),
             "dim": self.dim,
             "temperature": self.temperature,
         }
@@ -143,7 +154,8 @@ class HeadArtifact:
         meta = json.loads((folder / META).read_text())
         coef = np.load(folder / COEF, allow_pickle=False)
         intercept = np.load(folder / INTERCEPT, allow_pickle=False)
-        return cls.build(meta["labels"], meta["embedding_model"], meta["dim"], coef, intercept, meta["temperature"])
+        head = cls.build(meta["labels"], meta["embedding_model"], meta["dim"], coef, intercept, meta["temperature"])
+        return head.stamped(meta.get("embedding_digest"))
 
 
 def _check_labels(labels: list[str]) -> None:

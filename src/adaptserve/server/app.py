@@ -18,7 +18,7 @@ from adaptserve.errors import APIError, InvalidRequestError, RouteError
 from adaptserve.server.audit import AuditMiddleware
 from adaptserve.server.edge import Edge, render
 from adaptserve.server.gateway import Gateway
-from adaptserve.server.routes import admin, console, heads, health, openai, templates
+from adaptserve.server.routes import admin, console, fit_reports, heads, health, openai, templates
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(templates.admin_router)
     app.include_router(console.router)
     app.include_router(heads.router)
+    app.include_router(fit_reports.router)
     app.include_router(admin.unknown_router)  # last: only what no route above matched
     _install_error_handlers(app)
     app.add_middleware(AuditMiddleware, audit=gateway.audit, metrics=gateway.metrics)

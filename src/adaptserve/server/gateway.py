@@ -19,6 +19,7 @@ from adaptserve.adapters.store import AdapterStore
 from adaptserve.config import Settings
 from adaptserve.db import Database
 from adaptserve.default_model import resolve_model
+from adaptserve.fit_reports import FitReportStore
 from adaptserve.heads.catalog import HeadCatalog
 from adaptserve.metrics import Metrics
 from adaptserve.pii.detector import Detector
@@ -69,12 +70,14 @@ class Gateway:
     meter: UsageMeter
     metrics: Metrics
     auth_throttle: AuthThrottle
+    quotas: QuotaGate  # the tenants' live counts (the pipeline admits through it)
     quota_sync: QuotaSync | None  # several gateway replicas on PostgreSQL share quotas
     audit: AuditLog
     engines: Engines  # the models of `models:`, beside the generate model
     embeddings: EmbeddingService
     heads: HeadCatalog
     head_service: HeadService
+    fit_reports: FitReportStore
     started: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -156,6 +159,8 @@ class Gateway:
         service = TemplateService(
             pipeline, templates, renderer, limits, head_service, EncoderService(pipeline, engines)
         )
+        fit_reports = FitReportStore(db)
+        tenants.owns(FitReportStore.remove_owned)
         return cls(
             settings,
             db,
@@ -173,12 +178,14 @@ class Gateway:
             meter,
             metrics,
             AuthThrottle(settings.auth_failures_per_minute),
+            quotas,
             sync,
             AuditLog(db),
             engines,
             embeddings,
             heads,
             head_service,
+            fit_reports,
         )
 
     async def start(self) -> None:

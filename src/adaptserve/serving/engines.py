@@ -6,11 +6,13 @@ class names are its entry's `labels`, else its config.json's `id2label`."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from adaptserve.config import ModelEntry, Settings
-from adaptserve.default_model import encoder_labels, resolve_encoder
+from adaptserve.default_model import encoder_labels, folder_digest, resolve_encoder
 from adaptserve.errors import UpstreamError
 from adaptserve.upstream.client import Upstream
 from adaptserve.upstream.pool import OnUp, PoolTiming, UpstreamPool
@@ -30,10 +32,21 @@ class Engine:
     supervisor: PoolingSupervisor | None
     dim: int | None = None  # an embedding model's vector size, once an answer said it
     labels: list[str] | None = None  # a classify model's class names, in its order
+    folder: Path | None = None  # a supervised engine's model folder
+    _digest: str | None = field(default=None, init=False, repr=False)
 
     @property
     def name(self) -> str:
         return self.entry.name
+
+    async def digest(self) -> str | None:
+        """SHA-256 of its weight files: the entry's `digest`, else its folder's (read
+        once, off the event loop); None for a remote engine whose entry gives none."""
+        if self._digest is None:
+            self._digest = self.entry.digest
+        if self._digest is None and self.folder is not None:
+            self._digest = await asyncio.to_thread(folder_digest, self.folder)
+        return self._digest
 
 
 class Engines:
@@ -46,7 +59,7 @@ class Engines:
         timing = PoolTiming(settings.health_interval_s, settings.health_failures, settings.load_scrape_interval_s)
         engines = []
         for entry in settings.models:
-            supervisor = None
+            supervisor, folder = None, None
             urls, labels = entry.upstreams, entry.labels
             if entry.path is not None:
                 folder = resolve_encoder(entry.path)
@@ -57,7 +70,7 @@ class Engines:
                     labels = encoder_labels(folder, entry.labels, entry.name)
             upstreams = [Upstream(u, settings.request_timeout_s, settings.max_response_bytes) for u in urls]
             pool = UpstreamPool(upstreams, _serves(entry.engine_name), timing)
-            engines.append(Engine(entry, pool, supervisor, labels=labels))
+            engines.append(Engine(entry, pool, supervisor, labels=labels, folder=folder))
         return cls(engines)
 
     def __len__(self) -> int:
@@ -94,6 +107,8 @@ class Engines:
             if engine.supervisor is not None:
                 engine.supervisor.start()
             engine.pool.start()
+        for engine in self._engines.values():
+            await engine.digest()  # read while the engines start, not on a head's first call
 
     async def stop(self) -> None:
         for engine in self._engines.values():

@@ -1,7 +1,8 @@
 """Classifier heads below HTTP: a head template's call answered from one embeddings
 call (every input, and every attribution variant, in one batch) on the head's
 embedding model and the head's weights applied with numpy, in the gateway; and the
-checks of a head (its embedding model is served, its dimension fits) and of a template
+checks of a head (its embedding model is served, its dimension fits, its weights are
+those the head was trained on: `embedding_digest`) and of a template
 that names one (the head exists for the template's owner, with the template's labels).
 
 The call is admitted, bounded and metered as `/v1/embeddings` is (`Pipeline.metered`,
@@ -63,7 +64,7 @@ class HeadService:
         assert spec.head is not None
         head = await asyncio.to_thread(self._heads.resolve, principal.uid, spec.head)
         _columns(spec, head)  # labels that are not the head's: refused before the engine is asked
-        engine = self._engine(principal.tenant, head)
+        engine = await self._engine(principal.tenant, head)
         groups = [p.variants(i) for p, i in zip(plans, inputs, strict=True)] if plans else [[i] for i in inputs]
         texts = [embedding_text(spec, v) for group in groups for v in group]
         param = "attribution" if plans else PARAM
@@ -77,7 +78,9 @@ class HeadService:
         usage = {"prompt_tokens": call.prompt_tokens, "completion_tokens": 0, "total_tokens": call.prompt_tokens}
         return _results(spec, template.version, head, vectors, groups, explain, plans, usage), usage
 
-    def _engine(self, tenant: str, head: ResolvedHead) -> Engine:
+    async def _engine(self, tenant: str, head: ResolvedHead) -> Engine:
+        """The head's embedding model, if the tenant may call it and its weights are
+        still those the head was trained on."""
         model = head.artifact.embedding_model
         engine = self._engines.find(tenant, model)
         if engine is None or engine.entry.role != "embed":
@@ -85,11 +88,14 @@ class HeadService:
                 f"head {head.name} runs on the embedding model {model}, which this tenant may not call",
                 param="head",
             )
+        _same_weights(head.artifact, await engine.digest(), "head")
         return engine
 
-    async def check_head(self, artifact: HeadArtifact) -> None:
+    async def check_head(self, artifact: HeadArtifact) -> HeadArtifact:
         """Refuse (400) a head whose embedding model is not an embedding model of
-        `models:`, or whose dim is not that model's (when the model can say it)."""
+        `models:`, whose dim is not that model's (when the model can say it), or whose
+        `embedding_digest` is not that model's weights; → the head, stamped with the
+        model's digest when its upload gave none."""
         engine = self._engines.get(artifact.embedding_model)
         if engine is None or engine.entry.role != "embed":
             raise HeadMismatchError(
@@ -102,6 +108,9 @@ class HeadService:
                 f"the head is over {artifact.dim}-dimensional vectors; {engine.name}'s are {dim}-dimensional",
                 param="dim",
             )
+        served = await engine.digest()
+        _same_weights(artifact, served, "embedding_digest")
+        return artifact if artifact.embedding_digest else artifact.stamped(served)
 
     async def check_template(self, spec: TemplateSpec) -> None:
         """Refuse (400) a head template whose head its owner cannot use, or whose labels
@@ -169,6 +178,17 @@ def _columns(spec: TemplateSpec, head: ResolvedHead) -> list[int]:
             param="labels",
         )
     return [head.artifact.labels.index(name) for name in names]
+
+
+def _same_weights(head: HeadArtifact, served: str | None, param: str) -> None:
+    """400 when both digests are known and differ: the head's vectors came from other
+    weights than the engine's (an unknown digest on either side is not checked)."""
+    if head.embedding_digest and served and head.embedding_digest != served:
+        raise HeadMismatchError(
+            f"the head was trained on {head.embedding_model} weights with SHA-256 {head.embedding_digest[:12]}…; "
+            f"the served {head.embedding_model}'s are {served[:12]}…",
+            param=param,
+        )
 
 
 def _matrix(raw: list[bytes], head: ResolvedHead) -> np.ndarray:

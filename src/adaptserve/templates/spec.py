@@ -264,8 +264,9 @@ def check_inputs(spec: TemplateSpec, inputs: object, param: str = "inputs") -> d
 MAX_DOCUMENT_DEPTH = 64  # lists and objects; a template needs a handful, the schema up to MAX_SCHEMA_DEPTH
 
 
-def parse_document(data: object) -> TemplateSpec:
-    """A decoded YAML/JSON document → a spec, or a 400 naming the first bad field."""
+def parse_document(data: object, text: str | bytes | None = None) -> TemplateSpec:
+    """A decoded YAML/JSON document → a spec, or a 400 naming the first bad field (and,
+    given the document's `text`, the line it is on)."""
     if not isinstance(data, dict):
         raise InvalidRequestError("a template must be a YAML or JSON object")
     if json_schema.depth(data, MAX_DOCUMENT_DEPTH) > MAX_DOCUMENT_DEPTH:
@@ -273,7 +274,28 @@ def parse_document(data: object) -> TemplateSpec:
     try:
         return TemplateSpec.model_validate(data)
     except ValidationError as exc:
-        raise invalid_from(exc, prefix="invalid template: ") from exc
+        line = _line_of(text, exc.errors()[0]["loc"]) if text is not None else None
+        raise invalid_from(exc, prefix=f"invalid template at line {line}: " if line else "invalid template: ") from exc
+
+
+def _line_of(text: str | bytes, loc: tuple[int | str, ...]) -> int | None:
+    """The 1-based line of the deepest node of `loc` (a pydantic error's path) found in
+    the document `text`, composed again (it parsed once: it composes)."""
+    if not loc:  # the document as a whole (a check across fields): no one line
+        return None
+    node = yaml.compose(text, Loader=_NoAliasLoader)
+    line = None if node is None else node.start_mark.line + 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((value for key, value in node.value if key.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]
+        else:
+            node = None
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+    return line
 
 
 def _too_deep() -> InvalidRequestError:
@@ -316,13 +338,18 @@ def load_document(text: str | bytes, name: str | None = None) -> TemplateSpec:
         data = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: no Python objects
     except _TooDeepError as exc:
         raise _too_deep() from exc
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = exc.problem or exc.context or "not YAML"
+        raise InvalidRequestError(f"the template is not a YAML or JSON document{where}: {what}") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"the template is not a YAML or JSON document: {exc}") from exc
     if name is not None and isinstance(data, dict):
         data.setdefault("name", name)
         if data["name"] != name:
             raise InvalidRequestError("the document's name differs from the URL's", param="name")
-    return parse_document(data)
+    return parse_document(data, text)
 
 
 _NoAliasLoader.add_implicit_resolver(

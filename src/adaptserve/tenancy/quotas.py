@@ -123,6 +123,32 @@ class QuotaGate:
             for tenant in set(self._requests) | set(self._active)
         }
 
+    def current(self, tenant: str) -> Share:
+        """The tenant's counts now, this replica's and the others' together: what its next
+        request is admitted against (nothing is pruned or created for it)."""
+        now = time.monotonic()
+        cutoff = now - WINDOW_S
+        other = self._other(tenant, now)
+        requests = sum(1 for t in self._requests.get(tenant, ()) if t > cutoff)
+        tokens = sum(n for t, n in self._tokens.get(tenant, ()) if t > cutoff) + self._reserved.get(tenant, 0)
+        return Share(requests + other.requests, tokens + other.tokens, self._active.get(tenant, 0) + other.active)
+
+    def headroom(self, tenant: str, limits: Limits) -> dict:
+        """Each limit of the tenant, what it uses of it now and what is left (None: no limit)."""
+        used = self.current(tenant)
+        counts = {
+            "requests_per_minute": (limits.requests_per_minute, used.requests),
+            "tokens_per_minute": (limits.tokens_per_minute, used.tokens),
+            "max_concurrent": (limits.max_concurrent, used.active),
+        }
+        return {
+            "window_s": WINDOW_S,
+            "limits": {
+                name: {"limit": limit, "used": now, "left": None if limit is None else max(0, limit - now)}
+                for name, (limit, now) in counts.items()
+            },
+        }
+
     def _check_tokens(self, tenant: str, limit: int, reserve: int, others: int, now: float) -> None:
         if reserve > limit:  # waiting would not help: a 400, not a 429
             raise InvalidRequestError(

@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from adaptserve.default_model import folder_digest
 from adaptserve.errors import ConfigurationError
-from adaptserve.training.manifest import MANIFEST, folder_digest, library_versions
+from adaptserve.training.manifest import MANIFEST, library_versions
 
 
 @dataclass(frozen=True)

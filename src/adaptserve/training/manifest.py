@@ -12,21 +12,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from adaptserve.default_model import folder_digest
 from adaptserve.training.task import Item
 
 MANIFEST = "adaptserve-manifest.json"
 _LIBRARIES = ("adaptserve", "torch", "transformers", "peft", "safetensors")
-
-
-def folder_digest(folder: Path, pattern: str = "*.safetensors") -> str:
-    """SHA-256 over the weight files of a model folder, in name order."""
-    digest = hashlib.sha256()
-    for path in sorted(folder.glob(pattern)):
-        digest.update(path.name.encode())
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def items_digest(items: list[Item]) -> str:

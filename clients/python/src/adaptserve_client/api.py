@@ -282,6 +282,26 @@ class Heads(Namespace):
         return self._send(Call("DELETE", f"/admin/heads/{name}", params=_params(tenant=tenant)))
 
 
+class FitReports(Namespace):
+    """What `adaptserve fit` runs found, as they pushed it: per candidate its accuracy with
+    an interval, the decision, what was served, the plot. `tenant`: whose (the operator's
+    key; a tenant admin's are always its own); None: global."""
+
+    def push(self, name: str, report: dict[str, Any], *, tenant: str | None = None) -> Result[dict]:
+        """`report`: {source, examples, decision, candidates, served, plot_png} → stored
+        under `name`, replacing a report of that name."""
+        return self._send(Call("PUT", f"/admin/fit-reports/{name}", json=report, params=_params(tenant=tenant)))
+
+    def list(self) -> Result[list[dict]]:
+        return self._send(Call("GET", "/admin/fit-reports", _data))
+
+    def get(self, name: str, tenant: str | None = None) -> Result[dict]:
+        return self._send(Call("GET", f"/admin/fit-reports/{name}", params=_params(tenant=tenant)))
+
+    def delete(self, name: str, tenant: str | None = None) -> Result[None]:
+        return self._send(Call("DELETE", f"/admin/fit-reports/{name}", params=_params(tenant=tenant)))
+
+
 class Admin(Namespace):
     """The `/admin` API; the client's key must be an admin key."""
 
@@ -289,6 +309,7 @@ class Admin(Namespace):
         super().__init__(send)
         self.tenants, self.keys, self.adapters = Tenants(send), Keys(send), Adapters(send)
         self.aliases, self.templates, self.heads = Aliases(send), AdminTemplates(send), Heads(send)
+        self.fit_reports = FitReports(send)
 
     def usage(self, tenant: str | None = None, since: str | None = None) -> Result[list[UsageRow]]:
         parse = lambda d: [UsageRow.from_json(r) for r in d["data"]]  # noqa: E731

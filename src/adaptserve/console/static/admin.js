@@ -4,6 +4,7 @@
 
 import { api, upload } from "./api.js";
 import { clear, confirmDialog, field, h, notice, table } from "./dom.js";
+import { tenantSettings } from "./tenant_settings.js";
 
 const path = (...parts) => parts.map(encodeURIComponent).join("/");
 
@@ -48,11 +49,12 @@ function quotaText(q) {
 }
 
 async function openTenant(tenant, detail) {
-  const [keys, aliases, adapters] = await Promise.all([
+  const [keys, aliases, adapters, settings] = await Promise.all([
     api("GET", `/admin/tenants/${path(tenant)}/keys`),
     api("GET", `/admin/tenants/${path(tenant)}/models`),
     api("GET", "/admin/adapters"),
-  ]).catch((e) => [e, e, e]);
+    tenantSettings(tenant),
+  ]).catch((e) => [e, e, e, e]);
   if (keys instanceof Error) {
     clear(detail, notice(keys.message));
     return;
@@ -94,6 +96,7 @@ async function openTenant(tenant, detail) {
       aliasForm(tenant, aliases.data, adapters.data, detail),
       h("div", { id: "alias-status", "aria-live": "polite" }),
     ),
+    settings,
   );
 }
 

@@ -53,6 +53,14 @@ export async function api(method, path, body, key) {
   return response.status === 204 ? null : response.json();
 }
 
+// A text body as it is (a template's YAML), with its media type.
+export async function sendText(method, path, text, type) {
+  const init = { ...OPTIONS, method, headers: { ...headers(false), "Content-Type": type }, body: text };
+  const response = await fetch(path, init);
+  if (!response.ok) throw await failure(response);
+  return response.json();
+}
+
 // POST `body` and yield each server-sent event's JSON until `[DONE]` (fetch and a
 // ReadableStream: EventSource cannot send a header or a body).
 export async function* sse(path, body, signal) {

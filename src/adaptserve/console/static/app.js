@@ -4,21 +4,28 @@
 import { ApiError, api, session } from "./api.js";
 import { clear, field, h, notice } from "./dom.js";
 import * as admin from "./admin.js";
+import { compare } from "./compare.js";
+import { fitReports } from "./fit_reports.js";
 import { heads } from "./heads.js";
 import * as tenant from "./tenant.js";
+import { templateAdmin } from "./template_admin.js";
 import { templates } from "./templates.js";
+import { usage } from "./usage.js";
 
 const PAGES = {
   tenant: [
     ["models", "Models", tenant.models],
     ["chat", "Chat", tenant.chat],
+    ["compare", "Compare", compare],
     ["templates", "Templates", templates],
-    ["usage", "Usage", tenant.usage],
+    ["usage", "Usage", usage],
   ],
   admin: [
     ["tenants", "Tenants and keys", admin.tenants],
     ["adapters", "Adapters", admin.adapters],
     ["heads", "Classifier heads", heads],
+    ["templates", "Templates", templateAdmin],
+    ["fits", "Fit reports", fitReports],
     ["audit", "Audit trail", admin.audit],
   ],
 };

@@ -1,6 +1,6 @@
 // The templates page of a tenant key: its templates, a form made from a template's input
 // schema, a classify answer's probabilities as bars (calibrated and raw) and its attribution
-// highlights, a generate answer's JSON.
+// highlights, a generate answer's JSON; side by side, one input run on two versions.
 
 import { api } from "./api.js";
 import { bar, clear, field, h, notice, table } from "./dom.js";
@@ -35,6 +35,7 @@ async function openTemplate(name, detail) {
   const why = spec.kind === "classify"
     ? h("label", { class: "choice" }, explain, " Explain: highlight the words that moved the label (costs one scored prompt per word)")
     : null;
+  const compare = sideBySide(spec.version);
   const form = h(
     "form",
     { class: "card", id: "template-form" },
@@ -42,6 +43,7 @@ async function openTemplate(name, detail) {
     spec.description ? h("p", { text: spec.description }) : null,
     controls.map(([, element]) => element),
     why,
+    compare.element,
     run,
   );
   form.addEventListener("submit", async (event) => {
@@ -49,11 +51,21 @@ async function openTemplate(name, detail) {
     const inputs = Object.fromEntries(controls.map(([read]) => read()).filter(([, v]) => v !== undefined));
     run.disabled = true;
     clear(result, h("p", { text: "running…" }));
+    const body = { inputs };
+    if (spec.kind === "classify") body.explain = explain.checked ? "attributions" : true; // raw log-probabilities too
+    const call = (extra) => api("POST", `/v1/templates/${encodeURIComponent(name)}`, { ...body, ...extra });
+    const shown = (answer, suffix) => (spec.kind === "classify" ? classified(answer, inputs, suffix) : generated(answer, suffix));
     try {
-      const body = { inputs };
-      if (spec.kind === "classify") body.explain = explain.checked ? "attributions" : true; // raw log-probabilities too
-      const answer = await api("POST", `/v1/templates/${encodeURIComponent(name)}`, body);
-      clear(result, spec.kind === "classify" ? classified(answer, inputs) : generated(answer));
+      if (compare.on()) {
+        const [a, b] = compare.versions();
+        const answers = await Promise.allSettled([call({ version: a }), call({ version: b })]);
+        clear(result, h("div", { class: "side-by-side", id: "template-compare-result" },
+          [a, b].map((version, i) => h("div", { class: "side", "data-version": String(version) },
+            h("h3", { text: `version ${version}` }),
+            answers[i].status === "fulfilled" ? shown(answers[i].value, `-${"ab"[i]}`) : notice(answers[i].reason.message)))));
+        return;
+      }
+      clear(result, shown(await call({}), ""));
     } catch (e) {
       clear(result, notice(e.message));
     } finally {
@@ -91,15 +103,31 @@ function inputControls(schema) {
   });
 }
 
-function classified(answer, inputs) {
+// Side by side: the same inputs on two versions of the template (a call can name its version).
+function sideBySide(active) {
+  const on = h("input", { type: "checkbox", id: "template-compare" });
+  const pick = (id, value) => h("input", { id, type: "number", min: "1", step: "1", value: String(value), disabled: true });
+  const a = pick("compare-a", active);
+  const b = pick("compare-b", Math.max(1, active - 1));
+  on.addEventListener("change", () => {
+    a.disabled = b.disabled = !on.checked;
+  });
+  const element = h("fieldset", { class: "compare" },
+    h("legend", { text: "Side by side" }),
+    h("label", { class: "choice" }, on, " Run this input on two versions of the template"),
+    h("div", { class: "inline" }, field("Version", a), field("and version", b)));
+  return { element, on: () => on.checked, versions: () => [Number(a.value), Number(b.value)] };
+}
+
+function classified(answer, inputs, suffix) {
   const raw = answer.explain?.logprobs ? softmax(answer.explain.logprobs) : null;
   return h(
     "div",
     { class: "card" },
-    h("p", {}, "label: ", h("strong", { id: "template-label", text: answer.label })),
-    bars("template-bars", answer.scores, answer.label, answer.calibrated ? "calibrated probabilities" : "probabilities (not calibrated)"),
-    answer.calibrated && raw ? bars("template-raw-bars", raw, answer.label, "raw probabilities (before calibration and temperature)") : null,
-    answer.explain?.attributions ? highlights(answer.explain.attributions, inputs) : null,
+    h("p", {}, "label: ", h("strong", { id: `template-label${suffix}`, text: answer.label })),
+    bars(`template-bars${suffix}`, answer.scores, answer.label, answer.calibrated ? "calibrated probabilities" : "probabilities (not calibrated)"),
+    answer.calibrated && raw ? bars(`template-raw-bars${suffix}`, raw, answer.label, "raw probabilities (before calibration and temperature)") : null,
+    answer.explain?.attributions ? highlights(answer.explain.attributions, inputs, suffix) : null,
     usageLine(answer.usage),
   );
 }
@@ -136,12 +164,12 @@ function bars(id, scores, chosen, caption) {
 
 // Each input field's text with its attribution spans marked: the stronger a unit's
 // contribution to the label, the stronger its colour (offsets count code points).
-function highlights(attributions, inputs) {
+function highlights(attributions, inputs, suffix) {
   const most = Math.max(...attributions.spans.map((s) => Math.abs(s.contribution)), 1e-9);
   const fields = [...new Set(attributions.spans.map((s) => s.field))];
   return h(
     "figure",
-    { id: "template-attributions", class: "attributions" },
+    { id: `template-attributions${suffix}`, class: "attributions" },
     h("figcaption", { class: "muted", text: `why ${attributions.label}: ${attributions.method} over ${attributions.units}; green raised its probability, red lowered it` }),
     fields.map((name) => {
       const chars = Array.from(String(inputs[name] ?? ""));
@@ -166,8 +194,8 @@ function highlights(attributions, inputs) {
   );
 }
 
-function generated(answer) {
-  return h("div", { class: "card" }, h("pre", { id: "template-json", text: JSON.stringify(answer, null, 2) }));
+function generated(answer, suffix) {
+  return h("div", { class: "card" }, h("pre", { id: `template-json${suffix}`, text: JSON.stringify(answer, null, 2) }));
 }
 
 function usageLine(usage) {

@@ -1,7 +1,7 @@
-// The pages of a tenant key: its models, a chat playground, its usage (templates: templates.js).
+// The pages of a tenant key: its models and a chat playground (templates: templates.js, usage: usage.js).
 
 import { api, sse } from "./api.js";
-import { bar, clear, field, h, notice, table } from "./dom.js";
+import { clear, field, h, notice, table } from "./dom.js";
 
 export async function models(view) {
   const { data } = await api("GET", "/v1/models");
@@ -92,7 +92,9 @@ function chatControls(models) {
   return ui;
 }
 
-async function streamReply(body, log, stats, signal) {
+// Stream one answer into `log`, then its time to first token and token counts into
+// `stats` (element ids `${prefix}-ttft`, ...). Shared with the compare page.
+export async function streamReply(body, log, stats, signal, prefix = "stat") {
   const text = h("p", { class: "reply-text" });
   log.append(h("div", { class: "message assistant" }, h("span", { class: "role", text: body.model }), text));
   const started = performance.now();
@@ -113,52 +115,13 @@ async function streamReply(body, log, stats, signal) {
   const total = performance.now() - started;
   clear(
     stats,
-    h("span", { id: "stat-ttft", text: `first token ${firstToken === null ? "–" : Math.round(firstToken)} ms` }),
+    h("span", { id: `${prefix}-ttft`, text: `first token ${firstToken === null ? "–" : Math.round(firstToken)} ms` }),
     " · ",
-    h("span", { id: "stat-prompt", text: `${usage?.prompt_tokens ?? "?"} prompt tokens` }),
+    h("span", { id: `${prefix}-prompt`, text: `${usage?.prompt_tokens ?? "?"} prompt tokens` }),
     " · ",
-    h("span", { id: "stat-completion", text: `${usage?.completion_tokens ?? "?"} completion tokens` }),
+    h("span", { id: `${prefix}-completion`, text: `${usage?.completion_tokens ?? "?"} completion tokens` }),
     " · ",
     h("span", { text: `${(total / 1000).toFixed(2)} s` }),
   );
   return answer;
-}
-
-// --- usage ---------------------------------------------------------------------------
-
-const DAYS = 14;
-
-export async function usage(view) {
-  const since = new Date(Date.now() - DAYS * 86400e3).toISOString();
-  const { data } = await api("GET", `/v1/usage?since=${encodeURIComponent(since)}`);
-  view.append(h("p", { text: `Requests and tokens per model alias and day (UTC), the last ${DAYS} days.` }));
-  view.append(usageTable(data));
-}
-
-// Hourly rows → one per day and alias, with bars for the tokens (shared by the admin page).
-export function usageTable(rows) {
-  const days = new Map();
-  for (const row of rows) {
-    const key = `${row.hour.slice(0, 10)} ${row.tenant ?? ""} ${row.model}`;
-    const day = days.get(key) ?? { day: row.hour.slice(0, 10), tenant: row.tenant, model: row.model, requests: 0, prompt: 0, completion: 0 };
-    day.requests += row.requests;
-    day.prompt += row.prompt_tokens;
-    day.completion += row.completion_tokens;
-    days.set(key, day);
-  }
-  const sorted = [...days.values()].sort((a, b) => b.day.localeCompare(a.day) || a.model.localeCompare(b.model));
-  if (!sorted.length) return h("p", { id: "usage-empty", text: "No usage recorded yet." });
-  const most = Math.max(...sorted.map((d) => d.prompt + d.completion), 1);
-  return h(
-    "div",
-    { id: "usage-table" },
-    table(sorted, [
-      ["day", (d) => d.day],
-      ["model", (d) => h("code", { class: "usage-model", text: d.model })],
-      ["requests", (d) => String(d.requests)],
-      ["prompt tokens", (d) => String(d.prompt)],
-      ["completion tokens", (d) => String(d.completion)],
-      ["tokens", (d) => bar((d.prompt + d.completion) / most, `${d.prompt + d.completion} tokens`)],
-    ]),
-  );
 }

@@ -46,11 +46,12 @@ async def put_head(
 ) -> dict:
     """A head → a new immutable version (201, active unless `?activate=false`; the first
     always), or the identical one (200). Its embedding model must be an embedding model
-    of `models:` whose vectors have its dim."""
+    of `models:` whose vectors have its dim and whose weights its `embedding_digest`
+    names (stamped when the upload gives none)."""
     owner = await asyncio.to_thread(_writer, actor, gateway, tenant)
     request.state.audit_tenant = actor.tenant or tenant
     artifact = await asyncio.to_thread(HeadArtifact.parse, await read_json(request.stream()))
-    await gateway.head_service.check_head(artifact)
+    artifact = await gateway.head_service.check_head(artifact)
     before = await asyncio.to_thread(_active, gateway, owner, name)
     stored, created = await asyncio.to_thread(gateway.heads.put, owner, name, artifact, activate)
     response.status_code = 201 if created else 200

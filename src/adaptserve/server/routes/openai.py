@@ -77,3 +77,10 @@ async def pii(principal: PrincipalDep) -> dict:
 async def usage(gateway: GatewayDep, principal: PrincipalDep, since: datetime | None = None) -> dict:
     """The caller's own usage, per model alias and hour."""
     return {"data": await gateway.meter.query(principal.tenant, since, uid=principal.uid)}
+
+
+@router.get("/quota")
+def quota(gateway: GatewayDep, principal: PrincipalDep) -> dict:
+    """The caller's quotas, what it uses of each in the last minute (tokens: charged and
+    reserved; concurrent: in flight) and what is left."""
+    return gateway.quotas.headroom(principal.uid, principal.limits)
