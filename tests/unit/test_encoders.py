@@ -202,3 +202,11 @@ def test_a_sharpened_teacher_keeps_its_top_label() -> None:
     assert sharpened(teacher, 1.0) == pytest.approx(teacher)
     with pytest.raises(ConfigurationError, match="above 0"):
         sharpened(teacher, 0)
+
+
+def test_the_default_epochs_give_little_data_enough_steps() -> None:
+    from adaptserve.training.encoder import MIN_STEPS, default_epochs
+
+    assert default_epochs(2000, 16) == 3  # 125 steps an epoch: 375
+    assert default_epochs(256, 16) == 10 and 10 * 16 >= MIN_STEPS > 9 * 16
+    assert default_epochs(5, 16) == MIN_STEPS  # one step an epoch

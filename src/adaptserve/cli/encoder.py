@@ -88,7 +88,7 @@ def _fine_tune(
 
     base = resolve_encoder(args.encoder_model)
     config = EncoderConfig(
-        epochs=args.epochs or 3,
+        epochs=args.epochs,
         learning_rate=args.lr or 5e-5,
         batch_size=args.batch_size,
         max_length=args.max_length,

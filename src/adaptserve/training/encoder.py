@@ -29,10 +29,12 @@ from adaptserve.default_model import folder_digest
 from adaptserve.errors import ConfigurationError
 from adaptserve.training.manifest import MANIFEST, library_versions
 
+MIN_STEPS = 150  # the default epochs give at least this many optimizer steps
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    epochs: int = 3
+    epochs: int | None = None  # default: 3, or more where that is under MIN_STEPS steps
     learning_rate: float = 5e-5
     batch_size: int = 16
     max_length: int = 128  # tokens per text; longer ones are cut
@@ -40,6 +42,13 @@ class EncoderConfig:
     max_steps: int | None = None
     seed: int = 0
     threads: int | None = None
+
+
+def default_epochs(examples: int, batch_size: int) -> int:
+    """3 epochs, or as many as make MIN_STEPS steps on little data (256 sentences: 10;
+    3 epochs of 16 steps underfit: 0.695 against 0.740 on Rotten Tomatoes)."""
+    per_epoch = math.ceil(examples / batch_size)
+    return max(3, math.ceil(MIN_STEPS / per_epoch))
 
 
 def hard_targets(labels: list[str], names: list[str]) -> np.ndarray:
@@ -108,6 +117,7 @@ def fine_tune(
         "examples": len(texts),
         "labels": names,
         "class_weights": weights.tolist(),
+        "epochs": config.epochs or default_epochs(len(texts), config.batch_size),
         "steps": len(losses),
         "final_loss": float(np.mean(losses[-10:])),
         "train_seconds": round(seconds, 1),
@@ -123,7 +133,8 @@ def _loop(
     import torch
 
     per_epoch = math.ceil(len(texts) / config.batch_size)
-    total = min(config.max_steps or per_epoch * config.epochs, per_epoch * config.epochs)
+    epochs = config.epochs or default_epochs(len(texts), config.batch_size)
+    total = min(config.max_steps or per_epoch * epochs, per_epoch * epochs)
     warm = max(1, int(total * config.warmup))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
