@@ -231,11 +231,11 @@ def running_server(data: Path, args: list[str]) -> Iterator[Server]:
     wait_for(lambda: not any(_alive(p) for p in children), 30, "vLLM outlived the gateway")
 
 
-def pooling_engine(server: Any, model: str = "minilm") -> tuple[re.Match[str], Any]:
+def pooling_engine(server: Any, model: str = "minilm", role: str = "embed") -> tuple[re.Match[str], Any]:
     """The log line that started `model`'s pooling engine (time, URL, port), and its process."""
     import psutil
 
-    started = rf"^(.{{23}}) INFO .*starting vLLM for model {model} \(embed\) on (http://127\.0\.0\.1:(\d+))"
+    started = rf"^(.{{23}}) INFO .*starting vLLM for model {model} \({role}\) on (http://127\.0\.0\.1:(\d+))"
     found = re.search(started, server.log(), re.M)
     assert found is not None, server.troubles()
     port = found.group(3)

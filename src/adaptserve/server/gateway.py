@@ -26,6 +26,7 @@ from adaptserve.pii.detector import Detector
 from adaptserve.quantize.recipes import check_servable
 from adaptserve.serving.bounds import RequestBounds
 from adaptserve.serving.embeddings import EmbeddingService
+from adaptserve.serving.encoders import EncoderService
 from adaptserve.serving.engines import Engines
 from adaptserve.serving.heads import HeadService
 from adaptserve.serving.picker import Picker
@@ -155,7 +156,9 @@ class Gateway:
         heads.sweep()
         tenants.owns(HeadCatalog.remove_owned)
         head_service = HeadService(pipeline, engines, embeddings, heads, tenants.uid)
-        service = TemplateService(pipeline, templates, renderer, limits, head_service)
+        service = TemplateService(
+            pipeline, templates, renderer, limits, head_service, EncoderService(pipeline, engines)
+        )
         fit_reports = FitReportStore(db)
         tenants.owns(FitReportStore.remove_owned)
         return cls(

@@ -101,7 +101,8 @@ class EmbeddingService:
         """Not an embedding model of the tenant's: a generate model it may call is a 400
         that says so; anything else the 404 of a name that does not exist."""
         try:
-            self._pipeline.resolve(tenant, model)
+            if self._engines.find(tenant, model) is None:  # a model of `models:` of another role: the 400 below
+                self._pipeline.resolve(tenant, model)
         except ModelUnavailableError:
             pass  # an adapter alias in its load back-off: still a generate model
         except ModelNotFoundError as exc:
@@ -132,15 +133,22 @@ class EmbeddingService:
         return masked
 
     async def _send(self, engine: Engine, call: CallRecord, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            return await engine.pool.pick().post_json("/v1/embeddings", body)
-        except APIError as exc:
-            if isinstance(exc, _WORKED):
-                call.charge_reserved()  # the engine may have worked; how much, vLLM did not say
-            if isinstance(exc, ContextLengthExceededError):
-                exc.param = PARAM
-            exc.message = exc.message.replace(repr(engine.entry.engine_name), repr(engine.name))
-            raise
+        return await pooling_post(engine, call, "/v1/embeddings", body, PARAM)
+
+
+async def pooling_post(engine: Engine, call: CallRecord, path: str, body: dict[str, Any], param: str) -> dict[str, Any]:
+    """One request to a pooling engine inside an admitted `call`: a failure after the
+    engine read it charges the reservation; a too-long input names `param`; the engine's
+    own name for the model is replaced by the one clients use."""
+    try:
+        return await engine.pool.pick().post_json(path, body)
+    except APIError as exc:
+        if isinstance(exc, _WORKED):
+            call.charge_reserved()  # the engine may have worked; how much, vLLM did not say
+        if isinstance(exc, ContextLengthExceededError):
+            exc.param = param
+        exc.message = exc.message.replace(repr(engine.entry.engine_name), repr(engine.name))
+        raise
 
 
 def _within_rate(principal: Principal, tokens: int) -> None:

@@ -1,7 +1,8 @@
 """The engines of `models:` beside the generate model (an encoder on vLLM's pooling
-runner, for `/v1/embeddings`): each one's own pool (readiness, health) and, when the
-gateway starts it, its supervised child; looked up by the name a client sends, for the
-tenants its entry names."""
+runner, for `/v1/embeddings` or for classify templates that name it): each one's own
+pool (readiness, health) and, when the gateway starts it, its supervised child; looked
+up by the name a client sends, for the tenants its entry names. A classify model's
+class names are its entry's `labels`, else its config.json's `id2label`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adaptserve.config import ModelEntry, Settings
-from adaptserve.default_model import folder_digest, resolve_encoder
+from adaptserve.default_model import encoder_labels, folder_digest, resolve_encoder
 from adaptserve.errors import UpstreamError
 from adaptserve.upstream.client import Upstream
 from adaptserve.upstream.pool import OnUp, PoolTiming, UpstreamPool
@@ -30,6 +31,7 @@ class Engine:
     pool: UpstreamPool
     supervisor: PoolingSupervisor | None
     dim: int | None = None  # an embedding model's vector size, once an answer said it
+    labels: list[str] | None = None  # a classify model's class names, in its order
     folder: Path | None = None  # a supervised engine's model folder
     _digest: str | None = field(default=None, init=False, repr=False)
 
@@ -58,15 +60,17 @@ class Engines:
         engines = []
         for entry in settings.models:
             supervisor, folder = None, None
-            urls = entry.upstreams
+            urls, labels = entry.upstreams, entry.labels
             if entry.path is not None:
-                log_path = settings.data_dir / "logs" / f"vllm-{entry.name}.log"
                 folder = resolve_encoder(entry.path)
+                log_path = settings.data_dir / "logs" / f"vllm-{entry.name}.log"
                 supervisor = PoolingSupervisor(settings.vllm, entry, folder, log_path)
                 urls = [supervisor.url]
+                if entry.role == "classify":
+                    labels = encoder_labels(folder, entry.labels, entry.name)
             upstreams = [Upstream(u, settings.request_timeout_s, settings.max_response_bytes) for u in urls]
             pool = UpstreamPool(upstreams, _serves(entry.engine_name), timing)
-            engines.append(Engine(entry, pool, supervisor, folder=folder))
+            engines.append(Engine(entry, pool, supervisor, labels=labels, folder=folder))
         return cls(engines)
 
     def __len__(self) -> int:

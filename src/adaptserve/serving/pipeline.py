@@ -222,9 +222,12 @@ class Pipeline:
         held back after a failed load is temporary, not missing: 503 + `Retry-After`."""
         alias = self._tenants.alias(tenant, model)
         target = self._target(alias) if alias is not None else None
-        if target is None and alias is None and self._engines.find(tenant, model) is not None:
+        engine = self._engines.find(tenant, model) if target is None and alias is None else None
+        if engine is not None:
+            embed = engine.entry.role == "embed"
+            use = "an embedding model: call /v1/embeddings" if embed else "a classify model: a template's encoder"
             raise InvalidRequestError(
-                f"The model '{model}' is an embedding model: call /v1/embeddings.",
+                f"The model '{model}' is {use}.",
                 param="model",
                 code="model_not_generative",
             )

@@ -5,7 +5,8 @@ request bounds, checked before any of them runs; with
 JSON that matches the schema, via vLLM's `structured_outputs`), for one input or a
 batch (`run` → the answer's body) or as a stream (`stream` → a `StreamingAnswer`).
 A classify template that names a head is answered by `heads.py` instead (one
-embeddings call and the head's weights).
+embeddings call and the head's weights); one that names an encoder by `encoders.py`
+(one call to the classify model's engine).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from adaptserve.errors import APIError, InvalidRequestError, invalid_from
 from adaptserve.pii.masking import Placeholders
 from adaptserve.pii.policy import PiiMode
 from adaptserve.serving.bounds import Reservation
+from adaptserve.serving.encoders import EncoderService
 from adaptserve.serving.heads import HeadService
 from adaptserve.serving.pipeline import Endpoint, Pipeline, StreamingAnswer
 from adaptserve.serving.privacy import restoring
@@ -79,8 +81,10 @@ class TemplateService:
         renderer: Renderer,
         limits: TemplateLimits,
         heads: HeadService,
+        encoders: EncoderService,
     ) -> None:
         self._pipeline, self._templates, self._renderer, self._heads = pipeline, templates, renderer, heads
+        self._encoders = encoders
         self._classifier = Classifier(templates, renderer, limits.cache_size)
         self._limits = limits
 
@@ -106,7 +110,8 @@ class TemplateService:
     async def run(self, principal: Principal, name: str, call: TemplateCall) -> dict[str, Any]:
         """A call that is not streamed: one input's result, or a batch's results."""
         template, checked = await self._checked(principal, name, call)
-        model = template.spec.model if template.spec.head is None else None
+        spec = template.spec
+        model = spec.model if spec.head is None and spec.encoder is None else None
         checked, placeholders = await self._screened(principal, model, checked, call)
         batch = isinstance(call.inputs, list)
         if template.spec.kind == "classify":
@@ -157,7 +162,7 @@ class TemplateService:
     ) -> tuple[list[dict[str, Any]], Placeholders | None]:
         """The inputs' text under the tenant's PII policy: masked (restored in a generate
         template's answer) or refused. What admission would refuse is refused first
-        (`model` None: a head template's, whose head is resolved after)): detection is
+        (`model` None: a head or encoder template's, whose model is resolved after)): detection is
         the costliest check."""
         if principal.pii.mode is PiiMode.MASK and call.explain == "attributions":
             raise InvalidRequestError(
@@ -187,6 +192,8 @@ class TemplateService:
         plans = self._attribution_plans(inputs, call)
         if template.spec.head is not None:  # one embeddings call and the head, in the gateway
             return await self._heads.classify(principal, template, inputs, bool(call.explain), plans)
+        if template.spec.encoder is not None:  # one call to the classify model's engine
+            return await self._encoders.classify(principal, template, inputs, bool(call.explain), plans)
         scored = [v for p, i in zip(plans, inputs, strict=True) for v in p.variants(i)] if plans else inputs
         param = "attribution" if plans else "inputs"
         spec = template.spec
@@ -211,6 +218,9 @@ class TemplateService:
             return
         if spec.head is not None:
             await self._heads.check_template(spec)
+            return
+        if spec.encoder is not None:
+            self._encoders.check_template(spec)
             return
         plan = await self._classifier.plan(self._pipeline, spec)
         self._bounded(spec, plan, [content_free_inputs(spec)[1]], "labels")

@@ -55,14 +55,18 @@ class TemplateVersion:
     active: bool
 
     def summary(self) -> dict:
-        return {
-            "name": self.name,
-            "kind": self.spec.kind,
-            "description": self.spec.description,
-            "owner": self.owner or None,
-            "version": self.version,
-            "model": self.spec.model if self.spec.head is None else None,
-        } | ({"head": self.spec.head} if self.spec.head else {})
+        return (
+            {
+                "name": self.name,
+                "kind": self.spec.kind,
+                "description": self.spec.description,
+                "owner": self.owner or None,
+                "version": self.version,
+                "model": self.spec.model if self.spec.head is None and self.spec.encoder is None else None,
+            }
+            | ({"head": self.spec.head} if self.spec.head else {})
+            | ({"encoder": self.spec.encoder} if self.spec.encoder else {})
+        )
 
 
 class TemplateRegistry:

@@ -141,7 +141,8 @@ def _title(name: str) -> str:
 
 
 def embedding_text(spec: TemplateSpec, inputs: dict[str, Any]) -> str:
-    """What a head template embeds: its inputs' values in the template's order (those
-    given), one per line. A template of one `text` input embeds the text as it is, as
-    `adaptserve train --method head` embedded its training texts."""
+    """What a head template embeds (and an encoder template classifies): its inputs'
+    values in the template's order (those given), one per line. A template of one
+    `text` input sends the text as it is, as `adaptserve train --method head` (and
+    `--method encoder`) read their training texts."""
     return "\n".join(str(inputs[name]) for name in spec.inputs if inputs.get(name) is not None)

@@ -83,8 +83,11 @@ class TemplateSpec(_Strict):
     # classify: a classifier head (heads/) answers instead of the model: one embeddings
     # call on the head's embedding model, then its weights, in the gateway.
     head: StrictStr | None = Field(None, min_length=1, max_length=64)
+    # classify: a sequence classifier of `models:` (role classify) answers instead: one
+    # call to its engine's /classify, its probabilities under the template's labels.
+    encoder: StrictStr | None = Field(None, min_length=1, max_length=64)
     system: StrictStr | None = None
-    instruction: StrictStr = Field("", max_length=20_000)  # required, except with a head
+    instruction: StrictStr = Field("", max_length=20_000)  # required, except with a head or an encoder
     inputs: dict[str, InputField] = Field(min_length=1)
     examples: list[Example] = Field(default_factory=list, max_length=64)
     labels: list[Label] = Field(default_factory=list, max_length=100)
@@ -121,10 +124,10 @@ class TemplateSpec(_Strict):
 
     @model_validator(mode="after")
     def _by_kind(self) -> TemplateSpec:
-        if self.head is not None:
+        if self.head is not None or self.encoder is not None:
             self._check_head()
         elif not self.instruction:
-            raise ValueError("instruction: a template needs an instruction (only a head template has none)")
+            raise ValueError("instruction: a template needs an instruction (only a head or encoder template has none)")
         if self.kind == "classify":
             self._check_labels()
         else:
@@ -142,10 +145,13 @@ class TemplateSpec(_Strict):
         return self
 
     def _check_head(self) -> None:
-        """A head answers from the inputs' text alone: nothing of a prompt applies (the
-        contextual calibration neither: `calibrates` is false)."""
+        """A head or an encoder answers from the inputs' text alone: nothing of a prompt
+        applies (the contextual calibration neither: `calibrates` is false)."""
+        field = "head" if self.head is not None else "encoder"
+        if self.head is not None and self.encoder is not None:
+            raise ValueError("a template names a head or an encoder, not both")
         if self.kind != "classify":
-            raise ValueError("head is for kind: classify")
+            raise ValueError(f"{field} is for kind: classify")
         given = {
             "model": self.model != "default",
             "system": self.system is not None,
@@ -156,9 +162,7 @@ class TemplateSpec(_Strict):
         }
         if any(given.values()):
             fields = ", ".join(name for name, set_ in given.items() if set_)
-            raise ValueError(
-                f"a head template takes no {fields}: its head names its embedding model and carries its own temperature"
-            )
+            raise ValueError(f"a {field} template takes no {fields}: its {field} alone answers, from the inputs' text")
 
     def _check_labels(self) -> None:
         if len(self.labels) < 2:
@@ -197,8 +201,8 @@ class TemplateSpec(_Strict):
     @property
     def calibrates(self) -> bool:
         """Whether the server divides out the calibration inputs' bias (`auto` too;
-        never for a head, which carries its own temperature)."""
-        return self.calibration is not False and self.head is None
+        never for a head, which carries its own temperature, nor an encoder)."""
+        return self.calibration is not False and self.head is None and self.encoder is None
 
     @property
     def digest(self) -> str:
@@ -211,7 +215,7 @@ class TemplateSpec(_Strict):
         if doc.get("temperature") == 1.0:
             del doc["temperature"]  # the default: documents (and digests) from before it existed stay the same
         if doc.get("instruction") == "":
-            del doc["instruction"]  # a head template's: none
+            del doc["instruction"]  # a head or encoder template's: none
         return doc
 
     def label_index(self, name: str) -> int:
