@@ -140,6 +140,8 @@ class ModelEntry(BaseModel):
             raise ValueError(f"model {self.name}: give path (a supervised engine) or upstreams, one of them")
         if self.role == "embed" and self.labels is not None:
             raise ValueError(f"model {self.name}: labels are for role classify")
+        if self.digest is not None and self.path is not None:
+            raise ValueError(f"model {self.name}: digest is a remote engine's (a supervised one's is read from path)")
         if self.role == "classify" and self.path is None and not self.labels:
             raise ValueError(f"model {self.name}: a remote classify model needs its labels (in its classes' order)")
         if self.labels is not None and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)):

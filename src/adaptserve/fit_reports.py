@@ -4,9 +4,10 @@ it served, and the report's plot as a PNG), pushed through the admin API so the 
 can show it. Stored in the database, one per (owner, name): global (owner "") or one
 tenant's (its uid, never reused), like heads; a later push of the same name replaces it.
 
-Bounded: at most `MAX_CANDIDATES` rows, short texts, and a plot of at most
-`MAX_PLOT_BYTES` that must be a PNG (its signature is checked; it is only ever handed
-back as it came, as base64)."""
+Bounded: at most `MAX_REPORTS` per owner, `MAX_CANDIDATES` rows, short texts without NUL
+characters (PostgreSQL's text refuses them), and a plot of at most `MAX_PLOT_BYTES` that
+must be a PNG of at most `MAX_PLOT_SIDE` pixels a side (its signature and header are
+checked; it is only ever handed back as it came, as base64)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import builtins
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -26,6 +27,8 @@ from adaptserve.errors import ConflictError, InvalidRequestError, NotFoundError,
 GLOBAL = ""
 MAX_CANDIDATES = 64
 MAX_PLOT_BYTES = 512 * 1024
+MAX_PLOT_SIDE = 4096  # pixels: a small file can declare a huge image, which a browser would decode
+MAX_REPORTS = 256  # per owner
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 Share = Field(ge=0, le=1, allow_inf_nan=False)
@@ -78,6 +81,8 @@ class FitReportUpload(_Strict):
     @classmethod
     def parse(cls, body: object) -> tuple[FitReportUpload, bytes | None]:
         """An uploaded JSON object → the checked report and its plot's bytes, or a 400."""
+        if _has_nul(body):
+            raise InvalidRequestError("invalid fit report: a text holds a NUL character")
         try:
             report = cls.model_validate(body)
         except ValidationError as exc:
@@ -88,9 +93,24 @@ class FitReportUpload(_Strict):
             plot = base64.b64decode(report.plot_png, validate=True)
         except binascii.Error as exc:
             raise InvalidRequestError("plot_png is not base64", param="plot_png") from exc
-        if not plot.startswith(PNG_SIGNATURE):
+        if not plot.startswith(PNG_SIGNATURE) or plot[12:16] != b"IHDR":
             raise InvalidRequestError("plot_png is not a PNG image", param="plot_png")
+        width, height = int.from_bytes(plot[16:20], "big"), int.from_bytes(plot[20:24], "big")
+        if not (0 < width <= MAX_PLOT_SIDE and 0 < height <= MAX_PLOT_SIDE):
+            raise InvalidRequestError(
+                f"plot_png is {width}x{height} pixels; at most {MAX_PLOT_SIDE} a side", param="plot_png"
+            )
         return report, plot
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 class FitReportStore:
@@ -105,6 +125,8 @@ class FitReportStore:
             with self._db.session() as s:
                 row = self._find(s, owner, name)
                 created = row is None
+                if row is None and self._count(s, owner) >= MAX_REPORTS:
+                    raise ConflictError(f"{MAX_REPORTS} fit reports are stored for this owner: delete one first")
                 if row is None:
                     row = FitReportRow(owner=owner, name=name)
                     s.add(row)
@@ -151,6 +173,10 @@ class FitReportStore:
     @staticmethod
     def _find(s: Session, owner: str, name: str) -> FitReportRow | None:
         return s.scalar(select(FitReportRow).where(FitReportRow.owner == owner, FitReportRow.name == name))
+
+    @staticmethod
+    def _count(s: Session, owner: str) -> int:
+        return s.scalar(select(func.count()).select_from(FitReportRow).where(FitReportRow.owner == owner)) or 0
 
     def _row(self, s: Session, owner: str, name: str) -> FitReportRow:
         row = self._find(s, owner, name)

@@ -107,6 +107,11 @@ def test_an_embedding_models_digest_is_its_folders_weights_or_its_entrys(tmp_pat
     }
     with pytest.raises(ValidationError, match="digest"):
         Settings(data_dir=tmp_path, models=[models[1] | {"digest": "not-a-sha256"}])
+    with pytest.raises(ValidationError, match="digest is a remote engine's"):
+        Settings(data_dir=tmp_path, models=[models[0] | {"digest": given}])
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")  # weights it does not read: no digest
+    unread = Engines.build(Settings(data_dir=tmp_path, models=models[:1])).get("mine")
+    assert unread is not None and asyncio.run(unread.digest()) is None
 
 
 def test_the_pooling_child_gets_no_lora_flags_nor_the_plugin(tmp_path: Path) -> None:

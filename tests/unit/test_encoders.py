@@ -149,9 +149,15 @@ def test_an_encoder_template_is_refused_unless_its_model_and_labels_fit(clf_gate
 def test_a_tenant_that_may_not_call_the_model_gets_a_400(start_gateway: Any, encoder: FakeState) -> None:
     encoder.classes = CLASSES
     gw = start_gateway(models=[_entry(encoder, tenants=["someone-else"])])
-    assert _put(gw, _template()).status_code == 201
+    assert _put(gw, _template()).status_code == 201  # a global template: the operator's, any model
     answer = run_template(gw, "mood", {"inputs": {"text": "fine"}})
     assert_openai_error(answer, 400, "encoder_mismatch", "encoder")
+    # A tenant's own template may not name it: refused as a model that does not exist, its classes unshown.
+    assert gw.admin("POST", "/tenants", json={"name": "acme"}).status_code == 201
+    mine = _template(name="mine", labels=["x", "y"])
+    refused = gw.admin("PUT", "/templates/mine", json=mine, params={"tenant": "acme"})
+    assert_openai_error(refused, 400, "encoder_mismatch", "encoder")
+    assert not any(name in refused.json()["error"]["message"] for name in CLASSES)
 
 
 # -- training: the parts without weights -------------------------------------------------------

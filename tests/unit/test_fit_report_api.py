@@ -7,11 +7,13 @@ read-only to a tenant admin, and a deleted tenant's reports go with it."""
 from __future__ import annotations
 
 import base64
+import struct
 
 import pytest
 from adaptserve_client import Client, NotFoundError
 
-from adaptserve.fit_reports import MAX_CANDIDATES, MAX_PLOT_BYTES
+from adaptserve import fit_reports
+from adaptserve.fit_reports import MAX_CANDIDATES, MAX_PLOT_BYTES, MAX_PLOT_SIDE
 from tests.helpers import ADMIN_KEY, RunningGateway, call_as, fit_report, png, tenant_admin_key
 
 
@@ -39,6 +41,12 @@ def test_a_report_is_stored_read_back_and_replaced(gateway: RunningGateway) -> N
 ROW = fit_report()["candidates"][0]
 
 
+def _declaring(width: int, height: int) -> bytes:
+    """png() whose header declares another size (what a browser would allocate)."""
+    small = png()
+    return small[:16] + struct.pack(">II", width, height) + small[24:]
+
+
 @pytest.mark.parametrize(
     ("report", "param"),
     [
@@ -53,6 +61,8 @@ ROW = fit_report()["candidates"][0]
         (fit_report(plot_png="not base64!"), "plot_png"),
         (fit_report(plot_png=base64.b64encode(b"GIF89a....").decode()), "plot_png"),
         (fit_report(png() + b"\0" * MAX_PLOT_BYTES), "plot_png"),
+        (fit_report(_declaring(60000, 60000)), "plot_png"),  # a small file, a huge image to decode
+        (fit_report(_declaring(MAX_PLOT_SIDE + 1, 3)), "plot_png"),
     ],
 )
 def test_a_report_out_of_bounds_is_a_400_naming_the_field(gateway: RunningGateway, report: dict, param: str) -> None:
@@ -60,6 +70,25 @@ def test_a_report_out_of_bounds_is_a_400_naming_the_field(gateway: RunningGatewa
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
     assert gateway.admin("GET", "/fit-reports/r").status_code == 404
+
+
+def test_a_nul_character_is_a_400_not_a_database_error(gateway: RunningGateway) -> None:
+    decision = fit_report()["decision"] | {"verdict": "ok\x00"}
+    for report in (fit_report(source="data\x00.jsonl"), fit_report(decision=decision)):
+        response = gateway.admin("PUT", "/fit-reports/r", json=report)
+        assert response.status_code == 400 and "NUL" in response.json()["error"]["message"], response.text
+    assert gateway.admin("GET", "/fit-reports/r").status_code == 404
+
+
+def test_an_owner_stores_at_most_max_reports(gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fit_reports, "MAX_REPORTS", 2)
+    for name in ("one", "two"):
+        assert gateway.admin("PUT", f"/fit-reports/{name}", json=fit_report()).status_code == 201
+    refused = gateway.admin("PUT", "/fit-reports/three", json=fit_report())
+    assert refused.status_code == 409 and "delete one first" in refused.json()["error"]["message"]
+    assert gateway.admin("PUT", "/fit-reports/two", json=fit_report(examples=9)).status_code == 200  # a replacement
+    assert gateway.admin("DELETE", "/fit-reports/one").status_code == 204
+    assert gateway.admin("PUT", "/fit-reports/three", json=fit_report()).status_code == 201
 
 
 def test_a_bad_name_is_a_400(gateway: RunningGateway) -> None:

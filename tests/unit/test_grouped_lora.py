@@ -263,6 +263,32 @@ def test_self_check_catches_a_wrong_fused_method(monkeypatch: pytest.MonkeyPatch
     assert engine_plugin._self_check() == "add_lora_linear (32, 8, 8) differs from vLLM's on rows with an adapter"
 
 
+def test_self_check_covers_the_expand_per_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = fused_linear.product
+    wrong_on_wide_slices = lambda x, w, dtype: real(x, w, dtype) * (1.5 if w.shape[0] == 4096 else 1.0)  # noqa: E731
+    monkeypatch.setattr(fused_linear, "product", wrong_on_wide_slices)
+    assert engine_plugin._self_check() == "add_lora_linear (4096, 4096) differs from vLLM's on rows with an adapter"
+
+
+def test_fp16_never_takes_the_block_diagonal_and_a_callers_buffer_goes_to_vllm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In fp16 an inf in one slice times a zero block would be NaN in the others; a buffer vLLM's method fills."""
+    wrapper = wrapper_for(PATTERNS["one slot"], prefill=True)
+    batch = Batch(PATTERNS["one slot"], torch.float16, "sgmv")
+    lora_a = tuple(batch.randn(SLOTS, 1, RANK, HIDDEN, scale=HIDDEN**-0.5) for _ in SLICES)
+    blocks: list[int] = []
+    monkeypatch.setattr(torch, "block_diag", lambda *b: blocks.append(len(b)) or torch.zeros(0))
+    y = batch.start(sum(SLICES), torch.float16)
+    fused_linear.add_lora_linear(wrapper, y, batch.x, lora_a, tuple(batch.lora_b), 1.0, SLICES)
+    assert blocks == []
+    calls: list[object] = []
+    monkeypatch.setattr(fused_linear, "vllm_add_lora_linear", lambda: lambda *a, **k: calls.append(k["buffer"]))
+    buffers = tuple(torch.zeros(batch.n, RANK) for _ in SLICES)
+    fused_linear.add_lora_linear(wrapper, y, batch.x, lora_a, tuple(batch.lora_b), 1.0, SLICES, buffer=buffers)
+    assert calls == [buffers]
+
+
 def test_self_check_passes() -> None:
     assert engine_plugin._self_check() is None
 

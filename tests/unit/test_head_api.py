@@ -238,6 +238,17 @@ def test_a_head_records_its_embedding_weights_and_is_refused_on_other_weights(
     assert run_template(swapped, "mood", text).status_code == 200
 
 
+def test_a_tenants_head_on_a_model_it_may_not_call_is_refused_as_unknown(
+    start_gateway: Callable[..., RunningGateway], encoder: FakeState
+) -> None:
+    gateway = start_gateway(models=[embed_entry(encoder, tenants=["someone-else"], digest="ab" * 32)])
+    assert gateway.admin("POST", "/tenants", json={"name": "acme"}).status_code == 201
+    refused = _put_head(gateway, "h", _head(12, embedding_digest="cd" * 32), tenant="acme")
+    assert_openai_error(refused, 400, "head_mismatch", "embedding_model")  # not its dim, not its digest
+    assert "ab" * 6 not in refused.json()["error"]["message"]
+    assert _put_head(gateway, "h", _head(12)).status_code == 201  # a global head: the operator's
+
+
 def test_a_head_template_takes_no_prompt_fields(embed_gateway: RunningGateway) -> None:
     _put_head(embed_gateway, "h", _head(9))
     for extra in (

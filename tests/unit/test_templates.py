@@ -101,6 +101,8 @@ def test_yes_and_no_are_labels_not_booleans() -> None:
             "invalid template at line 12: examples[1].inputs",
         ),
         ('{"name": "sent",\n "kind": 3}', "invalid template at line 2: kind: "),
+        # a key given twice: YAML keeps the last, so its line is named
+        (SENTIMENT.replace("kind: classify", "kind: classify\nkind: bogus"), "invalid template at line 4: kind: "),
     ],
 )
 def test_a_refused_document_names_the_line(text: str, said: str) -> None:

@@ -116,20 +116,21 @@ def _self_check() -> str | None:
 
 
 def _check_fused_linear(generator: torch.Generator) -> str | None:
-    """The fused `add_lora_linear` against vLLM's (over vLLM's ops) on a mixed prefill batch, q/k/v-shaped (one
-    block-diagonal expand) and gate/up-shaped (an expand per slice): rows with an adapter agree, the others are
-    untouched."""
+    """The fused `add_lora_linear` against vLLM's (over vLLM's ops) on a mixed prefill batch whose slots interleave
+    (rows gathered, not sliced), q/k/v-shaped (one block-diagonal expand) and with outputs past
+    `BLOCK_DIAGONAL_MACS` (an expand per slice): rows with an adapter agree, the others are untouched."""
     import torch
     from vllm.lora.layers import LoRAMapping
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
     from . import fused_linear
 
-    ids = (0, 7, 7, 0, *(9,) * 40, 0)  # per token: LoRA ids (0: the base model); 9's 40 rows take the big path
+    ids = (0, 7, 9, 7, *(9,) * 36, 7, 0)  # per token: LoRA ids (0: the base model); 7's and 9's rows interleave
+    requests = (0, 7, 9, 7, 9, 7, 0)
     wrapper = PunicaWrapperCPU(max_num_batched_tokens=64, max_batches=8, device="cpu")
-    wrapper.update_metadata(LoRAMapping(ids, (0, 7, 0, 9, 0), is_prefill=True), [9, None, 7, None], 4, 1000)
+    wrapper.update_metadata(LoRAMapping(ids, requests, is_prefill=True), [9, None, 7, None], 4, 1000)
     adapter = torch.tensor(ids) != 0
-    for slices in ((32, 8, 8), (1024, 1024)):
+    for slices in ((32, 8, 8), (4096, 4096)):  # 36 rows x rank 8 x 8,192 columns: past BLOCK_DIAGONAL_MACS
         x = torch.randn(len(ids), 32, generator=generator).to(torch.bfloat16)
         a = tuple(torch.randn(4, 1, 8, 32, generator=generator).to(torch.bfloat16) for _ in slices)
         b = tuple(torch.randn(4, 1, n, 8, generator=generator).to(torch.bfloat16) for n in slices)

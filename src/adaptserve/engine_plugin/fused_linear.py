@@ -10,10 +10,11 @@ own matmul.
 Here, per adapter slot present in the batch: the slices' A matrices are stacked and the inputs are cast and
 multiplied once (`[rows, slices x rank]`, fp32 as vLLM's buffer); the expand is one matmul against the
 block-diagonal of the B matrices where the output is small (the zero blocks cost less than the calls they save:
-`BLOCK_DIAGONAL_MACS`), else one per slice; no buffer is allocated. The products are those vLLM's path computes
-(fp32 shrink, then the output's dtype), so the result agrees with it to rounding; on the shapes the tests and the
-benchmark use it is bit for bit the same. Rows with no adapter (slot -1) are left alone, as the grouped ops leave
-them.
+`BLOCK_DIAGONAL_MACS`), else one per slice (and always in fp16, where a value past its range would become inf, and
+inf times a zero block NaN in the other slices' columns); no buffer is allocated. The products are those vLLM's path
+computes (fp32 shrink, then the output's dtype), so the result agrees with it to rounding; on the shapes the tests
+and the benchmark use it is bit for bit the same. Rows with no adapter (slot -1) are left alone, as the grouped ops
+leave them.
 
 `install()` sets the method on `PunicaWrapperCPU` (every wrapper, made before or after, looks it up on the class);
 `uninstall()` gives vLLM's back. Installed together with the grouped ops (`grouped_lora.install`).
@@ -56,8 +57,13 @@ def add_lora_linear(
     **kwargs: Any,
 ) -> None:
     """y[:, slice i] += scale * x @ A_i[slot].T @ B_i[slot].T for each token's slot, as vLLM's method does
-    (`buffer` and `kwargs` are accepted and unused there too)."""
+    (`kwargs` are unused there too). A caller's own `buffer` (none on the CPU in vLLM 0.32) goes to vLLM's method,
+    which shrinks into it."""
     assert len(lora_a_stacked) == len(lora_b_stacked) == len(output_slices)
+    if buffer is not None:
+        vllm = vllm_add_lora_linear()
+        vllm(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs)
+        return
     groups = _groups(self)
     if not groups.slots:
         return
@@ -70,7 +76,7 @@ def add_lora_linear(
         if scale != 1.0:
             shrunk = scale * shrunk
         b = [slot_matrix(w[slot])[:size] for w, size in zip(lora_b_stacked, output_slices, strict=True)]
-        if len(b) == 1 or _count(rows, x) * rank * total <= BLOCK_DIAGONAL_MACS:
+        if len(b) == 1 or (y.dtype != torch.float16 and _count(rows, x) * rank * total <= BLOCK_DIAGONAL_MACS):
             write_rows(y[:, :total], rows, product(shrunk, torch.block_diag(*b) if len(b) > 1 else b[0], y.dtype), True)
             continue
         offset = 0

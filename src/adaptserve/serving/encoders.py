@@ -79,8 +79,11 @@ class EncoderService:
 
     def check_template(self, spec: TemplateSpec) -> None:
         """Refuse (400) an encoder template whose encoder is not a classify model of
-        `models:`, or whose labels are not its class names (the same names, any order)."""
-        engine = self._engines.get(spec.encoder or "")
+        `models:` its owner may call (a global template's: any), or whose labels are not
+        its class names (the same names, any order). A model the owner may not call is
+        refused as one that does not exist: its class names are not shown."""
+        name = spec.encoder or ""
+        engine = self._engines.get(name) if spec.tenant is None else self._engines.find(spec.tenant, name)
         if engine is None or engine.entry.role != "classify":
             raise EncoderMismatchError(
                 f"encoder {spec.encoder} is not a classify model of this server's models:", param="encoder"

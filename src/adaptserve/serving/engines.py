@@ -41,10 +41,11 @@ class Engine:
 
     async def digest(self) -> str | None:
         """SHA-256 of its weight files: the entry's `digest`, else its folder's (read
-        once, off the event loop); None for a remote engine whose entry gives none."""
+        once, off the event loop); None for a remote engine whose entry gives none, and
+        for a folder with no `*.safetensors` (a digest of nothing would match any such)."""
         if self._digest is None:
             self._digest = self.entry.digest
-        if self._digest is None and self.folder is not None:
+        if self._digest is None and self.folder is not None and any(self.folder.glob("*.safetensors")):
             self._digest = await asyncio.to_thread(folder_digest, self.folder)
         return self._digest
 

@@ -91,12 +91,14 @@ class HeadService:
         _same_weights(head.artifact, await engine.digest(), "head")
         return engine
 
-    async def check_head(self, artifact: HeadArtifact) -> HeadArtifact:
+    async def check_head(self, artifact: HeadArtifact, tenant: str | None) -> HeadArtifact:
         """Refuse (400) a head whose embedding model is not an embedding model of
-        `models:`, whose dim is not that model's (when the model can say it), or whose
-        `embedding_digest` is not that model's weights; → the head, stamped with the
-        model's digest when its upload gave none."""
-        engine = self._engines.get(artifact.embedding_model)
+        `models:` its owner may call (`tenant`; None: a global head, any), whose dim is
+        not that model's (when the model can say it), or whose `embedding_digest` is not
+        that model's weights; → the head, stamped with the model's digest when its upload
+        gave none. A model the owner may not call is refused as one that does not exist."""
+        name = artifact.embedding_model
+        engine = self._engines.get(name) if tenant is None else self._engines.find(tenant, name)
         if engine is None or engine.entry.role != "embed":
             raise HeadMismatchError(
                 f"embedding_model {artifact.embedding_model} is not an embedding model of this server's models:",

@@ -287,7 +287,8 @@ def _line_of(text: str | bytes, loc: tuple[int | str, ...]) -> int | None:
     line = None if node is None else node.start_mark.line + 1
     for part in loc:
         if isinstance(node, yaml.MappingNode):
-            node = next((value for key, value in node.value if key.value == str(part)), None)
+            # a key given twice: YAML keeps the last one, so its line is the one to name
+            node = next((value for key, value in reversed(node.value) if key.value == str(part)), None)
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
             node = node.value[part]
         else:

@@ -51,7 +51,7 @@ async def put_head(
     owner = await asyncio.to_thread(_writer, actor, gateway, tenant)
     request.state.audit_tenant = actor.tenant or tenant
     artifact = await asyncio.to_thread(HeadArtifact.parse, await read_json(request.stream()))
-    artifact = await gateway.head_service.check_head(artifact)
+    artifact = await gateway.head_service.check_head(artifact, actor.tenant or tenant)
     before = await asyncio.to_thread(_active, gateway, owner, name)
     stored, created = await asyncio.to_thread(gateway.heads.put, owner, name, artifact, activate)
     response.status_code = 201 if created else 200

@@ -80,7 +80,8 @@ async def usage(gateway: GatewayDep, principal: PrincipalDep, since: datetime | 
 
 
 @router.get("/quota")
-def quota(gateway: GatewayDep, principal: PrincipalDep) -> dict:
+async def quota(gateway: GatewayDep, principal: PrincipalDep) -> dict:
     """The caller's quotas, what it uses of each in the last minute (tokens: charged and
-    reserved; concurrent: in flight) and what is left."""
+    reserved; concurrent: in flight) and what is left. On the event loop, where the
+    counts change: no I/O, and never read while they are being written."""
     return gateway.quotas.headroom(principal.uid, principal.limits)

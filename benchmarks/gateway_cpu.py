@@ -1,0 +1,129 @@
+"""The gateway's own CPU per request: the fake vLLM (`adaptserve.bench.fake_engine`) and the
+gateway (`adaptserve serve`'s app and listener, SQLite) each in its own process, the client
+in this one; the gateway process's user + system time over N non-streamed chat requests on
+an adapter alias, divided by N, beside each request's latency through the gateway and
+straight to the fake engine. Unlike `gateway_cost.py` (everything in one process), no
+client or engine time is counted in the gateway's.
+
+    .venv/bin/python benchmarks/gateway_cpu.py --requests 1500 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from adaptserve.bench.fake_engine import BASE
+from adaptserve.upstream.supervisor import free_port
+
+HERE = Path(__file__).parent
+BODY = {"messages": [{"role": "user", "content": "hello there"}]}
+
+
+def _serve_fake(port: int) -> None:
+    import uvicorn
+
+    from adaptserve.bench.fake_engine import FakeState, create_fake_vllm
+
+    uvicorn.run(create_fake_vllm(FakeState()), port=port, log_level="warning")
+
+
+def _serve_gateway(port: int, fake: str) -> None:
+    import uvicorn
+    from served import MODELS_DIR  # benchmarks/ is the script's folder
+
+    from adaptserve.bench.fleet import make_adapter
+    from adaptserve.config import Settings
+    from adaptserve.default_model import DEFAULT_MODEL_NAME
+    from adaptserve.server import listen
+    from adaptserve.server.app import create_app
+
+    root = Path(tempfile.mkdtemp(prefix="adaptserve-cpu-"))
+    base = MODELS_DIR / DEFAULT_MODEL_NAME
+    settings = Settings(
+        api_key="sk-cpu",
+        admin_key="sk-cpu-admin",
+        data_dir=root,
+        model=str(base),
+        served_model_name=BASE,
+        upstreams=[fake],
+        adapters={"alpha": make_adapter(base, root / "alpha", seed=1)},
+        log_level="warning",
+        port=port,
+    )
+    (config,) = listen.configs(create_app(settings), settings)
+    uvicorn.Server(config).run()
+
+
+def _up(url: str) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _latencies(client: httpx.Client, url: str, body: dict, headers: dict, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        client.post(url + "/v1/chat/completions", json=body, headers=headers).raise_for_status()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1500)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)  # internal: fake|gateway PORT FAKE_URL
+    args = parser.parse_args()
+    if args.serve:
+        kind, port, fake = args.serve
+        _serve_fake(int(port)) if kind == "fake" else _serve_gateway(int(port), fake)
+        return
+    fake_port, gateway_port = free_port(), free_port()
+    fake_url, gateway_url = f"http://127.0.0.1:{fake_port}", f"http://127.0.0.1:{gateway_port}"
+    me = [sys.executable, str(Path(__file__).resolve()), "--serve"]
+    fake = subprocess.Popen([*me, "fake", str(fake_port), ""])
+    gateway = subprocess.Popen([*me, "gateway", str(gateway_port), fake_url])
+    try:
+        _up(fake_url + "/health")
+        _up(gateway_url + "/ready")
+        print("| run | fake vLLM direct, median ms | through the gateway, median ms | gateway CPU ms per request |")
+        print("|---|---|---|---|")
+        with httpx.Client(timeout=30) as client:
+            key = {"Authorization": "Bearer sk-cpu"}
+            _latencies(client, gateway_url, BODY | {"model": "alpha"}, key, 50)  # warm-up
+            for run in range(1, args.runs + 1):
+                direct = _latencies(client, fake_url, BODY | {"model": BASE}, {}, args.requests)
+                before = _cpu_s(gateway.pid)
+                through = _latencies(client, gateway_url, BODY | {"model": "alpha"}, key, args.requests)
+                cpu = (_cpu_s(gateway.pid) - before) / args.requests
+                d, g = statistics.median(direct) * 1e3, statistics.median(through) * 1e3
+                print(f"| {run} | {d:.2f} | {g:.2f} | {cpu * 1e3:.2f} |")
+    finally:
+        for process in (gateway, fake):
+            process.terminate()
+            process.wait()
+
+
+if __name__ == "__main__":
+    main()
