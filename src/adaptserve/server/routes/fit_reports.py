@@ -14,13 +14,12 @@ import asyncio
 
 from fastapi import APIRouter, Request, Response
 
-from adaptserve.errors import PermissionDeniedError
 from adaptserve.fit_reports import GLOBAL, FitReportNotFoundError, FitReportUpload
 from adaptserve.server.deps import AdminDep, GatewayDep
 from adaptserve.server.gateway import Gateway
 from adaptserve.server.protocol import documented_body, read_json
+from adaptserve.server.routes import owners
 from adaptserve.tenancy.auth import Actor
-from adaptserve.tenancy.tenants import TenantNotFoundError
 
 router = APIRouter(prefix="/admin/fit-reports")
 
@@ -30,7 +29,7 @@ async def put_fit_report(
     name: str, request: Request, response: Response, gateway: GatewayDep, actor: AdminDep, tenant: str | None = None
 ) -> dict:
     """The report → stored under `name` (201), replacing one of that name (200)."""
-    owner = await asyncio.to_thread(_writer, actor, gateway, tenant)
+    owner = await asyncio.to_thread(owners.writer, actor, gateway, tenant)
     request.state.audit_tenant = actor.tenant or tenant
     report, plot = await asyncio.to_thread(FitReportUpload.parse, await read_json(request.stream()))
     stored, created = await asyncio.to_thread(gateway.fit_reports.put, owner, name, report, plot)
@@ -40,8 +39,8 @@ async def put_fit_report(
 
 @router.get("")
 def list_fit_reports(gateway: GatewayDep, actor: AdminDep) -> dict:
-    owners = None if actor.tenant is None else (GLOBAL, actor.uid)
-    return {"data": gateway.fit_reports.list(owners)}
+    mine = None if actor.tenant is None else (GLOBAL, actor.uid)
+    return {"data": gateway.fit_reports.list(mine)}
 
 
 @router.get("/{name}")
@@ -54,36 +53,10 @@ def delete_fit_report(
     name: str, request: Request, gateway: GatewayDep, actor: AdminDep, tenant: str | None = None
 ) -> None:
     request.state.audit_tenant = actor.tenant or tenant
-    owner = _reader(actor, gateway, name, tenant)
-    if actor.tenant is not None and owner == GLOBAL:
-        raise PermissionDeniedError(f"fit report {name} is global: only the operator changes it")
+    owner = owners.changer(_reader(actor, gateway, name, tenant), actor, f"fit report {name}")
     gateway.fit_reports.remove(owner, name)
 
 
-def _writer(actor: Actor, gateway: Gateway, tenant: str | None) -> str:
-    """Whose a pushed report becomes: a tenant admin's tenant's; the operator's `tenant`'s, or global."""
-    if actor.tenant is not None:
-        _only_own(actor, tenant)
-        return actor.uid
-    if tenant is None:
-        return GLOBAL
-    uid = gateway.tenants.uid(tenant)
-    if uid is None:
-        raise TenantNotFoundError(f"tenant {tenant} does not exist")
-    return uid
-
-
 def _reader(actor: Actor, gateway: Gateway, name: str, tenant: str | None) -> str:
-    """Whose report `name` a read means: the operator's choice; a tenant admin's own, else global."""
-    if actor.tenant is None:
-        return _writer(actor, gateway, tenant)
-    _only_own(actor, tenant)
-    owner = gateway.fit_reports.owner_of(actor.uid, name)
-    if owner is None:
-        raise FitReportNotFoundError(f"fit report {name} does not exist", param="name")
-    return owner
-
-
-def _only_own(actor: Actor, tenant: str | None) -> None:
-    if tenant not in (None, actor.tenant):
-        raise TenantNotFoundError(f"tenant {tenant} does not exist")
+    missing = FitReportNotFoundError(f"fit report {name} does not exist", param="name")
+    return owners.reader(actor, gateway, tenant, lambda uid: gateway.fit_reports.owner_of(uid, name), missing)

@@ -17,14 +17,13 @@ import asyncio
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, StrictStr
 
-from adaptserve.errors import PermissionDeniedError
 from adaptserve.heads.artifact import HeadArtifact, HeadUpload
 from adaptserve.heads.catalog import GLOBAL, HeadNotFoundError
 from adaptserve.server.deps import AdminDep, GatewayDep
 from adaptserve.server.gateway import Gateway
 from adaptserve.server.protocol import documented_body, read_json
+from adaptserve.server.routes import owners
 from adaptserve.tenancy.auth import Actor
-from adaptserve.tenancy.tenants import TenantNotFoundError
 
 router = APIRouter(prefix="/admin/heads")
 
@@ -48,7 +47,7 @@ async def put_head(
     always), or the identical one (200). Its embedding model must be an embedding model
     of `models:` whose vectors have its dim and whose weights its `embedding_digest`
     names (stamped when the upload gives none)."""
-    owner = await asyncio.to_thread(_writer, actor, gateway, tenant)
+    owner = await asyncio.to_thread(owners.writer, actor, gateway, tenant)
     request.state.audit_tenant = actor.tenant or tenant
     artifact = await asyncio.to_thread(HeadArtifact.parse, await read_json(request.stream()))
     artifact = await gateway.head_service.check_head(artifact, actor.tenant or tenant)
@@ -61,8 +60,8 @@ async def put_head(
 
 @router.get("")
 def list_heads(gateway: GatewayDep, actor: AdminDep) -> dict:
-    owners = None if actor.tenant is None else (GLOBAL, actor.uid)
-    return {"data": gateway.heads.list(owners)}
+    mine = None if actor.tenant is None else (GLOBAL, actor.uid)
+    return {"data": gateway.heads.list(mine)}
 
 
 @router.get("/{name}")
@@ -98,36 +97,13 @@ def delete_head(name: str, request: Request, gateway: GatewayDep, actor: AdminDe
     gateway.heads.remove(_changer(actor, gateway, name, tenant), name)
 
 
-def _writer(actor: Actor, gateway: Gateway, tenant: str | None) -> str:
-    """Whose a pushed head becomes: a tenant admin's tenant's; the operator's `tenant`'s,
-    or global."""
-    if actor.tenant is not None:
-        _only_own(actor, tenant)
-        return actor.uid
-    if tenant is None:
-        return GLOBAL
-    uid = gateway.tenants.uid(tenant)
-    if uid is None:
-        raise TenantNotFoundError(f"tenant {tenant} does not exist")
-    return uid
-
-
 def _reader(actor: Actor, gateway: Gateway, name: str, tenant: str | None) -> str:
-    """Whose head `name` a read means: the operator's choice; a tenant admin's own, else global."""
-    if actor.tenant is None:
-        return _writer(actor, gateway, tenant)
-    _only_own(actor, tenant)
-    owner = gateway.heads.owner_of(actor.uid, name)
-    if owner is None:
-        raise HeadNotFoundError(f"head {name} does not exist", param="name")
-    return owner
+    missing = HeadNotFoundError(f"head {name} does not exist", param="name")
+    return owners.reader(actor, gateway, tenant, lambda uid: gateway.heads.owner_of(uid, name), missing)
 
 
 def _changer(actor: Actor, gateway: Gateway, name: str, tenant: str | None) -> str:
-    owner = _reader(actor, gateway, name, tenant)
-    if actor.tenant is not None and owner == GLOBAL:
-        raise PermissionDeniedError(f"head {name} is global: only the operator changes it")
-    return owner
+    return owners.changer(_reader(actor, gateway, name, tenant), actor, f"head {name}")
 
 
 def _active(gateway: Gateway, owner: str, name: str) -> str | None:
@@ -135,8 +111,3 @@ def _active(gateway: Gateway, owner: str, name: str) -> str | None:
         return gateway.heads.describe(owner, name)["active_version"]
     except HeadNotFoundError:
         return None
-
-
-def _only_own(actor: Actor, tenant: str | None) -> None:
-    if tenant not in (None, actor.tenant):
-        raise TenantNotFoundError(f"tenant {tenant} does not exist")
