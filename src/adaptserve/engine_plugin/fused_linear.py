@@ -27,9 +27,7 @@ from typing import Any
 import torch
 
 from .grouped_lora import (
-    ALL_ROWS,
     PatchError,
-    Rows,
     SlotGroups,
     product,
     sequence_groups,
@@ -72,11 +70,12 @@ def add_lora_linear(
     rank, total = lora_a_stacked[0].shape[-2], sum(output_slices)
     for slot, rows in groups.slots:
         a = [slot_matrix(w[slot]) for w in lora_a_stacked]
-        shrunk = product(x[rows], torch.cat(a) if len(a) > 1 else a[0], torch.float32)
+        inputs = x[rows]
+        shrunk = product(inputs, torch.cat(a) if len(a) > 1 else a[0], torch.float32)
         if scale != 1.0:
             shrunk = scale * shrunk
         b = [slot_matrix(w[slot])[:size] for w, size in zip(lora_b_stacked, output_slices, strict=True)]
-        if len(b) == 1 or (y.dtype != torch.float16 and _count(rows, x) * rank * total <= BLOCK_DIAGONAL_MACS):
+        if len(b) == 1 or (y.dtype != torch.float16 and inputs.shape[0] * rank * total <= BLOCK_DIAGONAL_MACS):
             write_rows(y[:, :total], rows, product(shrunk, torch.block_diag(*b) if len(b) > 1 else b[0], y.dtype), True)
             continue
         offset = 0
@@ -94,12 +93,6 @@ def _groups(wrapper: Any) -> SlotGroups:
         _, seq_lens, seq_slots, *_ = wrapper.prefill_metadata
         return sequence_groups(seq_slots, seq_lens)
     return token_groups(wrapper.token_lora_indices)
-
-
-def _count(rows: Rows, x: torch.Tensor) -> int:
-    if isinstance(rows, slice):
-        return len(range(*rows.indices(x.shape[0]))) if rows is not ALL_ROWS else x.shape[0]
-    return int(rows.numel())
 
 
 def install() -> None:

@@ -23,11 +23,9 @@ from adaptserve.serving.engines import Engine, Engines
 from adaptserve.serving.pipeline import Pipeline
 from adaptserve.templates.attribution import AttributionPlan
 from adaptserve.templates.registry import TemplateVersion
-from adaptserve.templates.render import embedding_text
+from adaptserve.templates.render import pooled_batch
 from adaptserve.templates.spec import TemplateSpec
 from adaptserve.tenancy.auth import Principal
-
-PARAM = "inputs"
 
 
 class EncoderMismatchError(InvalidRequestError):
@@ -51,9 +49,7 @@ class EncoderService:
         spec = template.spec
         engine = self._engine(principal.tenant, spec)
         columns = _columns(spec, engine)  # labels that are not the model's: refused before it is asked
-        groups = [p.variants(i) for p, i in zip(plans, inputs, strict=True)] if plans else [[i] for i in inputs]
-        texts = [embedding_text(spec, v) for group in groups for v in group]
-        param = "attribution" if plans else PARAM
+        groups, texts, param = pooled_batch(spec, inputs, plans)
         reserve = self._pipeline.bounds.check_inputs(texts, engine.entry.max_model_len, param)
         async with self._pipeline.metered(
             principal, engine.name, reserve, label="template", template=template.name

@@ -109,7 +109,8 @@ class Engines:
                 engine.supervisor.start()
             engine.pool.start()
         for engine in self._engines.values():
-            await engine.digest()  # read while the engines start, not on a head's first call
+            if engine.entry.role == "embed":  # heads compare it: read while the engines start, not on a first call
+                await engine.digest()
 
     async def stop(self) -> None:
         for engine in self._engines.values():

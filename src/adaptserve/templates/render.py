@@ -7,14 +7,19 @@ broken up so a caller cannot close a turn or open a system message.
 
 Few-shot examples come first and the caller's inputs last, so every request of a
 template shares one prompt prefix and vLLM's prefix cache serves it.
+
+A head or encoder template sends no prompt: its inputs' text (`embedding_text`), in one
+pooling batch with their attribution variants (`pooled_batch`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from adaptserve.templates.attribution import AttributionPlan
 from adaptserve.templates.spec import TemplateSpec
 
 # Zhao et al. (2021): inputs with no content, whose label distribution is the bias.
@@ -146,3 +151,14 @@ def embedding_text(spec: TemplateSpec, inputs: dict[str, Any]) -> str:
     `text` input sends the text as it is, as `adaptserve train --method head` (and
     `--method encoder`) read their training texts."""
     return "\n".join(str(inputs[name]) for name in spec.inputs if inputs.get(name) is not None)
+
+
+def pooled_batch(
+    spec: TemplateSpec, inputs: list[dict[str, Any]], plans: Sequence[AttributionPlan] | None
+) -> tuple[list[list[dict[str, Any]]], list[str], str]:
+    """One pooling call's batch for a head or encoder template call: each input's group
+    (the input, then its attribution variants when `plans` are given), every group's
+    texts in order, and the request parameter a too-long text is named by."""
+    groups = [p.variants(i) for p, i in zip(plans, inputs, strict=True)] if plans else [[i] for i in inputs]
+    texts = [embedding_text(spec, v) for group in groups for v in group]
+    return groups, texts, "attribution" if plans else "inputs"

@@ -114,14 +114,15 @@ class QuotaGate:
     def shares(self) -> dict[str, Share]:
         """This replica's live counts per tenant: what it tells the others."""
         cutoff = time.monotonic() - WINDOW_S
-        return {
-            tenant: Share(
-                sum(1 for t in self._requests[tenant] if t > cutoff),
-                sum(n for t, n in self._tokens[tenant] if t > cutoff) + self._reserved[tenant],
-                self._active[tenant],
-            )
-            for tenant in set(self._requests) | set(self._active)
-        }
+        return {tenant: self._own(tenant, cutoff) for tenant in set(self._requests) | set(self._active)}
+
+    def _own(self, tenant: str, cutoff: float) -> Share:
+        """This replica's counts of `tenant` since `cutoff` (nothing is pruned or created)."""
+        return Share(
+            sum(1 for t in self._requests.get(tenant, ()) if t > cutoff),
+            sum(n for t, n in self._tokens.get(tenant, ()) if t > cutoff) + self._reserved.get(tenant, 0),
+            self._active.get(tenant, 0),
+        )
 
     def current(self, tenant: str) -> Share:
         """The tenant's counts now, this replica's and the others' together: what its next
