@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -274,6 +275,7 @@ class Database:
         self.engine: Engine = create_engine(url, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        event.listen(self.engine, "before_cursor_execute", _refuse_nul)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @classmethod
@@ -323,6 +325,16 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _refuse_nul(_conn: object, _cursor: object, _sql: str, parameters: Any, _context: object, many: bool) -> None:
+    """A text holding NUL never reaches the database: PostgreSQL's text columns refuse
+    it (an error, not a miss), so a name with one, looked up or stored, is a 400 on
+    both databases alike. JSON columns are bound already encoded (NUL as `\\u0000`)."""
+    for row in parameters if many else [parameters]:
+        values = row.values() if isinstance(row, dict) else row or ()
+        if any(isinstance(v, str) and "\x00" in v for v in values):
+            raise InvalidRequestError("A name or text in this request holds a NUL character.", code="nul_character")
 
 
 def _sqlite_pragmas(connection: sqlite3.Connection, _record: object) -> None:

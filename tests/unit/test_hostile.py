@@ -307,3 +307,35 @@ def test_a_template_version_out_of_range_is_4xx(gateway, version):
     assert_openai_error(called, 400, None, "version")
     activated = gateway.admin("POST", "/templates/sent/activate", json={"version": version})
     assert_openai_error(activated, 400, None, "version")
+
+
+HI = [{"role": "user", "content": "hi"}]
+NUL_REQUESTS = [  # a NUL where a name goes: PostgreSQL's text columns refuse one (an error, not a miss)
+    ("chat model", "POST", "/v1/chat/completions", {"model": "a\x00b", "messages": HI}),
+    ("embeddings model", "POST", "/v1/embeddings", {"model": "a\x00b", "input": "hi"}),
+    ("template call", "POST", "/v1/templates/a%00b", {"inputs": {"text": "x"}}),
+    ("template read", "GET", "/v1/templates/a%00b", None),
+    ("tenant", "POST", "/admin/tenants", {"name": "t\x00x"}),
+    ("tenant quotas", "PUT", "/admin/tenants/a%00b/quotas", {"requests_per_minute": 5}),
+    ("alias", "PUT", "/admin/tenants/default/models/a%00b", {"base": True}),
+    ("alias's adapter", "PUT", "/admin/tenants/default/models/x", {"adapter": "a\x00b"}),
+    ("adapter", "DELETE", "/admin/adapters/a%00b", None),
+    ("template", "GET", "/admin/templates/a%00b", None),
+    ("template owner", "GET", "/admin/templates/sent?tenant=a%00b", None),
+    ("head", "GET", "/admin/heads/a%00b", None),
+    ("fit report", "DELETE", "/admin/fit-reports/a%00b", None),
+    ("usage", "GET", "/admin/usage?tenant=a%00b", None),
+    ("audit", "GET", "/admin/audit?actor=a%00b", None),
+]
+
+
+@pytest.mark.parametrize(("case", "method", "path", "body"), NUL_REQUESTS, ids=[r[0] for r in NUL_REQUESTS])
+def test_a_nul_in_a_name_is_a_4xx_on_every_database_and_audited(gateway, case, method, path, body):
+    key = ADMIN_KEY if path.startswith("/admin") else API_KEY
+    answer = httpx.request(method, gateway.url + path, json=body, headers={"Authorization": f"Bearer {key}"})
+    assert 400 <= answer.status_code < 500, answer.text
+    assert set(answer.json()["error"]) == {"message", "type", "param", "code"}
+    if path.startswith("/admin") and method != "GET":  # the attempt is on record, its NUL written as %00
+        trail = gateway.admin("GET", "/audit", params={"limit": 5}).json()["data"]
+        assert any(row["target"] == path.split("?")[0].replace("\x00", "%00") for row in trail), trail
+    assert gateway.post("/v1/chat/completions", {"model": "default", "messages": HI}).status_code == 200
