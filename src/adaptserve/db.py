@@ -275,7 +275,7 @@ class Database:
         self.engine: Engine = create_engine(url, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        event.listen(self.engine, "before_cursor_execute", _refuse_nul)
+        event.listen(self.engine, "before_cursor_execute", _refuse_unstorable)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @classmethod
@@ -327,14 +327,25 @@ class Database:
         self.engine.dispose()
 
 
-def _refuse_nul(_conn: object, _cursor: object, _sql: str, parameters: Any, _context: object, many: bool) -> None:
-    """A text holding NUL never reaches the database: PostgreSQL's text columns refuse
-    it (an error, not a miss), so a name with one, looked up or stored, is a 400 on
-    both databases alike. JSON columns are bound already encoded (NUL as `\\u0000`)."""
-    for row in parameters if many else [parameters]:
+def _refuse_unstorable(_conn: object, _cursor: object, _sql: str, params: Any, _context: object, many: bool) -> None:
+    """A text no database stores never reaches one: a NUL (PostgreSQL's text columns
+    refuse it with an error, not a miss) or a lone UTF-16 surrogate (no UTF-8 encoder
+    takes it), so a name holding one, looked up or stored, is a 400 on both databases
+    alike. JSON columns are bound already encoded (both as `\\u` escapes)."""
+    for row in params if many else [params]:
         values = row.values() if isinstance(row, dict) else row or ()
-        if any(isinstance(v, str) and "\x00" in v for v in values):
-            raise InvalidRequestError("A name or text in this request holds a NUL character.", code="nul_character")
+        if any(isinstance(v, str) and not _storable(v) for v in values):
+            raise InvalidRequestError(
+                "A name or text in this request holds a NUL character or a lone surrogate.", code="unstorable_text"
+            )
+
+
+def _storable(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value
 
 
 def _sqlite_pragmas(connection: sqlite3.Connection, _record: object) -> None:

@@ -78,9 +78,10 @@ class AuditMiddleware:
 
 
 def _text(value: str, limit: int) -> str:
-    """A field as stored: a NUL (a decoded `%00` in a path) written back as `%00`, since
-    the database takes no NUL, then cut to the column's size."""
-    return value.replace("\x00", "%00")[:limit]
+    """A field as stored: a NUL (a decoded `%00` in a path) written back as `%00` and
+    what UTF-8 cannot encode (bytes a path decoded to lone surrogates) as `\\udcxx`, since
+    the database takes neither; then cut to the column's size."""
+    return value.replace("\x00", "%00").encode("utf-8", "backslashreplace").decode()[:limit]
 
 
 def _concerned(state: dict[str, Any], params: dict[str, Any]) -> tuple[str, str | None]:
