@@ -368,3 +368,13 @@ def test_a_lone_surrogate_in_a_body_is_400_and_a_pair_is_one_character(gateway, 
         assert pair.status_code == 200, pair.text
         if path == "/v1/chat/completions":  # the pair reached the engine as one character
             assert fake.requests[-1]["messages"][0]["content"] == "hi \U0001f600"
+
+
+@pytest.mark.parametrize("field", ["requests_per_minute", "tokens_per_minute", "max_concurrent"])
+def test_a_quota_past_its_columns_range_is_400_and_the_largest_one_is_kept(gateway, field):
+    for value in (2**31, 2**63):  # an INTEGER column: 32 bits on PostgreSQL, 64 on SQLite
+        assert_openai_error(gateway.admin("PUT", "/tenants/default/quotas", json={field: value}), 400, None, field)
+    kept = gateway.admin("PUT", "/tenants/default/quotas", json={field: 2**31 - 1})
+    assert kept.status_code == 200, kept.text
+    tenants = gateway.admin("GET", "/tenants").json()["data"]
+    assert next(t for t in tenants if t["name"] == "default")["quotas"][field] == 2**31 - 1
