@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 HOME_SIZE = 2  # replicas a hot adapter is loaded on before it spills further
 SPILL = 8  # load above the least busy replica before a holder is passed over
 SHRINK_AFTER_S = 30.0
-COLD_SHARE = 0.12  # under this share of the recent adapter requests an adapter is cold: one home replica
+COLD_SHARE = 0.5  # under this share of the recent adapter requests an adapter is cold: one home replica
 HALF_LIFE_S = 60.0  # of an adapter's request count, for its share
 MIN_COUNTED = 50.0  # recent adapter requests before any adapter is called cold
 # What waiting for an adapter slot costs, as a share of `spill`, by where the adapter
@@ -102,6 +102,7 @@ class Picker:
         self._grown: dict[str, _Grown] = {}  # adapters whose home set is above their base size
         self._counted: dict[str, _Decayed] = {}  # recent requests by adapter
         self._total = _Decayed()  # recent adapter requests
+        self._ready: list[Upstream] = []  # as the last pick saw them
 
     def pick(self, ready: list[Upstream], adapter: AdapterVersion | None, avoid: Collection[Upstream] = ()) -> Upstream:
         """A replica of `ready` (less `avoid`) for a request on `adapter` (None: the base
@@ -111,16 +112,18 @@ class Picker:
             raise UpstreamUnavailableError()
         if self._round_robin:
             return candidates[next(self._turn) % len(candidates)]
+        self._ready = ready
         name = adapter.internal_name if adapter is not None else ""
         ranked = rendezvous(name, candidates)
         least = _least_busy(ranked)
         if adapter is None:
             return _explained(least, "base: the least busy replica", least)
         self._count(name)
-        home = ranked[: self._home(name, ranked, least.load)]  # kept up to date on every pick
+        floor = min(self._cost(u, name) for u in ranked)  # where it would wait least (slots included)
+        home = ranked[: self._home(name, ranked, floor)]  # kept up to date on every pick
         holding = [u for u in ranked if self._residency.is_resident(u, name)]
         best = self._cheapest(holding, name) if holding else None
-        if best is not None and self._cost(best, name) - least.load < self._spill:
+        if best is not None and self._cost(best, name) - floor < self._spill:
             return _explained(best, f"{name}: the least busy replica holding it ({self._slot(best, name)})", least)
         chosen = self._cheapest(home, name)
         return _explained(chosen, f"{name}: the least busy of its {len(home)} home replicas", least)
@@ -173,11 +176,24 @@ class Picker:
                 homed.append(adapter)
         return homed
 
+    def is_home(self, url: str, name: str) -> bool:
+        """`url` is in adapter `name`'s home set (among the replicas the last pick saw
+        ready): residency evicts it there only after the adapters that spilled there
+        (`Residency.keep_first`), so a cold adapter is not loaded again at its home."""
+        if self._round_robin:
+            return False
+        grown, base = self._grown.get(name), self.base_size(name)
+        size = max(grown.size, base) if grown is not None else base
+        return any(u.url == url for u in rendezvous(name, self._ready)[:size])
+
     def _home(self, name: str, ranked: list[Upstream], least: float) -> int:
-        """The adapter's home set size now, grown or shrunk by its queueing."""
+        """The adapter's home set size now, grown or shrunk by its queueing: `least` is
+        the lowest cost (`_cost`: load and slot wait) of any ready replica, so an adapter
+        spills only to where it would wait less, not away from slot waits it would meet
+        anywhere."""
         now, grown, base = self._clock(), self._grown.get(name), self.base_size(name)
         size = min(max(grown.size, base) if grown is not None else base, len(ranked))
-        if _least_busy(ranked[:size]).load - least >= self._spill and size < len(ranked):
+        if self._cost(self._cheapest(ranked[:size], name), name) - least >= self._spill and size < len(ranked):
             self._grown[name] = _Grown(size + 1, now)
             log.info("%s queues on its %d home replicas: its home set grows to %d", name, size, size + 1)
             return size + 1
@@ -185,7 +201,7 @@ class Picker:
             del self._grown[name]  # the adapter turned hot: its base size covers it
         if grown is None or size <= base:
             return size
-        if _least_busy(ranked[: size - 1]).load - least >= self._spill / 2:
+        if self._cost(self._cheapest(ranked[: size - 1], name), name) - least >= self._spill / 2:
             grown.since = now  # still needs its size
         elif now - grown.since >= self._shrink_after_s:
             size -= 1
