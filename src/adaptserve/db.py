@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -274,6 +275,7 @@ class Database:
         self.engine: Engine = create_engine(url, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        event.listen(self.engine, "before_cursor_execute", _refuse_unstorable)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @classmethod
@@ -323,6 +325,27 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _refuse_unstorable(_conn: object, _cursor: object, _sql: str, params: Any, _context: object, many: bool) -> None:
+    """A text no database stores never reaches one: a NUL (PostgreSQL's text columns
+    refuse it with an error, not a miss) or a lone UTF-16 surrogate (no UTF-8 encoder
+    takes it), so a name holding one, looked up or stored, is a 400 on both databases
+    alike. JSON columns are bound already encoded (both as `\\u` escapes)."""
+    for row in params if many else [params]:
+        values = row.values() if isinstance(row, dict) else row or ()
+        if any(isinstance(v, str) and not _storable(v) for v in values):
+            raise InvalidRequestError(
+                "A name or text in this request holds a NUL character or a lone surrogate.", code="unstorable_text"
+            )
+
+
+def _storable(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value
 
 
 def _sqlite_pragmas(connection: sqlite3.Connection, _record: object) -> None:

@@ -21,7 +21,10 @@ class Metrics:
         labels = ["tenant", "model", "endpoint"]
         self.requests = Counter("adaptserve_requests", "requests answered", [*labels, "status"], registry=self.registry)
         self.tokens = Counter(
-            "adaptserve_tokens", "tokens processed", ["tenant", "model", "kind"], registry=self.registry
+            "adaptserve_tokens",
+            "tokens processed; kind: prompt, completion, or cached (the prompt tokens vLLM's prefix cache served)",
+            ["tenant", "model", "kind"],
+            registry=self.registry,
         )
         self.latency = Histogram(
             "adaptserve_request_seconds",

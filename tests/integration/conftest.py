@@ -56,8 +56,6 @@ def server(adapter_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
             "max_lora_rank": 16,
             "max_model_len": 2048,
             "kv_cache_gib": 1,
-            # usage.prompt_tokens_details.cached_tokens: what the prefix-cache salt hides
-            "extra_args": ["--enable-prompt-tokens-details"],
         },
     }
     config.write_text(yaml.safe_dump(settings))

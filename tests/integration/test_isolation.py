@@ -13,7 +13,17 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import API_KEY, chat, common_prefix, follows_another, running_server, upload, usage, wait_for_usage
+from tests.helpers import (
+    API_KEY,
+    chat,
+    common_prefix,
+    follows_another,
+    gateway_metric,
+    running_server,
+    upload,
+    usage,
+    wait_for_usage,
+)
 
 # About 700 tokens: several of vLLM's 128-token cache blocks.
 LONG = "Here is a long note about the weather in the mountains, with many details. " * 45
@@ -65,7 +75,10 @@ def test_tenants_never_read_each_others_prefix_cache(server):
     assert cached_tokens(server, first, prompt) == 0
     assert cached_tokens(server, first, prompt) >= 128  # its own repeat hits its own cache
     assert cached_tokens(server, second, prompt) == 0  # another tenant: a miss, whatever it sends
-    assert cached_tokens(server, second, prompt) >= 128
+    hit = cached_tokens(server, second, prompt)
+    assert hit >= 128
+    # the gateway counts the hits it was told, per tenant and alias
+    assert gateway_metric(server, "adaptserve_tokens_total", tenant="iso-salt-b", kind="cached") == hit
 
 
 def test_a_new_template_never_answers_with_a_deleted_ones_contents(server):

@@ -173,15 +173,21 @@ def start_gateway(
 
 
 @pytest.fixture(scope="module", params=list(_database_urls()))
+def module_database_url(request: pytest.FixtureRequest) -> str | None:
+    """For a module whose tests share one gateway: once per database, an empty schema."""
+    return _database(request)
+
+
+@pytest.fixture(scope="module")
 def shared_gateway(
-    request: pytest.FixtureRequest, base_model: Path, tmp_path_factory: pytest.TempPathFactory
+    module_database_url: str | None, base_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningGateway]:
     """One gateway (and fake engine) for a whole module of read-only table tests: its
     cases change nothing, so they need not start a gateway each."""
     fake, engine = _fake_engine()
     root = tmp_path_factory.mktemp("shared")
     adapters = {"alpha": make_adapter(root / "alpha", seed=1), "beta": make_adapter(root / "beta", seed=2)}
-    url = _database(request)
+    url = module_database_url
     started: list[ServerThread] = []
     yield _start(_settings(fake, base_model, root / "data", database_url=url, adapters=adapters), started)
     for server in [*reversed(started), engine]:

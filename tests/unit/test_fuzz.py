@@ -35,8 +35,11 @@ TEMPLATES = Path(__file__).parents[2] / "templates"
 
 
 @pytest.fixture(scope="module")
-def target(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A gateway (SQLite, the bundled templates, two adapters) before a fake vLLM; the
+def target(
+    module_database_url: str | None, base_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A gateway (on each database: PostgreSQL's text and integer columns refuse what
+    SQLite stores; the bundled templates, two adapters) before a fake vLLM; the
     default tenant's PII policy is `mask`, so every fuzzed body (every string and key,
     known field or not) goes through the screening walk and the placeholders."""
     tmp = tmp_path_factory.mktemp("fuzz")
@@ -45,6 +48,7 @@ def target(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         api_key=API_KEY,
         admin_key=ADMIN_KEY,
         data_dir=tmp / "data",
+        database_url=module_database_url,
         model=str(base_model),
         upstreams=[fake.url],
         adapters={"alpha": make_adapter(tmp / "alpha", seed=1), "beta": make_adapter(tmp / "beta", seed=2)},

@@ -309,3 +309,74 @@ def test_a_template_version_out_of_range_is_4xx(gateway, version):
     assert_openai_error(called, 400, None, "version")
     activated = gateway.admin("POST", "/templates/sent/activate", json={"version": version})
     assert_openai_error(activated, 400, None, "version")
+
+
+HI = [{"role": "user", "content": "hi"}]
+BAD_NAME_REQUESTS = [  # where a name goes: PostgreSQL refuses a NUL (an error, not a miss), UTF-8 a lone surrogate
+    ("chat model", "POST", "/v1/chat/completions", {"model": "a{bad}b", "messages": HI}),
+    ("embeddings model", "POST", "/v1/embeddings", {"model": "a{bad}b", "input": "hi"}),
+    ("template call", "POST", "/v1/templates/a{path}b", {"inputs": {"text": "x"}}),
+    ("template read", "GET", "/v1/templates/a{path}b", None),
+    ("tenant", "POST", "/admin/tenants", {"name": "t{bad}x"}),
+    ("tenant quotas", "PUT", "/admin/tenants/a{path}b/quotas", {"requests_per_minute": 5}),
+    ("alias", "PUT", "/admin/tenants/default/models/a{path}b", {"base": True}),
+    ("alias's adapter", "PUT", "/admin/tenants/default/models/x", {"adapter": "a{bad}b"}),
+    ("adapter", "DELETE", "/admin/adapters/a{path}b", None),
+    ("template", "GET", "/admin/templates/a{path}b", None),
+    ("template owner", "GET", "/admin/templates/sent?tenant=a{path}b", None),
+    ("head", "GET", "/admin/heads/a{path}b", None),
+    ("fit report", "DELETE", "/admin/fit-reports/a{path}b", None),
+    ("usage", "GET", "/admin/usage?tenant=a{path}b", None),
+    ("audit", "GET", "/admin/audit?actor=a{path}b", None),
+]
+BAD = {"nul": ("\\u0000", "%00"), "surrogate": ("\\ud800", "%ED%A0%80")}  # as JSON escapes, as URL bytes
+
+
+@pytest.mark.parametrize("bad", BAD)
+@pytest.mark.parametrize(("case", "method", "path", "body"), BAD_NAME_REQUESTS, ids=[r[0] for r in BAD_NAME_REQUESTS])
+def test_a_nul_or_lone_surrogate_in_a_name_is_a_4xx_on_every_database_and_audited(
+    gateway, case, method, path, body, bad
+):
+    escaped, in_url = BAD[bad]
+    path = path.replace("{path}", in_url)
+    content = json.dumps(body).replace("{bad}", escaped).encode() if body is not None else None
+    key = ADMIN_KEY if path.startswith("/admin") else API_KEY
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    answer = httpx.request(method, gateway.url + path, content=content, headers=headers)
+    if bad == "surrogate" and "?" in path:  # a query's bytes that are not UTF-8 are read as U+FFFD: no such name
+        assert answer.status_code in (200, 404) and answer.json().get("data", []) == [], answer.text
+    else:
+        assert 400 <= answer.status_code < 500, answer.text
+    if answer.status_code >= 400:
+        assert set(answer.json()["error"]) == {"message", "type", "param", "code"}
+    if path.startswith("/admin") and method != "GET":  # the attempt is on record
+        newest = gateway.admin("GET", "/audit", params={"limit": 1}).json()["data"][0]
+        assert newest["action"].startswith(method) and newest["status"] == answer.status_code, newest
+        assert newest["target"].startswith(path.split("/a%")[0].split("?")[0]), newest
+    assert gateway.post("/v1/chat/completions", {"model": "default", "messages": HI}).status_code == 200
+
+
+def test_a_lone_surrogate_in_a_body_is_400_and_a_pair_is_one_character(gateway, fake):
+    sent = gateway.admin("PUT", "/templates/sent", content=json.dumps(SENTIMENT))
+    assert sent.status_code == 201
+    for path, body in [
+        ("/v1/chat/completions", '{"model": "default", "messages": [{"role": "user", "content": "hi %s"}]}'),
+        ("/v1/templates/sent", '{"inputs": {"text": "fine %s"}}'),
+    ]:
+        headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+        lone = httpx.post(gateway.url + path, content=(body % "\\ud800").encode(), headers=headers)
+        assert_openai_error(lone, 400)
+        pair = httpx.post(gateway.url + path, content=(body % "\\ud83d\\ude00").encode(), headers=headers)
+        assert pair.status_code == 200, pair.text
+        if path == "/v1/chat/completions":  # the pair reached the engine as one character
+            assert fake.requests[-1]["messages"][0]["content"] == "hi \U0001f600"
+
+
+@pytest.mark.parametrize("field", ["requests_per_minute", "tokens_per_minute", "max_concurrent"])
+def test_a_quota_past_its_columns_range_is_400_and_the_largest_one_is_kept(gateway, field):
+    for value in (2**31, 2**63):  # an INTEGER column: 32 bits on PostgreSQL, 64 on SQLite
+        assert_openai_error(gateway.admin("PUT", "/tenants/default/quotas", json={field: value}), 400, None, field)
+    kept = gateway.admin("PUT", "/tenants/default/quotas", json={field: 2**31 - 1})
+    assert kept.status_code == 200, kept.text
+    tenants = gateway.admin("GET", "/tenants").json()["data"]
+    assert next(t for t in tenants if t["name"] == "default")["quotas"][field] == 2**31 - 1

@@ -216,3 +216,87 @@ def test_the_newest_lora_info_series_is_the_engines_batch() -> None:
     load = EngineLoad.parse(text)
     assert (load.running_adapters, load.waiting_adapters, load.max_loras) == ({"c--v1"}, {"d--v1"}, 2)
     assert load.slot_for("d--v1") == "waiting" and load.slot_for("e--v1") == "free"
+
+
+def test_this_gateways_own_requests_bring_the_scraped_batch_up_to_date() -> None:
+    """The scrape is a quarter second old; the requests this gateway sent since fill slots."""
+    ready = one, two = replicas(2)
+    res, a, x, y = Residency(4, Metrics()), adapter("a"), adapter("x"), adapter("y")
+    for u in ready:
+        for held in (a, x, y):
+            resident(res, u, held)
+        u.engine = EngineLoad(max_loras=2)  # the scrape: an empty batch on both
+    one.count_in(x.internal_name)
+    one.count_in(y.internal_name)  # since then: two other adapters' requests on one
+    for _ in range(3):
+        two.count_in("base")  # the base model takes no adapter slot
+    assert (one.load, two.load) == (2, 3)
+    assert one.engine.slot_for(a.internal_name, frozenset(one.models)) == "full"
+    assert Picker(res).pick(list(ready), a) is two  # busier by one, but a slot is free there
+    one.count_out(x.internal_name)  # x's request ended: a slot is free again
+    assert one.models == {y.internal_name: 1} and one.inflight == 1
+    assert Picker(res).pick(list(ready), a) is one  # the less busy, with a free slot
+    running = EngineLoad(running=1, running_adapters=frozenset({"a--v1"}), max_loras=2)
+    assert running.slot_for("a--v1", frozenset({"x--v1", "y--v1"})) == "blocking"  # three want two slots
+
+
+def test_an_adapter_leaves_a_batch_where_other_adapters_wait_for_its_slot() -> None:
+    """More of its requests would keep the waiting adapters out ('blocking'): where it
+    runs unopposed is better, even a little busier."""
+    ready = one, two = replicas(2)
+    res, a = Residency(4, Metrics()), adapter("a")
+    for u in ready:
+        resident(res, u, a)
+    blocking = EngineLoad(running=2, running_adapters=frozenset({"a--v1", "x--v1"}), max_loras=2)
+    blocking = EngineLoad(
+        running=2,
+        waiting=0,
+        running_adapters=blocking.running_adapters,
+        waiting_adapters=frozenset({"y--v1"}),
+        max_loras=2,
+    )
+    unopposed = EngineLoad(running=3, running_adapters=frozenset({"a--v1"}), max_loras=2)
+    one.engine, two.engine = blocking, unopposed
+    assert one.engine.slot_for("a--v1") == "blocking" and two.engine.slot_for("a--v1") == "running"
+    assert Picker(res).pick(list(ready), a) is two
+    one.engine = EngineLoad(running=2, running_adapters=blocking.running_adapters, max_loras=2)  # y got in elsewhere
+    assert Picker(res).pick(list(ready), a) is one
+
+
+def test_a_cold_adapter_has_one_home_replica_and_a_hot_one_two() -> None:
+    ready = replicas(4)
+    now = [0.0]
+    picker = Picker(Residency(4, Metrics()), home_size=2, clock=lambda: now[0])
+    hot, cold = adapter("hot"), adapter("cold")
+    assert picker.base_size(cold.internal_name) == 2  # too few requests counted to tell yet
+    for i in range(120):
+        now[0] = i * 0.1
+        picker.pick(ready, hot if i % 20 else cold)  # 95% hot, 5% cold
+    assert picker.base_size(hot.internal_name) == 2 and picker.base_size(cold.internal_name) == 1
+    order = rendezvous(cold.internal_name, ready)
+    order[0].inflight = 3  # its one home is busier, within the spill margin: it still goes there
+    assert picker.pick(ready, cold) is order[0]
+    assert picker.is_home(order[0].url, cold.internal_name) and not picker.is_home(order[1].url, cold.internal_name)
+    hot_order = rendezvous(hot.internal_name, ready)
+    assert [picker.is_home(u.url, hot.internal_name) for u in hot_order] == [True, True, False, False]
+    joining = order[1]
+    others = [u for u in ready if u is not joining]
+    assert picker.homed_on(joining, others, [cold]) == []  # a replica coming up is not its home
+    now[0] += 600.0  # ten half-lives later the counts have faded: too few to tell again
+    assert picker.base_size(cold.internal_name) == 2
+
+
+def test_an_adapter_does_not_spill_to_where_it_would_wait_for_a_slot_as_long() -> None:
+    """The spill margin is measured in cost (load and slot wait), not load alone: an
+    idle replica whose batch is full of other adapters is no reason to load it there."""
+    ready = one, two = replicas(2)
+    res, a = Residency(4, Metrics()), adapter("a")
+    resident(res, one, a)
+    picker = Picker(res, home_size=1, spill=8)
+    one.engine = EngineLoad(running=6, waiting=1, waiting_adapters=frozenset({"a--v1"}), max_loras=2)
+    two.engine = EngineLoad(running=0, running_adapters=frozenset({"x--v1", "y--v1"}), max_loras=2)
+    assert one.load - two.load >= 8  # load 8 and a queued slot (2): by load alone it would spill
+    assert picker.pick(list(ready), a) is one  # two: a load, then a wait for a full batch (4): 10 - 4 < 8
+    two.engine = EngineLoad(max_loras=2)  # two's batch empties: a free slot there
+    two.count_in("base")
+    assert picker.pick(list(ready), a) is two  # load 1 and a free slot (1): 10 - 2 >= 8, it spills

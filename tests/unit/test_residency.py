@@ -116,3 +116,20 @@ def test_a_refused_version_is_held_back_for_a_doubling_while_then_tried_again(mo
     assert bad.backoff_left() == 2 * module.RETRY_FAILED_S
     bad.failures = 30
     assert bad.backoff_left() == module.RETRY_FAILED_MAX_S
+
+
+async def test_an_adapter_the_routing_keeps_here_is_evicted_only_after_the_others() -> None:
+    """`keep_first` (the picker's home sets): an older adapter at its home outlasts a
+    newer one that only spilled here."""
+    res, up = residency(max_resident=2), RecordingUpstream()
+    a, b, c = version("a"), version("b"), version("c")
+    res.keep_first = lambda url, name: url == up.url and name == "a--v1"
+    for adapter in (a, b):
+        with res.lease(adapter):  # a used first, then b: a is the least recently used
+            await res.ensure_loaded(up, adapter)
+    with res.lease(c):
+        await res.ensure_loaded(up, c)
+    assert up.unloads == ["b--v1"]  # not a: it is kept here
+    res.keep_first = None
+    await res.ensure_loaded(up, b)
+    assert up.unloads == ["b--v1", "a--v1"]  # without the rule, the least recently used goes

@@ -12,7 +12,7 @@ import openai
 import pytest
 from sqlalchemy import text
 
-from tests.helpers import ADMIN_KEY, API_KEY, assert_openai_error
+from tests.helpers import ADMIN_KEY, API_KEY, SENTIMENT, assert_openai_error, gateway_metric, run_template
 
 Q = [{"role": "user", "content": "one two three"}]  # the fake counts 3 prompt tokens
 METRICS_KEY = "sk-test-metrics"
@@ -145,6 +145,25 @@ def test_metrics_by_tenant_and_model_need_the_admin_key(gateway):
     assert 'adaptserve_requests_total{endpoint="chat",model="chat",status="200",tenant="observed"} 1.0' in text
     assert 'adaptserve_tokens_total{kind="completion",model="chat",tenant="observed"} 4.0' in text
     assert 'adaptserve_adapter_loads_total{result="ok"}' in text
+
+
+def test_prefix_cache_hits_are_counted_per_tenant_and_model(gateway, fake):
+    """vLLM's usage.prompt_tokens_details.cached_tokens, summed as adaptserve_tokens
+    {kind="cached"}: a plain answer's, a stream's (its final usage), and each of a
+    template call's scoring requests."""
+    client = tenant(gateway, "cached")
+    client.chat.completions.create(model="chat", messages=Q, max_tokens=4)
+    assert gateway_metric(gateway, "adaptserve_tokens_total", tenant="cached", kind="cached") == 0
+    fake.cached_tokens = 2
+    client.chat.completions.create(model="chat", messages=Q, max_tokens=4)
+    for _ in client.chat.completions.create(model="chat", messages=Q, max_tokens=4, stream=True):
+        pass
+    assert gateway_metric(gateway, "adaptserve_tokens_total", tenant="cached", model="chat", kind="cached") == 4
+    assert gateway.admin("PUT", "/templates/sent", content=json.dumps(SENTIMENT)).status_code == 201
+    run_template(gateway, "sent", {"inputs": [{"text": "good"}, {"text": "bad"}]})
+    scoring = [r for r in fake.requests if r.get("logprob_token_ids")][-1]
+    hits = min(2, sum(map(len, scoring["prompt"])))  # the fake reports 2 per engine request
+    assert gateway_metric(gateway, "adaptserve_tokens_total", tenant="default", kind="cached") == hits
 
 
 def test_the_metrics_key_reads_metrics_and_nothing_else(start_gateway):

@@ -11,7 +11,8 @@ Invariants:
 - Requests hold a lease on the version they resolved; a retired version is unloaded
   only when its last lease ends, so a hot-swap never unloads weights in use.
 - At most `max_resident` adapters per upstream; the least recently used idle one is
-  unloaded to make room (a pinned one, the base route's zero adapter, never is).
+  unloaded to make room (a pinned one, the base route's zero adapter, never is), those
+  the routing keeps there (`keep_first`: the picker's home sets) only after the others.
 - A version vLLM refused is marked failed; its back-off (`AdapterVersion.backoff_left`)
   is what the pipeline answers 503 + `Retry-After` from.
 """
@@ -84,6 +85,7 @@ class Residency:
     max_resident: int
     metrics: Metrics
     pinned: set[str] = field(default_factory=set)  # never evicted (the zero adapter)
+    keep_first: Callable[[str, str], bool] | None = None  # (url, internal): evicted only after the others
     _resident: dict[str, dict[str, int]] = field(default_factory=dict)  # url -> internal -> generation
     _upstreams: dict[str, Upstream] = field(default_factory=dict)
     _versions: dict[str, AdapterVersion] = field(default_factory=dict)  # internal -> what was loaded
@@ -209,7 +211,12 @@ class Residency:
             idle = [n for n in loaded if not self._inflight.get(n)]
             if not idle:
                 return  # every resident adapter is busy: vLLM's own CPU cache copes
-            await self._unload(upstream, min(idle, key=lambda n: self._last_used.get(n, 0.0)))
+            await self._unload(upstream, min(idle, key=lambda n: self._eviction_order(upstream, n)))
+
+    def _eviction_order(self, upstream: Upstream, internal: str) -> tuple[bool, float]:
+        """Adapters the routing keeps on this upstream last, then least recently used first."""
+        kept = self.keep_first is not None and self.keep_first(upstream.url, internal)
+        return kept, self._last_used.get(internal, 0.0)
 
     def _retire_now(self, internal: str) -> None:
         self._retired.add(internal)

@@ -10,6 +10,7 @@ client's error. Archives are unpacked by `archive.py`, with its limits.
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -66,6 +67,8 @@ class AdapterStore:
                 fsync_tree(folder)
                 os.replace(folder, target)
             except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and target.is_dir():
+                    return spec, target  # the same content, stored by a concurrent upload meanwhile
                 raise storage_error(exc) from exc
             return spec, target
         finally:

@@ -67,6 +67,14 @@ class FakeState:
     matryoshka: bool = False  # whether /v1/embeddings takes `dimensions`
     max_model_len: int | None = None  # the context /v1/models reports on each card (None: no such field)
     classes: list[str] = field(default_factory=lambda: ["negative", "positive"])  # /classify's id2label
+    cached_tokens: int = 0  # each answer's usage.prompt_tokens_details.cached_tokens (prefix-cache hits)
+
+    def usage(self, prompt: int, completion: int) -> dict[str, Any]:
+        """vLLM's usage object (started with `--enable-prompt-tokens-details`)."""
+        usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion}
+        if self.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": min(self.cached_tokens, prompt)}
+        return usage
 
     def ids(self, text: str) -> list[int]:
         return [self.vocab.setdefault(word, len(self.vocab) + 10) for word in text.split()]
@@ -185,7 +193,7 @@ def create_fake_vllm(state: FakeState) -> FastAPI:
         text = " ".join(words) + " " * state.reply_padding
         choice = {"index": 0, "finish_reason": "stop"}
         choice.update({"message": {"role": "assistant", "content": text}} if kind == "chat" else {"text": text})
-        usage = {"prompt_tokens": len(_prompt_words(body)), "completion_tokens": len(words)}
+        usage = state.usage(len(_prompt_words(body)), len(words))
         return JSONResponse(
             {
                 "id": "x",
@@ -302,7 +310,7 @@ def _label_reads(state: FakeState, body: dict[str, Any]) -> dict[str, Any]:
             for t in body["logprob_token_ids"]
         }
         choices.append({"index": i, "text": "x", "logprobs": {"top_logprobs": [top]}, "finish_reason": "length"})
-    usage = {"prompt_tokens": sum(map(len, body["prompt"])), "completion_tokens": len(body["prompt"])}
+    usage = state.usage(sum(map(len, body["prompt"])), len(body["prompt"]))
     return {"id": "x", "object": "text_completion", "model": body["model"], "choices": choices, "usage": usage}
 
 
@@ -334,7 +342,7 @@ async def _stream(state: FakeState, body: dict[str, Any], answer: list[str], kin
             yield f"data: {json.dumps(chunk)}\n\n"
             state.chunks_sent += 1
         if options.get("include_usage"):
-            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": sent}
+            usage = state.usage(prompt_tokens, sent)
             yield f"data: {json.dumps({'id': 'x', 'model': body['model'], 'choices': [], 'usage': usage})}\n\n"
         yield "data: [DONE]\n\n"
     except (asyncio.CancelledError, GeneratorExit):

@@ -37,6 +37,7 @@ from safetensors.numpy import save_file
 from adaptserve.bench.fake_engine import BASE
 from adaptserve.bench.fleet import build_fleet, make_adapters
 from adaptserve.bench.loadgen import Record, Request, Run, send, workload
+from adaptserve.bench.routing_split import load_split, tail_split
 from adaptserve.bench.served import ADMIN_KEY, Served
 from adaptserve.bench.sim_engine import Sequence, SimEngine, SimServer, SimTiming
 from adaptserve.evaluation import percentile
@@ -282,6 +283,11 @@ def _summary(run: Run, t0: float, servers: list[SimServer], mark: _Mark, join: _
     out["unloads"] = sum(len(e.unloads) - m for e, m in zip(engines, mark.unloads, strict=True))
     out["time"] = _where_time_went(run, t0, seqs, loads)
     out["requests_behind_a_load_pct"] = out["time"]["requests_behind_a_load_pct"]
+    measured = {f"m{i}": r for i, r in enumerate(run.records) if r.error is None and r.ttft is not None}
+    ttfts = {tag: r.ttft for tag, r in measured.items() if tag in seqs and r.ttft is not None}
+    starts = {tag: t0 + r.start for tag, r in measured.items()}
+    out["slowest_1pct"] = tail_split(ttfts, starts, seqs, [e.finished for e in engines])
+    out["loads_split"] = load_split(loads, seqs)
     out["engines"] = [
         {
             "url": server.url,

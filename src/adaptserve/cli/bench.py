@@ -53,6 +53,12 @@ def _add_bench(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
     bench.add_argument(
         "--routing-resident", type=int, default=8, help="routing: adapters the gateway keeps loaded per engine"
     )
+    bench.add_argument(
+        "--routing-slots",
+        type=int,
+        default=2,
+        help="routing: adapters per engine batch (vLLM's --max-loras), both modes",
+    )
     bench.add_argument("--upstream", action="append", default=[], help="front these vLLM servers (GPU runs)")
     bench.add_argument("--served-model-name", help="the base model's name at --upstream (default: the folder name)")
     bench.add_argument(
@@ -108,6 +114,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
             requests=args.routing_requests,
             concurrency=args.routing_concurrency,
             resident=args.routing_resident,
+            slots=args.routing_slots,
             rounds=args.rounds,
             seed=args.seed,
         ),

@@ -79,8 +79,11 @@ class HeadCatalog:
         size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
         try:
             created = self._record(owner, name, version, stored.digest, artifact, size, activate)
-        except IntegrityError as exc:  # another upload created the name meanwhile
-            raise ConflictError(f"head {name} was created by another upload at the same time; try again") from exc
+        except IntegrityError:  # another upload created the name (or this version) meanwhile: now an update
+            try:
+                created = self._record(owner, name, version, stored.digest, artifact, size, activate)
+            except IntegrityError as exc:
+                raise ConflictError(f"head {name} was changed by another upload at the same time; try again") from exc
         log.info("head %s version %s stored (%d bytes)", name, version, size)
         return self.describe(owner, name) | {"version": version}, created
 

@@ -62,12 +62,12 @@ class AuditMiddleware:
         client = scope.get("client")
         tenant, uid = _concerned(state, scope.get("path_params") or {})
         entry = AuditEntry(
-            actor=actor[:160],
-            action=f"{scope['method']} {getattr(route, 'path', scope['path'])}"[:160],
-            target=scope["path"][:512],
+            actor=_text(actor, 160),
+            action=_text(f"{scope['method']} {getattr(route, 'path', scope['path'])}", 160),
+            target=_text(scope["path"], 512),
             status=status,
             address=client[0] if client else "unknown",
-            tenant=tenant[:64],
+            tenant=_text(tenant, 64),
             tenant_uid=uid,
             detail=state.get("audit", {}),
         )
@@ -75,6 +75,13 @@ class AuditMiddleware:
             await asyncio.to_thread(self.audit.record, entry)
         except Exception:  # the database is down: the mutation most likely failed with it
             log.exception("could not write the audit entry for %s %s (%s)", scope["method"], scope["path"], status)
+
+
+def _text(value: str, limit: int) -> str:
+    """A field as stored: a NUL (a decoded `%00` in a path) written back as `%00` and
+    what UTF-8 cannot encode (bytes a path decoded to lone surrogates) as `\\udcxx`, since
+    the database takes neither; then cut to the column's size."""
+    return value.replace("\x00", "%00").encode("utf-8", "backslashreplace").decode()[:limit]
 
 
 def _concerned(state: dict[str, Any], params: dict[str, Any]) -> tuple[str, str | None]:

@@ -117,6 +117,7 @@ class Gateway:
             supervisor = Supervisor(settings.vllm, model_path, settings.base_name, settings.data_dir / "logs/vllm.log")
         _base_route(settings, base, catalog)
         picker = Picker(residency, round_robin=settings.routing == "round_robin")
+        residency.keep_first = picker.is_home
         pool = _pool(settings, supervisor, _on_up(settings, catalog, residency, picker, supervisor, metrics))
         engines = Engines.build(settings)
         metrics.upstream_states = lambda: [(settings.base_name, *s) for s in pool.states()] + engines.upstream_states()

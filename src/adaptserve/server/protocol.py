@@ -9,6 +9,7 @@ tenant must not set (`_NOT_FOR_TENANTS`).
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
@@ -138,7 +139,25 @@ async def read_json(receive_body: Any) -> dict[str, Any]:
         raise InvalidRequestError("The request body must be a JSON object.")
     if depth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise _too_deep()
+    if _SURROGATE_ESCAPE.search(raw) and _lone_surrogate(body):
+        raise InvalidRequestError(
+            "The request body holds a lone UTF-16 surrogate escape (\\ud800-\\udfff): not a character."
+        )
     return body
+
+
+# JSON may escape a UTF-16 surrogate alone; Python's parser keeps it, and no UTF-8 encoder
+# (the database's, the engine request's) takes it. A pair is one character: only bodies
+# with such an escape are checked whole.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(body: dict[str, Any]) -> bool:
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _not_json(constant: str) -> None:

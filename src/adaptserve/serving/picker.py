@@ -6,15 +6,21 @@ those, unless it is `spill` busier than the least busy ready replica. Otherwise 
 to the least busy of the adapter's home set: the first replicas in its rendezvous
 order (highest random weight for its internal name). Every gateway replica computes
 the same order without talking to the others, so an adapter lands on a few replicas
-instead of all of them. A home set starts at `home_size`; it grows by one when even its
+instead of all of them. A home set starts at `home_size` for a hot adapter and at one
+replica for a cold one (under `COLD_SHARE` of the recent adapter requests, counted with
+a `HALF_LIFE_S` decay): the tail's loads concentrate on one replica each instead of
+evicting hot adapters on two. It grows by one when even its
 least busy member is `spill` busier than the least busy replica (the adapter's traffic
 queues), and shrinks by one once the smaller set has stayed under half that margin for
 `shrink_after_s` (hysteresis: no flapping at the threshold). Base traffic goes by load
 alone. Load is `Upstream.load` (the engine's queue and this gateway's in-flight count);
 for an adapter, what waiting for one of the engine's batch slots would cost is added
 (`SLOT_WAIT`: nothing where the batch already runs it, most where the batch is full of
-other adapters). Ties go to the rendezvous order, so a tie is broken the same way every
-time.
+other adapters; where the batch runs it while other adapters wait for a slot, another
+request of it would keep them waiting, so a replica where it runs unopposed is
+preferred). The batch is vLLM's `lora_requests_info` as last scraped, brought up to
+date with the adapters of this gateway's own requests there (`Upstream.models`). Ties
+go to the rendezvous order, so a tie is broken the same way every time.
 
 With `round_robin` (the `routing` setting's baseline, what the gateway did before the
 picker) every request goes to the next ready replica in turn, whatever it holds, and a
@@ -37,13 +43,17 @@ from adaptserve.upstream.client import Upstream
 
 log = logging.getLogger(__name__)
 
-HOME_SIZE = 2  # replicas an adapter is loaded on before it spills further
+HOME_SIZE = 2  # replicas a hot adapter is loaded on before it spills further
 SPILL = 8  # load above the least busy replica before a holder is passed over
 SHRINK_AFTER_S = 30.0
+COLD_SHARE = 0.5  # under this share of the recent adapter requests an adapter is cold: one home replica
+HALF_LIFE_S = 60.0  # of an adapter's request count, for its share
+MIN_COUNTED = 50.0  # recent adapter requests before any adapter is called cold
 # What waiting for an adapter slot costs, as a share of `spill`, by where the adapter
 # stands in the engine's batch (the Inference Extension's LoRA affinity scores it so:
-# in the batch, then a free slot, then queued, then a full batch).
-SLOT_WAIT = {"running": 0.0, "unknown": 0.0, "free": 0.125, "waiting": 0.25, "full": 0.5}
+# in the batch, then a free slot, then queued, then a full batch). "blocking": in the
+# batch while other adapters wait for a slot there; another request keeps them waiting.
+SLOT_WAIT = {"running": 0.0, "unknown": 0.0, "free": 0.125, "blocking": 0.375, "waiting": 0.25, "full": 0.5}
 
 
 def rendezvous(key: str, upstreams: Collection[Upstream]) -> list[Upstream]:
@@ -62,6 +72,20 @@ class _Grown:
     since: float  # when it last changed, or last needed its size
 
 
+@dataclass
+class _Decayed:
+    """A count whose past halves every `HALF_LIFE_S`."""
+
+    value: float = 0.0
+    at: float = 0.0
+
+    def at_time(self, now: float) -> float:
+        return self.value * 0.5 ** ((now - self.at) / HALF_LIFE_S)
+
+    def add(self, now: float) -> None:
+        self.value, self.at = self.at_time(now) + 1.0, now
+
+
 class Picker:
     def __init__(
         self,
@@ -75,7 +99,10 @@ class Picker:
         self._residency = residency
         self._round_robin, self._turn = round_robin, itertools.count()
         self._home_size, self._spill, self._shrink_after_s, self._clock = home_size, spill, shrink_after_s, clock
-        self._grown: dict[str, _Grown] = {}  # adapters whose home set is above home_size
+        self._grown: dict[str, _Grown] = {}  # adapters whose home set is above their base size
+        self._counted: dict[str, _Decayed] = {}  # recent requests by adapter
+        self._total = _Decayed()  # recent adapter requests
+        self._ready: list[Upstream] = []  # as the last pick saw them
 
     def pick(self, ready: list[Upstream], adapter: AdapterVersion | None, avoid: Collection[Upstream] = ()) -> Upstream:
         """A replica of `ready` (less `avoid`) for a request on `adapter` (None: the base
@@ -85,23 +112,49 @@ class Picker:
             raise UpstreamUnavailableError()
         if self._round_robin:
             return candidates[next(self._turn) % len(candidates)]
+        self._ready = ready
         name = adapter.internal_name if adapter is not None else ""
         ranked = rendezvous(name, candidates)
         least = _least_busy(ranked)
         if adapter is None:
             return _explained(least, "base: the least busy replica", least)
-        home = ranked[: self._home(name, ranked, least.load)]  # kept up to date on every pick
+        self._count(name)
+        floor = min(self._cost(u, name) for u in ranked)  # where it would wait least (slots included)
+        home = ranked[: self._home(name, ranked, floor)]  # kept up to date on every pick
         holding = [u for u in ranked if self._residency.is_resident(u, name)]
         best = self._cheapest(holding, name) if holding else None
-        if best is not None and self._cost(best, name) - least.load < self._spill:
-            return _explained(best, f"{name}: the least busy replica holding it ({best.engine.slot_for(name)})", least)
+        if best is not None and self._cost(best, name) - floor < self._spill:
+            return _explained(best, f"{name}: the least busy replica holding it ({self._slot(best, name)})", least)
         chosen = self._cheapest(home, name)
         return _explained(chosen, f"{name}: the least busy of its {len(home)} home replicas", least)
 
     def _cost(self, upstream: Upstream, name: str) -> float:
         """Its load, plus what waiting for one of its engine's adapter slots adds (a
         batch holds `max_loras` adapters; vLLM's `lora_requests_info` says which)."""
-        return upstream.load + self._spill * SLOT_WAIT[upstream.engine.slot_for(name)]
+        return upstream.load + self._spill * SLOT_WAIT[self._slot(upstream, name)]
+
+    def _slot(self, upstream: Upstream, name: str) -> str:
+        """`EngineLoad.slot_for`, with the adapters of this gateway's requests there now
+        (those resident there: the base model takes no adapter slot)."""
+        here = frozenset(m for m in upstream.models if self._residency.is_resident(upstream, m))
+        return upstream.engine.slot_for(name, here)
+
+    def _count(self, name: str) -> None:
+        now = self._clock()
+        self._counted.setdefault(name, _Decayed()).add(now)
+        self._total.add(now)
+
+    def base_size(self, name: str) -> int:
+        """The adapter's home set before any growth: `home_size`, or one replica for a
+        cold adapter (under `COLD_SHARE` of the recent adapter requests), so the tail's
+        loads land on one replica and do not evict the hot adapters on the others."""
+        now = self._clock()
+        total = self._total.at_time(now)
+        if total < MIN_COUNTED:
+            return self._home_size
+        counted = self._counted.get(name)
+        share = counted.at_time(now) / total if counted is not None else 0.0
+        return 1 if share < COLD_SHARE else self._home_size
 
     def _cheapest(self, upstreams: list[Upstream], name: str) -> Upstream:
         return min(upstreams, key=lambda u: self._cost(u, name))  # a tie: the first, in hash order
@@ -117,28 +170,43 @@ class Picker:
         everyone = [*ready, upstream] if upstream not in ready else ready
         homed = []
         for adapter in adapters:
-            grown = self._grown.get(adapter.internal_name)
-            size = grown.size if grown is not None else self._home_size
+            grown, base = self._grown.get(adapter.internal_name), self.base_size(adapter.internal_name)
+            size = max(grown.size, base) if grown is not None else base
             if upstream in rendezvous(adapter.internal_name, everyone)[:size]:
                 homed.append(adapter)
         return homed
 
+    def is_home(self, url: str, name: str) -> bool:
+        """`url` is in adapter `name`'s home set (among the replicas the last pick saw
+        ready): residency evicts it there only after the adapters that spilled there
+        (`Residency.keep_first`), so a cold adapter is not loaded again at its home."""
+        if self._round_robin:
+            return False
+        grown, base = self._grown.get(name), self.base_size(name)
+        size = max(grown.size, base) if grown is not None else base
+        return any(u.url == url for u in rendezvous(name, self._ready)[:size])
+
     def _home(self, name: str, ranked: list[Upstream], least: float) -> int:
-        """The adapter's home set size now, grown or shrunk by its queueing."""
-        now, grown = self._clock(), self._grown.get(name)
-        size = min(grown.size if grown is not None else self._home_size, len(ranked))
-        if _least_busy(ranked[:size]).load - least >= self._spill and size < len(ranked):
+        """The adapter's home set size now, grown or shrunk by its queueing: `least` is
+        the lowest cost (`_cost`: load and slot wait) of any ready replica, so an adapter
+        spills only to where it would wait less, not away from slot waits it would meet
+        anywhere."""
+        now, grown, base = self._clock(), self._grown.get(name), self.base_size(name)
+        size = min(max(grown.size, base) if grown is not None else base, len(ranked))
+        if self._cost(self._cheapest(ranked[:size], name), name) - least >= self._spill and size < len(ranked):
             self._grown[name] = _Grown(size + 1, now)
             log.info("%s queues on its %d home replicas: its home set grows to %d", name, size, size + 1)
             return size + 1
-        if grown is None or size <= self._home_size:
+        if grown is not None and grown.size <= base:
+            del self._grown[name]  # the adapter turned hot: its base size covers it
+        if grown is None or size <= base:
             return size
-        if _least_busy(ranked[: size - 1]).load - least >= self._spill / 2:
+        if self._cost(self._cheapest(ranked[: size - 1], name), name) - least >= self._spill / 2:
             grown.since = now  # still needs its size
         elif now - grown.since >= self._shrink_after_s:
             size -= 1
             self._grown[name] = _Grown(size, now)
-            if size <= self._home_size:
+            if size <= base:
                 del self._grown[name]
             log.info("%s's home set shrinks to %d", name, size)
         return size

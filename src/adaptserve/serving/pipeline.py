@@ -369,6 +369,7 @@ class Pipeline:
             )
             self._metrics.tokens.labels(call.tenant, call.model, "prompt").inc(call.prompt_tokens)
             self._metrics.tokens.labels(call.tenant, call.model, "completion").inc(call.completion_tokens)
+            self._metrics.tokens.labels(call.tenant, call.model, "cached").inc(call.cached_tokens)
 
     async def forward(
         self,

@@ -31,6 +31,7 @@ class CallRecord:
     status: int = 500
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt tokens, those vLLM's prefix cache served
     unmeasured: bool = False  # the engine worked but its usage is unknown: the reservation is charged
     retry_reserved: int = 0  # tokens reserved again to send it to another replica
     failed_prompt: int = 0  # charged for attempts that reached an engine, failed and were sent again
@@ -42,10 +43,13 @@ class CallRecord:
         if not usage:
             return
         prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
         if accumulate:
             self.prompt_tokens += prompt
             self.completion_tokens += completion
+            self.cached_tokens += cached
         else:
+            self.cached_tokens = cached or self.cached_tokens  # a stream says it in its final usage only
             self.prompt_tokens, self.completion_tokens = (
                 self.failed_prompt + prompt,
                 self.failed_completion + completion,

@@ -200,9 +200,18 @@ class TenantRegistry:
 
     # aliases -----------------------------------------------------------------
     def set_alias(self, tenant: str, alias: str, *, base: bool, adapter: str | None, version: str | None) -> Alias:
+        """Create or repoint an alias (the last write wins). Two writes that both create
+        it race on its primary key: the loser is written again, now as an update."""
         check_name(alias, "an alias", param="alias")
         if base == (adapter is not None):
             raise InvalidRequestError('give either {"base": true} or {"adapter": name}', param="adapter")
+        try:
+            self._write_alias(tenant, alias, base, adapter, version)
+        except IntegrityError:
+            self._write_alias(tenant, alias, base, adapter, version)
+        return Alias(tenant, alias, base, adapter, version)
+
+    def _write_alias(self, tenant: str, alias: str, base: bool, adapter: str | None, version: str | None) -> None:
         with self._db.session() as s:
             owner = self._get(s, tenant).uid
             if adapter is not None:
@@ -214,7 +223,6 @@ class TenantRegistry:
                         f"adapter {adapter} has no version {version}", param="version", code="adapter_not_found"
                     )
             s.merge(AliasRow(tenant=tenant, alias=alias, base=base, adapter=adapter, version=version))
-        return Alias(tenant, alias, base, adapter, version)
 
     def delete_alias(self, tenant: str, alias: str) -> None:
         with self._db.session() as s:

@@ -90,6 +90,7 @@ class UpstreamStream:
 
     response: httpx.Response
     upstream: Upstream | None = None
+    model: str = ""  # what vLLM serves it with: counted in `Upstream.models` until closed
 
     async def lines(self) -> AsyncIterator[str]:
         async for line in self.response.aiter_lines():
@@ -98,7 +99,7 @@ class UpstreamStream:
     async def close(self) -> None:
         await self.response.aclose()
         if self.upstream is not None:
-            self.upstream.inflight -= 1
+            self.upstream.count_out(self.model)
             self.upstream = None
 
 
@@ -134,6 +135,7 @@ class Upstream:
         self.state = State.STARTING
         self.generation = 0
         self.inflight = 0  # this gateway's requests on it now (streams until closed)
+        self.models: dict[str, int] = {}  # the same, by the model (adapter) vLLM serves them with
         self.engine = EngineLoad()  # as last scraped (only with several upstreams: `scrape`)
         self.max_model_len: int | None = None  # the context it reported when it came up (None: it did not say)
         self._http = httpx.AsyncClient(
@@ -163,6 +165,19 @@ class Upstream:
         larger of the two, plus the engine's queue again (a queued request waits for a
         batch slot, the cost that picking a replica can avoid)."""
         return max(self.inflight, self.engine.running + self.engine.waiting) + self.engine.waiting
+
+    def count_in(self, model: str) -> None:
+        """A request of this gateway's on `model` is in flight here."""
+        self.inflight += 1
+        self.models[model] = self.models.get(model, 0) + 1
+
+    def count_out(self, model: str) -> None:
+        self.inflight -= 1
+        left = self.models.get(model, 0) - 1
+        if left > 0:
+            self.models[model] = left
+        else:
+            self.models.pop(model, None)
 
     async def scrape(self) -> None:
         """Refresh `engine` from vLLM's /metrics; a failed scrape keeps the last one
@@ -200,11 +215,12 @@ class Upstream:
 
     async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """A non-streamed call; an answer over `max_answer_bytes` is not held whole."""
-        self.inflight += 1
+        model = str(body.get("model", ""))
+        self.count_in(model)
         try:
             status, content = await self._exchange(path, body)
         finally:
-            self.inflight -= 1
+            self.count_out(model)
         if status != 200:
             raise translate_error(status, content)
         return json.loads(content)
@@ -221,8 +237,9 @@ class Upstream:
             content = await response.aread()
             await response.aclose()
             raise translate_error(response.status_code, content)
-        self.inflight += 1
-        return UpstreamStream(response, self)
+        model = str(body.get("model", ""))
+        self.count_in(model)
+        return UpstreamStream(response, self, model)
 
     async def load_adapter(self, name: str, path: str) -> None:
         status, content = await self._exchange("/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})

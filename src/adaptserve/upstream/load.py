@@ -27,16 +27,22 @@ class EngineLoad:
     waiting_adapters: frozenset[str] = frozenset()  # queued
     max_loras: int = 0  # adapters one batch can hold (0: not reported)
 
-    def slot_for(self, adapter: str) -> str:
+    def slot_for(self, adapter: str, here: frozenset[str] = frozenset()) -> str:
         """Where `adapter` stands in the engine's batch: "running" (it is in it),
-        "waiting" (queued for it), "free" (a slot is free), "full", or "unknown"."""
+        "blocking" (in it, while other adapters wait for a slot: more of its requests
+        keep the slot from them), "waiting" (queued for it), "free" (a slot is free),
+        "full", or "unknown". `here`: the adapters of this gateway's own requests on
+        the engine now, fresher than the scrape (those it does not list as waiting
+        count as in the batch)."""
         if not self.max_loras:
             return "unknown"
-        if adapter in self.running_adapters:
-            return "running"
+        batch = self.running_adapters | (here - self.waiting_adapters)
+        if adapter in batch:
+            crowd = batch | self.waiting_adapters
+            return "blocking" if len(crowd) > self.max_loras else "running"
         if adapter in self.waiting_adapters:
             return "waiting"
-        return "free" if len(self.running_adapters) < self.max_loras else "full"
+        return "free" if len(batch) < self.max_loras else "full"
 
     @classmethod
     def parse(cls, text: str) -> EngineLoad:

@@ -81,6 +81,7 @@ class Supervisor:
             str(s.max_lora_rank),
             "--max-loras",
             str(s.max_loras),
+            "--enable-prompt-tokens-details",  # usage.prompt_tokens_details.cached_tokens: prefix-cache hits
         ]
         if s.max_cpu_loras is not None:
             cmd += ["--max-cpu-loras", str(s.max_cpu_loras)]

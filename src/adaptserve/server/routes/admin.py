@@ -60,10 +60,10 @@ class AliasSet(_Strict):
     base: StrictBool = False
 
 
-class Quotas(_Strict):
-    requests_per_minute: int | None = Field(None, ge=1)
-    tokens_per_minute: int | None = Field(None, ge=1)
-    max_concurrent: int | None = Field(None, ge=1)
+class Quotas(_Strict):  # each an INTEGER column (32 bits on PostgreSQL)
+    requests_per_minute: int | None = Field(None, ge=1, le=2**31 - 1)
+    tokens_per_minute: int | None = Field(None, ge=1, le=2**31 - 1)
+    max_concurrent: int | None = Field(None, ge=1, le=2**31 - 1)
 
 
 class KeyCreate(_Strict):
