@@ -29,16 +29,23 @@ serve: $(STAMP)
 	ADAPTSERVE_MODELS='[{"name": "minilm", "role": "embed", "path": "minilm"}]' \
 		$(BIN)/adaptserve serve --templates templates
 
+# Unit tests on TEST_WORKERS processes (pytest-xdist; each its own PostgreSQL database, log
+# file and block of ports: tests/conftest.py, tests/unit/conftest.py), then the integration
+# tests in one process: they share session-scoped real vLLM engines, one at a time.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
 	$(BIN)/adaptserve prepare-model
-	$(BIN)/python -m pytest -q tests
+	# Both run even when the first fails; make fails if either did.
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests/unit; unit=$$?; \
+		$(BIN)/python -m pytest -q tests/integration && exit $$unit
 
 # Screenshots of the console's main pages into docs/console/ (fake engine, headless Chromium).
 screenshots: $(STAMP)
 	scripts/chromium.sh env PYTHONPATH=. $(BIN)/python scripts/console_screenshots.py docs/console
 
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests/unit
 
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest -q tests/integration

@@ -1,7 +1,7 @@
-"""Session-wide: the run's log file (pyproject `log_file`) starts empty, and once every
-test has finished, no log the run wrote holds a key it used; and the browser the console's
-tests drive (headless Chromium, Debian's packages: scripts/chromium.sh), for unit and
-integration tests alike."""
+"""Session-wide: the run's log file (pyproject `log_file`; under pytest-xdist each worker
+its own, `.pytest-run-gw0.log`, ...) starts empty, and once every test has finished, no log
+the run wrote holds a key it used; and the browser the console's tests drive (headless
+Chromium, Debian's packages: scripts/chromium.sh), for unit and integration tests alike."""
 
 from __future__ import annotations
 
@@ -13,19 +13,44 @@ import pytest
 from tests.helpers import ADMIN_KEY, API_KEY, Browser, ChromeDriver, chromium_paths, leaked_keys
 
 
+def _worker(config: pytest.Config) -> str | None:
+    """The pytest-xdist worker this process is (gw0, gw1, ...), None in the controller or a serial run."""
+    workerinput: dict[str, str] | None = getattr(config, "workerinput", None)
+    return workerinput["workerid"] if workerinput else None
+
+
+def _log_file(config: pytest.Config) -> Path | None:
+    name = config.getoption("log_file") or config.getini("log_file")
+    return Path(name) if name else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each xdist worker logs to a file of its own (set before pytest's logging plugin opens it)."""
+    log_file, worker = _log_file(config), _worker(config)
+    if log_file is not None and worker is not None:
+        config.option.log_file = str(log_file.with_name(f"{log_file.stem}-{worker}{log_file.suffix}"))
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    log_file = session.config.getini("log_file")
-    if log_file:
-        Path(log_file).write_text("")
+    """The controller (or a serial run) empties the run's log file and every worker's, before
+    any worker starts; a worker empties nothing, so no record of another is lost."""
+    log_file = _log_file(session.config)
+    if log_file is None or _worker(session.config) is not None:
+        return
+    for path in [log_file, *log_file.parent.glob(f"{log_file.stem}-gw*{log_file.suffix}")]:
+        path.write_text("")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def no_key_in_any_log(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Torn down last, after every server of the run has stopped: the pytest log file
-    (every in-process gateway's records at DEBUG) and each server's gateway and vLLM
-    logs are searched for the run's keys and for any key a server generated."""
+    """Torn down last, after every server of the run (in this process) has stopped: the
+    pytest log file (every in-process gateway's records at DEBUG) and each server's gateway
+    and vLLM logs are searched for the run's keys and for any key a server generated. Under
+    xdist each worker searches its own log file and its own temporary folder (popen-gw0/...):
+    the tests it ran, all of them."""
     yield
-    logs = [Path(request.config.getini("log_file")).resolve()]
+    log_file = _log_file(request.config)
+    logs = [log_file.resolve()] if log_file is not None else []
     logs += sorted(tmp_path_factory.getbasetemp().glob("**/*.log"))
     leaks = leaked_keys([p for p in logs if p.is_file()], [API_KEY, ADMIN_KEY])
     assert not leaks, f"keys in the run's logs: {leaks}"

@@ -73,10 +73,38 @@ def random_head(labels: list[str], seed: int = 0, **changes: Any) -> dict[str, A
 
 
 # -- servers ---------------------------------------------------------------------------
+# Ports come from a block of this process's own, below the kernel's ephemeral range (32768
+# and up: what bind(0) and outgoing connections draw from), one block per xdist worker (gw0,
+# gw1, ...; a serial run uses gw0's). Two workers never probe the same port, so neither can
+# take a port the other has just probed, nor one that a test freed and binds again (a
+# restarted engine keeps its port); each block is walked from a random start, so that a run
+# in another checkout seldom walks the same ports at the same time.
+PORT_BLOCK_BASE, PORT_BLOCK_SIZE = 20000, 1000
+
+
+def _port_block() -> Iterator[int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    first = PORT_BLOCK_BASE + PORT_BLOCK_SIZE * int(worker.removeprefix("gw"))
+    offset = random.randrange(PORT_BLOCK_SIZE)
+    while True:
+        offset = (offset + 1) % PORT_BLOCK_SIZE
+        yield first + offset
+
+
+_PORTS = _port_block()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port nothing listens on (probed by binding it), from this process's block."""
+    for _ in range(PORT_BLOCK_SIZE):
+        port = next(_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in this process's block of {PORT_BLOCK_SIZE}")
 
 
 class ServerThread:
@@ -93,6 +121,11 @@ class ServerThread:
 
     def start(self, ready_path: str = "/health", timeout_s: float = 10.0) -> ServerThread:
         self.thread.start()
+        # Its own server, not whatever else answers on the port: uvicorn sets `started` once
+        # it holds the socket, and its thread ends when it cannot bind.
+        wait_for(lambda: self.server.started or not self.thread.is_alive(), timeout_s, f"{self.url} did not start")
+        if not self.server.started:
+            raise RuntimeError(f"{self.url}: the server did not start (is the port taken?)")
         wait_for(lambda: _answers(self.url + ready_path), timeout_s, f"{self.url}{ready_path} did not come up")
         return self
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, make_url, text
 
 from adaptserve.bench.fake_engine import BASE, FakeState, create_fake_vllm
 from adaptserve.config import Settings
@@ -98,10 +98,39 @@ def _empty(url: str | None) -> str | None:
     return url
 
 
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """The PostgreSQL database of this process: the one given in a serial run; under
+    pytest-xdist one per worker (`<name>_gw0`, ...) on the same server, created empty here
+    and dropped at the end, so that no worker drops the tables another is using."""
+    given = _database_urls()["postgres"]
+    assert given is not None
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        yield given
+        return
+    url = make_url(given)
+    own = url.set(database=f"{url.database}_{worker}")
+    server = create_engine(url, isolation_level="AUTOCOMMIT")
+    drop = text(f'DROP DATABASE IF EXISTS "{own.database}" WITH (FORCE)')
+    with server.connect() as connection:
+        connection.execute(drop)
+        connection.execute(text(f'CREATE DATABASE "{own.database}"'))
+    yield own.render_as_string(hide_password=False)
+    with server.connect() as connection:
+        connection.execute(drop)
+    server.dispose()
+
+
+def _database(request: pytest.FixtureRequest) -> str | None:
+    """The `request.param` database (SQLite: None, a file per data folder), emptied."""
+    return _empty(request.getfixturevalue("postgres_url") if request.param == "postgres" else None)
+
+
 @pytest.fixture(params=list(_database_urls()))
 def database_url(request: pytest.FixtureRequest) -> str | None:
     """Every gateway test runs once per database; each test starts from an empty schema."""
-    return _empty(_database_urls()[request.param])
+    return _database(request)
 
 
 def _start(settings: Settings, started: list[ServerThread]) -> RunningGateway:
@@ -146,7 +175,7 @@ def start_gateway(
 @pytest.fixture(scope="module", params=list(_database_urls()))
 def module_database_url(request: pytest.FixtureRequest) -> str | None:
     """For a module whose tests share one gateway: once per database, an empty schema."""
-    return _empty(_database_urls()[request.param])
+    return _database(request)
 
 
 @pytest.fixture(scope="module")
