@@ -11,6 +11,7 @@ applied to the data before anything is trained, stored or served (`pii/data.py`)
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -136,6 +137,10 @@ def _run(args: argparse.Namespace, settings: Settings, url: str, admin_key: str)
         )
     elif "not_served" in manifest:
         print(f"not served: {manifest['not_served']}")
+    if "encoder" in manifest:
+        won = manifest["encoder"]
+        print(f"the encoder won: {won['folder']}; serve it with the models: entry {json.dumps(won['models_entry'])}")
+        print(f"and the template {json.dumps(won['template'])} (its own engine: a restart)")
     print("wrote " + ", ".join(map(str, paths)))
     return 0
 
@@ -164,6 +169,8 @@ def _serve(fit: Any, decision: Any, name: str, args: argparse.Namespace) -> dict
     if decision.choice != "baseline":
         return {}
     anyway = f" (--serve-llm serves {decision.llm} anyway)" if decision.llm else ""
+    if decision.baseline == "encoder":
+        return _serve_encoder(fit, decision, name, args)
     if decision.baseline not in HEADS:
         why = f"the baseline ({decision.baseline}) is the choice, and fit serves only {' or '.join(HEADS)} (as a head)"
         return {"not_served": f"{why}: nothing was served{anyway}"}
@@ -172,6 +179,25 @@ def _serve(fit: Any, decision: Any, name: str, args: argparse.Namespace) -> dict
     except ConfigurationError as exc:  # e.g. the server has no such embedding model
         why = f"the baseline ({decision.baseline}) is the choice, and serving it failed"
         return {"not_served": f"{why}: {exc}{anyway}"}
+
+
+def _serve_encoder(fit: Any, decision: Any, name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The encoder is the choice: refit on every example into OUT/encoder/ (served by a
+    `models:` entry and a restart, which the report prints), and meanwhile the best
+    candidate fit can serve (a head, or the LLM pick: the best inner score) is served."""
+    from adaptserve.fit import encoder, nested
+    from adaptserve.fit.head import HEADS, serve_head
+
+    won = {"encoder": encoder.refit(fit, name)}
+    servable = [c for c in HEADS if c in fit.config.candidates] + ([decision.llm] if decision.llm else [])
+    best = nested.final(fit.units, servable)
+    if best is None:
+        return won | {"not_served": "nothing fit can serve without a restart ran"}
+    try:
+        served = serve_head(fit, name, args.embedding_model, best) if best in HEADS else fit.serve(best, name)
+    except ConfigurationError as exc:
+        return won | {"not_served": f"serving {best} meanwhile failed: {exc}"}
+    return won | {"served": served}
 
 
 def _fit(args: argparse.Namespace, settings: Settings, url: str, admin_key: str) -> tuple[Any, str, str | None]:

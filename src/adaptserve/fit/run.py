@@ -27,7 +27,7 @@ from typing import Any
 
 from adaptserve.datasets import Example, balanced_sample
 from adaptserve.errors import ConfigurationError
-from adaptserve.fit import baselines, distilled
+from adaptserve.fit import baselines, distilled, encoder
 from adaptserve.fit.candidates import FIT_PREFIX, Server, content_free, throughput
 from adaptserve.fit.folds import Folds
 from adaptserve.templates.calibration import Scoring, argmax, choose, with_scoring
@@ -36,8 +36,9 @@ LLM = ("zero-shot", "few-shot")
 # name → (rank, optimizer steps, learning rate): a small search, tried in order while the budget lasts.
 LORA = {"lora-r8": (8, 48, 1e-3), "lora-r16": (16, 96, 5e-4)}
 CANDIDATES = (*baselines.BASELINES, *LLM, *LORA)
-OFFERED = (distilled.NAME,)  # only when asked for, or (distilled-head) given unlabelled inputs
-CHEAP = (*baselines.BASELINES, distilled.NAME)  # the verdict's cheap side: served in process or as a head
+OFFERED = (distilled.NAME, encoder.NAME)  # only when asked for, or (distilled-head) given unlabelled inputs
+UNITS = {distilled.NAME: distilled.unit, encoder.NAME: encoder.unit}  # candidates with a module of their own
+CHEAP = (*baselines.BASELINES, *UNITS)  # the verdict's cheap side: no LLM call
 STEP_S_GUESS = 3.0  # seconds per LoRA step before one is measured (2 CPU cores, batch 8)
 LORA_OVERHEAD_S = 45.0  # loading the model, pushing the adapter, the engine loading it
 SERVE_S = 30.0  # serving the winner and checking it
@@ -128,7 +129,7 @@ class Fit:
             if candidate in LORA and not self._affordable(candidate, fold):
                 notes.append(f"{candidate} fold {fold}: skipped, the budget would run out")
                 continue
-            if candidate in CHEAP and not baselines.available("minilm" if candidate == distilled.NAME else candidate):
+            if candidate in CHEAP and not baselines.available("minilm" if candidate in UNITS else candidate):
                 notes.append(f"{candidate}: skipped, not installed (pip install adaptserve[adapt])")
                 continue
             if progress is not None:
@@ -154,10 +155,10 @@ class Fit:
 
     def _unit(self, candidate: str, fold: int) -> dict[str, Any]:
         started = time.perf_counter()
-        if candidate in CHEAP:
-            unit = distilled.unit(self, fold) if candidate == distilled.NAME else self._baseline(candidate, fold)
+        if candidate in UNITS:
+            unit = UNITS[candidate](self, fold)
         else:
-            unit = self._llm(candidate, fold)
+            unit = self._baseline(candidate, fold) if candidate in CHEAP else self._llm(candidate, fold)
         return unit | {"candidate": candidate, "fold": fold, "seconds": time.perf_counter() - started}
 
     # -- candidates ----------------------------------------------------------------------
