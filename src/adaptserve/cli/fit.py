@@ -128,6 +128,14 @@ def _run(args: argparse.Namespace, settings: Settings, url: str, admin_key: str)
     paths = write(fit.config.out, manifest)
     if "served" in manifest:
         _push_report(fit, name, manifest)
+    _say_served(manifest)
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def _say_served(manifest: dict[str, Any]) -> None:
+    """What was served (or why nothing was), and a winning encoder's way to be served."""
+    if "served" in manifest:
         s = manifest["served"]
         how = f"{s['candidate']} as a head on {s['model']}" if "head" in s else s["candidate"]
         print(
@@ -141,8 +149,6 @@ def _run(args: argparse.Namespace, settings: Settings, url: str, admin_key: str)
         won = manifest["encoder"]
         print(f"the encoder won: {won['folder']}; serve it with the models: entry {json.dumps(won['models_entry'])}")
         print(f"and the template {json.dumps(won['template'])} (its own engine: a restart)")
-    print("wrote " + ", ".join(map(str, paths)))
-    return 0
 
 
 def _push_report(fit: Any, name: str, manifest: dict[str, Any]) -> None:
