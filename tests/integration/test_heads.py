@@ -113,24 +113,40 @@ def test_a_second_version_swaps_in_under_load_with_no_failed_request(embed_serve
     assert {(r["model"], r["template"]) for r in rows} >= {(EMBED_MODEL, "rt-head")}
 
 
-def test_fit_serves_its_winning_minilm_baseline_as_the_tenants_head(
+def test_fit_serves_its_winning_head_candidate_as_the_tenants_head(
     embed_server: Server, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """fit with the baselines only (no LLM candidate: the MiniLM baseline is the choice)
-    refits it on all 128 examples over the engine's vectors, pushes the head and serves
-    it; its answers through the template are the head's on those vectors."""
+    """fit with the cheap candidates only (no LLM candidate: a head is the choice): the
+    MiniLM baseline and the distilled head, taught by the zero-shot template through the
+    engine on 32 unlabelled sentences (its teacher is not a candidate here). The better by
+    inner score is refit on all 128 examples over the engine's vectors, pushed as a head
+    and served; its answers through the template are the head's on those vectors."""
     work = tmp_path_factory.mktemp("fit-head")
-    data = work / "train.jsonl"
-    data.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in _balanced("train", 64)))
-    argv = ["fit", "--data", str(data), "--candidates", "majority,minilm", "--folds", "2", "--name", "rt-fit"]
-    argv += ["--embedding-model", EMBED_MODEL, "--out", str(work / "out"), "--tenant", "default"]
+    data, extra = work / "train.jsonl", work / "unlabelled.txt"
+    labelled = _balanced("train", 64)
+    data.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in labelled))
+    seen = {e.text for e in labelled}
+    unlabelled = [e.text for e in load_dataset("rotten-tomatoes", "train") if e.text not in seen][-32:]
+    extra.write_text("".join(t + "\n" for t in unlabelled))
+    argv = ["fit", "--data", str(data), "--candidates", "majority,minilm,distilled-head", "--folds", "2"]
+    argv += ["--unlabelled", str(extra), "--name", "rt-fit", "--embedding-model", EMBED_MODEL]
+    argv += ["--out", str(work / "out"), "--tenant", "default"]
     with pytest.raises(SystemExit) as done:
         cli_main([*argv, "--url", embed_server.url, "--key", API_KEY, "--admin-key", ADMIN_KEY])
     assert done.value.code == 0, capsys.readouterr()
     manifest = json.loads((work / "out" / "fit-manifest.json").read_text())
-    assert manifest["decision"]["baseline"] == "minilm", manifest["decision"]
+    chosen = manifest["decision"]["baseline"]
+    assert chosen in ("minilm", "distilled-head"), manifest["decision"]
+    rows = {r["candidate"]: r for r in manifest["candidates"]}
+    assert set(rows) == {"majority", "minilm", "distilled-head"} and rows["distilled-head"]["folds"] == [0, 1]
+    units = [json.loads(line) for line in (work / "out" / "units.jsonl").read_text().splitlines()]
+    for unit in (u for u in units if u["candidate"] == "distilled-head"):
+        teacher = next(u for u in units if u["candidate"] == "zero-shot" and u["fold"] == unit["fold"])
+        assert unit["teacher"]["scoring"] == teacher["scoring"] and unit["unlabelled"] == 32
+        assert not set(unit["inner"]["indices"]) & set(unit["test"])  # chosen inside the training part
     served = manifest["served"]
-    assert served["candidate"] == "minilm" and served["refit_on"] == 128 and served["model"] == EMBED_MODEL
+    assert served["candidate"] == chosen and served["refit_on"] == 128 and served["model"] == EMBED_MODEL
+    assert served.get("unlabelled", 32) == 32
     # The engine embeds the check's inputs in other batches than the training's: equal to rounding.
     assert served["agreement"] >= 0.95 and served["largest_probability_gap"] < 1e-3, served
     head = embed_server.admin("GET", "/heads/rt-fit", params={"tenant": "default"})

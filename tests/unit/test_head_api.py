@@ -372,11 +372,11 @@ def test_fit_serves_what_it_chose_and_says_why_it_serves_nothing(monkeypatch: py
 
     calls: list[str] = []
 
-    def serve_head(fit: Any, name: str, model: str) -> dict[str, Any]:
+    def serve_head(fit: Any, name: str, model: str, candidate: str) -> dict[str, Any]:
         if model == "missing":
             raise ConfigurationError("the server gave no embeddings from missing")
         calls.append(f"head {name} on {model}")
-        return {"candidate": "minilm"}
+        return {"candidate": candidate}
 
     monkeypatch.setattr(fit_head, "serve_head", serve_head)
     fit = SimpleNamespace(serve=lambda candidate, name: calls.append(f"llm {candidate}") or {"candidate": candidate})
@@ -389,8 +389,10 @@ def test_fit_serves_what_it_chose_and_says_why_it_serves_nothing(monkeypatch: py
     assert _serve(fit, decided("baseline", "minilm"), "t", args) == {"served": {"candidate": "minilm"}}
     assert _serve(fit, decided("baseline", "minilm", llm=None), "t", args) == {"served": {"candidate": "minilm"}}
     assert calls == ["llm zero-shot", "head t on minilm", "head t on minilm"]
+    distilled = _serve(fit, decided("baseline", "distilled-head"), "t", args)
+    assert distilled == {"served": {"candidate": "distilled-head"}} and calls[-1] == "head t on minilm"
     tfidf = _serve(fit, decided("baseline", "tfidf"), "t", args)["not_served"]
-    assert "fit serves only minilm" in tfidf and "--serve-llm serves zero-shot" in tfidf
+    assert "fit serves only minilm or distilled-head" in tfidf and "--serve-llm serves zero-shot" in tfidf
     missing = SimpleNamespace(serve_llm=False, embedding_model="missing")
     failed = _serve(fit, decided("baseline", "minilm"), "t", missing)
     assert "serving it failed" in failed["not_served"] and "no embeddings from missing" in failed["not_served"]

@@ -11,6 +11,7 @@ applied to the data before anything is trained, stored or served (`pii/data.py`)
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -24,7 +25,7 @@ from adaptserve.errors import ConfigurationError
 
 
 def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from adaptserve.fit.run import CANDIDATES
+    from adaptserve.fit.run import CANDIDATES, OFFERED
 
     parser = commands.add_parser(
         "fit",
@@ -41,7 +42,16 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     parser.add_argument("--templates-dir", type=Path, default=Path("templates"))
     parser.add_argument("--input", help="the template input the text goes to (default: its only one)")
     parser.add_argument("--budget", type=float, default=10.0, help="minutes (LoRA runs only while it lasts)")
-    parser.add_argument("--candidates", help=f"comma-separated, of {','.join(CANDIDATES)} (default: all)")
+    parser.add_argument(
+        "--candidates",
+        help=f"comma-separated, of {','.join(CANDIDATES + OFFERED)} (default: all but {','.join(OFFERED)}, "
+        "and distilled-head with --unlabelled)",
+    )
+    parser.add_argument(
+        "--unlabelled",
+        type=Path,
+        help="unlabelled inputs (text lines or JSONL, as distill reads them): the distilled-head candidate",
+    )
     parser.add_argument("--lora-steps", type=int, help="optimizer steps of each LoRA run (default: the search's)")
     parser.add_argument("--folds", type=int, help="default: 4 up to 1,000 examples, else one 80/20 split")
     parser.add_argument("--seed", type=int, default=0)
@@ -65,6 +75,7 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run_fit(args: argparse.Namespace, settings: Settings) -> int:
+    _candidates(args)  # refused before the server is asked anything
     url = remote.server_url(args, settings)
     who = remote.push_as(
         args.tenant, args.tenant_admin_key, lambda: remote.admin_key(settings, args.admin_key), args.global_
@@ -117,6 +128,14 @@ def _run(args: argparse.Namespace, settings: Settings, url: str, admin_key: str)
     paths = write(fit.config.out, manifest)
     if "served" in manifest:
         _push_report(fit, name, manifest)
+    _say_served(manifest)
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def _say_served(manifest: dict[str, Any]) -> None:
+    """What was served (or why nothing was), and a winning encoder's way to be served."""
+    if "served" in manifest:
         s = manifest["served"]
         how = f"{s['candidate']} as a head on {s['model']}" if "head" in s else s["candidate"]
         print(
@@ -126,8 +145,10 @@ def _run(args: argparse.Namespace, settings: Settings, url: str, admin_key: str)
         )
     elif "not_served" in manifest:
         print(f"not served: {manifest['not_served']}")
-    print("wrote " + ", ".join(map(str, paths)))
-    return 0
+    if "encoder" in manifest:
+        won = manifest["encoder"]
+        print(f"the encoder won: {won['folder']}; serve it with the models: entry {json.dumps(won['models_entry'])}")
+        print(f"and the template {json.dumps(won['template'])} (its own engine: a restart)")
 
 
 def _push_report(fit: Any, name: str, manifest: dict[str, Any]) -> None:
@@ -145,7 +166,7 @@ def _serve(fit: Any, decision: Any, name: str, args: argparse.Namespace) -> dict
     """{"served": …} for what fit chose, where it can serve it: the LLM candidate (or
     with --serve-llm), or the MiniLM baseline as a classifier head on the server's
     embedding model; else {"not_served": why}, or nothing when nothing was chosen."""
-    from adaptserve.fit.head import SERVABLE, serve_head
+    from adaptserve.fit.head import HEADS, serve_head
 
     if decision.llm and (decision.choice == "llm" or args.serve_llm):
         return {"served": fit.serve(decision.llm, name)}
@@ -154,13 +175,35 @@ def _serve(fit: Any, decision: Any, name: str, args: argparse.Namespace) -> dict
     if decision.choice != "baseline":
         return {}
     anyway = f" (--serve-llm serves {decision.llm} anyway)" if decision.llm else ""
-    if decision.baseline != SERVABLE:
-        why = f"the baseline ({decision.baseline}) is the choice, and fit serves only {SERVABLE} (as a head)"
+    if decision.baseline == "encoder":
+        return _serve_encoder(fit, decision, name, args)
+    if decision.baseline not in HEADS:
+        why = f"the baseline ({decision.baseline}) is the choice, and fit serves only {' or '.join(HEADS)} (as a head)"
         return {"not_served": f"{why}: nothing was served{anyway}"}
     try:
-        return {"served": serve_head(fit, name, args.embedding_model)}
+        return {"served": serve_head(fit, name, args.embedding_model, decision.baseline)}
     except ConfigurationError as exc:  # e.g. the server has no such embedding model
-        return {"not_served": f"the baseline ({SERVABLE}) is the choice, and serving it failed: {exc}{anyway}"}
+        why = f"the baseline ({decision.baseline}) is the choice, and serving it failed"
+        return {"not_served": f"{why}: {exc}{anyway}"}
+
+
+def _serve_encoder(fit: Any, decision: Any, name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The encoder is the choice: refit on every example into OUT/encoder/ (served by a
+    `models:` entry and a restart, which the report prints), and meanwhile the best
+    candidate fit can serve (a head, or the LLM pick: the best inner score) is served."""
+    from adaptserve.fit import encoder, nested
+    from adaptserve.fit.head import HEADS, serve_head
+
+    won = {"encoder": encoder.refit(fit, name)}
+    servable = [c for c in HEADS if c in fit.config.candidates] + ([decision.llm] if decision.llm else [])
+    best = nested.final(fit.units, servable)
+    if best is None:
+        return won | {"not_served": "nothing fit can serve without a restart ran"}
+    try:
+        served = serve_head(fit, name, args.embedding_model, best) if best in HEADS else fit.serve(best, name)
+    except ConfigurationError as exc:
+        return won | {"not_served": f"serving {best} meanwhile failed: {exc}"}
+    return won | {"served": served}
 
 
 def _fit(args: argparse.Namespace, settings: Settings, url: str, admin_key: str) -> tuple[Any, str, str | None]:
@@ -170,7 +213,7 @@ def _fit(args: argparse.Namespace, settings: Settings, url: str, admin_key: str)
     from adaptserve.default_model import resolve_model
     from adaptserve.errors import InvalidRequestError
     from adaptserve.fit.candidates import Server
-    from adaptserve.fit.run import CANDIDATES, Fit, FitConfig
+    from adaptserve.fit.run import CANDIDATES, OFFERED, Fit, FitConfig
 
     notes: list[str] = []
     examples, source = _examples(args, lambda found: _scrubbed(found, url, admin_key, args.tenant, notes))
@@ -181,9 +224,10 @@ def _fit(args: argparse.Namespace, settings: Settings, url: str, admin_key: str)
         check_name(f"{name}-lora", "a model alias")
     except InvalidRequestError as exc:
         raise ConfigurationError(f"--name {name!r}: {exc.message}") from None
-    candidates = tuple(c.strip() for c in args.candidates.split(",")) if args.candidates else CANDIDATES
-    if unknown := sorted(set(candidates) - set(CANDIDATES)):
-        raise ConfigurationError(f"unknown candidates {unknown}; choose from {', '.join(CANDIDATES)}")
+    unlabelled = _unlabelled(
+        args, document, field, examples, lambda found: _scrubbed(found, url, admin_key, args.tenant, notes)
+    )
+    candidates = _candidates(args) or CANDIDATES + (OFFERED if unlabelled else ())
     server = Server(url, remote.tenant_key(settings, args.key), admin_key, args.tenant)
     base = resolve_model(args.model, settings.resolved_models_dir) if any("lora" in c for c in candidates) else None
     config = FitConfig(
@@ -197,8 +241,57 @@ def _fit(args: argparse.Namespace, settings: Settings, url: str, admin_key: str)
         base_model=base,
         lora_steps=args.lora_steps,
         source=source,
+        unlabelled=unlabelled,
     )
     return Fit(examples, config, server), name, (notes[0] if notes else None)
+
+
+def _candidates(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """--candidates, checked (None: not given)."""
+    from adaptserve.fit.run import CANDIDATES, OFFERED
+
+    if not args.candidates:
+        return None
+    candidates = tuple(c.strip() for c in args.candidates.split(","))
+    if unknown := sorted(set(candidates) - set(CANDIDATES + OFFERED)):
+        raise ConfigurationError(f"unknown candidates {unknown}; choose from {', '.join(CANDIDATES + OFFERED)}")
+    if "distilled-head" in candidates and args.unlabelled is None:
+        raise ConfigurationError("the distilled-head candidate needs unlabelled inputs: --unlabelled FILE")
+    return candidates
+
+
+def _unlabelled(
+    args: argparse.Namespace, document: dict, field: str, examples: list, keep: Callable[[list], list]
+) -> tuple[str, ...]:
+    """--unlabelled's texts (read as `distill` reads its inputs) as the tenant's PII
+    policy lets fit keep them; repeats, and near-copies of a labelled text (`normalise`),
+    left out."""
+    from adaptserve.datasets import Example
+    from adaptserve.fit.folds import normalise
+    from adaptserve.templates.spec import TemplateSpec
+    from adaptserve.training.distill import read_inputs
+
+    if args.unlabelled is None:
+        return ()
+    if not args.unlabelled.is_file():
+        raise ConfigurationError(f"--unlabelled {args.unlabelled}: no such file")
+    rows = read_inputs(args.unlabelled, TemplateSpec.model_validate(document))
+    texts = [row[field] for row in rows if isinstance(row.get(field), str)]
+    if len(texts) < len(rows):
+        print(f"adaptserve: {len(rows) - len(texts)} unlabelled rows without {field!r} left out", file=sys.stderr)
+    texts = [e.text for e in keep([Example(text, "") for text in texts])]
+    seen = {normalise(e.text) for e in examples}
+    kept = []
+    for text in texts:
+        if normalise(text) not in seen:
+            seen.add(normalise(text))
+            kept.append(text)
+    if len(kept) < len(texts):
+        left = len(texts) - len(kept)
+        print(f"adaptserve: {left} unlabelled texts repeat a labelled or an earlier one: left out", file=sys.stderr)
+    if len(kept) < 2:
+        raise ConfigurationError(f"--unlabelled {args.unlabelled}: fewer than 2 usable texts")
+    return tuple(kept)
 
 
 def _scrubbed(examples: list, url: str, admin_key: str, tenant: str, notes: list[str]) -> list:

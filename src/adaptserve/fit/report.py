@@ -213,6 +213,21 @@ def _finite(value: Any) -> Any:
 
 
 def _served(manifest: dict[str, Any]) -> str:
+    return _encoder(manifest.get("encoder")) + _what_served(manifest)
+
+
+def _encoder(won: dict[str, Any] | None) -> str:
+    """Where the fine-tuned encoder is fit's choice: where it is and how to serve it."""
+    if not won:
+        return ""
+    return (
+        f"The encoder is fit's choice: fine-tuned on all {won['refit_on']} examples in `{won['folder']}`. It "
+        f"is served by its own engine: add `{json.dumps(won['models_entry'])}` to the settings' `models:`, "
+        f"restart, and apply the template `{json.dumps(won['template'])}`. Meanwhile: "
+    )
+
+
+def _what_served(manifest: dict[str, Any]) -> str:
     served = manifest.get("served")
     if not served:
         return f"Not served: {manifest['not_served']}." if manifest.get("not_served") else "Nothing was served."

@@ -8,7 +8,8 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from adaptserve.evaluation import metrics
-from adaptserve.fit import baselines, nested
+from adaptserve.fit import nested
+from adaptserve.fit.run import CHEAP
 from adaptserve.fit.verdict import accuracy_interval
 from adaptserve.templates.calibration import argmax
 
@@ -27,13 +28,14 @@ def rows(fit: Fit) -> list[dict[str, Any]]:
 
 
 def selection(fit: Fit) -> dict[str, dict[str, Any]]:
-    """Fit's picks, nested: per outer fold the LLM candidate and the baseline with the
-    best inner score, their answers on that fold's test examples (example index →
-    right), and the candidate each rule picks on all the data."""
+    """Fit's picks, nested: per outer fold the LLM candidate and the baseline (or the
+    distilled head: the cheap side) with the best inner score, their answers on that
+    fold's test examples (example index → right), and the candidate each rule picks on
+    all the data."""
     gold = [fit.labels.index(g) for g in fit.gold]
     out: dict[str, dict[str, Any]] = {}
     for kind in ("llm", "baseline"):
-        names = [c for c in fit.config.candidates if (c in baselines.BASELINES) == (kind == "baseline")]
+        names = [c for c in fit.config.candidates if (c in CHEAP) == (kind == "baseline")]
         chosen = nested.picks(fit.units, names, len(fit.folds))
         speeds = [fit.units[(c, f)].get("inputs_per_s", math.nan) for f, c in chosen.items()]
         out[kind] = {

@@ -3,8 +3,9 @@ finished (candidate, fold) appended to `OUT/units.jsonl` so a re-run resumes; th
 the table, fit's nested picks (`nested.py`), and the LLM candidate served, refit on
 every example.
 
-Order: the baselines (tuned inside each fold's training part) and the zero-/few-shot
-templates on every fold (seconds to a minute), then LoRA on fold 0 and on further
+Order: the baselines (tuned inside each fold's training part), the zero-/few-shot
+templates and, given unlabelled inputs, the distilled head (`distilled.py`) on every
+fold (seconds to a minute), then LoRA on fold 0 and on further
 folds while the budget lasts (keeping back the refit's time). Every candidate's
 calibration and temperature are chosen on labelled inputs outside its test fold
 (`templates/calibration.py`), and its inner score is measured there, so the test
@@ -19,14 +20,14 @@ import math
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from adaptserve.datasets import Example, balanced_sample
 from adaptserve.errors import ConfigurationError
-from adaptserve.fit import baselines
+from adaptserve.fit import baselines, distilled, encoder
 from adaptserve.fit.candidates import FIT_PREFIX, Server, content_free, throughput
 from adaptserve.fit.folds import Folds
 from adaptserve.templates.calibration import Scoring, argmax, choose, with_scoring
@@ -35,6 +36,9 @@ LLM = ("zero-shot", "few-shot")
 # name → (rank, optimizer steps, learning rate): a small search, tried in order while the budget lasts.
 LORA = {"lora-r8": (8, 48, 1e-3), "lora-r16": (16, 96, 5e-4)}
 CANDIDATES = (*baselines.BASELINES, *LLM, *LORA)
+OFFERED = (distilled.NAME, encoder.NAME)  # only when asked for, or (distilled-head) given unlabelled inputs
+UNITS = {distilled.NAME: distilled.unit, encoder.NAME: encoder.unit}  # candidates with a module of their own
+CHEAP = (*baselines.BASELINES, *UNITS)  # the verdict's cheap side: no LLM call
 STEP_S_GUESS = 3.0  # seconds per LoRA step before one is measured (2 CPU cores, batch 8)
 LORA_OVERHEAD_S = 45.0  # loading the model, pushing the adapter, the engine loading it
 SERVE_S = 30.0  # serving the winner and checking it
@@ -55,6 +59,7 @@ class FitConfig:
     base_model: Path | None = None  # for LoRA
     lora_steps: int | None = None  # instead of each LoRA configuration's own
     source: str = "data"  # where the examples came from, for the report
+    unlabelled: tuple[str, ...] = ()  # texts without labels, for the distilled-head candidate
 
 
 class Fit:
@@ -73,6 +78,7 @@ class Fit:
         self.step_s = STEP_S_GUESS
         self.started = time.perf_counter()
         self._task: Any = None
+        self.vectors = distilled.Vectors()
 
     # -- state -------------------------------------------------------------------------
 
@@ -123,7 +129,7 @@ class Fit:
             if candidate in LORA and not self._affordable(candidate, fold):
                 notes.append(f"{candidate} fold {fold}: skipped, the budget would run out")
                 continue
-            if candidate in baselines.BASELINES and not baselines.available(candidate):
+            if candidate in CHEAP and not baselines.available("minilm" if candidate in UNITS else candidate):
                 notes.append(f"{candidate}: skipped, not installed (pip install adaptserve[adapt])")
                 continue
             if progress is not None:
@@ -149,7 +155,10 @@ class Fit:
 
     def _unit(self, candidate: str, fold: int) -> dict[str, Any]:
         started = time.perf_counter()
-        unit = self._baseline(candidate, fold) if candidate in baselines.BASELINES else self._llm(candidate, fold)
+        if candidate in UNITS:
+            unit = UNITS[candidate](self, fold)
+        else:
+            unit = self._baseline(candidate, fold) if candidate in CHEAP else self._llm(candidate, fold)
         return unit | {"candidate": candidate, "fold": fold, "seconds": time.perf_counter() - started}
 
     # -- candidates ----------------------------------------------------------------------
@@ -175,6 +184,16 @@ class Fit:
             "inputs_per_s": speed,
             "inner": inner,
         }
+
+    def teacher_unit(self, fold: int) -> dict[str, Any]:
+        """The zero-shot candidate's unit on `fold` (a distilled head's teacher): recorded
+        where it ran, else run (and recorded, but for the refit: `ALL` is not a fold)."""
+        if (distilled.TEACHER, fold) not in self.units:
+            unit = self._unit(distilled.TEACHER, fold)
+            if fold == ALL:
+                return unit
+            self._record(unit)
+        return self.units[(distilled.TEACHER, fold)]
 
     def _split(self, fold: int) -> tuple[list[int], list[int]]:
         """A fold's training and test indices; for the refit (`ALL`), every example and,
@@ -303,9 +322,12 @@ class Fit:
         return self.config.seed * 1000 + fold
 
     def inputs(self, indices: list[int]) -> list[dict[str, Any]]:
-        """The template inputs of examples; texts longer than the input allows are cut."""
+        return self.as_inputs([self.examples[i].text for i in indices])
+
+    def as_inputs(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+        """Texts as template inputs; those longer than the input allows are cut."""
         limit = self.config.document["inputs"][self.config.field].get("max_length", 4000)
-        return [{self.config.field: self.examples[i].text[:limit]} for i in indices]
+        return [{self.config.field: text[:limit]} for text in texts]
 
     def _index(self, i: int) -> int:
         return self.labels.index(self.gold[i])
@@ -372,4 +394,6 @@ def _identity(examples: list[Example], config: FitConfig) -> str:
     """What a finished unit depends on: the data, the run's settings and the units' format."""
     facts = [[[e.text, e.label] for e in examples], config.document, config.field, config.folds, config.seed]
     facts += [config.lora_steps, UNIT_FORMAT]
+    if config.unlabelled:  # only then: earlier runs' digests stay valid
+        facts.append(hashlib.sha256(json.dumps(config.unlabelled).encode()).hexdigest())
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()

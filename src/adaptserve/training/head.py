@@ -61,11 +61,19 @@ def distill_head(
             agree = [(_soft_fit(vectors[a], targets[a], c).predict(vectors[b]) == top[b]).mean() for a, b in folds]
             scores[c] = float(np.mean(agree))
     c = max(scores, key=scores.__getitem__) if scores else 1.0  # the first of the best: the smaller C
-    model = _soft_fit(vectors, targets, c)
-    head = HeadArtifact.build(list(labels), embedding_model, int(vectors.shape[1]), model.coef_, model.intercept_)
+    head = soft_head(vectors, targets, labels, embedding_model, c)
     agreement = float((head.probabilities(vectors).argmax(axis=1) == top).mean())
     facts = {"inputs": len(vectors), "labels": list(labels), "C": c, "inner_agreement": scores.get(c, float("nan"))}
     return head, facts | {"training_agreement": agreement}
+
+
+def soft_head(
+    vectors: np.ndarray, targets: np.ndarray, labels: Sequence[str], embedding_model: str, c: float
+) -> HeadArtifact:
+    """The head that learns `targets` (one row of probabilities over `labels` per
+    text; a gold label is a one-hot row) at regularisation strength `c`."""
+    model = _soft_fit(vectors, targets, c)
+    return HeadArtifact.build(list(labels), embedding_model, int(vectors.shape[1]), model.coef_, model.intercept_)
 
 
 def _soft_fit(vectors: np.ndarray, targets: np.ndarray, c: float) -> Any:
