@@ -115,6 +115,12 @@ class ModelEntry(BaseModel):
     )
     dtype: str = Field("float32", description="--dtype of a supervised engine")
     kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE of a supervised engine")
+    cpus: str | None = Field(
+        None,
+        pattern=r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$",
+        description="the CPUs a supervised engine's threads run on (VLLM_CPU_OMP_THREADS_BIND, e.g. 1 or 2-3); "
+        "default the machine's last CPU, the one vLLM's own binding leaves the generate engine's front end",
+    )
     extra_args: list[str] = Field(default_factory=list, description="more `vllm serve` flags, verbatim")
     labels: list[str] | None = Field(
         None,

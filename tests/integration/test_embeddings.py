@@ -7,6 +7,7 @@ listed; chat still served; what the second engine costs (printed: run with -rP).
 from __future__ import annotations
 
 import math
+import os
 from datetime import datetime
 
 import httpx
@@ -119,6 +120,10 @@ def test_what_the_second_engine_costs(server: Server) -> None:
     llm_ready = next(line for line in log.splitlines() if f"upstream {server.vllm_url()} is ready" in line)
     (pooling_rss, pooling_uss), (llm_rss, llm_uss) = _tree_memory(process.pid), _tree_memory(server.vllm_pids()[0])
     assert 0 < pooling_uss <= pooling_rss < 6 * 1024**3
+    # each engine's threads on CPUs of their own: MiniLM's on the last, the LLM's where vLLM's binding puts them
+    last = max(os.sched_getaffinity(0))
+    assert f"core ids=[{last}]" in server.vllm_log.with_name("vllm-minilm.log").read_text(errors="replace")
+    assert f"core ids=[{last}]" not in server.vllm_log.read_text(errors="replace") or last == 0
     mib = 2**20
     print(
         f"pooling engine (MiniLM): RSS {pooling_rss / mib:.0f} MiB, USS {pooling_uss / mib:.0f} MiB, ready in "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -125,6 +126,24 @@ def test_the_pooling_child_gets_no_lora_flags_nor_the_plugin(tmp_path: Path) -> 
     env = child.environment()
     assert env["TORCHDYNAMO_DISABLE"] == "1" and env["VLLM_CPU_KVCACHE_SPACE"] == "2"
     assert ENABLE_ENV not in env and "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in env
+
+
+def test_the_pooling_childs_threads_run_on_cpus_of_their_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not vLLM's `auto` binding (the generate engine's CPUs), whatever the gateway's own
+    environment says: the machine's last CPU, or the entry's `cpus`."""
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "auto")
+    vllm = Settings(data_dir=tmp_path).vllm
+    default = ModelEntry(name="mini", role="embed", path=MINILM)
+    env = PoolingSupervisor(vllm, default, tmp_path, tmp_path / "mini.log").environment()
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == str(max(os.sched_getaffinity(0)))
+    chosen = ModelEntry(name="mini", role="embed", path=MINILM, cpus="2-3,5")
+    assert (
+        PoolingSupervisor(vllm, chosen, tmp_path, tmp_path / "mini.log").environment()["VLLM_CPU_OMP_THREADS_BIND"]
+        == "2-3,5"
+    )
+    for bad in ("auto", "1;rm", "", "1-"):
+        with pytest.raises(ValidationError, match="cpus"):
+            ModelEntry(name="mini", role="embed", path=MINILM, cpus=bad)
 
 
 # -- /v1/embeddings --------------------------------------------------------------------------

@@ -201,9 +201,12 @@ class PoolingSupervisor(Supervisor):
         return cmd + list(e.extra_args)
 
     def environment(self) -> dict[str, str]:
+        """Its threads on its own CPUs: vLLM's `auto` binding would put them on the
+        generate engine's, and each engine's OpenMP threads then stall the other's."""
         env = _without_settings()
         env.pop("VLLM_LORA_RESOLVER_CACHE_DIR", None)
         env["VLLM_CPU_KVCACHE_SPACE"] = str(self._entry.kv_cache_gib)
+        env["VLLM_CPU_OMP_THREADS_BIND"] = self._entry.cpus or str(max(os.sched_getaffinity(0)))
         env["TORCHDYNAMO_DISABLE"] = "1"
         return env
 
