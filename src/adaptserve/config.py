@@ -119,7 +119,8 @@ class ModelEntry(BaseModel):
         None,
         pattern=r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$",
         description="the CPUs a supervised engine's threads run on (VLLM_CPU_OMP_THREADS_BIND, e.g. 1 or 2-3); "
-        "default the machine's last CPU, the one vLLM's own binding leaves the generate engine's front end",
+        "default the machine's last CPU, the one vLLM's own binding leaves the generate engine's front end "
+        "(several supervised encoders on one machine: give each its own)",
     )
     extra_args: list[str] = Field(default_factory=list, description="more `vllm serve` flags, verbatim")
     labels: list[str] | None = Field(

@@ -327,17 +327,28 @@ class Database:
         self.engine.dispose()
 
 
-def _refuse_unstorable(_conn: object, _cursor: object, _sql: str, params: Any, _context: object, many: bool) -> None:
+def _refuse_unstorable(_conn: object, _cursor: object, _sql: str, params: Any, *_: object) -> None:
     """A text no database stores never reaches one: a NUL (PostgreSQL's text columns
     refuse it with an error, not a miss) or a lone UTF-16 surrogate (no UTF-8 encoder
     takes it), so a name holding one, looked up or stored, is a 400 on both databases
-    alike. JSON columns are bound already encoded (both as `\\u` escapes)."""
-    for row in params if many else [params]:
-        values = row.values() if isinstance(row, dict) else row or ()
-        if any(isinstance(v, str) and not _storable(v) for v in values):
-            raise InvalidRequestError(
-                "A name or text in this request holds a NUL character or a lone surrogate.", code="unstorable_text"
-            )
+    alike. JSON columns are bound already encoded (both as `\\u` escapes). Parameters
+    come as a dict or a tuple, a list of them (executemany), or one flat batch of many
+    rows (insertmanyvalues): every text in them is checked."""
+    if any(not _storable(text) for text in _texts(params)):
+        raise InvalidRequestError(
+            "A name or text in this request holds a NUL character or a lone surrogate.", code="unstorable_text"
+        )
+
+
+def _texts(params: Any) -> Iterator[str]:
+    if isinstance(params, str):
+        yield params
+    elif isinstance(params, dict):
+        for value in params.values():
+            yield from _texts(value)
+    elif isinstance(params, list | tuple):
+        for value in params:
+            yield from _texts(value)
 
 
 def _storable(value: str) -> bool:

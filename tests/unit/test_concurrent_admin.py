@@ -57,7 +57,7 @@ def test_one_head_pushed_at_once_is_stored_once(embed_gateway: RunningGateway) -
 def test_one_adapter_uploaded_at_once_is_stored_once(gateway: RunningGateway, tmp_path: Path) -> None:
     folder = make_adapter(tmp_path / "same", seed=7)
     statuses = at_once(lambda i: upload(gateway, "raced", folder))
-    assert 500 not in statuses and 507 not in statuses and statuses.count(201) >= 1, statuses
+    assert set(statuses) <= {200, 201} and statuses.count(201) >= 1, statuses  # a thread that failed reads 0
     assert len(gateway.admin("GET", "/adapters/raced").json()["versions"]) == 1
 
 

@@ -17,7 +17,7 @@ from adaptserve.fit import encoder
 from adaptserve.fit import head as fit_head
 from adaptserve.fit.candidates import zero_shot
 from adaptserve.fit.report import _served
-from adaptserve.fit.run import CANDIDATES, OFFERED, Fit, FitConfig
+from adaptserve.fit.run import CANDIDATES, OFFERED, Fit, FitConfig, default_candidates
 
 LABELS = ["bad", "good"]
 
@@ -47,6 +47,8 @@ def _examples(n: int = 32) -> list[Example]:
 
 def test_the_encoder_is_opt_in() -> None:
     assert "encoder" not in CANDIDATES and "encoder" in OFFERED  # minutes per fold: only when named
+    assert default_candidates(unlabelled=False) == CANDIDATES
+    assert default_candidates(unlabelled=True) == (*CANDIDATES, "distilled-head")  # not the encoder
 
 
 def test_the_encoder_trains_and_chooses_inside_each_folds_training_part(

@@ -14,7 +14,8 @@ import time
 import httpx
 import pytest
 
-from adaptserve.errors import RateLimitError
+from adaptserve.db import AuditRow, Database
+from adaptserve.errors import InvalidRequestError, RateLimitError
 from adaptserve.tenancy.auth import AuthThrottle
 from tests.helpers import ADMIN_KEY, API_KEY, SENTIMENT, assert_openai_error, free_port
 
@@ -366,6 +367,8 @@ def test_a_lone_surrogate_in_a_body_is_400_and_a_pair_is_one_character(gateway, 
         headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
         lone = httpx.post(gateway.url + path, content=(body % "\\ud800").encode(), headers=headers)
         assert_openai_error(lone, 400)
+        encoded = (body % "").encode().replace(b"hi ", b"hi \xed\xa0\x80").replace(b"fine ", b"fine \xed\xa0\x80")
+        assert_openai_error(httpx.post(gateway.url + path, content=encoded, headers=headers), 400)  # not UTF-8
         pair = httpx.post(gateway.url + path, content=(body % "\\ud83d\\ude00").encode(), headers=headers)
         assert pair.status_code == 200, pair.text
         if path == "/v1/chat/completions":  # the pair reached the engine as one character
@@ -380,3 +383,21 @@ def test_a_quota_past_its_columns_range_is_400_and_the_largest_one_is_kept(gatew
     assert kept.status_code == 200, kept.text
     tenants = gateway.admin("GET", "/tenants").json()["data"]
     assert next(t for t in tenants if t["name"] == "default")["quotas"][field] == 2**31 - 1
+
+
+def _audit_row(target: str) -> AuditRow:
+    return AuditRow(actor="operator", action="PUT /admin/x", target=target, status=200, address="127.0.0.1")
+
+
+def test_every_text_of_a_many_row_insert_is_checked(tmp_path, database_url):
+    """Rows written together (executemany, or one batch of many rows with RETURNING)
+    are checked value by value: numbers and dates pass, a NUL anywhere is refused."""
+    db = Database.for_data_dir(database_url, tmp_path)
+    db.migrate()
+    with db.session() as s:
+        s.add_all([_audit_row("/a"), _audit_row("/b"), _audit_row("/c")])
+    with pytest.raises(InvalidRequestError, match="NUL"), db.session() as s:
+        s.add_all([_audit_row("/d"), _audit_row("/e\x00")])
+    with db.session() as s:
+        assert sorted(r.target for r in s.query(AuditRow)) == ["/a", "/b", "/c"]
+    db.dispose()

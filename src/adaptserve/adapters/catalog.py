@@ -100,13 +100,14 @@ class AdapterCatalog:
         except APIError:
             self._store.remove_staged(staged)
             raise
-        spec, path = self._store.add(staged, lambda p: validate_adapter(p, self._base, self._max_rank, self._targets))
+        checked = lambda p: validate_adapter(p, self._base, self._max_rank, self._targets)  # noqa: E731
+        spec, path, fresh = self._store.add(staged, checked)
         version = spec.digest[:12]
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         try:
             active = self._record_version_raced(name, owner, version, spec, path, size)
-        except (NameTakenError, StorageQuotaError):
-            if not self._digest_in_use(spec.digest):
+        except (NameTakenError, StorageQuotaError, ConflictError):
+            if fresh and not self._digest_in_use(spec.digest):  # another upload's folder is not this one's to remove
                 self._store.remove(path)
             raise
         self._residency.unretire(internal_name(name, version))  # registered again after a removal: served

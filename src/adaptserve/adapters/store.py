@@ -54,23 +54,26 @@ class AdapterStore:
         except OSError as exc:
             raise storage_error(exc) from exc
 
-    def add(self, staged: Path, validate: Callable[[Path], S]) -> tuple[S, Path]:
-        """Validate a staged folder and move it to its content address (consumes it).
-        Also the head store's (`heads/catalog.py`): `validate` gives the digest."""
+    def add(self, staged: Path, validate: Callable[[Path], S]) -> tuple[S, Path, bool]:
+        """Validate a staged folder and move it to its content address (consumes it);
+        → the spec, its folder, and whether this call stored it (False: the same content
+        was there already, or a concurrent call stored it meanwhile, and only a caller that
+        stored it may remove it). Also the head store's (`heads/catalog.py`): `validate`
+        gives the digest."""
         try:
             folder = _single_root(staged)
             spec = validate(folder)
             target = self.root / spec.digest
             if target.exists():  # identical content is already stored
-                return spec, target
+                return spec, target, False
             try:
                 fsync_tree(folder)
                 os.replace(folder, target)
             except OSError as exc:
                 if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and target.is_dir():
-                    return spec, target  # the same content, stored by a concurrent upload meanwhile
+                    return spec, target, False
                 raise storage_error(exc) from exc
-            return spec, target
+            return spec, target, True
         finally:
             shutil.rmtree(staged, ignore_errors=True)
 

@@ -213,7 +213,7 @@ def _fit(args: argparse.Namespace, settings: Settings, url: str, admin_key: str)
     from adaptserve.default_model import resolve_model
     from adaptserve.errors import InvalidRequestError
     from adaptserve.fit.candidates import Server
-    from adaptserve.fit.run import CANDIDATES, OFFERED, Fit, FitConfig
+    from adaptserve.fit.run import Fit, FitConfig, default_candidates
 
     notes: list[str] = []
     examples, source = _examples(args, lambda found: _scrubbed(found, url, admin_key, args.tenant, notes))
@@ -227,7 +227,7 @@ def _fit(args: argparse.Namespace, settings: Settings, url: str, admin_key: str)
     unlabelled = _unlabelled(
         args, document, field, examples, lambda found: _scrubbed(found, url, admin_key, args.tenant, notes)
     )
-    candidates = _candidates(args) or CANDIDATES + (OFFERED if unlabelled else ())
+    candidates = _candidates(args) or default_candidates(bool(unlabelled))
     server = Server(url, remote.tenant_key(settings, args.key), admin_key, args.tenant)
     base = resolve_model(args.model, settings.resolved_models_dir) if any("lora" in c for c in candidates) else None
     config = FitConfig(

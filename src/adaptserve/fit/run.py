@@ -37,6 +37,14 @@ LLM = ("zero-shot", "few-shot")
 LORA = {"lora-r8": (8, 48, 1e-3), "lora-r16": (16, 96, 5e-4)}
 CANDIDATES = (*baselines.BASELINES, *LLM, *LORA)
 OFFERED = (distilled.NAME, encoder.NAME)  # only when asked for, or (distilled-head) given unlabelled inputs
+
+
+def default_candidates(unlabelled: bool) -> tuple[str, ...]:
+    """What fit tries when not told: every candidate but the offered ones, and the
+    distilled head when unlabelled inputs are given (the encoder only when named)."""
+    return CANDIDATES + ((distilled.NAME,) if unlabelled else ())
+
+
 UNITS = {distilled.NAME: distilled.unit, encoder.NAME: encoder.unit}  # candidates with a module of their own
 CHEAP = (*baselines.BASELINES, *UNITS)  # the verdict's cheap side: no LLM call
 STEP_S_GUESS = 3.0  # seconds per LoRA step before one is measured (2 CPU cores, batch 8)

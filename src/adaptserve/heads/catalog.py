@@ -74,7 +74,7 @@ class HeadCatalog:
         except BaseException:
             self._store.remove_staged(staged)
             raise
-        stored, path = self._store.add(staged, lambda folder: _Stored(tree_digest(folder)))
+        stored, path, _ = self._store.add(staged, lambda folder: _Stored(tree_digest(folder)))
         version = stored.digest[:12]
         size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
         try:

@@ -130,7 +130,7 @@ async def read_json(receive_body: Any) -> dict[str, Any]:
     """Read a JSON object body, nested at most MAX_JSON_DEPTH deep."""
     raw = await read_body(receive_body)
     try:
-        body = json.loads(raw, parse_constant=_not_json)
+        body = json.loads(raw.decode("utf-8-sig"), parse_constant=_not_json)  # strict, not surrogatepass; a BOM is read
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from exc
     except RecursionError as exc:
@@ -140,9 +140,7 @@ async def read_json(receive_body: Any) -> dict[str, Any]:
     if depth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise _too_deep()
     if _SURROGATE_ESCAPE.search(raw) and _lone_surrogate(body):
-        raise InvalidRequestError(
-            "The request body holds a lone UTF-16 surrogate escape (\\ud800-\\udfff): not a character."
-        )
+        raise InvalidRequestError("The request body holds a lone UTF-16 surrogate (\\ud800-\\udfff): not a character.")
     return body
 
 

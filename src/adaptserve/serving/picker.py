@@ -49,6 +49,8 @@ SHRINK_AFTER_S = 30.0
 COLD_SHARE = 0.5  # under this share of the recent adapter requests an adapter is cold: one home replica
 HALF_LIFE_S = 60.0  # of an adapter's request count, for its share
 MIN_COUNTED = 50.0  # recent adapter requests before any adapter is called cold
+FORGET_ABOVE = 4096  # adapters counted before the faded counts are dropped
+FORGOTTEN = 0.01  # a count faded below this (about 7 half-lives without a request) is dropped
 # What waiting for an adapter slot costs, as a share of `spill`, by where the adapter
 # stands in the engine's batch (the Inference Extension's LoRA affinity scores it so:
 # in the batch, then a free slot, then queued, then a full batch). "blocking": in the
@@ -118,7 +120,8 @@ class Picker:
         least = _least_busy(ranked)
         if adapter is None:
             return _explained(least, "base: the least busy replica", least)
-        self._count(name)
+        if not avoid:  # a retry is the same request: counted once
+            self._count(name)
         floor = min(self._cost(u, name) for u in ranked)  # where it would wait least (slots included)
         home = ranked[: self._home(name, ranked, floor)]  # kept up to date on every pick
         holding = [u for u in ranked if self._residency.is_resident(u, name)]
@@ -143,6 +146,8 @@ class Picker:
         now = self._clock()
         self._counted.setdefault(name, _Decayed()).add(now)
         self._total.add(now)
+        if len(self._counted) > FORGET_ABOVE:  # adapters not asked for in a long while: forgotten
+            self._counted = {n: c for n, c in self._counted.items() if c.at_time(now) >= FORGOTTEN}
 
     def base_size(self, name: str) -> int:
         """The adapter's home set before any growth: `home_size`, or one replica for a
@@ -168,6 +173,7 @@ class Picker:
         if self._round_robin:
             return list(adapters)
         everyone = [*ready, upstream] if upstream not in ready else ready
+        self._ready = everyone  # `is_home` too counts the replica coming up
         homed = []
         for adapter in adapters:
             grown, base = self._grown.get(adapter.internal_name), self.base_size(adapter.internal_name)

@@ -208,7 +208,10 @@ class TenantRegistry:
         try:
             self._write_alias(tenant, alias, base, adapter, version)
         except IntegrityError:
-            self._write_alias(tenant, alias, base, adapter, version)
+            try:
+                self._write_alias(tenant, alias, base, adapter, version)
+            except IntegrityError as exc:
+                raise ConflictError(f"alias {alias} was changed by another request at once; try again") from exc
         return Alias(tenant, alias, base, adapter, version)
 
     def _write_alias(self, tenant: str, alias: str, base: bool, adapter: str | None, version: str | None) -> None:
