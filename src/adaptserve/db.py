@@ -13,10 +13,10 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -33,12 +33,14 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from adaptserve.errors import DatabaseUnavailableError, InvalidRequestError
+from adaptserve.errors import ConflictError, DatabaseUnavailableError, InvalidRequestError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: `$` would allow a final newline
 
@@ -52,6 +54,19 @@ def check_name(value: object, what: str, param: str = "name") -> str:
             param=param,
         )
     return value
+
+
+def written_once_more(write: Callable[[], T], conflict: str) -> T:
+    """`write()`, run again once if it lost a race on a unique key (another request
+    created the same row between its read and its insert; the second run sees that
+    row); losing twice is a 409 saying `conflict`."""
+    try:
+        return write()
+    except IntegrityError:
+        try:
+            return write()
+        except IntegrityError as exc:
+            raise ConflictError(conflict) from exc
 
 
 def utcnow() -> dt.datetime:

@@ -33,14 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from adaptserve.adapters.quota import DerivationSlots, Quota
 from adaptserve.adapters.residency import AdapterVersion, Residency, internal_name
 from adaptserve.adapters.spec import AdapterSpec, BaseModelSpec, validate_adapter
 from adaptserve.adapters.store import AdapterStore
-from adaptserve.db import AdapterRow, AdapterVersionRow, AliasRow, Database, TenantRow, check_name
+from adaptserve.db import AdapterRow, AdapterVersionRow, AliasRow, Database, TenantRow, check_name, written_once_more
 from adaptserve.errors import (
     APIError,
     ConflictError,
@@ -105,7 +104,10 @@ class AdapterCatalog:
         version = spec.digest[:12]
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         try:
-            active = self._record_version_raced(name, owner, version, spec, path, size)
+            active = written_once_more(  # a concurrent upload may create the name (or this version) meanwhile
+                lambda: self._record_version(name, owner, version, spec, path, size),
+                f"adapter {name} was changed by another upload at once; try again",
+            )
         except (NameTakenError, StorageQuotaError, ConflictError):
             if fresh and not self._digest_in_use(spec.digest):  # another upload's folder is not this one's to remove
                 self._store.remove(path)
@@ -197,19 +199,6 @@ class AdapterCatalog:
             if row is None:
                 raise AdapterNotFoundError(f"adapter {name} has no version {version}", param="version")
             return row.version, Path(row.path)
-
-    def _record_version_raced(
-        self, name: str, owner: str, version: str, spec: AdapterSpec, path: Path, size: int
-    ) -> str | None:
-        """`_record_version`, written once more if a concurrent upload created the name
-        (or this version) between its read and its insert: the second sees that row."""
-        try:
-            return self._record_version(name, owner, version, spec, path, size)
-        except IntegrityError:
-            try:
-                return self._record_version(name, owner, version, spec, path, size)
-            except IntegrityError as exc:
-                raise ConflictError(f"adapter {name} was changed by another upload at once; try again") from exc
 
     def _record_version(
         self, name: str, owner: str, version: str, spec: AdapterSpec, path: Path, size: int

@@ -24,12 +24,11 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from adaptserve.adapters.spec import tree_digest
 from adaptserve.adapters.store import LEFTOVER_AGE_S, AdapterStore
-from adaptserve.db import Database, HeadRow, HeadVersionRow, TenantRow, check_name
+from adaptserve.db import Database, HeadRow, HeadVersionRow, TenantRow, check_name, written_once_more
 from adaptserve.errors import ConflictError, NotFoundError
 from adaptserve.heads.artifact import HeadArtifact
 from adaptserve.lru import Lru
@@ -77,13 +76,10 @@ class HeadCatalog:
         stored, path, _ = self._store.add(staged, lambda folder: _Stored(tree_digest(folder)))
         version = stored.digest[:12]
         size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-        try:
-            created = self._record(owner, name, version, stored.digest, artifact, size, activate)
-        except IntegrityError:  # another upload created the name (or this version) meanwhile: now an update
-            try:
-                created = self._record(owner, name, version, stored.digest, artifact, size, activate)
-            except IntegrityError as exc:
-                raise ConflictError(f"head {name} was changed by another upload at the same time; try again") from exc
+        created = written_once_more(  # another upload may create the name (or this version) meanwhile
+            lambda: self._record(owner, name, version, stored.digest, artifact, size, activate),
+            f"head {name} was changed by another upload at the same time; try again",
+        )
         log.info("head %s version %s stored (%d bytes)", name, version, size)
         return self.describe(owner, name) | {"version": version}, created
 

@@ -27,6 +27,7 @@ from adaptserve.db import (
     RevokedKeyRow,
     TenantRow,
     check_name,
+    written_once_more,
 )
 from adaptserve.errors import AuthenticationError, ConflictError, InvalidRequestError, NotFoundError
 from adaptserve.pii.policy import DEFAULT_POLICY, PiiPolicy
@@ -205,13 +206,10 @@ class TenantRegistry:
         check_name(alias, "an alias", param="alias")
         if base == (adapter is not None):
             raise InvalidRequestError('give either {"base": true} or {"adapter": name}', param="adapter")
-        try:
-            self._write_alias(tenant, alias, base, adapter, version)
-        except IntegrityError:
-            try:
-                self._write_alias(tenant, alias, base, adapter, version)
-            except IntegrityError as exc:
-                raise ConflictError(f"alias {alias} was changed by another request at once; try again") from exc
+        written_once_more(
+            lambda: self._write_alias(tenant, alias, base, adapter, version),
+            f"alias {alias} was changed by another request at once; try again",
+        )
         return Alias(tenant, alias, base, adapter, version)
 
     def _write_alias(self, tenant: str, alias: str, base: bool, adapter: str | None, version: str | None) -> None:
