@@ -122,13 +122,14 @@ class Picker:
             return _explained(least, "base: the least busy replica", least)
         if not avoid:  # a retry is the same request: counted once
             self._count(name)
-        floor = min(self._cost(u, name) for u in ranked)  # where it would wait least (slots included)
-        home = ranked[: self._home(name, ranked, floor)]  # kept up to date on every pick
+        cost = {u.url: self._cost(u, name) for u in ranked}  # once per pick: each is a look at the batch
+        floor = min(cost.values())  # where it would wait least (slots included)
+        home = ranked[: self._home(name, ranked, cost, floor)]  # kept up to date on every pick
         holding = [u for u in ranked if self._residency.is_resident(u, name)]
-        best = self._cheapest(holding, name) if holding else None
-        if best is not None and self._cost(best, name) - floor < self._spill:
+        best = _cheapest(holding, cost) if holding else None
+        if best is not None and cost[best.url] - floor < self._spill:
             return _explained(best, f"{name}: the least busy replica holding it ({self._slot(best, name)})", least)
-        chosen = self._cheapest(home, name)
+        chosen = _cheapest(home, cost)
         return _explained(chosen, f"{name}: the least busy of its {len(home)} home replicas", least)
 
     def _cost(self, upstream: Upstream, name: str) -> float:
@@ -161,9 +162,6 @@ class Picker:
         share = counted.at_time(now) / total if counted is not None else 0.0
         return 1 if share < COLD_SHARE else self._home_size
 
-    def _cheapest(self, upstreams: list[Upstream], name: str) -> Upstream:
-        return min(upstreams, key=lambda u: self._cost(u, name))  # a tie: the first, in hash order
-
     def homed_on(
         self, upstream: Upstream, ready: list[Upstream], adapters: list[AdapterVersion]
     ) -> list[AdapterVersion]:
@@ -192,14 +190,14 @@ class Picker:
         size = max(grown.size, base) if grown is not None else base
         return any(u.url == url for u in rendezvous(name, self._ready)[:size])
 
-    def _home(self, name: str, ranked: list[Upstream], least: float) -> int:
-        """The adapter's home set size now, grown or shrunk by its queueing: `least` is
-        the lowest cost (`_cost`: load and slot wait) of any ready replica, so an adapter
-        spills only to where it would wait less, not away from slot waits it would meet
-        anywhere."""
+    def _home(self, name: str, ranked: list[Upstream], cost: dict[str, float], least: float) -> int:
+        """The adapter's home set size now, grown or shrunk by its queueing: `cost` is
+        each ready replica's (`_cost`: load and slot wait, by URL) and `least` the lowest,
+        so an adapter spills only to where it would wait less, not away from slot waits
+        it would meet anywhere."""
         now, grown, base = self._clock(), self._grown.get(name), self.base_size(name)
         size = min(max(grown.size, base) if grown is not None else base, len(ranked))
-        if self._cost(self._cheapest(ranked[:size], name), name) - least >= self._spill and size < len(ranked):
+        if min(cost[u.url] for u in ranked[:size]) - least >= self._spill and size < len(ranked):
             self._grown[name] = _Grown(size + 1, now)
             log.info("%s queues on its %d home replicas: its home set grows to %d", name, size, size + 1)
             return size + 1
@@ -207,7 +205,7 @@ class Picker:
             del self._grown[name]  # the adapter turned hot: its base size covers it
         if grown is None or size <= base:
             return size
-        if self._cost(self._cheapest(ranked[: size - 1], name), name) - least >= self._spill / 2:
+        if min(cost[u.url] for u in ranked[: size - 1]) - least >= self._spill / 2:
             grown.since = now  # still needs its size
         elif now - grown.since >= self._shrink_after_s:
             size -= 1
@@ -223,6 +221,10 @@ def _explained(chosen: Upstream, why: str, least: Upstream) -> Upstream:
     if log.isEnabledFor(logging.DEBUG):
         log.debug("route %s → %s (load %.0f; least busy %.0f)", why, chosen.url, chosen.load, least.load)
     return chosen
+
+
+def _cheapest(upstreams: list[Upstream], cost: dict[str, float]) -> Upstream:
+    return min(upstreams, key=lambda u: cost[u.url])  # a tie: the first, in hash order
 
 
 def _least_busy(upstreams: list[Upstream]) -> Upstream:
