@@ -6,6 +6,7 @@ conftest files; test modules import helpers from here and never from each other.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import io
@@ -107,6 +108,25 @@ def free_port() -> int:
     raise RuntimeError(f"no free port in this process's block of {PORT_BLOCK_SIZE}")
 
 
+class _PromptServer(uvicorn.Server):
+    """uvicorn's server, woken when told to stop: its own main loop looks at
+    `should_exit` every 0.1 s, which every test that starts a server paid on its way out."""
+
+    async def main_loop(self) -> None:
+        self.loop, self.wake = asyncio.get_running_loop(), asyncio.Event()
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 1) % 864000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), 0.1)
+
+    def exit_now(self) -> None:
+        self.should_exit = True
+        if (loop := getattr(self, "loop", None)) is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has closed already
+                loop.call_soon_threadsafe(self.wake.set)
+
+
 class ServerThread:
     """An ASGI app served by uvicorn on loopback in a background thread."""
 
@@ -116,22 +136,30 @@ class ServerThread:
             config = uvicorn.Config(app, host="127.0.0.1", port=port or free_port(), log_level="warning")
         self.port = config.port
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(config)
+        self.server = _PromptServer(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def start(self, ready_path: str = "/health", timeout_s: float = 10.0) -> ServerThread:
         self.thread.start()
         # Its own server, not whatever else answers on the port: uvicorn sets `started` once
         # it holds the socket, and its thread ends when it cannot bind.
-        wait_for(lambda: self.server.started or not self.thread.is_alive(), timeout_s, f"{self.url} did not start")
+        started = lambda: self.server.started or not self.thread.is_alive()  # noqa: E731
+        wait_for(started, timeout_s, f"{self.url} did not start", every_s=0.005)
         if not self.server.started:
             raise RuntimeError(f"{self.url}: the server did not start (is the port taken?)")
         wait_for(lambda: _answers(self.url + ready_path), timeout_s, f"{self.url}{ready_path} did not come up")
         return self
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        stop_all([self])
+
+
+def stop_all(servers: list[ServerThread]) -> None:
+    """Stop servers together: each waits out uvicorn's shutdown pause, so in turn they add up."""
+    for server in servers:
+        server.server.exit_now()
+    for server in servers:
+        server.thread.join(timeout=10)
 
 
 def _answers(url: str) -> bool:
@@ -163,7 +191,7 @@ class RunningGateway:
         )
 
     def wait_ready(self, timeout_s: float = 10.0) -> None:
-        wait_for(lambda: _answers_200(self.url + "/ready"), timeout_s, "gateway not ready")
+        wait_for(lambda: _answers_200(self.url + "/ready"), timeout_s, "gateway not ready", every_s=0.01)
 
 
 def _answers_200(url: str) -> bool:
@@ -291,12 +319,14 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def wait_for(check: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition not met") -> None:
+def wait_for(
+    check: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition not met", every_s: float = 0.05
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
             raise TimeoutError(what)
-        time.sleep(0.05)
+        time.sleep(every_s)
 
 
 # -- tenants and calls -----------------------------------------------------------------

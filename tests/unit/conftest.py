@@ -35,6 +35,7 @@ from tests.helpers import (
     one_of,
     render_overlay,
     resolved_env,
+    stop_all,
 )
 
 
@@ -168,8 +169,7 @@ def start_gateway(
         return _start(settings, started)
 
     yield start
-    for server in reversed(started):
-        server.stop()
+    stop_all(started)
 
 
 @pytest.fixture(scope="module", params=list(_database_urls()))
@@ -190,8 +190,8 @@ def shared_gateway(
     url = module_database_url
     started: list[ServerThread] = []
     yield _start(_settings(fake, base_model, root / "data", database_url=url, adapters=adapters), started)
-    for server in [*reversed(started), engine]:
-        server.stop()
+    stop_all(started)
+    engine.stop()
 
 
 @pytest.fixture
