@@ -84,9 +84,6 @@ class ReadCache:
             self._generation += 1
             self._entries.clear()
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     async def in_loop_or_thread(self, function: Callable[..., T], *args: Any) -> T:
         """`function(*args)` here on the event loop when every cached read it makes hits
         (it must do nothing before its reads that it cannot do twice), else in a worker

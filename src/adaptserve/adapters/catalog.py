@@ -81,7 +81,7 @@ class AdapterCatalog:
         cache: ReadCache | None = None,
     ) -> None:
         self.base_name = base_name
-        self._cache = cache or ReadCache(0.0)  # what aliases resolve to, as requests read it
+        self._cache = cache if cache is not None else ReadCache(0.0)  # what aliases resolve to, as requests read it
         self._db, self._store, self._base, self._max_rank = db, store, base, max_rank
         self._targets = targets  # the modules the engine has LoRA layers on (None: all)
         self._residency = residency

@@ -204,7 +204,7 @@ class Pipeline:
         engines: Engines,
         reads: ReadCache | None = None,
     ) -> None:
-        self._reads = reads or ReadCache(0.0)  # the cache `resolve`'s database reads go through
+        self._reads = reads if reads is not None else ReadCache(0.0)  # the cache `resolve`'s database reads go through
         self._engines = engines  # the models of `models:`: named on chat, a 400 that says where they answer
         self.pool, self._catalog, self._residency, self._tenants = pool, catalog, residency, tenants
         self._picker = picker

@@ -61,7 +61,9 @@ class TenantRegistry:
         self, db: Database, cache_groups: dict[str, str] | None = None, cache: ReadCache | None = None
     ) -> None:
         self._db = db
-        self._cache = cache or ReadCache(0.0)  # keys' principals and aliases, as requests read them
+        self._cache = (
+            cache if cache is not None else ReadCache(0.0)
+        )  # keys' principals and aliases, as requests read them
         self._cache_groups = cache_groups or {}  # tenant name -> shared prefix-cache group
         self._owned: list[Callable[[Session, str], None]] = []
 
