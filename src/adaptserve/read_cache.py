@@ -1,5 +1,6 @@
 """The gateway's cache of the database reads every request makes (its key's tenant,
-quotas and PII policy; the alias it names; the adapter version that alias resolves to).
+quotas and PII policy; the alias it names; the adapter version that alias resolves to;
+a template call's template and label calibration).
 
 `ReadCache` keeps each read for `ttl_s` seconds (0: no cache), the least recently used
 dropped past `max_entries`. A write that this process commits to a watched table
@@ -26,13 +27,35 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import event
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
-from adaptserve.db import AdapterRow, AdapterVersionRow, AliasRow, ApiKeyRow, Base, Database, RevokedKeyRow, TenantRow
+from adaptserve.db import (
+    AdapterRow,
+    AdapterVersionRow,
+    AliasRow,
+    ApiKeyRow,
+    Base,
+    Database,
+    RevokedKeyRow,
+    TemplateCalibrationRow,
+    TemplateRow,
+    TemplateVersionRow,
+    TenantRow,
+)
 
 T = TypeVar("T")
 DEFAULT_MAX_ENTRIES = 10_000
 _TOUCHED = "adaptserve.read_cache.touched"  # a session's flag: it wrote a watched table
 # What the cached reads read: a write to any of them empties the cache.
-WATCHED: tuple[type[Base], ...] = (TenantRow, ApiKeyRow, RevokedKeyRow, AliasRow, AdapterRow, AdapterVersionRow)
+WATCHED: tuple[type[Base], ...] = (
+    TenantRow,
+    ApiKeyRow,
+    RevokedKeyRow,
+    AliasRow,
+    AdapterRow,
+    AdapterVersionRow,
+    TemplateRow,
+    TemplateVersionRow,
+    TemplateCalibrationRow,
+)
 
 
 class CacheMiss(Exception):

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import delete
 
 from adaptserve.db import ApiKeyRow, Database, TenantRow, UsageRow
 from adaptserve.read_cache import ReadCache
-from tests.helpers import new_tenant
+from tests.helpers import CONTACT, new_tenant, run_template
 
 Q = {"messages": [{"role": "user", "content": "hi"}]}
 FOREVER = 3600.0  # a cache that never expires during a test: only invalidation can refresh it
@@ -66,6 +68,23 @@ def test_a_repointed_alias_answers_from_its_new_target_on_the_next_request(start
     assert fake.requests[-1]["model"].startswith("beta--")
     assert gw.admin("DELETE", "/tenants/default/models/m").status_code == 204
     assert chat(gw, key, "m") == 404
+
+
+def test_a_changed_or_deleted_template_applies_to_the_very_next_call(start_gateway, fake):
+    gw = start_gateway(read_cache_ttl_s=FOREVER)
+    fake.json_reply = {"email": "kim@example.com"}
+
+    def call() -> httpx.Response:
+        return run_template(gw, "contact", {"inputs": {"message": "Kim, kim@example.com"}})
+
+    assert gw.admin("PUT", "/templates/contact", content=json.dumps(CONTACT)).status_code == 201
+    assert call().json()["version"] == call().json()["version"] == 1
+    changed = CONTACT | {"instruction": "Extract the e-mail address."}
+    assert gw.admin("PUT", "/templates/contact", content=json.dumps(changed)).status_code == 201
+    assert call().json()["version"] == 2
+    assert "e-mail address" in str(fake.requests[-1]["messages"])
+    assert gw.admin("DELETE", "/templates/contact").status_code == 204
+    assert call().status_code == 404
 
 
 def test_another_replica_refuses_a_revoked_key_within_the_ttl(start_gateway, database_url):

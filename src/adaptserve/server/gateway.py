@@ -145,7 +145,7 @@ class Gateway:
         pipeline = Pipeline(
             pool, catalog, residency, picker, tenants, meter, quotas, metrics, bounds, privacy, engines, reads
         )
-        templates = TemplateRegistry(db, settings.template_cache_size)
+        templates = TemplateRegistry(db, settings.template_cache_size, reads)
         tenants.owns(TemplateRegistry.remove_owned)
         if settings.templates_dir is not None:
             templates.load_folder(settings.templates_dir)
