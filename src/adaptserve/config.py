@@ -184,8 +184,7 @@ class Settings(BaseSettings):
         ge=0,
         description="how long a gateway keeps the database reads every request makes (its key's tenant, quotas and "
         "PII policy; aliases; adapter versions; templates): a change made through another gateway replica takes "
-        "effect here "
-        "within this time (through this one: at once); 0: no cache",
+        "effect here within this time (through this one: at once); 0: no cache",
     )
     api_key: SecretStr | None = Field(None, description="the default tenant's key; generated if unset")
     admin_key: SecretStr | None = Field(None, description="the key for /admin routes; generated if unset")
