@@ -79,7 +79,7 @@ class Gateway:
     heads: HeadCatalog
     head_service: HeadService
     fit_reports: FitReportStore
-    reads: ReadCache  # the per-request database reads (keys, aliases, adapter versions), cached
+    reads: ReadCache  # the per-request database reads (keys, aliases, adapter versions, templates), cached
     started: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
