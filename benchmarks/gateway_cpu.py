@@ -6,12 +6,18 @@ straight to the fake engine. Unlike `gateway_cost.py` (everything in one process
 client or engine time is counted in the gateway's.
 
     .venv/bin/python benchmarks/gateway_cpu.py --requests 1500 --runs 3
+
+`--compare OLD_SRC` starts a second gateway on another checkout's `src` (by `PYTHONPATH`)
+beside this one, behind the same fake vLLM, and alternates the runs between the two;
+`--profile FILE` runs this checkout's gateway under cProfile and writes its stats there
+when it stops (read them with `python -m pstats FILE`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -36,7 +42,9 @@ def _serve_fake(port: int) -> None:
     uvicorn.run(create_fake_vllm(FakeState()), port=port, log_level="warning")
 
 
-def _serve_gateway(port: int, fake: str) -> None:
+def _serve_gateway(port: int, fake: str, profile: str) -> None:
+    import cProfile
+
     import uvicorn
     from served import MODELS_DIR  # benchmarks/ is the script's folder
 
@@ -60,7 +68,16 @@ def _serve_gateway(port: int, fake: str) -> None:
         port=port,
     )
     (config,) = listen.configs(create_app(settings), settings)
+    profiler = cProfile.Profile() if profile else None
+    if profiler is not None:
+        # uvicorn raises the signal that stopped it again once stopped: ignored here, so
+        # that the stats are written
+        signal.signal(signal.SIGTERM, lambda *_: None)
+        profiler.enable()
     uvicorn.Server(config).run()
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(profile)
 
 
 def _up(url: str) -> None:
@@ -89,38 +106,60 @@ def _latencies(client: httpx.Client, url: str, body: dict, headers: dict, n: int
     return out
 
 
+def _start(kind: str, port: int, fake: str, profile: str = "", src: str | None = None) -> subprocess.Popen:
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH", "")]))
+    command = [sys.executable, str(Path(__file__).resolve()), "--serve", kind, str(port), fake, profile]
+    return subprocess.Popen(command, env=env)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1500)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)  # internal: fake|gateway PORT FAKE_URL
+    parser.add_argument("--compare", metavar="OLD_SRC", help="another checkout's src folder, alternated with this one")
+    parser.add_argument("--profile", metavar="FILE", default="", help="cProfile this checkout's gateway into FILE")
+    parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)  # internal: fake|gateway PORT FAKE_URL PROFILE
     args = parser.parse_args()
     if args.serve:
-        kind, port, fake = args.serve
-        _serve_fake(int(port)) if kind == "fake" else _serve_gateway(int(port), fake)
+        kind, port, fake, profile = args.serve
+        _serve_fake(int(port)) if kind == "fake" else _serve_gateway(int(port), fake, profile)
         return
-    fake_port, gateway_port = free_port(), free_port()
-    fake_url, gateway_url = f"http://127.0.0.1:{fake_port}", f"http://127.0.0.1:{gateway_port}"
-    me = [sys.executable, str(Path(__file__).resolve()), "--serve"]
-    fake = subprocess.Popen([*me, "fake", str(fake_port), ""])
-    gateway = subprocess.Popen([*me, "gateway", str(gateway_port), fake_url])
+    fake_port = free_port()
+    fake_url = f"http://127.0.0.1:{fake_port}"
+    processes = [_start("fake", fake_port, "")]
+    gateways: list[tuple[str, str, subprocess.Popen]] = []
+    sides = [("old", args.compare), ("new", None)] if args.compare else [("this", None)]
+    for name, src in sides:
+        port = free_port()
+        process = _start("gateway", port, fake_url, args.profile if src is None else "", src)
+        processes.append(process)
+        gateways.append((name, f"http://127.0.0.1:{port}", process))
     try:
         _up(fake_url + "/health")
-        _up(gateway_url + "/ready")
-        print("| run | fake vLLM direct, median ms | through the gateway, median ms | gateway CPU ms per request |")
-        print("|---|---|---|---|")
+        for _, url, _ in gateways:
+            _up(url + "/ready")
+        print(f"loadavg at start: {Path('/proc/loadavg').read_text().strip()}")
+        print(
+            "| run | gateway | fake vLLM direct, median ms | through the gateway, median ms | gateway CPU ms/request |"
+        )
+        print("|---|---|---|---|---|")
         with httpx.Client(timeout=30) as client:
             key = {"Authorization": "Bearer sk-cpu"}
-            _latencies(client, gateway_url, BODY | {"model": "alpha"}, key, 50)  # warm-up
+            for _, url, _ in gateways:
+                _latencies(client, url, BODY | {"model": "alpha"}, key, 50)  # warm-up
             for run in range(1, args.runs + 1):
-                direct = _latencies(client, fake_url, BODY | {"model": BASE}, {}, args.requests)
-                before = _cpu_s(gateway.pid)
-                through = _latencies(client, gateway_url, BODY | {"model": "alpha"}, key, args.requests)
-                cpu = (_cpu_s(gateway.pid) - before) / args.requests
-                d, g = statistics.median(direct) * 1e3, statistics.median(through) * 1e3
-                print(f"| {run} | {d:.2f} | {g:.2f} | {cpu * 1e3:.2f} |")
+                for name, url, process in gateways:
+                    direct = _latencies(client, fake_url, BODY | {"model": BASE}, {}, args.requests)
+                    before = _cpu_s(process.pid)
+                    through = _latencies(client, url, BODY | {"model": "alpha"}, key, args.requests)
+                    cpu = (_cpu_s(process.pid) - before) / args.requests
+                    d, g = statistics.median(direct) * 1e3, statistics.median(through) * 1e3
+                    print(f"| {run} | {name} | {d:.2f} | {g:.2f} | {cpu * 1e3:.2f} |", flush=True)
+        print(f"loadavg at end: {Path('/proc/loadavg').read_text().strip()}")
     finally:
-        for process in (gateway, fake):
+        for process in reversed(processes):
             process.terminate()
             process.wait()
 

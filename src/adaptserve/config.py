@@ -179,6 +179,13 @@ class Settings(BaseSettings):
     auth_failures_per_minute: int = Field(
         30, ge=1, description="failed authentications one client address may make per minute before 429"
     )
+    read_cache_ttl_s: float = Field(
+        2.0,
+        ge=0,
+        description="how long a gateway keeps the database reads every request makes (its key's tenant, quotas and "
+        "PII policy; aliases; adapter versions; templates): a change made through another gateway replica takes "
+        "effect here within this time (through this one: at once); 0: no cache",
+    )
     api_key: SecretStr | None = Field(None, description="the default tenant's key; generated if unset")
     admin_key: SecretStr | None = Field(None, description="the key for /admin routes; generated if unset")
     metrics_key: SecretStr | None = Field(

@@ -293,6 +293,11 @@ class Database:
         event.listen(self.engine, "before_cursor_execute", _refuse_unstorable)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        """The session factory (`ReadCache.watch` listens to its commits)."""
+        return self._sessions
+
     @classmethod
     def for_data_dir(cls, url: str | None, data_dir: Path) -> Database:
         if url is None:

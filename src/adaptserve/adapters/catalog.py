@@ -48,6 +48,7 @@ from adaptserve.errors import (
     PermissionDeniedError,
     StorageQuotaError,
 )
+from adaptserve.read_cache import ReadCache
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,10 @@ class AdapterCatalog:
         residency: Residency,
         targets: frozenset[str] | None = None,
         quota: Quota | None = None,
+        cache: ReadCache | None = None,
     ) -> None:
         self.base_name = base_name
+        self._cache = cache if cache is not None else ReadCache(0.0)  # what aliases resolve to, as requests read it
         self._db, self._store, self._base, self._max_rank = db, store, base, max_rank
         self._targets = targets  # the modules the engine has LoRA layers on (None: all)
         self._residency = residency
@@ -341,7 +344,18 @@ class AdapterCatalog:
 
     def target(self, public_name: str, adapter: str, version: str | None) -> Target | None:
         """The version an alias resolves to, or None if it no longer exists. A version in
-        its load back-off is still a target (the caller reads `backoff_left`)."""
+        its load back-off is still a target (the caller reads `backoff_left`). The
+        database read is cached (see `ReadCache`)."""
+        found = self._cache.get(("version", adapter, version), lambda: self._stored_version(adapter, version))
+        if found is None:
+            return None
+        version, path, rank = found
+        internal = internal_name(adapter, version)
+        live = self._versions.setdefault(internal, AdapterVersion(adapter, version, path, rank))
+        return Target(public_name, internal, live)
+
+    def _stored_version(self, adapter: str, version: str | None) -> tuple[str, Path, int] | None:
+        """(version, folder, rank) of an adapter's version (None: its active one), or None."""
         with self._db.session() as s:
             if version is None:
                 row = s.get(AdapterRow, adapter)
@@ -349,9 +363,7 @@ class AdapterCatalog:
             found = s.get(AdapterVersionRow, (adapter, version)) if version else None
             if found is None or version is None:
                 return None
-            internal = internal_name(adapter, version)
-            live = self._versions.setdefault(internal, AdapterVersion(adapter, version, Path(found.path), found.rank))
-        return Target(public_name, internal, live)
+            return version, Path(found.path), found.rank
 
     def startup_adapters(self) -> builtins.list[AdapterVersion]:
         """What an upstream loads when it comes (back) up, before it takes traffic: the

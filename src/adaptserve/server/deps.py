@@ -15,14 +15,20 @@ from adaptserve.tenancy.auth import OPERATOR, Actor, Principal, key_matches
 T = TypeVar("T")
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
-def get_principal(request: Request, gateway: Annotated[Gateway, Depends(get_gateway)]) -> Principal:
-    # A sync dependency: FastAPI runs it in a worker thread, so the key lookup in the
-    # database never blocks the event loop.
-    return _throttled(request, gateway, gateway.tenants.authenticate)
+async def get_principal(request: Request, gateway: Annotated[Gateway, Depends(get_gateway)]) -> Principal:
+    # A cached key is answered on the event loop; a key lookup in the database runs in a
+    # worker thread, so it never blocks the loop.
+    address = request.client.host if request.client else "unknown"
+    gateway.auth_throttle.check(address)
+    try:
+        return await gateway.reads.in_loop_or_thread(gateway.tenants.authenticate, request.headers.get("authorization"))
+    except AuthenticationError:
+        gateway.auth_throttle.failed(address)
+        raise
 
 
 def require_admin(request: Request, gateway: Annotated[Gateway, Depends(get_gateway)]) -> Actor:

@@ -24,6 +24,7 @@ from adaptserve.heads.catalog import HeadCatalog
 from adaptserve.metrics import Metrics
 from adaptserve.pii.detector import Detector
 from adaptserve.quantize.recipes import check_servable
+from adaptserve.read_cache import ReadCache
 from adaptserve.serving.bounds import RequestBounds
 from adaptserve.serving.embeddings import EmbeddingService
 from adaptserve.serving.encoders import EncoderService
@@ -78,13 +79,15 @@ class Gateway:
     heads: HeadCatalog
     head_service: HeadService
     fit_reports: FitReportStore
+    reads: ReadCache  # the per-request database reads (keys, aliases, adapter versions, templates), cached
     started: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
     def build(cls, settings: Settings) -> Gateway:
         db = Database.for_data_dir(settings.database_url, settings.data_dir)
         db.migrate()
-        tenants = TenantRegistry(db, settings.tenant_cache_groups)
+        reads = ReadCache.over(db, settings.read_cache_ttl_s)
+        tenants = TenantRegistry(db, settings.tenant_cache_groups, reads)
         model_path = _local_model(settings)
         if model_path is not None:  # a quantization the engine cannot serve stops here, not in the child
             quantized = check_servable(model_path, on_cpu=not settings.external_engines and _cpu_engine())
@@ -108,6 +111,7 @@ class Gateway:
                 settings.max_concurrent_derivations,
                 settings.max_derivations_per_tenant,
             ),
+            reads,
         )
         _bootstrap_default_tenant(settings, tenants, catalog)
         admin_key, _ = ensure_api_key(_secret(settings.admin_key), settings.data_dir, ADMIN_KEY_FILE)
@@ -138,8 +142,10 @@ class Gateway:
             workers=settings.pii_workers,
             per_tenant=settings.pii_concurrency_per_tenant,
         )
-        pipeline = Pipeline(pool, catalog, residency, picker, tenants, meter, quotas, metrics, bounds, privacy, engines)
-        templates = TemplateRegistry(db, settings.template_cache_size)
+        pipeline = Pipeline(
+            pool, catalog, residency, picker, tenants, meter, quotas, metrics, bounds, privacy, engines, reads
+        )
+        templates = TemplateRegistry(db, settings.template_cache_size, reads)
         tenants.owns(TemplateRegistry.remove_owned)
         if settings.templates_dir is not None:
             templates.load_folder(settings.templates_dir)
@@ -187,6 +193,7 @@ class Gateway:
             heads,
             head_service,
             fit_reports,
+            reads,
         )
 
     async def start(self) -> None:

@@ -14,7 +14,6 @@ here speaks HTTP to the client: `server/responses.py` turns answers into respons
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 import logging
@@ -41,6 +40,7 @@ from adaptserve.errors import (
 )
 from adaptserve.metrics import Metrics
 from adaptserve.pii.masking import Placeholders
+from adaptserve.read_cache import ReadCache
 from adaptserve.serving.bounds import RequestBounds, Reservation
 from adaptserve.serving.engines import Engines
 from adaptserve.serving.picker import Picker
@@ -202,7 +202,9 @@ class Pipeline:
         bounds: RequestBounds,
         privacy: PrivacyGuard,
         engines: Engines,
+        reads: ReadCache | None = None,
     ) -> None:
+        self._reads = reads if reads is not None else ReadCache(0.0)  # the cache `resolve`'s database reads go through
         self._engines = engines  # the models of `models:`: named on chat, a 400 that says where they answer
         self.pool, self._catalog, self._residency, self._tenants = pool, catalog, residency, tenants
         self._picker = picker
@@ -256,7 +258,7 @@ class Pipeline:
     async def precheck(self, principal: Principal, model: str) -> None:
         """Refuse what admission would (an unknown model, a tenant over its quotas),
         counting nothing: before work that precedes admission (a template's screening)."""
-        await asyncio.to_thread(self.resolve, principal.tenant, model)
+        await self._reads.in_loop_or_thread(self.resolve, principal.tenant, model)
         try:
             self._quotas.check(principal.uid, principal.limits)
         except QuotaExceededError as exc:
@@ -276,7 +278,7 @@ class Pipeline:
     ) -> AsyncIterator[Admission]:
         """Resolve, admit (reserving the request's worst case) and lease; on exit,
         however it exits, settle the quota and meter what was used."""
-        target = await asyncio.to_thread(self.resolve, principal.tenant, model)
+        target = await self._reads.in_loop_or_thread(self.resolve, principal.tenant, model)
         async with self.metered(principal, model, reserve, label=label, template=template) as call:
             with self._residency.lease(target.adapter):
                 yield Admission(self, principal, target, call)

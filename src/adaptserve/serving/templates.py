@@ -142,7 +142,9 @@ class TemplateService:
     async def _checked(
         self, principal: Principal, name: str, call: TemplateCall
     ) -> tuple[TemplateVersion, list[dict[str, Any]]]:
-        template = await asyncio.to_thread(self._templates.get, principal.tenant, name, call.version)
+        template = await self._templates.reads.in_loop_or_thread(
+            self._templates.get, principal.tenant, name, call.version
+        )
         spec = template.spec
         batch = isinstance(call.inputs, list)
         items = call.inputs if isinstance(call.inputs, list) else [call.inputs]

@@ -253,11 +253,11 @@ class Classifier:
         """The stored content-free label distribution, computed on first use. Keyed by
         the template's content digest and the served model: never another template's."""
         model = engine.model
-        bias = await asyncio.to_thread(self._templates.calibration, template, model)
+        bias = await self._templates.reads.in_loop_or_thread(self._templates.calibration, template, model)
         if bias is not None:
             return bias
         async with self._locks.setdefault((template.spec.digest, model), asyncio.Lock):
-            bias = await asyncio.to_thread(self._templates.calibration, template, model)
+            bias = await self._templates.reads.in_loop_or_thread(self._templates.calibration, template, model)
             if bias is None:
                 scored = await self.score(engine, template, calibration_inputs(template.spec))
                 bias = bias_of([s.logprobs for s in scored], template.spec.temperature)

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from adaptserve.db import Database, TemplateCalibrationRow, TemplateRow, TemplateVersionRow, TenantRow
 from adaptserve.errors import ConfigurationError, ConflictError, InvalidRequestError, NotFoundError
 from adaptserve.lru import Lru
+from adaptserve.read_cache import ReadCache
 from adaptserve.templates.spec import TemplateSpec, load_document
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,9 @@ class TemplateVersion:
 
 
 class TemplateRegistry:
-    def __init__(self, db: Database, cache_size: int = 256) -> None:
+    def __init__(self, db: Database, cache_size: int = 256, reads: ReadCache | None = None) -> None:
         self._db = db
+        self.reads = reads if reads is not None else ReadCache(0.0)  # `get` and `calibration` read through it
         self._specs: Lru[str, TemplateSpec] = Lru(cache_size)  # by content digest: never stale
 
     def cache_sizes(self) -> dict[str, int]:
@@ -174,7 +176,11 @@ class TemplateRegistry:
 
     # data plane ----------------------------------------------------------------------
     def get(self, tenant: str, name: str, version: int | None = None) -> TemplateVersion:
-        """The caller's template (its own, else the global one), at `version` or active."""
+        """The caller's template (its own, else the global one), at `version` or active
+        (cached: see `ReadCache`; a template not found never is)."""
+        return self.reads.get(("template", tenant, name, version), lambda: self._read(tenant, name, version))
+
+    def _read(self, tenant: str, name: str, version: int | None) -> TemplateVersion:
         with self._db.session() as s:
             rows = s.scalars(
                 select(TemplateRow).where(TemplateRow.name == name, TemplateRow.owner.in_((tenant, GLOBAL)))
@@ -201,6 +207,11 @@ class TemplateRegistry:
         return [self.get(tenant, name) for name in sorted(names)]
 
     def calibration(self, template: TemplateVersion, model: str) -> list[float] | None:
+        """The stored label bias of a template version on a model (cached: see `ReadCache`)."""
+        key = ("calibration", template.template_id, template.version, model)
+        return self.reads.get(key, lambda: self._read_calibration(template, model))
+
+    def _read_calibration(self, template: TemplateVersion, model: str) -> list[float] | None:
         with self._db.session() as s:
             if not _same_version(s, template):
                 return None
@@ -218,7 +229,7 @@ class TemplateRegistry:
                     )
                 )
         except IntegrityError:  # another replica stored it first: same inputs, same numbers
-            pass
+            self.reads.invalidate()  # this replica's cached "none yet" is wrong now
 
     # helpers -------------------------------------------------------------------------
     def _spec(self, row: TemplateVersionRow) -> TemplateSpec:

@@ -31,6 +31,7 @@ from adaptserve.db import (
 )
 from adaptserve.errors import AuthenticationError, ConflictError, InvalidRequestError, NotFoundError
 from adaptserve.pii.policy import DEFAULT_POLICY, PiiPolicy
+from adaptserve.read_cache import ReadCache
 from adaptserve.tenancy.auth import Actor, Principal, bearer, hash_key
 from adaptserve.tenancy.quotas import Limits
 
@@ -56,8 +57,13 @@ class TenantNotFoundError(NotFoundError):
 
 
 class TenantRegistry:
-    def __init__(self, db: Database, cache_groups: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, db: Database, cache_groups: dict[str, str] | None = None, cache: ReadCache | None = None
+    ) -> None:
         self._db = db
+        self._cache = (
+            cache if cache is not None else ReadCache(0.0)
+        )  # keys' principals and aliases, as requests read them
         self._cache_groups = cache_groups or {}  # tenant name -> shared prefix-cache group
         self._owned: list[Callable[[Session, str], None]] = []
 
@@ -149,14 +155,18 @@ class TenantRegistry:
             s.delete(row)
 
     def authenticate(self, authorization: str | None) -> Principal:
-        key = bearer(authorization)
+        """The tenant of an API key (cached: see `ReadCache`; a failure never is)."""
+        key_hash = hash_key(bearer(authorization))
+        return self._cache.get(("key", key_hash), lambda: self._principal(key_hash))
+
+    def _principal(self, key_hash: str) -> Principal:
         # The lookup is by hash: equal-length hex digests, indexed; no secret is compared
         # character by character, so timing reveals nothing about a valid key.
         with self._db.session() as s:
             tenant = s.scalar(
                 select(TenantRow)
                 .join(ApiKeyRow, ApiKeyRow.tenant == TenantRow.name)
-                .where(ApiKeyRow.key_hash == hash_key(key), ApiKeyRow.role == API_ROLE)
+                .where(ApiKeyRow.key_hash == key_hash, ApiKeyRow.role == API_ROLE)
             )
             if tenant is None:
                 raise AuthenticationError("Incorrect API key provided.")
@@ -239,6 +249,10 @@ class TenantRegistry:
             return [_alias(r) for r in rows]
 
     def alias(self, tenant: str, alias: str) -> Alias | None:
+        """A tenant's alias (cached: see `ReadCache`)."""
+        return self._cache.get(("alias", tenant, alias), lambda: self._read_alias(tenant, alias))
+
+    def _read_alias(self, tenant: str, alias: str) -> Alias | None:
         with self._db.session() as s:
             row = s.get(AliasRow, (tenant, alias))
             return None if row is None else _alias(row)
