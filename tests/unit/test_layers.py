@@ -19,6 +19,7 @@ LAYERS = {  # the gateway's layers; a module may import its own layer or lower o
     "safe_regex": 0,
     "config": 1,
     "db": 1,
+    "read_cache": 1,  # the per-request database reads, cached; emptied by db's commits
     "metrics": 1,
     "default_model": 1,
     "datasets": 1,
