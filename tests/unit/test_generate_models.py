@@ -85,7 +85,7 @@ def test_the_supervised_child_is_the_base_models_command_less_lora(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
-    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "5")  # the base model's engine's, from the gateway's environment
     vllm = Settings(data_dir=tmp_path, vllm={"block_size": 32, "max_cpu_loras": 8, "extra_args": ["--lora-x"]}).vllm
     base = Supervisor(vllm, tmp_path / "base", "base", tmp_path / "vllm.log")
     entry = ModelEntry(name="llm2", role="generate", path=str(tmp_path / "llm"), kv_cache_gib=3, cpus="2-3")
@@ -106,6 +106,7 @@ def test_the_supervised_child_is_the_base_models_command_less_lora(
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == "2-3" and env["TORCHDYNAMO_DISABLE"] == "1"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "3"
     assert base.environment()["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert base.environment()["VLLM_CPU_KVCACHE_SPACE"] == "5"
     own = ModelEntry(name="llm2", role="generate", path="x", dtype="float32", max_model_len=512, extra_args=["--a"])
     command = GenerateSupervisor(vllm, own, tmp_path / "llm", tmp_path / "log").command()
     assert command[command.index("--dtype") + 1] == "float32" and command[-1] == "--a"

@@ -191,12 +191,11 @@ class GenerateSupervisor(Supervisor):
         own = {
             "dtype": entry.dtype or settings.dtype,
             "max_model_len": entry.max_model_len or settings.max_model_len,
-            "kv_cache_gib": entry.kv_cache_gib,
             "extra_args": entry.extra_args,
             "engine_plugin": False,
         }
         super().__init__(settings.model_copy(update=own), model_path, entry.engine_name, log_path)
-        self._cpus = entry.cpus
+        self._cpus, self._kv_cache_gib = entry.cpus, entry.kv_cache_gib
         self.describe = f"vLLM for model {entry.name} (generate)"
 
     def _lora_args(self) -> list[str]:
@@ -204,6 +203,7 @@ class GenerateSupervisor(Supervisor):
 
     def environment(self) -> dict[str, str]:
         env = super().environment()
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(self._kv_cache_gib)  # its own, not the base model's (environment)
         if self._cpus is not None:
             env["VLLM_CPU_OMP_THREADS_BIND"] = self._cpus
         return env
