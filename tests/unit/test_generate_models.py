@@ -26,6 +26,7 @@ from tests.helpers import (
     assert_openai_error,
     gateway_metric,
     new_tenant,
+    wait_for,
     wait_for_usage,
 )
 
@@ -210,3 +211,11 @@ def test_pii_and_quotas_hold_it_as_the_base_model(gen_gateway: RunningGateway, s
     too_many = gen_gateway.post("/v1/completions", {"model": "llm2", "prompt": "x", "max_tokens": 500})
     assert_openai_error(too_many, 400, "tokens_over_limit", "max_tokens")
     assert len(_chats(second_llm)) == calls  # refused before its engine
+
+
+def test_its_engine_down_is_its_503_not_the_base_models(gen_gateway: RunningGateway, second_llm: FakeState) -> None:
+    second_llm.healthy = False
+    wait_for(lambda: httpx.get(gen_gateway.url + "/ready").status_code == 503, 10, "/ready stayed 200")
+    refused = gen_gateway.post("/v1/chat/completions", {"model": "llm2", "messages": HI})
+    assert_openai_error(refused, 503, "upstream_unavailable")
+    assert gen_gateway.post("/v1/chat/completions", {"model": BASE, "messages": HI}).status_code == 200
