@@ -83,21 +83,26 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class ModelEntry(BaseModel):
-    """One more engine beside the generate model (`models:`): an encoder on vLLM's pooling
+    """One more engine beside the base model (`models:`): a second LLM base for chat and
+    completions, without adapters or templates (role generate: supervised, `vllm serve
+    PATH` with the base model's `vllm` flags less LoRA), or an encoder on vLLM's pooling
     runner, for `/v1/embeddings` (role embed) or for the classify templates that name it
-    (role classify: a `*ForSequenceClassification` model). Supervised (`path`: the gateway
-    starts `vllm serve PATH --runner pooling --enforce-eager` on loopback and restarts it)
-    or remote (`upstreams`)."""
+    (role classify: a `*ForSequenceClassification` model; supervised, `vllm serve PATH
+    --runner pooling --enforce-eager`). Supervised ones run on loopback and are restarted;
+    remote ones are `upstreams`."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="the name clients send as `model`")
-    role: Literal["embed", "classify"] = Field(
-        description="embed: /v1/embeddings; classify: a sequence classifier that classify templates name "
+    role: Literal["generate", "embed", "classify"] = Field(
+        description="generate: a second LLM base for /v1/chat/completions and /v1/completions (no adapters, "
+        "no templates); embed: /v1/embeddings; classify: a sequence classifier that classify templates name "
         "(`encoder:`), answered from vLLM's /classify"
     )
     path: str | None = Field(
-        None, description=f'a model folder to serve, or "{MINILM}" (all-MiniLM-L6-v2, bundled); not with upstreams'
+        None,
+        description=f'a model folder to serve, or "{MINILM}" (all-MiniLM-L6-v2, bundled; not for role generate); '
+        "not with upstreams",
     )
     upstreams: list[str] = Field(default_factory=list, description="vLLM base URLs serving it (not with path)")
     served_model_name: str | None = Field(None, description="the name its engine knows it by; default `name`")
@@ -111,16 +116,22 @@ class ModelEntry(BaseModel):
         default_factory=lambda: ["*"], description='the tenants that may call it ("*": every tenant)'
     )
     max_model_len: int | None = Field(
-        None, ge=16, description="its context in tokens (--max-model-len); default the model's own"
+        None,
+        ge=16,
+        description="its context in tokens (--max-model-len); default the model's own (role generate: "
+        "vllm.max_model_len); requests are held to what its engines report, this where they report none",
     )
-    dtype: str = Field("float32", description="--dtype of a supervised engine")
+    dtype: str | None = Field(
+        None, description="--dtype of a supervised engine; default float32 (role generate: vllm.dtype)"
+    )
     kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE of a supervised engine")
     cpus: str | None = Field(
         None,
         pattern=r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$",
         description="the CPUs a supervised engine's threads run on (VLLM_CPU_OMP_THREADS_BIND, e.g. 1 or 2-3); "
-        "default the machine's last CPU, the one vLLM's own binding leaves the generate engine's front end "
-        "(several supervised encoders on one machine: give each its own)",
+        "default for an encoder the machine's last CPU, the one vLLM's own binding leaves the base model's "
+        "engine's front end, and for role generate vLLM's own binding, as the base model's engine has "
+        "(several supervised engines on one machine: give each its own)",
     )
     extra_args: list[str] = Field(default_factory=list, description="more `vllm serve` flags, verbatim")
     labels: list[str] | None = Field(
@@ -145,8 +156,10 @@ class ModelEntry(BaseModel):
     def _one_source(self) -> ModelEntry:
         if (self.path is None) == (not self.upstreams):
             raise ValueError(f"model {self.name}: give path (a supervised engine) or upstreams, one of them")
-        if self.role == "embed" and self.labels is not None:
+        if self.role != "classify" and self.labels is not None:
             raise ValueError(f"model {self.name}: labels are for role classify")
+        if self.role == "generate" and (self.path == MINILM or self.digest is not None):
+            raise ValueError(f"model {self.name}: role generate takes an LLM's folder and no digest")
         if self.digest is not None and self.path is not None:
             raise ValueError(f"model {self.name}: digest is a remote engine's (a supervised one's is read from path)")
         if self.role == "classify" and self.path is None and not self.labels:
@@ -316,9 +329,10 @@ class Settings(BaseSettings):
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
     models: list[ModelEntry] = Field(
         default_factory=list,
-        description="more engines beside the generate model, each {name, role, path or upstreams, ...}: "
-        "role embed serves /v1/embeddings (docs/embeddings.md); role classify answers the classify "
-        "templates that name it as their `encoder` (docs/encoders.md)",
+        description="more engines beside the base model, each {name, role, path or upstreams, ...}: "
+        "role generate is a second LLM base for chat and completions, without adapters or templates "
+        "(docs/models.md); role embed serves /v1/embeddings (docs/embeddings.md); role classify answers the "
+        "classify templates that name it as their `encoder` (docs/encoders.md)",
     )
 
     @field_validator("upstreams", "cors_origins", mode="before")

@@ -5,7 +5,8 @@ of two engines loses no non-streamed request when one is killed under load, whic
 its adapters back before their traffic when it returns. The killed engine's own gateway
 ends its stream in flight with an error event (not metered), answers 503 with
 Retry-After and fails /ready while it is down, and serves the same answers once its
-supervisor has restarted it."""
+supervisor has restarted it. A gateway whose `models:` names the session's engine as a
+generate model (a second LLM base) answers through it as the base model does."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import openai
 import pytest
 import yaml
 
+from adaptserve.default_model import DEFAULT_MODEL_NAME
 from adaptserve.upstream.client import Upstream
 from tests.helpers import API_KEY, MAX_LORAS, chat, gateway_metric, new_tenant, running_server, upload, wait_for
 
@@ -90,6 +92,34 @@ def test_a_gateway_finds_the_engine_through_dns_and_serves_through_it(server, ba
         assert chat(client, "m", "Say hi.")
         assert gateway_metric(gateway, "adaptserve_upstream_up", upstream=f"http://127.0.0.1:{port}") == 1
     assert "discovered upstream http://127.0.0.1:" in gateway.log()
+
+
+def test_a_generate_model_of_models_answers_as_the_base_model(server, base_model, tmp_path):
+    """`models:` role generate, remote: the session's engine under the name it serves. The
+    openai SDK's chat (streamed and not) and completions through it get the base alias's
+    greedy text, under the entry's name, metered as it."""
+    entry = {"name": "llm2", "role": "generate", "upstreams": [server.vllm_url()]}
+    config = tmp_path / "llm2.yaml"
+    config.write_text(yaml.safe_dump({"models": [entry | {"served_model_name": DEFAULT_MODEL_NAME}]}))
+    args = ["--upstream", server.vllm_url(), "--model", str(base_model), "--config", str(config)]
+    with running_server(tmp_path / "llm2", args) as gateway:
+        ours, base = gateway.client(), server.client()
+        assert "llm2" in {m.id for m in ours.models.list()}
+        messages = [{"role": "user", "content": PROMPT}]
+        want = chat(base, "default", PROMPT, max_tokens=16)
+        assert "Paris" in want and chat(ours, "llm2", PROMPT, max_tokens=16) == want
+        chunks = ours.chat.completions.create(
+            model="llm2", messages=messages, max_tokens=16, temperature=0, stream=True
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want
+        prompt = {"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
+        done = ours.completions.create(model="llm2", **prompt)
+        assert (
+            done.model == "llm2"
+            and done.choices[0].text == base.completions.create(model="default", **prompt).choices[0].text
+        )
+        assert gateway_metric(gateway, "adaptserve_requests_total", model="llm2", status="200") == 3
+        assert gateway_metric(gateway, "adaptserve_upstream_up", model="llm2") == 1
 
 
 def test_two_gateways_on_postgresql_share_a_tenants_quota(server, base_model, tmp_path):

@@ -59,12 +59,14 @@ class AdapterNotFoundError(NotFoundError):
 
 @dataclass(frozen=True)
 class Target:
-    """Where a request goes: the name the client used, the name vLLM knows, and the
-    adapter to load first (None: the plain base model)."""
+    """Where a request goes: the name the client used, the name vLLM knows, the
+    adapter to load first (None: the plain base model), and the generate model of
+    `models:` whose engines serve it (None: the base model's)."""
 
     public_name: str
     internal_name: str
     adapter: AdapterVersion | None
+    engine: str | None = None
 
 
 class AdapterCatalog:

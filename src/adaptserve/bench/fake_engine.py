@@ -176,7 +176,7 @@ def create_fake_vllm(state: FakeState) -> FastAPI:
         if state.refuse_next is not None:
             message, state.refuse_next = state.refuse_next, None
             return _error(400, message, "BadRequestError")
-        if body["model"] != BASE and body["model"] not in state.loaded:
+        if body["model"] not in (BASE, *state.served, *state.loaded):  # served: a second LLM's name
             return _error(404, f"The model `{body['model']}` does not exist.", "NotFoundError", "model")
         if body.get("logprob_token_ids"):  # token-id prompts, each within the context
             if any(len(prompt) > MAX_MODEL_LEN for prompt in body["prompt"]):

@@ -63,8 +63,9 @@ class RequestBounds:
     max_schema_alternatives: int = 1024  # anyOf/oneOf/allOf branches, enum values, choices, summed
     max_schema_repeat: int = 4096  # minItems/maxLength/... and regex {n,m} counts
 
-    def check(self, body: dict[str, Any], chat: bool) -> Reservation:
-        """Refuse a request over a bound; → its worst-case token use."""
+    def check(self, body: dict[str, Any], chat: bool, context: int | None = None) -> Reservation:
+        """Refuse a request over a bound (`context`: its model's, None: the base
+        model's, `context_length`); → its worst-case token use."""
         prompts = _prompt_sizes(body, chat)
         n = body.get("n") or 1
         if len(prompts) * n > self.max_sequences:
@@ -72,7 +73,7 @@ class RequestBounds:
                 f"{len(prompts)} prompt(s) × n={n} is more than {self.max_sequences} sequences in one request.",
                 param="n" if chat else "prompt",
             )
-        context = self.context_length()
+        context = context or self.context_length()
         reservation = self._reserve(body, chat, context)
         if reservation.total > self.max_tokens:
             raise InvalidRequestError(

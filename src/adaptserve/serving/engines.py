@@ -1,8 +1,9 @@
-"""The engines of `models:` beside the generate model (an encoder on vLLM's pooling
-runner, for `/v1/embeddings` or for classify templates that name it): each one's own
-pool (readiness, health) and, when the gateway starts it, its supervised child; looked
-up by the name a client sends, for the tenants its entry names. A classify model's
-class names are its entry's `labels`, else its config.json's `id2label`."""
+"""The engines of `models:` beside the base model (a second LLM base for chat and
+completions, or an encoder on vLLM's pooling runner, for `/v1/embeddings` or for
+classify templates that name it): each one's own pool (readiness, health, the context
+its engines report) and, when the gateway starts it, its supervised child; looked up by
+the name a client sends, for the tenants its entry names. A classify model's class
+names are its entry's `labels`, else its config.json's `id2label`."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from pathlib import Path
 
 from adaptserve.config import ModelEntry, Settings
 from adaptserve.default_model import encoder_labels, folder_digest, resolve_encoder
-from adaptserve.errors import UpstreamError
+from adaptserve.errors import InvalidRequestError, UpstreamError
 from adaptserve.upstream.client import Upstream
 from adaptserve.upstream.pool import OnUp, PoolTiming, UpstreamPool
-from adaptserve.upstream.supervisor import PoolingSupervisor
+from adaptserve.upstream.supervisor import GenerateSupervisor, PoolingSupervisor, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +30,24 @@ class Engine:
 
     entry: ModelEntry
     pool: UpstreamPool
-    supervisor: PoolingSupervisor | None
+    supervisor: Supervisor | None
     dim: int | None = None  # an embedding model's vector size, once an answer said it
     labels: list[str] | None = None  # a classify model's class names, in its order
     folder: Path | None = None  # a supervised engine's model folder
+    max_model_len: int | None = None  # the context where its engines report none (role generate)
     _digest: str | None = field(default=None, init=False, repr=False)
 
     @property
     def name(self) -> str:
         return self.entry.name
+
+    @property
+    def generates(self) -> bool:
+        return self.entry.role == "generate"
+
+    def context_length(self) -> int | None:
+        """The longest sequence its engines in service take (None: unknown)."""
+        return self.pool.context_length(self.max_model_len) if self.max_model_len is not None else None
 
     async def digest(self) -> str | None:
         """SHA-256 of its weight files: the entry's `digest`, else its folder's (read
@@ -60,18 +70,20 @@ class Engines:
         timing = PoolTiming(settings.health_interval_s, settings.health_failures, settings.load_scrape_interval_s)
         engines = []
         for entry in settings.models:
-            supervisor, folder = None, None
-            urls, labels = entry.upstreams, entry.labels
+            supervisor: Supervisor | None = None
+            folder, urls, labels = None, entry.upstreams, entry.labels
             if entry.path is not None:
                 folder = resolve_encoder(entry.path)
                 log_path = settings.data_dir / "logs" / f"vllm-{entry.name}.log"
-                supervisor = PoolingSupervisor(settings.vllm, entry, folder, log_path)
+                kind = GenerateSupervisor if entry.role == "generate" else PoolingSupervisor
+                supervisor = kind(settings.vllm, entry, folder, log_path)
                 urls = [supervisor.url]
                 if entry.role == "classify":
                     labels = encoder_labels(folder, entry.labels, entry.name)
             upstreams = [Upstream(u, settings.request_timeout_s, settings.max_response_bytes) for u in urls]
             pool = UpstreamPool(upstreams, _serves(entry.engine_name), timing)
-            engines.append(Engine(entry, pool, supervisor, labels=labels, folder=folder))
+            context = entry.max_model_len or (settings.vllm.max_model_len if entry.role == "generate" else None)
+            engines.append(Engine(entry, pool, supervisor, labels=labels, folder=folder, max_model_len=context))
         return cls(engines)
 
     def __len__(self) -> int:
@@ -86,6 +98,22 @@ class Engines:
     def get(self, name: str) -> Engine | None:
         """The engine `name` names, whoever may call it (the admin API's checks)."""
         return self._engines.get(name)
+
+    def pool(self, name: str) -> UpstreamPool:
+        """The pool of the engine `name` names (one that exists: a resolved target's)."""
+        return self._engines[name].pool
+
+    def refuse_generate(self, name: str, what: str, param: str) -> None:
+        """400 where `name` is a generate model of `models:`: it serves chat and
+        completions only; adapters, aliases and templates stay on the base model."""
+        engine = self._engines.get(name)
+        if engine is not None and engine.generates:
+            raise InvalidRequestError(
+                f"{what} {name!r} is a generate model of models:, which serves chat and completions only "
+                "(adapters, aliases and templates are the base model's)",
+                param=param,
+                code="model_not_adaptable",
+            )
 
     def servable(self, tenant: str) -> list[Engine]:
         return [engine for engine in self._engines.values() if engine.entry.serves(tenant)]
@@ -121,11 +149,13 @@ class Engines:
 
 def _serves(engine_name: str) -> OnUp:
     """Before an upstream takes traffic: it must serve the model under the name we send
-    (a remote engine started with another `--served-model-name` stays out, logged)."""
+    (a remote engine started with another `--served-model-name` stays out, logged); the
+    context it reports is recorded."""
 
     async def on_up(upstream: Upstream, ready: list[Upstream]) -> None:
-        listed = (await upstream.listed_models()).names
-        if engine_name not in listed:
-            raise UpstreamError(f"it serves {', '.join(sorted(listed))}, not {engine_name} (served_model_name)")
+        listed = await upstream.listed_models()
+        if engine_name not in listed.names:
+            raise UpstreamError(f"it serves {', '.join(sorted(listed.names))}, not {engine_name} (served_model_name)")
+        upstream.max_model_len = listed.max_model_len  # a generate model's requests are held to it
 
     return on_up

@@ -1,8 +1,9 @@
-"""The one request path every engine call takes: bound the request → resolve the
-tenant's alias → admit under the tenant's quotas (reserving the request's worst-case
-tokens) → lease the version → screen it under the tenant's PII policy (the costliest
-check, so the last) → ensure it is loaded → forward → rename the model in the answer →
-meter usage and record metrics.
+"""The one request path every engine call takes: resolve the tenant's alias (or a
+generate model of `models:`, on its own pool) → bound the request (by its engines'
+context) → admit under the tenant's quotas (reserving the request's worst-case tokens)
+→ lease the version → screen it under the tenant's PII policy (the costliest check, so
+the last) → ensure it is loaded → forward → rename the model in the answer → meter
+usage and record metrics.
 
 `Pipeline.admitted` is that path as one `async with`: nothing touches the engine
 (tokenize, adapter load, generation) before the tenant is resolved and admitted, and
@@ -132,7 +133,8 @@ class Admission:
         again, and reserves more tokens if it may use more."""
         screened, placeholders = await self._pipeline.privacy.screen_body(self.principal, body, endpoint.prompt_param)
         if placeholders is not None:
-            reservation = self._pipeline.bounds.check(screened, endpoint is Endpoint.CHAT)
+            context = self._pipeline.context(self.target)
+            reservation = self._pipeline.bounds.check(screened, endpoint is Endpoint.CHAT, context)
             self._pipeline.reserve_more(self.principal, self.call, reservation)
         return screened, placeholders
 
@@ -205,11 +207,15 @@ class Pipeline:
         reads: ReadCache | None = None,
     ) -> None:
         self._reads = reads if reads is not None else ReadCache(0.0)  # the cache `resolve`'s database reads go through
-        self._engines = engines  # the models of `models:`: named on chat, a 400 that says where they answer
+        self._engines = engines  # the models of `models:`: generate ones answered, others a 400 saying where
         self.pool, self._catalog, self._residency, self._tenants = pool, catalog, residency, tenants
         self._picker = picker
         self._meter, self._quotas, self._metrics = meter, quotas, metrics
         self.bounds, self.privacy = bounds, privacy
+
+    @property
+    def engines(self) -> Engines:
+        return self._engines
 
     async def tokenize(self, body: dict[str, Any]) -> list[int]:
         """vLLM's `/tokenize` on a ready replica: no generation. Inside an admission, or
@@ -221,10 +227,13 @@ class Pipeline:
         """A tenant's alias → its target. Another tenant's alias, a deleted one and an
         unknown name all get the same 404, so existence never leaks. The base model too
         is reached only through an alias of the tenant's (templates included). A version
-        held back after a failed load is temporary, not missing: 503 + `Retry-After`."""
+        held back after a failed load is temporary, not missing: 503 + `Retry-After`. A
+        generate model of `models:` the tenant may call is its own target, without adapter."""
         alias = self._tenants.alias(tenant, model)
         target = self._target(alias) if alias is not None else None
         engine = self._engines.find(tenant, model) if target is None and alias is None else None
+        if engine is not None and engine.generates:
+            return Target(model, engine.entry.engine_name, None, engine=engine.name)
         if engine is not None:
             embed = engine.entry.role == "embed"
             use = "an embedding model: call /v1/embeddings" if embed else "a classify model: a template's encoder"
@@ -239,6 +248,11 @@ class Pipeline:
         if wait > 0:
             raise ModelUnavailableError(model, retry_after=max(1, math.ceil(wait)))
         return target
+
+    def context(self, target: Target) -> int | None:
+        """The context a target's requests are held to (None: the base model's)."""
+        engine = self._engines.get(target.engine) if target.engine is not None else None
+        return engine.context_length() if engine is not None else None
 
     def servable(self, tenant: str) -> list[Alias]:
         """The tenant's aliases whose model exists: the only names `resolve` answers (a
@@ -274,14 +288,24 @@ class Pipeline:
 
     @asynccontextmanager
     async def admitted(
-        self, principal: Principal, model: str, reserve: Reservation, *, label: str, template: str = ""
+        self,
+        principal: Principal,
+        model: str,
+        reserve: Reservation,
+        *,
+        label: str,
+        template: str = "",
+        target: Target | None = None,
     ) -> AsyncIterator[Admission]:
-        """Resolve, admit (reserving the request's worst case) and lease; on exit,
-        however it exits, settle the quota and meter what was used."""
-        target = await self._reads.in_loop_or_thread(self.resolve, principal.tenant, model)
+        """Resolve (unless `target` is the model's, resolved already), admit (reserving
+        the request's worst case) and lease; on exit, however it exits, settle the
+        quota and meter what was used."""
+        resolved = (
+            await self._reads.in_loop_or_thread(self.resolve, principal.tenant, model) if target is None else target
+        )
         async with self.metered(principal, model, reserve, label=label, template=template) as call:
-            with self._residency.lease(target.adapter):
-                yield Admission(self, principal, target, call)
+            with self._residency.lease(resolved.adapter):
+                yield Admission(self, principal, resolved, call)
 
     @asynccontextmanager
     async def metered(
@@ -311,9 +335,10 @@ class Pipeline:
         """One non-streamed engine call in its own admission. A client's own call is
         screened once admitted (a template screens its inputs itself)."""
         placeholders = None
-        reserve = self.bounds.check(body, endpoint is Endpoint.CHAT)
+        target = await self._reads.in_loop_or_thread(self.resolve, principal.tenant, model)
+        reserve = self.bounds.check(body, endpoint is Endpoint.CHAT, self.context(target))
         label = "template" if template else endpoint.name.lower()
-        async with self.admitted(principal, model, reserve, label=label, template=template) as admission:
+        async with self.admitted(principal, model, reserve, label=label, template=template, target=target) as admission:
             if not template:
                 body, placeholders = await admission.screen(endpoint, body)
             answer = await admission.forward(endpoint, body)
@@ -333,11 +358,12 @@ class Pipeline:
         events are `relay`'s (default: the OpenAI stream, as the body's options ask),
         restored where the tenant's PII policy masked the request."""
         relay = relay or openai_relay(body, model)
-        reserve = self.bounds.check(body, endpoint is Endpoint.CHAT)
+        target = await self._reads.in_loop_or_thread(self.resolve, principal.tenant, model)
+        reserve = self.bounds.check(body, endpoint is Endpoint.CHAT, self.context(target))
         label = "template" if template else endpoint.name.lower()
         async with AsyncExitStack() as stack:  # closes the admission if the stream fails to open
             admission = await stack.enter_async_context(
-                self.admitted(principal, model, reserve, label=label, template=template)
+                self.admitted(principal, model, reserve, label=label, template=template, target=target)
             )
             if not template:
                 body, placeholders = await admission.screen(endpoint, body)
@@ -379,7 +405,8 @@ class Pipeline:
         send: Callable[[Upstream], Awaitable[T]],
         again: Callable[[UpstreamUnavailableError], bool] = lambda failed: True,
     ) -> T:
-        """`send` on a replica that holds the target's adapter (loaded first if need be).
+        """`send` on a replica that holds the target's adapter (loaded first if need be;
+        a generate model of `models:`: one of its own pool's, in turn).
         A replica that is unavailable before the client got a byte (a refused or dropped
         connection, 503, a load that could not reach it) is passed over once for
         another ready one, if `again` allows (it charges an attempt that reached an
@@ -390,8 +417,12 @@ class Pipeline:
         loaded again and the call once more."""
         failed: list[Upstream] = []
         reloaded = False
+        pool = self._engines.pool(target.engine) if target.engine is not None else None
         while True:
-            upstream = self._picker.pick(self.pool.ready_upstreams(), target.adapter, avoid=failed)
+            if pool is not None:
+                upstream = pool.pick(avoid=failed)
+            else:
+                upstream = self._picker.pick(self.pool.ready_upstreams(), target.adapter, avoid=failed)
             try:
                 await self._load(upstream, target)
                 return await send(upstream)
@@ -402,14 +433,16 @@ class Pipeline:
                     raise UpstreamUnavailableError("The model server could not load the model; retry shortly.") from exc
                 reloaded = True
             except UpstreamUnavailableError as exc:
-                if isinstance(exc, UpstreamTimeoutError) or failed or not self._another(upstream) or not again(exc):
+                another = self._another(pool or self.pool, upstream)
+                if isinstance(exc, UpstreamTimeoutError) or failed or not another or not again(exc):
                     raise
                 log.warning("%s failed before answering (%s); retrying on another replica", upstream.url, exc.code)
                 self._metrics.upstream_retries.inc()
                 failed.append(upstream)
 
-    def _another(self, upstream: Upstream) -> bool:
-        return any(u is not upstream for u in self.pool.ready_upstreams())
+    @staticmethod
+    def _another(pool: UpstreamPool, upstream: Upstream) -> bool:
+        return any(u is not upstream for u in pool.ready_upstreams())
 
     async def _load(self, upstream: Upstream, target: Target) -> None:
         try:

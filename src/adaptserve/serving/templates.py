@@ -215,7 +215,9 @@ class TemplateService:
         """Refuse (400) a classify template whose smallest call can never fit the
         request bounds: one input with empty text, or its calibration. Its scoring plan
         is read from the served model's tokenizer (503 while no engine is up) and kept
-        for its calls."""
+        for its calls. A template runs on the base model: one naming a generate model of
+        `models:` is refused."""
+        self._pipeline.engines.refuse_generate(spec.model, "the template's model", "model")
         if spec.kind != "classify":
             return
         if spec.head is not None:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 from adaptserve.errors import APIError, UpstreamUnavailableError
@@ -86,10 +86,11 @@ class UpstreamPool:
         """(url, in service, in flight) per upstream: what the metrics show."""
         return [(u.url, u.state is State.READY, u.inflight) for u in self.upstreams]
 
-    def pick(self) -> Upstream:
-        """Round-robin over READY upstreams (calls that need no adapter: tokenizing);
-        503 with Retry-After when there is none."""
-        ready = self.ready_upstreams()
+    def pick(self, avoid: Collection[Upstream] = ()) -> Upstream:
+        """Round-robin over READY upstreams less `avoid` (calls that need no adapter:
+        tokenizing, encoders, a generate model of `models:`); 503 with Retry-After when
+        there is none."""
+        ready = [u for u in self.ready_upstreams() if u not in avoid]
         if not ready:
             raise UpstreamUnavailableError()
         return ready[next(self._turn) % len(ready)]

@@ -1,6 +1,7 @@
-"""Runs `vllm serve` as a child process on loopback and keeps it running: the generate
-model's engine (`Supervisor`: LoRA, the engine plugin) and each supervised `models:`
-entry's encoder on the pooling runner (`PoolingSupervisor`).
+"""Runs `vllm serve` as a child process on loopback and keeps it running: the base
+model's engine (`Supervisor`: LoRA, the engine plugin), each supervised `models:` entry
+of role generate (`GenerateSupervisor`: the same command less LoRA) and each one's
+encoder on the pooling runner (`PoolingSupervisor`).
 
 The child gets its own process group (vLLM starts engine processes of its own), so
 stopping kills the whole group; it also gets SIGTERM if the gateway dies without
@@ -76,25 +77,27 @@ class Supervisor:
             s.dtype,
             "--max-model-len",
             str(s.max_model_len),
-            "--enable-lora",
-            "--max-lora-rank",
-            str(s.max_lora_rank),
-            "--max-loras",
-            str(s.max_loras),
+            *self._lora_args(),
             "--enable-prompt-tokens-details",  # usage.prompt_tokens_details.cached_tokens: prefix-cache hits
         ]
-        if s.max_cpu_loras is not None:
-            cmd += ["--max-cpu-loras", str(s.max_cpu_loras)]
         if s.block_size is not None:
             cmd += ["--block-size", str(s.block_size)]
+        return cmd + list(s.extra_args)
+
+    def _lora_args(self) -> list[str]:
+        s = self._settings
+        cmd = ["--enable-lora", "--max-lora-rank", str(s.max_lora_rank), "--max-loras", str(s.max_loras)]
+        if s.max_cpu_loras is not None:
+            cmd += ["--max-cpu-loras", str(s.max_cpu_loras)]
         if s.lora_target_modules is not None:
             cmd += ["--lora-target-modules", *s.lora_target_modules]
-        return cmd + list(s.extra_args)
+        return cmd
 
     def environment(self) -> dict[str, str]:
         """What the engine's processes get: not the gateway's settings (`_without_settings`)."""
         env = _without_settings()
-        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # safe: only the gateway reaches it
+        if self._lora_args():
+            env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # safe: only the gateway reaches it
         env.pop("VLLM_LORA_RESOLVER_CACHE_DIR", None)  # the gateway alone decides what loads
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self._settings.kv_cache_gib))
         if self._settings.disable_dynamo:
@@ -178,6 +181,40 @@ class Supervisor:
             os.killpg(pid, sig)
 
 
+class GenerateSupervisor(Supervisor):
+    """A `models:` entry of role generate: the base model's command and environment
+    (`vllm` settings: block size, dynamo, ...) with the entry's dtype, context, KV cache
+    and flags, less LoRA (no `--enable-lora`, no runtime adapter loading, no engine
+    plugin: its grouped LoRA ops have nothing to do); its threads on the entry's `cpus`."""
+
+    def __init__(self, settings: VLLMSettings, entry: ModelEntry, model_path: Path, log_path: Path) -> None:
+        own = {
+            "dtype": entry.dtype or settings.dtype,
+            "max_model_len": entry.max_model_len or settings.max_model_len,
+            "extra_args": entry.extra_args,
+            "engine_plugin": False,
+        }
+        super().__init__(settings.model_copy(update=own), model_path, entry.engine_name, log_path)
+        self._cpus, self._kv_cache_gib = entry.cpus, entry.kv_cache_gib
+        self.describe = f"vLLM for model {entry.name} (generate)"
+
+    def _lora_args(self) -> list[str]:
+        return []
+
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(self._kv_cache_gib)  # its own, not the base model's (environment)
+        if self._cpus is not None:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = self._cpus
+        return env
+
+    def plugin_active(self) -> bool:
+        return False  # it never loads the plugin
+
+    def _clear_plugin_status(self) -> None:
+        pass  # the status files beside its log are the base model's engine's
+
+
 class PoolingSupervisor(Supervisor):
     """A `models:` entry's encoder: `vllm serve PATH --runner pooling --enforce-eager`,
     without the LoRA flags, runtime adapter loading or the engine plugin. Eager, because
@@ -194,7 +231,7 @@ class PoolingSupervisor(Supervisor):
         cmd = [
             *(sys.executable, "-m", "adaptserve.upstream.vllm_main", "serve", str(self._model_path)),
             *("--host", "127.0.0.1", "--port", str(self.port), "--served-model-name", self._served_name),
-            *("--runner", "pooling", "--enforce-eager", "--dtype", e.dtype),
+            *("--runner", "pooling", "--enforce-eager", "--dtype", e.dtype or "float32"),
         ]
         if e.max_model_len is not None:
             cmd += ["--max-model-len", str(e.max_model_len)]

@@ -184,8 +184,10 @@ def delete_key(tenant: str, key_id: str, gateway: GatewayDep, actor: AdminDep) -
 def set_alias(tenant: str, alias: str, body: AliasSet, request: Request, gateway: GatewayDep, actor: AdminDep) -> dict:
     """An alias to an adapter (pinned or following its active version) or to the base
     model. A tenant admin pins only released versions of a global adapter, and points
-    at the base model only where the operator allows it (`tenant_base_aliases`)."""
+    at the base model only where the operator allows it (`tenant_base_aliases`). A
+    generate model's name of `models:` is not an alias's (400)."""
     _own(actor, tenant)
+    gateway.engines.refuse_generate(alias, "alias", "alias")
     before = gateway.tenants.alias(tenant, alias)
     if actor.tenant is not None:
         _tenant_admin_may_point(gateway, body, before)
