@@ -1,9 +1,11 @@
 """The gateway's own CPU per request: the fake vLLM (`adaptserve.bench.fake_engine`) and the
 gateway (`adaptserve serve`'s app and listener, SQLite) each in its own process, the client
 in this one; the gateway process's user + system time over N non-streamed chat requests on
-an adapter alias, divided by N, beside each request's latency through the gateway and
-straight to the fake engine. Unlike `gateway_cost.py` (everything in one process), no
-client or engine time is counted in the gateway's.
+an adapter alias (`--endpoint embeddings`: N `/v1/embeddings` calls of 16 sentences, base64
+vectors, on an embedding model of `models:`; the fake's vectors have 8 dimensions), divided
+by N, beside each request's latency through the gateway and straight to the fake engine.
+Unlike `gateway_cost.py` (everything in one process), no client or engine time is counted
+in the gateway's.
 
     .venv/bin/python benchmarks/gateway_cpu.py --requests 1500 --runs 3
 
@@ -32,6 +34,13 @@ from adaptserve.upstream.supervisor import free_port
 
 HERE = Path(__file__).parent
 BODY = {"messages": [{"role": "user", "content": "hello there"}]}
+ENCODER = "fake-encoder"  # the embedding model's name on the fake vLLM
+# `--endpoint embeddings`: a batch of 16 short sentences, base64 vectors (what the openai SDK asks for)
+EMBED_BODY = {"input": [f"sentence number {i} of a small batch" for i in range(16)], "encoding_format": "base64"}
+ENDPOINTS = {  # endpoint -> (path, body, the gateway's model, the engine's model)
+    "chat": ("/v1/chat/completions", BODY, "alpha", BASE),
+    "embeddings": ("/v1/embeddings", EMBED_BODY, "minilm", ENCODER),
+}
 
 
 def _serve_fake(port: int) -> None:
@@ -39,7 +48,7 @@ def _serve_fake(port: int) -> None:
 
     from adaptserve.bench.fake_engine import FakeState, create_fake_vllm
 
-    uvicorn.run(create_fake_vllm(FakeState()), port=port, log_level="warning")
+    uvicorn.run(create_fake_vllm(FakeState(served=[BASE, ENCODER])), port=port, log_level="warning")
 
 
 def _serve_gateway(port: int, fake: str, profile: str) -> None:
@@ -64,6 +73,7 @@ def _serve_gateway(port: int, fake: str, profile: str) -> None:
         served_model_name=BASE,
         upstreams=[fake],
         adapters={"alpha": make_adapter(base, root / "alpha", seed=1)},
+        models=[{"name": "minilm", "role": "embed", "upstreams": [fake], "served_model_name": ENCODER}],
         log_level="warning",
         port=port,
     )
@@ -97,11 +107,11 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _latencies(client: httpx.Client, url: str, body: dict, headers: dict, n: int) -> list[float]:
+def _latencies(client: httpx.Client, url: str, body: dict, headers: dict, n: int, path: str) -> list[float]:
     out = []
     for _ in range(n):
         start = time.perf_counter()
-        client.post(url + "/v1/chat/completions", json=body, headers=headers).raise_for_status()
+        client.post(url + path, json=body, headers=headers).raise_for_status()
         out.append(time.perf_counter() - start)
     return out
 
@@ -120,6 +130,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--compare", metavar="OLD_SRC", help="another checkout's src folder, alternated with this one")
     parser.add_argument("--profile", metavar="FILE", default="", help="cProfile this checkout's gateway into FILE")
+    parser.add_argument("--endpoint", choices=sorted(ENDPOINTS), default="chat", help="what each request calls")
     parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)  # internal: fake|gateway PORT FAKE_URL PROFILE
     args = parser.parse_args()
     if args.serve:
@@ -145,15 +156,16 @@ def main() -> None:
             "| run | gateway | fake vLLM direct, median ms | through the gateway, median ms | gateway CPU ms/request |"
         )
         print("|---|---|---|---|---|")
+        path, body, model, engine_model = ENDPOINTS[args.endpoint]
         with httpx.Client(timeout=30) as client:
             key = {"Authorization": "Bearer sk-cpu"}
             for _, url, _ in gateways:
-                _latencies(client, url, BODY | {"model": "alpha"}, key, 50)  # warm-up
+                _latencies(client, url, body | {"model": model}, key, 50, path)  # warm-up
             for run in range(1, args.runs + 1):
                 for name, url, process in gateways:
-                    direct = _latencies(client, fake_url, BODY | {"model": BASE}, {}, args.requests)
+                    direct = _latencies(client, fake_url, body | {"model": engine_model}, {}, args.requests, path)
                     before = _cpu_s(process.pid)
-                    through = _latencies(client, url, BODY | {"model": "alpha"}, key, args.requests)
+                    through = _latencies(client, url, body | {"model": model}, key, args.requests, path)
                     cpu = (_cpu_s(process.pid) - before) / args.requests
                     d, g = statistics.median(direct) * 1e3, statistics.median(through) * 1e3
                     print(f"| {run} | {name} | {d:.2f} | {g:.2f} | {cpu * 1e3:.2f} |", flush=True)
