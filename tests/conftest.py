@@ -33,7 +33,8 @@ def pytest_configure(config: pytest.Config) -> None:
     for every client it makes (each `httpx.post`, each `openai.OpenAI`), and parsing a bundle
     file costs ~18 ms of CPU each time, where a directory is read lazily, certificate by
     certificate. The tests make thousands of clients for plain http on loopback: this took a
-    third of the unit suite's CPU. Trust is unchanged (the same certificates, only how read)."""
+    third of the unit suite's CPU. The tests (and the servers they start) then trust the
+    system's CA certificates, not a bundle of their own; none of them reaches anything over TLS."""
     capath = ssl.get_default_verify_paths().openssl_capath
     if os.path.isdir(capath):
         os.environ.pop("SSL_CERT_FILE", None)

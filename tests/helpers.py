@@ -113,7 +113,8 @@ class _PromptServer(uvicorn.Server):
     `should_exit` every 0.1 s, which every test that starts a server paid on its way out."""
 
     async def main_loop(self) -> None:
-        self.loop, self.wake = asyncio.get_running_loop(), asyncio.Event()
+        self.wake = asyncio.Event()  # before `loop`: `exit_now` reads `loop`, then uses `wake`
+        self.loop = asyncio.get_running_loop()
         counter = 0
         while not await self.on_tick(counter):
             counter = (counter + 1) % 864000

@@ -45,10 +45,15 @@ T = TypeVar("T")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: `$` would allow a final newline
 
 
+def is_name(value: str) -> bool:
+    """Whether `value` could be a name `check_name` lets through (and so a stored one)."""
+    return _NAME.fullmatch(value) is not None and "--" not in value
+
+
 def check_name(value: object, what: str, param: str = "name") -> str:
     """Names used as keys (tenants, adapters, aliases). `--` is reserved: internal
     adapter names are `name--version`."""
-    if not isinstance(value, str) or not _NAME.fullmatch(value) or "--" in value:
+    if not isinstance(value, str) or not is_name(value):
         raise InvalidRequestError(
             f"{what} must be 1-64 letters, digits, '.', '_' or '-' (no '--'), starting with a letter or digit",
             param=param,

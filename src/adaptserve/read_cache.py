@@ -63,8 +63,11 @@ class CacheMiss(Exception):
 
 
 class ReadCache:
-    def __init__(self, ttl_s: float, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    def __init__(
+        self, ttl_s: float, max_entries: int = DEFAULT_MAX_ENTRIES, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.ttl_s = ttl_s
+        self._clock = clock
         self._max_entries = max_entries
         self._entries: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()  # key -> (expiry, value)
         self._generation = 0  # bumped by every invalidation
@@ -83,7 +86,7 @@ class ReadCache:
         while it ran). In `in_loop_or_thread`'s first try, a miss raises `CacheMiss`."""
         if self.ttl_s <= 0:
             return load()
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None and entry[0] > now:
@@ -136,14 +139,14 @@ class ReadCache:
             if writes and state.bind_mapper is not None and state.bind_mapper.class_ in watched:
                 state.session.info[_TOUCHED] = True
 
+        # The flag outlives a rollback: a savepoint's rollback fires `after_rollback` too,
+        # while the transaction's earlier writes still commit. After a whole transaction is
+        # rolled back, the session (one per `Database.session`) is done, and a flag it kept
+        # would at worst empty the cache once more.
         def committed(session: Session) -> None:
             if session.info.pop(_TOUCHED, False):
                 self.invalidate()
 
-        def rolled_back(session: Session) -> None:
-            session.info.pop(_TOUCHED, None)
-
         event.listen(db.sessions, "after_flush", flushed)
         event.listen(db.sessions, "do_orm_execute", executed)
         event.listen(db.sessions, "after_commit", committed)
-        event.listen(db.sessions, "after_rollback", rolled_back)

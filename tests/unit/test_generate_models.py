@@ -199,6 +199,26 @@ def test_it_is_no_embedding_model_alias_or_template_model(gen_gateway: RunningGa
     assert gen_gateway.admin("PUT", "/templates/echo", json=doc | {"model": "default"}).status_code == 201
 
 
+def test_a_template_naming_it_is_refused_when_called_and_tenants_that_may_not_call_it_learn_nothing(
+    start_gateway: Callable[..., RunningGateway], second_llm: FakeState, tmp_path: Path
+) -> None:
+    """Saved through the admin API such a template is refused (above); one read from
+    `templates_dir` (or saved before the entry existed) is refused when called, and never
+    reaches the engine. A tenant that may not call the model may name an alias or a
+    template after it (its own names: the model does not exist for it)."""
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    doc = {"name": "echo", "kind": "generate", "instruction": "Repeat.", "inputs": {"text": {}}, "model": "llm2"}
+    (folder / "echo.json").write_text(json.dumps(doc))
+    gw = start_gateway(models=[_entry(second_llm, tenants=["default"])], templates_dir=folder)
+    called = gw.post("/v1/templates/echo", {"inputs": {"text": "hi"}})
+    assert_openai_error(called, 400, "model_not_adaptable", "model")
+    assert _chats(second_llm) == []
+    new_tenant(gw, "other")
+    assert gw.admin("PUT", "/tenants/other/models/llm2", json={"base": True}).status_code == 200
+    assert gw.admin("PUT", "/templates/echo", params={"tenant": "other"}, json=doc).status_code == 201
+
+
 def test_pii_and_quotas_hold_it_as_the_base_model(gen_gateway: RunningGateway, second_llm: FakeState) -> None:
     assert gen_gateway.admin("PUT", "/tenants/default/pii", json={"mode": "mask"}).status_code == 200
     said = [{"role": "user", "content": "write to kim.lee@example.com"}]

@@ -383,7 +383,7 @@ def test_a_failed_load_is_retried_and_never_names_internals(start_gateway, fake,
     # Refused at start-up: held back for a while, which is not missing (a 404 is final to clients).
     assert response.status_code == 503 and response.json()["error"]["code"] == "model_unavailable"
     assert response.json()["error"]["param"] == "model"
-    assert 50 <= int(response.headers["Retry-After"]) <= 60
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
     assert "flaky" in [m.id for m in gw.client().models.list().data]  # still listed
     listing = gw.admin("GET", "/adapters/flaky").json()
     internal = "flaky--" + listing["versions"][0]["version"]
@@ -397,7 +397,7 @@ def test_a_failed_load_is_retried_and_never_names_internals(start_gateway, fake,
     monkeypatch.setattr(residency, "RETRY_FAILED_S", 60.0)
     held = gw.post("/v1/chat/completions", {"model": "flaky", "messages": Q}, key=API_KEY)
     assert held.status_code == 503  # the second failure in a row doubled the back-off
-    assert 110 <= int(held.headers["Retry-After"]) <= 120
+    assert 60 < int(held.headers["Retry-After"]) <= 120
     assert internal not in held.text and len(fake.load_calls) == loads + 1  # nothing sent meanwhile
 
 

@@ -7,6 +7,7 @@ bounded, a hit takes no thread hop)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
 
 from adaptserve.db import ApiKeyRow, Database, TenantRow, UsageRow
 from adaptserve.read_cache import ReadCache
@@ -102,6 +104,7 @@ def test_another_replica_refuses_a_revoked_key_within_the_ttl(start_gateway, dat
     while chat(two, created["key"]) == 200:
         assert time.monotonic() - revoked < ttl + 2.0, "the other replica still serves a revoked key past its TTL"
         time.sleep(0.05)
+    assert chat(two, created["key"]) == 401  # refused, not failing some other way
 
 
 @pytest.fixture
@@ -158,12 +161,19 @@ def test_only_writes_to_the_read_tables_empty_the_cache(db):
         raise ValueError
     cache.get("k", load)
     assert len(calls) == 3
+    with db.session() as s:  # a savepoint rolled back inside: the transaction's own write still commits
+        s.add(TenantRow(name="v"))
+        s.flush()
+        with contextlib.suppress(IntegrityError), s.begin_nested():
+            s.add(TenantRow(name="t"))  # exists: the savepoint fails
+            s.flush()
+    cache.get("k", load)
+    assert len(calls) == 4
 
 
-def test_the_cache_expires_is_bounded_and_can_be_off(monkeypatch):
+def test_the_cache_expires_is_bounded_and_can_be_off():
     now = [100.0]
-    monkeypatch.setattr(time, "monotonic", lambda: now[0])
-    cache = ReadCache(ttl_s=2.0, max_entries=2)
+    cache = ReadCache(ttl_s=2.0, max_entries=2, clock=lambda: now[0])
     calls, load = counting("v")
     cache.get("a", load)
     now[0] += 1.9
@@ -199,3 +209,18 @@ def test_a_hit_runs_on_the_event_loop_and_a_miss_in_a_worker_thread():
         assert threads == [loaded_in, loop_thread]  # the hit: no hop
 
     asyncio.run(twice())
+
+
+def test_a_name_no_alias_can_have_is_neither_read_nor_kept(db):
+    """A client's `model` may be megabytes long: a 404 for it must not pin it in memory."""
+    from adaptserve.tenancy.tenants import TenantRegistry
+
+    cache = ReadCache.over(db, FOREVER)
+    keys: list[object] = []
+    get = cache.get
+    cache.get = lambda key, load: keys.append(key) or get(key, load)  # type: ignore[method-assign]
+    tenants = TenantRegistry(db, None, cache)
+    tenants.create("acme")
+    assert tenants.alias("acme", "x" * 100_000) is None and tenants.alias("acme", "a--b") is None
+    assert keys == []
+    assert tenants.alias("acme", "chat") is None and keys == [("alias", "acme", "chat")]

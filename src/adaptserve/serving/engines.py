@@ -103,10 +103,12 @@ class Engines:
         """The pool of the engine `name` names (one that exists: a resolved target's)."""
         return self._engines[name].pool
 
-    def refuse_generate(self, name: str, what: str, param: str) -> None:
-        """400 where `name` is a generate model of `models:`: it serves chat and
-        completions only; adapters, aliases and templates stay on the base model."""
-        engine = self._engines.get(name)
+    def refuse_generate(self, name: str, what: str, param: str, tenant: str | None) -> None:
+        """400 where `name` is a generate model of `models:` that `tenant` may call (None:
+        any tenant, for what is global): it serves chat and completions only; adapters,
+        aliases and templates stay on the base model. A tenant that may not call it
+        learns nothing of it here either."""
+        engine = self._engines.get(name) if tenant is None else self.find(tenant, name)
         if engine is not None and engine.generates:
             raise InvalidRequestError(
                 f"{what} {name!r} is a generate model of models:, which serves chat and completions only "

@@ -249,6 +249,12 @@ class Pipeline:
             raise ModelUnavailableError(model, retry_after=max(1, math.ceil(wait)))
         return target
 
+    def _on_base(self, principal: Principal, target: Target) -> None:
+        """A template runs on the base model: one naming a generate model of `models:`
+        (read from `templates_dir`, or saved before that entry existed) is refused."""
+        if target.engine is not None:
+            self._engines.refuse_generate(target.public_name, "the template's model", "model", principal.tenant)
+
     def context(self, target: Target) -> int | None:
         """The context a target's requests are held to (None: the base model's)."""
         engine = self._engines.get(target.engine) if target.engine is not None else None
@@ -272,7 +278,8 @@ class Pipeline:
     async def precheck(self, principal: Principal, model: str) -> None:
         """Refuse what admission would (an unknown model, a tenant over its quotas),
         counting nothing: before work that precedes admission (a template's screening)."""
-        await self._reads.in_loop_or_thread(self.resolve, principal.tenant, model)
+        target = await self._reads.in_loop_or_thread(self.resolve, principal.tenant, model)
+        self._on_base(principal, target)
         try:
             self._quotas.check(principal.uid, principal.limits)
         except QuotaExceededError as exc:
@@ -303,6 +310,8 @@ class Pipeline:
         resolved = (
             await self._reads.in_loop_or_thread(self.resolve, principal.tenant, model) if target is None else target
         )
+        if template:
+            self._on_base(principal, resolved)
         async with self.metered(principal, model, reserve, label=label, template=template) as call:
             with self._residency.lease(resolved.adapter):
                 yield Admission(self, principal, resolved, call)

@@ -217,7 +217,7 @@ class TemplateService:
         is read from the served model's tokenizer (503 while no engine is up) and kept
         for its calls. A template runs on the base model: one naming a generate model of
         `models:` is refused."""
-        self._pipeline.engines.refuse_generate(spec.model, "the template's model", "model")
+        self._pipeline.engines.refuse_generate(spec.model, "the template's model", "model", spec.tenant)
         if spec.kind != "classify":
             return
         if spec.head is not None:

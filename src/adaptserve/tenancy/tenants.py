@@ -27,6 +27,7 @@ from adaptserve.db import (
     RevokedKeyRow,
     TenantRow,
     check_name,
+    is_name,
     written_once_more,
 )
 from adaptserve.errors import AuthenticationError, ConflictError, InvalidRequestError, NotFoundError
@@ -248,8 +249,14 @@ class TenantRegistry:
             rows = s.scalars(select(AliasRow).where(AliasRow.tenant == tenant).order_by(AliasRow.alias))
             return [_alias(r) for r in rows]
 
-    def alias(self, tenant: str, alias: str) -> Alias | None:
-        """A tenant's alias (cached: see `ReadCache`)."""
+    def alias(self, tenant: str, alias: str, fresh: bool = False) -> Alias | None:
+        """A tenant's alias (cached: see `ReadCache`; `fresh`: read from the database, as
+        an admin write that decides on it must). A name no alias can have is None at
+        once: neither a database read nor a cache entry (a client's `model` may be long)."""
+        if not is_name(alias):
+            return None
+        if fresh:
+            return self._read_alias(tenant, alias)
         return self._cache.get(("alias", tenant, alias), lambda: self._read_alias(tenant, alias))
 
     def _read_alias(self, tenant: str, alias: str) -> Alias | None:

@@ -187,8 +187,8 @@ def set_alias(tenant: str, alias: str, body: AliasSet, request: Request, gateway
     at the base model only where the operator allows it (`tenant_base_aliases`). A
     generate model's name of `models:` is not an alias's (400)."""
     _own(actor, tenant)
-    gateway.engines.refuse_generate(alias, "alias", "alias")
-    before = gateway.tenants.alias(tenant, alias)
+    gateway.engines.refuse_generate(alias, "alias", "alias", tenant)
+    before = gateway.tenants.alias(tenant, alias, fresh=True)
     if actor.tenant is not None:
         _tenant_admin_may_point(gateway, body, before)
     result = gateway.tenants.set_alias(tenant, alias, base=body.base, adapter=body.adapter, version=body.version)
