@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
@@ -22,13 +23,8 @@ async def get_gateway(request: Request) -> Gateway:
 async def get_principal(request: Request, gateway: Annotated[Gateway, Depends(get_gateway)]) -> Principal:
     # A cached key is answered on the event loop; a key lookup in the database runs in a
     # worker thread, so it never blocks the loop.
-    address = request.client.host if request.client else "unknown"
-    gateway.auth_throttle.check(address)
-    try:
-        return await gateway.reads.in_loop_or_thread(gateway.tenants.authenticate, request.headers.get("authorization"))
-    except AuthenticationError:
-        gateway.auth_throttle.failed(address)
-        raise
+    with _failures_counted(request, gateway) as authorization:
+        return await gateway.reads.in_loop_or_thread(gateway.tenants.authenticate, authorization)
 
 
 def require_admin(request: Request, gateway: Annotated[Gateway, Depends(get_gateway)]) -> Actor:
@@ -63,10 +59,18 @@ def require_metrics_reader(request: Request, gateway: Annotated[Gateway, Depends
 
 def _throttled(request: Request, gateway: Gateway, check: Callable[[str | None], T]) -> T:
     """Run a key check unless this client address has failed too often; count a failure."""
+    with _failures_counted(request, gateway) as authorization:
+        return check(authorization)
+
+
+@contextmanager
+def _failures_counted(request: Request, gateway: Gateway) -> Iterator[str | None]:
+    """The request's Authorization header, unless its client address has failed too
+    often (429); a key check inside that fails counts against the address."""
     address = request.client.host if request.client else "unknown"
     gateway.auth_throttle.check(address)
     try:
-        return check(request.headers.get("authorization"))
+        yield request.headers.get("authorization")
     except AuthenticationError:
         gateway.auth_throttle.failed(address)
         raise
