@@ -56,7 +56,7 @@ def test_backtracking_prone_patterns_are_refused_naming_why(pattern: str, reason
     started = time.monotonic()
     with pytest.raises(UnsafePatternError, match=reason):
         check_pattern(pattern)
-    assert time.monotonic() - started < 0.1
+    assert time.monotonic() - started < 1.0  # refused by reading it, not by running it
 
 
 def test_an_accepted_pattern_stays_fast_on_a_hostile_string() -> None:
@@ -67,7 +67,7 @@ def test_an_accepted_pattern_stays_fast_on_a_hostile_string() -> None:
         for text in ("a" * 1000 + "!", "1" * 1000 + "!", "a@" * 500):
             started = time.monotonic()
             compiled.search(text)
-            assert time.monotonic() - started < 0.2, pattern
+            assert time.monotonic() - started < 1.0, pattern  # a backtracking one: hours
 
 
 def test_a_pii_policy_pattern_that_backtracks_is_refused() -> None:
