@@ -239,3 +239,23 @@ def test_its_engine_down_is_its_503_not_the_base_models(gen_gateway: RunningGate
     refused = gen_gateway.post("/v1/chat/completions", {"model": "llm2", "messages": HI})
     assert_openai_error(refused, 503, "upstream_unavailable")
     assert gen_gateway.post("/v1/chat/completions", {"model": BASE, "messages": HI}).status_code == 200
+
+
+def test_an_engine_that_does_not_serve_its_name_is_a_configuration_502_not_an_adapter_load(
+    gen_gateway: RunningGateway, second_llm: FakeState
+) -> None:
+    """An engine in service that answers "does not exist" for a generate model (it was
+    restarted under another --served-model-name between health checks) has nothing to
+    load: the client gets a 502 naming the configuration problem, once, not the 503 of
+    an adapter that could not be loaded."""
+    second_llm.served = ["renamed"]  # what its engine serves now
+    for path, body in (("/v1/chat/completions", {"messages": HI}), ("/v1/completions", {"prompt": "x"})):
+        before = len(_chats(second_llm))
+        refused = gen_gateway.post(path, {"model": "llm2", **body})
+        error = assert_openai_error(refused, 502, "engine_model_not_served")
+        assert "served_model_name" in error["message"] and "'llm2'" in error["message"]
+        assert SECOND not in error["message"] and "load" not in error["message"]
+        assert len(_chats(second_llm)) == before + 1  # asked once: no reload, no second try
+    streamed = gen_gateway.post("/v1/chat/completions", {"model": "llm2", "messages": HI, "stream": True})
+    assert_openai_error(streamed, 502, "engine_model_not_served")
+    assert gen_gateway.post("/v1/chat/completions", {"model": BASE, "messages": HI}).status_code == 200
