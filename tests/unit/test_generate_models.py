@@ -16,8 +16,9 @@ import pytest
 from pydantic import ValidationError
 
 from adaptserve.bench.fake_engine import BASE, FakeState
-from adaptserve.config import MINILM, ModelEntry, Settings
+from adaptserve.config import Settings
 from adaptserve.engine_plugin import ENABLE_ENV
+from adaptserve.engine_settings import MINILM, ModelEntry
 from adaptserve.serving.engines import Engines
 from adaptserve.upstream.supervisor import GenerateSupervisor, Supervisor
 from tests.helpers import (
@@ -113,6 +114,26 @@ def test_the_supervised_child_is_the_base_models_command_less_lora(
     assert command[command.index("--dtype") + 1] == "float32" and command[-1] == "--a"
     assert command[command.index("--max-model-len") + 1] == "512"
     assert "VLLM_CPU_OMP_THREADS_BIND" not in GenerateSupervisor(vllm, own, tmp_path, tmp_path / "l").environment()
+
+
+def test_an_entrys_context_and_dtype_are_worked_out_in_one_place(tmp_path: Path) -> None:
+    """The context a generate entry's requests are held to (where its engines report
+    none) is its supervised engine's --max-model-len, and both, like its --dtype, fall
+    back to the base model's `vllm` settings; an encoder's to the model's own and float32."""
+    folder = _llm_folder(tmp_path / "llm")
+    for own in ({}, {"max_model_len": 512, "dtype": "float16"}):
+        entry = {"name": "llm2", "role": "generate", "path": str(folder), **own}
+        settings = Settings(data_dir=tmp_path, models=[entry])
+        engine = Engines.build(settings).get("llm2")
+        assert engine is not None and engine.supervisor is not None
+        command = engine.supervisor.command()
+        context = own.get("max_model_len", settings.vllm.max_model_len)
+        assert int(command[command.index("--max-model-len") + 1]) == engine.context_length() == context
+        assert command[command.index("--dtype") + 1] == own.get("dtype", settings.vllm.dtype)
+    encoder = ModelEntry(name="enc", role="embed", path=MINILM)
+    vllm = Settings(data_dir=tmp_path).vllm
+    assert encoder.context(vllm) is None and encoder.engine_dtype(vllm) == "float32"
+    assert encoder.model_copy(update={"max_model_len": 128}).context(vllm) == 128
 
 
 # -- serving -------------------------------------------------------------------------------
