@@ -1,8 +1,9 @@
 """A second LLM base behind the gateway (`models:` role generate) against fake engines:
 the settings and its supervised child's command (the base model's, less LoRA); chat and
 completions, streamed and not, sent to its own engine under its served name; tenants,
-usage, metrics, `/v1/models`, its own context, and the 400s where it is named as what it
-is not (an embedding model, a template's model, an alias)."""
+usage, metrics, `/v1/models`, its own context (worked out where its supervised engine's
+is), the 400s where it is named as what it is not (an embedding model, a template's
+model, an alias), and the 502 of an engine that stops serving its name."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ class Engine:
     dim: int | None = None  # an embedding model's vector size, once an answer said it
     labels: list[str] | None = None  # a classify model's class names, in its order
     folder: Path | None = None  # a supervised engine's model folder
-    max_model_len: int | None = None  # the context where its engines report none (role generate)
+    max_model_len: int | None = None  # the context where its engines report none (`ModelEntry.context`)
     _digest: str | None = field(default=None, init=False, repr=False)
 
     @property
