@@ -21,8 +21,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from adaptserve.config import MINILM
 from adaptserve.durable import fsync_tree
+from adaptserve.engine_settings import MINILM
 from adaptserve.errors import ConfigurationError
 
 log = logging.getLogger(__name__)

@@ -154,6 +154,15 @@ class UpstreamError(APIError):
     code = "upstream_error"
 
 
+class EngineModelNotServedError(UpstreamError):
+    """An engine in service answered that it does not serve the model a request went to
+    without an adapter (a generate model of `models:`, or the base model sent straight):
+    nothing to load, so a configuration error (the engine's `--served-model-name` and the
+    gateway's name for it differ), not a passing one."""
+
+    code = "engine_model_not_served"
+
+
 class UpstreamServerError(UpstreamError):
     """vLLM answered 5xx (503 is `UpstreamUnavailableError`) while handling the request:
     it may have worked on it, and the failure may be the request's own (a request that

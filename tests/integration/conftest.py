@@ -12,8 +12,8 @@ import psutil
 import pytest
 import yaml
 
-from adaptserve.config import MINILM
 from adaptserve.default_model import resolve_model
+from adaptserve.engine_settings import MINILM
 from tests.helpers import (
     ADAPTERS,
     EMBED_MODEL,

@@ -14,8 +14,8 @@ import httpx
 import psutil
 import pytest
 
-from adaptserve.config import MINILM
 from adaptserve.default_model import resolve_encoder
+from adaptserve.engine_settings import MINILM
 from tests.helpers import API_KEY, Server, chat, pooling_engine
 
 EMBED = "minilm"

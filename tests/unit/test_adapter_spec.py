@@ -156,7 +156,7 @@ def test_an_engine_restricted_to_some_modules_refuses_adapters_on_others(base, t
 
 
 def test_the_engine_is_started_with_the_lora_shape_of_the_settings(tmp_path):
-    from adaptserve.config import VLLMSettings
+    from adaptserve.engine_settings import VLLMSettings
     from adaptserve.upstream.supervisor import Supervisor
 
     settings = VLLMSettings(max_lora_rank=8, lora_target_modules=["q_proj", "v_proj"])

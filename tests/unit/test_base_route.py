@@ -12,7 +12,8 @@ import pytest
 from adaptserve.adapters.spec import BaseModelSpec
 from adaptserve.config import Settings
 from adaptserve.engine_plugin import ENABLE_ENV, PLUGIN, STATUS_ENV
-from adaptserve.server.gateway import Gateway, _base_route, _on_up
+from adaptserve.server.backends import _base_route, _on_up
+from adaptserve.server.gateway import Gateway
 from adaptserve.serving.picker import Picker
 from adaptserve.upstream.supervisor import Supervisor
 

@@ -20,9 +20,10 @@ import yaml
 from pydantic import ValidationError
 
 from adaptserve.bench.fake_engine import BASE, FakeState, fake_embedding
-from adaptserve.config import MINILM, ModelEntry, Settings
+from adaptserve.config import Settings
 from adaptserve.default_model import resolve_encoder
 from adaptserve.engine_plugin import ENABLE_ENV
+from adaptserve.engine_settings import MINILM, ModelEntry
 from adaptserve.serving.engines import Engines
 from adaptserve.upstream.supervisor import PoolingSupervisor
 from tests.helpers import (

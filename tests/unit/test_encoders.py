@@ -14,7 +14,8 @@ import pytest
 from pydantic import ValidationError
 
 from adaptserve.bench.fake_engine import FakeState, fake_class_logits
-from adaptserve.config import ModelEntry, Settings
+from adaptserve.config import Settings
+from adaptserve.engine_settings import ModelEntry
 from adaptserve.errors import ConfigurationError
 from adaptserve.serving.engines import Engines
 from tests.helpers import (

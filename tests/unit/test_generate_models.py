@@ -1,8 +1,9 @@
 """A second LLM base behind the gateway (`models:` role generate) against fake engines:
 the settings and its supervised child's command (the base model's, less LoRA); chat and
 completions, streamed and not, sent to its own engine under its served name; tenants,
-usage, metrics, `/v1/models`, its own context, and the 400s where it is named as what it
-is not (an embedding model, a template's model, an alias)."""
+usage, metrics, `/v1/models`, its own context (worked out where its supervised engine's
+is), the 400s where it is named as what it is not (an embedding model, a template's
+model, an alias), and the 502 of an engine that stops serving its name."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import pytest
 from pydantic import ValidationError
 
 from adaptserve.bench.fake_engine import BASE, FakeState
-from adaptserve.config import MINILM, ModelEntry, Settings
+from adaptserve.config import Settings
 from adaptserve.engine_plugin import ENABLE_ENV
+from adaptserve.engine_settings import MINILM, ModelEntry
 from adaptserve.serving.engines import Engines
 from adaptserve.upstream.supervisor import GenerateSupervisor, Supervisor
 from tests.helpers import (
@@ -113,6 +115,26 @@ def test_the_supervised_child_is_the_base_models_command_less_lora(
     assert command[command.index("--dtype") + 1] == "float32" and command[-1] == "--a"
     assert command[command.index("--max-model-len") + 1] == "512"
     assert "VLLM_CPU_OMP_THREADS_BIND" not in GenerateSupervisor(vllm, own, tmp_path, tmp_path / "l").environment()
+
+
+def test_an_entrys_context_and_dtype_are_worked_out_in_one_place(tmp_path: Path) -> None:
+    """The context a generate entry's requests are held to (where its engines report
+    none) is its supervised engine's --max-model-len, and both, like its --dtype, fall
+    back to the base model's `vllm` settings; an encoder's to the model's own and float32."""
+    folder = _llm_folder(tmp_path / "llm")
+    for own in ({}, {"max_model_len": 512, "dtype": "float16"}):
+        entry = {"name": "llm2", "role": "generate", "path": str(folder), **own}
+        settings = Settings(data_dir=tmp_path, models=[entry])
+        engine = Engines.build(settings).get("llm2")
+        assert engine is not None and engine.supervisor is not None
+        command = engine.supervisor.command()
+        context = own.get("max_model_len", settings.vllm.max_model_len)
+        assert int(command[command.index("--max-model-len") + 1]) == engine.context_length() == context
+        assert command[command.index("--dtype") + 1] == own.get("dtype", settings.vllm.dtype)
+    encoder = ModelEntry(name="enc", role="embed", path=MINILM)
+    vllm = Settings(data_dir=tmp_path).vllm
+    assert encoder.context(vllm) is None and encoder.engine_dtype(vllm) == "float32"
+    assert encoder.model_copy(update={"max_model_len": 128}).context(vllm) == 128
 
 
 # -- serving -------------------------------------------------------------------------------
@@ -238,4 +260,24 @@ def test_its_engine_down_is_its_503_not_the_base_models(gen_gateway: RunningGate
     wait_for(lambda: httpx.get(gen_gateway.url + "/ready").status_code == 503, 10, "/ready stayed 200")
     refused = gen_gateway.post("/v1/chat/completions", {"model": "llm2", "messages": HI})
     assert_openai_error(refused, 503, "upstream_unavailable")
+    assert gen_gateway.post("/v1/chat/completions", {"model": BASE, "messages": HI}).status_code == 200
+
+
+def test_an_engine_that_does_not_serve_its_name_is_a_configuration_502_not_an_adapter_load(
+    gen_gateway: RunningGateway, second_llm: FakeState
+) -> None:
+    """An engine in service that answers "does not exist" for a generate model (it was
+    restarted under another --served-model-name between health checks) has nothing to
+    load: the client gets a 502 naming the configuration problem, once, not the 503 of
+    an adapter that could not be loaded."""
+    second_llm.served = ["renamed"]  # what its engine serves now
+    for path, body in (("/v1/chat/completions", {"messages": HI}), ("/v1/completions", {"prompt": "x"})):
+        before = len(_chats(second_llm))
+        refused = gen_gateway.post(path, {"model": "llm2", **body})
+        error = assert_openai_error(refused, 502, "engine_model_not_served")
+        assert "served_model_name" in error["message"] and "'llm2'" in error["message"]
+        assert SECOND not in error["message"] and "load" not in error["message"]
+        assert len(_chats(second_llm)) == before + 1  # asked once: no reload, no second try
+    streamed = gen_gateway.post("/v1/chat/completions", {"model": "llm2", "messages": HI, "stream": True})
+    assert_openai_error(streamed, 502, "engine_model_not_served")
     assert gen_gateway.post("/v1/chat/completions", {"model": BASE, "messages": HI}).status_code == 200

@@ -18,6 +18,7 @@ LAYERS = {  # the gateway's layers; a module may import its own layer or lower o
     "lru": 0,
     "safe_regex": 0,
     "config": 1,
+    "engine_settings": 1,  # the engines' sections of Settings (vllm:, models:)
     "db": 1,
     "read_cache": 1,  # the per-request database reads, cached; emptied by db's commits
     "metrics": 1,

@@ -255,7 +255,7 @@ def test_requests_are_held_to_the_context_the_engine_reports(start_gateway, fake
     """The setting says 2048, the engine 512: over 512 is the same 400 an engine's own
     refusal gives (`test_errors.py`, "over the context"), before anything reaches it."""
     fake.max_model_len = 512
-    with caplog.at_level(logging.WARNING, logger="adaptserve.server.gateway"):
+    with caplog.at_level(logging.WARNING, logger="adaptserve.server.backends"):
         gw = start_gateway(health_failures=1)  # vllm.max_model_len: 2048, the default
         assert gw.settings.vllm.max_model_len == 2048
         fake.requests.clear()

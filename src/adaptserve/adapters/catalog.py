@@ -6,7 +6,8 @@ Invariants:
 - A name has one owner, for good: the operator ("", a global adapter) or one tenant
   (its uid). Only the owner adds versions to it; anyone else's upload or derivation
   under it is refused (409 `name_taken`) and changes nothing, so neither side can
-  squat the other's name and then serve or activate weights under it.
+  squat the other's name and then serve or activate weights under it (the rules:
+  `ownership.py`).
 - A version is its content: `version = sha256[:12]`, files in the store under the full
   digest, and vLLM knows it as `name--version`. A name never silently changes weights.
 - Rows are written only after the files are in place; a failed upload leaves nothing.
@@ -19,8 +20,8 @@ Invariants:
 - A tenant admin reads (pins, derives from) only released versions of a global
   adapter (`check_released`), never the operator's staged one.
 - A tenant's versions (uploads and derivations) take at most
-  `Quota.storage_bytes_per_tenant` on disk together (checked in the transaction that
-  records one, and before a derivation starts); derivations run within
+  `Quota.storage_bytes_per_tenant` on disk together (`Quota.check_room`, in the
+  transaction that records one, and before a derivation starts); derivations run within
   `quota.DerivationSlots`.
 """
 
@@ -32,9 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
 
+from adaptserve.adapters.ownership import check_released, refuse_taken
 from adaptserve.adapters.quota import DerivationSlots, Quota
 from adaptserve.adapters.residency import AdapterVersion, Residency, internal_name
 from adaptserve.adapters.spec import AdapterSpec, BaseModelSpec, validate_adapter
@@ -45,7 +46,6 @@ from adaptserve.errors import (
     ConflictError,
     NameTakenError,
     NotFoundError,
-    PermissionDeniedError,
     StorageQuotaError,
 )
 from adaptserve.read_cache import ReadCache
@@ -137,7 +137,7 @@ class AdapterCatalog:
         self.claim(name, owner)
         if owner:
             with self._db.session() as s:
-                self._check_room(s, owner, 1)
+                self._quota.check_room(s, owner, 1)
         with self._deriving.held(owner):
             staged = self._store.staging()
             try:
@@ -155,41 +155,12 @@ class AdapterCatalog:
         with self._db.session() as s:
             held = s.scalar(select(AdapterRow.owner).where(AdapterRow.name == name))
             if held is not None:
-                _refuse_taken(s, name, held, owner)
+                refuse_taken(s, name, held, owner)
 
     def check_released(self, name: str, version: str | None) -> None:
-        """What a tenant admin may read of a global adapter: its active version (None:
-        follow it), never a staged one the operator has not activated (403). Adapters
-        keep no activation history (no migration for it yet), so "released" is the
-        version active now: one rolled back from is the operator's again."""
+        """What a tenant admin may read of a global adapter (`ownership.check_released`)."""
         with self._db.session() as s:
-            adapter = s.get(AdapterRow, name)
-            if adapter is None or adapter.owner or version is None or version == adapter.active_version:
-                return
-        raise PermissionDeniedError(
-            f"version {version} of the global adapter {name} is not released (active); pin the active "
-            "version, or follow it by giving no version",
-            param="version",
-        )
-
-    def _check_room(self, s: Session, owner: str, size: int) -> None:
-        """Refuse (507) a version of `size` bytes that would take the tenant of uid
-        `owner` past its storage quota. The tenant's row is written first (a no-op
-        update): that takes SQLite's write lock and PostgreSQL's row lock before the sum
-        is read, so two of its uploads cannot both fit in the same room."""
-        s.execute(update(TenantRow).where(TenantRow.uid == owner).values(uid=TenantRow.uid))
-        used = s.scalar(
-            select(func.coalesce(func.sum(AdapterVersionRow.size_bytes), 0))
-            .join(AdapterRow, AdapterRow.name == AdapterVersionRow.adapter)
-            .where(AdapterRow.owner == owner)
-        )
-        limit = self._quota.storage_bytes_per_tenant
-        if int(used or 0) + size > limit:
-            tenant = s.scalar(select(TenantRow.name).where(TenantRow.uid == owner))
-            raise StorageQuotaError(
-                f"tenant {tenant or '(deleted)'}'s adapters take {used} of its {limit} bytes and this version needs "
-                f"{size}: delete adapters it no longer needs first"
-            )
+            check_released(s, name, version)
 
     def stored(self, name: str, version: str | None = None) -> tuple[str, Path]:
         """A version (default: the active one) and where its files are stored."""
@@ -217,10 +188,10 @@ class AdapterCatalog:
                 s.add(adapter)
                 s.flush()
             else:
-                _refuse_taken(s, name, adapter.owner, owner)
+                refuse_taken(s, name, adapter.owner, owner)
             if s.get(AdapterVersionRow, (name, version)) is None:
                 if adapter.owner:  # a tenant's: its storage quota (global adapters are the operator's disk)
-                    self._check_room(s, adapter.owner, size)
+                    self._quota.check_room(s, adapter.owner, size)
                 s.add(
                     AdapterVersionRow(
                         adapter=name,
@@ -405,15 +376,3 @@ class AdapterCatalog:
             ok.append(name)
         self._startup = ok
         return ok
-
-
-def _refuse_taken(s: Session, name: str, held: str, owner: str) -> None:
-    """`name` is `held`'s ("" the operator's, else a tenant's uid): nobody else adds to it.
-    A tenant is told only that the name is taken (not whose); the operator, whose."""
-    if held == owner:
-        return
-    if owner:
-        raise NameTakenError(f"the adapter name {name} is taken; choose another", param="name")
-    holder = s.scalar(select(TenantRow.name).where(TenantRow.uid == held))
-    whose = f"tenant {holder}" if holder else "a deleted tenant (delete the adapter to free the name)"
-    raise NameTakenError(f"the adapter name {name} belongs to {whose}; choose another", param="name")

@@ -1,7 +1,7 @@
 """What tenants' adapters may take: disk per tenant (`Quota.storage_bytes_per_tenant`,
-enforced by the catalog when it records a version) and derivations (merges,
-compressions: dense SVDs take whole cores) running at once, all together and one
-owner's (`DerivationSlots`)."""
+checked by `Quota.check_room` in the catalog's transaction that records a version) and
+derivations (merges, compressions: dense SVDs take whole cores) running at once, all
+together and one owner's (`DerivationSlots`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from adaptserve.errors import RateLimitError
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from adaptserve.db import AdapterRow, AdapterVersionRow, TenantRow
+from adaptserve.errors import RateLimitError, StorageQuotaError
 
 
 class DerivationBusyError(RateLimitError):
@@ -26,6 +30,25 @@ class Quota:
     storage_bytes_per_tenant: int = 2 * 1024**3
     concurrent: int = 2
     per_tenant: int = 1
+
+    def check_room(self, s: Session, owner: str, size: int) -> None:
+        """Refuse (507) a version of `size` bytes that would take the tenant of uid
+        `owner` past its storage quota. The tenant's row is written first (a no-op
+        update): that takes SQLite's write lock and PostgreSQL's row lock before the sum
+        is read, so two of its uploads cannot both fit in the same room."""
+        s.execute(update(TenantRow).where(TenantRow.uid == owner).values(uid=TenantRow.uid))
+        used = s.scalar(
+            select(func.coalesce(func.sum(AdapterVersionRow.size_bytes), 0))
+            .join(AdapterRow, AdapterRow.name == AdapterVersionRow.adapter)
+            .where(AdapterRow.owner == owner)
+        )
+        limit = self.storage_bytes_per_tenant
+        if int(used or 0) + size > limit:
+            tenant = s.scalar(select(TenantRow.name).where(TenantRow.uid == owner))
+            raise StorageQuotaError(
+                f"tenant {tenant or '(deleted)'}'s adapters take {used} of its {limit} bytes and this version needs "
+                f"{size}: delete adapters it no longer needs first"
+            )
 
 
 class DerivationSlots:

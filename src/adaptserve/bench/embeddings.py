@@ -29,8 +29,8 @@ import numpy as np
 import yaml
 
 from adaptserve.bench.served import ADMIN_KEY, KEY, Served
-from adaptserve.config import MINILM
 from adaptserve.datasets import Example
+from adaptserve.engine_settings import MINILM
 from adaptserve.evaluation import percentile
 from adaptserve.upstream.supervisor import free_port
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptserve.cli import head
-from adaptserve.config import MINILM
+from adaptserve.engine_settings import MINILM
 from adaptserve.errors import ConfigurationError
 
 

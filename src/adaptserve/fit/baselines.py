@@ -16,9 +16,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from adaptserve.config import MINILM
 from adaptserve.datasets import Example
 from adaptserve.default_model import resolve_encoder
+from adaptserve.engine_settings import MINILM
 from adaptserve.errors import ConfigurationError
 from adaptserve.evaluation import metrics
 from adaptserve.fit.folds import Folds

@@ -59,8 +59,8 @@ def unit(fit: Fit, fold: int) -> dict[str, Any]:
 
 def fine_tuned(fit: Fit, indices: list[int], folder: Path, seed: int) -> dict[str, Any]:
     """MiniLM fine-tuned on the examples at `indices` (class-balanced), written to `folder`."""
-    from adaptserve.config import MINILM
     from adaptserve.default_model import resolve_encoder
+    from adaptserve.engine_settings import MINILM
     from adaptserve.training.encoder import EncoderConfig, fine_tune, hard_targets, write_manifest
 
     base = resolve_encoder(MINILM)

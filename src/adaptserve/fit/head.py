@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from adaptserve.config import MINILM
 from adaptserve.default_model import folder_digest, resolve_encoder
+from adaptserve.engine_settings import MINILM
 from adaptserve.fit import distilled
 from adaptserve.templates.render import embedding_text
 from adaptserve.templates.spec import TemplateSpec

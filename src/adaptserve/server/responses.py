@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from adaptserve.server.protocol import ChatRequest, CompletionRequest, check_request
-from adaptserve.serving.pipeline import Endpoint, Pipeline, StreamingAnswer
+from adaptserve.serving.answers import StreamingAnswer
+from adaptserve.serving.pipeline import Endpoint, Pipeline
 from adaptserve.tenancy.auth import Principal
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adaptserve.config import ModelEntry, Settings
+from adaptserve.config import Settings
 from adaptserve.default_model import encoder_labels, folder_digest, resolve_encoder
+from adaptserve.engine_settings import ModelEntry
 from adaptserve.errors import InvalidRequestError, UpstreamError
 from adaptserve.upstream.client import Upstream
 from adaptserve.upstream.pool import OnUp, PoolTiming, UpstreamPool
@@ -34,7 +35,7 @@ class Engine:
     dim: int | None = None  # an embedding model's vector size, once an answer said it
     labels: list[str] | None = None  # a classify model's class names, in its order
     folder: Path | None = None  # a supervised engine's model folder
-    max_model_len: int | None = None  # the context where its engines report none (role generate)
+    max_model_len: int | None = None  # the context where its engines report none (`ModelEntry.context`)
     _digest: str | None = field(default=None, init=False, repr=False)
 
     @property
@@ -82,7 +83,7 @@ class Engines:
                     labels = encoder_labels(folder, entry.labels, entry.name)
             upstreams = [Upstream(u, settings.request_timeout_s, settings.max_response_bytes) for u in urls]
             pool = UpstreamPool(upstreams, _serves(entry.engine_name), timing)
-            context = entry.max_model_len or (settings.vllm.max_model_len if entry.role == "generate" else None)
+            context = entry.context(settings.vllm)
             engines.append(Engine(entry, pool, supervisor, labels=labels, folder=folder, max_model_len=context))
         return cls(engines)
 

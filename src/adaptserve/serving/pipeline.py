@@ -2,27 +2,26 @@
 generate model of `models:`, on its own pool) → bound the request (by its engines'
 context) → admit under the tenant's quotas (reserving the request's worst-case tokens)
 → lease the version → screen it under the tenant's PII policy (the costliest check, so
-the last) → ensure it is loaded → forward → rename the model in the answer → meter
-usage and record metrics.
+the last) → ensure it is loaded and forward (`forward.py`: the replica, the adapter
+load, a retry elsewhere) → rename the model in the answer → meter usage and record
+metrics.
 
 `Pipeline.admitted` is that path as one `async with`: nothing touches the engine
 (tokenize, adapter load, generation) before the tenant is resolved and admitted, and
 whatever happens inside is metered and released when it ends. `call` is one
 non-streamed engine call (→ `Answer`); `stream` opens a streamed one (→
-`StreamingAnswer`, the single owner of its admission and upstream connection). Nothing
+`StreamingAnswer`, the single owner of its admission and upstream connection; both in
+`answers.py`). Nothing
 here speaks HTTP to the client: `server/responses.py` turns answers into responses.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from adaptserve.adapters.catalog import AdapterCatalog, Target
@@ -42,20 +41,21 @@ from adaptserve.errors import (
 from adaptserve.metrics import Metrics
 from adaptserve.pii.masking import Placeholders
 from adaptserve.read_cache import ReadCache
+from adaptserve.serving.answers import Answer, StreamingAnswer
 from adaptserve.serving.bounds import RequestBounds, Reservation
 from adaptserve.serving.engines import Engines
+from adaptserve.serving.forward import Forwarder
 from adaptserve.serving.picker import Picker
 from adaptserve.serving.privacy import PrivacyGuard, restore_answer, restoring
 from adaptserve.serving.record import CallRecord
-from adaptserve.serving.relay import openai_relay
+from adaptserve.serving.relay import Relay, openai_relay
 from adaptserve.tenancy.auth import Principal
 from adaptserve.tenancy.quotas import QuotaGate
 from adaptserve.tenancy.tenants import Alias, TenantRegistry
 from adaptserve.tenancy.usage import UsageMeter
-from adaptserve.upstream.client import AnswerTooLargeError, Upstream, UpstreamModelMissingError, UpstreamStream
+from adaptserve.upstream.client import AnswerTooLargeError, Upstream, UpstreamStream
 from adaptserve.upstream.pool import UpstreamPool
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -70,50 +70,6 @@ class Endpoint(enum.Enum):
 
 # Failures after the engine read the request, where vLLM does not say what it did: charged the reservation.
 _WORKED = (UpstreamTimeoutError, UpstreamDroppedError, UpstreamServerError, AnswerTooLargeError)
-
-
-@dataclass
-class Answer:
-    """A non-streamed upstream answer (its `model` already renamed) and where it ran."""
-
-    body: dict[str, Any]
-    target: Target
-
-
-# How a stream's events reach the client: the upstream's lines, reported to the call's
-# record as they pass (`relay.py`).
-Relay = Callable[[UpstreamStream, "CallRecord"], AsyncGenerator[bytes, None]]
-
-
-class StreamingAnswer:
-    """An upstream stream that started well, and the single owner of what it holds: the
-    admission (lease, quota reservation, call record) and the upstream connection.
-    `events` (the client's bytes) is iterated at most once; `aclose()` (idempotent)
-    releases everything, whether the events finished, broke, were cut by the client,
-    or never started."""
-
-    def __init__(
-        self, stream: UpstreamStream, target: Target, call: CallRecord, held: AsyncExitStack, relay: Relay
-    ) -> None:
-        self.target, self.call = target, call
-        self._held = held
-        self.events: AsyncGenerator[bytes, None] = self._relayed(relay, stream)
-
-    async def _relayed(self, relay: Relay, stream: UpstreamStream) -> AsyncGenerator[bytes, None]:
-        try:
-            # Closed here, not when it is garbage: a stalled or departed client cuts the
-            # relay (its record says so) before the admission settles the call.
-            async with contextlib.aclosing(relay(stream, self.call)) as events:
-                async for event in events:
-                    if self.call.first_event is None:
-                        self.call.first_event = time.perf_counter()
-                    yield event
-        finally:
-            await self._held.aclose()  # the events' end is the admission's end
-
-    async def aclose(self) -> None:
-        await self.events.aclose()  # runs its `finally` if it started
-        await self._held.aclose()  # a second close is a no-op
 
 
 class Admission:
@@ -209,7 +165,7 @@ class Pipeline:
         self._reads = reads if reads is not None else ReadCache(0.0)  # the cache `resolve`'s database reads go through
         self._engines = engines  # the models of `models:`: generate ones answered, others a 400 saying where
         self.pool, self._catalog, self._residency, self._tenants = pool, catalog, residency, tenants
-        self._picker = picker
+        self._forwarder = Forwarder(pool, picker, residency, engines, metrics)  # where each engine call goes
         self._meter, self._quotas, self._metrics = meter, quotas, metrics
         self.bounds, self.privacy = bounds, privacy
 
@@ -414,49 +370,6 @@ class Pipeline:
         send: Callable[[Upstream], Awaitable[T]],
         again: Callable[[UpstreamUnavailableError], bool] = lambda failed: True,
     ) -> T:
-        """`send` on a replica that holds the target's adapter (loaded first if need be;
-        a generate model of `models:`: one of its own pool's, in turn).
-        A replica that is unavailable before the client got a byte (a refused or dropped
-        connection, 503, a load that could not reach it) is passed over once for
-        another ready one, if `again` allows (it charges an attempt that reached an
-        engine). What the engine failed on is not sent elsewhere: a 4xx (the request's
-        fault), another 5xx (the engine failed handling it: it may be the request's
-        fault, and the next engine would fail too), a timeout (it may still be working).
-        An upstream that lost the adapter (it restarted between health checks) gets it
-        loaded again and the call once more."""
-        failed: list[Upstream] = []
-        reloaded = False
-        pool = self._engines.pool(target.engine) if target.engine is not None else None
-        while True:
-            if pool is not None:
-                upstream = pool.pick(avoid=failed)
-            else:
-                upstream = self._picker.pick(self.pool.ready_upstreams(), target.adapter, avoid=failed)
-            try:
-                await self._load(upstream, target)
-                return await send(upstream)
-            except UpstreamModelMissingError as exc:
-                log.warning("%s lost %s; loading it again", upstream.url, target.internal_name)
-                self._residency.forget(upstream, target.adapter)
-                if reloaded:
-                    raise UpstreamUnavailableError("The model server could not load the model; retry shortly.") from exc
-                reloaded = True
-            except UpstreamUnavailableError as exc:
-                another = self._another(pool or self.pool, upstream)
-                if isinstance(exc, UpstreamTimeoutError) or failed or not another or not again(exc):
-                    raise
-                log.warning("%s failed before answering (%s); retrying on another replica", upstream.url, exc.code)
-                self._metrics.upstream_retries.inc()
-                failed.append(upstream)
-
-    @staticmethod
-    def _another(pool: UpstreamPool, upstream: Upstream) -> bool:
-        return any(u is not upstream for u in pool.ready_upstreams())
-
-    async def _load(self, upstream: Upstream, target: Target) -> None:
-        try:
-            await self._residency.ensure_loaded(upstream, target.adapter)
-        except UpstreamTimeoutError as exc:  # no generation ran: not the request's timeout
-            raise UpstreamUnavailableError("The model server did not load the model in time; retry.") from exc
-        except UpstreamDroppedError as exc:  # the load's connection, not the request's
-            raise UpstreamUnavailableError() from exc
+        """`send` on a replica that serves the target (`forward.py`: the adapter loaded
+        first, one retry elsewhere, one reload of a lost adapter)."""
+        return await self._forwarder.forward(target, send, again)

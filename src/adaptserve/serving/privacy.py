@@ -27,8 +27,8 @@ from adaptserve.tenancy.auth import Principal
 
 if TYPE_CHECKING:
     from adaptserve.metrics import Metrics
-    from adaptserve.serving.pipeline import Relay
     from adaptserve.serving.record import CallRecord
+    from adaptserve.serving.relay import Relay
     from adaptserve.upstream.client import UpstreamStream
 
 log = logging.getLogger(__name__)

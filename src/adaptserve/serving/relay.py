@@ -25,13 +25,15 @@ from adaptserve.errors import APIError, UpstreamUnavailableError
 from adaptserve.upstream.client import UpstreamStream
 
 if TYPE_CHECKING:
-    from adaptserve.serving.pipeline import Relay
     from adaptserve.serving.record import CallRecord
 
 log = logging.getLogger(__name__)
 
 DATA = "data: "  # a server-sent event's data line
 UsageSink = Callable[[dict[str, Any]], None]
+# How a stream's events reach the client: the upstream's lines, reported to the call's
+# record as they pass.
+Relay = Callable[[UpstreamStream, "CallRecord"], AsyncGenerator[bytes, None]]
 
 
 class RunningUsage:

@@ -23,10 +23,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 from adaptserve.errors import APIError, InvalidRequestError, invalid_from
 from adaptserve.pii.masking import Placeholders
 from adaptserve.pii.policy import PiiMode
+from adaptserve.serving.answers import StreamingAnswer
 from adaptserve.serving.bounds import Reservation
 from adaptserve.serving.encoders import EncoderService
 from adaptserve.serving.heads import HeadService
-from adaptserve.serving.pipeline import Endpoint, Pipeline, StreamingAnswer
+from adaptserve.serving.pipeline import Endpoint, Pipeline
 from adaptserve.serving.privacy import restoring
 from adaptserve.serving.record import CallRecord
 from adaptserve.serving.relay import relay_text

@@ -23,8 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from adaptserve.config import ENV_PREFIX, ModelEntry, VLLMSettings
+from adaptserve.config import ENV_PREFIX
 from adaptserve.engine_plugin import ENABLE_ENV, PLUGIN, STATUS_ENV
+from adaptserve.engine_settings import ModelEntry, VLLMSettings
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +190,8 @@ class GenerateSupervisor(Supervisor):
 
     def __init__(self, settings: VLLMSettings, entry: ModelEntry, model_path: Path, log_path: Path) -> None:
         own = {
-            "dtype": entry.dtype or settings.dtype,
-            "max_model_len": entry.max_model_len or settings.max_model_len,
+            "dtype": entry.engine_dtype(settings),
+            "max_model_len": entry.context(settings),
             "extra_args": entry.extra_args,
             "engine_plugin": False,
         }
@@ -231,10 +232,11 @@ class PoolingSupervisor(Supervisor):
         cmd = [
             *(sys.executable, "-m", "adaptserve.upstream.vllm_main", "serve", str(self._model_path)),
             *("--host", "127.0.0.1", "--port", str(self.port), "--served-model-name", self._served_name),
-            *("--runner", "pooling", "--enforce-eager", "--dtype", e.dtype or "float32"),
+            *("--runner", "pooling", "--enforce-eager", "--dtype", e.engine_dtype(self._settings)),
         ]
-        if e.max_model_len is not None:
-            cmd += ["--max-model-len", str(e.max_model_len)]
+        context = e.context(self._settings)
+        if context is not None:
+            cmd += ["--max-model-len", str(context)]
         return cmd + list(e.extra_args)
 
     def environment(self) -> dict[str, str]:
