@@ -140,7 +140,10 @@ class ServerThread:
         self.server = _PromptServer(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def start(self, ready_path: str = "/health", timeout_s: float = 10.0) -> ServerThread:
+    def start(self, ready_path: str = "/health", timeout_s: float = 60.0) -> ServerThread:
+        # 60 s: a gateway migrates its database while it starts, which a loaded CI machine
+        # (two test workers, PostgreSQL beside them) can stretch to seconds; one that does
+        # not start fails the same, only later.
         self.thread.start()
         # Its own server, not whatever else answers on the port: uvicorn sets `started` once
         # it holds the socket, and its thread ends when it cannot bind.
@@ -191,7 +194,8 @@ class RunningGateway:
             method, self.admin_url + "/admin" + path, headers={"Authorization": f"Bearer {key}"}, timeout=10, **kw
         )
 
-    def wait_ready(self, timeout_s: float = 10.0) -> None:
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Until /ready says 200 (a loaded machine's first probes and adapter loads can take seconds)."""
         wait_for(lambda: _answers_200(self.url + "/ready"), timeout_s, "gateway not ready", every_s=0.01)
 
 
