@@ -325,8 +325,10 @@ def _alive(pid: int) -> bool:
 
 
 def wait_for(
-    check: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition not met", every_s: float = 0.05
+    check: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition not met", every_s: float = 0.05
 ) -> None:
+    """Until `check()` holds, else TimeoutError(what). The default timeout leaves a loaded
+    CI machine room; a test whose point is how soon something happens asserts that itself."""
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
@@ -965,7 +967,7 @@ class Browser:
     """One headless Chromium session: navigate, find by CSS, click, type, read text,
     run a script, take a screenshot. Element lookups wait up to `implicit_s`."""
 
-    def __init__(self, driver_url: str, browser: str, args: list[str], implicit_s: float = 10) -> None:
+    def __init__(self, driver_url: str, browser: str, args: list[str], implicit_s: float = 30) -> None:
         self.http = httpx.Client(base_url=driver_url, timeout=60)
         options = {"binary": browser, "args": args}
         capabilities = {"browserName": "chrome", "goog:chromeOptions": options, "goog:loggingPrefs": {"browser": "ALL"}}
@@ -1012,7 +1014,7 @@ class Browser:
     def js(self, script: str, *args: Any) -> Any:
         return self._call("POST", self._path("/execute/sync"), {"script": script, "args": list(args)})
 
-    def wait_text(self, css: str, contains: str, timeout_s: float = 15) -> str:
+    def wait_text(self, css: str, contains: str, timeout_s: float = 30) -> str:
         """The text of `css` once it contains `contains`."""
         wait_for(lambda: contains in self.js(_TEXT_OF, css), timeout_s, f"{css} never showed {contains!r}")
         return self.text(css)
