@@ -218,7 +218,7 @@ def test_one_request_is_bounded_before_the_engine(gateway: RunningGateway, fake:
 def test_a_stream_cut_before_its_first_token_is_charged_its_prompt(start_gateway, fake: FakeState) -> None:
     gw = start_gateway()
     key = tenant(gw, "early")
-    fake.token_delay_s = 2.0  # the first token is slow: the client leaves before it
+    fake.token_delay_s = 10.0  # the first token is slow: the client leaves long before it, however loaded the machine
     body = {"model": "default", "messages": LONG, "max_tokens": 5, "stream": True}
     with httpx.stream(
         "POST", gw.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
