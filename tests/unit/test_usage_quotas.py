@@ -128,9 +128,8 @@ def test_a_flooding_tenant_does_not_starve_another(gateway, fake):
         t.start()
     # Waited for, not slept: on a loaded machine the flood's requests may take a while to arrive.
     wait_for(lambda: len(statuses) == 10 and fake.streams_open == 2, 30, "the flood was not admitted 2, refused 10")
-    fake.token_delay_s = (
-        0.05  # from its next token on: the flood's rest takes about 2 s, the calm one's 5 tokens 0.25 s
-    )
+    # From their next token on, the flood's streams end in about 2 s.
+    fake.token_delay_s = 0.05
     calm.chat.completions.create(model="chat", messages=Q, max_tokens=5)
     calm_done = time.perf_counter()
     for t in threads:
