@@ -140,7 +140,10 @@ class ServerThread:
         self.server = _PromptServer(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def start(self, ready_path: str = "/health", timeout_s: float = 10.0) -> ServerThread:
+    def start(self, ready_path: str = "/health", timeout_s: float = 60.0) -> ServerThread:
+        # 60 s: a gateway migrates its database while it starts, which a loaded CI machine
+        # (two test workers, PostgreSQL beside them) can stretch to seconds; one that does
+        # not start fails the same, only later.
         self.thread.start()
         # Its own server, not whatever else answers on the port: uvicorn sets `started` once
         # it holds the socket, and its thread ends when it cannot bind.
@@ -191,7 +194,8 @@ class RunningGateway:
             method, self.admin_url + "/admin" + path, headers={"Authorization": f"Bearer {key}"}, timeout=10, **kw
         )
 
-    def wait_ready(self, timeout_s: float = 10.0) -> None:
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Until /ready says 200 (a loaded machine's first probes and adapter loads can take seconds)."""
         wait_for(lambda: _answers_200(self.url + "/ready"), timeout_s, "gateway not ready", every_s=0.01)
 
 
@@ -321,8 +325,10 @@ def _alive(pid: int) -> bool:
 
 
 def wait_for(
-    check: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition not met", every_s: float = 0.05
+    check: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition not met", every_s: float = 0.05
 ) -> None:
+    """Until `check()` holds, else TimeoutError(what). The default timeout leaves a loaded
+    CI machine room; a test whose point is how soon something happens asserts that itself."""
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
@@ -961,7 +967,7 @@ class Browser:
     """One headless Chromium session: navigate, find by CSS, click, type, read text,
     run a script, take a screenshot. Element lookups wait up to `implicit_s`."""
 
-    def __init__(self, driver_url: str, browser: str, args: list[str], implicit_s: float = 10) -> None:
+    def __init__(self, driver_url: str, browser: str, args: list[str], implicit_s: float = 30) -> None:
         self.http = httpx.Client(base_url=driver_url, timeout=60)
         options = {"binary": browser, "args": args}
         capabilities = {"browserName": "chrome", "goog:chromeOptions": options, "goog:loggingPrefs": {"browser": "ALL"}}
@@ -1008,7 +1014,7 @@ class Browser:
     def js(self, script: str, *args: Any) -> Any:
         return self._call("POST", self._path("/execute/sync"), {"script": script, "args": list(args)})
 
-    def wait_text(self, css: str, contains: str, timeout_s: float = 15) -> str:
+    def wait_text(self, css: str, contains: str, timeout_s: float = 30) -> str:
         """The text of `css` once it contains `contains`."""
         wait_for(lambda: contains in self.js(_TEXT_OF, css), timeout_s, f"{css} never showed {contains!r}")
         return self.text(css)

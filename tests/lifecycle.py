@@ -27,17 +27,17 @@ LIFECYCLE = [
     ("request", ("acme", "support"), "v2"),  # new requests get the new version at once
     ("request", ("acme", "pinned"), "v1"),  # a pinned alias keeps its version
     ("stream_finish", (), "v1"),  # the in-flight stream was not cut and stayed on v1
-    ("resident", ("sup", "v1"), True),  # the pinned alias still uses v1
+    ("resident", ("sup", "v1"), True),  # the pinned alias still uses v1: not unloaded in 5 s
     ("alias", ("acme", "pinned", {"adapter": "sup", "version": "v2"}), 200),
     ("activate", ("sup", "v1"), 200),
     ("activate", ("sup", "v2"), 200),
-    ("resident", ("sup", "v1"), False),  # retired and idle: unloaded from vLLM
+    ("unloaded", ("sup", "v1"), True),  # retired and idle: unloaded from vLLM
     ("delete", ("sup",), 409),  # aliases still point at it
     ("unalias", ("acme", "support"), 204),
     ("unalias", ("acme", "pinned"), 204),
     ("delete", ("sup",), 204),
     ("request", ("acme", "support"), 404),
-    ("resident", ("sup", "v2"), False),
+    ("unloaded", ("sup", "v2"), True),
 ]
 AFTER_RESTART = [
     ("restart", (), None),
@@ -150,9 +150,18 @@ class Lifecycle:
         return self.backend.which(self.stream["text"], self.versions)
 
     def resident(self, name: str, label: str) -> bool:
-        """Whether vLLM holds the version, after giving background unloads a few seconds."""
+        """Whether vLLM still holds the version after 5 s in which a wrong background
+        unload would have taken it (a window: what must not happen, on any machine)."""
+        return self._held_until(name, label, 5.0)
+
+    def unloaded(self, name: str, label: str) -> bool:
+        """Whether vLLM lets the version go: waited for, up to a minute, since a busy
+        engine may be slow to unload (a version never unloaded stays for good)."""
+        return not self._held_until(name, label, 60.0)
+
+    def _held_until(self, name: str, label: str, seconds: float) -> bool:
         internal = f"{name}--{self.versions[label]}"
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + seconds
         while self.backend.resident(internal) and time.monotonic() < deadline:
             time.sleep(0.05)
         return self.backend.resident(internal)

@@ -170,7 +170,8 @@ def _kill_under_load(front, second, adapter_dirs) -> None:
     for model in ("ka", "kb"):  # in use, so placed on a replica that comes up
         chat(client, model, "Say hi.", max_tokens=4)
     before = chat(second.client(), "default", PROMPT)
-    time.sleep(2)  # the usage meter flushes every second
+    # Waited for, not slept (the meter flushes every second, later on a loaded machine).
+    wait_for(lambda: _base_requests_metered(second) >= 1, 60, "the base request was never metered")
     metered = _base_requests_metered(second)
     (pid,) = [p for p in second.vllm_pids() if os.getpgid(p) == p]  # its API server, the group's leader
     streaming, ended = _stream_in_flight(second)
@@ -193,7 +194,9 @@ def _kill_under_load(front, second, adapter_dirs) -> None:
     assert gateway_metric(front, "adaptserve_upstream_restarts_total", upstream=killed) == 1
     second.wait_ready(timeout_s=600)
     assert chat(second.client(), "default", PROMPT) == before and "restarting in" in second.log()
-    time.sleep(2)
+    # The broken stream ended before the engine restarted (its usage, had it been metered,
+    # flushed within a second or so of that); this answer's is waited for, then nothing more may be there.
+    wait_for(lambda: _base_requests_metered(second) > metered, 60, "the answer was never metered")
     assert _base_requests_metered(second) == metered + 1  # this answer; the broken stream was not metered
 
 

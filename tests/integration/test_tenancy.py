@@ -100,7 +100,7 @@ def test_hot_swap_keeps_the_stream_and_unloads_the_old_version(server, adapter_d
     streamed = "".join(pieces)[: len(solo["a1"])]  # past the solo answer's end it runs on past EOS
     assert not follows_another(streamed, solo["a1"], [solo["a2"]])
 
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60  # a busy CPU engine may be slow to unload; one never unloaded stays
     while "swap--" + old in httpx.get(server.vllm_url() + "/v1/models").text:
         assert time.monotonic() < deadline, "the retired version stayed loaded after its last request"
         time.sleep(0.2)

@@ -288,7 +288,7 @@ def test_one_derivation_at_a_time_per_tenant_and_others_go_on(gateway, monkeypat
         calls.append(1)
         if len(calls) == 1:
             started.set()
-            release.wait(20)
+            release.wait(60)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(algebra, "compress_into", held_first)
@@ -302,7 +302,7 @@ def test_one_derivation_at_a_time_per_tenant_and_others_go_on(gateway, monkeypat
     )
     running.start()
     try:
-        assert started.wait(10)
+        assert started.wait(30)
         second = gateway.admin("POST", "/adapters/beta/compress", key=acme, json={"rank": 2, "name": "acme-two"})
         assert_openai_error(second, 429, "derivation_in_progress")
         assert second.headers["retry-after"]
@@ -310,7 +310,7 @@ def test_one_derivation_at_a_time_per_tenant_and_others_go_on(gateway, monkeypat
         assert other.status_code == 201, other.text  # another tenant's derivation is not held up
     finally:
         release.set()
-        running.join(20)
+        running.join(60)
     assert results and results[0].status_code == 201, results[0].text
     after = gateway.admin("POST", "/adapters/beta/compress", key=acme, json={"rank": 2, "name": "acme-two"})
     assert after.status_code == 201, after.text  # the slot is free again

@@ -46,16 +46,18 @@ def test_percentiles_and_summaries() -> None:
 
 def test_the_load_generator_times_streams_through_the_gateway(start_gateway, fake: FakeState) -> None:
     gateway: RunningGateway = start_gateway()
-    fake.token_delay_s = 0.02
+    fake.token_delay_s = 0.1
     requests = [Request(API_KEY, "default", f"a long enough prompt number {i}", 5) for i in range(6)]
     run = asyncio.run(closed_loop(gateway.url, requests, concurrency=2))
     assert [r.error for r in run.records] == [None] * 6
     for record in run.records:
         assert record.output_tokens == 5 and len(record.token_times) == 5 and record.prompt_tokens > 0
-        # Tokens 20 ms apart, each timed on its own: a stall of the machine may bunch two
-        # of them, but the five span their gaps, and none comes before the one before it.
+        # Tokens 100 ms apart, each timed on its own (times taken at the end would span
+        # nothing): a stall of a loaded machine may bunch some of them, but only one longer
+        # than half the stream (0.2 s) brings the five within half their gaps (at 20 ms
+        # apart, a 40 ms stall of the client's thread could). None comes before the one before it.
         assert 0 < record.ttft <= record.end - record.start and all(gap >= 0 for gap in record.itl)
-        assert record.token_times[-1] - record.token_times[0] >= 0.04
+        assert record.token_times[-1] - record.token_times[0] >= 0.2
     assert run.summary()["output_tokens_per_s"] == pytest.approx(30 / run.wall_s)
     sent = [r for r in fake.requests if r.get("stream")]
     assert all(r["ignore_eos"] and r["min_tokens"] == r["max_tokens"] == 5 for r in sent)

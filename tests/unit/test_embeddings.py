@@ -192,19 +192,19 @@ def test_models_ready_and_metrics_name_the_embedding_model(embed_gateway: Runnin
     assert gateway_metric(embed_gateway, "adaptserve_upstream_up", model="embedder") == 1
     assert gateway_metric(embed_gateway, "adaptserve_upstream_up", model=BASE) == 1
     encoder.healthy = False  # the embedding engine down: the server is not ready
-    wait_for(lambda: httpx.get(embed_gateway.url + "/ready").status_code == 503, 10, "/ready stayed 200")
+    wait_for(lambda: httpx.get(embed_gateway.url + "/ready").status_code == 503, what="/ready stayed 200")
     assert_openai_error(_post(embed_gateway, {"model": "embedder", "input": "x"}), 503, "upstream_unavailable")
 
 
 def test_an_engine_serving_another_name_stays_out(embed_gateway: RunningGateway, encoder: FakeState) -> None:
     encoder.healthy = False
-    wait_for(lambda: httpx.get(embed_gateway.url + "/ready").status_code == 503, 10, "/ready stayed 200")
+    wait_for(lambda: httpx.get(embed_gateway.url + "/ready").status_code == 503, what="/ready stayed 200")
     encoder.served, encoder.healthy = ["something-else"], True  # back, as another model (a misconfigured name)
     calls = encoder.health_calls
-    wait_for(lambda: encoder.health_calls >= calls + 4, 10, "no more probes")
+    wait_for(lambda: encoder.health_calls >= calls + 4, what="no more probes")
     assert httpx.get(embed_gateway.url + "/ready").json()["models"] == {"embedder": ["down"]}
     encoder.served = [FAKE_ENCODER]
-    wait_for(lambda: httpx.get(embed_gateway.url + "/ready").status_code == 200, 10, "it never came back")
+    wait_for(lambda: httpx.get(embed_gateway.url + "/ready").status_code == 200, what="it never came back")
 
 
 @pytest.mark.parametrize(

@@ -100,7 +100,7 @@ def test_database_outage_is_503_and_service_resumes_without_losing_usage(start_g
         rows = gw.admin("GET", "/usage", params={"tenant": "default"}).json()["data"]
         return sum(r["requests"] for r in rows)
 
-    wait_for(lambda: requests_metered() == 4, timeout_s=10)  # 3 before, 1 after; none lost
+    wait_for(lambda: requests_metered() == 4, timeout_s=30)  # 3 before, 1 after; none lost (flushed every 2 s)
     proxy.cut()
 
 
@@ -172,15 +172,18 @@ def _serve(data: Path, base_model: Path, upstream: str, port: int) -> subprocess
 
 def _swap_until_killed(url: str, versions: list[Path], stop: threading.Event, swaps: list[str]) -> None:
     """Upload and activate versions in turn, as fast as the gateway answers."""
+    # httpx's default 5 s timeout would end the swapping quietly (an HTTPError) if a loaded
+    # machine were slow to answer before the first swap; the kill ends these calls at once.
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     with contextlib.suppress(httpx.HTTPError):
         for i in range(10_000):
             if stop.is_set():
                 return
             folder = versions[i % len(versions)]
-            pushed = httpx.post(url + "/admin/adapters", json={"name": "hot", "path": str(folder)}, headers=admin)
+            body = {"name": "hot", "path": str(folder)}
+            pushed = httpx.post(url + "/admin/adapters", json=body, headers=admin, timeout=60)
             version = pushed.json()["version"]
-            httpx.post(url + "/admin/adapters/hot/activate", json={"version": version}, headers=admin)
+            httpx.post(url + "/admin/adapters/hot/activate", json={"version": version}, headers=admin, timeout=60)
             swaps.append(version)
 
 

@@ -59,7 +59,7 @@ def target(
         auth_failures_per_minute=1_000_000,  # the keyless half must not lock out the keyed half
     )
     (config,) = listen.configs(create_app(settings), settings)
-    gateway = ServerThread(None, config=config).start(ready_path="/ready", timeout_s=30)
+    gateway = ServerThread(None, config=config).start(ready_path="/ready")
     masked = httpx.put(
         gateway.url + "/admin/tenants/default/pii",
         json={"mode": "mask"},

@@ -257,7 +257,7 @@ def test_pii_and_quotas_hold_it_as_the_base_model(gen_gateway: RunningGateway, s
 
 def test_its_engine_down_is_its_503_not_the_base_models(gen_gateway: RunningGateway, second_llm: FakeState) -> None:
     second_llm.healthy = False
-    wait_for(lambda: httpx.get(gen_gateway.url + "/ready").status_code == 503, 10, "/ready stayed 200")
+    wait_for(lambda: httpx.get(gen_gateway.url + "/ready").status_code == 503, what="/ready stayed 200")
     refused = gen_gateway.post("/v1/chat/completions", {"model": "llm2", "messages": HI})
     assert_openai_error(refused, 503, "upstream_unavailable")
     assert gen_gateway.post("/v1/chat/completions", {"model": BASE, "messages": HI}).status_code == 200

@@ -68,7 +68,7 @@ def test_control_characters_and_unknown_fields_pass_through_intact(gateway, fake
     assert fake.requests[-1]["some_new_field"] == {"x": 1}
 
 
-def _raw_exchange(port: int, head: bytes, body: bytes = b"", wait_s: float = 5.0) -> bytes:
+def _raw_exchange(port: int, head: bytes, body: bytes = b"", wait_s: float = 30.0) -> bytes:
     """Send a request head (and maybe part of a body) and read what comes back."""
     with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as sock:
         sock.sendall(head + body)
@@ -93,7 +93,9 @@ def test_declared_oversized_body_is_413_before_it_is_sent(start_gateway, path):
     started = time.monotonic()
     answer = _raw_exchange(gw.server.port, head, b"{")
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
-    assert time.monotonic() - started < 3  # answered without waiting for the gigabyte
+    # Answered without waiting for the gigabyte, which never comes: a server that waited
+    # would not answer at all, so the bound leaves a loaded machine room.
+    assert time.monotonic() - started < 20
 
 
 def test_chunked_body_over_the_limit_is_413(start_gateway):
@@ -265,7 +267,8 @@ def test_health_answers_while_a_template_is_checked(gateway, monkeypatch):
     thread.start()
     try:
         assert entered.wait(30), "the upload never reached its check"
-        assert httpx.get(gateway.url + "/health", timeout=5).status_code == 200
+        # 15 s for a loaded machine, still well inside the 30 s the check is held for.
+        assert httpx.get(gateway.url + "/health", timeout=15).status_code == 200
     finally:
         release.set()
         thread.join()

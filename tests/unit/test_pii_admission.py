@@ -125,8 +125,9 @@ def test_one_tenants_detection_does_not_hold_up_another_tenants_requests(
     hog, other = tenant(gw, "hog"), tenant(gw, "other")
     with ThreadPoolExecutor(40) as pool:  # more than any thread pool the gateway has
         held = [pool.submit(chat, gw, hog, f"SLOW {i}", 60) for i in range(40)]
-        wait_for(lambda: detector.slow_inside >= 1, 10, "the hog's detection never started")
-        answer = chat(gw, other, f"mail {EMAIL}")  # detection too, while the hog's is stuck
+        wait_for(lambda: detector.slow_inside >= 1, what="the hog's detection never started")
+        # Detection too, while the hog's is stuck (held up to 60 s: 30 s still tells them apart).
+        answer = chat(gw, other, f"mail {EMAIL}", 30)
         assert answer.status_code == 200 and EMAIL in answer.text
         assert detector.slow_inside <= gw.settings.pii_concurrency_per_tenant  # the hog's share of the workers
         detector.release.set()

@@ -46,7 +46,9 @@ def test_a_busy_upstream_is_not_down_until_its_probes_fail_in_a_row(start_gatewa
         fake.healthy = False
         wait_for(lambda: httpx.get(gw.url + "/ready").status_code == 503)
         failed = fake.health_calls - probes
-        assert 4 <= failed <= 5, failed  # down at the 4th (one more may have come since, 0.5 s later)
+        # Down at the 4th: the three warnings before it say so exactly. Probes go on every
+        # 0.5 s while down, and a loaded machine may take a while to look, hence the room above.
+        assert 4 <= failed <= 8, failed
         assert len([r for r in caplog.records if "failed a health probe" in r.message]) == 3
         fake.healthy = True
         gw.wait_ready()
@@ -144,7 +146,9 @@ def test_client_disconnect_aborts_the_upstream_stream(gateway, fake):
         for line in response.iter_lines():
             if line.startswith("data:"):
                 break
-    wait_for(lambda: fake.streams_open == 0, timeout_s=5)
+    # The count is what tells an aborted stream from one left to run out (200 tokens, 10 s),
+    # so the wait may leave a loaded machine room.
+    wait_for(lambda: fake.streams_open == 0, timeout_s=30)
     assert fake.streams_cancelled == 1
 
 

@@ -21,9 +21,9 @@ from tests.helpers import free_port, make_adapter
 FAST = SimTiming(max_loras=2, max_num_seqs=8, step_s=0.01, prefill_token_s=0.0, load_s=0.2, unload_s=0.0)
 
 
-async def _stream(client: httpx.AsyncClient, url: str, model: str, tag: str) -> tuple[float, int]:
+async def _stream(client: httpx.AsyncClient, url: str, model: str, tag: str, max_tokens: int = 5) -> tuple[float, int]:
     """(seconds to the first token, tokens) of one streamed chat request."""
-    body = {"model": model, "messages": [{"role": "user", "content": f"{tag} hello"}], "max_tokens": 5}
+    body = {"model": model, "messages": [{"role": "user", "content": f"{tag} hello"}], "max_tokens": max_tokens}
     body |= {"stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
     start, first, tokens = time.perf_counter(), None, 0
     async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
@@ -55,14 +55,16 @@ def test_the_simulated_engine_holds_two_adapters_a_batch_and_a_load_stalls_its_s
 
         async def three_adapters() -> list[tuple[float, int]]:
             async with httpx.AsyncClient(timeout=30) as client:
-                first_two = [asyncio.create_task(_stream(client, url, m, f"t{m}")) for m in ("a", "b")]
+                # a and b hold the two slots for 50 steps (0.5 s): c, sent once they run, must wait
+                # for one, however late a loaded machine sends it (5 steps, 0.05 s, raced that).
+                first_two = [asyncio.create_task(_stream(client, url, m, f"t{m}", 50)) for m in ("a", "b")]
                 while len(engine.running) < 2:  # a and b in the batch
                     await asyncio.sleep(0.001)
                 rest = [_stream(client, url, m, f"t{m}") for m in ("c", BASE)]
                 return await asyncio.gather(*first_two, *rest)
 
         (_, tokens), _, (ttft_c, _), (ttft_base, _) = asyncio.run(three_adapters())
-        assert tokens == 5
+        assert tokens == 50
         seqs = {seq.tag: seq for seq in engine.finished}
         a, b, c, base = seqs["ta"], seqs["tb"], seqs["tc"], seqs[f"t{BASE}"]
         assert c.slot_waits > 0 and c.admitted >= min(a.finished, b.finished)  # a batch holds two adapters

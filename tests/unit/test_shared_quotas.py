@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
-from adaptserve.db import Database
+from adaptserve.db import Database, QuotaShareRow
 from adaptserve.errors import InvalidRequestError, QuotaExceededError
 from adaptserve.tenancy.quotas import Limits, QuotaGate, Share
+from tests.helpers import wait_for
 
 
 def test_the_other_replicas_counts_are_added_at_admission() -> None:
@@ -68,11 +69,28 @@ def test_two_gateways_on_postgresql_enforce_one_quota(start_gateway, database_ur
     assert one.admin("PUT", "/tenants/shared/quotas", json={"requests_per_minute": 6}).status_code == 200
     key = one.admin("POST", "/tenants/shared/keys").json()["key"]
     body = {"model": "chat", "messages": [{"role": "user", "content": "q"}]}
+    db = Database(database_url)
     answers = []
     for i in range(12):
         answers.append((one, two)[i % 2].post("/v1/chat/completions", body, key=key).status_code)
-        time.sleep(0.3)  # past a sync of each replica
+        _until_synced(db, replicas=min(i + 1, 2))
+    db.dispose()
     assert answers.count(200) == 6 and set(answers[6:]) == {429}, answers  # each alone would admit 6
+
+
+def _until_synced(db: Database, replicas: int) -> None:
+    """Until each replica that counts the tenant has written its counts, then read the
+    others' (their rows stamped after all were written), then applied what it read (a
+    third stamp): what a fixed sleep assumed, however slow a loaded machine's syncs are."""
+    for _ in range(3):
+        since = time.time()  # the replicas stamp their rows with time.time() too
+        wait_for(lambda s=since: _stamped_after(db, s, replicas), 30, "a replica stopped syncing", every_s=0.02)
+
+
+def _stamped_after(db: Database, since: float, replicas: int) -> bool:
+    with db.session() as session:
+        rows = session.execute(select(QuotaShareRow.updated_at).where(QuotaShareRow.requests > 0)).all()
+    return len(rows) == replicas and all(at > since for (at,) in rows)
 
 
 def test_replicas_starting_together_migrate_one_at_a_time(database_url, tmp_path) -> None:

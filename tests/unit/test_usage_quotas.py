@@ -12,7 +12,7 @@ import openai
 import pytest
 from sqlalchemy import text
 
-from tests.helpers import ADMIN_KEY, API_KEY, SENTIMENT, assert_openai_error, gateway_metric, run_template
+from tests.helpers import ADMIN_KEY, API_KEY, SENTIMENT, assert_openai_error, gateway_metric, run_template, wait_for
 
 Q = [{"role": "user", "content": "one two three"}]  # the fake counts 3 prompt tokens
 METRICS_KEY = "sk-test-metrics"
@@ -105,7 +105,7 @@ def test_a_tenant_reads_its_own_quota_headroom(gateway):
 
 
 def test_a_flooding_tenant_does_not_starve_another(gateway, fake):
-    fake.token_delay_s = 0.05
+    fake.token_delay_s = 0.5  # the two admitted streams stay open (20 s) until the other ten are refused
     flood, calm = tenant(gateway, "flood", max_concurrent=2), tenant(gateway, "calm")
     statuses: list[int] = []
     served_until: list[float] = []  # when each admitted flood stream ended
@@ -126,7 +126,10 @@ def test_a_flooding_tenant_does_not_starve_another(gateway, fake):
     threads = [threading.Thread(target=flood_one) for _ in range(12)]
     for t in threads:
         t.start()
-    time.sleep(0.2)  # the flood is in flight
+    # Waited for, not slept: on a loaded machine the flood's requests may take a while to arrive.
+    wait_for(lambda: len(statuses) == 10 and fake.streams_open == 2, 30, "the flood was not admitted 2, refused 10")
+    # From their next token on, the flood's streams end in about 2 s.
+    fake.token_delay_s = 0.05
     calm.chat.completions.create(model="chat", messages=Q, max_tokens=5)
     calm_done = time.perf_counter()
     for t in threads:
@@ -208,15 +211,17 @@ def test_wrong_metrics_keys_count_toward_the_failed_key_throttle(start_gateway):
 
 def test_a_stream_the_client_abandons_gives_its_slot_back(gateway, fake):
     client = tenant(gateway, "leaver", max_concurrent=1)
-    fake.token_delay_s = 0.05
+    fake.token_delay_s = 0.5  # each stream would run 20 s: a slot held until its end is told from one given back
     body = {"model": "chat", "messages": [{"role": "user", "content": "w " * 40}], "max_tokens": 40, "stream": True}
     headers = {"Authorization": f"Bearer {client.api_key}"}
     for _ in range(3):
         with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, headers=headers) as response:
             assert response.status_code == 200
             next(response.iter_lines())
-        # The slot comes back shortly after the client leaves; a leaked one never does.
-        deadline = time.monotonic() + 3
+        # The slot comes back shortly after the client leaves (at the next token, 0.5 s); a
+        # leaked one never does, one held until the engine's stream ends takes 20 s. The
+        # 10 s allowed leaves a loaded machine room, and still tells those apart.
+        deadline = time.monotonic() + 10
         status = 429
         while status == 429 and time.monotonic() < deadline:
             status = httpx.post(
