@@ -28,9 +28,9 @@ import psutil
 from adaptserve_client import Client
 
 from adaptserve.bench.served import ADMIN_KEY, KEY, Process, Served
-from adaptserve.config import ModelEntry, VLLMSettings
 from adaptserve.datasets import load_dataset
 from adaptserve.default_model import resolve_model
+from adaptserve.engine_settings import ModelEntry, VLLMSettings
 from adaptserve.fit.verdict import accuracy_interval, mcnemar_p, paired_interval
 from adaptserve.upstream.supervisor import PoolingSupervisor, free_port
 

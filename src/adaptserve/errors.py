@@ -162,6 +162,15 @@ class EngineModelNotServedError(UpstreamError):
 
     code = "engine_model_not_served"
 
+    @classmethod
+    def of(cls, model: str) -> EngineModelNotServedError:
+        """The client's error names only the model it asked for: the engine's name for it
+        is the configuration's, not the tenant's."""
+        return cls(
+            f"The model server for '{model}' does not serve it: the engine and the gateway name the model "
+            "differently (served_model_name), a configuration error the operator must fix."
+        )
+
 
 class UpstreamServerError(UpstreamError):
     """vLLM answered 5xx (503 is `UpstreamUnavailableError`) while handling the request:

@@ -207,6 +207,18 @@ def test_an_engine_serving_another_name_stays_out(embed_gateway: RunningGateway,
     wait_for(lambda: httpx.get(embed_gateway.url + "/ready").status_code == 200, what="it never came back")
 
 
+def test_an_engine_in_service_that_stops_serving_its_name_is_a_configuration_502(
+    embed_gateway: RunningGateway, encoder: FakeState
+) -> None:
+    """Restarted under another name between probes: the client's error names the model it
+    asked for, never the engine's name for it."""
+    encoder.served = ["something-else"]
+    error = assert_openai_error(
+        _post(embed_gateway, {"model": "embedder", "input": "x"}), 502, "engine_model_not_served"
+    )
+    assert "'embedder'" in error["message"] and FAKE_ENCODER not in error["message"]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code", "param"),
     [

@@ -263,6 +263,20 @@ def test_its_engine_down_is_its_503_not_the_base_models(gen_gateway: RunningGate
     assert gen_gateway.post("/v1/chat/completions", {"model": BASE, "messages": HI}).status_code == 200
 
 
+def test_a_replica_that_does_not_serve_its_name_is_passed_over_for_one_that_does(
+    start_gateway: Callable[..., RunningGateway], fake: FakeState, second_llm: FakeState
+) -> None:
+    """Of two replicas, one restarted under another name: nothing ran there, so each
+    request it gets goes on to the other, and no client sees the misconfiguration."""
+    fake.served = [*fake.served, SECOND]  # the base model's engine is the entry's second replica
+    gateway = start_gateway(models=[_entry(second_llm, upstreams=[second_llm.url, fake.url])])
+    second_llm.served = ["renamed"]
+    asked = len(_chats(second_llm))
+    statuses = [gateway.post("/v1/chat/completions", {"model": "llm2", "messages": HI}).status_code for _ in range(6)]
+    assert statuses == [200] * 6
+    assert len(_chats(second_llm)) > asked  # it was asked, and passed over
+
+
 def test_an_engine_that_does_not_serve_its_name_is_a_configuration_502_not_an_adapter_load(
     gen_gateway: RunningGateway, second_llm: FakeState
 ) -> None:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from adaptserve.errors import (
     APIError,
     ContextLengthExceededError,
+    EngineModelNotServedError,
     InvalidRequestError,
     ModelNotFoundError,
     ModelUnavailableError,
@@ -35,7 +36,7 @@ from adaptserve.serving.engines import Engine, Engines
 from adaptserve.serving.pipeline import Pipeline
 from adaptserve.serving.record import CallRecord
 from adaptserve.tenancy.auth import Principal
-from adaptserve.upstream.client import AnswerTooLargeError
+from adaptserve.upstream.client import AnswerTooLargeError, UpstreamModelMissingError
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +140,21 @@ class EmbeddingService:
 async def pooling_post(engine: Engine, call: CallRecord, path: str, body: dict[str, Any], param: str) -> dict[str, Any]:
     """One request to a pooling engine inside an admitted `call`: a failure after the
     engine read it charges the reservation; a too-long input names `param`; the engine's
-    own name for the model is replaced by the one clients use."""
+    own name for the model is replaced by the one clients use; an engine that does not
+    serve it is the 502 of a configuration error."""
+    upstream = engine.pool.pick()
     try:
-        return await engine.pool.pick().post_json(path, body)
+        return await upstream.post_json(path, body)
+    except UpstreamModelMissingError as exc:  # nothing to load: the engine serves another name
+        log.error("%s does not serve %r (models: entry %s)", upstream.url, engine.entry.engine_name, engine.name)
+        raise EngineModelNotServedError.of(engine.name) from exc
     except APIError as exc:
         if isinstance(exc, _WORKED):
             call.charge_reserved()  # the engine may have worked; how much, vLLM did not say
         if isinstance(exc, ContextLengthExceededError):
             exc.param = param
-        exc.message = exc.message.replace(repr(engine.entry.engine_name), repr(engine.name))
+        for quote in "'`\"":  # vLLM quotes names either way
+            exc.message = exc.message.replace(quote + engine.entry.engine_name + quote, quote + engine.name + quote)
         raise
 
 

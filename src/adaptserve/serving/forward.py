@@ -3,8 +3,8 @@ the target's adapter (`picker.py`; a generate model of `models:`: one of its own
 in turn), the adapter loaded there first, one retry on another replica when the first
 was unavailable before the client got a byte, one reload of an adapter the engine lost.
 An engine that does not serve a model sent without an adapter is a configuration
-error, answered 502, not an adapter to load. Below the pipeline's admission: nothing
-here meters or bounds a request."""
+error: passed over once for another replica, else answered 502, never an adapter to
+load. Below the pipeline's admission: nothing here meters or bounds a request."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ class Forwarder:
         fault), another 5xx (the engine failed handling it: it may be the request's
         fault, and the next engine would fail too), a timeout (it may still be working).
         An upstream that lost the adapter (it restarted between health checks) gets it
-        loaded again and the call once more."""
+        loaded again and the call once more; one that does not serve a name sent without
+        an adapter is passed over once for another (502 where none is left)."""
         failed: list[Upstream] = []
         reloaded = False
         pool = self._engines.pool(target.engine) if target.engine is not None else None
@@ -64,8 +65,12 @@ class Forwarder:
                 await self._load(upstream, target)
                 return await send(upstream)
             except UpstreamModelMissingError as exc:
-                if target.adapter is None:
-                    raise _not_served(upstream, target) from exc
+                if target.adapter is None:  # one replica misconfigured: another may serve it (nothing ran)
+                    error = _not_served(upstream, target)
+                    if failed or not _another(pool or self._pool, upstream):
+                        raise error from exc
+                    failed.append(upstream)
+                    continue
                 log.warning("%s lost %s; loading it again", upstream.url, target.internal_name)
                 self._residency.forget(upstream, target.adapter)
                 if reloaded:
@@ -95,7 +100,7 @@ def _another(pool: UpstreamPool, upstream: Upstream) -> bool:
 def _not_served(upstream: Upstream, target: Target) -> EngineModelNotServedError:
     """An engine that does not know a name sent without an adapter: no load can fix it.
     The operator's log names the engine and the name; the client's error only the model
-    it asked for (the engine's name for it is the configuration's, not the tenant's)."""
+    it asked for."""
     where = f"models: entry {target.engine}" if target.engine is not None else "the base model"
     log.error(
         "%s does not serve %r (%s): its --served-model-name and the gateway's served_model_name differ",
@@ -103,7 +108,4 @@ def _not_served(upstream: Upstream, target: Target) -> EngineModelNotServedError
         target.internal_name,
         where,
     )
-    return EngineModelNotServedError(
-        f"The model server for '{target.public_name}' does not serve it: the engine and the gateway name the "
-        "model differently (served_model_name), a configuration error the operator must fix."
-    )
+    return EngineModelNotServedError.of(target.public_name)

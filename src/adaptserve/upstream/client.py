@@ -44,8 +44,9 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.WriteError)
 class UpstreamModelMissingError(APIError):
     """vLLM does not know the model name we sent: the adapter is not resident (the
     engine restarted, or another gateway unloaded it). The pipeline reloads and
-    retries (`serving/forward.py`); a name sent without an adapter has nothing to load,
-    a configuration error (`EngineModelNotServedError`). A client never sees this error."""
+    retries (`serving/forward.py`); a name sent without an adapter (a pooling engine's
+    too, `serving/embeddings.py`) has nothing to load, a configuration error
+    (`EngineModelNotServedError`). A client never sees this error."""
 
     status = 502
     code = "upstream_model_missing"
