@@ -2,7 +2,8 @@
 vLLM's worker (vLLM's own `--profiler-config`), around two loads through the gateway.
 
 1. `classify`: one-input `sentiment` calls (the template's scoring request: a prompt of
-   about 70 tokens, one generated token, label log-probabilities), 8 at a time.
+   about 90 tokens, one generated token, label log-probabilities), 8 at a time
+   (`--concurrency 1 --loads classify`: one at a time, as `profile-classify-1.txt`).
 2. `adapter`: streamed chat on one rank-8 q/v adapter, 8 users, 16 tokens each.
 
 vLLM writes the worker's operator table (self CPU time, sorted) when profiling stops;
@@ -61,6 +62,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/engine-plugin"))
     parser.add_argument("--inputs", type=int, default=48)
+    parser.add_argument("--concurrency", type=int, default=8, help="classify calls in flight (1: one at a time)")
+    parser.add_argument("--loads", default="classify,adapter", help="which loads to profile")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="adaptserve-profile-"))
@@ -84,10 +87,14 @@ def main() -> None:
         assert engine is not None
 
         def classify() -> None:
-            asyncio.run(template_side(served.url, KEY, "sentiment", texts[:-4], "text", 1, 8))
+            asyncio.run(template_side(served.url, KEY, "sentiment", texts[:-4], "text", 1, args.concurrency))
 
-        profiled(engine, traces, args.out, "classify", classify)
-        profiled(engine, traces, args.out, "adapter", lambda: asyncio.run(closed_loop(served.url, requests, 8)))
+        loads = args.loads.split(",")
+        if "classify" in loads:
+            name = "classify" if args.concurrency == 8 else f"classify-{args.concurrency}"
+            profiled(engine, traces, args.out, name, classify)
+        if "adapter" in loads:
+            profiled(engine, traces, args.out, "adapter", lambda: asyncio.run(closed_loop(served.url, requests, 8)))
     finally:
         served.stop()
         shutil.rmtree(work, ignore_errors=True)
