@@ -108,18 +108,24 @@ def test_a_generate_model_of_models_answers_as_the_base_model(server, base_model
         messages = [{"role": "user", "content": PROMPT}]
         want = chat(base, "default", PROMPT, max_tokens=16)
         assert "Paris" in want and chat(ours, "llm2", PROMPT, max_tokens=16) == want
-        chunks = ours.chat.completions.create(
+        with ours.chat.completions.create(
             model="llm2", messages=messages, max_tokens=16, temperature=0, stream=True
-        )
-        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want
+        ) as chunks:
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want
         prompt = {"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
         done = ours.completions.create(model="llm2", **prompt)
         assert (
             done.model == "llm2"
             and done.choices[0].text == base.completions.create(model="default", **prompt).choices[0].text
         )
-        assert gateway_metric(gateway, "adaptserve_requests_total", model="llm2", status="200") == 3
-        assert gateway_metric(gateway, "adaptserve_upstream_up", model="llm2") == 1
+
+        # A stream is counted when the gateway's relay has finished with it, which can be a
+        # moment after the client read its last chunk: wait for the three, then no more.
+        def served() -> float:
+            return gateway_metric(gateway, "adaptserve_requests_total", model="llm2", status="200")
+
+        wait_for(lambda: served() >= 3, what="the three requests were never all counted under llm2")
+        assert served() == 3 and gateway_metric(gateway, "adaptserve_upstream_up", model="llm2") == 1
 
 
 def test_two_gateways_on_postgresql_share_a_tenants_quota(server, base_model, tmp_path):
