@@ -31,13 +31,12 @@ from typing import Any
 import httpx
 
 from adaptserve.bench.classify_race import template_side
-from adaptserve.bench.served import KEY, Served
+from adaptserve.bench.served import KEY, MAKE_SERVE_MODELS, Served
 from adaptserve.config import Settings
 from adaptserve.datasets import load_dataset
 from adaptserve.default_model import resolve_model
 from adaptserve.upstream.supervisor import free_port
 
-MAKE_SERVE_MODELS = '[{"name": "minilm", "role": "embed", "path": "minilm"}]'  # as the Makefile's serve
 SIDES = {"intel": {"LD_PRELOAD": str(Path(sys.prefix) / "lib" / "libiomp5.so")}, "gnu": {}}
 
 

@@ -30,11 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
-
 from adaptserve.bench.classify_race import template_side
-from adaptserve.bench.served import KEY, Served
+from adaptserve.bench.served import KEY, MAKE_SERVE_MODELS, Served, metric_sums
 from adaptserve.config import Settings
 from adaptserve.datasets import load_dataset
 from adaptserve.default_model import resolve_model
@@ -47,17 +44,6 @@ TIMES = (
     "vllm:request_queue_time_seconds_sum",  # waiting to be scheduled
     "vllm:request_prefill_time_seconds_sum",  # scheduled to first token: the forward pass and its step
 )
-MAKE_SERVE_MODELS = '[{"name": "minilm", "role": "embed", "path": "minilm"}]'  # as the Makefile's serve
-
-
-def counters(engine: str) -> dict[str, float]:
-    """COUNTERS and TIMES, each summed over its label sets."""
-    out = dict.fromkeys(COUNTERS + TIMES, 0.0)
-    for family in text_string_to_metric_families(httpx.get(engine + "/metrics", timeout=10).text):
-        for sample in family.samples:
-            if sample.name in out:
-                out[sample.name] += sample.value
-    return out
 
 
 def served_template(inputs: int, rounds: int, root: Path) -> dict[str, Any]:
@@ -78,13 +64,13 @@ def served_template(inputs: int, rounds: int, root: Path) -> dict[str, Any]:
         assert served.vllm is not None
         texts = load_dataset("rotten-tomatoes", "test")
         asyncio.run(template_side(served.url, KEY, "sentiment", texts[-8:], "text", 1, 1))  # calibration, warm-up
-        before, per_round = counters(served.vllm), []
+        before, per_round = metric_sums(served.vllm, COUNTERS + TIMES), []
         started = time.perf_counter()
         for r in range(rounds):
             chunk = texts[r * inputs : (r + 1) * inputs]
             per_round.append(asyncio.run(template_side(served.url, KEY, "sentiment", chunk, "text", 1, 1)))
         wall = time.perf_counter() - started
-        after = counters(served.vllm)
+        after = metric_sums(served.vllm, COUNTERS + TIMES)
     finally:
         served.stop()
     n = inputs * rounds

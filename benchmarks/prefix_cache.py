@@ -23,28 +23,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from adaptserve.bench.classify_race import template_side
-from adaptserve.bench.served import KEY, Served
+from adaptserve.bench.served import KEY, Served, metric_sums
 from adaptserve.config import Settings
 from adaptserve.datasets import load_dataset
 from adaptserve.default_model import resolve_model
 from adaptserve.upstream.supervisor import free_port
 
 COUNTERS = ("vllm:prompt_tokens_total", "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total")
-
-
-def counters(engine: str) -> dict[str, float]:
-    """Each of COUNTERS summed over its label sets, read with Prometheus' own parser."""
-    out = dict.fromkeys(COUNTERS, 0.0)
-    for family in text_string_to_metric_families(httpx.get(engine + "/metrics", timeout=10).text):
-        for sample in family.samples:
-            if sample.name in out:
-                out[sample.name] += sample.value
-    return out
 
 
 def start(block: int, root: Path, templates: Path) -> Served:
@@ -59,9 +47,9 @@ def start(block: int, root: Path, templates: Path) -> Served:
 
 def measure(served: Served, texts: list[Any], concurrency: int) -> dict[str, float]:
     assert served.vllm is not None
-    before = counters(served.vllm)
+    before = metric_sums(served.vllm, COUNTERS)
     report = asyncio.run(template_side(served.url, KEY, "sentiment", texts, "text", 1, concurrency))
-    after = counters(served.vllm)
+    after = metric_sums(served.vllm, COUNTERS)
     delta = {k: after[k] - before[k] for k in COUNTERS}
     return {
         "inputs_per_s": report["throughput"]["inputs_per_s"],

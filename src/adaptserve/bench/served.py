@@ -1,9 +1,11 @@
 """Servers a benchmark starts itself and stops: `adaptserve serve` on a free data folder
 (ready when `/ready` says so), and any other command with a health URL (the peft
-baseline). One definition for every benchmark and report."""
+baseline); what `make serve` adds beside the LLM (`MAKE_SERVE_MODELS`); a server's
+Prometheus samples summed (`metric_sums`). One definition for every benchmark and report."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -12,9 +14,25 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from adaptserve.engine_settings import MINILM
 
 KEY = "sk-benchmark"
 ADMIN_KEY = "sk-benchmark-admin"
+# ADAPTSERVE_MODELS as the Makefile's `serve` sets it: MiniLM for /v1/embeddings as `minilm`
+MAKE_SERVE_MODELS = json.dumps([{"name": "minilm", "role": "embed", "path": MINILM}])
+
+
+def metric_sums(url: str, names: tuple[str, ...]) -> dict[str, float]:
+    """Each of the named samples of the server's `/metrics` (a counter's `_total`, a
+    histogram's `_sum`), summed over its label sets, read with Prometheus' own parser."""
+    out = dict.fromkeys(names, 0.0)
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=10).text):
+        for sample in family.samples:
+            if sample.name in out:
+                out[sample.name] += sample.value
+    return out
 
 
 class Process:

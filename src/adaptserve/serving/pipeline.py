@@ -124,7 +124,7 @@ class Admission:
 
     async def _send(self, endpoint: Endpoint, send: Callable[[Upstream], Awaitable[T]]) -> T:
         try:
-            outcome = await self._pipeline.forward(self.target, send, self._again)
+            outcome = await self._pipeline.forwarder.forward(self.target, send, self._again)
         except APIError as exc:
             if isinstance(exc, _WORKED):
                 self.call.charge_reserved()  # the engine may have worked; how much, vLLM did not say
@@ -165,7 +165,7 @@ class Pipeline:
         self._reads = reads if reads is not None else ReadCache(0.0)  # the cache `resolve`'s database reads go through
         self._engines = engines  # the models of `models:`: generate ones answered, others a 400 saying where
         self.pool, self._catalog, self._residency, self._tenants = pool, catalog, residency, tenants
-        self._forwarder = Forwarder(pool, picker, residency, engines, metrics)  # where each engine call goes
+        self.forwarder = Forwarder(pool, picker, residency, engines, metrics)  # where each engine call goes
         self._meter, self._quotas, self._metrics = meter, quotas, metrics
         self.bounds, self.privacy = bounds, privacy
 
@@ -363,13 +363,3 @@ class Pipeline:
             self._metrics.tokens.labels(call.tenant, call.model, "prompt").inc(call.prompt_tokens)
             self._metrics.tokens.labels(call.tenant, call.model, "completion").inc(call.completion_tokens)
             self._metrics.tokens.labels(call.tenant, call.model, "cached").inc(call.cached_tokens)
-
-    async def forward(
-        self,
-        target: Target,
-        send: Callable[[Upstream], Awaitable[T]],
-        again: Callable[[UpstreamUnavailableError], bool] = lambda failed: True,
-    ) -> T:
-        """`send` on a replica that serves the target (`forward.py`: the adapter loaded
-        first, one retry elsewhere, one reload of a lost adapter)."""
-        return await self._forwarder.forward(target, send, again)
