@@ -219,6 +219,34 @@ def test_an_engine_in_service_that_stops_serving_its_name_is_a_configuration_502
     assert "'embedder'" in error["message"] and FAKE_ENCODER not in error["message"]
 
 
+def test_a_replica_unavailable_or_renamed_is_passed_over_for_another(
+    start_gateway: Callable[..., RunningGateway], fake: FakeState, encoder: FakeState
+) -> None:
+    """Two replicas of the embedding model, the pool not probing them meanwhile: one that
+    answers 503 before any work, or that serves another name, is asked and the request
+    goes on to the other, as chat's does; a connection dropped after the engine read the
+    request (it may have worked) is the answer, not sent again."""
+    fake.served = [*fake.served, FAKE_ENCODER]  # the base model's fake is the entry's second replica
+    entry = embed_entry(encoder, upstreams=[encoder.url, fake.url])
+    gateway = start_gateway(models=[entry], health_interval_s=300)
+    body = {"model": "embedder", "input": "x"}
+    encoder.unavailable_next = 100
+    assert [_post(gateway, body).status_code for _ in range(4)] == [200] * 4
+    assert encoder.unavailable_next < 100  # it was asked, and passed over
+    encoder.unavailable_next, encoder.served = 0, ["renamed"]
+    asked = len(encoder.requests)
+    assert [_post(gateway, body).status_code for _ in range(4)] == [200] * 4
+    assert len(encoder.requests) > asked
+    encoder.served, encoder.drop_next = [FAKE_ENCODER], 1
+    for _ in range(6):  # until a request lands on the replica that drops it
+        answer = _post(gateway, body)
+        if encoder.drop_next == 0:
+            break
+        assert answer.status_code == 200
+    assert encoder.drop_next == 0
+    assert "connection dropped" in assert_openai_error(answer, 503, "upstream_unavailable")["message"]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code", "param"),
     [

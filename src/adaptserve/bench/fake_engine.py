@@ -167,12 +167,9 @@ def create_fake_vllm(state: FakeState) -> FastAPI:
         if state.fail_next > 0:
             state.fail_next -= 1
             return _error(500, "EngineCore encountered an issue.", "InternalServerError")
-        if state.unavailable_next > 0:
-            state.unavailable_next -= 1
-            return _error(503, "The engine is shutting down.", "ServiceUnavailableError")
-        if state.drop_next > 0:
-            state.drop_next -= 1
-            return StreamingResponse(_dropped())
+        unwell = _unwell(state)
+        if unwell is not None:
+            return unwell
         if state.refuse_next is not None:
             message, state.refuse_next = state.refuse_next, None
             return _error(400, message, "BadRequestError")
@@ -216,6 +213,9 @@ def create_fake_vllm(state: FakeState) -> FastAPI:
     @app.post("/v1/embeddings")
     async def embeddings(body: dict[str, Any]) -> Response:
         state.requests.append(body)
+        unwell = _unwell(state)
+        if unwell is not None:
+            return unwell
         if body["model"] not in state.served:
             return _error(404, f"The model `{body['model']}` does not exist.", "NotFoundError", "model")
         if state.refuse_next is not None:
@@ -245,6 +245,9 @@ def create_fake_vllm(state: FakeState) -> FastAPI:
     @app.post("/classify")
     async def classify(body: dict[str, Any]) -> Response:
         state.requests.append(body)
+        unwell = _unwell(state)
+        if unwell is not None:
+            return unwell
         if body["model"] not in state.served:
             return _error(404, f"The model `{body['model']}` does not exist.", "NotFoundError", "model")
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
@@ -312,6 +315,18 @@ def _label_reads(state: FakeState, body: dict[str, Any]) -> dict[str, Any]:
         choices.append({"index": i, "text": "x", "logprobs": {"top_logprobs": [top]}, "finish_reason": "length"})
     usage = state.usage(sum(map(len, body["prompt"])), len(body["prompt"]))
     return {"id": "x", "object": "text_completion", "model": body["model"], "choices": choices, "usage": usage}
+
+
+def _unwell(state: FakeState) -> Response | None:
+    """The next request's failure before any work (503) or after reading it (a dropped
+    connection), where the test asked for one."""
+    if state.unavailable_next > 0:
+        state.unavailable_next -= 1
+        return _error(503, "The engine is shutting down.", "ServiceUnavailableError")
+    if state.drop_next > 0:
+        state.drop_next -= 1
+        return StreamingResponse(_dropped())
+    return None
 
 
 async def _dropped() -> AsyncIterator[bytes]:

@@ -4,9 +4,10 @@ tenant's texts or token ids, as chat is answered: the tenant may call the model 
 bounded (`bounds.py`: how many, how many tokens), admitted under the tenant's quotas
 and metered (`Pipeline.metered`), screened under its PII policy (texts masked or
 refused; token ids cannot be screened, so refused under `mask` and `block`), sent to
-one ready upstream of the model's pool, and answered OpenAI-shaped: float lists, or
-base64 of little-endian float32. The engine is always asked for base64 (a quarter of the
-bytes of float JSON, and no floats to parse): passed on as it came, or unpacked to floats.
+one ready upstream of the model's pool (another, once, when the first was unavailable:
+`pooling_post`), and answered OpenAI-shaped: float lists, or base64 of little-endian
+float32. The engine is always asked for base64 (a quarter of the bytes of float JSON,
+and no floats to parse): passed on as it came, or unpacked to floats.
 `dimensions` goes to the engine, whose refusal (a model without Matryoshka
 representations) comes back as a 400 naming `dimensions` (`upstream/client.py`).
 """
@@ -20,10 +21,10 @@ import struct
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from adaptserve.adapters.catalog import Target
 from adaptserve.errors import (
     APIError,
     ContextLengthExceededError,
-    EngineModelNotServedError,
     InvalidRequestError,
     ModelNotFoundError,
     ModelUnavailableError,
@@ -31,12 +32,14 @@ from adaptserve.errors import (
     UpstreamError,
     UpstreamServerError,
     UpstreamTimeoutError,
+    UpstreamUnavailableError,
 )
 from adaptserve.serving.engines import Engine, Engines
+from adaptserve.serving.forward import Forwarder
 from adaptserve.serving.pipeline import Pipeline
 from adaptserve.serving.record import CallRecord
 from adaptserve.tenancy.auth import Principal
-from adaptserve.upstream.client import AnswerTooLargeError, UpstreamModelMissingError
+from adaptserve.upstream.client import AnswerTooLargeError
 
 log = logging.getLogger(__name__)
 
@@ -134,20 +137,22 @@ class EmbeddingService:
         return masked
 
     async def _send(self, engine: Engine, call: CallRecord, body: dict[str, Any]) -> dict[str, Any]:
-        return await pooling_post(engine, call, "/v1/embeddings", body, PARAM)
+        return await pooling_post(self._pipeline.forwarder, engine, call, "/v1/embeddings", body, PARAM)
 
 
-async def pooling_post(engine: Engine, call: CallRecord, path: str, body: dict[str, Any], param: str) -> dict[str, Any]:
-    """One request to a pooling engine inside an admitted `call`: a failure after the
+async def pooling_post(
+    forwarder: Forwarder, engine: Engine, call: CallRecord, path: str, body: dict[str, Any], param: str
+) -> dict[str, Any]:
+    """One request to a pooling engine inside an admitted `call`, through the
+    `Forwarder` as chat goes: a replica unavailable before it read the request (refused,
+    503) is passed over once for another ready one, and so is one that does not serve
+    the model's name (the 502 of a configuration error where none is left); a dropped
+    connection is not sent again (the engine may have worked). A failure after the
     engine read it charges the reservation; a too-long input names `param`; the engine's
-    own name for the model is replaced by the one clients use; an engine that does not
-    serve it is the 502 of a configuration error."""
-    upstream = engine.pool.pick()
+    own name for the model is replaced by the one clients use."""
+    target = Target(engine.name, engine.entry.engine_name, None, engine=engine.name)
     try:
-        return await upstream.post_json(path, body)
-    except UpstreamModelMissingError as exc:  # nothing to load: the engine serves another name
-        log.error("%s does not serve %r (models: entry %s)", upstream.url, engine.entry.engine_name, engine.name)
-        raise EngineModelNotServedError.of(engine.name) from exc
+        return await forwarder.forward(target, lambda upstream: upstream.post_json(path, body), _unread)
     except APIError as exc:
         if isinstance(exc, _WORKED):
             call.charge_reserved()  # the engine may have worked; how much, vLLM did not say
@@ -156,6 +161,12 @@ async def pooling_post(engine: Engine, call: CallRecord, path: str, body: dict[s
         for quote in "'`\"":  # vLLM quotes names either way
             exc.message = exc.message.replace(quote + engine.entry.engine_name + quote, quote + engine.name + quote)
         raise
+
+
+def _unread(failed: UpstreamUnavailableError) -> bool:
+    """Whether a pooling request may go to another replica: only when no engine read it
+    (a dropped connection may have been worked on, and is the answer)."""
+    return not isinstance(failed, UpstreamDroppedError)
 
 
 def _within_rate(principal: Principal, tokens: int) -> None:

@@ -55,7 +55,7 @@ class EncoderService:
             principal, engine.name, reserve, label="template", template=template.name
         ) as call:
             body = {"model": engine.entry.engine_name, "input": texts, "use_activation": False}
-            answer = await pooling_post(engine, call, "/classify", body, param)
+            answer = await pooling_post(self._pipeline.forwarder, engine, call, "/classify", body, param)
             logits = _logits(answer, len(texts), len(columns))
             call.add_usage(answer.get("usage"), accumulate=True)
             call.status = 200
