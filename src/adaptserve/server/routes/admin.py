@@ -77,6 +77,7 @@ class AdapterActivate(_Strict):
 class AdapterByPath(_Strict):
     name: StrictStr
     path: StrictStr
+    base: StrictStr | None = None  # the LLM base it is for: the base model (default) or a `models:` entry
 
 
 class AdapterCompress(_Strict):
@@ -185,9 +186,13 @@ def set_alias(tenant: str, alias: str, body: AliasSet, request: Request, gateway
     """An alias to an adapter (pinned or following its active version) or to the base
     model. A tenant admin pins only released versions of a global adapter, and points
     at the base model only where the operator allows it (`tenant_base_aliases`). A
-    generate model's name of `models:` is not an alias's (400)."""
+    generate model's name of `models:` is not an alias's (`refuse_alias_name`); an
+    adapter bound to one the tenant may not call is as one that does not exist (404)."""
     _own(actor, tenant)
-    gateway.engines.refuse_generate(alias, "alias", "alias", tenant)
+    gateway.engines.refuse_alias_name(alias, tenant)
+    bound = gateway.catalog.base_of(body.adapter) if body.adapter is not None else None
+    if bound and gateway.engines.find(tenant, bound) is None:
+        raise AdapterNotFoundError(f"adapter {body.adapter} does not exist", param="adapter")
     before = gateway.tenants.alias(tenant, alias, fresh=True)
     if actor.tenant is not None:
         _tenant_admin_may_point(gateway, body, before)
@@ -212,10 +217,12 @@ def delete_alias(tenant: str, alias: str, gateway: GatewayDep, actor: AdminDep) 
 
 @router.post("/adapters", status_code=201, openapi_extra=documented_body(AdapterByPath, media_types=_ARCHIVE_FORM))
 async def push_adapter(request: Request, gateway: GatewayDep, actor: AdminDep) -> dict:
-    """Multipart (`name` + `file`: .tar.gz/.zip of a PEFT folder) or JSON {name, path}
-    (a path on the server: the operator's only). A tenant admin's adapter is its tenant's."""
+    """Multipart (`name` + `file`: .tar.gz/.zip of a PEFT folder, optional `base`) or JSON
+    {name, path, base} (a path on the server: the operator's only). A tenant admin's adapter
+    is its tenant's. `base`: the base model (default) or a generate model of `models:` with
+    adapters that the pusher may call; its files are checked against that base's shapes."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        name, staged = await _receive_archive(request, gateway, actor)
+        name, staged, base = await _receive_archive(request, gateway, actor)
     else:
         actor.require_operator()  # a server path reads the gateway's disk
         raw = await read_json(request.stream())
@@ -223,8 +230,9 @@ async def push_adapter(request: Request, gateway: GatewayDep, actor: AdminDep) -
             body = AdapterByPath.model_validate(raw)
         except ValidationError as exc:
             raise invalid_from(exc) from exc
+        base = gateway.engines.adapter_base(body.base, actor.tenant)
         name, staged = body.name, await asyncio.to_thread(gateway.store.copy_folder, Path(body.path))
-    result = await asyncio.to_thread(gateway.catalog.register, name, staged, _owner(actor))
+    result = await asyncio.to_thread(gateway.catalog.register, name, staged, _owner(actor), base)
     request.state.audit = {"after": result.get("version")}
     return result
 
@@ -380,24 +388,27 @@ def _target(alias: Alias | None) -> str | None:
     return f"{alias.adapter}@{alias.version}" if alias.version else str(alias.adapter)
 
 
-async def _receive_archive(request: Request, gateway: Gateway, actor: Actor) -> tuple[str, Path]:
+async def _receive_archive(request: Request, gateway: Gateway, actor: Actor) -> tuple[str, Path, str]:
     """Stream the upload to a temp file, then unpack it into the store's staging area. Its
     size (`max_adapter_bytes`) is checked at the edge, from the Content-Length it needs."""
     length = request.headers.get("content-length")
     if length is None or not length.isdigit():
         raise InvalidRequestError("an adapter upload needs a Content-Length header")
     try:
-        form = await request.form(max_files=1, max_fields=2)
+        form = await request.form(max_files=1, max_fields=3)
     except OSError as exc:  # the upload spools to the temp folder's disk
         raise StorageError(f"The server could not receive the upload: {exc.strerror or exc}.") from exc
-    upload, name = form.get("file"), form.get("name")
+    upload, name, asked = form.get("file"), form.get("name"), form.get("base")
     if not isinstance(name, str) or not name:
         raise InvalidRequestError("the form needs a 'name' field", param="name")
-    await asyncio.to_thread(gateway.catalog.claim, name, _owner(actor))  # early; `register` checks again
+    if asked is not None and not isinstance(asked, str):
+        raise InvalidRequestError("'base' is a model's name, not a file", param="base")
+    base = gateway.engines.adapter_base(asked, actor.tenant)
+    await asyncio.to_thread(gateway.catalog.claim, name, _owner(actor), base)  # early; `register` checks again
     if upload is None or isinstance(upload, str):
         raise InvalidRequestError("the form needs a 'file' field with the archive", param="file")
     try:
         staged = await asyncio.to_thread(gateway.store.unpack_upload, upload.file, upload.filename or "")
     finally:
         await form.close()
-    return name, staged
+    return name, staged, base
