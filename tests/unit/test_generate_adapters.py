@@ -161,6 +161,23 @@ def test_a_base_that_takes_no_adapters_or_that_the_pusher_may_not_call_is_refuse
     refused = gw.admin("PUT", "/tenants/other/models/t", json={"adapter": "tone"})
     assert_openai_error(refused, 404, "adapter_not_found", "adapter")  # global, but on a model it may not call
     assert _push(gw, "mine", make_adapter(tmp_path / "b", seed=1), "llm2").status_code == 409  # the operator's too
+    assert [a["name"] for a in gw.admin("GET", "/adapters", key=key).json()["data"]] == ["mine"]
+    assert_openai_error(gw.admin("GET", "/adapters/tone", key=key), 404, "adapter_not_found")
+    assert {a["name"]: a["base"] for a in gw.admin("GET", "/adapters").json()["data"]}["tone"] == "llm2"
+
+
+def test_a_derivation_is_for_its_sources_base(gw: RunningGateway, tmp_path: Path) -> None:
+    """A compression of an entry's adapter is an adapter of that entry; adapters of two
+    bases do not merge."""
+    assert _push(gw, "tone", make_adapter(tmp_path / "a", r=4), "llm2").status_code == 201
+    assert _push(gw, "plain", make_adapter(tmp_path / "b", seed=1)).status_code == 201
+    small = gw.admin("POST", "/adapters/tone/compress", json={"rank": 2, "name": "tone-small"})
+    assert small.status_code == 201, small.text
+    assert small.json()["base"] == "llm2" and gw.admin("GET", "/adapters/tone-small").json()["base"] == "llm2"
+    sources = [{"adapter": "tone"}, {"adapter": "plain"}]
+    mixed = gw.admin("POST", "/adapters/merge", json={"name": "both", "sources": sources})
+    assert "different LLM bases" in assert_openai_error(mixed, 400, param="sources")["message"]
+    assert gw.admin("GET", "/adapters/both").status_code == 404
 
 
 # -- serving -------------------------------------------------------------------------------

@@ -2,16 +2,17 @@
 "") or a generate entry of `models:` that takes adapters (its name). The first version
 of a name binds it; its later versions are for the same base (`refuse_rebased`: 409
 `adapter_base_taken`), so an alias of it always lands on the engines it was checked
-against. Each version's files are checked against its base's shapes (`AdapterBases.spec`:
+against; a derivation (merge, compression) is for its sources' one base (`one_base`).
+Each version's files are checked against its base's shapes (`AdapterBases.spec`:
 a local folder's; None for a remote engine's, whose shapes are unknown)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from adaptserve.adapters.spec import BaseModelSpec
-from adaptserve.errors import ConflictError, ModelNotFoundError
+from adaptserve.errors import ConflictError, InvalidRequestError, ModelNotFoundError
 
 BASE_MODEL = ""  # what the `adapters.base` column holds for the base model
 
@@ -52,3 +53,15 @@ def refuse_rebased(name: str, bound: str, base: str, bases: AdapterBases) -> Non
             "the base its first version was pushed for; push this one under another name",
             param="base",
         )
+
+
+def one_base(sources: Iterable[tuple[str, str]]) -> str:
+    """The base of a derivation's sources ((name, base) pairs; none: the base model's):
+    adapters of different bases do not merge (400)."""
+    bases = {name: base for name, base in sources}
+    if len(set(bases.values())) > 1:
+        raise InvalidRequestError(
+            f"the adapters {sorted(bases)} are for different LLM bases; merge adapters of one base",
+            param="sources",
+        )
+    return next(iter(bases.values()), BASE_MODEL)

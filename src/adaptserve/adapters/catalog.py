@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import func, select
 
-from adaptserve.adapters.bases import BASE_MODEL, AdapterBases, refuse_rebased
+from adaptserve.adapters.bases import BASE_MODEL, AdapterBases, one_base, refuse_rebased
 from adaptserve.adapters.ownership import check_released, refuse_taken
 from adaptserve.adapters.quota import DerivationSlots, Quota
 from adaptserve.adapters.residency import AdapterVersion, Residency, internal_name
@@ -137,13 +137,16 @@ class AdapterCatalog:
             "size_bytes": size,
         }
 
-    def derive(self, name: str, owner: str, build: Callable[[Path], dict]) -> dict:
-        """A new version of `name` that `build` writes into a staging folder, registered
-        like an upload; the answer is `register`'s plus what `build` returned. The name
-        and its owner are checked first, and a tenant already at its storage quota is
-        refused before any work; builds run within `DerivationSlots` (dense SVDs take whole
-        cores): one over them gets 429 at once."""
-        self.claim(name, owner)
+    def derive(self, name: str, owner: str, build: Callable[[Path], dict], sources: Sequence[str] = ()) -> dict:
+        """A new version of `name` that `build` writes into a staging folder from the
+        adapters `sources`, registered like an upload for their base (`one_base`); the
+        answer is `register`'s plus what `build` returned. The name, its owner and base
+        are checked first, and a tenant already at its storage quota is refused before
+        any work; builds run within `DerivationSlots` (dense SVDs take whole cores): one
+        over them gets 429 at once."""
+        with self._db.session() as s:
+            base = one_base(s.execute(select(AdapterRow.name, AdapterRow.base).where(AdapterRow.name.in_(sources))))
+        self.claim(name, owner, base)
         if owner:
             with self._db.session() as s:
                 self._quota.check_room(s, owner, 1)
@@ -155,7 +158,7 @@ class AdapterCatalog:
             except BaseException:
                 self._store.remove_staged(staged)
                 raise
-        return {**self.register(name, staged, owner), **facts}
+        return {**self.register(name, staged, owner, base), **facts}
 
     def claim(self, name: str, owner: str, base: str = BASE_MODEL) -> None:
         """Refuse early (before an upload is unpacked or a derivation built) a name that
@@ -276,12 +279,12 @@ class AdapterCatalog:
             "versions": versions,
         }
 
-    def list(self, visible_to: str | None = None) -> builtins.list[dict]:
+    def list(self, visible_to: str | None = None, bases: Collection[str] = ()) -> builtins.list[dict]:
         """Every adapter, or those the tenant of uid `visible_to` may use (global and
-        its own)."""
+        its own, for the base model or one of `bases`, the entries it may call)."""
         query = select(AdapterRow.name).order_by(AdapterRow.name)
         if visible_to is not None:
-            query = query.where(AdapterRow.owner.in_(("", visible_to)))
+            query = query.where(AdapterRow.owner.in_(("", visible_to)), AdapterRow.base.in_((BASE_MODEL, *bases)))
         with self._db.session() as s:
             names = s.scalars(query).all()
         return [self.describe(n, operator=visible_to is None) for n in names]
