@@ -38,6 +38,7 @@ from tests.helpers import (
     make_adapter,
     make_base,
     new_tenant,
+    run_template,
     tar_gz,
     tenant_admin_key,
     wait_for,
@@ -245,6 +246,33 @@ def test_a_classify_template_on_its_adapter_is_tokenized_and_scored_on_its_engin
     assert on_entry.status_code == 201, on_entry.text  # the entry itself: a template's model too
     assert gw.post("/v1/templates/mood2", {"inputs": {"text": "a fine day"}}).status_code == 200
     assert _chats(second_llm)[-1]["model"] == SECOND and len(_chats(fake)) == base_calls
+
+
+def test_a_global_templates_labels_are_tokenized_on_each_base_its_alias_reaches(
+    gw: RunningGateway, fake: FakeState, second_llm: FakeState, tmp_path: Path
+) -> None:
+    """One global template, one alias name: tenant default's on the entry's adapter,
+    acme's on the base model's. Each call scores with the labels' tokens of its own
+    base's tokenizer (a plan read on one base is never used on another)."""
+    tone = _push(gw, "tone", make_adapter(tmp_path / "a"), "llm2").json()["version"]
+    plain = _push(gw, "plain", make_adapter(tmp_path / "b", seed=1)).json()["version"]
+    assert gw.admin("PUT", "/tenants/default/models/support", json={"adapter": "tone"}).status_code == 200
+    acme = new_tenant(gw, "acme", {"adapter": "plain"})
+    second_llm.vocab.update({"unrelated": 500, "words": 501})  # its tokenizer's ids differ from the base model's
+    labels = [{"name": "negative"}, {"name": "positive"}]
+    doc = {"name": "mood", "kind": "classify", "instruction": "Good or bad?", "inputs": {"text": {}}, "labels": labels}
+    assert gw.admin("PUT", "/templates/mood", json=doc | {"model": "support"}).status_code == 201
+    assert second_llm.tokenize_calls == 0  # a global template's alias is a tenant's: read on the base model
+    assert gw.post("/v1/templates/mood", {"inputs": {"text": "a fine day"}}).status_code == 200
+    scored = [r for r in _chats(second_llm) if r.get("logprob_token_ids")]
+    assert scored and {r["model"] for r in scored} == {f"tone--{tone}"}
+    wanted = {i for r in scored for i in r["logprob_token_ids"]}
+    assert wanted == {second_llm.vocab["negative"], second_llm.vocab["positive"]}  # its tokenizer's label ids
+    assert wanted != {fake.vocab["negative"], fake.vocab["positive"]}  # (the base model's differ)
+    on_entry = len(_chats(second_llm))
+    assert run_template(gw, "mood", {"inputs": {"text": "a fine day"}}, key=acme.api_key).status_code == 200
+    assert len(_chats(second_llm)) == on_entry  # acme's alias: the base model's adapter, on its engine
+    assert {r["model"] for r in _chats(fake) if r.get("logprob_token_ids")} == {f"plain--{plain}"}
 
 
 def test_an_entry_without_adapters_still_refuses_them(

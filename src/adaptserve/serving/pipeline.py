@@ -83,6 +83,11 @@ class Admission:
         """The served model's internal name (what a template's calibration is keyed by)."""
         return self.target.internal_name
 
+    @property
+    def base(self) -> str:
+        """The LLM base it runs on ("": the base model; a template's scoring plan is its)."""
+        return self.target.engine or ""
+
     async def screen(self, endpoint: Endpoint, body: dict[str, Any]) -> tuple[dict[str, Any], Placeholders | None]:
         """The client's body under the tenant's PII policy, checked only now that the
         request is admitted (detection is the costliest check). A masked body is bounded

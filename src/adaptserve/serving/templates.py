@@ -200,12 +200,13 @@ class TemplateService:
         scored = [v for p, i in zip(plans, inputs, strict=True) for v in p.variants(i)] if plans else inputs
         param = "attribution" if plans else "inputs"
         spec = template.spec
-        plan = self._classifier.cached_plan(spec)
-        context = self._context(principal.tenant, spec.model)
+        base = self._pipeline.base_of(principal.tenant, spec.model)
+        plan = self._classifier.cached_plan(spec, base or "")
+        context = self._context(base)
         if plan is not None:
             reserve = self._bounded(spec, plan, scored, param, context)
         else:
-            reserve = Reservation(*self._classifier.worst_case(template, scored))
+            reserve = Reservation(*self._classifier.worst_case(template, scored, base or ""))
         async with self._pipeline.admitted(
             principal, spec.model, reserve, label="template", template=template.name
         ) as engine:
@@ -231,11 +232,10 @@ class TemplateService:
             return
         base = self._pipeline.base_of(spec.tenant, spec.model)
         plan = await self._classifier.plan(_Tokenizer(self._pipeline, base), spec)
-        self._bounded(spec, plan, [content_free_inputs(spec)[1]], "labels", self._context(spec.tenant, spec.model))
+        self._bounded(spec, plan, [content_free_inputs(spec)[1]], "labels", self._context(base))
 
-    def _context(self, tenant: str | None, model: str) -> int | None:
-        """The context a template's calls are held to (None: the base model's)."""
-        base = self._pipeline.base_of(tenant, model)
+    def _context(self, base: str | None) -> int | None:
+        """The context a template's calls on `base` are held to (None: the base model's)."""
         engine = self._pipeline.engines.get(base) if base is not None else None
         return engine.context_length() if engine is not None else None
 
@@ -334,6 +334,10 @@ class _Tokenizer:
 
     pipeline: Pipeline
     engine: str | None
+
+    @property
+    def base(self) -> str:
+        return self.engine or ""
 
     async def tokenize(self, body: dict[str, Any]) -> list[int]:
         return await self.pipeline.tokenize(body, self.engine)
