@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from adaptserve.adapters.bases import AdapterBases
 from adaptserve.adapters.catalog import AdapterCatalog
-from adaptserve.adapters.residency import Residency
+from adaptserve.adapters.residency import AdapterVersion, Residency
 from adaptserve.adapters.spec import BaseModelSpec
 from adaptserve.adapters.store import AdapterStore
 from adaptserve.bench.fake_engine import FakeState
@@ -30,6 +30,8 @@ from adaptserve.engine_plugin import ENABLE_ENV, STATUS_ENV
 from adaptserve.engine_settings import ModelEntry
 from adaptserve.errors import APIError
 from adaptserve.metrics import Metrics
+from adaptserve.serving.picker import Picker
+from adaptserve.upstream.client import State, Upstream
 from adaptserve.upstream.supervisor import GenerateSupervisor, Supervisor
 from tests.helpers import (
     HIDDEN,
@@ -182,6 +184,23 @@ def test_a_derivation_is_for_its_sources_base(gw: RunningGateway, tmp_path: Path
 
 
 # -- serving -------------------------------------------------------------------------------
+def test_the_shared_picker_keeps_each_bases_home_sets_over_that_bases_replicas() -> None:
+    """Residency evicts an adapter's home replicas last (`Picker.is_home`): a pick on the
+    entry's replicas does not make the base model's adapters homeless on theirs."""
+    base_ups = [Upstream(f"http://base-{i}:8000", 5.0) for i in range(3)]
+    entry_ups = [Upstream(f"http://llm2-{i}:8000", 5.0) for i in range(2)]
+    for u in [*base_ups, *entry_ups]:
+        u.state, u.generation = State.READY, 1
+    picker = Picker(Residency(4, Metrics()), home_size=2)
+    ours, theirs = AdapterVersion("a", "v1", Path("/a"), 8), AdapterVersion("b", "v1", Path("/b"), 8, base="llm2")
+    picker.pick(base_ups, ours)
+    homes = [picker.is_home(u.url, ours.internal_name) for u in base_ups]
+    assert homes.count(True) == 2
+    picker.pick(entry_ups, theirs)
+    assert [picker.is_home(u.url, ours.internal_name) for u in base_ups] == homes
+    assert [picker.is_home(u.url, theirs.internal_name) for u in entry_ups] == [True, True]
+
+
 def test_an_alias_of_its_adapter_is_served_on_its_engine_and_the_base_models_stay_on_the_base_model(
     gw: RunningGateway, fake: FakeState, second_llm: FakeState, tmp_path: Path
 ) -> None:
