@@ -9,6 +9,7 @@ scored on the entry's engine; an entry without `adapters` still refuses all of i
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import ValidationError
+from safetensors.numpy import load_file, save_file
 
 from adaptserve.adapters.bases import AdapterBases
 from adaptserve.adapters.catalog import AdapterCatalog
@@ -30,6 +32,8 @@ from adaptserve.engine_plugin import ENABLE_ENV, STATUS_ENV
 from adaptserve.engine_settings import ModelEntry
 from adaptserve.errors import APIError
 from adaptserve.metrics import Metrics
+from adaptserve.read_cache import ReadCache
+from adaptserve.server.backends import Backends
 from adaptserve.serving.picker import Picker
 from adaptserve.upstream.client import State, Upstream
 from adaptserve.upstream.supervisor import GenerateSupervisor, Supervisor
@@ -105,6 +109,52 @@ def test_adapters_are_for_role_generate_and_its_child_gets_the_lora_flags(tmp_pa
     assert child.plugin_active()
     plain = ModelEntry(name="llm3", role="generate", path=str(tmp_path))
     assert "--enable-lora" not in GenerateSupervisor(vllm, plain, tmp_path, tmp_path / "l").command()
+
+
+def test_a_supervised_entrys_base_route_and_shapes_are_its_folders(
+    tmp_path: Path, base_model: Path, second_fake: FakeState, database_url: str | None
+) -> None:
+    """Built, not started: a supervised entry's adapters are checked against its folder,
+    its plain requests go through a zero adapter written for it (pinned) until its
+    engine's plugin reports itself active, as the base model's do (`_entry_on_up`)."""
+    folder = make_base(tmp_path / "llm2")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"num_hidden_layers": 1}))  # one layer fewer
+    weights = load_file(str(folder / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if ".layers.1." not in k}, str(folder / "model.safetensors"))
+    entry = {"name": "llm2", "role": "generate", "path": str(folder), "adapters": True}
+    url = database_url or f"sqlite:///{tmp_path / 'db.sqlite'}"
+    settings = Settings(data_dir=tmp_path / "data", model=str(base_model), upstreams=[second_fake.url], models=[entry])
+    db = Database(url)
+    db.migrate()
+    backends = Backends.build(settings, db, ReadCache(0.0), Metrics())
+    engine = backends.engines.get("llm2")
+    assert engine is not None and engine.zero is not None and not engine.direct
+    assert engine.base_target("llm2").adapter is engine.zero and engine.zero.base == "llm2"
+    assert engine.zero.internal_name in backends.residency.pinned
+    two_layers = backends.store.copy_folder(make_adapter(tmp_path / "a"))  # make_base's two layers
+    with pytest.raises(APIError) as refused:
+        backends.catalog.register("tone", two_layers, base="llm2")
+    assert refused.value.code == "invalid_adapter"
+    assert backends.catalog.register("tone", backends.store.copy_folder(make_adapter(tmp_path / "b")))["base"]
+
+    second_fake.served = ["llm2"]  # the entry's engine, as its child would serve it
+    supervisor, zero = engine.supervisor, engine.zero
+    assert supervisor is not None
+
+    async def comes_up_twice() -> None:
+        upstream = Upstream(second_fake.url, 5.0)
+        await engine.pool._on_up(upstream, [])
+        assert list(second_fake.loaded) == [zero.internal_name] and not engine.direct
+        status = Path(supervisor.environment()[STATUS_ENV] + ".1.json")
+        status.parent.mkdir(parents=True, exist_ok=True)
+        status.write_text(json.dumps({"active": True}))  # its engine's plugin, active in its one process
+        await engine.pool._on_up(upstream, [])
+        await upstream.aclose()
+
+    asyncio.run(comes_up_twice())
+    assert engine.direct and engine.base_target("llm2").adapter is None
+    db.dispose()
 
 
 # -- binding and checks --------------------------------------------------------------------

@@ -185,7 +185,8 @@ def _entry_routes(
             log.warning("model %s: no local folder, so its base requests go without the zero adapter", name)
             continue
         path = write_zero_adapter(spec, settings.data_dir / "zero-adapters")
-        checked = validate_adapter(path, spec, settings.vllm.max_lora_rank, None)
+        targets = settings.vllm.lora_target_modules
+        checked = validate_adapter(path, spec, settings.vllm.max_lora_rank, frozenset(targets) if targets else None)
         engine.zero = AdapterVersion(name, checked.digest[:12], path, checked.rank, base=name)
         engine.direct = False
         residency.pinned.add(engine.zero.internal_name)
