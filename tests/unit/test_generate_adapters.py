@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from adaptserve_client import Client, ConflictError
 from pydantic import ValidationError
 from safetensors.numpy import load_file, save_file
 
@@ -26,6 +27,7 @@ from adaptserve.adapters.residency import AdapterVersion, Residency
 from adaptserve.adapters.spec import BaseModelSpec
 from adaptserve.adapters.store import AdapterStore
 from adaptserve.bench.fake_engine import FakeState
+from adaptserve.cli import main
 from adaptserve.config import Settings
 from adaptserve.db import Database
 from adaptserve.engine_plugin import ENABLE_ENV, STATUS_ENV
@@ -38,6 +40,7 @@ from adaptserve.serving.picker import Picker
 from adaptserve.upstream.client import State, Upstream
 from adaptserve.upstream.supervisor import GenerateSupervisor, Supervisor
 from tests.helpers import (
+    ADMIN_KEY,
     HIDDEN,
     RunningGateway,
     assert_openai_error,
@@ -217,6 +220,23 @@ def test_a_base_that_takes_no_adapters_or_that_the_pusher_may_not_call_is_refuse
     assert [a["name"] for a in gw.admin("GET", "/adapters", key=key).json()["data"]] == ["mine"]
     assert_openai_error(gw.admin("GET", "/adapters/tone", key=key), 404, "adapter_not_found")
     assert {a["name"]: a["base"] for a in gw.admin("GET", "/adapters").json()["data"]}["tone"] == "llm2"
+
+
+def test_the_cli_and_the_python_client_push_for_a_base(
+    gw: RunningGateway, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    folder = make_adapter(tmp_path / "a")
+    connection = ["--url", gw.url, "--admin-key", ADMIN_KEY]
+    with pytest.raises(SystemExit) as done:
+        main(["adapters", "push", str(folder), "--name", "tone", "--base", "llm2", *connection])
+    assert done.value.code == 0 and json.loads(capsys.readouterr().out)["base"] == "llm2"
+    with Client(gw.url, ADMIN_KEY) as admin:
+        assert admin.admin.adapters.push(folder, "tone2", base="llm2")["base"] == "llm2"
+        assert admin.admin.adapters.register_path("tone3", str(folder), base="llm2")["base"] == "llm2"
+        assert admin.admin.adapters.push(folder, "plain")["base"] != "llm2"
+        with pytest.raises(ConflictError) as refused:
+            admin.admin.adapters.push(folder, "tone", base=None)  # the base model: not tone's
+    assert refused.value.status == 409 and refused.value.code == "adapter_base_taken"
 
 
 def test_a_derivation_is_for_its_sources_base(gw: RunningGateway, tmp_path: Path) -> None:

@@ -186,10 +186,13 @@ class Pipeline:
         answer = await pool.pick().post_json("/tokenize", body)
         return list(answer["tokens"])
 
-    def base_of(self, tenant: str | None, model: str) -> str | None:
+    async def base_of(self, tenant: str | None, model: str) -> str | None:
         """The generate model of `models:` a template's `model` runs on (None: the base
         model): an entry with adapters named directly, or a tenant's alias of one of
         its adapters (an alias that does not resolve: the base model's, as before)."""
+        return await self._reads.in_loop_or_thread(self._base_of, tenant, model)
+
+    def _base_of(self, tenant: str | None, model: str) -> str | None:
         engine = self._engines.get(model) if tenant is None else self._engines.find(tenant, model)
         if engine is not None and engine.adaptable:
             return engine.name

@@ -200,7 +200,7 @@ class TemplateService:
         scored = [v for p, i in zip(plans, inputs, strict=True) for v in p.variants(i)] if plans else inputs
         param = "attribution" if plans else "inputs"
         spec = template.spec
-        base = self._pipeline.base_of(principal.tenant, spec.model)
+        base = await self._pipeline.base_of(principal.tenant, spec.model)
         plan = self._classifier.cached_plan(spec, base or "")
         context = self._context(base)
         if plan is not None:
@@ -230,7 +230,7 @@ class TemplateService:
         if spec.encoder is not None:
             self._encoders.check_template(spec)
             return
-        base = self._pipeline.base_of(spec.tenant, spec.model)
+        base = await self._pipeline.base_of(spec.tenant, spec.model)
         plan = await self._classifier.plan(_Tokenizer(self._pipeline, base), spec)
         self._bounded(spec, plan, [content_free_inputs(spec)[1]], "labels", self._context(base))
 
