@@ -364,6 +364,20 @@ def test_a_global_templates_labels_are_tokenized_on_each_base_its_alias_reaches(
     assert {r["model"] for r in _chats(fake) if r.get("logprob_token_ids")} == {f"plain--{plain}"}
 
 
+def test_an_alias_of_an_entrys_adapter_is_unknown_once_the_entry_takes_no_adapters(
+    start_gateway: Callable[..., RunningGateway], second_llm: FakeState, tmp_path: Path
+) -> None:
+    first = start_gateway(models=[_entry(second_llm)])
+    assert _push(first, "tone", make_adapter(tmp_path / "a"), "llm2").status_code == 201
+    assert first.admin("PUT", "/tenants/default/models/toned", json={"adapter": "tone"}).status_code == 200
+    assert first.post("/v1/chat/completions", {"model": "toned", "messages": HI}).status_code == 200
+    later = start_gateway(models=[_entry(second_llm, adapters=False)])  # the same database, settings changed
+    gone = later.post("/v1/chat/completions", {"model": "toned", "messages": HI})
+    assert_openai_error(gone, 404, "model_not_found", "model")
+    assert "toned" not in {m.id for m in later.client().models.list().data}
+    assert len(_chats(second_llm)) == 1  # only the first gateway's call reached it
+
+
 def test_an_entry_without_adapters_still_refuses_them(
     start_gateway: Callable[..., RunningGateway], second_llm: FakeState, tmp_path: Path
 ) -> None:
