@@ -1,10 +1,10 @@
 """The one request path every engine call takes: resolve the tenant's alias (or a
-generate model of `models:`, on its own pool) → bound the request (by its engines'
-context) → admit under the tenant's quotas (reserving the request's worst-case tokens)
-→ lease the version → screen it under the tenant's PII policy (the costliest check, so
-the last) → ensure it is loaded and forward (`forward.py`: the replica, the adapter
-load, a retry elsewhere) → rename the model in the answer → meter usage and record
-metrics.
+generate model of `models:`, on its own pool; an alias of an adapter bound to one, on
+that pool too) → bound the request (by its engines' context) → admit under the
+tenant's quotas (reserving the request's worst-case tokens) → lease the version →
+screen it under the tenant's PII policy (the costliest check, so the last) → ensure it
+is loaded and forward (`forward.py`: the replica, the adapter load, a retry elsewhere)
+→ rename the model in the answer → meter usage and record metrics.
 
 `Pipeline.admitted` is that path as one `async with`: nothing touches the engine
 (tokenize, adapter load, generation) before the tenant is resolved and admitted, and

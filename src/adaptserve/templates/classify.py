@@ -24,9 +24,10 @@ reuses what precedes the first removed unit.
 
 The classifier reaches the engine through `Engine`, one admitted request (the serving
 pipeline's `Admission`): it never admits, meters or resolves anything itself. A plan is
-read once per template content (`plan`, through any `Tokenizer`: also when a template
-is saved), and `prompt_bounds` gives each scoring prompt's token bound from it, so a
-call is held to the request bounds before anything is tokenized or scored.
+read once per template content and LLM base (`plan`, through any `Tokenizer`, whose
+`base` says whose tokenizer it is: also when a template is saved), and `prompt_bounds`
+gives each scoring prompt's token bound from it, so a call is held to the request
+bounds before anything is tokenized or scored.
 """
 
 from __future__ import annotations
