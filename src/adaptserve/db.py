@@ -128,6 +128,9 @@ class AdapterRow(Base):
     # The uid of the tenant that pushed it ("": global, the operator's): a tenant created
     # again under a deleted one's name does not inherit its adapters.
     owner: Mapped[str] = mapped_column(String(32), default="")
+    # The LLM base its versions were validated against and are served on, for good: "" the
+    # base model (`model:`), else the name of a generate entry of `models:` (`adapters: true`).
+    base: Mapped[str] = mapped_column(String(64), default="")
     active_version: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 

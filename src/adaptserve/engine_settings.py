@@ -75,8 +75,9 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 class ModelEntry(BaseModel):
     """One more engine beside the base model (`models:`): a second LLM base for chat and
-    completions, without adapters or templates (role generate: supervised, `vllm serve
-    PATH` with the base model's `vllm` flags less LoRA), or an encoder on vLLM's pooling
+    completions (role generate: supervised, `vllm serve PATH` with the base model's
+    `vllm` flags, less LoRA unless `adapters`, which binds LoRA adapters, aliases and
+    templates to it), or an encoder on vLLM's pooling
     runner, for `/v1/embeddings` (role embed) or for the classify templates that name it
     (role classify: a `*ForSequenceClassification` model; supervised, `vllm serve PATH
     --runner pooling --enforce-eager`). Supervised ones run on loopback and are restarted;
@@ -86,8 +87,9 @@ class ModelEntry(BaseModel):
 
     name: str = Field(description="the name clients send as `model`")
     role: Literal["generate", "embed", "classify"] = Field(
-        description="generate: a second LLM base for /v1/chat/completions and /v1/completions (no adapters, "
-        "no templates); embed: /v1/embeddings; classify: a sequence classifier that classify templates name "
+        description="generate: a second LLM base for /v1/chat/completions and /v1/completions (with LoRA "
+        "adapters, aliases and templates where `adapters` is true); embed: /v1/embeddings; classify: a "
+        "sequence classifier that classify templates name "
         "(`encoder:`), answered from vLLM's /classify"
     )
     path: str | None = Field(
@@ -125,6 +127,12 @@ class ModelEntry(BaseModel):
         "(several supervised engines on one machine: give each its own)",
     )
     extra_args: list[str] = Field(default_factory=list, description="more `vllm serve` flags, verbatim")
+    adapters: bool = Field(
+        False,
+        description="role generate: LoRA adapters pushed for it (`base`), aliases to them and templates on it; "
+        "a supervised engine then runs with the base model's LoRA flags (vllm.max_loras, max_lora_rank, ...) "
+        "and engine plugin; a remote one must run vLLM with --enable-lora and runtime adapter loading",
+    )
     labels: list[str] | None = Field(
         None,
         description="role classify: its classes' names in the model's order; default (and checked against) "
@@ -147,6 +155,8 @@ class ModelEntry(BaseModel):
     def _one_source(self) -> ModelEntry:
         if (self.path is None) == (not self.upstreams):
             raise ValueError(f"model {self.name}: give path (a supervised engine) or upstreams, one of them")
+        if self.adapters and self.role != "generate":
+            raise ValueError(f"model {self.name}: adapters are for role generate (a second LLM base)")
         if self.role != "classify" and self.labels is not None:
             raise ValueError(f"model {self.name}: labels are for role classify")
         if self.role == "generate" and (self.path == MINILM or self.digest is not None):

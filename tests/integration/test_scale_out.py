@@ -6,7 +6,8 @@ its adapters back before their traffic when it returns. The killed engine's own 
 ends its stream in flight with an error event (not metered), answers 503 with
 Retry-After and fails /ready while it is down, and serves the same answers once its
 supervisor has restarted it. A gateway whose `models:` names the session's engine as a
-generate model (a second LLM base) answers through it as the base model does."""
+generate model (a second LLM base) answers through it as the base model does, and
+serves an adapter pushed for it on it."""
 
 from __future__ import annotations
 
@@ -24,7 +25,17 @@ import yaml
 
 from adaptserve.default_model import DEFAULT_MODEL_NAME
 from adaptserve.upstream.client import Upstream
-from tests.helpers import API_KEY, MAX_LORAS, chat, gateway_metric, new_tenant, running_server, upload, wait_for
+from tests.helpers import (
+    API_KEY,
+    MAX_LORAS,
+    chat,
+    gateway_metric,
+    new_tenant,
+    running_server,
+    tar_gz,
+    upload,
+    wait_for,
+)
 
 PROMPT = "What is the capital of France?"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -126,6 +137,35 @@ def test_a_generate_model_of_models_answers_as_the_base_model(server, base_model
 
         wait_for(lambda: served() >= 3, what="the three requests were never all counted under llm2")
         assert served() == 3 and gateway_metric(gateway, "adaptserve_upstream_up", model="llm2") == 1
+
+
+def test_an_adapter_pushed_for_a_generate_model_answers_on_its_engine(server, base_model, adapter_dirs, tmp_path):
+    """`models:` role generate with `adapters: true`, remote: the session's engine (LoRA
+    enabled) under the name it serves. One adapter pushed twice, for the entry (`base`)
+    and for the base model: the openai SDK's greedy answer through the entry's alias is
+    the base model's alias's, and not the entry's own plain answer."""
+    entry = {"name": "llm2", "role": "generate", "adapters": True, "upstreams": [server.vllm_url()]}
+    config = tmp_path / "llm2.yaml"
+    config.write_text(yaml.safe_dump({"models": [entry | {"served_model_name": DEFAULT_MODEL_NAME}]}))
+    args = ["--upstream", server.vllm_url(), "--model", str(base_model), "--config", str(config)]
+    files = {"file": ("a4.tar.gz", tar_gz(adapter_dirs["a4"]))}
+    with running_server(tmp_path / "llm2a", args) as gateway:
+        pushed = gateway.admin("POST", "/adapters", data={"name": "tone", "base": "llm2"}, files=files)
+        assert pushed.status_code == 201 and pushed.json()["base"] == "llm2", pushed.text
+        assert gateway.admin("POST", "/adapters", data={"name": "tone0"}, files=files).status_code == 201
+        for alias, adapter in (("toned", "tone"), ("toned0", "tone0")):
+            pointed = gateway.admin("PUT", f"/tenants/default/models/{alias}", json={"adapter": adapter})
+            assert pointed.status_code == 200
+        ours = gateway.client()
+        prompt = "Write one sentence about the sea."
+        want = chat(ours, "toned0", prompt, max_tokens=16)
+        assert chat(ours, "toned", prompt, max_tokens=16) == want
+        assert chat(ours, "llm2", prompt, max_tokens=16) != want
+        assert f"tone--{pushed.json()['version']}" in listed(server.vllm_url())
+        assert gateway_metric(gateway, "adaptserve_requests_total", model="toned", status="200") == 1
+        for alias, adapter in (("toned", "tone"), ("toned0", "tone0")):  # unloaded: the session's engine as it was
+            assert gateway.admin("DELETE", f"/tenants/default/models/{alias}").status_code == 204
+            assert gateway.admin("DELETE", f"/adapters/{adapter}").status_code == 204
 
 
 def test_two_gateways_on_postgresql_share_a_tenants_quota(server, base_model, tmp_path):

@@ -261,6 +261,8 @@ def test_admin_uploads_and_activates_an_adapter_version_after_confirming(
     assert gateway.admin("GET", "/adapters/alpha").json()["active_version"] == second
     assert browser.find_all(f"[data-adapter=alpha] [data-activate='{first}']")  # the old one: activatable again
     assert browser.text("[data-adapter=alpha] .active-version") == "active"
+    assert browser.text("[data-adapter=alpha] .adapter-base") == f"for {described['base']}"  # the base model's name
+    assert described["base"] == gateway.settings.base_name
     assert browser.console_errors() == []
 
 

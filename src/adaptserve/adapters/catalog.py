@@ -11,6 +11,9 @@ Invariants:
 - A version is its content: `version = sha256[:12]`, files in the store under the full
   digest, and vLLM knows it as `name--version`. A name never silently changes weights.
 - Rows are written only after the files are in place; a failed upload leaves nothing.
+- A name is bound to one LLM base, for good (`bases.py`): the base model or a generate
+  entry of `models:`; its versions are checked against that base's shapes, and its
+  aliases are served on that base's engines (`Target.engine`).
 - Hot-swap: `activate` flips the pointer and retires the previous version (unless an
   alias pins it); residency unloads it when its last request ends.
 - A version vLLM refused is held back until its back-off has passed
@@ -29,12 +32,13 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import func, select
 
+from adaptserve.adapters.bases import BASE_MODEL, AdapterBases, one_base, refuse_rebased
 from adaptserve.adapters.ownership import check_released, refuse_taken
 from adaptserve.adapters.quota import DerivationSlots, Quota
 from adaptserve.adapters.residency import AdapterVersion, Residency, internal_name
@@ -61,7 +65,7 @@ class AdapterNotFoundError(NotFoundError):
 class Target:
     """Where a request goes: the name the client used, the name vLLM knows, the
     adapter to load first (None: the plain base model), and the generate model of
-    `models:` whose engines serve it (None: the base model's)."""
+    `models:` whose engines serve it (None: the base model's; an adapter's is its base)."""
 
     public_name: str
     internal_name: str
@@ -81,8 +85,10 @@ class AdapterCatalog:
         targets: frozenset[str] | None = None,
         quota: Quota | None = None,
         cache: ReadCache | None = None,
+        entries: Mapping[str, BaseModelSpec | None] | None = None,
     ) -> None:
         self.base_name = base_name
+        self._bases = AdapterBases(base_name, base, entries or {})  # what each base's adapters are checked against
         self._cache = cache if cache is not None else ReadCache(0.0)  # what aliases resolve to, as requests read it
         self._db, self._store, self._base, self._max_rank = db, store, base, max_rank
         self._targets = targets  # the modules the engine has LoRA layers on (None: all)
@@ -95,22 +101,24 @@ class AdapterCatalog:
         self._deriving = DerivationSlots(self._quota)  # `derive`'s builds running now
 
     # control plane -------------------------------------------------------------
-    def register(self, name: str, staged: Path, owner: str = "") -> dict:
-        """Validate a staged folder, store it, record the version (the first becomes
-        active). `owner`: the pushing tenant's uid ("": the operator, whose adapters are
-        global); versions are added only to the owner's own name (else 409 `name_taken`)."""
+    def register(self, name: str, staged: Path, owner: str = "", base: str = BASE_MODEL) -> dict:
+        """Validate a staged folder against `base`'s shapes, store it, record the version
+        (the first becomes active and binds the name to `base`). `owner`: the pushing
+        tenant's uid ("": the operator, whose adapters are global); versions are added
+        only to the owner's own name (else 409 `name_taken`), for its base (else 409)."""
         try:
             check_name(name, "an adapter name")
+            spec_of_base = self._bases.spec(base)
         except APIError:
             self._store.remove_staged(staged)
             raise
-        checked = lambda p: validate_adapter(p, self._base, self._max_rank, self._targets)  # noqa: E731
+        checked = lambda p: validate_adapter(p, spec_of_base, self._max_rank, self._targets)  # noqa: E731
         spec, path, fresh = self._store.add(staged, checked)
         version = spec.digest[:12]
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         try:
             active = written_once_more(  # a concurrent upload may create the name (or this version) meanwhile
-                lambda: self._record_version(name, owner, version, spec, path, size),
+                lambda: self._record_version(name, owner, base, version, spec, path, size),
                 f"adapter {name} was changed by another upload at once; try again",
             )
         except (NameTakenError, StorageQuotaError, ConflictError):
@@ -121,6 +129,7 @@ class AdapterCatalog:
         log.info("adapter %s version %s stored (%d bytes)", name, version, size)
         return {
             "name": name,
+            "base": self._bases.shown(base),
             "version": version,
             "active_version": active,
             "rank": spec.rank,
@@ -128,13 +137,16 @@ class AdapterCatalog:
             "size_bytes": size,
         }
 
-    def derive(self, name: str, owner: str, build: Callable[[Path], dict]) -> dict:
-        """A new version of `name` that `build` writes into a staging folder, registered
-        like an upload; the answer is `register`'s plus what `build` returned. The name
-        and its owner are checked first, and a tenant already at its storage quota is
-        refused before any work; builds run within `DerivationSlots` (dense SVDs take whole
-        cores): one over them gets 429 at once."""
-        self.claim(name, owner)
+    def derive(self, name: str, owner: str, build: Callable[[Path], dict], sources: Sequence[str] = ()) -> dict:
+        """A new version of `name` that `build` writes into a staging folder from the
+        adapters `sources`, registered like an upload for their base (`one_base`); the
+        answer is `register`'s plus what `build` returned. The name, its owner and base
+        are checked first, and a tenant already at its storage quota is refused before
+        any work; builds run within `DerivationSlots` (dense SVDs take whole cores): one
+        over them gets 429 at once."""
+        with self._db.session() as s:
+            base = one_base(s.execute(select(AdapterRow.name, AdapterRow.base).where(AdapterRow.name.in_(sources))))
+        self.claim(name, owner, base)
         if owner:
             with self._db.session() as s:
                 self._quota.check_room(s, owner, 1)
@@ -146,16 +158,18 @@ class AdapterCatalog:
             except BaseException:
                 self._store.remove_staged(staged)
                 raise
-        return {**self.register(name, staged, owner), **facts}
+        return {**self.register(name, staged, owner, base), **facts}
 
-    def claim(self, name: str, owner: str) -> None:
+    def claim(self, name: str, owner: str, base: str = BASE_MODEL) -> None:
         """Refuse early (before an upload is unpacked or a derivation built) a name that
-        is not valid or is someone else's; `register` checks again as it writes."""
+        is not valid, is someone else's or is bound to another base; `register` checks
+        again as it writes."""
         check_name(name, "an adapter name")
         with self._db.session() as s:
-            held = s.scalar(select(AdapterRow.owner).where(AdapterRow.name == name))
+            held = s.execute(select(AdapterRow.owner, AdapterRow.base).where(AdapterRow.name == name)).first()
             if held is not None:
-                refuse_taken(s, name, held, owner)
+                refuse_taken(s, name, held.owner, owner)
+                refuse_rebased(name, held.base, base, self._bases)
 
     def check_released(self, name: str, version: str | None) -> None:
         """What a tenant admin may read of a global adapter (`ownership.check_released`)."""
@@ -177,18 +191,19 @@ class AdapterCatalog:
             return row.version, Path(row.path)
 
     def _record_version(
-        self, name: str, owner: str, version: str, spec: AdapterSpec, path: Path, size: int
+        self, name: str, owner: str, base: str, version: str, spec: AdapterSpec, path: Path, size: int
     ) -> str | None:
-        """The version's row (and the adapter's, if new), owner checked in the same
-        transaction; returns the active version."""
+        """The version's row (and the adapter's, if new), owner and base checked in the
+        same transaction; returns the active version."""
         with self._db.session() as s:
             adapter = s.get(AdapterRow, name, with_for_update=True)
             if adapter is None:
-                adapter = AdapterRow(name=name, owner=owner, active_version=version)
+                adapter = AdapterRow(name=name, owner=owner, base=base, active_version=version)
                 s.add(adapter)
                 s.flush()
             else:
                 refuse_taken(s, name, adapter.owner, owner)
+                refuse_rebased(name, adapter.base, base, self._bases)
             if s.get(AdapterVersionRow, (name, version)) is None:
                 if adapter.owner:  # a tenant's: its storage quota (global adapters are the operator's disk)
                     self._quota.check_room(s, adapter.owner, size)
@@ -258,17 +273,18 @@ class AdapterCatalog:
             versions = [{k: v for k, v in d.items() if k not in ("upstreams", "error")} for d in versions]
         return {
             "name": name,
+            "base": self._bases.shown(adapter.base),
             "owner": owner if owner or not adapter.owner else "(a deleted tenant)",
             "active_version": adapter.active_version,
             "versions": versions,
         }
 
-    def list(self, visible_to: str | None = None) -> builtins.list[dict]:
+    def list(self, visible_to: str | None = None, bases: Collection[str] = ()) -> builtins.list[dict]:
         """Every adapter, or those the tenant of uid `visible_to` may use (global and
-        its own)."""
+        its own, for the base model or one of `bases`, the entries it may call)."""
         query = select(AdapterRow.name).order_by(AdapterRow.name)
         if visible_to is not None:
-            query = query.where(AdapterRow.owner.in_(("", visible_to)))
+            query = query.where(AdapterRow.owner.in_(("", visible_to)), AdapterRow.base.in_((BASE_MODEL, *bases)))
         with self._db.session() as s:
             names = s.scalars(query).all()
         return [self.describe(n, operator=visible_to is None) for n in names]
@@ -277,6 +293,11 @@ class AdapterCatalog:
         """The uid of the tenant an adapter belongs to ("": global); None when there is none."""
         with self._db.session() as s:
             return s.scalar(select(AdapterRow.owner).where(AdapterRow.name == name))
+
+    def base_of(self, name: str) -> str | None:
+        """The base an adapter is bound to ("": the base model); None when there is none."""
+        with self._db.session() as s:
+            return s.scalar(select(AdapterRow.base).where(AdapterRow.name == name))
 
     def _version_dict(self, row: AdapterVersionRow) -> dict:
         internal = internal_name(row.adapter, row.version)
@@ -322,21 +343,20 @@ class AdapterCatalog:
         found = self._cache.get(("version", adapter, version), lambda: self._stored_version(adapter, version))
         if found is None:
             return None
-        version, path, rank = found
+        version, path, rank, base = found
         internal = internal_name(adapter, version)
-        live = self._versions.setdefault(internal, AdapterVersion(adapter, version, path, rank))
-        return Target(public_name, internal, live)
+        live = self._versions.setdefault(internal, AdapterVersion(adapter, version, path, rank, base))
+        return Target(public_name, internal, live, engine=base or None)
 
-    def _stored_version(self, adapter: str, version: str | None) -> tuple[str, Path, int] | None:
-        """(version, folder, rank) of an adapter's version (None: its active one), or None."""
+    def _stored_version(self, adapter: str, version: str | None) -> tuple[str, Path, int, str] | None:
+        """(version, folder, rank, base) of an adapter's version (None: its active one), or None."""
         with self._db.session() as s:
-            if version is None:
-                row = s.get(AdapterRow, adapter)
-                version = row.active_version if row else None
+            row = s.get(AdapterRow, adapter)
+            version = (row.active_version if row else None) if version is None else version
             found = s.get(AdapterVersionRow, (adapter, version)) if version else None
-            if found is None or version is None:
+            if found is None or version is None or row is None:
                 return None
-            return version, Path(found.path), found.rank
+            return version, Path(found.path), found.rank, row.base
 
     def startup_adapters(self) -> builtins.list[AdapterVersion]:
         """What an upstream loads when it comes (back) up, before it takes traffic: the

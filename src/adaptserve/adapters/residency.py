@@ -52,6 +52,7 @@ class AdapterVersion:
     version: str
     path: Path
     rank: int
+    base: str = ""  # the LLM base it is served on: "" the base model, else a `models:` entry's name
     error: str | None = None  # set when vLLM refused it; it is then not served for a while
     failed_at: float = 0.0
     failures: int = 0  # in a row
@@ -177,13 +178,14 @@ class Residency:
             self._upstreams[upstream.url] = upstream  # unloads go through this one (DNS makes new objects)
         return len(kept) < len(before)
 
-    def in_use(self) -> list[AdapterVersion]:
-        """Versions resident somewhere and not retired, most recently used first: the
-        candidates to place on a replica that comes up."""
+    def in_use(self, base: str = "") -> list[AdapterVersion]:
+        """Versions of `base` ("": the base model's) resident somewhere and not retired,
+        most recently used first: the candidates to place on a replica of that base that
+        comes up."""
         names = {name for here in self._resident.values() for name in here if name not in self._retired}
         names -= self.pinned
         ordered = sorted(names, key=lambda n: self._last_used.get(n, 0.0), reverse=True)
-        return [self._versions[n] for n in ordered if n in self._versions]
+        return [self._versions[n] for n in ordered if n in self._versions and self._versions[n].base == base]
 
     async def load_all(self, upstream: Upstream, adapters: list[AdapterVersion]) -> None:
         """Load `adapters` on an upstream before it takes traffic (those resident there

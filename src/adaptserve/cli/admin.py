@@ -89,6 +89,9 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                     action="store_true",
                     help="send the path for the server to read instead of uploading the folder",
                 )
+                sub.add_argument(
+                    "--base", help="the LLM base it is for: a generate model of models: (default: the base model)"
+                )
             if group == "adapters":
                 _algebra_flags(sub, verb)
             if group == "templates" and verb != "list":
@@ -140,8 +143,8 @@ def _algebra_flags(sub: argparse.ArgumentParser, verb: str) -> None:
 def _push(admin: Admin, args: argparse.Namespace) -> Any:
     folder = Path(args.path).expanduser().resolve()
     if args.server_path:
-        return admin.adapters.register_path(args.name, str(folder))
-    return admin.adapters.push(folder, args.name)
+        return admin.adapters.register_path(args.name, str(folder), base=args.base)
+    return admin.adapters.push(folder, args.name, base=args.base)
 
 
 def _compress(admin: Admin, args: argparse.Namespace) -> Any:

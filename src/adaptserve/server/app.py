@@ -18,7 +18,7 @@ from adaptserve.errors import APIError, InvalidRequestError, RouteError
 from adaptserve.server.audit import AuditMiddleware
 from adaptserve.server.edge import Edge, render
 from adaptserve.server.gateway import Gateway
-from adaptserve.server.routes import admin, console, fit_reports, heads, health, openai, templates
+from adaptserve.server.routes import adapters, admin, console, fit_reports, heads, health, openai, templates
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(openai.router)
     app.include_router(health.router)
     app.include_router(admin.router)
+    app.include_router(adapters.router)
     app.include_router(templates.router)
     app.include_router(templates.admin_router)
     app.include_router(console.router)

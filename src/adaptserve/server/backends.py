@@ -2,8 +2,11 @@
 (its folder, converted or checked for a quantization the engine cannot serve), its
 adapters (the catalog, residency, the replica picker), its engine's supervisor and
 upstream pool, and the engines of `models:`. Here too: how base requests reach the
-engine (`_base_route`), what an upstream gets when it comes (back) up before it takes
-traffic (`_on_up`), and the request pipeline in front of them all."""
+engine (`_base_route`; a generate entry with adapters: `_entry_routes`), what an
+upstream gets when it comes (back) up before it takes traffic (`_on_up`; such an
+entry's: `_entry_on_up`), and the request pipeline in front of them all. The residency
+and the picker are shared by every LLM base: each adapter is bound to one base, whose
+pool's upstreams are the only ones it is placed on."""
 
 from __future__ import annotations
 
@@ -15,8 +18,8 @@ from typing import NamedTuple
 
 from adaptserve.adapters.catalog import AdapterCatalog
 from adaptserve.adapters.quota import Quota
-from adaptserve.adapters.residency import Residency
-from adaptserve.adapters.spec import BaseModelSpec, write_zero_adapter
+from adaptserve.adapters.residency import AdapterVersion, Residency
+from adaptserve.adapters.spec import BaseModelSpec, validate_adapter, write_zero_adapter
 from adaptserve.adapters.store import AdapterStore
 from adaptserve.config import Settings
 from adaptserve.db import Database
@@ -26,7 +29,7 @@ from adaptserve.pii.detector import Detector
 from adaptserve.quantize.recipes import check_servable
 from adaptserve.read_cache import ReadCache
 from adaptserve.serving.bounds import RequestBounds
-from adaptserve.serving.engines import Engines
+from adaptserve.serving.engines import Engine, Engines, check_serves
 from adaptserve.serving.picker import Picker
 from adaptserve.serving.pipeline import Pipeline
 from adaptserve.serving.privacy import PrivacyGuard
@@ -66,16 +69,18 @@ class Backends(NamedTuple):
         base = BaseModelSpec.read(model_path) if model_path else None
         store = AdapterStore(settings.data_dir / "adapters", settings.max_adapter_bytes)
         residency = Residency(settings.max_resident_adapters, metrics)
-        catalog = _catalog(settings, db, store, base, residency, reads)
+        picker = Picker(residency, round_robin=settings.routing == "round_robin")
+        residency.keep_first = picker.is_home
+        engines = Engines.build(settings, lambda engine: _entry_on_up(settings, engine, residency, picker, metrics))
+        specs = engines.adapter_specs()
+        catalog = _catalog(settings, db, store, base, residency, reads, specs)
         supervisor = None
         if not settings.external_engines:
             assert model_path is not None
             supervisor = Supervisor(settings.vllm, model_path, settings.base_name, settings.data_dir / "logs/vllm.log")
         _base_route(settings, base, catalog)
-        picker = Picker(residency, round_robin=settings.routing == "round_robin")
-        residency.keep_first = picker.is_home
+        _entry_routes(settings, engines, specs, residency)
         pool = _pool(settings, supervisor, _on_up(settings, catalog, residency, picker, supervisor, metrics))
-        engines = Engines.build(settings)
         metrics.upstream_states = lambda: [(settings.base_name, *s) for s in pool.states()] + engines.upstream_states()
         return cls(model_path, store, catalog, residency, picker, supervisor, pool, engines)
 
@@ -113,6 +118,7 @@ def _catalog(
     base: BaseModelSpec | None,
     residency: Residency,
     reads: ReadCache,
+    entries: dict[str, BaseModelSpec | None],
 ) -> AdapterCatalog:
     targets = settings.vllm.lora_target_modules
     quota = Quota(
@@ -122,7 +128,7 @@ def _catalog(
     )
     modules = frozenset(targets) if targets is not None else None
     return AdapterCatalog(
-        db, store, settings.base_name, base, settings.vllm.max_lora_rank, residency, modules, quota, reads
+        db, store, settings.base_name, base, settings.vllm.max_lora_rank, residency, modules, quota, reads, entries
     )
 
 
@@ -160,6 +166,51 @@ def _base_route(settings: Settings, base: BaseModelSpec | None, catalog: Adapter
     elif mode == "auto":
         log.warning("no local base model folder: base requests go to the engine without the zero adapter")
     catalog.route_base_directly(mode is False or base is None)
+
+
+def _entry_routes(
+    settings: Settings, engines: Engines, specs: dict[str, BaseModelSpec | None], residency: Residency
+) -> None:
+    """How base requests reach each generate entry with adapters, by the base model's
+    rule (`_base_route`): through an all-zero adapter written for its folder (pinned
+    where it is loaded) unless `base_via_zero_adapter` is false or its supervised
+    engine's plugin reports itself active (`_entry_on_up`). A remote entry has no folder
+    to write one for: its base requests go straight to its engine (logged)."""
+    for name, spec in specs.items():
+        engine = engines.get(name)
+        assert engine is not None
+        if settings.base_via_zero_adapter is False:
+            continue
+        if spec is None:
+            log.warning("model %s: no local folder, so its base requests go without the zero adapter", name)
+            continue
+        path = write_zero_adapter(spec, settings.data_dir / "zero-adapters")
+        targets = settings.vllm.lora_target_modules
+        checked = validate_adapter(path, spec, settings.vllm.max_lora_rank, frozenset(targets) if targets else None)
+        engine.zero = AdapterVersion(name, checked.digest[:12], path, checked.rank, base=name)
+        engine.direct = False
+        residency.pinned.add(engine.zero.internal_name)
+
+
+def _entry_on_up(settings: Settings, engine: Engine, residency: Residency, picker: Picker, metrics: Metrics) -> OnUp:
+    """`_on_up` for a generate entry with adapters: its upstream must serve the entry's
+    engine name (its context is recorded), its base route is decided (supervised, as the
+    base model's), what its engine lost is forgotten, and its zero adapter and the
+    in-use adapters of its base whose home set includes it are loaded (never another
+    base's)."""
+
+    async def on_up(upstream: Upstream, ready: list[Upstream]) -> None:
+        listed = await check_serves(upstream, engine.entry.engine_name)
+        if settings.base_via_zero_adapter == "auto" and engine.supervisor is not None and engine.zero is not None:
+            engine.direct = engine.supervisor.plugin_active()
+        placed = picker.homed_on(upstream, ready, residency.in_use(engine.name)[: settings.max_resident_adapters])
+        if residency.reconcile(upstream, listed):
+            metrics.upstream_restarts.labels(upstream.url).inc()
+            log.warning("upstream %s (model %s) restarted: its adapters there are gone", upstream.url, engine.name)
+        zero = [engine.zero] if engine.zero is not None and not engine.direct else []
+        await residency.load_all(upstream, zero + placed)
+
+    return on_up
 
 
 def _on_up(

@@ -86,17 +86,20 @@ class RequestBounds:
         self._check_schemas(body)
         return reservation
 
-    def check_scoring(self, prompts: Sequence[int], token_ids: int, param: str) -> Reservation:
+    def check_scoring(
+        self, prompts: Sequence[int], token_ids: int, param: str, context: int | None = None
+    ) -> Reservation:
         """A classifier's scoring request, by each prompt's token bound: one token is
         generated per prompt, with the log-probabilities of `token_ids` at it. The same
-        bounds as `check` (sequences, tokens, log-probabilities); → its worst case."""
+        bounds as `check` (sequences, tokens, log-probabilities; `context`: its model's,
+        None: the base model's); → its worst case."""
         if len(prompts) > self.max_sequences:
             raise InvalidRequestError(
                 f"this call scores {len(prompts)} prompts (inputs × the labels' answer prefixes) in one request, "
                 f"more than {self.max_sequences} sequences; send fewer inputs",
                 param=param,
             )
-        context = self.context_length()
+        context = context or self.context_length()
         sizes = [min(p, context) for p in prompts]
         reservation = Reservation(sum(sizes), sum(sizes) + len(sizes))
         if reservation.total > self.max_tokens:

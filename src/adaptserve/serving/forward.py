@@ -1,6 +1,7 @@
 """Where one engine call goes, and what it survives (`Forwarder`): a replica that holds
-the target's adapter (`picker.py`; a generate model of `models:`: one of its own pool's,
-in turn), the adapter loaded there first, one retry on another replica when the first
+the target's adapter (`picker.py`, among its base's pool: the base model's, or a
+generate model of `models:`'s; that model's plain requests: one of its pool's, in
+turn), the adapter loaded there first, one retry on another replica when the first
 was unavailable before the client got a byte, one reload of an adapter the engine lost.
 An engine that does not serve a model sent without an adapter is a configuration
 error: passed over once for another replica, else answered 502, never an adapter to
@@ -57,10 +58,11 @@ class Forwarder:
         reloaded = False
         pool = self._engines.pool(target.engine) if target.engine is not None else None
         while True:
-            if pool is not None:
+            if pool is not None and target.adapter is None:
                 upstream = pool.pick(avoid=failed)
-            else:
-                upstream = self._picker.pick(self._pool.ready_upstreams(), target.adapter, avoid=failed)
+            else:  # an adapter (its base's pool: the base model's or an entry's) goes where the picker says
+                ready = (pool or self._pool).ready_upstreams()
+                upstream = self._picker.pick(ready, target.adapter, avoid=failed)
             try:
                 await self._load(upstream, target)
                 return await send(upstream)

@@ -104,7 +104,7 @@ class Picker:
         self._grown: dict[str, _Grown] = {}  # adapters whose home set is above their base size
         self._counted: dict[str, _Decayed] = {}  # recent requests by adapter
         self._total = _Decayed()  # recent adapter requests
-        self._ready: list[Upstream] = []  # as the last pick saw them
+        self._ready: dict[str, list[Upstream]] = {}  # by LLM base ("": the base model): as its last pick saw them
 
     def pick(self, ready: list[Upstream], adapter: AdapterVersion | None, avoid: Collection[Upstream] = ()) -> Upstream:
         """A replica of `ready` (less `avoid`) for a request on `adapter` (None: the base
@@ -114,7 +114,7 @@ class Picker:
             raise UpstreamUnavailableError()
         if self._round_robin:
             return candidates[next(self._turn) % len(candidates)]
-        self._ready = ready
+        self._ready[adapter.base if adapter is not None else ""] = ready
         name = adapter.internal_name if adapter is not None else ""
         ranked = rendezvous(name, candidates)
         least = _least_busy(ranked)
@@ -171,7 +171,8 @@ class Picker:
         if self._round_robin:
             return list(adapters)
         everyone = [*ready, upstream] if upstream not in ready else ready
-        self._ready = everyone  # `is_home` too counts the replica coming up
+        for llm in {adapter.base for adapter in adapters}:
+            self._ready[llm] = everyone  # `is_home` too counts the replica coming up
         homed = []
         for adapter in adapters:
             grown, base = self._grown.get(adapter.internal_name), self.base_size(adapter.internal_name)
@@ -181,14 +182,15 @@ class Picker:
         return homed
 
     def is_home(self, url: str, name: str) -> bool:
-        """`url` is in adapter `name`'s home set (among the replicas the last pick saw
-        ready): residency evicts it there only after the adapters that spilled there
+        """`url` is in adapter `name`'s home set (among the replicas the last pick on
+        `url`'s LLM base saw ready): residency evicts it there only after the adapters that spilled there
         (`Residency.keep_first`), so a cold adapter is not loaded again at its home."""
         if self._round_robin:
             return False
         grown, base = self._grown.get(name), self.base_size(name)
         size = max(grown.size, base) if grown is not None else base
-        return any(u.url == url for u in rendezvous(name, self._ready)[:size])
+        ready = next((r for r in self._ready.values() if any(u.url == url for u in r)), [])  # `url`'s base's
+        return any(u.url == url for u in rendezvous(name, ready)[:size])
 
     def _home(self, name: str, ranked: list[Upstream], cost: dict[str, float], least: float) -> int:
         """The adapter's home set size now, grown or shrunk by its queueing: `cost` is

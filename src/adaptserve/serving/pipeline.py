@@ -1,10 +1,10 @@
 """The one request path every engine call takes: resolve the tenant's alias (or a
-generate model of `models:`, on its own pool) → bound the request (by its engines'
-context) → admit under the tenant's quotas (reserving the request's worst-case tokens)
-→ lease the version → screen it under the tenant's PII policy (the costliest check, so
-the last) → ensure it is loaded and forward (`forward.py`: the replica, the adapter
-load, a retry elsewhere) → rename the model in the answer → meter usage and record
-metrics.
+generate model of `models:`, on its own pool; an alias of an adapter bound to one, on
+that pool too) → bound the request (by its engines' context) → admit under the
+tenant's quotas (reserving the request's worst-case tokens) → lease the version →
+screen it under the tenant's PII policy (the costliest check, so the last) → ensure it
+is loaded and forward (`forward.py`: the replica, the adapter load, a retry elsewhere)
+→ rename the model in the answer → meter usage and record metrics.
 
 `Pipeline.admitted` is that path as one `async with`: nothing touches the engine
 (tokenize, adapter load, generation) before the tenant is resolved and admitted, and
@@ -83,6 +83,11 @@ class Admission:
         """The served model's internal name (what a template's calibration is keyed by)."""
         return self.target.internal_name
 
+    @property
+    def base(self) -> str:
+        """The LLM base it runs on ("": the base model; a template's scoring plan is its)."""
+        return self.target.engine or ""
+
     async def screen(self, endpoint: Endpoint, body: dict[str, Any]) -> tuple[dict[str, Any], Placeholders | None]:
         """The client's body under the tenant's PII policy, checked only now that the
         request is admitted (detection is the costliest check). A masked body is bounded
@@ -114,8 +119,8 @@ class Admission:
         return await self._send(endpoint, lambda upstream: upstream.open_stream(endpoint.path, sent))
 
     async def tokenize(self, body: dict[str, Any]) -> list[int]:
-        """vLLM's `/tokenize` (the model's own tokenizer and chat template)."""
-        return await self._pipeline.tokenize(body)
+        """vLLM's `/tokenize` (the model's own tokenizer and chat template, on its base's engine)."""
+        return await self._pipeline.tokenize(body, self.target.engine)
 
     def _body(self, body: dict[str, Any]) -> dict[str, Any]:
         # The tenant's prefix-cache salt replaces whatever the client sent: cached blocks
@@ -173,23 +178,40 @@ class Pipeline:
     def engines(self) -> Engines:
         return self._engines
 
-    async def tokenize(self, body: dict[str, Any]) -> list[int]:
-        """vLLM's `/tokenize` on a ready replica: no generation. Inside an admission, or
-        for an admin saving a template (its labels' scoring plan)."""
-        answer = await self.pool.pick().post_json("/tokenize", body)
+    async def tokenize(self, body: dict[str, Any], engine: str | None = None) -> list[int]:
+        """vLLM's `/tokenize` on a ready replica of the base model (`engine`: of that
+        generate model of `models:`): no generation. Inside an admission, or for an
+        admin saving a template (its labels' scoring plan)."""
+        pool = self._engines.pool(engine) if engine is not None else self.pool
+        answer = await pool.pick().post_json("/tokenize", body)
         return list(answer["tokens"])
+
+    async def base_of(self, tenant: str | None, model: str) -> str | None:
+        """The generate model of `models:` a template's `model` runs on (None: the base
+        model): an entry with adapters named directly, or a tenant's alias of one of
+        its adapters (an alias that does not resolve: the base model's, as before)."""
+        return await self._reads.in_loop_or_thread(self._base_of, tenant, model)
+
+    def _base_of(self, tenant: str | None, model: str) -> str | None:
+        engine = self._engines.get(model) if tenant is None else self._engines.find(tenant, model)
+        if engine is not None and engine.adaptable:
+            return engine.name
+        alias = self._tenants.alias(tenant, model) if tenant is not None else None
+        target = self._target(alias) if alias is not None else None
+        return target.engine if target is not None else None
 
     def resolve(self, tenant: str, model: str) -> Target:
         """A tenant's alias → its target. Another tenant's alias, a deleted one and an
         unknown name all get the same 404, so existence never leaks. The base model too
         is reached only through an alias of the tenant's (templates included). A version
         held back after a failed load is temporary, not missing: 503 + `Retry-After`. A
-        generate model of `models:` the tenant may call is its own target, without adapter."""
+        generate model of `models:` the tenant may call is its own target (`Engine.base_target`),
+        an alias of an adapter bound to one is that adapter on it."""
         alias = self._tenants.alias(tenant, model)
         target = self._target(alias) if alias is not None else None
         engine = self._engines.find(tenant, model) if target is None and alias is None else None
         if engine is not None and engine.generates:
-            return Target(model, engine.entry.engine_name, None, engine=engine.name)
+            return engine.base_target(model)
         if engine is not None:
             embed = engine.entry.role == "embed"
             use = "an embedding model: call /v1/embeddings" if embed else "a classify model: a template's encoder"
@@ -206,8 +228,9 @@ class Pipeline:
         return target
 
     def _on_base(self, principal: Principal, target: Target) -> None:
-        """A template runs on the base model: one naming a generate model of `models:`
-        (read from `templates_dir`, or saved before that entry existed) is refused."""
+        """A template runs on the base model or a generate model of `models:` with
+        adapters: one naming a generate model without them (read from `templates_dir`,
+        or saved before that entry existed) is refused."""
         if target.engine is not None:
             self._engines.refuse_generate(target.public_name, "the template's model", "model", principal.tenant)
 
@@ -223,13 +246,19 @@ class Pipeline:
         return [alias for alias in self._tenants.aliases(tenant) if self._target(alias) is not None]
 
     def _target(self, alias: Alias) -> Target | None:
-        """Where an alias goes now; None when its adapter is gone (one in its load
-        back-off is still there: listed, and answered 503 by `resolve`)."""
+        """Where an alias goes now; None when its adapter is gone, or is bound to a
+        generate model of `models:` the alias's tenant may not call (or that takes
+        adapters no more). One in its load back-off is still there: listed, and answered
+        503 by `resolve`."""
         if alias.base:
             return self._catalog.base_target(alias.alias)
         if alias.adapter is None:
             return None
-        return self._catalog.target(alias.alias, alias.adapter, alias.version)
+        target = self._catalog.target(alias.alias, alias.adapter, alias.version)
+        if target is not None and target.engine is not None:
+            engine = self._engines.find(alias.tenant, target.engine)
+            return target if engine is not None and engine.adaptable else None
+        return target
 
     async def precheck(self, principal: Principal, model: str) -> None:
         """Refuse what admission would (an unknown model, a tenant over its quotas),

@@ -200,24 +200,27 @@ class TemplateService:
         scored = [v for p, i in zip(plans, inputs, strict=True) for v in p.variants(i)] if plans else inputs
         param = "attribution" if plans else "inputs"
         spec = template.spec
-        plan = self._classifier.cached_plan(spec)
+        base = await self._pipeline.base_of(principal.tenant, spec.model)
+        plan = self._classifier.cached_plan(spec, base or "")
+        context = self._context(base)
         if plan is not None:
-            reserve = self._bounded(spec, plan, scored, param)
+            reserve = self._bounded(spec, plan, scored, param, context)
         else:
-            reserve = Reservation(*self._classifier.worst_case(template, scored))
+            reserve = Reservation(*self._classifier.worst_case(template, scored, base or ""))
         async with self._pipeline.admitted(
             principal, spec.model, reserve, label="template", template=template.name
         ) as engine:
             if plan is None:  # read from the tokenizer in this admission, checked before anything is scored
-                self._bounded(spec, await self._classifier.plan(engine, spec), scored, param)
+                self._bounded(spec, await self._classifier.plan(engine, spec), scored, param, context)
             return await self._classifier.classify(engine, template, inputs, bool(call.explain), plans)
 
     async def check_fits(self, spec: TemplateSpec) -> None:
         """Refuse (400) a classify template whose smallest call can never fit the
         request bounds: one input with empty text, or its calibration. Its scoring plan
-        is read from the served model's tokenizer (503 while no engine is up) and kept
-        for its calls. A template runs on the base model: one naming a generate model of
-        `models:` is refused."""
+        is read from the served model's tokenizer (503 while no engine is up; a generate
+        model of `models:` with adapters, or an alias of one of its adapters: its
+        engine's) and kept for its calls. A template runs on the base model or on such a
+        model: one naming a generate model without adapters is refused."""
         self._pipeline.engines.refuse_generate(spec.model, "the template's model", "model", spec.tenant)
         if spec.kind != "classify":
             return
@@ -227,19 +230,28 @@ class TemplateService:
         if spec.encoder is not None:
             self._encoders.check_template(spec)
             return
-        plan = await self._classifier.plan(self._pipeline, spec)
-        self._bounded(spec, plan, [content_free_inputs(spec)[1]], "labels")
+        base = await self._pipeline.base_of(spec.tenant, spec.model)
+        plan = await self._classifier.plan(_Tokenizer(self._pipeline, base), spec)
+        self._bounded(spec, plan, [content_free_inputs(spec)[1]], "labels", self._context(base))
 
-    def _bounded(self, spec: TemplateSpec, plan: ScoringPlan, scored: list[dict[str, Any]], param: str) -> Reservation:
+    def _context(self, base: str | None) -> int | None:
+        """The context a template's calls on `base` are held to (None: the base model's)."""
+        engine = self._pipeline.engines.get(base) if base is not None else None
+        return engine.context_length() if engine is not None else None
+
+    def _bounded(
+        self, spec: TemplateSpec, plan: ScoringPlan, scored: list[dict[str, Any]], param: str, context: int | None
+    ) -> Reservation:
         """The call's engine requests (its scoring, and the calibration's when the
-        template has one: it may still have to run), each within the request bounds;
-        → their worst case together (at most two requests' worth)."""
+        template has one: it may still have to run), each within the request bounds
+        (`context`: its model's, None: the base model's); → their worst case together
+        (at most two requests' worth)."""
         bounds, ids = self._pipeline.bounds, len(plan.token_ids)
-        reserve = bounds.check_scoring(self._classifier.prompt_bounds(spec, plan, scored), ids, param)
+        reserve = bounds.check_scoring(self._classifier.prompt_bounds(spec, plan, scored), ids, param, context)
         if not spec.calibrates:
             return reserve
         calibration = self._classifier.prompt_bounds(spec, plan, calibration_inputs(spec))
-        extra = bounds.check_scoring(calibration, ids, "calibration")
+        extra = bounds.check_scoring(calibration, ids, "calibration", context)
         return Reservation(reserve.prompt + extra.prompt, reserve.total + extra.total)
 
     def _attribution_plans(self, inputs: list[dict[str, Any]], call: TemplateCall) -> list[AttributionPlan] | None:
@@ -313,6 +325,22 @@ def finish_generation(spec: TemplateSpec, text: str, finish_reason: str | None) 
             f"the model's answer does not match the schema{hint}: at {where}, {exc.validator} {exc.validator_value!r}"
         ) from exc
     return {"output": output, "finish_reason": finish_reason}
+
+
+@dataclass(frozen=True)
+class _Tokenizer:
+    """The tokenizer of the engines a template runs on (`engine`: a generate model of
+    `models:`, None: the base model's), for a template's scoring plan when it is saved."""
+
+    pipeline: Pipeline
+    engine: str | None
+
+    @property
+    def base(self) -> str:
+        return self.engine or ""
+
+    async def tokenize(self, body: dict[str, Any]) -> list[int]:
+        return await self.pipeline.tokenize(body, self.engine)
 
 
 def _scalar(value: object) -> bool:

@@ -24,9 +24,10 @@ reuses what precedes the first removed unit.
 
 The classifier reaches the engine through `Engine`, one admitted request (the serving
 pipeline's `Admission`): it never admits, meters or resolves anything itself. A plan is
-read once per template content (`plan`, through any `Tokenizer`: also when a template
-is saved), and `prompt_bounds` gives each scoring prompt's token bound from it, so a
-call is held to the request bounds before anything is tokenized or scored.
+read once per template content and LLM base (`plan`, through any `Tokenizer`, whose
+`base` says whose tokenizer it is: also when a template is saved), and `prompt_bounds`
+gives each scoring prompt's token bound from it, so a call is held to the request
+bounds before anything is tokenized or scored.
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ Tokens = tuple[int, ...]
 class Tokenizer(Protocol):
     """The served model's tokenizer and chat template (vLLM's `/tokenize`): what a
     scoring plan is read with, no generation."""
+
+    @property
+    def base(self) -> str:
+        """The LLM base whose tokenizer it is ("": the base model; else a generate model
+        of `models:`): scoring plans are kept per template and base."""
+        ...
 
     async def tokenize(self, body: dict[str, Any]) -> list[int]: ...
 
@@ -196,16 +203,16 @@ class Classifier:
             scored.append(Scored(logprobs, len(ids), read_tokens, per))
         return scored
 
-    def cached_plan(self, spec: TemplateSpec) -> ScoringPlan | None:
-        """The template's plan if it was read already (when it was saved, or by a call)."""
-        return self._plans.get(spec.digest)
+    def cached_plan(self, spec: TemplateSpec, base: str) -> ScoringPlan | None:
+        """The template's plan on `base` if it was read already (when it was saved, or by a call)."""
+        return self._plans.get(_plan_key(spec, base))
 
     async def plan(self, engine: Tokenizer, spec: TemplateSpec) -> ScoringPlan:
         """Tokenize each label's answer where it appears: after the rendered prompt (and
         the answer prefix). The tokens are the difference of two tokenizations, so a
         label's first token is the one the model would write there (" positive", not
         "positive", after a prefix)."""
-        found = self._plans.get(spec.digest)
+        found = self._plans.get(_plan_key(spec, engine.base))
         if found is None:
             inputs = content_free_inputs(spec)[0]
             prompt = await self._tokenize(engine, *self._renderer.scoring_messages(spec, inputs))
@@ -224,7 +231,7 @@ class Classifier:
                 plan.path,
                 len(plan.prefixes),
             )
-            found = self._plans.put(spec.digest, plan)
+            found = self._plans.put(_plan_key(spec, engine.base), plan)
         return found
 
     def prompt_bounds(self, spec: TemplateSpec, plan: ScoringPlan, inputs: Sequence[dict[str, Any]]) -> list[int]:
@@ -238,12 +245,12 @@ class Classifier:
             out += [size + len(prefix) for prefix in plan.prefixes]
         return out
 
-    def worst_case(self, template: TemplateVersion, inputs: list[dict[str, Any]]) -> tuple[int, int]:
-        """The call's worst-case tokens (prompt, in all): each input's rendered prompt
-        (bytes bound tokens) once per read, one generated token per read, and the
+    def worst_case(self, template: TemplateVersion, inputs: list[dict[str, Any]], base: str) -> tuple[int, int]:
+        """The call's worst-case tokens (prompt, in all) on `base`: each input's rendered
+        prompt (bytes bound tokens) once per read, one generated token per read, and the
         content-free inputs' reads when the calibration may still have to be computed."""
         spec = template.spec
-        plan = self._plans.get(spec.digest)
+        plan = self._plans.get(_plan_key(spec, base))
         reads = len(plan.prefixes) if plan else sum(len(label.text.encode()) + 1 for label in spec.labels)
         items = list(inputs) + (calibration_inputs(spec) if spec.calibrates else [])
         prompt = sum(len(json.dumps(self._renderer.messages(spec, i), ensure_ascii=False).encode()) for i in items)
@@ -288,3 +295,8 @@ def _reads(body: dict[str, Any], expected: int) -> list[dict[int, float]]:
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _plan_key(spec: TemplateSpec, base: str) -> str:
+    """A template's scoring plan is its labels' tokens under one base's tokenizer."""
+    return f"{spec.digest}@{base}"

@@ -1,6 +1,7 @@
 """Runs `vllm serve` as a child process on loopback and keeps it running: the base
 model's engine (`Supervisor`: LoRA, the engine plugin), each supervised `models:` entry
-of role generate (`GenerateSupervisor`: the same command less LoRA) and each one's
+of role generate (`GenerateSupervisor`: the same command, less LoRA unless the entry
+takes `adapters`) and each one's
 encoder on the pooling runner (`PoolingSupervisor`).
 
 The child gets its own process group (vLLM starts engine processes of its own), so
@@ -185,22 +186,25 @@ class Supervisor:
 class GenerateSupervisor(Supervisor):
     """A `models:` entry of role generate: the base model's command and environment
     (`vllm` settings: block size, dynamo, ...) with the entry's dtype, context, KV cache
-    and flags, less LoRA (no `--enable-lora`, no runtime adapter loading, no engine
-    plugin: its grouped LoRA ops have nothing to do); its threads on the entry's `cpus`."""
+    and flags; its threads on the entry's `cpus`. Without `adapters`, less LoRA (no
+    `--enable-lora`, no runtime adapter loading, no engine plugin: its grouped LoRA ops
+    have nothing to do); with them, the base model's LoRA flags and engine plugin, whose
+    status files are its own (`engine-plugin-NAME.*`)."""
 
     def __init__(self, settings: VLLMSettings, entry: ModelEntry, model_path: Path, log_path: Path) -> None:
         own = {
             "dtype": entry.engine_dtype(settings),
             "max_model_len": entry.context(settings),
             "extra_args": entry.extra_args,
-            "engine_plugin": False,
+            "engine_plugin": settings.engine_plugin and entry.adapters,
         }
         super().__init__(settings.model_copy(update=own), model_path, entry.engine_name, log_path)
-        self._cpus, self._kv_cache_gib = entry.cpus, entry.kv_cache_gib
+        self._cpus, self._kv_cache_gib, self._lora = entry.cpus, entry.kv_cache_gib, entry.adapters
+        self._plugin_status = log_path.parent / f"engine-plugin-{entry.name}"
         self.describe = f"vLLM for model {entry.name} (generate)"
 
     def _lora_args(self) -> list[str]:
-        return []
+        return super()._lora_args() if self._lora else []
 
     def environment(self) -> dict[str, str]:
         env = super().environment()
@@ -210,10 +214,7 @@ class GenerateSupervisor(Supervisor):
         return env
 
     def plugin_active(self) -> bool:
-        return False  # it never loads the plugin
-
-    def _clear_plugin_status(self) -> None:
-        pass  # the status files beside its log are the base model's engine's
+        return self._lora and super().plugin_active()  # without adapters it never loads the plugin
 
 
 class PoolingSupervisor(Supervisor):

@@ -144,14 +144,19 @@ class Keys(Namespace):
 
 
 class Adapters(Namespace):
-    def push(self, folder: str | Path, name: str) -> Result[dict]:
-        """Upload a PEFT LoRA folder (as .tar.gz); the server validates and stores it."""
+    def push(self, folder: str | Path, name: str, *, base: str | None = None) -> Result[dict]:
+        """Upload a PEFT LoRA folder (as .tar.gz); the server validates and stores it.
+        `base`: the LLM base it was trained on, a generate model of the server's
+        `models:` that takes adapters (default: the base model); a name is bound to the
+        base of its first version."""
         files = {"file": (f"{name}.tar.gz", pack_folder(Path(folder)), "application/gzip")}
-        return self._send(Call("POST", "/admin/adapters", data={"name": name}, files=files))
+        data = {"name": name} | ({"base": base} if base is not None else {})
+        return self._send(Call("POST", "/admin/adapters", data=data, files=files))
 
-    def register_path(self, name: str, server_path: str) -> Result[dict]:
+    def register_path(self, name: str, server_path: str, *, base: str | None = None) -> Result[dict]:
         """A folder the server can read itself (a shared volume): nothing is uploaded."""
-        return self._send(Call("POST", "/admin/adapters", json={"name": name, "path": server_path}))
+        body = {"name": name, "path": server_path} | ({"base": base} if base is not None else {})
+        return self._send(Call("POST", "/admin/adapters", json=body))
 
     def list(self) -> Result[list[dict]]:
         return self._send(Call("GET", "/admin/adapters", _data))

@@ -183,7 +183,8 @@ export async function adapters(view) {
   for (const adapter of data) {
     view.append(
       h("section", { class: "card", "data-adapter": adapter.name },
-        h("h2", {}, adapter.name, " ", h("small", { class: "muted", text: adapter.owner ? `owned by a tenant` : "global" })),
+        h("h2", {}, adapter.name, " ", h("small", { class: "muted", text: adapter.owner ? `owned by a tenant` : "global" }),
+          " ", h("small", { class: "muted adapter-base", text: `for ${adapter.base}` })),
         table(adapter.versions, [
           ["version", (v) => h("code", { text: v.version })],
           ["rank", (v) => String(v.rank)],

@@ -1,0 +1,24 @@
+"""adapters bound to an LLM base: "" the base model (every adapter so far), else the name
+of a generate entry of `models:` that takes adapters
+
+Revision ID: 0010
+Revises: 0009
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0010"
+down_revision = "0009"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("adapters") as batch:
+        batch.add_column(sa.Column("base", sa.String(length=64), nullable=False, server_default=""))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("adapters") as batch:
+        batch.drop_column("base")

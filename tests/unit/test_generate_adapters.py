@@ -1,0 +1,389 @@
+"""LoRA adapters bound to a second LLM base (`models:` role generate, `adapters: true`)
+against fake engines: the settings and its supervised child's command (the base model's
+LoRA flags and its own plugin status); a push for the entry (admin API `base`) binds the
+name to it for good and is checked against its shapes; an alias of such an adapter is
+served on the entry's engine, where the adapter is loaded (never on the base model's,
+and the base model's adapters never on it, a restart included); a tenant the entry does
+not serve learns nothing of it; a classify template on such an alias is tokenized and
+scored on the entry's engine; an entry without `adapters` still refuses all of it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from adaptserve_client import Client, ConflictError
+from pydantic import ValidationError
+from safetensors.numpy import load_file, save_file
+
+from adaptserve.adapters.bases import AdapterBases
+from adaptserve.adapters.catalog import AdapterCatalog
+from adaptserve.adapters.residency import AdapterVersion, Residency
+from adaptserve.adapters.spec import BaseModelSpec
+from adaptserve.adapters.store import AdapterStore
+from adaptserve.bench.fake_engine import FakeState
+from adaptserve.cli import main
+from adaptserve.config import Settings
+from adaptserve.db import Database
+from adaptserve.engine_plugin import ENABLE_ENV, STATUS_ENV
+from adaptserve.engine_settings import ModelEntry
+from adaptserve.errors import APIError
+from adaptserve.metrics import Metrics
+from adaptserve.read_cache import ReadCache
+from adaptserve.server.backends import Backends
+from adaptserve.serving.picker import Picker
+from adaptserve.upstream.client import State, Upstream
+from adaptserve.upstream.supervisor import GenerateSupervisor, Supervisor
+from tests.helpers import (
+    ADMIN_KEY,
+    HIDDEN,
+    RunningGateway,
+    assert_openai_error,
+    make_adapter,
+    make_base,
+    new_tenant,
+    run_template,
+    tar_gz,
+    tenant_admin_key,
+    wait_for,
+)
+
+SECOND = "second-llm"  # the name the entry's fake engine serves
+HI = [{"role": "user", "content": "hello there"}]
+
+
+def _entry(engine: FakeState, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": "llm2",
+        "role": "generate",
+        "adapters": True,
+        "upstreams": [engine.url],
+        "served_model_name": SECOND,
+    } | extra
+
+
+@pytest.fixture
+def second_llm(second_fake: FakeState) -> FakeState:
+    second_fake.served = [SECOND]
+    return second_fake
+
+
+@pytest.fixture
+def gw(start_gateway: Callable[..., RunningGateway], second_llm: FakeState) -> RunningGateway:
+    return start_gateway(models=[_entry(second_llm)])
+
+
+def _push(
+    gw: RunningGateway, name: str, folder: Path, base: str | None = None, key: str | None = None
+) -> httpx.Response:
+    files = {"file": ("a.tar.gz", tar_gz(folder, top=name))}
+    data = {"name": name} | ({"base": base} if base is not None else {})
+    return gw.admin("POST", "/adapters", data=data, files=files, **({"key": key} if key else {}))
+
+
+def _chats(engine: FakeState) -> list[dict[str, Any]]:
+    return [r for r in engine.requests if "messages" in r or "prompt" in r]
+
+
+# -- settings ------------------------------------------------------------------------------
+def test_adapters_are_for_role_generate_and_its_child_gets_the_lora_flags(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="adapters are for role generate"):
+        ModelEntry(name="enc", role="embed", path="minilm", adapters=True)
+    vllm = Settings(data_dir=tmp_path, vllm={"max_loras": 3, "max_lora_rank": 32}).vllm
+    entry = ModelEntry(name="llm2", role="generate", path=str(tmp_path), adapters=True, max_model_len=512)
+    child = GenerateSupervisor(vllm, entry, tmp_path / "llm", tmp_path / "logs/vllm-llm2.log")
+    command = child.command()
+    assert "--enable-lora" in command and command[command.index("--max-loras") + 1] == "3"
+    assert command[command.index("--max-lora-rank") + 1] == "32"
+    assert command[command.index("--max-model-len") + 1] == "512"  # its own overrides still
+    env = child.environment()
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True" and ENABLE_ENV in env
+    base = Supervisor(vllm, tmp_path / "base", "base", tmp_path / "logs/vllm.log")
+    assert env[STATUS_ENV] != base.environment()[STATUS_ENV]  # its plugin reports are its own
+    (tmp_path / "logs").mkdir()
+    (Path(base.environment()[STATUS_ENV] + ".1.json")).write_text(json.dumps({"active": True}))
+    assert base.plugin_active() and not child.plugin_active()  # the base model's reports are not its
+    (Path(env[STATUS_ENV] + ".2.json")).write_text(json.dumps({"active": True}))
+    assert child.plugin_active()
+    plain = ModelEntry(name="llm3", role="generate", path=str(tmp_path))
+    assert "--enable-lora" not in GenerateSupervisor(vllm, plain, tmp_path, tmp_path / "l").command()
+
+
+def test_a_supervised_entrys_base_route_and_shapes_are_its_folders(
+    tmp_path: Path, base_model: Path, second_fake: FakeState, database_url: str | None
+) -> None:
+    """Built, not started: a supervised entry's adapters are checked against its folder,
+    its plain requests go through a zero adapter written for it (pinned) until its
+    engine's plugin reports itself active, as the base model's do (`_entry_on_up`)."""
+    folder = make_base(tmp_path / "llm2")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"num_hidden_layers": 1}))  # one layer fewer
+    weights = load_file(str(folder / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if ".layers.1." not in k}, str(folder / "model.safetensors"))
+    entry = {"name": "llm2", "role": "generate", "path": str(folder), "adapters": True}
+    url = database_url or f"sqlite:///{tmp_path / 'db.sqlite'}"
+    settings = Settings(data_dir=tmp_path / "data", model=str(base_model), upstreams=[second_fake.url], models=[entry])
+    db = Database(url)
+    db.migrate()
+    backends = Backends.build(settings, db, ReadCache(0.0), Metrics())
+    engine = backends.engines.get("llm2")
+    assert engine is not None and engine.zero is not None and not engine.direct
+    assert engine.base_target("llm2").adapter is engine.zero and engine.zero.base == "llm2"
+    assert engine.zero.internal_name in backends.residency.pinned
+    two_layers = backends.store.copy_folder(make_adapter(tmp_path / "a"))  # make_base's two layers
+    with pytest.raises(APIError) as refused:
+        backends.catalog.register("tone", two_layers, base="llm2")
+    assert refused.value.code == "invalid_adapter"
+    assert backends.catalog.register("tone", backends.store.copy_folder(make_adapter(tmp_path / "b")))["base"]
+
+    second_fake.served = ["llm2"]  # the entry's engine, as its child would serve it
+    supervisor, zero = engine.supervisor, engine.zero
+    assert supervisor is not None
+
+    async def comes_up_twice() -> None:
+        upstream = Upstream(second_fake.url, 5.0)
+        await engine.pool._on_up(upstream, [])
+        assert list(second_fake.loaded) == [zero.internal_name] and not engine.direct
+        status = Path(supervisor.environment()[STATUS_ENV] + ".1.json")
+        status.parent.mkdir(parents=True, exist_ok=True)
+        status.write_text(json.dumps({"active": True}))  # its engine's plugin, active in its one process
+        await engine.pool._on_up(upstream, [])
+        await upstream.aclose()
+
+    asyncio.run(comes_up_twice())
+    assert engine.direct and engine.base_target("llm2").adapter is None
+    db.dispose()
+
+
+# -- binding and checks --------------------------------------------------------------------
+def test_a_version_is_checked_against_its_bases_shapes_and_a_name_stays_on_its_base(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """An adapter trained on the base model pushed for an entry of another hidden size
+    is a 400; a name bound to one base takes no version for another (409)."""
+    db = Database(database_url or f"sqlite:///{tmp_path / 'db.sqlite'}")
+    db.migrate()
+    spec = BaseModelSpec.read(make_base(tmp_path / "base"))
+    shapes = {k: [d * 2 if d == HIDDEN else d for d in v] for k, v in spec.shapes.items()}
+    wider = BaseModelSpec(spec.path, shapes, spec.config | {"hidden_size": HIDDEN * 2})
+    specs = {"llm2": spec, "remote": None, "wider": wider}
+    store = AdapterStore(tmp_path / "adapters", 10**8)
+    residency = Residency(4, Metrics())
+    catalog = AdapterCatalog(db, store, "base", spec, 16, residency, entries=specs)
+    adapter = make_adapter(tmp_path / "a")
+    with pytest.raises(APIError) as refused:
+        catalog.register("tone", store.copy_folder(adapter), base="wider")
+    assert refused.value.status == 400 and refused.value.code == "invalid_adapter"
+    assert catalog.register("tone", store.copy_folder(adapter), base="llm2")["base"] == "llm2"
+    with pytest.raises(APIError) as rebased:
+        catalog.register("tone", store.copy_folder(make_adapter(tmp_path / "b", seed=1)))
+    assert (rebased.value.status, rebased.value.code, rebased.value.param) == (409, "adapter_base_taken", "base")
+    assert "'llm2'" in rebased.value.message and "'base'" in rebased.value.message
+    with pytest.raises(APIError) as early:
+        catalog.claim("tone", "", "remote")
+    assert early.value.code == "adapter_base_taken"
+    assert catalog.describe("tone")["base"] == "llm2" and len(catalog.describe("tone")["versions"]) == 1
+    assert catalog.register("plain", store.copy_folder(adapter))["base"] == "base"  # the base model, by name
+    remote = catalog.register("far", store.copy_folder(make_adapter(tmp_path / "c", hidden=HIDDEN * 2)), base="remote")
+    assert remote["base"] == "remote"  # a remote engine's shapes are unknown: not checked
+    with pytest.raises(APIError) as unknown:
+        catalog.register("x", store.copy_folder(adapter), base="nope")
+    assert unknown.value.code == "model_not_found"
+    assert AdapterBases("base", None, specs).shown("") == "base"
+    db.dispose()
+
+
+def test_a_base_that_takes_no_adapters_or_that_the_pusher_may_not_call_is_refused(
+    start_gateway: Callable[..., RunningGateway], second_llm: FakeState, fake: FakeState, tmp_path: Path
+) -> None:
+    plain = {"name": "llm3", "role": "generate", "upstreams": [fake.url], "served_model_name": "base-x"}
+    fake.served = [*fake.served, "base-x"]
+    gw = start_gateway(models=[_entry(second_llm, tenants=["default"]), plain])
+    adapter = make_adapter(tmp_path / "a")
+    unknown = assert_openai_error(_push(gw, "tone", adapter, "nope"), 404, "model_not_found", "base")
+    assert_openai_error(_push(gw, "tone", adapter, "llm3"), 400, "model_not_adaptable", "base")
+    new_tenant(gw, "other")
+    key = tenant_admin_key(gw, "other")
+    hidden = assert_openai_error(_push(gw, "tone", adapter, "llm2", key=key), 404, "model_not_found", "base")
+    assert hidden["message"] == unknown["message"].replace("nope", "llm2")  # as a name that does not exist
+    assert gw.admin("GET", "/adapters").json()["data"] == []  # nothing stored
+    assert _push(gw, "tone", adapter, "llm2").status_code == 201
+    assert _push(gw, "mine", adapter, key=key).status_code == 201  # its own, on the base model
+    refused = gw.admin("PUT", "/tenants/other/models/t", json={"adapter": "tone"})
+    assert_openai_error(refused, 404, "adapter_not_found", "adapter")  # global, but on a model it may not call
+    assert _push(gw, "mine", make_adapter(tmp_path / "b", seed=1), "llm2").status_code == 409  # the operator's too
+    assert [a["name"] for a in gw.admin("GET", "/adapters", key=key).json()["data"]] == ["mine"]
+    assert_openai_error(gw.admin("GET", "/adapters/tone", key=key), 404, "adapter_not_found")
+    assert {a["name"]: a["base"] for a in gw.admin("GET", "/adapters").json()["data"]}["tone"] == "llm2"
+
+
+def test_the_cli_and_the_python_client_push_for_a_base(
+    gw: RunningGateway, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    folder = make_adapter(tmp_path / "a")
+    connection = ["--url", gw.url, "--admin-key", ADMIN_KEY]
+    with pytest.raises(SystemExit) as done:
+        main(["adapters", "push", str(folder), "--name", "tone", "--base", "llm2", *connection])
+    assert done.value.code == 0 and json.loads(capsys.readouterr().out)["base"] == "llm2"
+    with Client(gw.url, ADMIN_KEY) as admin:
+        assert admin.admin.adapters.push(folder, "tone2", base="llm2")["base"] == "llm2"
+        assert admin.admin.adapters.register_path("tone3", str(folder), base="llm2")["base"] == "llm2"
+        assert admin.admin.adapters.push(folder, "plain")["base"] != "llm2"
+        with pytest.raises(ConflictError) as refused:
+            admin.admin.adapters.push(folder, "tone", base=None)  # the base model: not tone's
+    assert refused.value.status == 409 and refused.value.code == "adapter_base_taken"
+
+
+def test_a_derivation_is_for_its_sources_base(gw: RunningGateway, tmp_path: Path) -> None:
+    """A compression of an entry's adapter is an adapter of that entry; adapters of two
+    bases do not merge."""
+    assert _push(gw, "tone", make_adapter(tmp_path / "a", r=4), "llm2").status_code == 201
+    assert _push(gw, "plain", make_adapter(tmp_path / "b", seed=1)).status_code == 201
+    small = gw.admin("POST", "/adapters/tone/compress", json={"rank": 2, "name": "tone-small"})
+    assert small.status_code == 201, small.text
+    assert small.json()["base"] == "llm2" and gw.admin("GET", "/adapters/tone-small").json()["base"] == "llm2"
+    sources = [{"adapter": "tone"}, {"adapter": "plain"}]
+    mixed = gw.admin("POST", "/adapters/merge", json={"name": "both", "sources": sources})
+    assert "different LLM bases" in assert_openai_error(mixed, 400, param="sources")["message"]
+    assert gw.admin("GET", "/adapters/both").status_code == 404
+
+
+# -- serving -------------------------------------------------------------------------------
+def test_the_shared_picker_keeps_each_bases_home_sets_over_that_bases_replicas() -> None:
+    """Residency evicts an adapter's home replicas last (`Picker.is_home`): a pick on the
+    entry's replicas does not make the base model's adapters homeless on theirs."""
+    base_ups = [Upstream(f"http://base-{i}:8000", 5.0) for i in range(3)]
+    entry_ups = [Upstream(f"http://llm2-{i}:8000", 5.0) for i in range(2)]
+    for u in [*base_ups, *entry_ups]:
+        u.state, u.generation = State.READY, 1
+    picker = Picker(Residency(4, Metrics()), home_size=2)
+    ours, theirs = AdapterVersion("a", "v1", Path("/a"), 8), AdapterVersion("b", "v1", Path("/b"), 8, base="llm2")
+    picker.pick(base_ups, ours)
+    homes = [picker.is_home(u.url, ours.internal_name) for u in base_ups]
+    assert homes.count(True) == 2
+    picker.pick(entry_ups, theirs)
+    assert [picker.is_home(u.url, ours.internal_name) for u in base_ups] == homes
+    assert [picker.is_home(u.url, theirs.internal_name) for u in entry_ups] == [True, True]
+
+
+def test_an_alias_of_its_adapter_is_served_on_its_engine_and_the_base_models_stay_on_the_base_model(
+    gw: RunningGateway, fake: FakeState, second_llm: FakeState, tmp_path: Path
+) -> None:
+    pushed = _push(gw, "tone", make_adapter(tmp_path / "a"), "llm2")
+    assert pushed.status_code == 201 and pushed.json()["base"] == "llm2"
+    internal = f"tone--{pushed.json()['version']}"
+    plain = _push(gw, "plain", make_adapter(tmp_path / "b", seed=1))
+    assert plain.status_code == 201 and plain.json()["base"] != "llm2"
+    plain_internal = f"plain--{plain.json()['version']}"
+    assert gw.admin("PUT", "/tenants/default/models/toned", json={"adapter": "tone"}).status_code == 200
+    assert gw.admin("PUT", "/tenants/default/models/plained", json={"adapter": "plain"}).status_code == 200
+    assert_openai_error(
+        gw.admin("PUT", "/tenants/default/models/llm2", json={"adapter": "tone"}), 409, "name_taken", "alias"
+    )
+    client = gw.client()
+    before = len(_chats(fake))
+    answer = client.chat.completions.create(model="toned", messages=HI, max_tokens=8)
+    assert answer.model == "toned" and answer.choices[0].message.content == f"[{internal}] echo: hello there"
+    assert internal in second_llm.loaded and internal not in fake.loaded
+    assert [r["model"] for r in _chats(second_llm)] == [internal] and len(_chats(fake)) == before
+    streamed = list(client.completions.create(model="toned", prompt="a b", max_tokens=8, stream=True))
+    assert "".join(p.choices[0].text for p in streamed if p.choices) == f"[{internal}] echo: a b"
+    base = client.chat.completions.create(model="plained", messages=HI, max_tokens=8)
+    assert base.choices[0].message.content.startswith(f"[{plain_internal}]") and plain_internal in fake.loaded
+    assert plain_internal not in second_llm.loaded
+    own = client.chat.completions.create(model="llm2", messages=HI, max_tokens=8)  # the entry itself, no adapter
+    assert own.choices[0].message.content == f"[{SECOND}] echo: hello there"
+    assert {"toned", "plained", "llm2"} <= {m.id for m in client.models.list().data}
+    described = gw.admin("GET", "/adapters/tone").json()
+    assert described["base"] == "llm2" and described["versions"][0]["upstreams"] == [second_llm.url]
+
+    # its engine restarts: its adapter is loaded again before it serves, the base model's is not
+    second_llm.healthy = False
+    wait_for(lambda: httpx.get(gw.url + "/ready").status_code == 503, what="/ready stayed 200")
+    second_llm.restart()
+    second_llm.healthy = True
+    gw.wait_ready()
+    wait_for(lambda: internal in second_llm.loaded, what="its adapter was not loaded again")
+    assert plain_internal not in second_llm.loaded and internal not in fake.loaded
+
+
+def test_a_classify_template_on_its_adapter_is_tokenized_and_scored_on_its_engine(
+    gw: RunningGateway, fake: FakeState, second_llm: FakeState, tmp_path: Path
+) -> None:
+    pushed = _push(gw, "tone", make_adapter(tmp_path / "a"), "llm2")
+    internal = f"tone--{pushed.json()['version']}"
+    assert gw.admin("PUT", "/tenants/default/models/toned", json={"adapter": "tone"}).status_code == 200
+    labels = [{"name": "negative"}, {"name": "positive"}]
+    doc = {"name": "mood", "kind": "classify", "instruction": "Good or bad?", "inputs": {"text": {}}}
+    tokenized = fake.tokenize_calls
+    saved = gw.admin(
+        "PUT", "/templates/mood", params={"tenant": "default"}, json=doc | {"labels": labels, "model": "toned"}
+    )
+    assert saved.status_code == 201, saved.text
+    assert second_llm.tokenize_calls > 0 and fake.tokenize_calls == tokenized  # its labels, its tokenizer
+    base_calls = len(_chats(fake))
+    answer = gw.post("/v1/templates/mood", {"inputs": {"text": "a fine day"}})
+    assert answer.status_code == 200 and answer.json()["label"] in ("negative", "positive")
+    scored = _chats(second_llm)
+    assert scored and {r["model"] for r in scored} == {internal} and len(_chats(fake)) == base_calls
+    on_entry = gw.admin("PUT", "/templates/mood2", json=doc | {"name": "mood2", "labels": labels, "model": "llm2"})
+    assert on_entry.status_code == 201, on_entry.text  # the entry itself: a template's model too
+    assert gw.post("/v1/templates/mood2", {"inputs": {"text": "a fine day"}}).status_code == 200
+    assert _chats(second_llm)[-1]["model"] == SECOND and len(_chats(fake)) == base_calls
+
+
+def test_a_global_templates_labels_are_tokenized_on_each_base_its_alias_reaches(
+    gw: RunningGateway, fake: FakeState, second_llm: FakeState, tmp_path: Path
+) -> None:
+    """One global template, one alias name: tenant default's on the entry's adapter,
+    acme's on the base model's. Each call scores with the labels' tokens of its own
+    base's tokenizer (a plan read on one base is never used on another)."""
+    tone = _push(gw, "tone", make_adapter(tmp_path / "a"), "llm2").json()["version"]
+    plain = _push(gw, "plain", make_adapter(tmp_path / "b", seed=1)).json()["version"]
+    assert gw.admin("PUT", "/tenants/default/models/support", json={"adapter": "tone"}).status_code == 200
+    acme = new_tenant(gw, "acme", {"adapter": "plain"})
+    second_llm.vocab.update({"unrelated": 500, "words": 501})  # its tokenizer's ids differ from the base model's
+    labels = [{"name": "negative"}, {"name": "positive"}]
+    doc = {"name": "mood", "kind": "classify", "instruction": "Good or bad?", "inputs": {"text": {}}, "labels": labels}
+    assert gw.admin("PUT", "/templates/mood", json=doc | {"model": "support"}).status_code == 201
+    assert second_llm.tokenize_calls == 0  # a global template's alias is a tenant's: read on the base model
+    assert gw.post("/v1/templates/mood", {"inputs": {"text": "a fine day"}}).status_code == 200
+    scored = [r for r in _chats(second_llm) if r.get("logprob_token_ids")]
+    assert scored and {r["model"] for r in scored} == {f"tone--{tone}"}
+    wanted = {i for r in scored for i in r["logprob_token_ids"]}
+    assert wanted == {second_llm.vocab["negative"], second_llm.vocab["positive"]}  # its tokenizer's label ids
+    assert wanted != {fake.vocab["negative"], fake.vocab["positive"]}  # (the base model's differ)
+    on_entry = len(_chats(second_llm))
+    assert run_template(gw, "mood", {"inputs": {"text": "a fine day"}}, key=acme.api_key).status_code == 200
+    assert len(_chats(second_llm)) == on_entry  # acme's alias: the base model's adapter, on its engine
+    assert {r["model"] for r in _chats(fake) if r.get("logprob_token_ids")} == {f"plain--{plain}"}
+
+
+def test_an_alias_of_an_entrys_adapter_is_unknown_once_the_entry_takes_no_adapters(
+    start_gateway: Callable[..., RunningGateway], second_llm: FakeState, tmp_path: Path
+) -> None:
+    first = start_gateway(models=[_entry(second_llm)])
+    assert _push(first, "tone", make_adapter(tmp_path / "a"), "llm2").status_code == 201
+    assert first.admin("PUT", "/tenants/default/models/toned", json={"adapter": "tone"}).status_code == 200
+    assert first.post("/v1/chat/completions", {"model": "toned", "messages": HI}).status_code == 200
+    later = start_gateway(models=[_entry(second_llm, adapters=False)])  # the same database, settings changed
+    gone = later.post("/v1/chat/completions", {"model": "toned", "messages": HI})
+    assert_openai_error(gone, 404, "model_not_found", "model")
+    assert "toned" not in {m.id for m in later.client().models.list().data}
+    assert len(_chats(second_llm)) == 1  # only the first gateway's call reached it
+
+
+def test_an_entry_without_adapters_still_refuses_them(
+    start_gateway: Callable[..., RunningGateway], second_llm: FakeState, tmp_path: Path
+) -> None:
+    gw = start_gateway(models=[_entry(second_llm, adapters=False)])
+    assert_openai_error(_push(gw, "tone", make_adapter(tmp_path / "a"), "llm2"), 400, "model_not_adaptable", "base")
+    alias = gw.admin("PUT", "/tenants/default/models/llm2", json={"base": True})
+    assert_openai_error(alias, 400, "model_not_adaptable", "alias")
+    assert gw.post("/v1/chat/completions", {"model": "llm2", "messages": HI}).json()["model"] == "llm2"
+    assert second_llm.load_calls == []
