@@ -253,6 +253,29 @@ def test_a_derivation_is_for_its_sources_base(gw: RunningGateway, tmp_path: Path
     assert gw.admin("GET", "/adapters/both").status_code == 404
 
 
+def test_a_settings_adapter_removed_and_pushed_again_for_an_entry_is_not_loaded_at_the_base_models_start(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """The base model's upstreams load the settings file's adapters when they come up;
+    one deleted and then pushed again under its name for an entry is the entry's, not
+    the settings file's: the base model's engines never load it."""
+    db = Database(database_url or f"sqlite:///{tmp_path / 'db.sqlite'}")
+    db.migrate()
+    spec = BaseModelSpec.read(make_base(tmp_path / "base"))
+    store = AdapterStore(tmp_path / "adapters", 10**8)
+    catalog = AdapterCatalog(db, store, "base", spec, 16, Residency(4, Metrics()), entries={"llm2": spec})
+    assert catalog.register_from_settings({"tone": make_adapter(tmp_path / "a")}) == ["tone"]
+    assert [a.name for a in catalog.startup_adapters()] == ["tone"]
+    catalog.remove("tone")
+    catalog.register("tone", store.copy_folder(make_adapter(tmp_path / "b", seed=1)), base="llm2")
+    assert catalog.startup_adapters() == []
+    catalog.remove("tone")
+    catalog.register("tone", store.copy_folder(make_adapter(tmp_path / "c", seed=2)))  # the base model's again
+    assert catalog.startup_adapters() == []  # an upload, not the settings file's
+    db.dispose()
+
+
+
 # -- serving -------------------------------------------------------------------------------
 def test_the_shared_picker_keeps_each_bases_home_sets_over_that_bases_replicas() -> None:
     """Residency evicts an adapter's home replicas last (`Picker.is_home`): a pick on the

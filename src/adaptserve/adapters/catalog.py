@@ -249,6 +249,8 @@ class AdapterCatalog:
             versions = s.scalars(select(AdapterVersionRow).where(AdapterVersionRow.adapter == name)).all()
             doomed = [(v.version, v.digest, v.path) for v in versions]
             s.delete(adapter)
+        if name in self._startup:  # gone: a later adapter of this name is not the settings file's
+            self._startup = [n for n in self._startup if n != name]
         for version, digest, path in doomed:
             self._versions.pop(internal_name(name, version), None)
             self._retire(internal_name(name, version))
@@ -361,11 +363,13 @@ class AdapterCatalog:
     def startup_adapters(self) -> builtins.list[AdapterVersion]:
         """What an upstream loads when it comes (back) up, before it takes traffic: the
         base route's zero adapter and the settings file's adapters (so `/ready` means
-        they can be served)."""
+        they can be served), only those still the base model's."""
         found = [self._zero] if self._zero is not None and not self._base_direct else []
         for name in self._startup:
             target = self.target(name, name, None)
-            if target is not None and target.adapter is not None and not target.adapter.refused():
+            if target is None or target.engine is not None:  # gone, or another base's since (removed, pushed again)
+                continue
+            if target.adapter is not None and not target.adapter.refused():
                 found.append(target.adapter)
         return found
 
