@@ -387,6 +387,32 @@ def test_a_global_templates_labels_are_tokenized_on_each_base_its_alias_reaches(
     assert {r["model"] for r in _chats(fake) if r.get("logprob_token_ids")} == {f"plain--{plain}"}
 
 
+def test_a_tenants_alias_named_like_an_entry_takes_precedence_for_a_templates_labels_and_calls(
+    start_gateway: Callable[..., RunningGateway], fake: FakeState, second_llm: FakeState, tmp_path: Path
+) -> None:
+    """An alias named like an adapters entry (made while the entry did not serve the
+    tenant) is what the tenant's `llm2` resolves to: a template on it is tokenized on the
+    base model's engine when saved, and each call is planned and scored there, with the
+    base model's label ids (the call's target is resolved once, its base with it)."""
+    first = start_gateway(models=[_entry(second_llm, tenants=["acme"])])
+    plain = _push(first, "plain", make_adapter(tmp_path / "b", seed=1)).json()["version"]
+    assert first.admin("PUT", "/tenants/default/models/llm2", json={"adapter": "plain"}).status_code == 200
+    gw = start_gateway(models=[_entry(second_llm, tenants=["*"])])
+    second_llm.vocab.update({"unrelated": 500, "words": 501})  # its tokenizer's ids differ from the base model's
+    labels = [{"name": "negative"}, {"name": "positive"}]
+    doc = {"name": "mood", "kind": "classify", "instruction": "Good or bad?", "inputs": {"text": {}}}
+    saved = gw.admin(
+        "PUT", "/templates/mood", params={"tenant": "default"}, json=doc | {"labels": labels, "model": "llm2"}
+    )
+    assert saved.status_code == 201, saved.text
+    assert second_llm.tokenize_calls == 0 and fake.tokenize_calls > 0  # the alias's base: the base model
+    assert gw.post("/v1/templates/mood", {"inputs": {"text": "a fine day"}}).status_code == 200
+    assert second_llm.tokenize_calls == 0 and not _chats(second_llm)
+    scored = [r for r in _chats(fake) if r.get("logprob_token_ids")]
+    assert scored and {r["model"] for r in scored} == {f"plain--{plain}"}
+    assert {i for r in scored for i in r["logprob_token_ids"]} == {fake.vocab["negative"], fake.vocab["positive"]}
+
+
 def test_an_alias_of_an_entrys_adapter_is_unknown_once_the_entry_takes_no_adapters(
     start_gateway: Callable[..., RunningGateway], second_llm: FakeState, tmp_path: Path
 ) -> None:
