@@ -114,6 +114,29 @@ def test_adapters_are_for_role_generate_and_its_child_gets_the_lora_flags(tmp_pa
     assert "--enable-lora" not in GenerateSupervisor(vllm, plain, tmp_path, tmp_path / "l").command()
 
 
+def test_an_entrys_plugin_status_files_are_its_own_when_another_entrys_name_extends_it_by_a_dot(
+    tmp_path: Path,
+) -> None:
+    """Model names may hold dots: entry `llm`'s engine neither reads entry `llm.2`'s
+    plugin reports nor deletes them as it starts, and the other way round."""
+    vllm = Settings(data_dir=tmp_path).vllm
+    llm, llm2 = (
+        GenerateSupervisor(vllm, ModelEntry(name=n, role="generate", path=str(tmp_path), adapters=True), tmp_path, log)
+        for n, log in (("llm", tmp_path / "logs/vllm-llm.log"), ("llm.2", tmp_path / "logs/vllm-llm.2.log"))
+    )
+    (tmp_path / "logs").mkdir()
+    theirs = Path(llm2.environment()[STATUS_ENV] + ".7.json")
+    theirs.write_text(json.dumps({"active": False}))
+    ours = Path(llm.environment()[STATUS_ENV] + ".2.json")  # pid 2: `llm.2` + ".json"
+    ours.write_text(json.dumps({"active": True}))
+    assert llm.plugin_active() and not llm2.plugin_active()
+    llm._clear_plugin_status()
+    assert theirs.exists() and not ours.exists()
+    ours.write_text(json.dumps({"active": True}))
+    llm2._clear_plugin_status()
+    assert ours.exists() and not theirs.exists()
+
+
 def test_a_supervised_entrys_base_route_and_shapes_are_its_folders(
     tmp_path: Path, base_model: Path, second_fake: FakeState, database_url: str | None
 ) -> None:
