@@ -36,7 +36,7 @@ from adaptserve.errors import APIError
 from adaptserve.metrics import Metrics
 from adaptserve.read_cache import ReadCache
 from adaptserve.server.backends import Backends
-from adaptserve.serving.picker import Picker
+from adaptserve.serving.picker import Picker, rendezvous
 from adaptserve.upstream.client import State, Upstream
 from adaptserve.upstream.supervisor import GenerateSupervisor, Supervisor
 from tests.helpers import (
@@ -315,6 +315,28 @@ def test_the_shared_picker_keeps_each_bases_home_sets_over_that_bases_replicas()
     picker.pick(entry_ups, theirs)
     assert [picker.is_home(u.url, ours.internal_name) for u in base_ups] == homes
     assert [picker.is_home(u.url, theirs.internal_name) for u in entry_ups] == [True, True]
+
+
+def test_one_bases_adapter_traffic_never_makes_the_other_bases_adapters_cold() -> None:
+    """An adapter is cold (one home replica) under `COLD_SHARE` of its own base's recent
+    adapter requests: the entry's busy adapter leaves the base model's one adapter hot,
+    its home set two replicas (`pick`, `is_home`, `homed_on`)."""
+    now = [0.0]
+    picker = Picker(Residency(4, Metrics()), home_size=2, clock=lambda: now[0])
+    base_ups = [Upstream(f"http://base-{i}:8000", 5.0) for i in range(3)]
+    entry_ups = [Upstream(f"http://llm2-{i}:8000", 5.0) for i in range(2)]
+    for u in [*base_ups, *entry_ups]:
+        u.state, u.generation = State.READY, 1
+    ours, theirs = AdapterVersion("a", "v1", Path("/a"), 8), AdapterVersion("b", "v1", Path("/b"), 8, base="llm2")
+    for i in range(100):
+        now[0] = i * 0.1
+        picker.pick(entry_ups, theirs)
+        if i % 10 == 0:
+            picker.pick(base_ups, ours)
+    assert picker.base_size(ours.internal_name, "") == 2 and picker.base_size(theirs.internal_name, "llm2") == 2
+    assert [picker.is_home(u.url, ours.internal_name) for u in base_ups].count(True) == 2
+    second = rendezvous(ours.internal_name, base_ups)[1]
+    assert picker.homed_on(second, [u for u in base_ups if u is not second], [ours]) == [ours]
 
 
 def test_an_alias_of_its_adapter_is_served_on_its_engine_and_the_base_models_stay_on_the_base_model(
