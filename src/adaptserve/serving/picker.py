@@ -165,16 +165,15 @@ class Picker:
         return 1 if share < COLD_SHARE else self._home_size
 
     def homed_on(
-        self, upstream: Upstream, ready: list[Upstream], adapters: list[AdapterVersion]
+        self, upstream: Upstream, ready: list[Upstream], adapters: list[AdapterVersion], llm: str = ""
     ) -> list[AdapterVersion]:
-        """Of `adapters`, those whose home set includes `upstream` once it joins `ready`:
-        what a replica that comes up loads before it takes their traffic (round robin:
-        all of them, since every replica gets every adapter's requests)."""
+        """Of `adapters` (LLM base `llm`'s), those whose home set includes `upstream` once
+        it joins `ready`: what a replica that comes up loads before it takes their traffic
+        (round robin: all of them, since every replica gets every adapter's requests)."""
         if self._round_robin:
             return list(adapters)
         everyone = [*ready, upstream] if upstream not in ready else ready
-        for llm in {adapter.base for adapter in adapters}:
-            self._ready[llm] = everyone  # `is_home` too counts the replica coming up
+        self._ready[llm] = everyone  # `is_home` too counts the replica coming up, adapters in use or not
         homed = []
         for adapter in adapters:
             grown, base = self._grown.get(adapter.internal_name), self.base_size(adapter.internal_name, adapter.base)
