@@ -20,6 +20,8 @@ import pytest
 from adaptserve_client import Client, ConflictError
 from pydantic import ValidationError
 from safetensors.numpy import load_file, save_file
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy import text
 
 from adaptserve.adapters.bases import AdapterBases
 from adaptserve.adapters.catalog import AdapterCatalog
@@ -297,6 +299,45 @@ def test_a_settings_adapter_removed_and_pushed_again_for_an_entry_is_not_loaded_
     assert catalog.startup_adapters() == []  # an upload, not the settings file's
     db.dispose()
 
+
+def test_a_downgrade_below_the_adapter_base_keeps_every_adapters_versions(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """Migration 0010's downgrade drops `adapters.base` in place: on SQLite batch mode
+    would rebuild `adapters`, and dropping the old table cascades to `adapter_versions`."""
+    from alembic import command
+    from alembic.config import Config
+
+    import adaptserve.db
+
+    db = Database.for_data_dir(database_url, tmp_path)
+    db.migrate()
+    with db.engine.begin() as c:  # literals: a bound string is not a timestamp on PostgreSQL
+        c.execute(
+            text(
+                "INSERT INTO adapters (name, owner, base, active_version, created_at)"
+                " VALUES ('tone', '', '', 'v1', '2026-01-01')"
+            )
+        )
+        c.execute(
+            text(
+                "INSERT INTO adapter_versions (adapter, version, digest, path, rank, target_modules,"
+                " size_bytes, created_at) VALUES ('tone', 'v1', 'd', '/p', 8, '[]', 1, '2026-01-01')"
+            )
+        )
+    config = Config()
+    config.set_main_option("script_location", str(Path(adaptserve.db.__file__).parent / "migrations"))
+    with db.engine.begin() as c:
+        config.attributes["connection"] = c
+        command.downgrade(config, "0009")
+    with db.engine.begin() as c:
+        assert list(c.execute(text("SELECT adapter, version FROM adapter_versions"))) == [("tone", "v1")]
+        assert list(c.execute(text("SELECT name, active_version FROM adapters"))) == [("tone", "v1")]
+        assert "base" not in {col["name"] for col in sa_inspect(c).get_columns("adapters")}
+    db.migrate()  # and up again
+    with db.engine.begin() as c:
+        assert list(c.execute(text("SELECT name, base FROM adapters"))) == [("tone", "")]
+    db.dispose()
 
 
 # -- serving -------------------------------------------------------------------------------
