@@ -300,6 +300,26 @@ def test_a_settings_adapter_removed_and_pushed_again_for_an_entry_is_not_loaded_
     db.dispose()
 
 
+def test_a_derivation_from_an_adapter_whose_entry_was_removed_is_refused_before_it_is_built(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    db = Database(database_url or f"sqlite:///{tmp_path / 'db.sqlite'}")
+    db.migrate()
+    spec = BaseModelSpec.read(make_base(tmp_path / "base"))
+    store = AdapterStore(tmp_path / "adapters", 10**8)
+    before = AdapterCatalog(db, store, "base", spec, 16, Residency(4, Metrics()), entries={"llm2": spec})
+    before.register("tone", store.copy_folder(make_adapter(tmp_path / "a")), base="llm2")
+    after = AdapterCatalog(db, store, "base", spec, 16, Residency(4, Metrics()))  # llm2 left `models:`
+    built: list[Path] = []
+    with pytest.raises(APIError) as refused:
+        after.derive("merged", "", lambda staged: built.append(staged) or {}, ["tone"])
+    assert (refused.value.status, refused.value.code) == (404, "model_not_found") and built == []
+    with pytest.raises(APIError) as early:
+        after.claim("fresh", "", "llm2")
+    assert early.value.code == "model_not_found"
+    db.dispose()
+
+
 def test_a_downgrade_below_the_adapter_base_keeps_every_adapters_versions(
     tmp_path: Path, database_url: str | None
 ) -> None:

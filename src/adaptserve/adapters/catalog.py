@@ -162,9 +162,11 @@ class AdapterCatalog:
 
     def claim(self, name: str, owner: str, base: str = BASE_MODEL) -> None:
         """Refuse early (before an upload is unpacked or a derivation built) a name that
-        is not valid, is someone else's or is bound to another base; `register` checks
-        again as it writes."""
+        is not valid, is someone else's or is bound to another base, or a base that is
+        none; `register` checks
+        again as it writes. `base` must still be a base (an entry since removed: 404)."""
         check_name(name, "an adapter name")
+        self._bases.spec(base)
         with self._db.session() as s:
             held = s.execute(select(AdapterRow.owner, AdapterRow.base).where(AdapterRow.name == name)).first()
             if held is not None:
