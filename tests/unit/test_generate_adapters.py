@@ -28,7 +28,7 @@ from adaptserve.adapters.catalog import AdapterCatalog
 from adaptserve.adapters.residency import AdapterVersion, Residency
 from adaptserve.adapters.spec import BaseModelSpec
 from adaptserve.adapters.store import AdapterStore
-from adaptserve.bench.fake_engine import FakeState
+from adaptserve.bench.fake_engine import BASE, FakeState
 from adaptserve.cli import main
 from adaptserve.config import Settings
 from adaptserve.db import Database
@@ -164,7 +164,8 @@ def test_a_supervised_entrys_base_route_and_shapes_are_its_folders(
     with pytest.raises(APIError) as refused:
         backends.catalog.register("tone", two_layers, base="llm2")
     assert refused.value.code == "invalid_adapter"
-    assert backends.catalog.register("tone", backends.store.copy_folder(make_adapter(tmp_path / "b")))["base"]
+    plain = backends.catalog.register("tone", backends.store.copy_folder(make_adapter(tmp_path / "b")))
+    assert plain["base"] == BASE == base_model.name  # the base model, by its name
 
     second_fake.served = ["llm2"]  # the entry's engine, as its child would serve it
     supervisor, zero = engine.supervisor, engine.zero
