@@ -5,7 +5,10 @@ name to it for good and is checked against its shapes; an alias of such an adapt
 served on the entry's engine, where the adapter is loaded (never on the base model's,
 and the base model's adapters never on it, a restart included); a tenant the entry does
 not serve learns nothing of it; a classify template on such an alias is tokenized and
-scored on the entry's engine; an entry without `adapters` still refuses all of it."""
+scored on the entry's engine (a tenant's alias of the entry's name: where the alias is
+served); each base's picker counts are its own; a settings adapter deleted and pushed
+for the entry is never loaded on the base model; migration 0010's downgrade keeps the
+versions; an entry without `adapters` still refuses all of it."""
 
 from __future__ import annotations
 
