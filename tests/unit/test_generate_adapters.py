@@ -5,7 +5,10 @@ name to it for good and is checked against its shapes; an alias of such an adapt
 served on the entry's engine, where the adapter is loaded (never on the base model's,
 and the base model's adapters never on it, a restart included); a tenant the entry does
 not serve learns nothing of it; a classify template on such an alias is tokenized and
-scored on the entry's engine; an entry without `adapters` still refuses all of it."""
+scored on the entry's engine (a tenant's alias of the entry's name: where the alias is
+served); each base's picker counts are its own; a settings adapter deleted and pushed
+for the entry is never loaded on the base model; migration 0010's downgrade keeps the
+versions; an entry without `adapters` still refuses all of it."""
 
 from __future__ import annotations
 
@@ -20,13 +23,15 @@ import pytest
 from adaptserve_client import Client, ConflictError
 from pydantic import ValidationError
 from safetensors.numpy import load_file, save_file
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy import text
 
 from adaptserve.adapters.bases import AdapterBases
 from adaptserve.adapters.catalog import AdapterCatalog
 from adaptserve.adapters.residency import AdapterVersion, Residency
 from adaptserve.adapters.spec import BaseModelSpec
 from adaptserve.adapters.store import AdapterStore
-from adaptserve.bench.fake_engine import FakeState
+from adaptserve.bench.fake_engine import BASE, FakeState
 from adaptserve.cli import main
 from adaptserve.config import Settings
 from adaptserve.db import Database
@@ -36,7 +41,7 @@ from adaptserve.errors import APIError
 from adaptserve.metrics import Metrics
 from adaptserve.read_cache import ReadCache
 from adaptserve.server.backends import Backends
-from adaptserve.serving.picker import Picker
+from adaptserve.serving.picker import Picker, rendezvous
 from adaptserve.upstream.client import State, Upstream
 from adaptserve.upstream.supervisor import GenerateSupervisor, Supervisor
 from tests.helpers import (
@@ -114,6 +119,29 @@ def test_adapters_are_for_role_generate_and_its_child_gets_the_lora_flags(tmp_pa
     assert "--enable-lora" not in GenerateSupervisor(vllm, plain, tmp_path, tmp_path / "l").command()
 
 
+def test_an_entrys_plugin_status_files_are_its_own_when_another_entrys_name_extends_it_by_a_dot(
+    tmp_path: Path,
+) -> None:
+    """Model names may hold dots: entry `llm`'s engine neither reads entry `llm.2`'s
+    plugin reports nor deletes them as it starts, and the other way round."""
+    vllm = Settings(data_dir=tmp_path).vllm
+    llm, llm2 = (
+        GenerateSupervisor(vllm, ModelEntry(name=n, role="generate", path=str(tmp_path), adapters=True), tmp_path, log)
+        for n, log in (("llm", tmp_path / "logs/vllm-llm.log"), ("llm.2", tmp_path / "logs/vllm-llm.2.log"))
+    )
+    (tmp_path / "logs").mkdir()
+    theirs = Path(llm2.environment()[STATUS_ENV] + ".7.json")
+    theirs.write_text(json.dumps({"active": False}))
+    ours = Path(llm.environment()[STATUS_ENV] + ".2.json")  # pid 2: `llm.2` + ".json"
+    ours.write_text(json.dumps({"active": True}))
+    assert llm.plugin_active() and not llm2.plugin_active()
+    llm._clear_plugin_status()
+    assert theirs.exists() and not ours.exists()
+    ours.write_text(json.dumps({"active": True}))
+    llm2._clear_plugin_status()
+    assert ours.exists() and not theirs.exists()
+
+
 def test_a_supervised_entrys_base_route_and_shapes_are_its_folders(
     tmp_path: Path, base_model: Path, second_fake: FakeState, database_url: str | None
 ) -> None:
@@ -139,7 +167,8 @@ def test_a_supervised_entrys_base_route_and_shapes_are_its_folders(
     with pytest.raises(APIError) as refused:
         backends.catalog.register("tone", two_layers, base="llm2")
     assert refused.value.code == "invalid_adapter"
-    assert backends.catalog.register("tone", backends.store.copy_folder(make_adapter(tmp_path / "b")))["base"]
+    plain = backends.catalog.register("tone", backends.store.copy_folder(make_adapter(tmp_path / "b")))
+    assert plain["base"] == BASE == base_model.name  # the base model, by its name
 
     second_fake.served = ["llm2"]  # the entry's engine, as its child would serve it
     supervisor, zero = engine.supervisor, engine.zero
@@ -253,6 +282,88 @@ def test_a_derivation_is_for_its_sources_base(gw: RunningGateway, tmp_path: Path
     assert gw.admin("GET", "/adapters/both").status_code == 404
 
 
+def test_a_settings_adapter_removed_and_pushed_again_for_an_entry_is_not_loaded_at_the_base_models_start(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """The base model's upstreams load the settings file's adapters when they come up;
+    one deleted and then pushed again under its name for an entry is the entry's, not
+    the settings file's: the base model's engines never load it."""
+    db = Database(database_url or f"sqlite:///{tmp_path / 'db.sqlite'}")
+    db.migrate()
+    spec = BaseModelSpec.read(make_base(tmp_path / "base"))
+    store = AdapterStore(tmp_path / "adapters", 10**8)
+    catalog = AdapterCatalog(db, store, "base", spec, 16, Residency(4, Metrics()), entries={"llm2": spec})
+    assert catalog.register_from_settings({"tone": make_adapter(tmp_path / "a")}) == ["tone"]
+    assert [a.name for a in catalog.startup_adapters()] == ["tone"]
+    catalog.remove("tone")
+    catalog.register("tone", store.copy_folder(make_adapter(tmp_path / "b", seed=1)), base="llm2")
+    assert catalog.startup_adapters() == []
+    catalog.remove("tone")
+    catalog.register("tone", store.copy_folder(make_adapter(tmp_path / "c", seed=2)))  # the base model's again
+    assert catalog.startup_adapters() == []  # an upload, not the settings file's
+    db.dispose()
+
+
+def test_a_derivation_from_an_adapter_whose_entry_was_removed_is_refused_before_it_is_built(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    db = Database(database_url or f"sqlite:///{tmp_path / 'db.sqlite'}")
+    db.migrate()
+    spec = BaseModelSpec.read(make_base(tmp_path / "base"))
+    store = AdapterStore(tmp_path / "adapters", 10**8)
+    before = AdapterCatalog(db, store, "base", spec, 16, Residency(4, Metrics()), entries={"llm2": spec})
+    before.register("tone", store.copy_folder(make_adapter(tmp_path / "a")), base="llm2")
+    after = AdapterCatalog(db, store, "base", spec, 16, Residency(4, Metrics()))  # llm2 left `models:`
+    built: list[Path] = []
+    with pytest.raises(APIError) as refused:
+        after.derive("merged", "", lambda staged: built.append(staged) or {}, ["tone"])
+    assert (refused.value.status, refused.value.code) == (404, "model_not_found") and built == []
+    with pytest.raises(APIError) as early:
+        after.claim("fresh", "", "llm2")
+    assert early.value.code == "model_not_found"
+    db.dispose()
+
+
+def test_a_downgrade_below_the_adapter_base_keeps_every_adapters_versions(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """Migration 0010's downgrade drops `adapters.base` in place: on SQLite batch mode
+    would rebuild `adapters`, and dropping the old table cascades to `adapter_versions`."""
+    from alembic import command
+    from alembic.config import Config
+
+    import adaptserve.db
+
+    db = Database.for_data_dir(database_url, tmp_path)
+    db.migrate()
+    with db.engine.begin() as c:  # literals: a bound string is not a timestamp on PostgreSQL
+        c.execute(
+            text(
+                "INSERT INTO adapters (name, owner, base, active_version, created_at)"
+                " VALUES ('tone', '', '', 'v1', '2026-01-01')"
+            )
+        )
+        c.execute(
+            text(
+                "INSERT INTO adapter_versions (adapter, version, digest, path, rank, target_modules,"
+                " size_bytes, created_at) VALUES ('tone', 'v1', 'd', '/p', 8, '[]', 1, '2026-01-01')"
+            )
+        )
+    config = Config()
+    config.set_main_option("script_location", str(Path(adaptserve.db.__file__).parent / "migrations"))
+    with db.engine.begin() as c:
+        config.attributes["connection"] = c
+        command.downgrade(config, "0009")
+    with db.engine.begin() as c:
+        assert list(c.execute(text("SELECT adapter, version FROM adapter_versions"))) == [("tone", "v1")]
+        assert list(c.execute(text("SELECT name, active_version FROM adapters"))) == [("tone", "v1")]
+        assert "base" not in {col["name"] for col in sa_inspect(c).get_columns("adapters")}
+    db.migrate()  # and up again
+    with db.engine.begin() as c:
+        assert list(c.execute(text("SELECT name, base FROM adapters"))) == [("tone", "")]
+    db.dispose()
+
+
 # -- serving -------------------------------------------------------------------------------
 def test_the_shared_picker_keeps_each_bases_home_sets_over_that_bases_replicas() -> None:
     """Residency evicts an adapter's home replicas last (`Picker.is_home`): a pick on the
@@ -269,6 +380,28 @@ def test_the_shared_picker_keeps_each_bases_home_sets_over_that_bases_replicas()
     picker.pick(entry_ups, theirs)
     assert [picker.is_home(u.url, ours.internal_name) for u in base_ups] == homes
     assert [picker.is_home(u.url, theirs.internal_name) for u in entry_ups] == [True, True]
+
+
+def test_one_bases_adapter_traffic_never_makes_the_other_bases_adapters_cold() -> None:
+    """An adapter is cold (one home replica) under `COLD_SHARE` of its own base's recent
+    adapter requests: the entry's busy adapter leaves the base model's one adapter hot,
+    its home set two replicas (`pick`, `is_home`, `homed_on`)."""
+    now = [0.0]
+    picker = Picker(Residency(4, Metrics()), home_size=2, clock=lambda: now[0])
+    base_ups = [Upstream(f"http://base-{i}:8000", 5.0) for i in range(3)]
+    entry_ups = [Upstream(f"http://llm2-{i}:8000", 5.0) for i in range(2)]
+    for u in [*base_ups, *entry_ups]:
+        u.state, u.generation = State.READY, 1
+    ours, theirs = AdapterVersion("a", "v1", Path("/a"), 8), AdapterVersion("b", "v1", Path("/b"), 8, base="llm2")
+    for i in range(100):
+        now[0] = i * 0.1
+        picker.pick(entry_ups, theirs)
+        if i % 10 == 0:
+            picker.pick(base_ups, ours)
+    assert picker.base_size(ours.internal_name, "") == 2 and picker.base_size(theirs.internal_name, "llm2") == 2
+    assert [picker.is_home(u.url, ours.internal_name) for u in base_ups].count(True) == 2
+    second = rendezvous(ours.internal_name, base_ups)[1]
+    assert picker.homed_on(second, [u for u in base_ups if u is not second], [ours]) == [ours]
 
 
 def test_an_alias_of_its_adapter_is_served_on_its_engine_and_the_base_models_stay_on_the_base_model(
@@ -362,6 +495,32 @@ def test_a_global_templates_labels_are_tokenized_on_each_base_its_alias_reaches(
     assert run_template(gw, "mood", {"inputs": {"text": "a fine day"}}, key=acme.api_key).status_code == 200
     assert len(_chats(second_llm)) == on_entry  # acme's alias: the base model's adapter, on its engine
     assert {r["model"] for r in _chats(fake) if r.get("logprob_token_ids")} == {f"plain--{plain}"}
+
+
+def test_a_tenants_alias_named_like_an_entry_takes_precedence_for_a_templates_labels_and_calls(
+    start_gateway: Callable[..., RunningGateway], fake: FakeState, second_llm: FakeState, tmp_path: Path
+) -> None:
+    """An alias named like an adapters entry (made while the entry did not serve the
+    tenant) is what the tenant's `llm2` resolves to: a template on it is tokenized on the
+    base model's engine when saved, and each call is planned and scored there, with the
+    base model's label ids (the call's target is resolved once, its base with it)."""
+    first = start_gateway(models=[_entry(second_llm, tenants=["acme"])])
+    plain = _push(first, "plain", make_adapter(tmp_path / "b", seed=1)).json()["version"]
+    assert first.admin("PUT", "/tenants/default/models/llm2", json={"adapter": "plain"}).status_code == 200
+    gw = start_gateway(models=[_entry(second_llm, tenants=["*"])])
+    second_llm.vocab.update({"unrelated": 500, "words": 501})  # its tokenizer's ids differ from the base model's
+    labels = [{"name": "negative"}, {"name": "positive"}]
+    doc = {"name": "mood", "kind": "classify", "instruction": "Good or bad?", "inputs": {"text": {}}}
+    saved = gw.admin(
+        "PUT", "/templates/mood", params={"tenant": "default"}, json=doc | {"labels": labels, "model": "llm2"}
+    )
+    assert saved.status_code == 201, saved.text
+    assert second_llm.tokenize_calls == 0 and fake.tokenize_calls > 0  # the alias's base: the base model
+    assert gw.post("/v1/templates/mood", {"inputs": {"text": "a fine day"}}).status_code == 200
+    assert second_llm.tokenize_calls == 0 and not _chats(second_llm)
+    scored = [r for r in _chats(fake) if r.get("logprob_token_ids")]
+    assert scored and {r["model"] for r in scored} == {f"plain--{plain}"}
+    assert {i for r in scored for i in r["logprob_token_ids"]} == {fake.vocab["negative"], fake.vocab["positive"]}
 
 
 def test_an_alias_of_an_entrys_adapter_is_unknown_once_the_entry_takes_no_adapters(

@@ -286,6 +286,20 @@ def test_a_cold_adapter_has_one_home_replica_and_a_hot_one_two() -> None:
     assert picker.base_size(cold.internal_name) == 2
 
 
+def test_a_replica_that_comes_up_with_no_adapters_in_use_is_counted_as_home() -> None:
+    """`homed_on` tells `is_home` of the replica coming up even when it places nothing:
+    an adapter whose home set it joins is not evicted first there."""
+    ready = replicas(3)
+    picker = Picker(Residency(4, Metrics()), home_size=2)
+    a = adapter("a")
+    joining = rendezvous(a.internal_name, ready)[0]
+    others = [u for u in ready if u is not joining]
+    picker.pick(others, a)
+    assert not picker.is_home(joining.url, a.internal_name)  # not up yet
+    assert picker.homed_on(joining, others, []) == []
+    assert picker.is_home(joining.url, a.internal_name)
+
+
 def test_an_adapter_does_not_spill_to_where_it_would_wait_for_a_slot_as_long() -> None:
     """The spill margin is measured in cost (load and slot wait), not load alone: an
     idle replica whose batch is full of other adapters is no reason to load it there."""

@@ -162,9 +162,11 @@ class AdapterCatalog:
 
     def claim(self, name: str, owner: str, base: str = BASE_MODEL) -> None:
         """Refuse early (before an upload is unpacked or a derivation built) a name that
-        is not valid, is someone else's or is bound to another base; `register` checks
-        again as it writes."""
+        is not valid, is someone else's or is bound to another base, or a base that is
+        none; `register` checks
+        again as it writes. `base` must still be a base (an entry since removed: 404)."""
         check_name(name, "an adapter name")
+        self._bases.spec(base)
         with self._db.session() as s:
             held = s.execute(select(AdapterRow.owner, AdapterRow.base).where(AdapterRow.name == name)).first()
             if held is not None:
@@ -249,6 +251,8 @@ class AdapterCatalog:
             versions = s.scalars(select(AdapterVersionRow).where(AdapterVersionRow.adapter == name)).all()
             doomed = [(v.version, v.digest, v.path) for v in versions]
             s.delete(adapter)
+        if name in self._startup:  # gone: a later adapter of this name is not the settings file's
+            self._startup = [n for n in self._startup if n != name]
         for version, digest, path in doomed:
             self._versions.pop(internal_name(name, version), None)
             self._retire(internal_name(name, version))
@@ -361,11 +365,13 @@ class AdapterCatalog:
     def startup_adapters(self) -> builtins.list[AdapterVersion]:
         """What an upstream loads when it comes (back) up, before it takes traffic: the
         base route's zero adapter and the settings file's adapters (so `/ready` means
-        they can be served)."""
+        they can be served), only those still the base model's."""
         found = [self._zero] if self._zero is not None and not self._base_direct else []
         for name in self._startup:
             target = self.target(name, name, None)
-            if target is not None and target.adapter is not None and not target.adapter.refused():
+            if target is None or target.engine is not None:  # gone, or another base's since (removed, pushed again)
+                continue
+            if target.adapter is not None and not target.adapter.refused():
                 found.append(target.adapter)
         return found
 

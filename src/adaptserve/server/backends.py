@@ -203,7 +203,9 @@ def _entry_on_up(settings: Settings, engine: Engine, residency: Residency, picke
         listed = await check_serves(upstream, engine.entry.engine_name)
         if settings.base_via_zero_adapter == "auto" and engine.supervisor is not None and engine.zero is not None:
             engine.direct = engine.supervisor.plugin_active()
-        placed = picker.homed_on(upstream, ready, residency.in_use(engine.name)[: settings.max_resident_adapters])
+        placed = picker.homed_on(
+            upstream, ready, residency.in_use(engine.name)[: settings.max_resident_adapters], engine.name
+        )
         if residency.reconcile(upstream, listed):
             metrics.upstream_restarts.labels(upstream.url).inc()
             log.warning("upstream %s (model %s) restarted: its adapters there are gone", upstream.url, engine.name)

@@ -103,7 +103,7 @@ class Picker:
         self._home_size, self._spill, self._shrink_after_s, self._clock = home_size, spill, shrink_after_s, clock
         self._grown: dict[str, _Grown] = {}  # adapters whose home set is above their base size
         self._counted: dict[str, _Decayed] = {}  # recent requests by adapter
-        self._total = _Decayed()  # recent adapter requests
+        self._totals: dict[str, _Decayed] = {}  # recent adapter requests, by LLM base (as `_ready`)
         self._ready: dict[str, list[Upstream]] = {}  # by LLM base ("": the base model): as its last pick saw them
 
     def pick(self, ready: list[Upstream], adapter: AdapterVersion | None, avoid: Collection[Upstream] = ()) -> Upstream:
@@ -121,10 +121,10 @@ class Picker:
         if adapter is None:
             return _explained(least, "base: the least busy replica", least)
         if not avoid:  # a retry is the same request: counted once
-            self._count(name)
+            self._count(name, adapter.base)
         cost = {u.url: self._cost(u, name) for u in ranked}  # once per pick: each is a look at the batch
         floor = min(cost.values())  # where it would wait least (slots included)
-        home = ranked[: self._home(name, ranked, cost, floor)]  # kept up to date on every pick
+        home = ranked[: self._home(name, adapter.base, ranked, cost, floor)]  # kept up to date on every pick
         holding = [u for u in ranked if self._residency.is_resident(u, name)]
         best = _cheapest(holding, cost) if holding else None
         if best is not None and cost[best.url] - floor < self._spill:
@@ -143,19 +143,21 @@ class Picker:
         here = frozenset(m for m in upstream.models if self._residency.is_resident(upstream, m))
         return upstream.engine.slot_for(name, here)
 
-    def _count(self, name: str) -> None:
+    def _count(self, name: str, llm: str) -> None:
         now = self._clock()
         self._counted.setdefault(name, _Decayed()).add(now)
-        self._total.add(now)
+        self._totals.setdefault(llm, _Decayed()).add(now)
         if len(self._counted) > FORGET_ABOVE:  # adapters not asked for in a long while: forgotten
             self._counted = {n: c for n, c in self._counted.items() if c.at_time(now) >= FORGOTTEN}
 
-    def base_size(self, name: str) -> int:
+    def base_size(self, name: str, llm: str = "") -> int:
         """The adapter's home set before any growth: `home_size`, or one replica for a
-        cold adapter (under `COLD_SHARE` of the recent adapter requests), so the tail's
-        loads land on one replica and do not evict the hot adapters on the others."""
+        cold adapter (under `COLD_SHARE` of the recent adapter requests on its LLM base
+        `llm`: another base's traffic never makes it cold), so the tail's loads land on
+        one replica and do not evict the hot adapters on the others."""
         now = self._clock()
-        total = self._total.at_time(now)
+        counted_here = self._totals.get(llm)
+        total = counted_here.at_time(now) if counted_here is not None else 0.0
         if total < MIN_COUNTED:
             return self._home_size
         counted = self._counted.get(name)
@@ -163,19 +165,18 @@ class Picker:
         return 1 if share < COLD_SHARE else self._home_size
 
     def homed_on(
-        self, upstream: Upstream, ready: list[Upstream], adapters: list[AdapterVersion]
+        self, upstream: Upstream, ready: list[Upstream], adapters: list[AdapterVersion], llm: str = ""
     ) -> list[AdapterVersion]:
-        """Of `adapters`, those whose home set includes `upstream` once it joins `ready`:
-        what a replica that comes up loads before it takes their traffic (round robin:
-        all of them, since every replica gets every adapter's requests)."""
+        """Of `adapters` (LLM base `llm`'s), those whose home set includes `upstream` once
+        it joins `ready`: what a replica that comes up loads before it takes their traffic
+        (round robin: all of them, since every replica gets every adapter's requests)."""
         if self._round_robin:
             return list(adapters)
         everyone = [*ready, upstream] if upstream not in ready else ready
-        for llm in {adapter.base for adapter in adapters}:
-            self._ready[llm] = everyone  # `is_home` too counts the replica coming up
+        self._ready[llm] = everyone  # `is_home` too counts the replica coming up, adapters in use or not
         homed = []
         for adapter in adapters:
-            grown, base = self._grown.get(adapter.internal_name), self.base_size(adapter.internal_name)
+            grown, base = self._grown.get(adapter.internal_name), self.base_size(adapter.internal_name, adapter.base)
             size = max(grown.size, base) if grown is not None else base
             if upstream in rendezvous(adapter.internal_name, everyone)[:size]:
                 homed.append(adapter)
@@ -187,17 +188,18 @@ class Picker:
         (`Residency.keep_first`), so a cold adapter is not loaded again at its home."""
         if self._round_robin:
             return False
-        grown, base = self._grown.get(name), self.base_size(name)
+        here = ((llm, r) for llm, r in self._ready.items() if any(u.url == url for u in r))
+        llm, ready = next(here, ("", []))  # `url`'s base, and its replicas
+        grown, base = self._grown.get(name), self.base_size(name, llm)
         size = max(grown.size, base) if grown is not None else base
-        ready = next((r for r in self._ready.values() if any(u.url == url for u in r)), [])  # `url`'s base's
         return any(u.url == url for u in rendezvous(name, ready)[:size])
 
-    def _home(self, name: str, ranked: list[Upstream], cost: dict[str, float], least: float) -> int:
+    def _home(self, name: str, llm: str, ranked: list[Upstream], cost: dict[str, float], least: float) -> int:
         """The adapter's home set size now, grown or shrunk by its queueing: `cost` is
         each ready replica's (`_cost`: load and slot wait, by URL) and `least` the lowest,
         so an adapter spills only to where it would wait less, not away from slot waits
         it would meet anywhere."""
-        now, grown, base = self._clock(), self._grown.get(name), self.base_size(name)
+        now, grown, base = self._clock(), self._grown.get(name), self.base_size(name, llm)
         size = min(max(grown.size, base) if grown is not None else base, len(ranked))
         if min(cost[u.url] for u in ranked[:size]) - least >= self._spill and size < len(ranked):
             self._grown[name] = _Grown(size + 1, now)

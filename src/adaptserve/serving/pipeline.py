@@ -188,17 +188,23 @@ class Pipeline:
 
     async def base_of(self, tenant: str | None, model: str) -> str | None:
         """The generate model of `models:` a template's `model` runs on (None: the base
-        model): an entry with adapters named directly, or a tenant's alias of one of
-        its adapters (an alias that does not resolve: the base model's, as before)."""
+        model), by `resolve`'s precedence: a tenant's alias first (an alias of an
+        adapter bound to an entry: that entry; one that does not resolve: the base
+        model's, as before), else an entry with adapters named directly."""
         return await self._reads.in_loop_or_thread(self._base_of, tenant, model)
 
     def _base_of(self, tenant: str | None, model: str) -> str | None:
-        engine = self._engines.get(model) if tenant is None else self._engines.find(tenant, model)
-        if engine is not None and engine.adaptable:
-            return engine.name
         alias = self._tenants.alias(tenant, model) if tenant is not None else None
-        target = self._target(alias) if alias is not None else None
-        return target.engine if target is not None else None
+        if alias is not None:
+            target = self._target(alias)
+            return target.engine if target is not None else None
+        engine = self._engines.get(model) if tenant is None else self._engines.find(tenant, model)
+        return engine.name if engine is not None and engine.adaptable else None
+
+    async def resolved(self, tenant: str, model: str) -> Target:
+        """`resolve`, off the event loop where its reads are not cached: a call resolves
+        its target once and passes it on (`admitted(target=...)`), its base included."""
+        return await self._reads.in_loop_or_thread(self.resolve, tenant, model)
 
     def resolve(self, tenant: str, model: str) -> Target:
         """A tenant's alias → its target. Another tenant's alias, a deleted one and an

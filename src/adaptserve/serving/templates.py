@@ -200,7 +200,8 @@ class TemplateService:
         scored = [v for p, i in zip(plans, inputs, strict=True) for v in p.variants(i)] if plans else inputs
         param = "attribution" if plans else "inputs"
         spec = template.spec
-        base = await self._pipeline.base_of(principal.tenant, spec.model)
+        target = await self._pipeline.resolved(principal.tenant, spec.model)  # once: its base is what is admitted
+        base = target.engine
         plan = self._classifier.cached_plan(spec, base or "")
         context = self._context(base)
         if plan is not None:
@@ -208,7 +209,7 @@ class TemplateService:
         else:
             reserve = Reservation(*self._classifier.worst_case(template, scored, base or ""))
         async with self._pipeline.admitted(
-            principal, spec.model, reserve, label="template", template=template.name
+            principal, spec.model, reserve, label="template", template=template.name, target=target
         ) as engine:
             if plan is None:  # read from the tokenizer in this admission, checked before anything is scored
                 self._bounded(spec, await self._classifier.plan(engine, spec), scored, param, context)

@@ -18,6 +18,7 @@ import ctypes
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -113,14 +114,22 @@ class Supervisor:
         without an adapter gets none). Read once the engine is up: each process decides
         while it starts, before vLLM reports healthy."""
         statuses = []
-        for path in self._plugin_status.parent.glob(self._plugin_status.name + ".*.json"):
-            with contextlib.suppress(OSError, ValueError):
-                statuses.append(json.loads(path.read_text()))
+        for path in self._plugin_files():
+            if path.name.endswith(".json"):
+                with contextlib.suppress(OSError, ValueError):
+                    statuses.append(json.loads(path.read_text()))
         return bool(statuses) and all(s.get("active") is True for s in statuses)
 
     def _clear_plugin_status(self) -> None:
-        for path in self._plugin_status.parent.glob(self._plugin_status.name + ".*"):
+        for path in self._plugin_files():
             path.unlink(missing_ok=True)
+
+    def _plugin_files(self) -> list[Path]:
+        """This engine's status files (`<status>.<pid>.json`, and its `.tmp` while one is
+        written), never another's: a model name may hold dots, so `engine-plugin-llm.*`
+        also matches entry `llm.2`'s files, which the pid check tells apart."""
+        own = re.compile(re.escape(self._plugin_status.name) + r"\.\d+\.json(\.tmp)?")
+        return [p for p in self._plugin_status.parent.glob(self._plugin_status.name + ".*") if own.fullmatch(p.name)]
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +198,7 @@ class GenerateSupervisor(Supervisor):
     and flags; its threads on the entry's `cpus`. Without `adapters`, less LoRA (no
     `--enable-lora`, no runtime adapter loading, no engine plugin: its grouped LoRA ops
     have nothing to do); with them, the base model's LoRA flags and engine plugin, whose
-    status files are its own (`engine-plugin-NAME.*`)."""
+    status files are its own (`engine-plugin-NAME.<pid>.json`)."""
 
     def __init__(self, settings: VLLMSettings, entry: ModelEntry, model_path: Path, log_path: Path) -> None:
         own = {

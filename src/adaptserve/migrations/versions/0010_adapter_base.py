@@ -20,5 +20,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("adapters") as batch:
-        batch.drop_column("base")
+    # SQLite's own DROP COLUMN (3.35+), not batch mode: batch mode rebuilds `adapters`
+    # (copy, drop, rename), and dropping it cascades to `adapter_versions`, emptying it.
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("ALTER TABLE adapters DROP COLUMN base")
+    else:
+        op.drop_column("adapters", "base")
