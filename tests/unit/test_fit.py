@@ -278,7 +278,13 @@ def test_train_push_makes_the_adapter_the_tenants(gateway, adapters) -> None:
         gateway.admin("POST", "/tenants", json={"name": tenant})
     globex = tenant_admin_key(gateway, "globex")
     args = argparse.Namespace(
-        url=gateway.url, admin_key=ADMIN_KEY, tenant_admin_key=None, global_=False, name="trained", tenant="acme"
+        url=gateway.url,
+        admin_key=ADMIN_KEY,
+        tenant_admin_key=None,
+        global_=False,
+        name="trained",
+        tenant="acme",
+        base=None,
     )
     pushed = push(argparse.Namespace(**vars(args), alias="m"), gateway.settings, adapters["alpha"])
     assert pushed["tenant"] == "acme" and pushed["alias"] == "m"

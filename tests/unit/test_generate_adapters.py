@@ -268,6 +268,31 @@ def test_the_cli_and_the_python_client_push_for_a_base(
     assert refused.value.status == 409 and refused.value.code == "adapter_base_taken"
 
 
+def test_train_and_distill_push_for_a_base_and_point_the_alias_there(
+    gw: RunningGateway, second_llm: FakeState, fake: FakeState, tmp_path: Path
+) -> None:
+    """`train` and `distill` with `--push --base llm2`: the adapter is the entry's, and
+    the alias serves it on the entry's engine; without `--base`, the base model's."""
+    from adaptserve.cli.adapt import push
+    from adaptserve.cli.main import parser
+
+    flags = ["--push", "--url", gw.url, "--admin-key", ADMIN_KEY, "--tenant", "default"]
+    trained = parser().parse_args(
+        ["train", "--dataset", "rotten-tomatoes", *flags, "--alias", "tuned", "--base", "llm2"]
+    )
+    settings = Settings(data_dir=tmp_path / "data")
+    pushed = push(trained, settings, make_adapter(tmp_path / "a"))
+    assert pushed["base"] == "llm2" and pushed["alias"] == "tuned"
+    internal = f"a--{pushed['version']}"  # named after its folder
+    answer = gw.client().chat.completions.create(model="tuned", messages=HI, max_tokens=8)
+    assert answer.choices[0].message.content.startswith(f"[{internal}]")
+    assert internal in second_llm.loaded and internal not in fake.loaded
+    distilled = parser().parse_args(
+        ["distill", "--inputs", "x", "--teacher-model", "m", "--teacher-url", gw.url, "--teacher-key", "k", *flags]
+    )
+    assert push(distilled, settings, make_adapter(tmp_path / "b", seed=1))["base"] == BASE
+
+
 def test_a_derivation_is_for_its_sources_base(gw: RunningGateway, tmp_path: Path) -> None:
     """A compression of an entry's adapter is an adapter of that entry; adapters of two
     bases do not merge."""

@@ -96,7 +96,13 @@ def test_what_train_pushes_carries_the_chosen_scoring(gateway: Any, adapters: An
     gateway.admin("POST", "/tenants", json={"name": "acme"})
     spec = parse_document(DOC | {"calibration": "auto"})
     args = argparse.Namespace(
-        url=gateway.url, admin_key=ADMIN_KEY, tenant_admin_key=None, global_=False, tenant="acme", alias="spam-lora"
+        url=gateway.url,
+        admin_key=ADMIN_KEY,
+        tenant_admin_key=None,
+        global_=False,
+        tenant="acme",
+        alias="spam-lora",
+        base=None,
     )
     long_text = "x" * 80  # longer than the input allows: cut as the server would refuse it
     chosen = {

@@ -94,6 +94,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     push.add_argument("--tenant", help="the tenant the adapter belongs to, whose --alias serves it")
     remote.owner_flags(push)
     push.add_argument("--alias", help="the model alias pointed at the new adapter")
+    push.add_argument(
+        "--base",
+        help="the LLM base the server serves it on: a generate model of its models: with adapters (train on "
+        "that model's folder, --model); default: the server's base model",
+    )
 
 
 def load_template(args: argparse.Namespace) -> Any:
@@ -352,7 +357,7 @@ def push(
         args.tenant, args.tenant_admin_key, lambda: remote.admin_key(settings, args.admin_key), args.global_
     )
     with remote.acting_as(url, who) as key:
-        pushed = remote.push_adapter(url, key, folder, name, args.tenant, args.alias)
+        pushed = remote.push_adapter(url, key, folder, name, args.tenant, args.alias, args.base)
         if template is not None:
             pushed["template"] = remote.apply_template(url, key, template, args.tenant)
     return pushed

@@ -135,15 +135,18 @@ def pii_policy(url: str, admin_key: str, tenant: str) -> PiiPolicy:
         raise ConfigurationError(f"could not read tenant {tenant}'s PII policy from {url}: {exc}") from exc
 
 
-def push_adapter(url: str, key: str, folder: Path, name: str, tenant: str | None, alias: str | None) -> dict:
-    """Upload an adapter folder, make the new version active, point `tenant`'s
-    `alias` at it: the running server serves it with no restart."""
+def push_adapter(
+    url: str, key: str, folder: Path, name: str, tenant: str | None, alias: str | None, base: str | None = None
+) -> dict:
+    """Upload an adapter folder (for LLM base `base`: None, the server's base model),
+    make the new version active, point `tenant`'s `alias` at it: the running server
+    serves it with no restart."""
     with Client(url, key, timeout=600) as client:
         try:
-            stored = client.admin.adapters.push(folder, name)
+            stored = client.admin.adapters.push(folder, name, base=base)
             if stored["active_version"] != stored["version"]:
                 client.admin.adapters.activate(name, stored["version"])
-            out = {"adapter": name, "version": stored["version"], "rank": stored["rank"]}
+            out = {"adapter": name, "version": stored["version"], "rank": stored["rank"], "base": stored["base"]}
             if alias is not None:
                 client.admin.aliases.set(tenant, alias, adapter=name)
                 out |= {"tenant": tenant, "alias": alias}
