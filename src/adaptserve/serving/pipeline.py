@@ -94,7 +94,7 @@ class Admission:
         again, and reserves more tokens if it may use more."""
         screened, placeholders = await self._pipeline.privacy.screen_body(self.principal, body, endpoint.prompt_param)
         if placeholders is not None:
-            context = self._pipeline.context(self.target)
+            context = self._pipeline.context(self.target.engine)
             reservation = self._pipeline.bounds.check(screened, endpoint is Endpoint.CHAT, context)
             self._pipeline.reserve_more(self.principal, self.call, reservation)
         return screened, placeholders
@@ -240,10 +240,10 @@ class Pipeline:
         if target.engine is not None:
             self._engines.refuse_generate(target.public_name, "the template's model", "model", principal.tenant)
 
-    def context(self, target: Target) -> int | None:
-        """The context a target's requests are held to (None: the base model's)."""
-        engine = self._engines.get(target.engine) if target.engine is not None else None
-        return engine.context_length() if engine is not None else None
+    def context(self, engine: str | None) -> int | None:
+        """The context a target's `engine` holds requests to (None: the base model's)."""
+        found = self._engines.get(engine) if engine is not None else None
+        return found.context_length() if found is not None else None
 
     def servable(self, tenant: str) -> list[Alias]:
         """The tenant's aliases whose model exists: the only names `resolve` answers (a
@@ -336,7 +336,7 @@ class Pipeline:
         screened once admitted (a template screens its inputs itself)."""
         placeholders = None
         target = await self._reads.in_loop_or_thread(self.resolve, principal.tenant, model)
-        reserve = self.bounds.check(body, endpoint is Endpoint.CHAT, self.context(target))
+        reserve = self.bounds.check(body, endpoint is Endpoint.CHAT, self.context(target.engine))
         label = "template" if template else endpoint.name.lower()
         async with self.admitted(principal, model, reserve, label=label, template=template, target=target) as admission:
             if not template:
@@ -359,7 +359,7 @@ class Pipeline:
         restored where the tenant's PII policy masked the request."""
         relay = relay or openai_relay(body, model)
         target = await self._reads.in_loop_or_thread(self.resolve, principal.tenant, model)
-        reserve = self.bounds.check(body, endpoint is Endpoint.CHAT, self.context(target))
+        reserve = self.bounds.check(body, endpoint is Endpoint.CHAT, self.context(target.engine))
         label = "template" if template else endpoint.name.lower()
         async with AsyncExitStack() as stack:  # closes the admission if the stream fails to open
             admission = await stack.enter_async_context(

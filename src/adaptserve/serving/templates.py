@@ -203,7 +203,7 @@ class TemplateService:
         target = await self._pipeline.resolved(principal.tenant, spec.model)  # once: its base is what is admitted
         base = target.engine
         plan = self._classifier.cached_plan(spec, base or "")
-        context = self._context(base)
+        context = self._pipeline.context(base)
         if plan is not None:
             reserve = self._bounded(spec, plan, scored, param, context)
         else:
@@ -233,12 +233,7 @@ class TemplateService:
             return
         base = await self._pipeline.base_of(spec.tenant, spec.model)
         plan = await self._classifier.plan(_Tokenizer(self._pipeline, base), spec)
-        self._bounded(spec, plan, [content_free_inputs(spec)[1]], "labels", self._context(base))
-
-    def _context(self, base: str | None) -> int | None:
-        """The context a template's calls on `base` are held to (None: the base model's)."""
-        engine = self._pipeline.engines.get(base) if base is not None else None
-        return engine.context_length() if engine is not None else None
+        self._bounded(spec, plan, [content_free_inputs(spec)[1]], "labels", self._pipeline.context(base))
 
     def _bounded(
         self, spec: TemplateSpec, plan: ScoringPlan, scored: list[dict[str, Any]], param: str, context: int | None
