@@ -4,14 +4,17 @@ of a name binds it; its later versions are for the same base (`refuse_rebased`: 
 `adapter_base_taken`), so an alias of it always lands on the engines it was checked
 against; a derivation (merge, compression) is for its sources' one base (`one_base`).
 Each version's files are checked against its base's shapes (`AdapterBases.spec`:
-a local folder's; None for a remote engine's, whose shapes are unknown)."""
+a local folder's; None for a remote engine's, whose shapes are unknown), and so is the
+all-zero adapter a base's plain requests may be sent through (`zero_version`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from adaptserve.adapters.spec import BaseModelSpec
+from adaptserve.adapters.residency import AdapterVersion
+from adaptserve.adapters.spec import BaseModelSpec, validate_adapter
 from adaptserve.errors import ConflictError, InvalidRequestError, ModelNotFoundError
 
 BASE_MODEL = ""  # what the `adapters.base` column holds for the base model
@@ -65,3 +68,18 @@ def one_base(sources: Iterable[tuple[str, str]]) -> str:
             param="sources",
         )
     return next(iter(bases.values()), BASE_MODEL)
+
+
+def zero_version(
+    name: str,
+    path: Path,
+    spec: BaseModelSpec | None,
+    max_rank: int,
+    targets: frozenset[str] | None,
+    base: str = BASE_MODEL,
+) -> AdapterVersion:
+    """A base's all-zero adapter (written by `spec.write_zero_adapter` at `path`),
+    checked as its adapters are, as the version the base's plain requests go through
+    (vLLM knows it as `name--version`)."""
+    checked = validate_adapter(path, spec, max_rank, targets)
+    return AdapterVersion(name, checked.digest[:12], path, checked.rank, base=base)

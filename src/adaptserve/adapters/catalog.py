@@ -38,7 +38,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from adaptserve.adapters.bases import BASE_MODEL, AdapterBases, one_base, refuse_rebased
+from adaptserve.adapters.bases import BASE_MODEL, AdapterBases, one_base, refuse_rebased, zero_version
 from adaptserve.adapters.ownership import check_released, refuse_taken
 from adaptserve.adapters.quota import DerivationSlots, Quota
 from adaptserve.adapters.residency import AdapterVersion, Residency, internal_name
@@ -328,8 +328,7 @@ class AdapterCatalog:
 
     # resolution ------------------------------------------------------------------
     def set_zero_adapter(self, path: Path) -> None:
-        spec = validate_adapter(path, self._base, self._max_rank, self._targets)
-        self._zero = AdapterVersion(self.base_name, spec.digest[:12], path, spec.rank)
+        self._zero = zero_version(self.base_name, path, self._base, self._max_rank, self._targets)
         self._residency.pinned.add(self._zero.internal_name)
 
     def route_base_directly(self, direct: bool) -> None:

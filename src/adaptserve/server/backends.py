@@ -16,10 +16,11 @@ import logging
 from pathlib import Path
 from typing import NamedTuple
 
+from adaptserve.adapters.bases import zero_version
 from adaptserve.adapters.catalog import AdapterCatalog
 from adaptserve.adapters.quota import Quota
-from adaptserve.adapters.residency import AdapterVersion, Residency
-from adaptserve.adapters.spec import BaseModelSpec, validate_adapter, write_zero_adapter
+from adaptserve.adapters.residency import Residency
+from adaptserve.adapters.spec import BaseModelSpec, write_zero_adapter
 from adaptserve.adapters.store import AdapterStore
 from adaptserve.config import Settings
 from adaptserve.db import Database
@@ -120,16 +121,29 @@ def _catalog(
     reads: ReadCache,
     entries: dict[str, BaseModelSpec | None],
 ) -> AdapterCatalog:
-    targets = settings.vllm.lora_target_modules
     quota = Quota(
         settings.max_adapter_storage_bytes_per_tenant,
         settings.max_concurrent_derivations,
         settings.max_derivations_per_tenant,
     )
-    modules = frozenset(targets) if targets is not None else None
     return AdapterCatalog(
-        db, store, settings.base_name, base, settings.vllm.max_lora_rank, residency, modules, quota, reads, entries
+        db,
+        store,
+        settings.base_name,
+        base,
+        settings.vllm.max_lora_rank,
+        residency,
+        _lora_modules(settings),
+        quota,
+        reads,
+        entries,
     )
+
+
+def _lora_modules(settings: Settings) -> frozenset[str] | None:
+    """The modules the engines have LoRA layers on (None: all), which adapters are checked against."""
+    targets = settings.vllm.lora_target_modules
+    return frozenset(targets) if targets is not None else None
 
 
 def _bounds(settings: Settings, pool: UpstreamPool) -> RequestBounds:
@@ -185,9 +199,7 @@ def _entry_routes(
             log.warning("model %s: no local folder, so its base requests go without the zero adapter", name)
             continue
         path = write_zero_adapter(spec, settings.data_dir / "zero-adapters")
-        targets = settings.vllm.lora_target_modules
-        checked = validate_adapter(path, spec, settings.vllm.max_lora_rank, frozenset(targets) if targets else None)
-        engine.zero = AdapterVersion(name, checked.digest[:12], path, checked.rank, base=name)
+        engine.zero = zero_version(name, path, spec, settings.vllm.max_lora_rank, _lora_modules(settings), base=name)
         engine.direct = False
         residency.pinned.add(engine.zero.internal_name)
 
