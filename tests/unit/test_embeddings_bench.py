@@ -6,6 +6,7 @@ pushed and raced against an LLM template on the same inputs."""
 from __future__ import annotations
 
 import statistics
+import threading
 
 import numpy as np
 import pytest
@@ -33,8 +34,9 @@ def test_both_sides_embed_the_same_batches_and_the_ratio_is_the_medians(
     batches = [texts[:8], texts[8:16], texts[16:]]
     seen = [tuple(r["input"]) for r in encoder.requests]
     assert all(r["model"] == FAKE_ENCODER for r in encoder.requests)
-    # warm-up: the first two batches on each side; then every batch on each side each round
-    assert sorted(seen) == sorted([tuple(b) for b in batches] * 6 + [tuple(b) for b in batches[:2]] * 2)
+    # warm-up: the first two batches on each side; then every batch on each side each round,
+    # one at a time and then by four callers at once
+    assert sorted(seen) == sorted([tuple(b) for b in batches] * 12 + [tuple(b) for b in batches[:2]] * 2)
 
     rounds, median = result["rounds"], result["median"]
     assert len(rounds) == 3
@@ -48,9 +50,39 @@ def test_both_sides_embed_the_same_batches_and_the_ratio_is_the_medians(
     assert ratio["inputs_per_s"] == median["gateway"]["inputs_per_s"] / median["direct"]["inputs_per_s"]
     assert ratio["latency_p50"] == median["gateway"]["latency_p50_ms"] / median["direct"]["latency_p50_ms"]
 
+    at_once = result["concurrent"]
+    assert at_once["clients"] == 4 and len(at_once["rounds"]) == 3
+    for side in ("gateway", "direct"):
+        assert at_once["inputs_per_s"][side] == statistics.median(r[side] for r in at_once["rounds"])
+    assert at_once["ratio"] == at_once["inputs_per_s"]["gateway"] / at_once["inputs_per_s"]["direct"]
+
     expected = np.array([fake_embedding(t.split()) for t in texts])
     np.testing.assert_allclose(result["vectors"], expected, atol=1e-6)  # float32 on the wire
     assert result["max_abs_difference_gateway_vs_direct"] == 0.0
+
+
+def test_concurrent_sends_every_batch_once_a_side_with_that_many_callers_at_once() -> None:
+    clients, batches = 3, [[f"b{i}"] * (1 + i % 2) for i in range(9)]
+    together = {side: threading.Barrier(clients, timeout=30) for side in ("a", "b")}
+    seen: dict[str, list[list[str]]] = {"a": [], "b": []}
+    lock = threading.Lock()
+
+    def call(side: str) -> bench.Call:
+        def send(batch: list[str]) -> list[str]:
+            with lock:
+                seen[side].append(batch)
+                first = len(seen[side]) <= clients
+            if first:  # the first `clients` batches are in flight together, or this times out
+                together[side].wait()
+            return batch
+
+        return send
+
+    rates = bench.concurrent({"a": call("a"), "b": call("b")}, batches, clients, start=1)
+    for side in ("a", "b"):
+        assert sorted(seen[side]) == sorted(batches)
+        assert not together[side].broken
+    assert list(rates) == ["a", "b"] and all(r > 0 for r in rates.values())
 
 
 def test_cosines_on_known_vectors() -> None:

