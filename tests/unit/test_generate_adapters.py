@@ -245,6 +245,9 @@ def test_a_base_that_takes_no_adapters_or_that_the_pusher_may_not_call_is_refuse
     hidden = assert_openai_error(_push(gw, "tone", adapter, "llm2", key=key), 404, "model_not_found", "base")
     assert hidden["message"] == unknown["message"].replace("nope", "llm2")  # as a name that does not exist
     assert gw.admin("GET", "/adapters").json()["data"] == []  # nothing stored
+    bases = gw.admin("GET", "/adapter-bases").json()["data"]  # what the console's upload form offers
+    assert bases == [{"name": gw.settings.base_name, "base_model": True}, {"name": "llm2", "base_model": False}]
+    assert gw.admin("GET", "/adapter-bases", key=key).json()["data"] == bases[:1]  # llm2 does not serve it
     assert _push(gw, "tone", adapter, "llm2").status_code == 201
     assert _push(gw, "mine", adapter, key=key).status_code == 201  # its own, on the base model
     refused = gw.admin("PUT", "/tenants/other/models/t", json={"adapter": "tone"})
