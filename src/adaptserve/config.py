@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -27,6 +27,17 @@ from adaptserve.engine_settings import MINILM, ModelEntry, VLLMSettings
 from adaptserve.errors import ConfigurationError
 
 ENV_PREFIX = "ADAPTSERVE_"
+
+
+class SettingsAdapter(BaseModel):
+    """One adapter of the settings file (`adapters:`): a PEFT LoRA folder and the LLM base
+    it is for (None or the base model's name: the base model; else a generate entry of
+    `models:` with `adapters: true`). `name: folder` is `{path: folder}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path = Field(description="the PEFT LoRA folder")
+    base: str | None = Field(None, description="a generate entry of `models:` with adapters; default the base model")
 
 
 def _default_data_dir() -> Path:
@@ -80,7 +91,11 @@ class Settings(BaseSettings):
         "re-resolved every dns_interval_s, instead of starting a child",
     )
     dns_interval_s: float = Field(10.0, gt=0, description="how often upstream_dns is resolved again")
-    adapters: dict[str, Path] = Field(default_factory=dict, description="name -> PEFT LoRA folder")
+    adapters: dict[str, SettingsAdapter] = Field(
+        default_factory=dict,
+        description="name -> PEFT LoRA folder, the base model's; or name -> {path: folder, base: ENTRY}, an adapter "
+        "of a generate entry of `models:` with adapters (docs/models.md)",
+    )
     templates_dir: Path | None = Field(
         None, description="a folder of template YAML files applied (and made active) at start-up"
     )
@@ -188,9 +203,9 @@ class Settings(BaseSettings):
     models: list[ModelEntry] = Field(
         default_factory=list,
         description="more engines beside the base model, each {name, role, path or upstreams, ...}: "
-        "role generate is a second LLM base for chat and completions, without adapters or templates "
-        "(docs/models.md); role embed serves /v1/embeddings (docs/embeddings.md); role classify answers the "
-        "classify templates that name it as their `encoder` (docs/encoders.md)",
+        "role generate is a second LLM base for chat and completions, with adapters, aliases and templates "
+        "where its `adapters` is true (docs/models.md); role embed serves /v1/embeddings (docs/embeddings.md); "
+        "role classify answers the classify templates that name it as their `encoder` (docs/encoders.md)",
     )
 
     @field_validator("upstreams", "cors_origins", mode="before")
@@ -198,6 +213,14 @@ class Settings(BaseSettings):
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):  # ADAPTSERVE_UPSTREAMS=http://a:8000,http://b:8000
             return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("adapters", mode="before")
+    @classmethod
+    def _adapter_folders(cls, value: Any) -> Any:
+        """`name: folder` (the base model's adapter) is `name: {path: folder}`."""
+        if isinstance(value, dict):
+            return {name: {"path": a} if isinstance(a, str | Path) else a for name, a in value.items()}
         return value
 
     @field_validator("upstreams")
@@ -236,6 +259,17 @@ class Settings(BaseSettings):
             if entry.name in taken:
                 raise ValueError(f"models: the name {entry.name} is taken (the base model, or another entry)")
             taken.add(entry.name)
+        return self
+
+    @model_validator(mode="after")
+    def _adapters_on_bases(self) -> Settings:
+        """A settings adapter's `base` is the base model or a generate entry with adapters."""
+        bases = {e.name for e in self.models if e.role == "generate" and e.adapters}
+        for name, adapter in self.adapters.items():
+            if adapter.base not in (None, "", self.base_name) and adapter.base not in bases:
+                raise ValueError(
+                    f"adapters: {name}: base {adapter.base!r} is not a generate entry of models: with adapters: true"
+                )
         return self
 
     @model_validator(mode="after")
@@ -315,13 +349,19 @@ class _SettingsFile(YamlConfigSettingsSource):
     def __call__(self) -> dict[str, Any]:
         values = super().__call__()
         if isinstance(values.get("adapters"), dict):
-            values["adapters"] = {name: self._folder / str(p) for name, p in values["adapters"].items()}
+            values["adapters"] = {name: self._relative(a) for name, a in values["adapters"].items()}
         for entry in values.get("models") or []:
             if isinstance(entry, dict) and entry.get("path") not in (None, MINILM):
                 entry["path"] = str(self._folder / str(entry["path"]))
         if values.get("templates_dir"):
             values["templates_dir"] = self._folder / str(values["templates_dir"])
         return values
+
+    def _relative(self, adapter: Any) -> Any:
+        """An adapter's folder (`name: folder` or `name: {path: folder, ...}`) taken from here."""
+        if isinstance(adapter, dict) and adapter.get("path") is not None:
+            return adapter | {"path": self._folder / str(adapter["path"])}
+        return adapter if isinstance(adapter, dict) else self._folder / str(adapter)
 
 
 def load_settings(**flags: Any) -> Settings:

@@ -22,7 +22,8 @@ def test_precedence(tmp_path, monkeypatch):
     assert settings.port == 9002  # env beats YAML
     assert settings.host == "127.0.0.2"  # flags beat everything
     assert settings.vllm.max_loras == 2 and settings.vllm.max_lora_rank == 32
-    assert settings.adapters == {"support": tmp_path / "adapters" / "support"}  # relative to the file
+    assert {n: a.path for n, a in settings.adapters.items()} == {"support": tmp_path / "adapters" / "support"}
+    assert settings.adapters["support"].base is None  # relative to the file, the base model's
     assert load_settings(config=config, port=9003).port == 9003
 
 
@@ -32,7 +33,7 @@ def test_paths_in_the_file_are_relative_to_it_and_flags_to_where_the_command_run
     (folder / "settings.yaml").write_text("templates_dir: mine\nadapters:\n  a: /abs/a\n")
     monkeypatch.chdir(tmp_path)
     from_file = load_settings(config=folder / "settings.yaml")
-    assert from_file.templates_dir == folder / "mine" and from_file.adapters == {"a": Path("/abs/a")}
+    assert from_file.templates_dir == folder / "mine" and from_file.adapters["a"].path == Path("/abs/a")
     from_flag = load_settings(config=folder / "settings.yaml", templates_dir=Path("templates"))
     assert from_flag.templates_dir.absolute() == tmp_path / "templates"  # the Makefile's --templates templates
     monkeypatch.setenv("ADAPTSERVE_TEMPLATES_DIR", "env-templates")
@@ -114,6 +115,39 @@ def test_a_mistyped_setting_is_refused_in_one_line_naming_it(tmp_path, monkeypat
         main(["serve"])
     assert str(exited.value).startswith("adaptserve: invalid settings: port: ")
     assert "sk-not-a-port" not in str(exited.value) and "\n" not in str(exited.value)
+
+
+def test_a_settings_adapter_names_its_base_a_generate_entry_with_adapters_or_start_up_stops_in_one_line(tmp_path):
+    """`name: folder` is the base model's adapter, as it always was; `name: {path, base}`
+    is the adapter of a `models:` generate entry with `adapters: true` (its folder, too,
+    relative to the file). A base that is no such entry, or a mistyped key, is one line."""
+    config = tmp_path / "s.yaml"
+    entries = (
+        "models:\n"
+        "  - {name: llm2, role: generate, upstreams: ['http://127.0.0.1:9'], adapters: true}\n"
+        "  - {name: plain, role: generate, upstreams: ['http://127.0.0.1:9']}\n"
+        "  - {name: enc, role: embed, path: minilm}\n"
+    )
+    adapters = "adapters:\n  old: ./a\n  new: {path: ./b, base: llm2}\n  named: {path: /c, base: %s}\n"
+    config.write_text(entries + adapters % "SmolLM2-135M-Instruct")
+    settings = load_settings(config=config)
+    assert [(n, a.path, a.base) for n, a in settings.adapters.items()] == [
+        ("old", tmp_path / "a", None),
+        ("new", tmp_path / "b", "llm2"),
+        ("named", Path("/c"), "SmolLM2-135M-Instruct"),  # the base model, by its name
+    ]
+    for wrong in ("plain", "enc", "nope"):
+        config.write_text(entries + adapters % wrong)
+        with pytest.raises(ConfigurationError) as refused:
+            load_settings(config=config)
+        assert str(refused.value) == (
+            f"invalid settings: settings: Value error, adapters: named: base '{wrong}' is not a generate entry "
+            "of models: with adapters: true"
+        )
+    config.write_text(entries + "adapters:\n  new: {path: ./b, bsae: llm2}\n")
+    with pytest.raises(ConfigurationError) as mistyped:
+        load_settings(config=config)
+    assert str(mistyped.value) == "invalid settings: adapters.new.bsae: Extra inputs are not permitted"
 
 
 def test_bearer_and_admin_check():

@@ -1,7 +1,8 @@
 """The console at `/console` (docs/console.md): its files and headers, read over HTTP;
 then real clicks in headless Chromium against a gateway over the fake engine: sign in,
 a streamed chat, a classify template's bars, a key created and shown once, an adapter
-version uploaded and activated after a confirmation, a tenant's alias pointed and
+version uploaded and activated after a confirmation, an adapter uploaded for a chosen
+`models:` entry, a tenant's alias pointed and
 deleted, one tenant's key seeing nothing of another's, and the key in no URL the page
 loaded and in no log."""
 
@@ -19,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from adaptserve.bench.fake_engine import FakeState
 from adaptserve.console import CONTENT_SECURITY_POLICY
 from tests.helpers import (
     ADMIN_KEY,
@@ -29,6 +31,7 @@ from tests.helpers import (
     RunningGateway,
     console_sign_in,
     free_port,
+    new_tenant,
     tar_gz,
     tenant_admin_key,
     wait_for,
@@ -264,6 +267,47 @@ def test_admin_uploads_and_activates_an_adapter_version_after_confirming(
     assert browser.text("[data-adapter=alpha] .adapter-base") == f"for {described['base']}"  # the base model's name
     assert described["base"] == gateway.settings.base_name
     assert browser.console_errors() == []
+
+
+def test_admin_uploads_an_adapter_for_a_models_entry_it_chooses(
+    start_gateway: Callable[..., RunningGateway],
+    second_fake: FakeState,
+    browser: Browser,
+    adapters: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    """The upload form's base choice: the base model and the generate entries with
+    adapters the key may call (sent as `base`); a key that may call none gets no choice."""
+    second_fake.served = ["second-llm"]
+    entry = {"name": "llm2", "role": "generate", "adapters": True, "upstreams": [second_fake.url]}
+    gw = start_gateway(models=[entry | {"served_model_name": "second-llm", "tenants": ["default"]}])
+    archive = tmp_path / "tone.tar.gz"
+    archive.write_bytes(tar_gz(adapters["alpha"], top="tone"))
+    console_sign_in(browser, gw.url, ADMIN_KEY, admin=True)
+    browser.click("#nav-adapters")
+    browser.find("#upload-base")
+    options = browser.js("return [...document.querySelectorAll('#upload-base option')].map(o => [o.value, o.text])")
+    assert options == [["", f"the base model ({gw.settings.base_name})"], ["llm2", "model llm2"]]
+    browser.type("#upload-name", "tone")
+    browser.type("#upload-file", str(archive), clear=False)
+    browser.click("#upload-base option[value=llm2]")
+    browser.click("#upload button[type=submit]")
+    browser.wait_text("#adapter-status", "Uploaded tone")
+    assert gw.admin("GET", "/adapters/tone").json()["base"] == "llm2"
+    assert browser.text("[data-adapter=tone] .adapter-base") == "for llm2"
+    browser.type("#upload-name", "plain")  # the base model, the form's first choice
+    browser.type("#upload-file", str(archive), clear=False)
+    browser.click("#upload button[type=submit]")
+    browser.wait_text("#adapter-status", "Uploaded plain")
+    assert gw.admin("GET", "/adapters/plain").json()["base"] == gw.settings.base_name
+    assert browser.console_errors() == []
+
+    new_tenant(gw, "other")  # llm2 serves only the default tenant: no choice for other's admin
+    browser.click("#signout")
+    console_sign_in(browser, gw.url, tenant_admin_key(gw, "other"), admin=True)
+    browser.click("#nav-adapters")
+    browser.find("#upload-name")
+    assert browser.js("return document.querySelector('#upload-base') === null")  # only the base model: no choice
 
 
 def _alias(gateway: RunningGateway, alias: str) -> dict | None:

@@ -7,8 +7,11 @@ and the base model's adapters never on it, a restart included); a tenant the ent
 not serve learns nothing of it; a classify template on such an alias is tokenized and
 scored on the entry's engine (a tenant's alias of the entry's name: where the alias is
 served); each base's picker counts are its own; a settings adapter deleted and pushed
-for the entry is never loaded on the base model; migration 0010's downgrade keeps the
-versions; an entry without `adapters` still refuses all of it."""
+for the entry is never loaded on the base model; a settings adapter that names the entry
+(`{path, base}`) is checked against its shapes, loaded by its upstreams as they come up
+and served there (and forgotten once deleted); `/admin/adapter-bases` lists the bases a
+key may push for; migration 0010's downgrade keeps the versions; an entry without
+`adapters` still refuses all of it."""
 
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ from adaptserve.upstream.client import State, Upstream
 from adaptserve.upstream.supervisor import GenerateSupervisor, Supervisor
 from tests.helpers import (
     ADMIN_KEY,
+    API_KEY,
     HIDDEN,
     RunningGateway,
     assert_openai_error,
@@ -241,6 +245,9 @@ def test_a_base_that_takes_no_adapters_or_that_the_pusher_may_not_call_is_refuse
     hidden = assert_openai_error(_push(gw, "tone", adapter, "llm2", key=key), 404, "model_not_found", "base")
     assert hidden["message"] == unknown["message"].replace("nope", "llm2")  # as a name that does not exist
     assert gw.admin("GET", "/adapters").json()["data"] == []  # nothing stored
+    bases = gw.admin("GET", "/adapter-bases").json()["data"]  # what the console's upload form offers
+    assert bases == [{"name": gw.settings.base_name, "base_model": True}, {"name": "llm2", "base_model": False}]
+    assert gw.admin("GET", "/adapter-bases", key=key).json()["data"] == bases[:1]  # llm2 does not serve it
     assert _push(gw, "tone", adapter, "llm2").status_code == 201
     assert _push(gw, "mine", adapter, key=key).status_code == 201  # its own, on the base model
     refused = gw.admin("PUT", "/tenants/other/models/t", json={"adapter": "tone"})
@@ -326,6 +333,79 @@ def test_a_settings_adapter_removed_and_pushed_again_for_an_entry_is_not_loaded_
     catalog.remove("tone")
     catalog.register("tone", store.copy_folder(make_adapter(tmp_path / "c", seed=2)))  # the base model's again
     assert catalog.startup_adapters() == []  # an upload, not the settings file's
+    db.dispose()
+
+
+def test_a_settings_adapter_for_an_entry_is_loaded_and_served_on_its_engines_only(
+    start_gateway: Callable[..., RunningGateway], fake: FakeState, second_llm: FakeState, tmp_path: Path
+) -> None:
+    """`adapters: {name: {path, base: ENTRY}}`: bound to the entry, loaded on its engine
+    as it comes up (before it serves, a restart included), never on the base model's;
+    the default tenant's alias of it is served there, beside a base model's settings adapter."""
+    folders = {"tone": make_adapter(tmp_path / "a"), "plain": make_adapter(tmp_path / "b", seed=1)}
+    settings_adapters = {"tone": {"path": folders["tone"], "base": "llm2"}, "plain": folders["plain"]}
+    gw = start_gateway(models=[_entry(second_llm)], adapters=settings_adapters)
+    described = {a["name"]: a for a in gw.admin("GET", "/adapters").json()["data"]}
+    assert described["tone"]["base"] == "llm2" and described["plain"]["base"] == gw.settings.base_name
+    internal = f"tone--{described['tone']['active_version']}"
+    plain_internal = f"plain--{described['plain']['active_version']}"
+    assert internal in second_llm.loaded and internal not in fake.loaded  # loaded before /ready, unasked
+    assert plain_internal in fake.loaded and plain_internal not in second_llm.loaded
+    answer = gw.client().chat.completions.create(model="tone", messages=HI, max_tokens=8)
+    assert answer.model == "tone" and answer.choices[0].message.content == f"[{internal}] echo: hello there"
+    assert [r["model"] for r in _chats(second_llm)] == [internal]
+
+    second_llm.healthy = False  # its engine restarts: loaded again before it serves
+    wait_for(lambda: httpx.get(gw.url + "/ready").status_code == 503, what="/ready stayed 200")
+    second_llm.restart()
+    second_llm.healthy = True
+    gw.wait_ready()
+    assert internal in second_llm.loaded and plain_internal not in second_llm.loaded
+
+
+def test_a_settings_adapter_for_an_entry_the_default_tenant_may_not_call_gets_no_alias(
+    start_gateway: Callable[..., RunningGateway], second_llm: FakeState, tmp_path: Path
+) -> None:
+    settings_adapters = {"tone": {"path": make_adapter(tmp_path / "a"), "base": "llm2"}}
+    gw = start_gateway(models=[_entry(second_llm, tenants=["acme"])], adapters=settings_adapters)
+    assert gw.admin("GET", "/adapters/tone").json()["base"] == "llm2"
+    assert "tone" not in {a["alias"] for a in gw.admin("GET", "/tenants/default/models").json()["data"]}
+    called = httpx.post(
+        gw.url + "/v1/chat/completions",
+        json={"model": "tone", "messages": HI, "max_tokens": 8},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert_openai_error(called, 404, "model_not_found", "model")
+
+
+def test_settings_adapters_are_checked_against_their_bases_shapes_and_follow_their_base_after_a_delete(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """A settings adapter for an entry is checked against the entry's shapes (skipped,
+    logged, when it does not fit) and loaded only by that entry's upstreams; one deleted
+    is no longer the settings file's, whichever base it is pushed for later; a name of
+    a models: entry is no settings adapter's."""
+    db = Database(database_url or f"sqlite:///{tmp_path / 'db.sqlite'}")
+    db.migrate()
+    spec = BaseModelSpec.read(make_base(tmp_path / "base"))
+    shapes = {k: [d * 2 if d == HIDDEN else d for d in v] for k, v in spec.shapes.items()}
+    wider = BaseModelSpec(spec.path, shapes, spec.config | {"hidden_size": HIDDEN * 2})
+    store = AdapterStore(tmp_path / "adapters", 10**8)
+    entries = {"llm2": spec, "wider": wider}
+    catalog = AdapterCatalog(db, store, "base", spec, 16, Residency(4, Metrics()), entries=entries)
+    folder = make_adapter(tmp_path / "a")
+    adapters = {"tone": folder, "wide": folder, "plain": make_adapter(tmp_path / "p", seed=3), "llm2": folder}
+    bases = {"tone": "llm2", "wide": "wider", "llm2": "llm2"}
+    assert catalog.register_from_settings(adapters, bases) == ["tone", "plain"]
+    assert catalog.describe("tone")["base"] == "llm2" and catalog.base_of("wide") is None
+    assert [a.name for a in catalog.startup_adapters("llm2")] == ["tone"]
+    assert [a.name for a in catalog.startup_adapters()] == ["plain"] and catalog.startup_adapters("wider") == []
+    catalog.remove("tone")
+    catalog.register("tone", store.copy_folder(make_adapter(tmp_path / "b", seed=1)))  # now the base model's
+    assert catalog.startup_adapters("llm2") == [] and [a.name for a in catalog.startup_adapters()] == ["plain"]
+    catalog.remove("tone")
+    catalog.register("tone", store.copy_folder(make_adapter(tmp_path / "c", seed=2)), base="llm2")  # llm2's again
+    assert catalog.startup_adapters("llm2") == []  # an upload, not the settings file's
     db.dispose()
 
 

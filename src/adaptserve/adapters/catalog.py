@@ -96,7 +96,7 @@ class AdapterCatalog:
         self._versions: dict[str, AdapterVersion] = {}  # internal name -> version, as requests see it
         self._zero: AdapterVersion | None = None
         self._base_direct = False  # the engine is known to give a request without an adapter none
-        self._startup: list[str] = []  # the settings file's adapters, loaded when an upstream comes up
+        self._startup: dict[str, str] = {}  # the settings file's adapters and their bases, loaded as upstreams come up
         self._quota = quota or Quota()
         self._deriving = DerivationSlots(self._quota)  # `derive`'s builds running now
 
@@ -163,8 +163,7 @@ class AdapterCatalog:
     def claim(self, name: str, owner: str, base: str = BASE_MODEL) -> None:
         """Refuse early (before an upload is unpacked or a derivation built) a name that
         is not valid, is someone else's or is bound to another base, or a base that is
-        none; `register` checks
-        again as it writes. `base` must still be a base (an entry since removed: 404)."""
+        none (an entry since removed: 404); `register` checks again as it writes."""
         check_name(name, "an adapter name")
         self._bases.spec(base)
         with self._db.session() as s:
@@ -251,8 +250,7 @@ class AdapterCatalog:
             versions = s.scalars(select(AdapterVersionRow).where(AdapterVersionRow.adapter == name)).all()
             doomed = [(v.version, v.digest, v.path) for v in versions]
             s.delete(adapter)
-        if name in self._startup:  # gone: a later adapter of this name is not the settings file's
-            self._startup = [n for n in self._startup if n != name]
+        self._startup.pop(name, None)  # gone: a later adapter of this name is not the settings file's
         for version, digest, path in doomed:
             self._versions.pop(internal_name(name, version), None)
             self._retire(internal_name(name, version))
@@ -361,14 +359,17 @@ class AdapterCatalog:
                 return None
             return version, Path(found.path), found.rank, row.base
 
-    def startup_adapters(self) -> builtins.list[AdapterVersion]:
-        """What an upstream loads when it comes (back) up, before it takes traffic: the
-        base route's zero adapter and the settings file's adapters (so `/ready` means
-        they can be served), only those still the base model's."""
-        found = [self._zero] if self._zero is not None and not self._base_direct else []
-        for name in self._startup:
+    def startup_adapters(self, base: str = BASE_MODEL) -> builtins.list[AdapterVersion]:
+        """What an upstream of `base` ("": the base model, else a `models:` entry) loads
+        when it comes (back) up, before it takes traffic: the base model's zero adapter
+        (an entry's is its `Engine.zero`) and the settings file's adapters for `base` (so
+        `/ready` means they can be served), only those still bound to it."""
+        found = [self._zero] if base == BASE_MODEL and self._zero is not None and not self._base_direct else []
+        for name, listed in self._startup.items():
+            if listed != base:
+                continue
             target = self.target(name, name, None)
-            if target is None or target.engine is not None:  # gone, or another base's since (removed, pushed again)
+            if target is None or target.engine != (base or None):  # gone, or another base's since (removed, pushed)
                 continue
             if target.adapter is not None and not target.adapter.refused():
                 found.append(target.adapter)
@@ -382,22 +383,26 @@ class AdapterCatalog:
     def _retire(self, internal: str) -> None:
         self._residency.retire(internal)
 
-    def register_from_settings(self, adapters: dict[str, Path]) -> builtins.list[str]:
-        """The settings file's adapters: stored and versioned like uploads; a bad one
-        is logged and skipped. Returns the names that registered."""
-        ok = []
+    def register_from_settings(
+        self, adapters: Mapping[str, Path], bases: Mapping[str, str] | None = None
+    ) -> builtins.list[str]:
+        """The settings file's adapters: stored and versioned like uploads, for the base
+        `bases` names (default the base model), checked against its shapes; a bad one is
+        logged and skipped. Returns the names that registered."""
+        ok: dict[str, str] = {}  # name -> base
         for name, path in adapters.items():
-            if name in (self.base_name, "default"):
-                log.error("adapter %s: the name is taken by the base model; skipped", name)
+            base = (bases or {}).get(name, BASE_MODEL)
+            if name in (self.base_name, "default", *self._bases.entries):
+                log.error("adapter %s: the name is taken by the base model or a model of models:; skipped", name)
                 continue
             try:
-                stored = self.register(name, self._store.copy_folder(path))
+                stored = self.register(name, self._store.copy_folder(path), base=base)
             except (APIError, OSError) as exc:
                 reason = exc.message if isinstance(exc, APIError) else str(exc)
                 log.error("adapter %s (%s) is not served: %s", name, path, reason)
                 continue
             if stored["active_version"] != stored["version"]:  # the file now names other weights
                 self.activate(name, stored["version"])
-            ok.append(name)
+            ok[name] = base
         self._startup = ok
-        return ok
+        return list(ok)

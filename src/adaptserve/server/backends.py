@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 from adaptserve.adapters.bases import zero_version
 from adaptserve.adapters.catalog import AdapterCatalog
 from adaptserve.adapters.quota import Quota
-from adaptserve.adapters.residency import Residency
+from adaptserve.adapters.residency import AdapterVersion, Residency
 from adaptserve.adapters.spec import BaseModelSpec, write_zero_adapter
 from adaptserve.adapters.store import AdapterStore
 from adaptserve.config import Settings
@@ -72,8 +73,14 @@ class Backends(NamedTuple):
         residency = Residency(settings.max_resident_adapters, metrics)
         picker = Picker(residency, round_robin=settings.routing == "round_robin")
         residency.keep_first = picker.is_home
-        engines = Engines.build(settings, lambda engine: _entry_on_up(settings, engine, residency, picker, metrics))
-        specs = engines.adapter_specs()
+
+        def settings_adapters(entry: str) -> list[AdapterVersion]:  # the catalog is built below, before any on_up
+            return catalog.startup_adapters(entry)
+
+        engines = Engines.build(
+            settings, lambda engine: _entry_on_up(settings, engine, residency, picker, metrics, settings_adapters)
+        )
+        specs = engines.adapter_specs()  # the catalog checks each entry's adapters against its shapes
         catalog = _catalog(settings, db, store, base, residency, reads, specs)
         supervisor = None
         if not settings.external_engines:
@@ -204,12 +211,19 @@ def _entry_routes(
         residency.pinned.add(engine.zero.internal_name)
 
 
-def _entry_on_up(settings: Settings, engine: Engine, residency: Residency, picker: Picker, metrics: Metrics) -> OnUp:
+def _entry_on_up(
+    settings: Settings,
+    engine: Engine,
+    residency: Residency,
+    picker: Picker,
+    metrics: Metrics,
+    settings_adapters: Callable[[str], list[AdapterVersion]],
+) -> OnUp:
     """`_on_up` for a generate entry with adapters: its upstream must serve the entry's
     engine name (its context is recorded), its base route is decided (supervised, as the
-    base model's), what its engine lost is forgotten, and its zero adapter and the
-    in-use adapters of its base whose home set includes it are loaded (never another
-    base's)."""
+    base model's), what its engine lost is forgotten, and its zero adapter, the settings
+    file's adapters for it and the in-use adapters of its base whose home set includes it
+    are loaded (never another base's)."""
 
     async def on_up(upstream: Upstream, ready: list[Upstream]) -> None:
         listed = await check_serves(upstream, engine.entry.engine_name)
@@ -222,7 +236,8 @@ def _entry_on_up(settings: Settings, engine: Engine, residency: Residency, picke
             metrics.upstream_restarts.labels(upstream.url).inc()
             log.warning("upstream %s (model %s) restarted: its adapters there are gone", upstream.url, engine.name)
         zero = [engine.zero] if engine.zero is not None and not engine.direct else []
-        await residency.load_all(upstream, zero + placed)
+        startup = zero + await asyncio.to_thread(settings_adapters, engine.name)
+        await residency.load_all(upstream, startup + [a for a in placed if a not in startup])
 
     return on_up
 

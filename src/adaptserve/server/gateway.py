@@ -82,7 +82,7 @@ class Gateway:
         tenants = TenantRegistry(db, settings.tenant_cache_groups, reads)
         metrics = Metrics()
         backends = Backends.build(settings, db, reads, metrics)
-        _bootstrap_default_tenant(settings, tenants, backends.catalog)
+        _bootstrap_default_tenant(settings, tenants, backends.catalog, backends.engines)
         admin_key, _ = ensure_api_key(_secret(settings.admin_key), settings.data_dir, ADMIN_KEY_FILE)
         meter = UsageMeter(db, settings.usage_flush_interval_s)
         quotas = QuotaGate()
@@ -177,9 +177,12 @@ def _template_service(
     return TemplateService(pipeline, templates, renderer, limits, heads, EncoderService(pipeline, backends.engines))
 
 
-def _bootstrap_default_tenant(settings: Settings, tenants: TenantRegistry, catalog: AdapterCatalog) -> None:
+def _bootstrap_default_tenant(
+    settings: Settings, tenants: TenantRegistry, catalog: AdapterCatalog, engines: Engines
+) -> None:
     """The single key of a one-tenant setup stays valid as the `default` tenant's key,
-    which sees the base model and the adapters named in the settings file. A revoked
+    which sees the base model and the adapters named in the settings file (those of a
+    `models:` entry where the entry serves it). A revoked
     key stays revoked: once `key_default` was deleted no key is generated for it again,
     and a configured or stored key that was revoked is refused (logged)."""
     tenants.ensure(DEFAULT_TENANT)
@@ -192,7 +195,12 @@ def _bootstrap_default_tenant(settings: Settings, tenants: TenantRegistry, catal
             log.warning("the default tenant's configured key was revoked; it is not accepted")
     for alias in (settings.base_name, "default"):
         tenants.set_alias(DEFAULT_TENANT, alias, base=True, adapter=None, version=None)
-    for name in catalog.register_from_settings(settings.adapters):
+    folders = {name: a.path for name, a in settings.adapters.items()}
+    bases = {name: engines.adapter_base(a.base, None) for name, a in settings.adapters.items()}
+    for name in catalog.register_from_settings(folders, bases):
+        if bases[name] and engines.find(DEFAULT_TENANT, bases[name]) is None:
+            log.warning("adapter %s is for %s, which the default tenant may not call: no alias", name, bases[name])
+            continue
         tenants.set_alias(DEFAULT_TENANT, name, base=False, adapter=name, version=None)
 
 

@@ -172,6 +172,10 @@ class Engines:
             raise unknown
         return name
 
+    def adapter_bases(self, tenant: str | None) -> list[str]:
+        """The generate entries with adapters that `tenant` may call (None: the operator, all)."""
+        return [e.name for e in self._engines.values() if e.adaptable and (tenant is None or e.entry.serves(tenant))]
+
     def adapter_specs(self) -> dict[str, BaseModelSpec | None]:
         """The shapes adapters of each entry with adapters are checked against: its
         folder's (supervised), else None (a remote engine: not checked, logged)."""

@@ -176,9 +176,9 @@ async function revoke(tenant, id, detail) {
 // --- adapters ------------------------------------------------------------------------
 
 export async function adapters(view) {
-  const { data } = await api("GET", "/admin/adapters");
+  const [{ data }, bases] = await Promise.all([api("GET", "/admin/adapters"), api("GET", "/admin/adapter-bases")]);
   const status = h("div", { id: "adapter-status", "aria-live": "polite" });
-  view.append(uploadForm(view), status);
+  view.append(uploadForm(view, bases.data), status);
   if (!data.length) view.append(h("p", { text: "No adapter yet." }));
   for (const adapter of data) {
     view.append(
@@ -200,14 +200,19 @@ export async function adapters(view) {
   }
 }
 
-function uploadForm(view) {
+// The upload form; `bases` (GET /admin/adapter-bases) are the LLM bases the key may push
+// for: a choice only where there is more than the base model (its `base` is then sent).
+function uploadForm(view, bases) {
   const name = h("input", { id: "upload-name", required: true, autocomplete: "off" });
   const file = h("input", { id: "upload-file", type: "file", accept: ".tar.gz,.tgz,.zip", required: true });
+  const base = h("select", { id: "upload-base" }, bases.map((b) => h("option", {
+    value: b.base_model ? "" : b.name, text: b.base_model ? `the base model (${b.name})` : `model ${b.name}` })));
   const progress = h("progress", { id: "upload-progress", max: "1", value: "0", hidden: true });
   const status = h("div", { "aria-live": "polite" });
   const form = h("form", { class: "card inline", id: "upload" },
     field("Adapter name", name),
     field("Archive (.tar.gz or .zip of a PEFT folder)", file),
+    bases.length > 1 ? field("For the LLM base", base) : null,
     h("button", { type: "submit", text: "Upload" }),
     progress,
     status);
@@ -215,6 +220,7 @@ function uploadForm(view) {
     event.preventDefault();
     const body = new FormData();
     body.append("name", name.value.trim());
+    if (base.value) body.append("base", base.value);
     body.append("file", file.files[0]);
     progress.hidden = false;
     clear(status);

@@ -4,7 +4,7 @@ describe, activate, delete. A tenant admin sees global adapters and its own, for
 LLM bases it may call (the base model, and the generate models of `models:` it may
 call), and changes only its own; what it may not see answers the same 404 as a name
 that does not exist. A push's `base` names the LLM base the adapter is for (default the
-base model; `adapters/bases.py`).
+base model; `adapters/bases.py`); `/admin/adapter-bases` lists those the caller may name.
 """
 
 from __future__ import annotations
@@ -159,6 +159,15 @@ def list_adapters(gateway: GatewayDep, actor: AdminDep) -> dict:
     if actor.tenant is None:
         return {"data": gateway.catalog.list()}
     return {"data": gateway.catalog.list(actor.uid, gateway.engines.names(actor.tenant, "generate"))}
+
+
+@router.get("/adapter-bases")
+def list_adapter_bases(gateway: GatewayDep, actor: AdminDep) -> dict:
+    """The LLM bases the caller may push adapters for (a push's `base`): the base model,
+    then the generate models of `models:` with adapters that its tenant may call."""
+    entries = gateway.engines.adapter_bases(actor.tenant)
+    base = {"name": gateway.settings.base_name, "base_model": True}
+    return {"data": [base, *({"name": name, "base_model": False} for name in entries)]}
 
 
 @router.get("/adapters/{name}")
