@@ -143,13 +143,19 @@ def test_an_adapter_pushed_for_a_generate_model_answers_on_its_engine(server, ba
     """`models:` role generate with `adapters: true`, remote: the session's engine (LoRA
     enabled) under the name it serves. One adapter pushed twice, for the entry (`base`)
     and for the base model: the openai SDK's greedy answer through the entry's alias is
-    the base model's alias's, and not the entry's own plain answer."""
+    the base model's alias's, and not the entry's own plain answer. The same weights as a
+    settings-file adapter of the entry (`{path, base}`): loaded on its engine before the
+    gateway is ready, and its default alias answers the same."""
     entry = {"name": "llm2", "role": "generate", "adapters": True, "upstreams": [server.vllm_url()]}
     config = tmp_path / "llm2.yaml"
-    config.write_text(yaml.safe_dump({"models": [entry | {"served_model_name": DEFAULT_MODEL_NAME}]}))
+    settings_adapter = {"set2": {"path": str(adapter_dirs["a4"]), "base": "llm2"}}
+    config.write_text(
+        yaml.safe_dump({"models": [entry | {"served_model_name": DEFAULT_MODEL_NAME}], "adapters": settings_adapter})
+    )
     args = ["--upstream", server.vllm_url(), "--model", str(base_model), "--config", str(config)]
     files = {"file": ("a4.tar.gz", tar_gz(adapter_dirs["a4"]))}
     with running_server(tmp_path / "llm2a", args) as gateway:
+        assert any(n.startswith("set2--") for n in listed(server.vllm_url())), gateway.troubles()
         pushed = gateway.admin("POST", "/adapters", data={"name": "tone", "base": "llm2"}, files=files)
         assert pushed.status_code == 201 and pushed.json()["base"] == "llm2", pushed.text
         assert gateway.admin("POST", "/adapters", data={"name": "tone0"}, files=files).status_code == 201
@@ -163,7 +169,9 @@ def test_an_adapter_pushed_for_a_generate_model_answers_on_its_engine(server, ba
         assert chat(ours, "llm2", prompt, max_tokens=16) != want
         assert f"tone--{pushed.json()['version']}" in listed(server.vllm_url())
         assert gateway_metric(gateway, "adaptserve_requests_total", model="toned", status="200") == 1
-        for alias, adapter in (("toned", "tone"), ("toned0", "tone0")):  # unloaded: the session's engine as it was
+        assert chat(ours, "set2", prompt, max_tokens=16) == want
+        assert gateway.admin("GET", "/adapters/set2").json()["base"] == "llm2"
+        for alias, adapter in (("toned", "tone"), ("toned0", "tone0"), ("set2", "set2")):  # the engine as it was
             assert gateway.admin("DELETE", f"/tenants/default/models/{alias}").status_code == 204
             assert gateway.admin("DELETE", f"/adapters/{adapter}").status_code == 204
 
