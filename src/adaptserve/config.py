@@ -218,10 +218,14 @@ class Settings(BaseSettings):
     @field_validator("adapters", mode="before")
     @classmethod
     def _adapter_folders(cls, value: Any) -> Any:
-        """`name: folder` (the base model's adapter) is `name: {path: folder}`."""
-        if isinstance(value, dict):
-            return {name: {"path": a} if isinstance(a, str | Path) else a for name, a in value.items()}
-        return value
+        """`name: folder` (the base model's adapter) is `name: {path: folder}`; anything
+        but a folder or a mapping is refused naming both forms."""
+        if not isinstance(value, dict):
+            return value
+        for name, a in value.items():
+            if not isinstance(a, str | Path | dict):
+                raise ValueError(f"adapters: {name}: a PEFT LoRA folder, or {{path: FOLDER, base: ENTRY}}")
+        return {name: {"path": a} if isinstance(a, str | Path) else a for name, a in value.items()}
 
     @field_validator("upstreams")
     @classmethod

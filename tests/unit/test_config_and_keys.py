@@ -117,7 +117,9 @@ def test_a_mistyped_setting_is_refused_in_one_line_naming_it(tmp_path, monkeypat
     assert "sk-not-a-port" not in str(exited.value) and "\n" not in str(exited.value)
 
 
-def test_a_settings_adapter_names_its_base_a_generate_entry_with_adapters_or_start_up_stops_in_one_line(tmp_path):
+def test_a_settings_adapter_names_its_base_a_generate_entry_with_adapters_or_start_up_stops_in_one_line(
+    tmp_path, monkeypatch
+):
     """`name: folder` is the base model's adapter, as it always was; `name: {path, base}`
     is the adapter of a `models:` generate entry with `adapters: true` (its folder, too,
     relative to the file). A base that is no such entry, or a mistyped key, is one line."""
@@ -148,6 +150,13 @@ def test_a_settings_adapter_names_its_base_a_generate_entry_with_adapters_or_sta
     with pytest.raises(ConfigurationError) as mistyped:
         load_settings(config=config)
     assert str(mistyped.value) == "invalid settings: adapters.new.bsae: Extra inputs are not permitted"
+    config.write_text(entries)
+    monkeypatch.setenv("ADAPTSERVE_ADAPTERS", '{"new": 3}')
+    with pytest.raises(ConfigurationError) as neither:
+        load_settings(config=config)
+    assert str(neither.value) == (
+        "invalid settings: adapters: Value error, adapters: new: a PEFT LoRA folder, or {path: FOLDER, base: ENTRY}"
+    )
 
 
 def test_bearer_and_admin_check():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -376,6 +377,60 @@ def test_a_settings_adapter_for_an_entry_the_default_tenant_may_not_call_gets_no
         headers={"Authorization": f"Bearer {API_KEY}"},
     )
     assert_openai_error(called, 404, "model_not_found", "model")
+
+
+def test_a_settings_adapter_named_like_any_model_of_models_is_skipped_and_the_model_answers(
+    start_gateway: Callable[..., RunningGateway], second_llm: FakeState, tmp_path: Path
+) -> None:
+    """`plain` (generate, no adapters) and `llm2` (with adapters) keep their names: a
+    settings adapter of either name is not registered, and each still answers."""
+    plain = {"name": "plain", "role": "generate", "upstreams": [second_llm.url], "served_model_name": SECOND}
+    folder = make_adapter(tmp_path / "a")
+    gw = start_gateway(models=[_entry(second_llm), plain], adapters={"plain": folder, "llm2": folder, "kept": folder})
+    assert {a["name"] for a in gw.admin("GET", "/adapters").json()["data"]} == {"kept"}
+    for model in ("plain", "llm2"):
+        second_llm.requests.clear()
+        answered = gw.client().chat.completions.create(model=model, messages=HI, max_tokens=8)  # type: ignore[arg-type]
+        assert answered.model == model
+        assert [r["model"] for r in _chats(second_llm)] == [SECOND]  # the entry's engine, no adapter
+
+
+def test_startup_adapters_survive_a_delete_while_an_upstream_comes_up(tmp_path: Path) -> None:
+    """An upstream's on_up reads the settings adapters in a worker thread while an
+    admin's DELETE (another thread) removes one: the walk ends on what it started with."""
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    db.migrate()
+    spec = BaseModelSpec.read(make_base(tmp_path / "base"))
+    store = AdapterStore(tmp_path / "adapters", 10**8)
+    catalog = AdapterCatalog(db, store, "base", spec, 16, Residency(4, Metrics()), entries={"llm2": spec})
+    folders = {n: make_adapter(tmp_path / n, seed=i) for i, n in enumerate(["a", "b", "c"])}
+    assert catalog.register_from_settings(folders, dict.fromkeys(folders, "llm2")) == ["a", "b", "c"]
+    real, inside, go = catalog.target, threading.Event(), threading.Event()
+
+    def held_target(*args: Any) -> Any:  # the database read the walk makes per name, held open
+        inside.set()
+        go.wait(30)
+        return real(*args)
+
+    catalog.target = held_target  # type: ignore[method-assign]
+    walked: list[Any] = []
+    walker = threading.Thread(target=lambda: walked.append(_names_or_error(catalog)))
+    walker.start()
+    assert inside.wait(30)
+    catalog.remove("c")
+    go.set()
+    walker.join(30)
+    assert walked == [["a", "b"]]  # c was deleted before the walk read it
+    catalog.target = real  # type: ignore[method-assign]
+    assert [a.name for a in catalog.startup_adapters("llm2")] == ["a", "b"]
+    db.dispose()
+
+
+def _names_or_error(catalog: AdapterCatalog) -> list[str] | BaseException:
+    try:
+        return [a.name for a in catalog.startup_adapters("llm2")]
+    except Exception as exc:  # what the walk raised, for the assertion to show
+        return exc
 
 
 def test_settings_adapters_are_checked_against_their_bases_shapes_and_follow_their_base_after_a_delete(

@@ -250,7 +250,9 @@ class AdapterCatalog:
             versions = s.scalars(select(AdapterVersionRow).where(AdapterVersionRow.adapter == name)).all()
             doomed = [(v.version, v.digest, v.path) for v in versions]
             s.delete(adapter)
-        self._startup.pop(name, None)  # gone: a later adapter of this name is not the settings file's
+        # Gone: a later adapter of this name is not the settings file's. A new dict, not a pop:
+        # an upstream's on_up may be walking the old one in another thread (`startup_adapters`).
+        self._startup = {n: b for n, b in self._startup.items() if n != name}
         for version, digest, path in doomed:
             self._versions.pop(internal_name(name, version), None)
             self._retire(internal_name(name, version))

@@ -195,8 +195,12 @@ def _bootstrap_default_tenant(
             log.warning("the default tenant's configured key was revoked; it is not accepted")
     for alias in (settings.base_name, "default"):
         tenants.set_alias(DEFAULT_TENANT, alias, base=True, adapter=None, version=None)
-    folders = {name: a.path for name, a in settings.adapters.items()}
-    bases = {name: engines.adapter_base(a.base, None) for name, a in settings.adapters.items()}
+    entries = {e.name for e in settings.models}
+    for name in sorted(entries & settings.adapters.keys()):  # its alias would hide the model for `default`
+        log.error("adapter %s: the name is taken by a model of models:; skipped", name)
+    adapters = {name: a for name, a in settings.adapters.items() if name not in entries}
+    folders = {name: a.path for name, a in adapters.items()}
+    bases = {name: engines.adapter_base(a.base, None) for name, a in adapters.items()}
     for name in catalog.register_from_settings(folders, bases):
         if bases[name] and engines.find(DEFAULT_TENANT, bases[name]) is None:
             log.warning("adapter %s is for %s, which the default tenant may not call: no alias", name, bases[name])
