@@ -85,6 +85,12 @@ class Metrics:
             "requests retried on another upstream after a failure before any answer",
             registry=self.registry,
         )
+        self.requests_held = Counter(
+            "adaptserve_requests_held",
+            "adapter requests held back in the gateway so their adapter's batch slot drained for adapters "
+            "waiting for one (serving/picker.py, Picker.drains)",
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

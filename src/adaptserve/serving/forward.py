@@ -1,15 +1,19 @@
 """Where one engine call goes, and what it survives (`Forwarder`): a replica that holds
 the target's adapter (`picker.py`, among its base's pool: the base model's, or a
 generate model of `models:`'s; that model's plain requests: one of its pool's, in
-turn), the adapter loaded there first, one retry on another replica when the first
-was unavailable before the client got a byte, one reload of an adapter the engine lost.
+turn; held in the gateway while the adapter's batch slot there should drain for
+adapters waiting for one: `Picker.drains`), the adapter loaded there first, one retry
+on another replica when the first was unavailable before the client got a byte, one
+reload of an adapter the engine lost.
 An engine that does not serve a model sent without an adapter is a configuration
 error: passed over once for another replica, else answered 502, never an adapter to
 load. Below the pipeline's admission: nothing here meters or bounds a request."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -23,7 +27,7 @@ from adaptserve.errors import (
 )
 from adaptserve.metrics import Metrics
 from adaptserve.serving.engines import Engines
-from adaptserve.serving.picker import Picker
+from adaptserve.serving.picker import HOLD_MAX_S, HOLD_POLL_S, Picker
 from adaptserve.upstream.client import Upstream, UpstreamModelMissingError
 from adaptserve.upstream.pool import UpstreamPool
 
@@ -61,8 +65,7 @@ class Forwarder:
             if pool is not None and target.adapter is None:
                 upstream = pool.pick(avoid=failed)
             else:  # an adapter (its base's pool: the base model's or an entry's) goes where the picker says
-                ready = (pool or self._pool).ready_upstreams()
-                upstream = self._picker.pick(ready, target.adapter, avoid=failed)
+                upstream = await self._picked(pool or self._pool, target, failed)
             try:
                 await self._load(upstream, target)
                 return await send(upstream)
@@ -85,6 +88,19 @@ class Forwarder:
                 log.warning("%s failed before answering (%s); retrying on another replica", upstream.url, exc.code)
                 self._metrics.upstream_retries.inc()
                 failed.append(upstream)
+
+    async def _picked(self, pool: UpstreamPool, target: Target, failed: list[Upstream]) -> Upstream:
+        """The picker's replica for an adapter's request; held back while its adapter's
+        batch slot there should drain for adapters waiting for one (`Picker.drains`, at
+        most `HOLD_MAX_S`), then picked again: late binding."""
+        upstream = self._picker.pick(pool.ready_upstreams(), target.adapter, avoid=failed)
+        if not self._picker.drains(upstream, target.adapter):
+            return upstream
+        until = time.monotonic() + HOLD_MAX_S
+        while self._picker.drains(upstream, target.adapter) and time.monotonic() < until:
+            await asyncio.sleep(HOLD_POLL_S)
+        self._metrics.requests_held.inc()
+        return self._picker.pick(pool.ready_upstreams(), target.adapter, avoid=failed, again=True)
 
     async def _load(self, upstream: Upstream, target: Target) -> None:
         try:

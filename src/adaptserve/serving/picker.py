@@ -6,7 +6,15 @@ those, unless it is `spill` busier than the least busy ready replica. Otherwise 
 to the least busy of the adapter's home set: the first replicas in its rendezvous
 order (highest random weight for its internal name). Every gateway replica computes
 the same order without talking to the others, so an adapter lands on a few replicas
-instead of all of them. A home set starts at `home_size` for a hot adapter and at one
+instead of all of them. The hottest adapters (each `HOT_SHARE` of the recent adapter
+requests or more, at most one per replica, hottest first) are the exception: each is
+homed on the first replica of its rendezvous order that no hotter one took (`order`),
+and served by the holders in its home set only (a copy elsewhere, from before it
+ranked so, goes idle and is evicted in turn).
+Such an adapter is nearly always in flight, so it keeps one of its engine's
+`max_loras` batch slots for good; two on one engine would leave that engine's other
+adapters no slot to take turns on. (Gateway replicas rank from their own counts, so
+they agree as long as their traffic is alike.) A home set starts at `home_size` for a hot adapter and at one
 replica for a cold one (under `COLD_SHARE` of the recent adapter requests, counted with
 a `HALF_LIFE_S` decay): the tail's loads concentrate on one replica each instead of
 evicting hot adapters on two. It grows by one when even its
@@ -21,6 +29,16 @@ request of it would keep them waiting, so a replica where it runs unopposed is
 preferred). The batch is vLLM's `lora_requests_info` as last scraped, brought up to
 date with the adapters of this gateway's own requests there (`Upstream.models`). Ties
 go to the rendezvous order, so a tie is broken the same way every time.
+
+Late binding (`drains`): vLLM's scheduler admits a new request of an adapter its batch
+runs at once, and skips a waiting one whose adapter would exceed `max_loras`, so an
+adapter fed without a pause keeps its slot while the waiting adapters starve. Where
+adapters wait for a slot, the batch's adapter with the fewest of this gateway's
+requests there (its slot frees soonest) is not fed: its next request is held in the
+gateway (`Forwarder`) until its last one there has ended, or nobody waits any more, or
+`HOLD_MAX_S` has passed, and is then picked again. The slot goes to the adapter that
+waited (vLLM's queue is first come, first served), and the held request queues there
+in its turn.
 
 With `round_robin` (the `routing` setting's baseline, what the gateway did before the
 picker) every request goes to the next ready replica in turn, whatever it holds, and a
@@ -56,6 +74,10 @@ FORGOTTEN = 0.01  # a count faded below this (about 7 half-lives without a reque
 # in the batch, then a free slot, then queued, then a full batch). "blocking": in the
 # batch while other adapters wait for a slot there; another request keeps them waiting.
 SLOT_WAIT = {"running": 0.0, "unknown": 0.0, "free": 0.125, "blocking": 0.375, "waiting": 0.25, "full": 0.5}
+HOT_SHARE = 0.05  # of the recent adapter requests: an adapter this popular may be homed apart from the others
+RANK_EVERY_S = 1.0  # how often the hottest adapters are ranked again
+HOLD_MAX_S = 2.0  # the longest a request is held back in the gateway so its adapter's slot drains (`drains`)
+HOLD_POLL_S = 0.02  # how often a held request looks again (about one decode step)
 
 
 def rendezvous(key: str, upstreams: Collection[Upstream]) -> list[Upstream]:
@@ -105,32 +127,66 @@ class Picker:
         self._counted: dict[str, _Decayed] = {}  # recent requests by adapter
         self._totals: dict[str, _Decayed] = {}  # recent adapter requests, by LLM base (as `_ready`)
         self._ready: dict[str, list[Upstream]] = {}  # by LLM base ("": the base model): as its last pick saw them
+        self._llm: dict[str, str] = {}  # each counted adapter's LLM base
+        self._hot: dict[str, tuple[float, tuple[str, ...], dict[str, Upstream]]] = {}  # by LLM base: `_placed`
 
-    def pick(self, ready: list[Upstream], adapter: AdapterVersion | None, avoid: Collection[Upstream] = ()) -> Upstream:
+    def pick(
+        self,
+        ready: list[Upstream],
+        adapter: AdapterVersion | None,
+        avoid: Collection[Upstream] = (),
+        again: bool = False,
+    ) -> Upstream:
         """A replica of `ready` (less `avoid`) for a request on `adapter` (None: the base
-        model); 503 when there is none."""
+        model); 503 when there is none. `again`: the same request picked once more (it
+        was held back: `drains`), counted once."""
         candidates = [u for u in ready if u not in avoid]
         if not candidates:
             raise UpstreamUnavailableError()
         if self._round_robin:
             return candidates[next(self._turn) % len(candidates)]
         self._ready[adapter.base if adapter is not None else ""] = ready
-        name = adapter.internal_name if adapter is not None else ""
-        ranked = rendezvous(name, candidates)
-        least = _least_busy(ranked)
         if adapter is None:
+            least = _least_busy(rendezvous("", candidates))
             return _explained(least, "base: the least busy replica", least)
-        if not avoid:  # a retry is the same request: counted once
+        name = adapter.internal_name
+        ranked = [u for u in self.order(name, adapter.base, ready) if u in candidates]
+        least = _least_busy(ranked)
+        if not avoid and not again:  # a retry is the same request: counted once
             self._count(name, adapter.base)
         cost = {u.url: self._cost(u, name) for u in ranked}  # once per pick: each is a look at the batch
         floor = min(cost.values())  # where it would wait least (slots included)
         home = ranked[: self._home(name, adapter.base, ranked, cost, floor)]  # kept up to date on every pick
         holding = [u for u in ranked if self._residency.is_resident(u, name)]
+        if name in self._placed(adapter.base, ready):  # homed apart from the other hottest: it goes there
+            holding = [u for u in holding if u in home]
         best = _cheapest(holding, cost) if holding else None
         if best is not None and cost[best.url] - floor < self._spill:
             return _explained(best, f"{name}: the least busy replica holding it ({self._slot(best, name)})", least)
         chosen = _cheapest(home, cost)
         return _explained(chosen, f"{name}: the least busy of its {len(home)} home replicas", least)
+
+    def drains(self, upstream: Upstream, adapter: AdapterVersion | None) -> bool:
+        """Whether a request of `adapter` picked for `upstream` is held back in the gateway
+        for now, so that the adapter's batch slot there drains: the adapter runs in the
+        engine's batch while other adapters wait for a slot ("blocking"), and of the
+        batch's adapters it has the fewest of this gateway's requests there (the slot
+        that frees soonest when not fed). vLLM's scheduler admits a running adapter's new
+        requests at once and skips a waiting one whose adapter would exceed
+        `max_loras`, so an adapter fed without pause keeps its slot and the waiting one
+        starves; held back, the slot goes to the adapter that waited (late binding: the
+        held request is picked again once its adapter no longer drains there, or after
+        `HOLD_MAX_S`). Never in round robin, never for the base model."""
+        if self._round_robin or adapter is None:
+            return False
+        name = adapter.internal_name
+        if self._slot(upstream, name) != "blocking":
+            return False
+        here = frozenset(m for m in upstream.models if self._residency.is_resident(upstream, m))
+        batch = upstream.engine.running_adapters | (here - upstream.engine.waiting_adapters)
+        if not upstream.models.get(name):
+            return False  # its last request there ended: the slot frees at the next step, to the one that waited
+        return min(batch, key=lambda m: (upstream.models.get(m, 0), m)) == name
 
     def _cost(self, upstream: Upstream, name: str) -> float:
         """Its load, plus what waiting for one of its engine's adapter slots adds (a
@@ -143,12 +199,43 @@ class Picker:
         here = frozenset(m for m in upstream.models if self._residency.is_resident(upstream, m))
         return upstream.engine.slot_for(name, here)
 
+    def order(self, name: str, llm: str, upstreams: list[Upstream]) -> list[Upstream]:
+        """Adapter `name`'s replicas in the order its home set takes them: its rendezvous
+        order, except that each of the hottest adapters (`HOT_SHARE` of the recent
+        adapter requests or more, at most one per replica) comes first on the first
+        replica of its own rendezvous order that no hotter one took. An adapter that is
+        nearly always in flight keeps one of its engine's `max_loras` batch slots for
+        good; two of them homed on one engine would leave that engine's other adapters
+        no slot to take turns on."""
+        order = rendezvous(name, upstreams)
+        first = self._placed(llm, upstreams).get(name)
+        return order if first is None else [first, *(u for u in order if u is not first)]
+
+    def _placed(self, llm: str, upstreams: list[Upstream]) -> dict[str, Upstream]:
+        """The hottest adapters of LLM base `llm`, each on its own replica of
+        `upstreams`; ranked again every `RANK_EVERY_S` or when the replicas change."""
+        now, urls = self._clock(), tuple(sorted(u.url for u in upstreams))
+        placed = self._hot.get(llm)
+        if placed is not None and placed[1] == urls and now - placed[0] < RANK_EVERY_S:
+            return placed[2]
+        counted_here = self._totals.get(llm)
+        total = counted_here.at_time(now) if counted_here is not None else 0.0
+        shares = {n: c.at_time(now) for n, c in self._counted.items() if self._llm.get(n) == llm}
+        hot = sorted((n for n in shares if shares[n] >= HOT_SHARE * total), key=lambda n: (-shares[n], n))
+        homes: dict[str, Upstream] = {}
+        for other in hot[: len(upstreams)] if total >= MIN_COUNTED else []:
+            homes[other] = next(u for u in rendezvous(other, upstreams) if u not in homes.values())
+        self._hot[llm] = now, urls, homes
+        return homes
+
     def _count(self, name: str, llm: str) -> None:
         now = self._clock()
+        self._llm[name] = llm
         self._counted.setdefault(name, _Decayed()).add(now)
         self._totals.setdefault(llm, _Decayed()).add(now)
         if len(self._counted) > FORGET_ABOVE:  # adapters not asked for in a long while: forgotten
             self._counted = {n: c for n, c in self._counted.items() if c.at_time(now) >= FORGOTTEN}
+            self._llm = {n: llm for n, llm in self._llm.items() if n in self._counted}
 
     def base_size(self, name: str, llm: str = "") -> int:
         """The adapter's home set before any growth: `home_size`, or one replica for a
@@ -178,7 +265,7 @@ class Picker:
         for adapter in adapters:
             grown, base = self._grown.get(adapter.internal_name), self.base_size(adapter.internal_name, adapter.base)
             size = max(grown.size, base) if grown is not None else base
-            if upstream in rendezvous(adapter.internal_name, everyone)[:size]:
+            if upstream in self.order(adapter.internal_name, llm, everyone)[:size]:
                 homed.append(adapter)
         return homed
 
@@ -192,7 +279,7 @@ class Picker:
         llm, ready = next(here, ("", []))  # `url`'s base, and its replicas
         grown, base = self._grown.get(name), self.base_size(name, llm)
         size = max(grown.size, base) if grown is not None else base
-        return any(u.url == url for u in rendezvous(name, ready)[:size])
+        return any(u.url == url for u in self.order(name, llm, ready)[:size])
 
     def _home(self, name: str, llm: str, ranked: list[Upstream], cost: dict[str, float], least: float) -> int:
         """The adapter's home set size now, grown or shrunk by its queueing: `cost` is
