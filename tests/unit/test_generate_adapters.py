@@ -274,6 +274,12 @@ def test_the_cli_and_the_python_client_push_for_a_base(
         with pytest.raises(ConflictError) as refused:
             admin.admin.adapters.push(folder, "tone", base=None)  # the base model: not tone's
     assert refused.value.status == 409 and refused.value.code == "adapter_base_taken"
+    bases = [{"name": gw.settings.base_name, "base_model": True}, {"name": "llm2", "base_model": False}]
+    with Client(gw.url, ADMIN_KEY) as admin:
+        assert admin.admin.adapters.bases() == bases
+    with pytest.raises(SystemExit) as done:
+        main(["adapters", "bases", *connection])
+    assert done.value.code == 0 and json.loads(capsys.readouterr().out) == bases
 
 
 def test_train_and_distill_push_for_a_base_and_point_the_alias_there(

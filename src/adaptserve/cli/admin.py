@@ -37,6 +37,7 @@ def _command_table() -> dict[str, dict[str, tuple[list[str], Handler]]]:
         "adapters": {
             "push": (["path"], _push),
             "list": ([], lambda c, a: c.adapters.list()),
+            "bases": ([], lambda c, a: c.adapters.bases()),
             "show": (["name"], lambda c, a: c.adapters.get(a.name)),
             "activate": (["name", "version"], lambda c, a: c.adapters.activate(a.name, a.version)),
             "delete": (["name"], lambda c, a: c.adapters.delete(a.name)),

@@ -161,6 +161,12 @@ class Adapters(Namespace):
     def list(self) -> Result[list[dict]]:
         return self._send(Call("GET", "/admin/adapters", _data))
 
+    def bases(self) -> Result[list[dict]]:
+        """The LLM bases this key may push adapters for ({name, base_model}): the base
+        model first, then the generate models of `models:` that take adapters and that
+        its tenant may call (an operator key: all)."""
+        return self._send(Call("GET", "/admin/adapter-bases", _data))
+
     def get(self, name: str) -> Result[dict]:
         return self._send(Call("GET", f"/admin/adapters/{name}"))
 
