@@ -50,6 +50,28 @@ EMBED_MODEL = "minilm"  # the integration gateway's embedding model (conftest.py
 FAKE_ENCODER = "fake-encoder"  # the name the unit tests' fake encoder (conftest.py's `encoder`) answers to
 
 
+def replicas(n: int) -> list[Any]:
+    """`n` ready upstreams (no server behind them) for the picker's tests."""
+    from adaptserve.upstream.client import State, Upstream
+
+    upstreams = [Upstream(f"http://engine-{i}:8000", 5.0) for i in range(n)]
+    for u in upstreams:
+        u.state, u.generation = State.READY, 1
+    return upstreams
+
+
+def adapter_version(name: str) -> Any:
+    """An adapter version `name--v1` (no files) for the picker's tests."""
+    from adaptserve.adapters.residency import AdapterVersion
+
+    return AdapterVersion(name, "v1", Path("/adapters") / name, 8)
+
+
+def resident(res: Any, upstream: Any, version: Any) -> None:
+    """Mark `version` loaded on `upstream` in `res` (a Residency), as a load would."""
+    res._resident.setdefault(upstream.url, {})[version.internal_name] = upstream.generation
+
+
 def embed_entry(fake: Any, **extra: Any) -> dict[str, Any]:
     """A `models:` entry for an embedding model served by the fake engine `fake`."""
     return {"name": "embedder", "role": "embed", "upstreams": [fake.url], "served_model_name": FAKE_ENCODER} | extra

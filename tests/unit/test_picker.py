@@ -6,45 +6,23 @@ baseline takes every replica in turn."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from pathlib import Path
 
 import pytest
 
-from adaptserve.adapters.catalog import Target
-from adaptserve.adapters.residency import AdapterVersion, Residency
+from adaptserve.adapters.residency import Residency
 from adaptserve.errors import UpstreamUnavailableError
 from adaptserve.metrics import Metrics
-from adaptserve.serving.engines import Engines
-from adaptserve.serving.forward import Forwarder
 from adaptserve.serving.picker import Picker, rendezvous
-from adaptserve.upstream.client import State, Upstream
 from adaptserve.upstream.load import EngineLoad
-from adaptserve.upstream.pool import UpstreamPool
-from tests.helpers import API_KEY, upload
+from tests.helpers import API_KEY, adapter_version, replicas, resident, upload
 
 Q = [{"role": "user", "content": "hello there"}]
 
 
-def replicas(n: int) -> list[Upstream]:
-    upstreams = [Upstream(f"http://engine-{i}:8000", 5.0) for i in range(n)]
-    for u in upstreams:
-        u.state, u.generation = State.READY, 1
-    return upstreams
-
-
-def adapter(name: str) -> AdapterVersion:
-    return AdapterVersion(name, "v1", Path("/adapters") / name, 8)
-
-
-def resident(res: Residency, upstream: Upstream, a: AdapterVersion) -> None:
-    res._resident.setdefault(upstream.url, {})[a.internal_name] = upstream.generation
-
-
 def test_an_adapter_stays_on_the_replica_that_holds_it_until_that_one_is_far_busier() -> None:
     ready = one, two, three = replicas(3)
-    res, a = Residency(4, Metrics()), adapter("a")
+    res, a = Residency(4, Metrics()), adapter_version("a")
     resident(res, three, a)
     picker = Picker(res, home_size=2, spill=4)
     three.inflight = 3  # busier than the others, within the spill margin
@@ -59,8 +37,8 @@ def test_an_adapter_nobody_holds_goes_to_its_home_set_the_same_for_every_gateway
     homes = {}
     for name in names:
         home = rendezvous(f"{name}--v1", ups)[:2]
-        first = Picker(Residency(4, Metrics())).pick(ups, adapter(name))
-        second = Picker(Residency(4, Metrics())).pick(ups, adapter(name))  # another gateway replica
+        first = Picker(Residency(4, Metrics())).pick(ups, adapter_version(name))
+        second = Picker(Residency(4, Metrics())).pick(ups, adapter_version(name))  # another gateway replica
         assert first is second and first in home
         homes[name] = first.url
     assert len(set(homes.values())) >= 3  # adapters spread over the replicas
@@ -122,7 +100,7 @@ def test_a_home_set_grows_while_its_adapter_queues_and_shrinks_back_with_hystere
     ready = replicas(4)
     now = [0.0]
     picker = Picker(Residency(4, Metrics()), home_size=2, spill=4, shrink_after_s=30, clock=lambda: now[0])
-    a = adapter("hot")
+    a = adapter_version("hot")
     order = rendezvous(a.internal_name, ready)
     order[0].inflight = order[1].inflight = 6  # both home replicas queue; the others are idle
     assert picker.pick(ready, a) is order[2]  # the set grew to three
@@ -141,7 +119,7 @@ def test_a_home_set_grows_while_its_adapter_queues_and_shrinks_back_with_hystere
 def test_a_replica_coming_up_is_home_to_the_adapters_that_rank_it_first() -> None:
     one, two, three = replicas(3)
     picker = Picker(Residency(4, Metrics()), home_size=1)
-    adapters = [adapter(f"ad{i}") for i in range(30)]
+    adapters = [adapter_version(f"ad{i}") for i in range(30)]
     homed = picker.homed_on(three, [one, two], adapters)
     assert homed and len(homed) < len(adapters)
     assert all(rendezvous(a.internal_name, [one, two, three])[0] is three for a in homed)
@@ -150,7 +128,7 @@ def test_a_replica_coming_up_is_home_to_the_adapters_that_rank_it_first() -> Non
 def test_round_robin_mode_takes_every_ready_replica_in_turn_whatever_it_holds() -> None:
     """The benchmark's baseline (`routing: round_robin`): no home sets, no load."""
     ready = one, two, three = replicas(3)
-    res, a = Residency(4, Metrics()), adapter("a")
+    res, a = Residency(4, Metrics()), adapter_version("a")
     resident(res, one, a)
     picker = Picker(res, round_robin=True)
     two.inflight = 50  # busy: round robin does not look
@@ -158,7 +136,7 @@ def test_round_robin_mode_takes_every_ready_replica_in_turn_whatever_it_holds() 
     assert [picker.pick(list(ready), None, avoid=[two]) for _ in range(2)] == [one, three]
     with pytest.raises(UpstreamUnavailableError):
         picker.pick([one], a, avoid=[one])
-    adapters = [adapter(f"ad{i}") for i in range(5)]
+    adapters = [adapter_version(f"ad{i}") for i in range(5)]
     assert picker.homed_on(three, [one, two], adapters) == adapters  # a replica that comes up gets them all
 
 
@@ -182,11 +160,11 @@ def test_through_the_gateway_an_adapter_loads_on_one_replica_and_the_count_retur
 
 def test_every_routing_decision_is_explained_in_a_debug_line(caplog) -> None:
     ready = _, two = replicas(2)
-    res, a = Residency(4, Metrics()), adapter("a")
+    res, a = Residency(4, Metrics()), adapter_version("a")
     resident(res, two, a)
     with caplog.at_level(logging.DEBUG, logger="adaptserve.serving.picker"):
         Picker(res).pick(list(ready), a)
-        Picker(res).pick(list(ready), adapter("b"))
+        Picker(res).pick(list(ready), adapter_version("b"))
         Picker(res).pick(list(ready), None)
     lines = [r.getMessage() for r in caplog.records]
     assert f"route a--v1: the least busy replica holding it (unknown) → {two.url}" in lines[0]
@@ -197,7 +175,7 @@ def test_every_routing_decision_is_explained_in_a_debug_line(caplog) -> None:
 def test_a_replica_whose_batch_runs_the_adapter_beats_one_whose_batch_is_full() -> None:
     """vLLM's lora_requests_info: where the adapter already runs, no slot is waited for."""
     ready = one, two = replicas(2)
-    res, a = Residency(4, Metrics()), adapter("a")
+    res, a = Residency(4, Metrics()), adapter_version("a")
     for u in ready:
         resident(res, u, a)
     full = EngineLoad(running=2, running_adapters=frozenset({"x--v1", "y--v1"}), max_loras=2)
@@ -226,7 +204,7 @@ def test_the_newest_lora_info_series_is_the_engines_batch() -> None:
 def test_this_gateways_own_requests_bring_the_scraped_batch_up_to_date() -> None:
     """The scrape is a quarter second old; the requests this gateway sent since fill slots."""
     ready = one, two = replicas(2)
-    res, a, x, y = Residency(4, Metrics()), adapter("a"), adapter("x"), adapter("y")
+    res, a, x, y = Residency(4, Metrics()), adapter_version("a"), adapter_version("x"), adapter_version("y")
     for u in ready:
         for held in (a, x, y):
             resident(res, u, held)
@@ -249,7 +227,7 @@ def test_an_adapter_leaves_a_batch_where_other_adapters_wait_for_its_slot() -> N
     """More of its requests would keep the waiting adapters out ('blocking'): where it
     runs unopposed is better, even a little busier."""
     ready = one, two = replicas(2)
-    res, a = Residency(4, Metrics()), adapter("a")
+    res, a = Residency(4, Metrics()), adapter_version("a")
     for u in ready:
         resident(res, u, a)
     blocking = EngineLoad(running=2, running_adapters=frozenset({"a--v1", "x--v1"}), max_loras=2)
@@ -272,7 +250,7 @@ def test_a_cold_adapter_has_one_home_replica_and_a_hot_one_two() -> None:
     ready = replicas(4)
     now = [0.0]
     picker = Picker(Residency(4, Metrics()), home_size=2, clock=lambda: now[0])
-    hot, cold = adapter("hot"), adapter("cold")
+    hot, cold = adapter_version("hot"), adapter_version("cold")
     assert picker.base_size(cold.internal_name) == 2  # too few requests counted to tell yet
     for i in range(120):
         now[0] = i * 0.1
@@ -296,7 +274,7 @@ def test_a_replica_that_comes_up_with_no_adapters_in_use_is_counted_as_home() ->
     an adapter whose home set it joins is not evicted first there."""
     ready = replicas(3)
     picker = Picker(Residency(4, Metrics()), home_size=2)
-    a = adapter("a")
+    a = adapter_version("a")
     joining = rendezvous(a.internal_name, ready)[0]
     others = [u for u in ready if u is not joining]
     picker.pick(others, a)
@@ -309,7 +287,7 @@ def test_an_adapter_does_not_spill_to_where_it_would_wait_for_a_slot_as_long() -
     """The spill margin is measured in cost (load and slot wait), not load alone: an
     idle replica whose batch is full of other adapters is no reason to load it there."""
     ready = one, two = replicas(2)
-    res, a = Residency(4, Metrics()), adapter("a")
+    res, a = Residency(4, Metrics()), adapter_version("a")
     resident(res, one, a)
     picker = Picker(res, home_size=1, spill=8)
     one.engine = EngineLoad(running=6, waiting=1, waiting_adapters=frozenset({"a--v1"}), max_loras=2)
@@ -319,109 +297,3 @@ def test_an_adapter_does_not_spill_to_where_it_would_wait_for_a_slot_as_long() -
     two.engine = EngineLoad(max_loras=2)  # two's batch empties: a free slot there
     two.count_in("base")
     assert picker.pick(list(ready), a) is two  # load 1 and a free slot (1): 10 - 2 >= 8, it spills
-
-
-def _crowded(one: Upstream, res: Residency, a: AdapterVersion, x: AdapterVersion) -> None:
-    """one's batch runs a (one request of this gateway's) and x (three) while y waits."""
-    for held in (a, x):
-        resident(res, one, held)
-    one.engine = EngineLoad(
-        running=4,
-        waiting=1,
-        running_adapters=frozenset({a.internal_name, x.internal_name}),
-        waiting_adapters=frozenset({"y--v1"}),
-        max_loras=2,
-    )
-    one.count_in(a.internal_name)
-    for _ in range(3):
-        one.count_in(x.internal_name)
-
-
-def test_the_adapter_whose_slot_frees_soonest_drains_while_another_waits_for_a_slot() -> None:
-    """vLLM admits a running adapter's new requests at once and skips a waiting one whose
-    adapter would be a third: fed without pause, a slot never frees. Of the batch's
-    adapters, the one with the fewest of this gateway's requests there is held back."""
-    (one,) = replicas(1)
-    res, a, x = Residency(4, Metrics()), adapter("a"), adapter("x")
-    _crowded(one, res, a, x)
-    picker = Picker(res)
-    assert picker.pick([one], a) is one  # its only holder: picked, then held back
-    assert picker.drains(one, a) and not picker.drains(one, x)  # x has three requests there: a's slot frees first
-    assert not picker.drains(one, None)  # the base model takes no slot
-    assert not Picker(res, round_robin=True).drains(one, a)  # the baseline is as it was
-    one.engine = EngineLoad(running=4, running_adapters=one.engine.running_adapters, max_loras=2)
-    assert not picker.drains(one, a)  # y got its slot elsewhere: nobody waits, a is fed again
-    one.engine = EngineLoad(
-        running=4, running_adapters=one.engine.running_adapters, waiting_adapters=frozenset({"y--v1"}), max_loras=2
-    )
-    one.count_out(a.internal_name)
-    assert not picker.drains(one, a)  # a's last request there ended: y gets the slot at the next step
-    one.count_in(a.internal_name)
-    for _ in range(3):
-        one.count_in(a.internal_name)  # a has four there now
-    one.engine = EngineLoad(
-        running=6, running_adapters=one.engine.running_adapters, waiting_adapters=frozenset({"y--v1"}), max_loras=2
-    )
-    assert picker.drains(one, x) and not picker.drains(one, a)  # now x's slot frees first
-
-
-async def test_a_request_held_back_goes_once_its_adapters_slot_no_longer_drains() -> None:
-    """Late binding: the gateway holds the request instead of feeding the slot the
-    waiting adapter needs, and picks again once it may go."""
-    (one,) = replicas(1)
-    res, a, x, metrics = Residency(4, Metrics()), adapter("a"), adapter("x"), Metrics()
-    _crowded(one, res, a, x)
-    picker = Picker(res)
-    looks = [0]
-    drains = picker.drains
-
-    def counted(upstream: Upstream, version: AdapterVersion | None) -> bool:
-        looks[0] += 1
-        return drains(upstream, version)
-
-    picker.drains = counted  # type: ignore[method-assign]
-    forwarder = Forwarder(UpstreamPool([one], _no_on_up), picker, res, Engines([]), metrics)
-    sent: list[Upstream] = []
-
-    async def send(upstream: Upstream) -> str:
-        sent.append(upstream)
-        return "answer"
-
-    task = asyncio.create_task(forwarder.forward(Target("a", a.internal_name, a), send))
-    while looks[0] < 3:  # it looked, and looked again: held
-        await asyncio.sleep(0.005)
-    assert sent == [] and not task.done()
-    one.count_out(a.internal_name)  # a's last request there ended: its slot goes to y, who waited first
-    assert await asyncio.wait_for(task, 10) == "answer"  # the held request goes (and waits there its turn)
-    assert sent == [one] and metrics.requests_held._value.get() == 1
-
-
-async def _no_on_up(upstream: Upstream, ready: list[Upstream]) -> None:
-    return None
-
-
-def test_the_hottest_adapters_are_homed_on_distinct_replicas() -> None:
-    """Each nearly always holds a batch slot: two on one engine would leave its other
-    adapters no slot to take turns on. The rest keep their rendezvous homes."""
-    ready = replicas(3)
-    first: dict[str, list[str]] = {}
-    for i in range(200):  # adapters whose rendezvous homes are the same replica
-        first.setdefault(rendezvous(f"h{i}--v1", ready)[0].url, []).append(f"h{i}")
-    same = next(names for names in first.values() if len(names) >= 3)
-    hot, warm, cold = adapter(same[0]), adapter(same[1]), adapter(same[2])
-    fillers = [adapter(f"filler{i}") for i in range(10)]
-    now = [0.0]
-    res = Residency(4, Metrics())
-    picker = Picker(res, clock=lambda: now[0])
-    home = rendezvous(hot.internal_name, ready)[0]
-    assert picker.pick(ready, warm) is home  # nothing counted yet: its rendezvous home
-    resident(res, home, warm)  # and loaded there
-    for cycle in range(30):  # 40% hot, 30% warm, 3% each filler
-        for turn, version in enumerate([hot] * 4 + [warm] * 3 + fillers[cycle % 10 :][:3]):
-            now[0] = cycle + turn * 0.1
-            picker.pick(ready, version)
-    assert picker.base_size(hot.internal_name) == 1  # both cold by COLD_SHARE: one home replica each
-    assert picker.pick(ready, hot) is home and picker.pick(ready, cold) is home  # cold: under HOT_SHARE
-    warm_home = picker.pick(ready, warm)  # it leaves the copy it has beside the hottest one
-    assert warm_home is not home and warm_home is rendezvous(warm.internal_name, ready)[1]
-    assert picker.is_home(warm_home.url, warm.internal_name) and not picker.is_home(home.url, warm.internal_name)

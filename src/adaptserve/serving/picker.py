@@ -14,7 +14,9 @@ ranked so, goes idle and is evicted in turn).
 Such an adapter is nearly always in flight, so it keeps one of its engine's
 `max_loras` batch slots for good; two on one engine would leave that engine's other
 adapters no slot to take turns on. (Gateway replicas rank from their own counts, so
-they agree as long as their traffic is alike.) A home set starts at `home_size` for a hot adapter and at one
+they agree as long as their traffic is alike; one placed keeps its replica unless
+another is `STAY` times as popular; pinned adapters, the base route's zero adapter,
+are never ranked.) A home set starts at `home_size` for a hot adapter and at one
 replica for a cold one (under `COLD_SHARE` of the recent adapter requests, counted with
 a `HALF_LIFE_S` decay): the tail's loads concentrate on one replica each instead of
 evicting hot adapters on two. It grows by one when even its
@@ -78,6 +80,7 @@ HOT_SHARE = 0.05  # of the recent adapter requests: an adapter this popular may 
 RANK_EVERY_S = 1.0  # how often the hottest adapters are ranked again
 HOLD_MAX_S = 2.0  # the longest a request is held back in the gateway so its adapter's slot drains (`drains`)
 HOLD_POLL_S = 0.02  # how often a held request looks again (about one decode step)
+STAY = 2.0  # a placed hottest adapter is outranked only by one this many times as popular (no flapping)
 
 
 def rendezvous(key: str, upstreams: Collection[Upstream]) -> list[Upstream]:
@@ -129,6 +132,7 @@ class Picker:
         self._ready: dict[str, list[Upstream]] = {}  # by LLM base ("": the base model): as its last pick saw them
         self._llm: dict[str, str] = {}  # each counted adapter's LLM base
         self._hot: dict[str, tuple[float, tuple[str, ...], dict[str, Upstream]]] = {}  # by LLM base: `_placed`
+        self._undrained: set[tuple[str, str]] = set()  # (url, adapter): a hold ran out; none until its count is 0
 
     def pick(
         self,
@@ -176,17 +180,28 @@ class Picker:
         `max_loras`, so an adapter fed without pause keeps its slot and the waiting one
         starves; held back, the slot goes to the adapter that waited (late binding: the
         held request is picked again once its adapter no longer drains there, or after
-        `HOLD_MAX_S`). Never in round robin, never for the base model."""
-        if self._round_robin or adapter is None:
+        `HOLD_MAX_S`). Never in round robin, never for the base model (nor its zero
+        adapter, or any pinned one: on every replica, not the slot's to give up), and not
+        again where a hold ran out (`gave_up`) until the adapter's requests there ended."""
+        if self._round_robin or adapter is None or adapter.internal_name in self._residency.pinned:
             return False
         name = adapter.internal_name
-        if self._slot(upstream, name) != "blocking":
+        if not upstream.models.get(name):
+            self._undrained.discard((upstream.url, name))
+        if (upstream.url, name) in self._undrained or self._slot(upstream, name) != "blocking":
             return False
         here = frozenset(m for m in upstream.models if self._residency.is_resident(upstream, m))
         batch = upstream.engine.running_adapters | (here - upstream.engine.waiting_adapters)
         if not upstream.models.get(name):
             return False  # its last request there ended: the slot frees at the next step, to the one that waited
         return min(batch, key=lambda m: (upstream.models.get(m, 0), m)) == name
+
+    def gave_up(self, upstream: Upstream, adapter: AdapterVersion) -> None:
+        """A hold on `upstream` ran out while the slot still drained (a request of the
+        adapter there outlasts `HOLD_MAX_S`, a long stream): holding more of its requests
+        there would add `HOLD_MAX_S` to each for nothing, so none is held there until
+        all its requests there have ended."""
+        self._undrained.add((upstream.url, adapter.internal_name))
 
     def _cost(self, upstream: Upstream, name: str) -> float:
         """Its load, plus what waiting for one of its engine's adapter slots adds (a
@@ -212,18 +227,26 @@ class Picker:
         return order if first is None else [first, *(u for u in order if u is not first)]
 
     def _placed(self, llm: str, upstreams: list[Upstream]) -> dict[str, Upstream]:
-        """The hottest adapters of LLM base `llm`, each on its own replica of
-        `upstreams`; ranked again every `RANK_EVERY_S` or when the replicas change."""
+        """The hottest adapters of LLM base `llm` (pinned ones aside: the zero adapter is
+        on every replica), each on its own replica of `upstreams`; ranked again every
+        `RANK_EVERY_S` or when the replicas change. One already placed keeps its replica
+        while it stays hot, and its place unless another is `STAY` times as popular, so
+        near-equals do not move each other's homes every second."""
+        if not upstreams:
+            return {}
         now, urls = self._clock(), tuple(sorted(u.url for u in upstreams))
         placed = self._hot.get(llm)
         if placed is not None and placed[1] == urls and now - placed[0] < RANK_EVERY_S:
             return placed[2]
+        before = placed[2] if placed is not None and placed[1] == urls else {}
         counted_here = self._totals.get(llm)
         total = counted_here.at_time(now) if counted_here is not None else 0.0
-        shares = {n: c.at_time(now) for n, c in self._counted.items() if self._llm.get(n) == llm}
-        hot = sorted((n for n in shares if shares[n] >= HOT_SHARE * total), key=lambda n: (-shares[n], n))
-        homes: dict[str, Upstream] = {}
-        for other in hot[: len(upstreams)] if total >= MIN_COUNTED else []:
+        pinned = self._residency.pinned
+        shares = {n: c.at_time(now) for n, c in self._counted.items() if self._llm.get(n) == llm and n not in pinned}
+        hot = [n for n in shares if shares[n] >= HOT_SHARE * total] if total >= MIN_COUNTED else []
+        ranked = sorted(hot, key=lambda n: (-shares[n] * (STAY if n in before else 1.0), n))[: len(upstreams)]
+        homes = {n: before[n] for n in ranked if n in before}
+        for other in (n for n in ranked if n not in before):
             homes[other] = next(u for u in rendezvous(other, upstreams) if u not in homes.values())
         self._hot[llm] = now, urls, homes
         return homes
