@@ -97,10 +97,11 @@ class Forwarder:
         if not self._picker.drains(upstream, target.adapter):
             return upstream
         until = time.monotonic() + HOLD_MAX_S
-        while self._picker.drains(upstream, target.adapter) and time.monotonic() < until:
+        while self._picker.drains(upstream, target.adapter):
+            if time.monotonic() >= until and target.adapter is not None:
+                self._picker.gave_up(upstream, target.adapter)  # it outlasts a hold: the next is not held
+                break
             await asyncio.sleep(HOLD_POLL_S)
-        if target.adapter is not None and self._picker.drains(upstream, target.adapter):
-            self._picker.gave_up(upstream, target.adapter)  # it outlasts a hold: the next is not held
         self._metrics.requests_held.inc()
         return self._picker.pick(pool.ready_upstreams(), target.adapter, avoid=failed, again=True)
 

@@ -186,14 +186,13 @@ class Picker:
         if self._round_robin or adapter is None or adapter.internal_name in self._residency.pinned:
             return False
         name = adapter.internal_name
-        if not upstream.models.get(name):
+        if not upstream.models.get(name):  # its last request there ended: the slot frees at the next step
             self._undrained.discard((upstream.url, name))
+            return False
         if (upstream.url, name) in self._undrained or self._slot(upstream, name) != "blocking":
             return False
         here = frozenset(m for m in upstream.models if self._residency.is_resident(upstream, m))
         batch = upstream.engine.running_adapters | (here - upstream.engine.waiting_adapters)
-        if not upstream.models.get(name):
-            return False  # its last request there ended: the slot frees at the next step, to the one that waited
         return min(batch, key=lambda m: (upstream.models.get(m, 0), m)) == name
 
     def gave_up(self, upstream: Upstream, adapter: AdapterVersion) -> None:
