@@ -97,17 +97,18 @@ def random_head(labels: list[str], seed: int = 0, **changes: Any) -> dict[str, A
 
 # -- servers ---------------------------------------------------------------------------
 # Ports come from a block of this process's own, below the kernel's ephemeral range (32768
-# and up: what bind(0) and outgoing connections draw from), one block per xdist worker (gw0,
-# gw1, ...; a serial run uses gw0's). Two workers never probe the same port, so neither can
-# take a port the other has just probed, nor one that a test freed and binds again (a
-# restarted engine keeps its port); each block is walked from a random start, so that a run
-# in another checkout seldom walks the same ports at the same time.
-PORT_BLOCK_BASE, PORT_BLOCK_SIZE = 20000, 1000
+# and up: what bind(0) and outgoing connections draw from), one block per xdist worker (gw0:
+# 20000-20999, gw1, ...; at most 11 workers) and one for a serial run (31000-31999: the
+# integration tests, or a unit run beside them in another terminal, take none of its ports). Two processes never
+# probe the same port, so neither can take a port the other has just probed, nor one that a
+# test freed and binds again (a restarted engine keeps its port); each block is walked from
+# a random start, so that a run in another checkout seldom walks the same ports at once.
+PORT_BLOCK_BASE, PORT_BLOCK_SIZE, SERIAL_BLOCK = 20000, 1000, 11
 
 
 def _port_block() -> Iterator[int]:
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    first = PORT_BLOCK_BASE + PORT_BLOCK_SIZE * int(worker.removeprefix("gw"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    first = PORT_BLOCK_BASE + PORT_BLOCK_SIZE * (int(worker.removeprefix("gw")) if worker else SERIAL_BLOCK)
     offset = random.randrange(PORT_BLOCK_SIZE)
     while True:
         offset = (offset + 1) % PORT_BLOCK_SIZE
@@ -131,8 +132,9 @@ def free_port() -> int:
 
 
 class _PromptServer(uvicorn.Server):
-    """uvicorn's server, woken when told to stop: its own main loop looks at
-    `should_exit` every 0.1 s, which every test that starts a server paid on its way out."""
+    """uvicorn's server, woken when told to stop, and stopping without a fixed pause: its
+    own main loop looks at `should_exit` every 0.1 s, and its shutdown sleeps 0.1 s more,
+    which every test that starts a server paid on its way out, twice."""
 
     async def main_loop(self) -> None:
         self.wake = asyncio.Event()  # before `loop`: `exit_now` reads `loop`, then uses `wake`
@@ -142,6 +144,32 @@ class _PromptServer(uvicorn.Server):
             counter = (counter + 1) % 864000
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), 0.1)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's `Server.shutdown` (0.55.0, copied; less its two log lines), without its
+        fixed 0.1 s pause after asking the connections to close: here they get up to that
+        long and are left as soon as they have closed (an idle keep-alive one closes at
+        once). Another uvicorn runs its own, pause and all, until this copy is checked again."""
+        if uvicorn.__version__ != "0.55.0":
+            return await super().shutdown(sockets)
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+        for _ in range(20):
+            if not self.server_state.connections:
+                break
+            await asyncio.sleep(0.005)
+        try:
+            async with asyncio.timeout(self.config.timeout_graceful_shutdown):
+                await self._wait_tasks_to_complete()
+        except TimeoutError:
+            for task in self.server_state.tasks:
+                task.cancel(msg="Task cancelled, timeout graceful shutdown exceeded")
+        if not self.force_exit:
+            await self.lifespan.shutdown()
 
     def exit_now(self) -> None:
         self.should_exit = True
@@ -181,7 +209,7 @@ class ServerThread:
 
 
 def stop_all(servers: list[ServerThread]) -> None:
-    """Stop servers together: each waits out uvicorn's shutdown pause, so in turn they add up."""
+    """Stop servers together: each winds down its connections and lifespan at once, not in turn."""
     for server in servers:
         server.server.exit_now()
     for server in servers:
