@@ -32,7 +32,7 @@ serve: $(STAMP)
 # Unit tests on TEST_WORKERS processes (pytest-xdist; each its own PostgreSQL database, log
 # file and block of ports: tests/conftest.py, tests/unit/conftest.py), then the integration
 # tests in one process: they share session-scoped real vLLM engines, one at a time. Three
-# workers on two cores: the unit tests wait on their servers a quarter of the time
+# workers on two cores: two left the cores idle ~30 % of the time, waiting on their servers
 # (docs/development.md, "How make test runs").
 TEST_WORKERS ?= 3
 

@@ -99,10 +99,11 @@ def random_head(labels: list[str], seed: int = 0, **changes: Any) -> dict[str, A
 # Ports come from a block of this process's own, below the kernel's ephemeral range (32768
 # and up: what bind(0) and outgoing connections draw from), one block per xdist worker (gw0:
 # 20000-20999, gw1, ...; at most 11 workers) and one for a serial run (31000-31999: the
-# integration tests, or a unit run beside them in another terminal, take none of its ports). Two processes never
-# probe the same port, so neither can take a port the other has just probed, nor one that a
-# test freed and binds again (a restarted engine keeps its port); each block is walked from
-# a random start, so that a run in another checkout seldom walks the same ports at once.
+# integration tests, or a unit run beside them in another terminal, take none of its ports).
+# Two processes never probe the same port, so neither can take a port the other has just
+# probed, nor one that a test freed and binds again (a restarted engine keeps its port); each
+# block is walked from a random start, so that a run in another checkout seldom walks the
+# same ports at once.
 PORT_BLOCK_BASE, PORT_BLOCK_SIZE, SERIAL_BLOCK = 20000, 1000, 11
 
 

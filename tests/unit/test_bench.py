@@ -72,7 +72,7 @@ def test_open_loop_arrivals_keep_their_schedule_whatever_the_server_does(start_g
     for _ in requests:
         due.append((due[-1] if due else 0.0) + rng.expovariate(40.0))
     records = sorted(run.records, key=lambda r: r.start)
-    # Never early, and (a loaded CI machine may run a task late: 0.5 s was seen) far less late
+    # Never early, and (a loaded CI machine may run a task late: over 0.5 s was seen) far less late
     # than a closed loop, whose last request would start after the seven before it had taken
     # 0.4 s each (2.8 s in, 2.5 s after it is due).
     assert all(d - 0.01 <= r.start < d + 1.0 for r, d in zip(records, due, strict=True))
